@@ -1,0 +1,81 @@
+"""The interface every decode backend implements.
+
+`emu` is the software kernel emulator; `xrt` (a later issue) drives a real Alveo
+card through pyxrt. The worker's servicer talks only to this interface, so the
+two are interchangeable, and every output carries `DeviceFacts.backend` and
+`DeviceFacts.emulated` so an emulated card is never mistaken for a real one.
+
+Shapes: K and V chunks are transformers' layout [1, kv_heads, seq, head_dim]
+for one layer; logits are [vocab] float32.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    backend: str  # "emu" or "xrt"
+    emulated: bool  # True for every software backend
+    device_name: str  # e.g. "software emulator of xilinx_u280 (no card)"
+    hbm_bytes: int  # total device memory for weights + KV, bytes
+    kv_capacity_bytes: int  # what is left for KV after the weight image, bytes
+    extra: dict[str, str] = field(default_factory=dict)  # power, temperature, BDF... where known
+
+
+@dataclass(frozen=True)
+class KvGeometry:
+    """What one token of KV costs on the device."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_token(self) -> int:
+        # K and V, every layer, every KV head
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+
+
+class DecodeBackend(ABC):
+    """A decode device holding several requests' KV, stepping one token at a time."""
+
+    @abstractmethod
+    def facts(self) -> DeviceFacts: ...
+
+    @abstractmethod
+    def geometry(self) -> KvGeometry: ...
+
+    @abstractmethod
+    def kv_free_bytes(self) -> int: ...
+
+    @abstractmethod
+    def reserve(self, request_id: str, max_tokens: int) -> None:
+        """Set aside KV room for `max_tokens` (prompt + new tokens).
+
+        Raises ResourceExhausted when it does not fit, AlreadyExists for a known id.
+        """
+
+    @abstractmethod
+    def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Store one chunk of one layer's prefill KV ([1, kv_heads, seq, head_dim]) at token `seq_start`."""
+
+    @abstractmethod
+    def seal(self, request_id: str, prompt_tokens: int) -> None:
+        """Every layer's KV for `prompt_tokens` tokens has arrived; the request can decode."""
+
+    @abstractmethod
+    def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
+        """Feed `token_id` at `position`; append its KV; return next-token logits [vocab] float32."""
+
+    @abstractmethod
+    def release(self, request_id: str) -> bool:
+        """Free the request's KV. Returns False when the id was unknown (already released)."""
+
+    @abstractmethod
+    def active_requests(self) -> list[str]: ...

@@ -1,0 +1,55 @@
+"""Domain errors and the one place that maps them to gRPC status codes.
+
+Engines raise these; servicers never build status codes by hand. Each message
+says what to change, because it reaches the user verbatim.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class GlitchesError(Exception):
+    """Base of every error that should reach a client with a specific status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(GlitchesError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(GlitchesError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(GlitchesError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(GlitchesError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(GlitchesError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(GlitchesError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Cancelled(GlitchesError):
+    code = grpc.StatusCode.CANCELLED
+
+
+def from_rpc_error(error: grpc.RpcError, context: str) -> GlitchesError:
+    """Re-raise a downstream RpcError as the same-coded domain error, with where it came from."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    by_code = {cls.code: cls for cls in GlitchesError.__subclasses__()}
+    cls = by_code.get(code, GlitchesError)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        cls = Unavailable
+    err = cls(f"{context}: {details}")
+    return err
