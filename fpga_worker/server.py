@@ -1,0 +1,103 @@
+"""The FPGA worker's gRPC servicer: protobuf in, backend call, protobuf out."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fpga_worker import kv_receiver
+from fpga_worker.backend import DecodeBackend
+from fpga_worker.settings import FpgaWorkerSettings
+from services import models
+from services.daemon import configure_logging, run_until_signalled
+from services.decoding import decode_loop
+from services.errors import FailedPrecondition, InvalidArgument
+from services.grpc_server import start_server
+from services.proto_convert import step_to_proto
+from services.registry import Heartbeat, Registry, WorkerRecord
+from services.sampling import Sampling
+from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, backend: DecodeBackend, tokenizer, worker_id: str, model_name: str, slots: int):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.worker_id = worker_id
+        self.model_name = model_name
+        self.slots = slots
+
+    def text_of(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def info(self) -> worker_pb2.InfoResponse:
+        facts = self.backend.facts()
+        return worker_pb2.InfoResponse(
+            worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_FPGA, backend=facts.backend,
+            emulated=facts.emulated, device_name=facts.device_name, model=self.model_name, slots=self.slots,
+            active_requests=len(self.backend.active_requests()), kv_capacity_bytes=facts.kv_capacity_bytes,
+            kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,
+            pid=os.getpid())
+
+    def Info(self, request, context):
+        return self.info()
+
+    def Prefill(self, request, context):
+        raise FailedPrecondition("FPGA workers do not run prefill; send Prefill to a GPU worker")
+
+    def TransferKV(self, request_iterator, context):
+        received = kv_receiver.receive(self.backend, request_iterator)
+        return worker_pb2.TransferKVResponse(kv_bytes=received.kv_bytes,
+                                             layer_received_unix_s=received.layer_received_unix_s)
+
+    def Decode(self, request, context):
+        sampling = Sampling.from_proto(request.sampling)
+        if sampling.max_new_tokens < 1:
+            raise InvalidArgument("sampling.max_new_tokens must be at least 1")
+        generated = list(request.generated_token_ids) or [request.first_token_id]
+        request_id = request.request_id
+        try:
+            steps = decode_loop(lambda token, position: self.backend.step(request_id, token, position), generated,
+                                request.position, sampling, self.text_of, cancelled=lambda: not context.is_active())
+            for step in steps:
+                yield step_to_proto(step)
+        finally:
+            self.backend.release(request_id)  # finished, failed or cancelled: the KV goes
+
+    def Release(self, request, context):
+        return worker_pb2.ReleaseResponse(released=self.backend.release(request.request_id))
+
+
+def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> DecodeBackend:
+    from fpga_worker.emu_backend import EmulatedCard
+
+    return EmulatedCard(source, settings.hbm_bytes, settings.threads)
+
+
+def serve(settings: FpgaWorkerSettings) -> None:
+    configure_logging("fpga-worker")
+    source = models.resolve_model(settings.model)
+    backend = build_backend(settings, source)
+    registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
+    servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots)
+    server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
+                          (SERVICE_NAME,))
+    servicer.worker_id = settings.id_for("fpga", server.port)
+    address = settings.address_for(server.port)
+
+    def record() -> WorkerRecord:
+        info = servicer.info()
+        return WorkerRecord(worker_id=info.worker_id, kind="fpga", backend=info.backend, emulated=int(info.emulated),
+                            device_name=info.device_name, address=address, pid=info.pid, model=info.model,
+                            slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
+                            kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token)
+
+    heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
+    heartbeat.start()
+    facts = backend.facts()
+    run_until_signalled(server, heartbeat, settings.drain_grace_s,
+                        f"fpga-worker {servicer.worker_id} ready {address} backend={facts.backend} "
+                        f"emulated={facts.emulated} device={facts.device_name!r}")

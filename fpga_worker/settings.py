@@ -1,0 +1,32 @@
+"""Settings of one FPGA worker daemon, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.errors import InvalidArgument
+from services.settings import DaemonSettings
+
+U280_HBM_BYTES = 8 * 1024**3  # 8 GiB of HBM2 on an Alveo U280
+BACKENDS = ("emu",)
+NUMERICS = ("reference",)
+
+
+@dataclass(frozen=True)
+class FpgaWorkerSettings(DaemonSettings):
+    backend: str = "emu"  # "emu": software kernel emulator (no card)
+    numerics: str = "reference"  # emu only: "reference" = the model's own precision
+    hbm_bytes: int = U280_HBM_BYTES  # device memory for weights + KV, bytes
+    slots: int = 1  # concurrent decode requests; 1 = the paper's batch size 1
+    device: str = "0"  # card index or PCI BDF (xrt backend)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.backend not in BACKENDS:
+            raise InvalidArgument(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.numerics not in NUMERICS:
+            raise InvalidArgument(f"--numerics must be one of {', '.join(NUMERICS)}, got {self.numerics!r}")
+        if self.hbm_bytes <= 0:
+            raise InvalidArgument(f"--hbm-bytes must be positive, got {self.hbm_bytes}")
+        if self.slots < 1:
+            raise InvalidArgument(f"--slots must be at least 1, got {self.slots}")

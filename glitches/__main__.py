@@ -1,0 +1,3 @@
+from glitches.cli import run
+
+run()

@@ -1,0 +1,225 @@
+"""The `glitches` command. Daemon settings come from flags or GLITCHES_* environment
+variables (the flag's name upper-cased, e.g. --redis-url / GLITCHES_REDIS_URL)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+
+import click
+
+from glitches.client import DEFAULT_ADDRESS, Client
+from glitches.errors import GlitchesError
+from glitches.types import Completion
+from services.errors import GlitchesError as ServiceError
+from services.models import DEFAULT_MODEL
+
+
+def _env(name: str) -> str:
+    return "GLITCHES_" + name.upper().replace("-", "_")
+
+
+def daemon_options(fn):
+    """Flags every daemon shares (services.settings.DaemonSettings)."""
+    options = [
+        click.option("--worker-id", default="", envvar=_env("worker-id"), help="Registry id (default: derived)."),
+        click.option("--host", default="127.0.0.1", envvar=_env("host"), show_default=True,
+                     help="Interface to bind."),
+        click.option("--port", default=0, type=int, envvar=_env("port"), help="gRPC port (0: any free port)."),
+        click.option("--advertise-host", default="", envvar=_env("advertise-host"),
+                     help="Host name other daemons use to reach this one."),
+        click.option("--redis-url", default="redis://127.0.0.1:6379/0", envvar=_env("redis-url"), show_default=True),
+        click.option("--redis-prefix", default="glitches", envvar=_env("redis-prefix"), show_default=True,
+                     help="Prefix of every registry key (clusters sharing a Redis use different ones)."),
+        click.option("--model", default=DEFAULT_MODEL, envvar=_env("model"), show_default=True,
+                     help="Model name, local transformers directory, or .gguf file."),
+        click.option("--threads", default=0, type=int, envvar=_env("threads"),
+                     help="torch threads (0: torch's default)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_daemon(serve, settings_cls, **kwargs) -> None:
+    try:
+        settings = settings_cls(**kwargs)
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+    serve(settings)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """GLITCHES: GPU prefill, FPGA decode, KV streamed while prefill runs."""
+
+
+@main.command("scheduler")
+@daemon_options
+@click.option("--max-new-tokens-limit", default=4096, type=int, envvar=_env("max-new-tokens-limit"),
+              show_default=True, help="Largest max_tokens a request may ask for.")
+def scheduler_cmd(**kwargs) -> None:
+    """Run one scheduler replica (stateless; state lives in Redis)."""
+    from scheduler.server import serve
+    from scheduler.settings import SchedulerSettings
+
+    kwargs.pop("worker_id")
+    _run_daemon(serve, SchedulerSettings, port=kwargs.pop("port") or 50051, **kwargs)
+
+
+@main.command("gpu-worker")
+@daemon_options
+@click.option("--device", default="auto", envvar=_env("device"), show_default=True,
+              help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", default="auto", envvar=_env("dtype"), show_default=True,
+              help="auto (float32 on CPU, float16 on CUDA), float32, float16 or bfloat16.")
+@click.option("--slots", default=4, type=int, envvar=_env("gpu-slots"), show_default=True,
+              help="Concurrent GPU-assist decodes.")
+def gpu_worker_cmd(**kwargs) -> None:
+    """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode."""
+    from gpu_worker.server import serve
+    from gpu_worker.settings import GpuWorkerSettings
+
+    _run_daemon(serve, GpuWorkerSettings, **kwargs)
+
+
+@main.command("fpga-worker")
+@daemon_options
+@click.option("--backend", default="emu", envvar=_env("backend"), show_default=True,
+              help="emu: the software kernel emulator (no card).")
+@click.option("--numerics", default="reference", envvar=_env("numerics"), show_default=True,
+              help="emu numerics: reference (the model's own precision).")
+@click.option("--hbm-bytes", default=8 * 1024**3, type=int, envvar=_env("hbm-bytes"), show_default=True,
+              help="Device memory for weights + KV, bytes (a U280 has 8 GiB of HBM).")
+@click.option("--slots", default=1, type=int, envvar=_env("fpga-slots"), show_default=True,
+              help="Concurrent decode requests (1 = the paper's batch size 1).")
+@click.option("--device", default="0", envvar=_env("fpga-device"), help="Card index or PCI BDF (xrt backend).")
+def fpga_worker_cmd(**kwargs) -> None:
+    """Run one FPGA worker: receive KV into HBM and decode from it."""
+    from fpga_worker.server import serve
+    from fpga_worker.settings import FpgaWorkerSettings
+
+    _run_daemon(serve, FpgaWorkerSettings, **kwargs)
+
+
+@main.command("up")
+@click.option("--gpu-workers", default=1, type=int, show_default=True)
+@click.option("--fpga-workers", default=2, type=int, show_default=True)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--port", default=50051, type=int, show_default=True, help="Scheduler port (0: any free port).")
+@click.option("--redis-url", default="", help="Use this Redis instead of starting a private redis-server.")
+@click.option("--redis-prefix", default="glitches", show_default=True)
+@click.option("--fpga-numerics", default="reference", show_default=True)
+@click.option("--fpga-hbm-bytes", default=0, type=int, help="HBM per emulated card, bytes (0: 8 GiB).")
+@click.option("--fpga-slots", default=1, type=int, show_default=True)
+@click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
+@click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
+def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga_numerics, fpga_hbm_bytes,
+           fpga_slots, prompt, max_tokens) -> None:
+    """Start a local cluster (Redis, scheduler, workers) as separate processes.
+
+    Prints `ready <address>` once the scheduler answers with every worker
+    registered; Ctrl-C or SIGTERM stops everything it started.
+    """
+    from glitches.cluster import ClusterSpec, LocalCluster
+    from services.models import resolve_model
+
+    if gpu_workers < 1:
+        raise click.UsageError("--gpu-workers must be at least 1 (prefill runs on GPU workers)")
+    if fpga_workers < 0:
+        raise click.UsageError("--fpga-workers must be >= 0")
+    try:
+        click.echo(f"preparing model {model} ...", err=True)
+        resolve_model(model)  # convert once here, not in every daemon at the same time
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    cluster = LocalCluster(ClusterSpec(gpu_workers=gpu_workers, fpga_workers=fpga_workers, model=model, port=port,
+                                       redis_url=redis_url, redis_prefix=redis_prefix, fpga_numerics=fpga_numerics,
+                                       fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots))
+    try:
+        click.echo(f"starting: logs in {cluster.run_dir}", err=True)
+        cluster.start()
+        cluster.wait_ready()
+        click.echo(f"ready {cluster.address}", err=False)
+        sys.stdout.flush()
+        if prompt is not None:
+            with Client(cluster.address) as client:
+                _print_stream(client, prompt, dict(max_tokens=max_tokens, chat=True))
+        else:
+            stop.wait()
+    finally:
+        click.echo("stopping ...", err=True)
+        cluster.stop()
+        click.echo("stopped", err=True)
+
+
+def _print_stream(client: Client, prompt: str, kwargs: dict) -> Completion:
+    final = None
+    for item in client.stream(prompt, **kwargs):
+        if isinstance(item, Completion):
+            final = item
+        else:
+            click.echo(item.text, nl=False)
+    click.echo()
+    t = final.timings
+    click.echo(f"[{final.completion_tokens} tokens, decoded on {final.decode_device} worker {final.decode_worker}, "
+               f"ttft {t.ttft_s:.3f} s, {t.tokens_per_s:.1f} tokens/s]", err=True)
+    return final
+
+
+@main.command("generate")
+@click.argument("prompt")
+@click.option("--max-tokens", default=64, type=int, show_default=True)
+@click.option("--temperature", default=0.0, type=float, show_default=True, help="0 = greedy.")
+@click.option("--top-p", default=1.0, type=float, show_default=True)
+@click.option("--seed", default=0, type=int, show_default=True)
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--chat", is_flag=True, help="Apply the model's chat template.")
+@click.option("--model", default="", help="Expected model name (default: whatever the cluster serves).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
+@click.option("--address", default=DEFAULT_ADDRESS, envvar=_env("address"), show_default=True)
+def generate_cmd(prompt, max_tokens, temperature, top_p, seed, stop, chat, model, as_json, address) -> None:
+    """Generate text for PROMPT, streaming it as it is produced."""
+    kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop, chat=chat,
+                  model=model)
+    with Client(address) as client:
+        if as_json:
+            click.echo(json.dumps(client.generate(prompt, **kwargs).to_dict(), ensure_ascii=False))
+        else:
+            _print_stream(client, prompt, kwargs)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--address", default=DEFAULT_ADDRESS, envvar=_env("address"), show_default=True)
+def status_cmd(as_json, address) -> None:
+    """Every worker with its kind, backend, health and occupancy."""
+    with Client(address) as client:
+        status = client.status()
+    if as_json:
+        click.echo(json.dumps(status.to_dict()))
+        return
+    click.echo(f"model {status.model}; scheduler active requests {status.scheduler_active_requests}")
+    click.echo(f"{'id':<10} {'kind':<5} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots")
+    for w in status.workers:
+        label = w.backend + (" (emulated)" if w.emulated else "")
+        click.echo(f"{w.worker_id:<10} {w.kind:<5} {label:<8} {w.address:<22} {w.pid:>7} "
+                   f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots}")
+
+
+def run() -> None:
+    """Entry point: SDK errors become one line on stderr and exit code 1."""
+    try:
+        main(standalone_mode=True)
+    except GlitchesError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()

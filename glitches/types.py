@@ -1,0 +1,79 @@
+"""What the SDK returns: plain dataclasses, never protobuf messages."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where a request's time went, seconds unless named otherwise."""
+
+    ttft_s: float  # arrival at the scheduler -> first token out
+    prefill_s: float  # GPU forward pass over the prompt
+    kv_bytes: int  # KV streamed GPU -> decode worker (0 for GPU assist)
+    kv_exposed_s: float  # how long the KV transfer ran past the end of prefill
+    decode_s: float  # first token -> last token
+    tokens_per_s: float  # tokens after the first, per second of decode_s
+    device_decode_s: float  # sum of the decode worker's own step times
+    modeled_decode_s: float  # modeled accelerator time (emulated FPGAs only; 0 otherwise)
+    layers_received_before_prefill_end: int
+    num_layers: int
+    total_s: float
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """A piece of streamed text and the token ids that produced it."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Completion:
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_token_ids: tuple[int, ...]
+    finish_reason: str  # "length", "eos" or "stop"
+    decode_device: str  # "fpga" or "gpu" (GPU assist)
+    decode_worker: str
+    prefill_worker: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["token_ids"] = list(self.token_ids)
+        out["prompt_token_ids"] = list(self.prompt_token_ids)
+        return out
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    worker_id: str
+    kind: str  # "gpu" or "fpga"
+    backend: str  # "cuda", "cpu", "emu" (software emulator, no card), "xrt"
+    emulated: bool
+    device_name: str
+    address: str
+    pid: int
+    healthy: bool
+    slots: int
+    active_requests: int
+    kv_capacity_bytes: int
+    kv_free_bytes: int
+    model: str
+    http_address: str
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    model: str
+    workers: tuple[WorkerStatus, ...]
+    scheduler_active_requests: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)

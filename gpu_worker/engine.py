@@ -1,0 +1,151 @@
+"""The GPU worker's engine: prefill with layer-by-layer KV streaming, and GPU-assist decode.
+
+One forward pass runs at a time on the device (a lock); GPU-assist decode takes
+the lock per step, so other requests' prefills interleave with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from gpu_worker.kv_sender import KvSender, KvTransferFailed
+from gpu_worker.settings import GpuWorkerSettings
+from gpu_worker.streaming_cache import LayerStreamingCache
+from services import models
+from services.decoding import Finish, Step, decode_loop, finish_reason
+from services.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from services.sampling import Sampling, sample_token
+from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    first_token_id: int
+    prefill_s: float
+    kv_bytes: int
+    kv_transfer_s: float
+    kv_exposed_s: float
+    layers_received_before_prefill_end: int
+    num_layers: int
+    finish: Finish | None
+
+
+@dataclass
+class _LocalRequest:
+    cache: LayerStreamingCache
+    lock: threading.Lock  # one decode stream per request at a time
+
+
+class GpuEngine:
+    def __init__(self, settings: GpuWorkerSettings, source: models.ModelSource):
+        self.settings = settings
+        self.device = settings.resolved_device()
+        self.dtype = settings.resolved_dtype(self.device)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.model = models.load_causal_lm(source, self.device, self.dtype)
+        self.tokenizer = models.load_tokenizer(source)
+        self.config = self.model.config
+        self.num_layers = self.config.num_hidden_layers
+        head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
+        # K and V, all layers, all KV heads, in the model's dtype, bytes per token
+        self.kv_bytes_per_token = (2 * self.num_layers * self.config.num_key_value_heads * head_dim
+                                   * torch.finfo(getattr(torch, self.dtype)).bits // 8)
+        self.max_context_tokens = self.config.max_position_embeddings
+        self._device_lock = threading.Lock()
+        self._local: dict[str, _LocalRequest] = {}
+        self._local_lock = threading.Lock()
+
+    # --- text --------------------------------------------------------------
+    def text_of(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    # --- prefill -----------------------------------------------------------
+    def _forward(self, input_ids: list[int], position: int, cache) -> torch.Tensor:
+        """Run the model over input_ids starting at `position`; logits of the last position [vocab] float32."""
+        ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(position, position + len(input_ids), device=self.device).unsqueeze(0)
+        with self._device_lock, torch.inference_mode():
+            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+            return out.logits[0, -1].float()
+
+    def prefill(self, request_id: str, prompt: list[int], sampling: Sampling,
+                target: worker_pb2_grpc.WorkerStub | None) -> PrefillResult:
+        """Prefill `prompt`; stream its KV to `target`, or keep it here for GPU assist when target is None."""
+        if not prompt:
+            raise InvalidArgument("prompt_token_ids is empty; send at least one token")
+        if len(prompt) + sampling.max_new_tokens > self.max_context_tokens:
+            raise InvalidArgument(f"prompt ({len(prompt)} tokens) + max_new_tokens ({sampling.max_new_tokens}) "
+                                  f"exceeds the model's context of {self.max_context_tokens} tokens")
+        vocab = self.config.vocab_size
+        if max(prompt) >= vocab:
+            raise InvalidArgument(f"token id {max(prompt)} is outside the vocabulary (size {vocab})")
+        sender = None
+        if target is not None:
+            header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=len(prompt),
+                                         reserve_tokens=len(prompt) + sampling.max_new_tokens,
+                                         num_layers=self.num_layers)
+            sender = KvSender(target, header, self.settings.kv_transfer_timeout_s)
+        elif request_id in self._local:
+            raise AlreadyExists(f"request {request_id} already holds KV on this worker")
+        cache = LayerStreamingCache(self.config, sender.put_layer if sender else None)
+        started = time.monotonic()
+        try:
+            logits = self._forward(prompt, 0, cache)
+        except KvTransferFailed:
+            error = sender.failure() or Unavailable("the decode worker ended the KV transfer early")
+            sender.abort()
+            raise error from None
+        except BaseException:
+            if sender:
+                sender.abort()
+            raise
+        prefill_end = time.monotonic()
+        prefill_end_unix = time.time()
+        cache.stop_streaming()
+        first = sample_token(logits, sampling, 0)
+        finish = finish_reason([first], sampling, self.text_of)
+        if sender is None:
+            with self._local_lock:
+                self._local[request_id] = _LocalRequest(cache, threading.Lock())
+            return PrefillResult(first, prefill_end - started, 0, 0.0, 0.0, self.num_layers, self.num_layers, finish)
+        transfer = sender.finish()
+        received_in_time = sum(1 for t in transfer.layer_received_unix_s if t <= prefill_end_unix)
+        return PrefillResult(
+            first_token_id=first, prefill_s=prefill_end - started, kv_bytes=transfer.kv_bytes,
+            kv_transfer_s=transfer.done_monotonic - transfer.first_send_monotonic,
+            kv_exposed_s=max(0.0, transfer.done_monotonic - prefill_end),
+            layers_received_before_prefill_end=received_in_time, num_layers=self.num_layers, finish=finish)
+
+    # --- GPU-assist decode -------------------------------------------------
+    def decode(self, request_id: str, generated: list[int], position: int, sampling: Sampling,
+               cancelled: Callable[[], bool]) -> Iterator[Step]:
+        """Decode from KV kept here by a local prefill; the KV is freed when the stream ends."""
+        with self._local_lock:
+            local = self._local.get(request_id)
+        if local is None:
+            raise NotFound(f"request {request_id} holds no KV on this worker; run Prefill with an empty target first")
+        if not local.lock.acquire(blocking=False):
+            raise AlreadyExists(f"request {request_id} is already decoding on this worker")
+        try:
+            yield from decode_loop(lambda token, pos: self._forward([token], pos, local.cache), generated, position,
+                                   sampling, self.text_of, cancelled)
+        finally:
+            local.lock.release()
+            self.release(request_id)
+
+    def release(self, request_id: str) -> bool:
+        with self._local_lock:
+            return self._local.pop(request_id, None) is not None
+
+    def active_requests(self) -> int:
+        with self._local_lock:
+            return len(self._local)

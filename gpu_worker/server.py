@@ -1,0 +1,112 @@
+"""The GPU worker's gRPC servicer: protobuf in, engine call, protobuf out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import grpc
+
+from gpu_worker.engine import GpuEngine
+from gpu_worker.settings import GpuWorkerSettings
+from services import models
+from services.channels import insecure_channel
+from services.daemon import configure_logging, run_until_signalled
+from services.errors import FailedPrecondition, InvalidArgument
+from services.grpc_server import start_server
+from services.proto_convert import FINISH_TO_PROTO, step_to_proto
+from services.registry import Heartbeat, Registry, WorkerRecord
+from services.sampling import Sampling
+from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+
+
+class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, engine: GpuEngine, worker_id: str, model_name: str):
+        self.engine = engine
+        self.worker_id = worker_id
+        self.model_name = model_name
+        self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}
+        self._stubs_lock = threading.Lock()
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        with self._stubs_lock:
+            if address not in self._stubs:
+                self._stubs[address] = worker_pb2_grpc.WorkerStub(insecure_channel(address))
+            return self._stubs[address]
+
+    def info(self) -> worker_pb2.InfoResponse:
+        engine = self.engine
+        return worker_pb2.InfoResponse(
+            worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
+            emulated=engine.device == "cpu", device_name=_device_name(engine.device), model=self.model_name,
+            slots=engine.settings.slots, active_requests=engine.active_requests(),
+            kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid())
+
+    def Info(self, request, context):
+        return self.info()
+
+    def Prefill(self, request, context):
+        if not request.request_id:
+            raise InvalidArgument("request_id is empty")
+        sampling = Sampling.from_proto(request.sampling)
+        if sampling.max_new_tokens < 1:
+            raise InvalidArgument("sampling.max_new_tokens must be at least 1")
+        target = self._stub(request.target.address) if request.target.address else None
+        result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, target)
+        return worker_pb2.PrefillResponse(
+            first_token_id=result.first_token_id, prefill_s=result.prefill_s, kv_bytes=result.kv_bytes,
+            kv_exposed_s=result.kv_exposed_s, kv_transfer_s=result.kv_transfer_s,
+            layers_received_before_prefill_end=result.layers_received_before_prefill_end,
+            num_layers=result.num_layers, finish_reason=FINISH_TO_PROTO[result.finish])
+
+    def TransferKV(self, request_iterator, context):
+        raise FailedPrecondition("GPU workers do not receive KV; send it to an FPGA worker")
+
+    def Decode(self, request, context):
+        sampling = Sampling.from_proto(request.sampling)
+        generated = list(request.generated_token_ids) or [request.first_token_id]
+        steps = self.engine.decode(request.request_id, generated, request.position, sampling,
+                                   cancelled=lambda: not context.is_active())
+        for step in steps:
+            yield step_to_proto(step)
+
+    def Release(self, request, context):
+        return worker_pb2.ReleaseResponse(released=self.engine.release(request.request_id))
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return "host CPU standing in for a GPU (no CUDA device)"
+
+
+def serve(settings: GpuWorkerSettings) -> None:
+    configure_logging("gpu-worker")
+    source = models.resolve_model(settings.model)
+    engine = GpuEngine(settings, source)
+    registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
+    servicer = GpuWorkerServicer(engine, "", source.name)
+    server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
+                          (SERVICE_NAME,))
+    servicer.worker_id = settings.id_for("gpu", server.port)
+    address = settings.address_for(server.port)
+
+    def record() -> WorkerRecord:
+        info = servicer.info()
+        return WorkerRecord(worker_id=info.worker_id, kind="gpu", backend=info.backend, emulated=int(info.emulated),
+                            device_name=info.device_name, address=address, pid=info.pid, model=info.model,
+                            slots=info.slots, kv_capacity_bytes=0, kv_free_bytes=0,
+                            kv_bytes_per_token=info.kv_bytes_per_token)
+
+    heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
+    heartbeat.start()
+    log.info("gpu worker %s on %s: %s, %s, model %s", servicer.worker_id, address, engine.device, engine.dtype,
+             source.name)
+    run_until_signalled(server, heartbeat, settings.drain_grace_s,
+                        f"gpu-worker {servicer.worker_id} ready {address} device={engine.device} dtype={engine.dtype}")

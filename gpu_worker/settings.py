@@ -1,0 +1,39 @@
+"""Settings of one GPU worker daemon, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.errors import InvalidArgument
+from services.settings import DaemonSettings
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class GpuWorkerSettings(DaemonSettings):
+    device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N"
+    dtype: str = "auto"  # "auto" (float32 on CPU, float16 on CUDA) or one of _DTYPES
+    slots: int = 4  # concurrent GPU-assist decodes it accepts
+    kv_transfer_timeout_s: float = 120.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dtype not in ("auto", *_DTYPES):
+            raise InvalidArgument(f"--dtype must be auto or one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if self.slots < 1:
+            raise InvalidArgument(f"--slots must be at least 1, got {self.slots}")
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidArgument(f"--device {self.device}: no CUDA device is available here; use --device cpu")
+        return self.device
+
+    def resolved_dtype(self, device: str) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if device == "cpu" else "float16"

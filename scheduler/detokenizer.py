@@ -1,0 +1,57 @@
+"""Incremental detokenization with stop strings.
+
+Text is released only when it is final: not ending in an incomplete UTF-8
+character (the tokenizer's U+FFFD), and not a possible beginning of a stop
+string. When a stop string appears, the text before it is final and the rest
+is never sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class Detokenizer:
+    def __init__(self, text_of: Callable[[list[int]], str], stop: tuple[str, ...]):
+        self._text_of = text_of
+        self._stop = tuple(s for s in stop if s)
+        self._tokens: list[int] = []
+        self._sent = 0  # characters already released
+        self.text = ""  # text released so far
+
+    def add(self, token_id: int) -> str:
+        """Add a token; return the newly final text (possibly empty)."""
+        self._tokens.append(token_id)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """No more tokens: release whatever is left (up to a stop string)."""
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        full = self._text_of(self._tokens)
+        cut = min((full.find(s) for s in self._stop if s in full), default=-1)
+        if cut >= 0:
+            ready = full[:cut]
+        elif final:
+            ready = full
+        else:
+            if full.endswith("\ufffd"):
+                return ""
+            ready = full[: len(full) - self._held_back(full)]
+        if len(ready) <= self._sent:
+            return ""
+        delta = ready[self._sent:]
+        self._sent = len(ready)
+        self.text = ready
+        return delta
+
+    def _held_back(self, full: str) -> int:
+        """Length of the longest suffix of `full` that begins some stop string."""
+        longest = 0
+        for stop in self._stop:
+            for n in range(min(len(stop) - 1, len(full)), longest, -1):
+                if full.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest

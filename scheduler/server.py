@@ -1,0 +1,77 @@
+"""The scheduler's gRPC servicer: protobuf in, orchestrator call, protobuf out."""
+
+from __future__ import annotations
+
+import logging
+
+from scheduler.orchestrator import Delta, GenerateInput, ModelInfo, Orchestrator
+from scheduler.settings import SchedulerSettings
+from services import models
+from services.daemon import configure_logging, run_until_signalled
+from services.grpc_server import start_server
+from services.proto_convert import FINISH_TO_PROTO
+from services.registry import Registry
+from services.sampling import Sampling
+from services.stubs.glitches.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+_KINDS = {"gpu": common_pb2.DEVICE_KIND_GPU, "fpga": common_pb2.DEVICE_KIND_FPGA}
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, orchestrator: Orchestrator):
+        self.orchestrator = orchestrator
+
+    def Generate(self, request, context):
+        generate = GenerateInput(prompt=request.prompt, chat=request.chat,
+                                 sampling=Sampling.from_proto(request.sampling), model=request.model)
+        for event in self.orchestrator.generate(generate):
+            if isinstance(event, Delta):
+                yield scheduler_pb2.GenerateResponse(delta=scheduler_pb2.TextDelta(text=event.text,
+                                                                                   token_ids=event.token_ids))
+                continue
+            t = event.timings
+            yield scheduler_pb2.GenerateResponse(final=scheduler_pb2.GenerateFinal(
+                request_id=event.request_id, prompt_token_ids=event.prompt_token_ids, token_ids=event.token_ids,
+                text=event.text, finish_reason=FINISH_TO_PROTO[event.finish], decode_device=event.decode_device,
+                decode_worker=event.decode_worker, prefill_worker=event.prefill_worker,
+                usage=scheduler_pb2.Usage(prompt_tokens=len(event.prompt_token_ids),
+                                          completion_tokens=len(event.token_ids)),
+                timings=scheduler_pb2.Timings(**t)))
+
+    def Status(self, request, context):
+        workers = [
+            scheduler_pb2.WorkerStatus(
+                worker_id=w.record.worker_id, kind=_KINDS.get(w.record.kind, common_pb2.DEVICE_KIND_UNSPECIFIED),
+                backend=w.record.backend, emulated=bool(w.record.emulated), device_name=w.record.device_name,
+                address=w.record.address, pid=w.record.pid, healthy=w.healthy, slots=w.record.slots,
+                active_requests=w.active, kv_capacity_bytes=w.record.kv_capacity_bytes,
+                kv_free_bytes=w.record.kv_free_bytes, model=w.record.model, http_address=w.record.http_address)
+            for w in self.orchestrator.registry.workers()]
+        return scheduler_pb2.StatusResponse(model=self.orchestrator.model.name, workers=workers,
+                                            scheduler_active_requests=self.orchestrator.active)
+
+
+def load_model_info(spec: str) -> ModelInfo:
+    from transformers import AutoConfig, GenerationConfig
+
+    source = models.resolve_model(spec)
+    config = AutoConfig.from_pretrained(source.path)
+    try:
+        eos = GenerationConfig.from_pretrained(source.path).eos_token_id
+    except OSError:
+        eos = config.eos_token_id
+    eos_ids = tuple(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ModelInfo(source.name, models.load_tokenizer(source), eos_ids, config.max_position_embeddings)
+
+
+def serve(settings: SchedulerSettings) -> None:
+    configure_logging("scheduler")
+    registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
+    orchestrator = Orchestrator(settings, registry, load_model_info(settings.model))
+    server = start_server(settings.host, settings.port,
+                          [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],
+                          (SERVICE_NAME,))
+    address = settings.address_for(server.port)
+    run_until_signalled(server, None, settings.drain_grace_s, f"scheduler ready {address}")

@@ -1,0 +1,21 @@
+"""Settings of one scheduler replica, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.errors import InvalidArgument
+from services.settings import DaemonSettings
+
+
+@dataclass(frozen=True)
+class SchedulerSettings(DaemonSettings):
+    max_new_tokens_limit: int = 4096  # largest max_new_tokens a request may ask for
+    prefill_timeout_s: float = 300.0
+    decode_token_timeout_s: float = 120.0  # longest wait for the next token
+    release_timeout_s: float = 5.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_new_tokens_limit < 1:
+            raise InvalidArgument(f"--max-new-tokens-limit must be at least 1, got {self.max_new_tokens_limit}")

@@ -1,0 +1,63 @@
+"""Bootstrap every daemon's gRPC server the same way: the daemon's own services,
+the standard grpc.health.v1 service, server reflection, domain-error mapping,
+and a graceful stop (health NOT_SERVING, refuse new RPCs, finish in-flight ones).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.channels import MESSAGE_OPTIONS
+from services.error_interceptor import ErrorMappingInterceptor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    health: health.HealthServicer
+    port: int  # the bound port (useful when asked for port 0)
+    service_names: tuple[str, ...]
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            self.health.set(name, status)
+
+    def stop(self, grace_s: float) -> None:
+        """Mark NOT_SERVING, stop accepting RPCs, and wait up to grace_s for in-flight ones."""
+        self.set_serving(False)
+        self.server.stop(grace_s).wait()
+
+
+def start_server(host: str, port: int, registrations: list[tuple[Callable, object]],
+                 service_names: tuple[str, ...], max_workers: int = 32) -> RunningServer:
+    """Start a server on host:port with each (add_XServicer_to_server, servicer) registered.
+
+    service_names are the full names (e.g. "glitches.v1.Worker") reported by
+    health and reflection.
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=[ErrorMappingInterceptor()], options=MESSAGE_OPTIONS)
+    for add, servicer in registrations:
+        add(servicer, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind gRPC server to {host}:{port}")
+    server.start()
+    running = RunningServer(server, health_servicer, bound, service_names)
+    running.set_serving(True)
+    log.info("serving %s on %s:%d", ", ".join(service_names), host, bound)
+    return running

@@ -1,0 +1,238 @@
+"""The Redis registry: who is alive, what each worker is, and who holds which slot.
+
+Keys, all under one prefix P (so tests and clusters can share a Redis):
+    P:workers           SET   ids of registered workers
+    P:worker:{id}       HASH  the worker's record (WorkerRecord fields)
+    P:alive:{id}        STR   heartbeat; expires after heartbeat_ttl_s unless renewed
+    P:active            HASH  id -> requests the worker holds now
+    P:claims            HASH  "{request_id}:{role}" -> id; one entry per held slot
+
+Occupancy changes only through the Lua scripts below, so concurrent schedulers
+never over-fill a worker and a release is counted once however often it is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import redis
+
+from services.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+# Claim the first candidate that is alive and below its slot count.
+# ARGV: prefix, claim field, candidate ids...   Returns the claimed id or false.
+_CLAIM_FIRST_FREE = """
+local prefix, field = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', prefix .. ':claims', field) == 1 then
+  return redis.error_reply('claim ' .. field .. ' is already held')
+end
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('EXISTS', prefix .. ':alive:' .. id) == 1 then
+    local slots = tonumber(redis.call('HGET', prefix .. ':worker:' .. id, 'slots') or '0')
+    local active = tonumber(redis.call('HGET', prefix .. ':active', id) or '0')
+    if active < slots then
+      redis.call('HINCRBY', prefix .. ':active', id, 1)
+      redis.call('HSET', prefix .. ':claims', field, id)
+      return id
+    end
+  end
+end
+return false
+"""
+
+# Count a request on a worker regardless of slots (GPU prefill queues on the device).
+_CLAIM_ALIVE = """
+local prefix, field, id = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', prefix .. ':alive:' .. id) == 0 then return false end
+if redis.call('HEXISTS', prefix .. ':claims', field) == 1 then
+  return redis.error_reply('claim ' .. field .. ' is already held')
+end
+redis.call('HINCRBY', prefix .. ':active', id, 1)
+redis.call('HSET', prefix .. ':claims', field, id)
+return id
+"""
+
+# Release a claim once. ARGV: prefix, claim field. Returns the id it was held on, or false.
+_RELEASE = """
+local prefix, field = ARGV[1], ARGV[2]
+local id = redis.call('HGET', prefix .. ':claims', field)
+if not id then return false end
+redis.call('HDEL', prefix .. ':claims', field)
+if redis.call('HINCRBY', prefix .. ':active', id, -1) <= 0 then
+  redis.call('HDEL', prefix .. ':active', id)
+end
+return id
+"""
+
+
+@dataclass
+class WorkerRecord:
+    """What a worker publishes about itself (strings and ints only: it is a Redis hash)."""
+
+    worker_id: str
+    kind: str  # "gpu" or "fpga"
+    backend: str  # "cuda", "cpu", "emu", "xrt"
+    emulated: int  # 1 when no real accelerator is behind it
+    device_name: str
+    address: str  # gRPC host:port
+    pid: int
+    model: str
+    slots: int
+    kv_capacity_bytes: int
+    kv_free_bytes: int
+    kv_bytes_per_token: int
+    http_address: str = ""
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerRecord:
+        values = {k.decode(): v.decode() for k, v in raw.items()}
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in values:
+                kwargs[f.name] = int(values[f.name]) if f.type in ("int", int) else values[f.name]
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    record: WorkerRecord
+    healthy: bool  # heartbeat key alive
+    active: int  # requests counted on it
+
+
+class Registry:
+    """Typed access to the registry keys; one instance per daemon."""
+
+    def __init__(self, url: str, prefix: str = "glitches", heartbeat_ttl_s: float = 3.0):
+        self.prefix = prefix
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._claim_first_free = self.redis.register_script(_CLAIM_FIRST_FREE)
+        self._claim_alive = self.redis.register_script(_CLAIM_ALIVE)
+        self._release = self.redis.register_script(_RELEASE)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _call(self, what: str, fn: Callable):
+        try:
+            return fn()
+        except redis.exceptions.ConnectionError as error:
+            raise Unavailable(f"Redis is unreachable ({what}): {error}") from error
+        except redis.exceptions.TimeoutError as error:
+            raise Unavailable(f"Redis timed out ({what}): {error}") from error
+
+    # --- worker side -------------------------------------------------------
+    def register(self, record: WorkerRecord) -> None:
+        """Publish the record and renew the heartbeat (idempotent; called every beat)."""
+        def write():
+            pipe = self.redis.pipeline()
+            pipe.hset(self._key("worker", record.worker_id), mapping={k: str(v) for k, v in asdict(record).items()})
+            pipe.sadd(self._key("workers"), record.worker_id)
+            pipe.set(self._key("alive", record.worker_id), "1", px=int(self.heartbeat_ttl_s * 1000))
+            pipe.execute()
+        self._call("register", write)
+
+    def deregister(self, worker_id: str) -> None:
+        def delete():
+            pipe = self.redis.pipeline()
+            pipe.srem(self._key("workers"), worker_id)
+            pipe.delete(self._key("worker", worker_id), self._key("alive", worker_id))
+            pipe.execute()
+        self._call("deregister", delete)
+
+    # --- scheduler side ----------------------------------------------------
+    def workers(self) -> list[WorkerState]:
+        """Every registered worker with liveness and occupancy, sorted by id."""
+        def read():
+            ids = sorted(i.decode() for i in self.redis.smembers(self._key("workers")))
+            if not ids:
+                return []
+            pipe = self.redis.pipeline()
+            for worker_id in ids:
+                pipe.hgetall(self._key("worker", worker_id))
+                pipe.exists(self._key("alive", worker_id))
+            pipe.hgetall(self._key("active"))
+            results = pipe.execute()
+            active = {k.decode(): int(v) for k, v in results[-1].items()}
+            states = []
+            for i, worker_id in enumerate(ids):
+                raw, alive = results[2 * i], results[2 * i + 1]
+                if raw:
+                    states.append(WorkerState(WorkerRecord.from_hash(raw), bool(alive), active.get(worker_id, 0)))
+            return states
+        return self._call("list workers", read)
+
+    def claim_first_free(self, request_id: str, role: str, candidates: list[str]) -> str | None:
+        """Atomically take a slot on the first alive candidate below its slot count."""
+        if not candidates:
+            return None
+        field = f"{request_id}:{role}"
+        result = self._call("claim", lambda: self._claim_first_free(args=[self.prefix, field, *candidates]))
+        return result.decode() if result else None
+
+    def claim_alive(self, request_id: str, role: str, worker_id: str) -> bool:
+        """Count a request on a worker that has no slot limit for this role (GPU prefill)."""
+        field = f"{request_id}:{role}"
+        return bool(self._call("claim", lambda: self._claim_alive(args=[self.prefix, field, worker_id])))
+
+    def release(self, request_id: str, role: str) -> str | None:
+        """Give back a claim; safe to call more than once."""
+        result = self._call("release", lambda: self._release(args=[self.prefix, f"{request_id}:{role}"]))
+        return result.decode() if result else None
+
+    def occupancy(self) -> dict[str, int]:
+        """id -> requests held now (workers holding none are absent)."""
+        raw = self._call("occupancy", lambda: self.redis.hgetall(self._key("active")))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def claims(self) -> dict[str, str]:
+        raw = self._call("claims", lambda: self.redis.hgetall(self._key("claims")))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class Heartbeat:
+    """Re-registers a worker every interval until stopped; survives Redis outages by retrying."""
+
+    def __init__(self, registry: Registry, record_fn: Callable[[], WorkerRecord], interval_s: float = 1.0):
+        self._registry = registry
+        self._record_fn = record_fn
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        self._registry.register(self._record_fn())  # fail fast at start-up if Redis is unreachable
+        self._thread.start()
+
+    def beat_now(self) -> None:
+        try:
+            self._registry.register(self._record_fn())
+        except Unavailable as error:
+            if not self._failing:
+                log.warning("heartbeat failed, will retry: %s", error)
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("heartbeat restored")
+            self._failing = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.beat_now()
+
+    def stop(self, deregister: bool = True) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if deregister:
+            try:
+                self._registry.deregister(self._record_fn().worker_id)
+            except Unavailable as error:
+                log.warning("could not deregister: %s", error)

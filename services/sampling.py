@@ -1,0 +1,49 @@
+"""Choosing the next token from logits, the same way on every device.
+
+Randomness comes from (seed, token index) alone, so a request sampled with a
+seed produces the same tokens whichever worker decodes it, and after a
+migration. Temperature 0 is greedy (argmax), matching transformers'
+`generate(do_sample=False)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+_GOLDEN = 0x9E3779B97F4A7C15  # spreads consecutive indices across the seed space
+_MASK63 = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # in (0, 1]
+    seed: int = 0
+    max_new_tokens: int = 16  # counts the first token (from prefill)
+    stop: tuple[str, ...] = ()
+    eos_token_ids: tuple[int, ...] = field(default=())
+
+    @classmethod
+    def from_proto(cls, msg) -> Sampling:
+        return cls(temperature=msg.temperature, top_p=msg.top_p if msg.HasField("top_p") else 1.0, seed=msg.seed,
+                   max_new_tokens=msg.max_new_tokens, stop=tuple(msg.stop), eos_token_ids=tuple(msg.eos_token_ids))
+
+    def to_proto(self, msg_cls):
+        return msg_cls(temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                       max_new_tokens=self.max_new_tokens, stop=list(self.stop), eos_token_ids=list(self.eos_token_ids))
+
+
+def sample_token(logits: torch.Tensor, sampling: Sampling, index: int) -> int:
+    """Pick the token at generated position `index` from logits [vocab]."""
+    if sampling.temperature <= 0.0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # keep a token while the mass before it is below top_p (the top token always stays)
+        keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    generator = torch.Generator().manual_seed((sampling.seed + index * _GOLDEN) & _MASK63)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator).item())

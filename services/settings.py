@@ -1,0 +1,42 @@
+"""Settings every daemon shares. Each daemon's own settings extend this dataclass;
+the CLI fills them from flags or GLITCHES_* environment variables (the only place
+the environment is read)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from services.errors import InvalidArgument
+from services.models import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    worker_id: str = ""  # registry id; empty: derived from kind, host and port
+    host: str = "127.0.0.1"  # interface the gRPC server binds
+    port: int = 0  # 0 = any free port
+    advertise_host: str = ""  # host others use to reach it; empty: host (or this machine's name for 0.0.0.0)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "glitches"  # every registry key starts with it
+    model: str = DEFAULT_MODEL
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = 3.0
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    drain_grace_s: float = 30.0  # how long SIGTERM waits for in-flight requests
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise InvalidArgument(f"--port must be in 0..65535, got {self.port}")
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise InvalidArgument("the heartbeat TTL must be longer than the heartbeat interval")
+        if self.threads < 0:
+            raise InvalidArgument(f"--threads must be >= 0, got {self.threads}")
+
+    def address_for(self, bound_port: int) -> str:
+        host = self.advertise_host or (socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host)
+        return f"{host}:{bound_port}"
+
+    def id_for(self, kind: str, bound_port: int) -> str:
+        return self.worker_id or f"{kind}-{socket.gethostname()}-{bound_port}-{os.getpid()}"

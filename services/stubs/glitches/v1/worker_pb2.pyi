@@ -1,0 +1,174 @@
+from services.stubs.glitches.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "model", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "kv_bytes_per_token", "pid", "http_address")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    KV_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    kind: _common_pb2.DeviceKind
+    backend: str
+    emulated: bool
+    device_name: str
+    model: str
+    slots: int
+    active_requests: int
+    kv_capacity_bytes: int
+    kv_free_bytes: int
+    kv_bytes_per_token: int
+    pid: int
+    http_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., pid: _Optional[int] = ..., http_address: _Optional[str] = ...) -> None: ...
+
+class DecodeTarget(_message.Message):
+    __slots__ = ("address", "worker_id")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    worker_id: str
+    def __init__(self, address: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class PrefillRequest(_message.Message):
+    __slots__ = ("request_id", "prompt_token_ids", "sampling", "target")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    sampling: _common_pb2.SamplingParams
+    target: DecodeTarget
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., target: _Optional[_Union[DecodeTarget, _Mapping]] = ...) -> None: ...
+
+class PrefillResponse(_message.Message):
+    __slots__ = ("first_token_id", "prefill_s", "kv_bytes", "kv_exposed_s", "kv_transfer_s", "layers_received_before_prefill_end", "num_layers", "finish_reason")
+    FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_S_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_EXPOSED_S_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSFER_S_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_RECEIVED_BEFORE_PREFILL_END_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    first_token_id: int
+    prefill_s: float
+    kv_bytes: int
+    kv_exposed_s: float
+    kv_transfer_s: float
+    layers_received_before_prefill_end: int
+    num_layers: int
+    finish_reason: _common_pb2.FinishReason
+    def __init__(self, first_token_id: _Optional[int] = ..., prefill_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ..., kv_exposed_s: _Optional[float] = ..., kv_transfer_s: _Optional[float] = ..., layers_received_before_prefill_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ...) -> None: ...
+
+class KvChunk(_message.Message):
+    __slots__ = ("header", "layer", "end")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    header: KvHeader
+    layer: KvLayerChunk
+    end: KvEnd
+    def __init__(self, header: _Optional[_Union[KvHeader, _Mapping]] = ..., layer: _Optional[_Union[KvLayerChunk, _Mapping]] = ..., end: _Optional[_Union[KvEnd, _Mapping]] = ...) -> None: ...
+
+class KvHeader(_message.Message):
+    __slots__ = ("request_id", "prompt_tokens", "reserve_tokens", "num_layers")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt_tokens: int
+    reserve_tokens: int
+    num_layers: int
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ...) -> None: ...
+
+class KvLayerChunk(_message.Message):
+    __slots__ = ("layer", "seq_start", "dtype", "shape", "key", "value")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    SEQ_START_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    seq_start: int
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    key: bytes
+    value: bytes
+    def __init__(self, layer: _Optional[int] = ..., seq_start: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class KvEnd(_message.Message):
+    __slots__ = ("num_layers",)
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    num_layers: int
+    def __init__(self, num_layers: _Optional[int] = ...) -> None: ...
+
+class TransferKVResponse(_message.Message):
+    __slots__ = ("kv_bytes", "layer_received_unix_s")
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_RECEIVED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    kv_bytes: int
+    layer_received_unix_s: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, kv_bytes: _Optional[int] = ..., layer_received_unix_s: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class DecodeRequest(_message.Message):
+    __slots__ = ("request_id", "first_token_id", "position", "sampling", "generated_token_ids")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    first_token_id: int
+    position: int
+    sampling: _common_pb2.SamplingParams
+    generated_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[str] = ..., first_token_id: _Optional[int] = ..., position: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., generated_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DecodeToken(_message.Message):
+    __slots__ = ("token_id", "index", "step_s", "finish_reason", "modeled_step_s")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    MODELED_STEP_S_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    index: int
+    step_s: float
+    finish_reason: _common_pb2.FinishReason
+    modeled_step_s: float
+    def __init__(self, token_id: _Optional[int] = ..., index: _Optional[int] = ..., step_s: _Optional[float] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., modeled_step_s: _Optional[float] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,29 @@
+import pytest
+
+from scheduler.placement import (ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView,
+                                 place)
+
+GPU, FPGA = DeviceKind.GPU, DeviceKind.FPGA
+REQ = PlacementRequest(prompt_tokens=100, max_new_tokens=20, kv_bytes_needed=1000)
+
+
+def test_no_gpu_means_no_placement():
+    with pytest.raises(NoWorkerAvailable):
+        place(ClusterSnapshot((WorkerView("f0", FPGA, 1, 0, 10**9),)), REQ)
+
+
+def test_least_loaded_gpu_and_free_fpgas_ranked():
+    snap = ClusterSnapshot((
+        WorkerView("g0", GPU, 4, 2, 0), WorkerView("g1", GPU, 4, 1, 0),
+        WorkerView("f0", FPGA, 1, 1, 10**9),  # busy
+        WorkerView("f1", FPGA, 2, 1, 10**9), WorkerView("f2", FPGA, 1, 0, 10**6),
+        WorkerView("f3", FPGA, 1, 0, 500),  # KV does not fit
+    ))
+    decision = place(snap, REQ)
+    assert decision.prefill_worker == "g1"
+    assert decision.fpga_candidates == ("f2", "f1")
+
+
+def test_all_fpgas_busy_leaves_gpu_assist():
+    snap = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), WorkerView("f0", FPGA, 1, 1, 10**9)))
+    assert place(snap, REQ).fpga_candidates == ()

@@ -1,0 +1,148 @@
+"""GPU and FPGA worker servicers on real in-process gRPC servers, with a tiny random Llama."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import torch
+
+from fpga_worker.emu_backend import EmulatedCard
+from fpga_worker.server import FpgaWorkerServicer
+from gpu_worker.engine import GpuEngine
+from gpu_worker.server import GpuWorkerServicer
+from gpu_worker.settings import GpuWorkerSettings
+from services import kv_wire, models
+from services.channels import insecure_channel
+from services.grpc_server import start_server
+from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+
+def _serve(servicer):
+    server = start_server("127.0.0.1", 0, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
+                          ("glitches.v1.Worker",))
+    return server, worker_pb2_grpc.WorkerStub(insecure_channel(f"127.0.0.1:{server.port}"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_source):
+    engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path)), tiny_source)
+    card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2)
+    gpu_server, gpu = _serve(GpuWorkerServicer(engine, "gpu-t", tiny_source.name))
+    fpga_server, fpga = _serve(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), "fpga-t",
+                                                  tiny_source.name, 1))
+    yield dict(engine=engine, card=card, gpu=gpu, fpga=fpga, fpga_address=f"127.0.0.1:{fpga_server.port}")
+    gpu_server.stop(0)
+    fpga_server.stop(0)
+
+
+def _sampling(n):
+    return common_pb2.SamplingParams(max_new_tokens=n)
+
+
+def _reference(engine, prompt, n):
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    return out[0, len(prompt):].tolist()
+
+
+def test_prefill_streams_kv_and_fpga_decode_matches_transformers(cluster):
+    prompt = list(range(100, 140))
+    target = worker_pb2.DecodeTarget(address=cluster["fpga_address"], worker_id="fpga-t")
+    pre = cluster["gpu"].Prefill(worker_pb2.PrefillRequest(request_id="r1", prompt_token_ids=prompt,
+                                                           sampling=_sampling(12), target=target))
+    assert pre.kv_bytes == 2 * 2 * 2 * 16 * 4 * len(prompt)  # K+V, 2 layers, 2 kv heads, head_dim 16, float32
+    assert pre.num_layers == 2
+    tokens = [pre.first_token_id] + [t.token_id for t in cluster["fpga"].Decode(worker_pb2.DecodeRequest(
+        request_id="r1", first_token_id=pre.first_token_id, position=len(prompt), sampling=_sampling(12)))]
+    assert tokens == _reference(cluster["engine"], prompt, 12)
+    assert cluster["card"].active_requests() == []  # decode end frees the KV
+
+
+def test_gpu_assist_decode_matches_transformers(cluster):
+    prompt = list(range(7, 30))
+    pre = cluster["gpu"].Prefill(worker_pb2.PrefillRequest(request_id="r2", prompt_token_ids=prompt,
+                                                           sampling=_sampling(10)))
+    assert pre.kv_bytes == 0
+    steps = cluster["gpu"].Decode(worker_pb2.DecodeRequest(request_id="r2", first_token_id=pre.first_token_id,
+                                                           position=len(prompt), sampling=_sampling(10)))
+    tokens = [pre.first_token_id] + [s.token_id for s in steps]
+    assert tokens == _reference(cluster["engine"], prompt, 10)
+    assert cluster["engine"].active_requests() == 0
+
+
+def _transfer(stub, messages):
+    return stub.TransferKV(iter(messages))
+
+
+def _header(rid="bad", prompt=4, reserve=8, layers=2):
+    return worker_pb2.KvChunk(header=worker_pb2.KvHeader(request_id=rid, prompt_tokens=prompt,
+                                                         reserve_tokens=reserve, num_layers=layers))
+
+
+def _layer(layer, seq=4, start=0, heads=2, dim=16, dtype=torch.float32):
+    k = torch.zeros(1, heads, seq, dim, dtype=dtype)
+    chunk = next(kv_wire.layer_chunks(layer, k, k))
+    chunk.seq_start = start
+    return worker_pb2.KvChunk(layer=chunk)
+
+
+END = worker_pb2.KvChunk(end=worker_pb2.KvEnd(num_layers=2))
+
+
+@pytest.mark.parametrize("messages, code", [
+    ([_layer(0)], grpc.StatusCode.INVALID_ARGUMENT),  # no header
+    ([_header(layers=3)], grpc.StatusCode.INVALID_ARGUMENT),  # wrong layer count
+    ([_header(), _layer(5)], grpc.StatusCode.INVALID_ARGUMENT),  # layer out of range
+    ([_header(), _layer(0, heads=3)], grpc.StatusCode.INVALID_ARGUMENT),  # wrong shape
+    ([_header(), _layer(0, dtype=torch.float16)], grpc.StatusCode.OK),  # float16 is accepted and converted
+    ([_header(), _layer(0, start=6)], grpc.StatusCode.INVALID_ARGUMENT),  # beyond the reserved tokens
+    ([_header(), _layer(0), _layer(1), END, END], grpc.StatusCode.INVALID_ARGUMENT),  # second end marker
+    ([_header(), _layer(0), END], grpc.StatusCode.INVALID_ARGUMENT),  # layer 1 missing
+    ([_header(), _header()], grpc.StatusCode.INVALID_ARGUMENT),  # second header
+    ([_header(), _layer(0), _layer(1)], grpc.StatusCode.INVALID_ARGUMENT),  # no end marker
+    ([_header(reserve=10**9)], grpc.StatusCode.RESOURCE_EXHAUSTED),  # does not fit in HBM
+])
+def test_bad_kv_streams_get_their_status_and_leak_nothing(cluster, messages, code):
+    if code == grpc.StatusCode.OK:
+        messages = messages + [_layer(1), END]
+        assert _transfer(cluster["fpga"], messages).kv_bytes > 0
+        assert cluster["fpga"].Release(worker_pb2.ReleaseRequest(request_id="bad")).released
+    else:
+        with pytest.raises(grpc.RpcError) as info:
+            _transfer(cluster["fpga"], messages)
+        assert info.value.code() == code, info.value.details()
+    assert cluster["card"].active_requests() == []
+    # the card still serves a good stream afterwards
+    _transfer(cluster["fpga"], [_header(rid="good"), _layer(0), _layer(1), END])
+    assert cluster["fpga"].Release(worker_pb2.ReleaseRequest(request_id="good")).released
+
+
+def test_prefill_refused_by_a_full_card_is_resource_exhausted(cluster):
+    target = worker_pb2.DecodeTarget(address=cluster["fpga_address"], worker_id="fpga-t")
+    huge = common_pb2.SamplingParams(max_new_tokens=400)
+    small_card_free = cluster["card"].kv_free_bytes()
+    assert small_card_free > 0
+    cluster["card"].hbm_bytes = cluster["card"].weight_image_bytes + 1000  # shrink the card's HBM
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            cluster["gpu"].Prefill(worker_pb2.PrefillRequest(request_id="r3", prompt_token_ids=[1, 2, 3],
+                                                             sampling=huge, target=target))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        cluster["card"].hbm_bytes = cluster["card"].weight_image_bytes + small_card_free
+    assert cluster["card"].active_requests() == []
+
+
+def test_decode_of_unknown_request_is_not_found(cluster):
+    for stub in (cluster["gpu"], cluster["fpga"]):
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Decode(worker_pb2.DecodeRequest(request_id="nope", first_token_id=1, position=3,
+                                                      sampling=_sampling(4))))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_info_names_the_backend(cluster):
+    info = cluster["fpga"].Info(worker_pb2.InfoRequest())
+    assert info.backend == "emu" and info.emulated and "emulator" in info.device_name
+    assert cluster["gpu"].Info(worker_pb2.InfoRequest()).kind == common_pb2.DEVICE_KIND_GPU
