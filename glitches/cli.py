@@ -144,6 +144,7 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
+        click.echo(f"redis {cluster.redis_url} prefix {redis_prefix}", err=True)
         cluster.wait_ready()
         click.echo(f"ready {cluster.address}", err=False)
         sys.stdout.flush()

@@ -153,6 +153,8 @@ class LocalCluster:
         daemons = [p for n, p in self.processes.items() if n != "redis"]
         redis_proc = [p for n, p in self.processes.items() if n == "redis"]
         for group in (daemons, redis_proc):
+            if group is redis_proc and group:
+                self._shutdown_redis()
             for proc in group:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -162,6 +164,15 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+    def _shutdown_redis(self) -> None:
+        """SHUTDOWN NOSAVE is immediate; redis-server can take seconds to act on SIGTERM."""
+        import redis
+
+        try:
+            redis.Redis.from_url(self.redis_url, socket_timeout=2).shutdown(nosave=True)
+        except redis.exceptions.RedisError:
+            pass  # already gone, or it went while answering
 
     def __enter__(self) -> LocalCluster:
         try:

@@ -1,0 +1,94 @@
+"""A real cluster for end-to-end tests: `glitches up` in its own process (scheduler, 1 GPU worker,
+2 emulated FPGA workers, each a process) on the shared Redis under a test-only prefix, and
+transformers' own model in this process as the reference."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+import redis
+import torch
+
+from glitches import Client
+from services import models
+from services.registry import Registry
+from tests.conftest import REDIS_URL
+
+FPGA_WORKERS = 2
+
+
+def start_up(args: list[str], timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
+    """Run `glitches up ARGS` and wait for its `ready <address>` line."""
+    proc = subprocess.Popen([sys.executable, "-m", "glitches", "up", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("ready "):
+            return proc, line.split()[1]
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"glitches up exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
+    proc.kill()
+    raise TimeoutError("glitches up never printed ready")
+
+
+def stop_up(proc: subprocess.Popen, pids: list[int]) -> None:
+    """SIGTERM `glitches up`; it must exit within 30 s leaving none of its processes behind."""
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+    time.sleep(0.2)
+    alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"processes left behind: {alive}"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    prefix = f"glitches-e2e-{uuid.uuid4().hex[:8]}"
+    models.resolve_model(models.DEFAULT_MODEL)
+    proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix,
+                              "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS)])
+    client = Client(address, timeout_s=600)
+    pids = [w.pid for w in client.status().workers]
+    yield dict(address=address, client=client, registry=Registry(REDIS_URL, prefix), prefix=prefix, proc=proc)
+    client.close()
+    stop_up(proc, pids)
+    leftover = list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{prefix}:*"))
+    assert leftover == [], f"registry keys left behind: {leftover}"
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """transformers' own model and tokenizer, float32 on CPU, for greedy reference tokens."""
+    source = models.resolve_model(models.DEFAULT_MODEL)
+    model = models.load_causal_lm(source, "cpu", "float32")
+    tokenizer = models.load_tokenizer(source)
+
+    def generate(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids),
+                                 dtype=torch.long), do_sample=False, max_new_tokens=max_new_tokens)
+        new = out[0, len(prompt_ids):].tolist()
+        eos = model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        for i, token in enumerate(new):  # generate pads after EOS; the service stops at it
+            if token in eos:
+                return new[: i + 1]
+        return new
+
+    return dict(model=model, tokenizer=tokenizer, generate=generate)
+
+
+def assert_idle(registry: Registry, timeout_s: float = 5.0) -> None:
+    """Occupancy in Redis drops back to zero (claims are released in the scheduler's finally)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if registry.occupancy() == {} and registry.claims() == {}:
+            return
+        time.sleep(0.05)
+    assert registry.occupancy() == {} and registry.claims() == {}

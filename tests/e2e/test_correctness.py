@@ -1,0 +1,75 @@
+"""Greedy tokens through the whole path equal transformers' generate(do_sample=False)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+from tests.e2e.conftest import FPGA_WORKERS, assert_idle
+
+pytestmark = pytest.mark.e2e
+
+LONG = ("GLITCHES splits inference across devices: GPUs run prefill, FPGAs with HBM run decode, and the "
+        "KV cache streams from one to the other while prefill is still running. ") * 40
+
+PROMPTS = [
+    ("The capital of France is", False, 16),
+    ("Write a haiku about memory bandwidth.", True, 16),
+    ("def fibonacci(n):", False, 16),
+    ("Übersetze ins Deutsche: the card decodes tokens. 東京の天気は？ Ça va très bien — merci!", False, 16),
+    ("List three prime numbers:", True, 16),
+    ("Once upon a time, in a data center far away,", False, 16),
+    ("Explain KV caching in one sentence.", True, 12),
+    (LONG, False, 8),
+]
+
+
+@pytest.mark.parametrize("prompt, chat, max_tokens", PROMPTS, ids=[f"p{i}" for i in range(len(PROMPTS))])
+def test_greedy_tokens_equal_transformers(cluster, reference, prompt, chat, max_tokens):
+    result = cluster["client"].generate(prompt, max_tokens=max_tokens, chat=chat)
+    if not chat:
+        assert list(result.prompt_token_ids) == reference["tokenizer"](prompt)["input_ids"]
+    expected = reference["generate"](list(result.prompt_token_ids), max_tokens)
+    assert list(result.token_ids) == expected
+    assert result.text == reference["tokenizer"].decode(expected, skip_special_tokens=True)
+    assert result.decode_device == "fpga"
+    assert_idle(cluster["registry"])
+
+
+def test_long_prompt_is_long_and_its_kv_streams_during_prefill(cluster):
+    result = cluster["client"].generate(LONG, max_tokens=4)
+    assert len(result.prompt_token_ids) >= 1024
+    t = result.timings
+    assert t.num_layers == 30
+    # every layer but the last few had fully arrived before prefill ended
+    assert t.layers_received_before_prefill_end >= t.num_layers - 3, t
+    assert t.kv_bytes == len(result.prompt_token_ids) * 30 * 2 * 3 * 64 * 4  # float32 K+V, 3 KV heads x 64
+    assert t.kv_exposed_s < t.prefill_s
+
+
+def test_more_requests_than_fpgas_use_gpu_assist_and_stay_correct(cluster, reference):
+    prompts = [f"Count from {i} to {i + 5}:" for i in range(FPGA_WORKERS + 2)]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        results = list(pool.map(lambda p: cluster["client"].generate(p, max_tokens=24), prompts))
+    devices = [r.decode_device for r in results]
+    assert "gpu" in devices, devices
+    assert devices.count("fpga") <= FPGA_WORKERS * 1 + 2  # never more FPGA decodes than could be claimed
+    for result in results:
+        assert list(result.token_ids) == reference["generate"](list(result.prompt_token_ids), 24)
+    assert_idle(cluster["registry"])
+    status = cluster["client"].status()
+    assert all(w.active_requests == 0 for w in status.workers)
+
+
+def test_streamed_text_adds_up_to_the_final_text(cluster):
+    from glitches import Completion
+
+    pieces, final = [], None
+    for item in cluster["client"].stream("Name a color:", max_tokens=12, chat=True):
+        if isinstance(item, Completion):
+            final = item
+        else:
+            pieces.append(item)
+    assert "".join(p.text for p in pieces) == final.text
+    assert [t for p in pieces for t in p.token_ids] == list(final.token_ids)
