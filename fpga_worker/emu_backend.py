@@ -12,7 +12,7 @@ transformers on the host CPU, so its tokens equal transformers' generate.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -30,11 +30,13 @@ WEIGHT_IMAGE_BITS_PER_WEIGHT = 5
 class _Request:
     reserved_bytes: int
     reserve_tokens: int
+    # per layer, K and V [1, H_kv, reserve_tokens, D] float32, allocated at the layer's first chunk
+    keys: list[torch.Tensor | None]
+    values: list[torch.Tensor | None]
+    # per layer, the received token ranges [(start, stop)], checked at seal()
+    ranges: list[list[tuple[int, int]]]
     prompt_tokens: int = 0
-    # per layer, the received chunks as (seq_start, key, value); key/value [1, H_kv, S, D]
-    chunks: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = field(default_factory=list)
-    cache: DynamicCache | None = None  # built at seal()
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    cache: DynamicCache | None = None  # built at seal() over the first prompt_tokens of keys/values
 
 
 class EmulatedCard(DecodeBackend):
@@ -78,8 +80,9 @@ class EmulatedCard(DecodeBackend):
             if need > free:
                 raise ResourceExhausted(f"KV for {max_tokens} tokens needs {need} bytes of HBM but only {free} "
                                         "are free on this card; use fewer tokens or another worker")
-            self._requests[request_id] = _Request(need, max_tokens,
-                                                  chunks=[[] for _ in range(self._geometry.num_layers)])
+            layers = self._geometry.num_layers
+            self._requests[request_id] = _Request(need, max_tokens, [None] * layers, [None] * layers,
+                                                  [[] for _ in range(layers)])
 
     def _get(self, request_id: str) -> _Request:
         with self._lock:
@@ -100,24 +103,34 @@ class EmulatedCard(DecodeBackend):
         if seq_start + key.shape[2] > request.reserve_tokens:
             raise InvalidArgument(f"layer {layer}: tokens {seq_start}..{seq_start + key.shape[2]} lie beyond the "
                                   f"{request.reserve_tokens} tokens reserved")
-        request.chunks[layer].append((seq_start, key.to(torch.float32), value.to(torch.float32)))
+        if request.keys[layer] is None:
+            shape = (1, g.kv_heads, request.reserve_tokens, g.head_dim)
+            request.keys[layer] = torch.empty(shape, dtype=torch.float32)
+            request.values[layer] = torch.empty(shape, dtype=torch.float32)
+        stop = seq_start + key.shape[2]
+        request.keys[layer][:, :, seq_start:stop].copy_(key)  # the one copy, like a DMA into HBM
+        request.values[layer][:, :, seq_start:stop].copy_(value)
+        request.ranges[layer].append((seq_start, stop))
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
         request = self._get(request_id)
         cache = DynamicCache(config=self.model.config)
-        for layer, chunks in enumerate(request.chunks):
-            chunks.sort(key=lambda c: c[0])
+        for layer, ranges in enumerate(request.ranges):
             covered = 0
-            for start, key, _ in chunks:
+            for start, stop in sorted(ranges):
                 if start != covered:
                     raise InvalidArgument(f"layer {layer}: KV chunks leave a gap or overlap at token {covered}")
-                covered += key.shape[2]
+                covered = stop
             if covered != prompt_tokens:
                 raise InvalidArgument(f"layer {layer}: received {covered} tokens of KV, expected {prompt_tokens}")
-            cache.update(torch.cat([c[1] for c in chunks], dim=2), torch.cat([c[2] for c in chunks], dim=2), layer)
-        request.chunks = []
-        request.cache = cache
+            # hand transformers views on the stored KV instead of copying it through update()
+            key = request.keys[layer][:, :, :prompt_tokens]
+            value = request.values[layer][:, :, :prompt_tokens]
+            cache.layers[layer].lazy_initialization(key, value)
+            cache.layers[layer].keys, cache.layers[layer].values = key, value
         request.prompt_tokens = prompt_tokens
+        request.cache = cache
+        request.keys = request.values = []  # the cache's views keep what is needed alive
 
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
         request = self._get(request_id)

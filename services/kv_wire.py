@@ -8,6 +8,7 @@ C order, so no element is converted on the way.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -44,7 +45,10 @@ def layer_chunks(layer: int, key: torch.Tensor, value: torch.Tensor,
 
 
 def decode_chunk(chunk: worker_pb2.KvLayerChunk) -> tuple[torch.Tensor, torch.Tensor]:
-    """K and V tensors of a chunk, checked against its declared dtype and shape."""
+    """K and V tensors of a chunk, checked against its declared dtype and shape.
+
+    The tensors are read-only views on the message's bytes: copy them before keeping them.
+    """
     dtype = DTYPES.get(chunk.dtype)
     if dtype is None:
         raise InvalidArgument(f"layer {chunk.layer}: unknown KV dtype {chunk.dtype!r}; use one of {sorted(DTYPES)}")
@@ -55,6 +59,9 @@ def decode_chunk(chunk: worker_pb2.KvLayerChunk) -> tuple[torch.Tensor, torch.Te
     if len(chunk.key) != expected or len(chunk.value) != expected:
         raise InvalidArgument(f"layer {chunk.layer}: shape {list(shape)} of {chunk.dtype} needs {expected} bytes "
                               f"each for K and V, got {len(chunk.key)} and {len(chunk.value)}")
-    key = torch.frombuffer(bytearray(chunk.key), dtype=dtype).reshape(shape)
-    value = torch.frombuffer(bytearray(chunk.value), dtype=dtype).reshape(shape)
+    # Views on the message's own bytes (read-only, no copy): the receiver copies them once, into its KV store.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given buffer is not writable")
+        key = torch.frombuffer(chunk.key, dtype=dtype).reshape(shape)
+        value = torch.frombuffer(chunk.value, dtype=dtype).reshape(shape)
     return key, value
