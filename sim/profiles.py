@@ -9,6 +9,7 @@ Two timing models:
   derived from one measured point (`calibration` in devices.json: the paper's
   figures reproduce exactly there) or, for unmeasured devices, a stated default.
 - `ConstantTiming`: fixed seconds, for closed-form tests and what-ifs.
+- `ScaledTiming`: another timing times a factor, for what-ifs.
 Profiles measured on live workers load through `sim.measured`.
 """
 
@@ -42,6 +43,21 @@ class ConstantTiming:
 
     def decode_step_s(self, context_tokens: int) -> float:
         return self.decode_seconds
+
+
+@dataclass(frozen=True)
+class ScaledTiming:
+    """Another timing slowed (factor > 1) or sped up: for what-ifs and for saying what it takes to match."""
+
+    base: Timing
+    prefill_factor: float = 1.0
+    decode_factor: float = 1.0
+
+    def prefill_s(self, prompt_tokens: int) -> float:
+        return self.base.prefill_s(prompt_tokens) * self.prefill_factor
+
+    def decode_step_s(self, context_tokens: int) -> float:
+        return self.base.decode_step_s(context_tokens) * self.decode_factor
 
 
 @dataclass(frozen=True)
