@@ -213,6 +213,34 @@ def status_cmd(as_json, address) -> None:
                    f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots}")
 
 
+@main.command("simulate")
+@click.option("--gpus", required=True, type=int, help="GPUs in the node.")
+@click.option("--gpu", default="a100", show_default=True, help="GPU profile (a100, v100s, h100-pcie, l4, ...).")
+@click.option("--fpgas", required=True, type=int, help="FPGA cards in the node.")
+@click.option("--fpga", default="u280", show_default=True, help="FPGA profile.")
+@click.option("--model", default="llama-2-7b", show_default=True, help="Model shape (sim/profiles/models.json).")
+@click.option("--input", "input_tokens", required=True, type=int, help="Prompt tokens per request.")
+@click.option("--output", "output_tokens", required=True, type=int, help="New tokens per request.")
+@click.option("--num-requests", default=200, type=int, show_default=True)
+@click.option("--request-rate", default=None, type=float, help="Poisson arrivals, requests/s.")
+@click.option("--concurrency", default=None, type=int, help="Closed loop with this many clients.")
+@click.option("--profile", "profile_path", default=None, help="Measured device profiles (glitches.profile.v1).")
+@click.option("--json", "as_json", is_flag=True)
+def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
+                 concurrency, profile_path, as_json) -> None:
+    """Predict a node of N GPUs + M FPGAs with a discrete-event model (the scheduler's own placement)."""
+    from sim.cli import render_text, simulate
+
+    if request_rate is not None and concurrency is not None:
+        raise click.UsageError("give --request-rate or --concurrency, not both")
+    try:
+        result = simulate(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
+                          concurrency, profile_path)
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(json.dumps(result) if as_json else render_text(result))
+
+
 def run() -> None:
     """Entry point: SDK errors become one line on stderr and exit code 1."""
     try:
