@@ -30,7 +30,8 @@ def cluster(tiny_source):
     gpu_server, gpu = _serve(GpuWorkerServicer(engine, "gpu-t", tiny_source.name))
     fpga_server, fpga = _serve(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), "fpga-t",
                                                   tiny_source.name, 1))
-    yield dict(engine=engine, card=card, gpu=gpu, fpga=fpga, fpga_address=f"127.0.0.1:{fpga_server.port}")
+    yield dict(engine=engine, card=card, gpu=gpu, fpga=fpga, fpga_address=f"127.0.0.1:{fpga_server.port}",
+               fpga_server=fpga_server)
     gpu_server.stop(0)
     fpga_server.stop(0)
 
@@ -146,3 +147,24 @@ def test_info_names_the_backend(cluster):
     info = cluster["fpga"].Info(worker_pb2.InfoRequest())
     assert info.backend == "emu" and info.emulated and "emulator" in info.device_name
     assert cluster["gpu"].Info(worker_pb2.InfoRequest()).kind == common_pb2.DEVICE_KIND_GPU
+
+
+def test_health_and_reflection_are_served_and_drain_turns_not_serving(cluster):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel = insecure_channel(cluster["fpga_address"])
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "glitches.v1.Worker"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    [reply] = list(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"glitches.v1.Worker", "grpc.health.v1.Health"} <= names
+    cluster["fpga_server"].set_serving(False)
+    try:
+        assert health.Check(health_pb2.HealthCheckRequest(service="glitches.v1.Worker")).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        cluster["fpga_server"].set_serving(True)
