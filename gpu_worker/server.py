@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 
-import grpc
 
 from gpu_worker.engine import GpuEngine
 from gpu_worker.settings import GpuWorkerSettings
 from services import models
-from services.channels import insecure_channel
+from services.channels import WorkerStubs
 from services.daemon import configure_logging, run_until_signalled
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
@@ -29,14 +27,10 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.engine = engine
         self.worker_id = worker_id
         self.model_name = model_name
-        self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}
-        self._stubs_lock = threading.Lock()
+        self._stubs = WorkerStubs()
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        with self._stubs_lock:
-            if address not in self._stubs:
-                self._stubs[address] = worker_pb2_grpc.WorkerStub(insecure_channel(address))
-            return self._stubs[address]
+        return self._stubs.get(address)
 
     def info(self) -> worker_pb2.InfoResponse:
         engine = self.engine

@@ -18,7 +18,7 @@ import grpc
 from scheduler.detokenizer import Detokenizer
 from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
 from scheduler.settings import SchedulerSettings
-from services.channels import insecure_channel
+from services.channels import WorkerStubs
 from services.decoding import Finish
 from services.errors import InvalidArgument, Unavailable, from_rpc_error
 from services.proto_convert import FINISH_FROM_PROTO
@@ -82,16 +82,12 @@ class Orchestrator:
         self.settings = settings
         self.registry = registry
         self.model = model
-        self._stubs: dict[str, worker_pb2_grpc.WorkerStub] = {}
-        self._stubs_lock = threading.Lock()
+        self._stubs = WorkerStubs()
         self.active = 0
         self._active_lock = threading.Lock()
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        with self._stubs_lock:
-            if address not in self._stubs:
-                self._stubs[address] = worker_pb2_grpc.WorkerStub(insecure_channel(address))
-            return self._stubs[address]
+        return self._stubs.get(address)
 
     # --- validation ----------------------------------------------------------
     def validate(self, request: GenerateInput) -> tuple[list[int], Sampling]:
