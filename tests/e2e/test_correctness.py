@@ -73,3 +73,26 @@ def test_streamed_text_adds_up_to_the_final_text(cluster):
             pieces.append(item)
     assert "".join(p.text for p in pieces) == final.text
     assert [t for p in pieces for t in p.token_ids] == list(final.token_ids)
+
+
+def test_client_cancel_frees_the_slot_and_the_kv(cluster):
+    import time
+
+    from glitches import TextChunk
+
+    stream = cluster["client"].stream("Write a very long essay about rivers.", max_tokens=400, chat=True)
+    for item in stream:
+        if isinstance(item, TextChunk) and item.token_ids:
+            break
+    busy = [w for w in cluster["client"].status().workers if w.active_requests]
+    assert busy, "the request should hold a slot while it streams"
+    stream.close()  # cancels the gRPC call
+    started = time.monotonic()
+    assert_idle(cluster["registry"], timeout_s=5.0)
+    assert time.monotonic() - started < 5.0
+    from services.channels import insecure_channel
+    from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+
+    for worker in cluster["client"].status().workers:
+        info = worker_pb2_grpc.WorkerStub(insecure_channel(worker.address)).Info(worker_pb2.InfoRequest())
+        assert info.active_requests == 0, worker.worker_id
