@@ -60,6 +60,8 @@ def main() -> None:
 @daemon_options
 @click.option("--max-new-tokens-limit", default=4096, type=int, envvar=_env("max-new-tokens-limit"),
               show_default=True, help="Largest max_tokens a request may ask for.")
+@click.option("--lease-ttl-s", default=5.0, type=float, envvar=_env("lease-ttl-s"), show_default=True,
+              help="How long a slot claim outlives a scheduler that died, seconds.")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from scheduler.server import serve

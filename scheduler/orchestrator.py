@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from scheduler.detokenizer import Detokenizer
+from scheduler.leases import LeaseKeeper
 from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
 from scheduler.settings import SchedulerSettings
 from services.channels import WorkerStubs
@@ -78,9 +79,11 @@ class ModelInfo:
 
 
 class Orchestrator:
-    def __init__(self, settings: SchedulerSettings, registry: Registry, model: ModelInfo):
+    def __init__(self, settings: SchedulerSettings, registry: Registry, model: ModelInfo,
+                 leases: LeaseKeeper | None = None):
         self.settings = settings
         self.registry = registry
+        self.leases = leases or LeaseKeeper(registry)
         self.model = model
         self._stubs = WorkerStubs()
         self.active = 0
@@ -153,6 +156,7 @@ class Orchestrator:
         request_id = uuid.uuid4().hex
         with self._active_lock:
             self.active += 1
+        self.leases.add(request_id)
         decode_call = None
         decoder = None
         try:
@@ -205,6 +209,7 @@ class Orchestrator:
                 self._release_on_worker(decoder, request_id)
             self.registry.release(request_id, "prefill")
             self.registry.release(request_id, "decode")
+            self.leases.discard(request_id)
             with self._active_lock:
                 self.active -= 1
 

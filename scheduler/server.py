@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from scheduler.leases import LeaseKeeper
 from scheduler.orchestrator import Delta, GenerateInput, ModelInfo, Orchestrator
 from scheduler.settings import SchedulerSettings
 from services import models
@@ -68,8 +69,10 @@ def load_model_info(spec: str) -> ModelInfo:
 
 def serve(settings: SchedulerSettings) -> None:
     configure_logging("scheduler")
-    registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
-    orchestrator = Orchestrator(settings, registry, load_model_info(settings.model))
+    registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s, settings.lease_ttl_s)
+    leases = LeaseKeeper(registry)
+    leases.start()
+    orchestrator = Orchestrator(settings, registry, load_model_info(settings.model), leases)
     server = start_server(settings.host, settings.port,
                           [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],
                           (SERVICE_NAME,))

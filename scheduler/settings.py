@@ -14,8 +14,11 @@ class SchedulerSettings(DaemonSettings):
     prefill_timeout_s: float = 300.0
     decode_token_timeout_s: float = 120.0  # longest wait for the next token
     release_timeout_s: float = 5.0
+    lease_ttl_s: float = 5.0  # a claim outlives a dead scheduler by at most this long
 
     def __post_init__(self):
         super().__post_init__()
         if self.max_new_tokens_limit < 1:
             raise InvalidArgument(f"--max-new-tokens-limit must be at least 1, got {self.max_new_tokens_limit}")
+        if self.lease_ttl_s <= 1.0:
+            raise InvalidArgument(f"--lease-ttl-s must be above the 1 s renewal interval, got {self.lease_ttl_s}")

@@ -6,9 +6,13 @@ Keys, all under one prefix P (so tests and clusters can share a Redis):
     P:alive:{id}        STR   heartbeat; expires after heartbeat_ttl_s unless renewed
     P:active            HASH  id -> requests the worker holds now
     P:claims            HASH  "{request_id}:{role}" -> id; one entry per held slot
+    P:lease:{claim}     STR   the claim's lease; expires after lease_ttl_s unless renewed
 
 Occupancy changes only through the Lua scripts below, so concurrent schedulers
 never over-fill a worker and a release is counted once however often it is called.
+Every claim is a lease: the scheduler running the request renews it; when that
+scheduler dies, the lease expires and the next sweep (by any scheduler or any
+worker's heartbeat) releases the slot.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ from services.errors import Unavailable
 log = logging.getLogger(__name__)
 
 # Claim the first candidate that is alive and below its slot count.
-# ARGV: prefix, claim field, candidate ids...   Returns the claimed id or false.
+# ARGV: prefix, claim field, lease ms, candidate ids...   Returns the claimed id or false.
 _CLAIM_FIRST_FREE = """
-local prefix, field = ARGV[1], ARGV[2]
+local prefix, field, lease_ms = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HEXISTS', prefix .. ':claims', field) == 1 then
   return redis.error_reply('claim ' .. field .. ' is already held')
 end
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
   if redis.call('EXISTS', prefix .. ':alive:' .. id) == 1 then
     local slots = tonumber(redis.call('HGET', prefix .. ':worker:' .. id, 'slots') or '0')
@@ -39,6 +43,7 @@ for i = 3, #ARGV do
     if active < slots then
       redis.call('HINCRBY', prefix .. ':active', id, 1)
       redis.call('HSET', prefix .. ':claims', field, id)
+      redis.call('SET', prefix .. ':lease:' .. field, id, 'PX', lease_ms)
       return id
     end
   end
@@ -47,14 +52,16 @@ return false
 """
 
 # Count a request on a worker regardless of slots (GPU prefill queues on the device).
+# ARGV: prefix, claim field, lease ms, worker id.
 _CLAIM_ALIVE = """
-local prefix, field, id = ARGV[1], ARGV[2], ARGV[3]
+local prefix, field, lease_ms, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', prefix .. ':alive:' .. id) == 0 then return false end
 if redis.call('HEXISTS', prefix .. ':claims', field) == 1 then
   return redis.error_reply('claim ' .. field .. ' is already held')
 end
 redis.call('HINCRBY', prefix .. ':active', id, 1)
 redis.call('HSET', prefix .. ':claims', field, id)
+redis.call('SET', prefix .. ':lease:' .. field, id, 'PX', lease_ms)
 return id
 """
 
@@ -64,10 +71,29 @@ local prefix, field = ARGV[1], ARGV[2]
 local id = redis.call('HGET', prefix .. ':claims', field)
 if not id then return false end
 redis.call('HDEL', prefix .. ':claims', field)
+redis.call('DEL', prefix .. ':lease:' .. field)
 if redis.call('HINCRBY', prefix .. ':active', id, -1) <= 0 then
   redis.call('HDEL', prefix .. ':active', id)
 end
 return id
+"""
+
+# Release every claim whose lease has expired. ARGV: prefix. Returns the released claim fields.
+_SWEEP_EXPIRED = """
+local prefix = ARGV[1]
+local claims = redis.call('HGETALL', prefix .. ':claims')
+local released = {}
+for i = 1, #claims, 2 do
+  local field, id = claims[i], claims[i + 1]
+  if redis.call('EXISTS', prefix .. ':lease:' .. field) == 0 then
+    redis.call('HDEL', prefix .. ':claims', field)
+    if redis.call('HINCRBY', prefix .. ':active', id, -1) <= 0 then
+      redis.call('HDEL', prefix .. ':active', id)
+    end
+    released[#released + 1] = field
+  end
+end
+return released
 """
 
 
@@ -109,13 +135,15 @@ class WorkerState:
 class Registry:
     """Typed access to the registry keys; one instance per daemon."""
 
-    def __init__(self, url: str, prefix: str = "glitches", heartbeat_ttl_s: float = 3.0):
+    def __init__(self, url: str, prefix: str = "glitches", heartbeat_ttl_s: float = 3.0, lease_ttl_s: float = 5.0):
         self.prefix = prefix
         self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.lease_ttl_s = lease_ttl_s
         self.redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._claim_first_free = self.redis.register_script(_CLAIM_FIRST_FREE)
         self._claim_alive = self.redis.register_script(_CLAIM_ALIVE)
         self._release = self.redis.register_script(_RELEASE)
+        self._sweep_expired = self.redis.register_script(_SWEEP_EXPIRED)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -174,13 +202,33 @@ class Registry:
         if not candidates:
             return None
         field = f"{request_id}:{role}"
-        result = self._call("claim", lambda: self._claim_first_free(args=[self.prefix, field, *candidates]))
+        result = self._call("claim", lambda: self._claim_first_free(
+            args=[self.prefix, field, self._lease_ms, *candidates]))
         return result.decode() if result else None
 
     def claim_alive(self, request_id: str, role: str, worker_id: str) -> bool:
         """Count a request on a worker that has no slot limit for this role (GPU prefill)."""
         field = f"{request_id}:{role}"
-        return bool(self._call("claim", lambda: self._claim_alive(args=[self.prefix, field, worker_id])))
+        return bool(self._call("claim", lambda: self._claim_alive(args=[self.prefix, field, self._lease_ms,
+                                                                          worker_id])))
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.lease_ttl_s * 1000)
+
+    def renew(self, request_id: str, roles: tuple[str, ...] = ("prefill", "decode")) -> None:
+        """Extend the leases of a running request's claims (a released claim is not revived)."""
+        def extend():
+            pipe = self.redis.pipeline()
+            for role in roles:
+                pipe.pexpire(self._key("lease", f"{request_id}:{role}"), self._lease_ms)
+            pipe.execute()
+        self._call("renew", extend)
+
+    def sweep_expired(self) -> list[str]:
+        """Release the claims whose leases expired (their scheduler died); returns the claim fields."""
+        result = self._call("sweep", lambda: self._sweep_expired(args=[self.prefix]))
+        return [f.decode() for f in result]
 
     def release(self, request_id: str, role: str) -> str | None:
         """Give back a claim; safe to call more than once."""
@@ -215,6 +263,9 @@ class Heartbeat:
     def beat_now(self) -> None:
         try:
             self._registry.register(self._record_fn())
+            # any live daemon frees the slots of schedulers that died mid-request
+            for claim in self._registry.sweep_expired():
+                log.warning("released claim %s: its lease expired", claim)
         except Unavailable as error:
             if not self._failing:
                 log.warning("heartbeat failed, will retry: %s", error)

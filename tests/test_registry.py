@@ -62,3 +62,17 @@ def test_heartbeat_keeps_a_worker_alive_and_deregisters_on_stop(redis_prefix):
     assert registry.workers()[0].healthy
     beat.stop()
     assert registry.workers() == []
+
+
+def test_expired_leases_are_swept_and_renewed_ones_are_kept(redis_prefix):
+    registry = Registry(REDIS_URL, redis_prefix, lease_ttl_s=0.3)
+    registry.register(_record("f0", slots=2))
+    assert registry.claim_first_free("dead", "decode", ["f0"]) == "f0"
+    assert registry.claim_first_free("alive", "decode", ["f0"]) == "f0"
+    for _ in range(4):
+        time.sleep(0.1)
+        registry.renew("alive")
+    assert registry.sweep_expired() == ["dead:decode"]
+    assert registry.occupancy() == {"f0": 1} and list(registry.claims()) == ["alive:decode"]
+    registry.release("alive", "decode")
+    assert registry.sweep_expired() == [] and registry.occupancy() == {}
