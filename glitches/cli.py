@@ -37,6 +37,8 @@ def daemon_options(fn):
                      help="Model name, local transformers directory, or .gguf file."),
         click.option("--threads", default=0, type=int, envvar=_env("threads"),
                      help="torch threads (0: torch's default)."),
+        click.option("--http-port", default=0, type=int, envvar=_env("http-port"),
+                     help="HTTP side port for /healthz, /readyz, /metrics (0: any free port)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -145,6 +147,8 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
         click.echo(f"redis {cluster.redis_url} prefix {redis_prefix}", err=True)
+        for name, http_address in cluster.http_addresses.items():
+            click.echo(f"http {name} {http_address}")  # /healthz /readyz /metrics
         cluster.wait_ready()
         click.echo(f"ready {cluster.address}", err=False)
         sys.stdout.flush()
