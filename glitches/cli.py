@@ -245,6 +245,15 @@ def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num
     click.echo(json.dumps(result) if as_json else render_text(result))
 
 
+def _add_deploy() -> None:
+    from glitches.deploy.command import deploy_cmd
+
+    main.add_command(deploy_cmd)
+
+
+_add_deploy()
+
+
 def run() -> None:
     """Entry point: SDK errors become one line on stderr and exit code 1."""
     try:
