@@ -8,11 +8,12 @@ import os
 from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
 from fpga_worker.settings import FpgaWorkerSettings
-from services import models
+from services import metrics, models
 from services.daemon import configure_logging, run_until_signalled
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
+from services.observability import DaemonHttp, publish_device_facts, worker_ready_check
 from services.proto_convert import step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
 from services.sampling import Sampling
@@ -50,6 +51,7 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     def TransferKV(self, request_iterator, context):
         received = kv_receiver.receive(self.backend, request_iterator)
+        metrics.KV_RECEIVED_BYTES.inc(received.kv_bytes)
         return worker_pb2.TransferKVResponse(kv_bytes=received.kv_bytes,
                                              layer_received_unix_s=received.layer_received_unix_s)
 
@@ -79,12 +81,13 @@ def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> D
 
 def serve(settings: FpgaWorkerSettings) -> None:
     configure_logging("fpga-worker")
+    http = DaemonHttp(settings, "fpga-worker")
     source = models.resolve_model(settings.model)
     backend = build_backend(settings, source)
     registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
     servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots)
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,))
+                          (SERVICE_NAME,), metrics_role="fpga-worker")
     servicer.worker_id = settings.id_for("fpga", server.port)
     address = settings.address_for(server.port)
 
@@ -93,11 +96,18 @@ def serve(settings: FpgaWorkerSettings) -> None:
         return WorkerRecord(worker_id=info.worker_id, kind="fpga", backend=info.backend, emulated=int(info.emulated),
                             device_name=info.device_name, address=address, pid=info.pid, model=info.model,
                             slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
-                            kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token)
+                            kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
+                            http_address=http.address)
 
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
     heartbeat.start()
     facts = backend.facts()
+    metrics.ACTIVE_REQUESTS.of("fpga-worker").set_function(lambda: len(backend.active_requests()))
+    metrics.SLOTS.of("fpga-worker").set(settings.slots)
+    metrics.KV_FREE_BYTES.set_function(backend.kv_free_bytes)
+    metrics.KV_CAPACITY_BYTES.set(facts.kv_capacity_bytes)
+    publish_device_facts("fpga-worker", settings.device, facts.extra)
+    http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
     run_until_signalled(server, heartbeat, settings.drain_grace_s,
                         f"fpga-worker {servicer.worker_id} ready {address} backend={facts.backend} "
-                        f"emulated={facts.emulated} device={facts.device_name!r}")
+                        f"emulated={facts.emulated} device={facts.device_name!r} http={http.address}")

@@ -37,6 +37,8 @@ def daemon_options(fn):
                      help="Model name, local transformers directory, or .gguf file."),
         click.option("--threads", default=0, type=int, envvar=_env("threads"),
                      help="torch threads (0: torch's default)."),
+        click.option("--http-port", default=0, type=int, envvar=_env("http-port"),
+                     help="HTTP side port for /healthz, /readyz, /metrics (0: any free port)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -147,6 +149,8 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
         click.echo(f"redis {cluster.redis_url} prefix {redis_prefix}", err=True)
+        for name, http_address in cluster.http_addresses.items():
+            click.echo(f"http {name} {http_address}")  # /healthz /readyz /metrics
         cluster.wait_ready()
         click.echo(f"ready {cluster.address}", err=False)
         sys.stdout.flush()
@@ -241,6 +245,15 @@ def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
     click.echo(json.dumps(result) if as_json else render_text(result))
+
+
+def _add_deploy() -> None:
+    from glitches.deploy.command import deploy_cmd
+
+    main.add_command(deploy_cmd)
+
+
+_add_deploy()
 
 
 def run() -> None:

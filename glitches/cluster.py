@@ -70,6 +70,7 @@ class LocalCluster:
         self.processes: dict[str, subprocess.Popen] = {}
         self.redis_url = spec.redis_url
         self.address = ""
+        self.http_addresses: dict[str, str] = {}  # daemon name -> host:port of /healthz /readyz /metrics
 
     # --- processes -------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -82,7 +83,10 @@ class LocalCluster:
         return proc
 
     def _daemon(self, name: str, command: str, *args: str) -> None:
-        common = ["--redis-url", self.redis_url, "--redis-prefix", self.spec.redis_prefix, "--model", self.spec.model]
+        http_port = free_port()
+        self.http_addresses[name] = f"127.0.0.1:{http_port}"
+        common = ["--redis-url", self.redis_url, "--redis-prefix", self.spec.redis_prefix, "--model", self.spec.model,
+                  "--http-port", str(http_port)]
         self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args])
 
     def start(self) -> None:

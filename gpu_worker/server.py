@@ -8,11 +8,12 @@ import os
 
 from gpu_worker.engine import GpuEngine
 from gpu_worker.settings import GpuWorkerSettings
-from services import models
+from services import metrics, models
 from services.channels import WorkerStubs
 from services.daemon import configure_logging, run_until_signalled
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
+from services.observability import DaemonHttp, watch_cuda_device, worker_ready_check
 from services.proto_convert import FINISH_TO_PROTO, step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
 from services.sampling import Sampling
@@ -51,6 +52,12 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         target = self._stub(request.target.address) if request.target.address else None
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, target)
+        metrics.PREFILL.observe(result.prefill_s)
+        if target is not None:
+            metrics.KV_SENT_BYTES.inc(result.kv_bytes)
+            metrics.KV_REQUEST_BYTES.observe(result.kv_bytes)
+            metrics.KV_TRANSFER.observe(result.kv_transfer_s)
+            metrics.KV_EXPOSED.observe(result.kv_exposed_s)
         return worker_pb2.PrefillResponse(
             first_token_id=result.first_token_id, prefill_s=result.prefill_s, kv_bytes=result.kv_bytes,
             kv_exposed_s=result.kv_exposed_s, kv_transfer_s=result.kv_transfer_s,
@@ -82,12 +89,13 @@ def _device_name(device: str) -> str:
 
 def serve(settings: GpuWorkerSettings) -> None:
     configure_logging("gpu-worker")
+    http = DaemonHttp(settings, "gpu-worker")
     source = models.resolve_model(settings.model)
     engine = GpuEngine(settings, source)
     registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
     servicer = GpuWorkerServicer(engine, "", source.name)
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,))
+                          (SERVICE_NAME,), metrics_role="gpu-worker")
     servicer.worker_id = settings.id_for("gpu", server.port)
     address = settings.address_for(server.port)
 
@@ -96,11 +104,16 @@ def serve(settings: GpuWorkerSettings) -> None:
         return WorkerRecord(worker_id=info.worker_id, kind="gpu", backend=info.backend, emulated=int(info.emulated),
                             device_name=info.device_name, address=address, pid=info.pid, model=info.model,
                             slots=info.slots, kv_capacity_bytes=0, kv_free_bytes=0,
-                            kv_bytes_per_token=info.kv_bytes_per_token)
+                            kv_bytes_per_token=info.kv_bytes_per_token, http_address=http.address)
 
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
     heartbeat.start()
+    metrics.ACTIVE_REQUESTS.of("gpu-worker").set_function(engine.active_requests)
+    metrics.SLOTS.of("gpu-worker").set(settings.slots)
+    watch_cuda_device("gpu-worker", engine.device)
+    http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
     log.info("gpu worker %s on %s: %s, %s, model %s", servicer.worker_id, address, engine.device, engine.dtype,
              source.name)
     run_until_signalled(server, heartbeat, settings.drain_grace_s,
-                        f"gpu-worker {servicer.worker_id} ready {address} device={engine.device} dtype={engine.dtype}")
+                        f"gpu-worker {servicer.worker_id} ready {address} device={engine.device} dtype={engine.dtype} "
+                        f"http={http.address}")

@@ -19,6 +19,7 @@ from scheduler.detokenizer import Detokenizer
 from scheduler.leases import LeaseKeeper
 from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
 from scheduler.settings import SchedulerSettings
+from services import metrics
 from services.channels import WorkerStubs
 from services.decoding import Finish
 from services.errors import InvalidArgument, Unavailable, from_rpc_error
@@ -170,7 +171,8 @@ class Orchestrator:
             detok = Detokenizer(self.model.text_of, sampling.stop)
             tokens = [first]
             yield Delta(detok.add(first), [first])
-            first_out = time.monotonic()
+            first_out = last_out = time.monotonic()
+            metrics.TTFT.observe(first_out - arrived)
             finish = FINISH_FROM_PROTO[prefill.finish_reason]
             device_decode_s = modeled_s = 0.0
             if finish is None:
@@ -185,6 +187,9 @@ class Orchestrator:
                         device_decode_s += step.step_s
                         modeled_s += step.modeled_step_s
                         yield Delta(detok.add(step.token_id), [step.token_id])
+                        now = time.monotonic()
+                        metrics.INTER_TOKEN.observe(now - last_out)
+                        last_out = now
                         finish = FINISH_FROM_PROTO[step.finish_reason]
                 except grpc.RpcError as error:
                     raise from_rpc_error(error, f"decode on {decoder.record.worker_id} failed") from error
@@ -200,6 +205,7 @@ class Orchestrator:
                 device_decode_s=device_decode_s, modeled_decode_s=modeled_s,
                 layers_received_before_prefill_end=prefill.layers_received_before_prefill_end,
                 num_layers=prefill.num_layers, total_s=done - arrived)
+            metrics.REQUESTS_FINISHED.labels("fpga" if on_fpga else "gpu").inc()
             yield Final(request_id, prompt_ids, tokens, detok.text, finish or Finish.LENGTH,
                         "fpga" if on_fpga else "gpu", decoder.record.worker_id, gpu.record.worker_id, timings)
         finally:

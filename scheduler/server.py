@@ -10,6 +10,8 @@ from scheduler.settings import SchedulerSettings
 from services import models
 from services.daemon import configure_logging, run_until_signalled
 from services.grpc_server import start_server
+from services.metrics import ACTIVE_REQUESTS, REGISTRIES
+from services.observability import DaemonHttp, OccupancyCollector, scheduler_ready_check
 from services.proto_convert import FINISH_TO_PROTO
 from services.registry import Registry
 from services.sampling import Sampling
@@ -69,12 +71,16 @@ def load_model_info(spec: str) -> ModelInfo:
 
 def serve(settings: SchedulerSettings) -> None:
     configure_logging("scheduler")
+    http = DaemonHttp(settings, "scheduler")
     registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s, settings.lease_ttl_s)
     leases = LeaseKeeper(registry)
     leases.start()
     orchestrator = Orchestrator(settings, registry, load_model_info(settings.model), leases)
     server = start_server(settings.host, settings.port,
                           [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],
-                          (SERVICE_NAME,))
+                          (SERVICE_NAME,), metrics_role="scheduler")
     address = settings.address_for(server.port)
-    run_until_signalled(server, None, settings.drain_grace_s, f"scheduler ready {address}")
+    ACTIVE_REQUESTS.of("scheduler").set_function(lambda: orchestrator.active)
+    REGISTRIES["scheduler"].register(OccupancyCollector(registry))
+    http.readiness.serving(scheduler_ready_check(registry))
+    run_until_signalled(server, None, settings.drain_grace_s, f"scheduler ready {address} http={http.address}")

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.channels import MESSAGE_OPTIONS
 from services.error_interceptor import ErrorMappingInterceptor
+from services.grpc_metrics import MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,18 @@ class RunningServer:
 
 
 def start_server(host: str, port: int, registrations: list[tuple[Callable, object]],
-                 service_names: tuple[str, ...], max_workers: int = 32) -> RunningServer:
+                 service_names: tuple[str, ...], max_workers: int = 32,
+                 metrics_role: str | None = None) -> RunningServer:
     """Start a server on host:port with each (add_XServicer_to_server, servicer) registered.
 
     service_names are the full names (e.g. "glitches.v1.Worker") reported by
-    health and reflection.
+    health and reflection. metrics_role (services.metrics.ROLES) counts every call by status code.
     """
+    interceptors = [ErrorMappingInterceptor()]
+    if metrics_role is not None:
+        interceptors.insert(0, MetricsInterceptor(metrics_role))  # outermost: sees the mapped status
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[ErrorMappingInterceptor()], options=MESSAGE_OPTIONS)
+                         interceptors=interceptors, options=MESSAGE_OPTIONS)
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

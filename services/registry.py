@@ -175,6 +175,19 @@ class Registry:
             pipe.execute()
         self._call("deregister", delete)
 
+    def is_registered(self, worker_id: str) -> bool:
+        """The worker's record is published and its heartbeat is alive."""
+        def check():
+            pipe = self.redis.pipeline()
+            pipe.exists(self._key("worker", worker_id))
+            pipe.exists(self._key("alive", worker_id))
+            return all(pipe.execute())
+        return self._call("check registration", check)
+
+    def ping(self) -> None:
+        """Raises Unavailable when Redis does not answer."""
+        self._call("ping", self.redis.ping)
+
     # --- scheduler side ----------------------------------------------------
     def workers(self) -> list[WorkerState]:
         """Every registered worker with liveness and occupancy, sorted by id."""

@@ -25,10 +25,13 @@ class DaemonSettings:
     heartbeat_ttl_s: float = 3.0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     drain_grace_s: float = 30.0  # how long SIGTERM waits for in-flight requests
+    http_port: int = 0  # HTTP side port (/healthz /readyz /metrics) on `host`; 0 = any free port
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"--port must be in 0..65535, got {self.port}")
+        if not 0 <= self.http_port <= 65535:
+            raise InvalidArgument(f"--http-port must be in 0..65535 (0 = any free port), got {self.http_port}")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise InvalidArgument("the heartbeat TTL must be longer than the heartbeat interval")
         if self.threads < 0:

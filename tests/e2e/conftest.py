@@ -28,8 +28,11 @@ def start_up(args: list[str], timeout_s: float = 300.0) -> tuple[subprocess.Pope
     proc = subprocess.Popen([sys.executable, "-m", "glitches", "up", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout_s
+    proc.http_addresses = {}  # daemon name -> host:port of its HTTP side port
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
+        if line.startswith("http "):
+            proc.http_addresses[line.split()[1]] = line.split()[2]
         if line.startswith("ready "):
             return proc, line.split()[1]
         if not line and proc.poll() is not None:
@@ -55,7 +58,8 @@ def cluster():
                               "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS)])
     client = Client(address, timeout_s=600)
     pids = [w.pid for w in client.status().workers]
-    yield dict(address=address, client=client, registry=Registry(REDIS_URL, prefix), prefix=prefix, proc=proc)
+    yield dict(address=address, client=client, registry=Registry(REDIS_URL, prefix), prefix=prefix, proc=proc,
+               http=proc.http_addresses)
     client.close()
     stop_up(proc, pids)
     leftover = list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{prefix}:*"))

@@ -1,0 +1,1 @@
+"""`glitches deploy`: one container per device on one node, through the Docker Engine API."""

@@ -1,0 +1,116 @@
+"""The deployment plan: which containers run on this node (a pure function of the devices found and the
+options), printed by `glitches deploy --dry-run --json` and applied by glitches.deploy.engine.
+
+Every container uses the host network (no port mapping, daemons reach each other on the node's
+address), so each daemon gets its own gRPC and HTTP ports: scheduler BASE, GPU worker i BASE+100+i,
+FPGA worker j BASE+200+j (and the HTTP side ports likewise from HTTP_BASE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from glitches.deploy.devices import AlveoCard, Gpu
+from services.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    project: str = "glitches"  # container names start with it; a label marks them for `--down`
+    image_prefix: str = "glitches"  # images {prefix}-scheduler, -gpu-worker, -fpga-worker, -cpu
+    tag: str = "latest"
+    model: str = "smollm2-135m-instruct"
+    cache_dir: str = "/var/cache/glitches"  # host directory mounted as GLITCHES_CACHE_DIR
+    redis_url: str = ""  # empty: run a Redis container on redis_port
+    redis_image: str = "redis:7.4-alpine"
+    redis_port: int = 6379
+    redis_prefix: str = "glitches"
+    grpc_base_port: int = 50051
+    http_base_port: int = 8080
+    advertise_host: str = "127.0.0.1"  # how daemons on this node reach each other (host network)
+    emulated_fpgas: int = 0  # add this many emulated FPGA workers (cpu image) when no card is found
+    cpu_gpu_workers: int = 0  # add this many CPU prefill workers (cpu image) when no GPU is found
+    image_override: str = ""  # run every daemon from this one image (e.g. the cpu image, or in tests)
+    fpga_backend: str = "emu"  # the FPGA workers' --backend for real cards (only emu exists so far)
+
+    def __post_init__(self):
+        if self.emulated_fpgas < 0 or self.cpu_gpu_workers < 0:
+            raise InvalidArgument("--emulated-fpgas and --cpu-gpu-workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    role: str  # redis, scheduler, gpu-worker, fpga-worker
+    device: str  # what it drives: "gpu0", "fpga 0000:3b:00.1", "emu", "" (none)
+    image: str
+    command: list[str]
+    environment: dict[str, str] = field(default_factory=dict)
+    devices: list[str] = field(default_factory=list)  # "HOST:CONTAINER:rwm"
+    gpu_ids: list[str] = field(default_factory=list)  # NVIDIA device request
+    volumes: dict[str, str] = field(default_factory=dict)  # host path -> container path
+    http_port: int = 0  # 0: no HTTP side port (redis)
+    grpc_port: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    project: str
+    gpus: list[dict]
+    fpgas: list[dict]
+    redis_url: str
+    scheduler_address: str
+    containers: list[ContainerSpec]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _image(options: DeployOptions, role: str) -> str:
+    return options.image_override or f"{options.image_prefix}-{role}:{options.tag}"
+
+
+def make_plan(gpus: list[Gpu], cards: list[AlveoCard], options: DeployOptions) -> Plan:
+    o = options
+    containers: list[ContainerSpec] = []
+    redis_url = o.redis_url or f"redis://{o.advertise_host}:{o.redis_port}/0"
+    if not o.redis_url:
+        containers.append(ContainerSpec(f"{o.project}-redis", "redis", "", o.redis_image,
+                                        ["redis-server", "--port", str(o.redis_port), "--save", "",
+                                         "--appendonly", "no"], grpc_port=o.redis_port))
+    if not gpus and not o.cpu_gpu_workers:
+        raise InvalidArgument("no NVIDIA GPU found (NVML) and --cpu-gpu-workers is 0: prefill needs a GPU worker; "
+                              "pass --cpu-gpu-workers 1 to prefill on the CPU")
+
+    def daemon(name, role, device, image, grpc_port, http_port, args, **extra) -> ContainerSpec:
+        env = {"GLITCHES_REDIS_URL": redis_url, "GLITCHES_REDIS_PREFIX": o.redis_prefix, "GLITCHES_MODEL": o.model,
+               "GLITCHES_HOST": "0.0.0.0", "GLITCHES_ADVERTISE_HOST": o.advertise_host,
+               "GLITCHES_PORT": str(grpc_port), "GLITCHES_HTTP_PORT": str(http_port),
+               "GLITCHES_CACHE_DIR": "/var/cache/glitches"}
+        return ContainerSpec(f"{o.project}-{name}", role, device, image, [role, *args], env,
+                             volumes={o.cache_dir: "/var/cache/glitches"}, http_port=http_port, grpc_port=grpc_port,
+                             **extra)
+
+    containers.append(daemon("scheduler", "scheduler", "", _image(o, "scheduler"), o.grpc_base_port,
+                             o.http_base_port, []))
+    for i, gpu in enumerate(gpus):
+        containers.append(daemon(f"gpu{gpu.index}", "gpu-worker", f"gpu{gpu.index} {gpu.name}",
+                                 _image(o, "gpu-worker"), o.grpc_base_port + 100 + i, o.http_base_port + 100 + i,
+                                 ["--worker-id", f"gpu{gpu.index}", "--device", "cuda"], gpu_ids=[str(gpu.index)]))
+    for i in range(0 if gpus else o.cpu_gpu_workers):
+        containers.append(daemon(f"cpu-prefill{i}", "gpu-worker", "cpu", _image(o, "cpu"),
+                                 o.grpc_base_port + 100 + i, o.http_base_port + 100 + i,
+                                 ["--worker-id", f"cpu-prefill{i}", "--device", "cpu"]))
+    for j, card in enumerate(cards):
+        slug = card.bdf.replace(":", "-").replace(".", "-")
+        nodes = [n for n in (card.render_node, card.mgmt_node) if n]
+        containers.append(daemon(f"fpga-{slug}", "fpga-worker", f"fpga {card.bdf}", _image(o, "fpga-worker"),
+                                 o.grpc_base_port + 200 + j, o.http_base_port + 200 + j,
+                                 ["--worker-id", f"fpga-{slug}", "--device", card.bdf, "--backend", o.fpga_backend],
+                                 devices=[f"{n}:{n}:rwm" for n in nodes]))
+    for j in range(0 if cards else o.emulated_fpgas):
+        containers.append(daemon(f"fpga-emu{j}", "fpga-worker", "emu", _image(o, "cpu"),
+                                 o.grpc_base_port + 200 + j, o.http_base_port + 200 + j,
+                                 ["--worker-id", f"fpga-emu{j}", "--backend", "emu", "--threads", "1"]))
+    return Plan(o.project, [asdict(g) for g in gpus], [asdict(c) for c in cards], redis_url,
+                f"{o.advertise_host}:{o.grpc_base_port}", containers)

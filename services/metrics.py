@@ -1,0 +1,101 @@
+"""Prometheus metric definitions for every daemon (prometheus-client).
+
+Each role has its own CollectorRegistry, so a worker's /metrics carries no empty
+scheduler histograms and vice versa; COMMON metrics (gRPC status codes, requests
+in flight, migrations) are registered in every role's registry. Daemons record a
+metric where the thing happens (e.g. TTFT in scheduler/orchestrator.py); gauges
+that mirror state read it at scrape time (Gauge.set_function or a collector).
+
+Units are in the names, Prometheus style: *_seconds, *_bytes, *_watts, *_celsius.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+ROLES = ("scheduler", "gpu-worker", "fpga-worker")
+
+# Latency buckets, seconds: 1 ms .. 5 min (a CPU prefill of a long prompt takes minutes).
+_LATENCY_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Inter-token latency buckets, seconds: a U280 step is ~10-50 ms, the emulator's ~5-500 ms.
+_ITL_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+# KV per request, bytes: 64 KiB .. 16 GiB
+_KV_BYTES = tuple(float(64 * 1024 * 4**i) for i in range(10))
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+REGISTRIES = {role: _registry() for role in ROLES}
+_ALL = tuple(REGISTRIES.values())
+_SCHEDULER = (REGISTRIES["scheduler"],)
+_GPU = (REGISTRIES["gpu-worker"],)
+_FPGA = (REGISTRIES["fpga-worker"],)
+_WORKERS = (*_GPU, *_FPGA)
+
+
+def _each(kind, name: str, doc: str, registries, **kwargs) -> dict[CollectorRegistry, object]:
+    return {r: kind(name, doc, registry=r, **kwargs) for r in registries}
+
+
+class _Shared:
+    """One metric name in several role registries; a daemon records into its own role's."""
+
+    def __init__(self, per_registry: dict):
+        self._per_registry = per_registry
+
+    def of(self, role: str):
+        return self._per_registry[REGISTRIES[role]]
+
+
+# --- every daemon ---------------------------------------------------------------
+GRPC_REQUESTS = _Shared(_each(Counter, "glitches_grpc_requests", "gRPC calls handled, by method and status code",
+                              _ALL, labelnames=("method", "code")))
+IN_FLIGHT = _Shared(_each(Gauge, "glitches_grpc_in_flight_requests",
+                          "gRPC calls received and not yet answered (queued or running): the queue depth",
+                          _ALL, labelnames=("method",)))
+ACTIVE_REQUESTS = _Shared(_each(Gauge, "glitches_active_requests",
+                                "Requests this daemon holds now (scheduler: generating; worker: holding KV)", _ALL))
+MIGRATIONS = _Shared(_each(Counter, "glitches_migrations",
+                           "Requests moved between decode devices mid-generation (not implemented yet: stays 0)",
+                           _ALL))
+
+# --- scheduler ------------------------------------------------------------------
+TTFT = Histogram("glitches_ttft_seconds", "Time to first token: request arrival to the first token sent, seconds",
+                 registry=_SCHEDULER[0], buckets=_LATENCY_S)
+INTER_TOKEN = Histogram("glitches_inter_token_latency_seconds",
+                        "Time between consecutive tokens sent to the client, seconds",
+                        registry=_SCHEDULER[0], buckets=_ITL_S)
+REQUESTS_FINISHED = Counter("glitches_generate_finished", "Generate requests completed, by decode device kind",
+                            ("decode_device",), registry=_SCHEDULER[0])
+
+# --- GPU worker -----------------------------------------------------------------
+PREFILL = Histogram("glitches_prefill_seconds", "Prefill forward pass, seconds", registry=_GPU[0],
+                    buckets=_LATENCY_S)
+KV_SENT_BYTES = Counter("glitches_kv_sent_bytes", "KV bytes streamed to decode workers", registry=_GPU[0])
+KV_TRANSFER = Histogram("glitches_kv_transfer_seconds", "KV transfer of one request, first send to last ack, seconds",
+                        registry=_GPU[0], buckets=_LATENCY_S)
+KV_EXPOSED = Histogram("glitches_kv_exposed_seconds",
+                       "KV transfer time left after prefill ended (not hidden behind prefill), seconds",
+                       registry=_GPU[0], buckets=_LATENCY_S)
+KV_REQUEST_BYTES = Histogram("glitches_kv_request_bytes", "KV bytes of one request", registry=_GPU[0],
+                             buckets=_KV_BYTES)
+
+# --- FPGA worker ----------------------------------------------------------------
+KV_RECEIVED_BYTES = Counter("glitches_kv_received_bytes", "KV bytes received into device memory", registry=_FPGA[0])
+KV_FREE_BYTES = Gauge("glitches_kv_free_bytes", "Device memory free for KV, bytes", registry=_FPGA[0])
+KV_CAPACITY_BYTES = Gauge("glitches_kv_capacity_bytes", "Device memory for KV after the weights, bytes",
+                          registry=_FPGA[0])
+
+# --- workers: device facts, set only where the device reports them (never for emu / cpu) ---
+SLOTS = _Shared(_each(Gauge, "glitches_slots", "Concurrent requests this worker accepts", _WORKERS))
+POWER = _Shared(_each(Gauge, "glitches_device_power_watts", "Device power draw, watts", _WORKERS,
+                      labelnames=("device",)))
+TEMPERATURE = _Shared(_each(Gauge, "glitches_device_temperature_celsius", "Device temperature, degrees Celsius",
+                            _WORKERS, labelnames=("device",)))

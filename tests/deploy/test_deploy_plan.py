@@ -1,0 +1,75 @@
+"""glitches deploy: device discovery on a fake sysfs tree, the plan, and `--dry-run --json`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from glitches.deploy.devices import AlveoCard, Gpu, discover_alveo
+from glitches.deploy.plan import DeployOptions, make_plan
+from services.errors import InvalidArgument
+
+
+def _pci_function(sys_root, bdf, vendor, device, render=None):
+    function = sys_root / "bus" / "pci" / "devices" / bdf
+    function.mkdir(parents=True)
+    (function / "vendor").write_text(vendor + "\n")
+    (function / "device").write_text(device + "\n")
+    if render:
+        (function / "drm" / render).mkdir(parents=True)
+
+
+def test_alveo_cards_are_found_by_vendor_with_render_and_mgmt_nodes(tmp_path):
+    sys_root, dev_root = tmp_path / "sys", tmp_path / "dev"
+    _pci_function(sys_root, "0000:3b:00.0", "0x10ee", "0x500c")  # U280 management function
+    _pci_function(sys_root, "0000:3b:00.1", "0x10ee", "0x500d", "renderD128")  # user function
+    _pci_function(sys_root, "0000:d8:00.1", "0x10ee", "0x500d", "renderD129")  # second card, no mgmt node
+    _pci_function(sys_root, "0000:65:00.0", "0x10de", "0x2330", "renderD130")  # an NVIDIA GPU: not Alveo
+    dev_root.mkdir()
+    (dev_root / f"xclmgmt{0x3b << 8}").touch()
+    cards = discover_alveo(sys_root, dev_root)
+    assert cards == [
+        AlveoCard("0000:3b:00.1", str(dev_root / "dri" / "renderD128"), str(dev_root / "xclmgmt15104"), "0x500d"),
+        AlveoCard("0000:d8:00.1", str(dev_root / "dri" / "renderD129"), "", "0x500d")]
+
+
+def test_no_sysfs_means_no_cards(tmp_path):
+    assert discover_alveo(tmp_path / "nothing", tmp_path) == []
+
+
+def test_plan_has_one_container_per_device_named_by_device():
+    gpus = [Gpu(0, "NVIDIA H100", "GPU-a"), Gpu(1, "NVIDIA H100", "GPU-b")]
+    cards = [AlveoCard("0000:3b:00.1", "/dev/dri/renderD128", "/dev/xclmgmt15104", "0x500d")]
+    plan = make_plan(gpus, cards, DeployOptions())
+    by_name = {c.name: c for c in plan.containers}
+    assert list(by_name) == ["glitches-redis", "glitches-scheduler", "glitches-gpu0", "glitches-gpu1",
+                             "glitches-fpga-0000-3b-00-1"]
+    assert by_name["glitches-gpu1"].gpu_ids == ["1"] and by_name["glitches-gpu1"].image == "glitches-gpu-worker:latest"
+    fpga = by_name["glitches-fpga-0000-3b-00-1"]
+    assert fpga.devices == ["/dev/dri/renderD128:/dev/dri/renderD128:rwm", "/dev/xclmgmt15104:/dev/xclmgmt15104:rwm"]
+    ports = [(c.grpc_port, c.http_port) for c in plan.containers if c.role != "redis"]
+    assert len({p for pair in ports for p in pair}) == 2 * len(ports)  # host network: no port is shared
+    assert all(c.environment["GLITCHES_REDIS_URL"] == "redis://127.0.0.1:6379/0"
+               for c in plan.containers if c.role != "redis")
+
+
+def test_plan_without_devices_needs_cpu_workers():
+    with pytest.raises(InvalidArgument, match="--cpu-gpu-workers"):
+        make_plan([], [], DeployOptions())
+    plan = make_plan([], [], DeployOptions(cpu_gpu_workers=1, emulated_fpgas=2, redis_url="redis://r:1/0"))
+    assert [c.name for c in plan.containers] == ["glitches-scheduler", "glitches-cpu-prefill0", "glitches-fpga-emu0",
+                                                 "glitches-fpga-emu1"]
+    assert all(c.image == "glitches-cpu:latest" for c in plan.containers[1:])
+
+
+def test_dry_run_json_prints_the_plan():
+    run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--json", "--cpu-gpu-workers", "1",
+                          "--emulated-fpgas", "1"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    plan = json.loads(run.stdout)
+    roles = [c["role"] for c in plan["containers"]]
+    assert roles.count("redis") == 1 and roles.count("scheduler") == 1 and "fpga-worker" in roles
+    assert plan["scheduler_address"] == "127.0.0.1:50051"
