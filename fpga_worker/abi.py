@@ -199,7 +199,7 @@ def place_tensors(specs: list[TensorSpec]) -> tuple[list[TensorEntry], int]:
 
 
 # Header: fixed part then one 64-byte record per tensor, all little-endian.
-_HEADER = struct.Struct("<4s12I2f2Q")  # magic, 12 u32, rope_theta, rms_eps, kv_base, table_bytes
+_HEADER = struct.Struct("<4s12I2d2Q")  # magic, 12 u32, rope_theta f64, rms_eps f64, kv_base, tensor count
 _RECORD = struct.Struct(f"<{NAME_BYTES}s4I2Q")  # name, fmt, rows, cols, rows_per_channel, offset, scale_offset
 
 

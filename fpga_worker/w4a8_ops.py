@@ -26,7 +26,8 @@ _TINY = 1e-30  # keeps an all-zero activation from dividing by zero (it quantize
 def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x float32 [cols] -> (x_q int8 [cols], scale float32 []), symmetric per token."""
     scale = x.abs().amax().clamp_(min=_TINY) / 127.0
-    return torch.round(x / scale).clamp_(-127, 127).to(torch.int8), scale
+    # |x / scale| <= 127 up to one rounding step, so round() never leaves -127..127
+    return torch.round(x / scale).to(torch.int8), scale
 
 
 class GroupQuantLinear:
@@ -41,6 +42,9 @@ class GroupQuantLinear:
         self._blockdiag = torch.zeros(self.cols, padded, dtype=torch.int8)  # reused buffer [cols, groups padded]
         # view of the block diagonal: [32, groups], element (j, g) is row g*32+j, column g
         self._diagonal = self._blockdiag.view(self.groups, GROUP_SIZE, padded).diagonal(dim1=0, dim2=2)
+        # d with zero columns for the padding: [rows, groups padded, 1]
+        self._d_padded = torch.zeros(self.rows, padded, 1)
+        self._d_padded[:, : self.groups, 0] = self.d
 
     @classmethod
     def concat(cls, parts: list["GroupQuantLinear"]) -> "GroupQuantLinear":
@@ -48,21 +52,25 @@ class GroupQuantLinear:
         m = None if parts[0].m is None else torch.cat([p.m for p in parts])
         return cls(torch.cat([p.q for p in parts]), torch.cat([p.d for p in parts]), m)
 
-    def integer_parts(self, x_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(acc int32 [rows, groups], xsum int32 [groups]) — the exact integer work of the kernel."""
+    def _integer_parts(self, x_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # acc int32 [rows, groups padded] (padding columns are 0), xsum int32 [groups]
         self._diagonal.copy_(x_q.view(self.groups, GROUP_SIZE).t())
-        acc = torch._int_mm(self.q, self._blockdiag)[:, : self.groups]
-        xsum = x_q.view(self.groups, GROUP_SIZE).sum(dim=1, dtype=torch.int32)
-        return acc, xsum
+        acc = torch._int_mm(self.q, self._blockdiag)
+        return acc, x_q.view(self.groups, GROUP_SIZE).sum(dim=1, dtype=torch.int32)
+
+    def integer_parts(self, x_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(acc int32 [rows, groups], xsum int32 [groups]): the exact integer work of the kernel."""
+        acc, xsum = self._integer_parts(x_q)
+        return acc[:, : self.groups], xsum
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [cols] -> y float32 [rows]."""
         x_q, scale = quantize_activation(x)
-        acc, xsum = self.integer_parts(x_q)
-        y = (acc.float() * self.d).sum(dim=1)
+        acc, xsum = self._integer_parts(x_q)
+        y = torch.bmm(acc.float().unsqueeze(1), self._d_padded).view(-1)  # sum_g d * acc, per row
         if self.m is not None:
-            y = y + self.m @ xsum.float()
-        return y * scale
+            y.addmv_(self.m, xsum.float())  # + sum_g m * xsum
+        return y.mul_(scale)
 
 
 class FloatLinear:
