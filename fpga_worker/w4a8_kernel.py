@@ -59,14 +59,17 @@ class DecodeKernel:
         self.last_program: StepProgram | None = None  # the load instructions of the latest step
 
     @classmethod
-    def from_image(cls, image: WeightImage, prefetch_ratio: int = 1) -> "DecodeKernel":
-        """W4A8 numerics, weights read from the image's bytes by the ABI offsets."""
+    def from_image(cls, image: WeightImage, prefetch_ratio: int = 1, int8_activations: bool = True) -> "DecodeKernel":
+        """W4A8 numerics, weights read from the image's bytes by the ABI offsets.
+
+        int8_activations=False is a diagnostic (float activations on the same weights), not the kernel.
+        """
 
         def linear(name):
             values, scales = image.planes(name)
             fmt = image.entry(name).spec.fmt
             d, m = unpack_scales(scales, fmt)
-            return GroupQuantLinear(unpack_values(values, fmt), d, m)
+            return GroupQuantLinear(unpack_values(values, fmt), d, m, int8_activations)
 
         layers = []
         for i in range(image.dims.num_layers):
@@ -85,7 +88,8 @@ class DecodeKernel:
             embed_row = lambda t: embed.d[t].repeat_interleave(32) * embed.q[t].float() + embed.m[t].repeat_interleave(32)
         else:
             embed_row = lambda t: embed.q[t].float() * embed.d[t].repeat_interleave(32)
-        return cls(image.dims, "w4a8", layers, image.vector("output_norm"), embed_row, head, prefetch_ratio)
+        numerics = "w4a8" if int8_activations else "w4-float-activations"
+        return cls(image.dims, numerics, layers, image.vector("output_norm"), embed_row, head, prefetch_ratio)
 
     @classmethod
     def from_state_dict(cls, config, state_dict: dict[str, torch.Tensor]) -> "DecodeKernel":
@@ -110,7 +114,7 @@ class DecodeKernel:
 
     def new_region(self, capacity_tokens: int) -> KvRegion:
         """KV region for one request: FP16 per the ABI (float32 under reference numerics)."""
-        dtype = torch.float16 if self.numerics == "w4a8" else torch.float32
+        dtype = torch.float32 if self.numerics == "reference" else torch.float16
         return KvRegion(KvPlan.for_model(self.dims, capacity_tokens), dtype)
 
     @torch.inference_mode()

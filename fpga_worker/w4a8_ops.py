@@ -33,9 +33,12 @@ def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class GroupQuantLinear:
     """y = W x with group-quantized W (W4G32 with min, or W8G32 without) and INT8 activations."""
 
-    def __init__(self, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None):
+    def __init__(self, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, int8_activations: bool = True):
         # q: int8 [rows, cols]; d, m: float32 [rows, groups]
         self.q, self.d, self.m = q.contiguous(), d.contiguous(), None if m is None else m.contiguous()
+        # False only for diagnosis: float activations times the dequantized weights (slow, not the kernel)
+        self.int8_activations = int8_activations
+        self._float_weight: torch.Tensor | None = None  # diagnostic path's cached dequantized weight
         self.rows, self.cols = q.shape
         self.groups = self.cols // GROUP_SIZE
         padded = -(-self.groups // _INT_MM_COLS) * _INT_MM_COLS
@@ -50,7 +53,7 @@ class GroupQuantLinear:
     def concat(cls, parts: list["GroupQuantLinear"]) -> "GroupQuantLinear":
         """Stack row-wise the linears that read the same input (Q/K/V, gate/up): one GEMM instead of several."""
         m = None if parts[0].m is None else torch.cat([p.m for p in parts])
-        return cls(torch.cat([p.q for p in parts]), torch.cat([p.d for p in parts]), m)
+        return cls(torch.cat([p.q for p in parts]), torch.cat([p.d for p in parts]), m, parts[0].int8_activations)
 
     def _integer_parts(self, x_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # acc int32 [rows, groups padded] (padding columns are 0), xsum int32 [groups]
@@ -65,12 +68,24 @@ class GroupQuantLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 [cols] -> y float32 [rows]."""
+        if not self.int8_activations:
+            if self._float_weight is None:
+                self._float_weight = self.dequantized()
+            return self._float_weight @ x
         x_q, scale = quantize_activation(x)
         acc, xsum = self._integer_parts(x_q)
         y = torch.bmm(acc.float().unsqueeze(1), self._d_padded).view(-1)  # sum_g d * acc, per row
         if self.m is not None:
             y.addmv_(self.m, xsum.float())  # + sum_g m * xsum
         return y.mul_(scale)
+
+
+    def dequantized(self) -> torch.Tensor:
+        """float32 [rows, cols]: d*q (+ m) per group."""
+        w = self.q.float().view(self.rows, self.groups, GROUP_SIZE) * self.d.unsqueeze(-1)
+        if self.m is not None:
+            w = w + self.m.unsqueeze(-1)
+        return w.view(self.rows, self.cols)
 
 
 class FloatLinear:
