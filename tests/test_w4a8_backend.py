@@ -64,3 +64,23 @@ def test_regions_do_not_overlap_and_space_is_reused():
     card.release("a")
     card.reserve("c", 100)
     assert card._requests["c"].kv_offset == a.kv_offset  # first fit reuses the freed space
+
+
+def test_step_args_and_result_round_trip_through_bytes():
+    import numpy as np
+
+    from fpga_worker.abi import KernelStatus, OutputMode
+    from fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
+
+    args = StepArgs(token_id=42, position=1000, kv_capacity_tokens=2048, kv_offset=3 << 20,
+                    mode=OutputMode.TOP_P, temperature=0.7, top_p=0.9, seed=7)
+    blob = args.pack()
+    assert len(blob) == STEP_ARGS_BYTES and StepArgs.unpack(blob) == StepArgs(42, 1000, 2048, 3 << 20,
+                                                                              OutputMode.TOP_P, np.float32(0.7),
+                                                                              np.float32(0.9), 7)
+    with pytest.raises(InvalidArgument, match="top_p"):
+        StepArgs(1, 0, 8, 0, OutputMode.TOP_P, top_p=0.0).pack()
+    logits = np.arange(5, dtype=np.float32)
+    raw = StepResult(KernelStatus.OK, 0, logits).pack(5)
+    assert len(raw) == result_bytes(5)
+    assert np.array_equal(StepResult.unpack(raw, OutputMode.LOGITS).logits, logits)
