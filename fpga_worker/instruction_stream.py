@@ -71,8 +71,12 @@ class StepProgram:
         return dict(sorted(hist.items()))
 
 
-def merge(units: int, unit_bytes: int, ratio: int, buffer_bytes: int, stream: str) -> list[Load]:
-    """`units` consecutive loads of `unit_bytes`, merged `ratio` at a time within the buffer."""
+def merge(units: int, unit_bytes: int, ratio: int, buffer_bytes: int, stream: str,
+          fixed_length: bool = False) -> list[Load]:
+    """`units` consecutive loads of `unit_bytes`, merged `ratio` at a time within the buffer.
+
+    fixed_length: a what-if where every merged load moves `ratio` units, so a run's tail over-fetches.
+    """
     if units <= 0 or unit_bytes <= 0:
         return []
     if unit_bytes > buffer_bytes:
@@ -80,14 +84,16 @@ def merge(units: int, unit_bytes: int, ratio: int, buffer_bytes: int, stream: st
         return [Load(stream, math.ceil(unit_bytes / pieces), units * pieces)]
     per = max(1, min(ratio, buffer_bytes // unit_bytes))
     full, rest = divmod(units, per)
+    if fixed_length and rest:
+        full, rest = full + 1, 0
     loads = [Load(stream, per * unit_bytes, full)] if full else []
     return loads + ([Load(stream, rest * unit_bytes, 1)] if rest else [])
 
 
-def _matrix(name: str, spec, ratio: int, buffer_bytes: int) -> Operator:
+def _matrix(name: str, spec, ratio: int, buffer_bytes: int, fixed: bool) -> Operator:
     rows = spec.rows_per_channel
-    loads = merge(rows, spec.qs_row_bytes, ratio, buffer_bytes, "values")
-    loads += merge(rows, spec.scale_row_bytes, ratio, buffer_bytes, "scales")
+    loads = merge(rows, spec.qs_row_bytes, ratio, buffer_bytes, "values", fixed)
+    loads += merge(rows, spec.scale_row_bytes, ratio, buffer_bytes, "scales", fixed)
     return Operator(name, tuple(loads), 2 * spec.rows * spec.cols)
 
 
@@ -96,7 +102,7 @@ def _vector(name: str, spec) -> Operator:
     return Operator(name, (Load("vector", spec.rows_per_channel * 4, 1),), 4 * spec.rows)
 
 
-def _attention(name: str, dims: ModelDims, context: int, ratio: int, buffer_bytes: int) -> Operator:
+def _attention(name: str, dims: ModelDims, context: int, ratio: int, buffer_bytes: int, fixed: bool) -> Operator:
     lanes = 2 * dims.kv_heads  # this layer's K and V lanes; lane u starts at PC u % 32 (layer offset cancels out below)
     blocks = math.ceil(context / KV_BLOCK_TOKENS)
     block_bytes = KV_BLOCK_TOKENS * dims.head_dim * KV_ELEMENT_BYTES
@@ -106,7 +112,7 @@ def _attention(name: str, dims: ModelDims, context: int, ratio: int, buffer_byte
     busiest = int(per_lane_pc.sum(axis=0).argmax())
     loads: list[Load] = []
     for lane_blocks in per_lane_pc[:, busiest]:
-        loads += merge(int(lane_blocks), block_bytes, ratio, buffer_bytes, "kv")
+        loads += merge(int(lane_blocks), block_bytes, ratio, buffer_bytes, "kv", fixed)
     store_bytes = dims.head_dim * KV_ELEMENT_BYTES
     loads.append(Load("kv_store", store_bytes, math.ceil(lanes / HBM_CHANNELS)))
     int_ops = 4 * dims.num_heads * context * dims.head_dim  # q.K and p.V
@@ -121,21 +127,21 @@ def _combine(loads: list[Load]) -> list[Load]:
 
 
 def step_program(dims: ModelDims, context: int, prefetch_ratio: int = 1,
-                 buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> StepProgram:
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES, fixed_length: bool = False) -> StepProgram:
     """Every operator of one decode step with the loads it issues in the busiest PC."""
     if context < 1:
         raise InvalidArgument(f"context must be at least 1 token, got {context}")
     if prefetch_ratio < 1:
         raise InvalidArgument(f"prefetch ratio must be a positive integer, got {prefetch_ratio}")
-    attention = _attention("attention", dims, context, prefetch_ratio, buffer_bytes)
+    attention = _attention("attention", dims, context, prefetch_ratio, buffer_bytes, fixed_length)
     ops = []
-    for op in _weight_operators(dims, prefetch_ratio, buffer_bytes):
+    for op in _weight_operators(dims, prefetch_ratio, buffer_bytes, fixed_length):
         ops.append(replace(attention, name=op.name) if op.name.endswith(".attention") else op)
     return StepProgram(context, prefetch_ratio, tuple(ops))
 
 
 @lru_cache(maxsize=16)
-def _weight_operators(dims: ModelDims, ratio: int, buffer_bytes: int) -> tuple[Operator, ...]:
+def _weight_operators(dims: ModelDims, ratio: int, buffer_bytes: int, fixed: bool) -> tuple[Operator, ...]:
     """The context-independent operators, with a placeholder for each layer's attention."""
     specs = {s.name: s for s in tensor_plan(dims)}
     embed = specs["token_embd"]
@@ -143,12 +149,12 @@ def _weight_operators(dims: ModelDims, ratio: int, buffer_bytes: int) -> tuple[O
     for layer in range(dims.num_layers):
         p = f"blk.{layer}."
         ops.append(_vector(p + "attn_norm", specs[p + "attn_norm"]))
-        ops += [_matrix(p + n, specs[p + n], ratio, buffer_bytes) for n in ("attn_q", "attn_k", "attn_v")]
+        ops += [_matrix(p + n, specs[p + n], ratio, buffer_bytes, fixed) for n in ("attn_q", "attn_k", "attn_v")]
         ops.append(Operator(p + "attention", (), 0))
-        ops.append(_matrix(p + "attn_output", specs[p + "attn_output"], ratio, buffer_bytes))
+        ops.append(_matrix(p + "attn_output", specs[p + "attn_output"], ratio, buffer_bytes, fixed))
         ops.append(_vector(p + "ffn_norm", specs[p + "ffn_norm"]))
-        ops += [_matrix(p + n, specs[p + n], ratio, buffer_bytes) for n in ("ffn_gate", "ffn_up", "ffn_down")]
+        ops += [_matrix(p + n, specs[p + n], ratio, buffer_bytes, fixed) for n in ("ffn_gate", "ffn_up", "ffn_down")]
     ops.append(_vector("output_norm", specs["output_norm"]))
     head = specs["token_embd"] if dims.tied_embeddings else specs["output"]
-    ops.append(_matrix("lm_head", head, ratio, buffer_bytes))
+    ops.append(_matrix("lm_head", head, ratio, buffer_bytes, fixed))
     return tuple(ops)

@@ -17,6 +17,11 @@ merged load the paper reports). Fitted constants, on exactly two paper figures:
 to (a) Llama-2-7B at 21.50 ms/token averaged over contexts 1536..2047 with prefetch
 ratio 1 (FlightLLM as measured, without GLITCHES' prefetch) and (b) a 1.20x speedup
 of ratio 4 over ratio 1 at context 128.
+
+`U280(fixed_length_loads=True)` is a what-if, not the default: every merged load moves
+`ratio` units even at the tail of a run (prefetching past what is needed). It is the
+one mechanism found that makes ratio 8 lose to 4, as the paper measured; see
+docs/benchmarks-fpga.md.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class U280:
     channels: int = HBM_CHANNELS
     peak_ops_per_s: float = 6.91e12  # INT8, FlightLLM on U280
     buffer_bytes: int = DEFAULT_BUFFER_BYTES  # per-PC prefetch buffer
+    fixed_length_loads: bool = False  # what-if: merged loads always move `ratio` units (tails over-fetch)
 
     @property
     def channel_bytes_per_s(self) -> float:
@@ -82,7 +88,7 @@ def _seconds(table: np.ndarray, cal: Calibration) -> float:
 
 @lru_cache(maxsize=4096)
 def _table(dims: ModelDims, context: int, ratio: int, hw: U280) -> np.ndarray:
-    return _op_table(step_program(dims, context, ratio, hw.buffer_bytes), hw)
+    return _op_table(step_program(dims, context, ratio, hw.buffer_bytes, hw.fixed_length_loads), hw)
 
 
 def modeled_step_s(dims: ModelDims, context: int, prefetch_ratio: int, cal: Calibration, hw: U280 = U280()) -> float:

@@ -20,6 +20,7 @@ def test_merge_joins_ratio_loads_within_the_buffer():
     assert merge(10, 2048, 1, 32768, "values") == [Load("values", 2048, 10)]
     assert merge(3, 20000, 8, 32768, "values") == [Load("values", 20000, 3)]  # 2 would overflow the buffer
     assert merge(2, 40000, 4, 32768, "values") == [Load("values", 20000, 4)]  # one unit is split
+    assert merge(10, 2048, 4, 32768, "values", fixed_length=True) == [Load("values", 8192, 3)]  # tail over-fetches
 
 
 def test_llama_7b_stream_has_the_papers_load_sizes():
