@@ -1,0 +1,160 @@
+"""The HBM load instructions one decode step issues, derived from the ABI layout.
+
+Pure function of (model dims, context length, prefetch ratio, on-chip buffer size).
+The W4A8 kernel records this list for every step it runs, and the U280 timing model
+turns it into time. Counts are for the busiest pseudo-channel (PC): all 32 PCs load
+in parallel, so the busiest one sets the pace.
+
+Base granularity (prefetch ratio 1), straight from the layout: one load per weight
+row slice in the value plane and one in the scale plane, one per KV block (16 tokens
+of one lane), one per norm vector slice. Prefetching merges `ratio` consecutive loads of
+the same stream in the same PC into one, as long as the merged load fits the PC's
+on-chip prefetch buffer; a single unit bigger than the buffer is split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+
+from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS, KV_ELEMENT_BYTES, ModelDims, tensor_plan
+from services.errors import InvalidArgument
+
+DEFAULT_BUFFER_BYTES = 32 * 1024  # per-PC prefetch buffer; the paper's largest merged load (assumption)
+
+
+@dataclass(frozen=True)
+class Load:
+    stream: str  # "values", "scales", "vector", "kv", "kv_store"
+    bytes_per_load: int
+    count: int  # loads of this size in the busiest PC
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str  # e.g. "blk.3.attn_q", "blk.3.attention", "lm_head"
+    loads: tuple[Load, ...]
+    int_ops: int  # multiply and add counted separately (2 per MAC)
+
+    @property
+    def load_count(self) -> int:
+        return sum(ld.count for ld in self.loads)
+
+    @property
+    def load_bytes(self) -> int:
+        return sum(ld.bytes_per_load * ld.count for ld in self.loads)
+
+
+@dataclass(frozen=True)
+class StepProgram:
+    context: int  # tokens attended this step (prompt + generated, including the new one)
+    prefetch_ratio: int
+    operators: tuple[Operator, ...] = field(repr=False)
+
+    @property
+    def load_count(self) -> int:
+        return sum(op.load_count for op in self.operators)
+
+    @property
+    def load_bytes(self) -> int:
+        return sum(op.load_bytes for op in self.operators)
+
+    def histogram(self) -> dict[int, int]:
+        """bytes per load -> loads per step in the busiest PC."""
+        hist: dict[int, int] = {}
+        for op in self.operators:
+            for ld in op.loads:
+                hist[ld.bytes_per_load] = hist.get(ld.bytes_per_load, 0) + ld.count
+        return dict(sorted(hist.items()))
+
+
+def merge(units: int, unit_bytes: int, ratio: int, buffer_bytes: int, stream: str,
+          fixed_length: bool = False) -> list[Load]:
+    """`units` consecutive loads of `unit_bytes`, merged `ratio` at a time within the buffer.
+
+    fixed_length: a what-if where every merged load moves `ratio` units, so a run's tail over-fetches.
+    """
+    if units <= 0 or unit_bytes <= 0:
+        return []
+    if unit_bytes > buffer_bytes:
+        pieces = math.ceil(unit_bytes / buffer_bytes)
+        return [Load(stream, math.ceil(unit_bytes / pieces), units * pieces)]
+    per = max(1, min(ratio, buffer_bytes // unit_bytes))
+    full, rest = divmod(units, per)
+    if fixed_length and rest:
+        full, rest = full + 1, 0
+    loads = [Load(stream, per * unit_bytes, full)] if full else []
+    return loads + ([Load(stream, rest * unit_bytes, 1)] if rest else [])
+
+
+def _matrix(name: str, spec, ratio: int, buffer_bytes: int, fixed: bool) -> Operator:
+    rows = spec.rows_per_channel
+    loads = merge(rows, spec.qs_row_bytes, ratio, buffer_bytes, "values", fixed)
+    loads += merge(rows, spec.scale_row_bytes, ratio, buffer_bytes, "scales", fixed)
+    return Operator(name, tuple(loads), 2 * spec.rows * spec.cols)
+
+
+def _vector(name: str, spec) -> Operator:
+    # a norm vector is loaded whole from each PC: one load of its slice
+    return Operator(name, (Load("vector", spec.rows_per_channel * 4, 1),), 4 * spec.rows)
+
+
+def _attention(name: str, dims: ModelDims, context: int, ratio: int, buffer_bytes: int, fixed: bool) -> Operator:
+    lanes = 2 * dims.kv_heads  # this layer's K and V lanes; lane u starts at PC u % 32 (layer offset cancels out below)
+    blocks = math.ceil(context / KV_BLOCK_TOKENS)
+    block_bytes = KV_BLOCK_TOKENS * dims.head_dim * KV_ELEMENT_BYTES
+    # blocks of lane u held by PC c: block b sits in PC (u + b) % 32, so b = first, first + 32, ...
+    first = (np.arange(HBM_CHANNELS)[None, :] - np.arange(lanes)[:, None]) % HBM_CHANNELS  # [lanes, 32]
+    per_lane_pc = np.where(first < blocks, (blocks - 1 - first) // HBM_CHANNELS + 1, 0)
+    busiest = int(per_lane_pc.sum(axis=0).argmax())
+    loads: list[Load] = []
+    for lane_blocks in per_lane_pc[:, busiest]:
+        loads += merge(int(lane_blocks), block_bytes, ratio, buffer_bytes, "kv", fixed)
+    store_bytes = dims.head_dim * KV_ELEMENT_BYTES
+    loads.append(Load("kv_store", store_bytes, math.ceil(lanes / HBM_CHANNELS)))
+    int_ops = 4 * dims.num_heads * context * dims.head_dim  # q.K and p.V
+    return Operator(name, tuple(_combine(loads)), int_ops)
+
+
+def _combine(loads: list[Load]) -> list[Load]:
+    merged: dict[tuple[str, int], int] = {}
+    for ld in loads:
+        merged[(ld.stream, ld.bytes_per_load)] = merged.get((ld.stream, ld.bytes_per_load), 0) + ld.count
+    return [Load(s, b, c) for (s, b), c in merged.items()]
+
+
+def step_program(dims: ModelDims, context: int, prefetch_ratio: int = 1,
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES, fixed_length: bool = False) -> StepProgram:
+    """Every operator of one decode step with the loads it issues in the busiest PC."""
+    if context < 1:
+        raise InvalidArgument(f"context must be at least 1 token, got {context}")
+    if prefetch_ratio < 1:
+        raise InvalidArgument(f"prefetch ratio must be a positive integer, got {prefetch_ratio}")
+    attention = _attention("attention", dims, context, prefetch_ratio, buffer_bytes, fixed_length)
+    ops = []
+    for op in _weight_operators(dims, prefetch_ratio, buffer_bytes, fixed_length):
+        ops.append(replace(attention, name=op.name) if op.name.endswith(".attention") else op)
+    return StepProgram(context, prefetch_ratio, tuple(ops))
+
+
+@lru_cache(maxsize=16)
+def _weight_operators(dims: ModelDims, ratio: int, buffer_bytes: int, fixed: bool) -> tuple[Operator, ...]:
+    """The context-independent operators, with a placeholder for each layer's attention."""
+    specs = {s.name: s for s in tensor_plan(dims)}
+    embed = specs["token_embd"]
+    ops = [Operator("embedding", (Load("values", embed.qs_row_bytes, 1), Load("scales", embed.scale_row_bytes, 1)), 0)]
+    for layer in range(dims.num_layers):
+        p = f"blk.{layer}."
+        ops.append(_vector(p + "attn_norm", specs[p + "attn_norm"]))
+        ops += [_matrix(p + n, specs[p + n], ratio, buffer_bytes, fixed) for n in ("attn_q", "attn_k", "attn_v")]
+        ops.append(Operator(p + "attention", (), 0))
+        ops.append(_matrix(p + "attn_output", specs[p + "attn_output"], ratio, buffer_bytes, fixed))
+        ops.append(_vector(p + "ffn_norm", specs[p + "ffn_norm"]))
+        ops += [_matrix(p + n, specs[p + n], ratio, buffer_bytes, fixed) for n in ("ffn_gate", "ffn_up", "ffn_down")]
+    ops.append(_vector("output_norm", specs["output_norm"]))
+    head = specs["token_embd"] if dims.tied_embeddings else specs["output"]
+    ops.append(_matrix("lm_head", head, ratio, buffer_bytes, fixed))
+    return tuple(ops)

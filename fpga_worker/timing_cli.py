@@ -1,0 +1,55 @@
+"""Text / JSON report for `glitches fpga-timing` (the lead wires it into the click CLI)."""
+
+from __future__ import annotations
+
+import json
+
+from fpga_worker.instruction_stream import step_program
+from fpga_worker.timing_model import U280, breakdown_ms, calibrate, modeled_step_s, resolve_dims
+from services.errors import InvalidArgument
+
+DEVICE = "modeled xilinx_u280 (timing model, no card)"
+
+
+def timing_report(model: str, context: int, prefetch_ratio: int = 4) -> dict:
+    """Modeled decode-step figures for one model, context length (tokens) and prefetch ratio."""
+    if context < 1:
+        raise InvalidArgument(f"--context must be a positive number of tokens, got {context}")
+    if prefetch_ratio < 1:
+        raise InvalidArgument(f"--prefetch-ratio must be a positive integer, got {prefetch_ratio}")
+    dims, hw = resolve_dims(model), U280()
+    cal = calibrate(hw)
+    seconds = modeled_step_s(dims, context, prefetch_ratio, cal, hw)
+    program = step_program(dims, context, prefetch_ratio, hw.buffer_bytes)
+    return {
+        "model": model,
+        "context": context,
+        "prefetch_ratio": prefetch_ratio,
+        "ms_per_token": seconds * 1e3,
+        "tokens_per_s": 1.0 / seconds,
+        "modeled": True,
+        "device": DEVICE,
+        "loads_per_step_busiest_pc": program.load_count,
+        "hbm_bytes_per_step_busiest_pc": program.load_bytes,
+        "load_size_histogram": {str(k): v for k, v in program.histogram().items()},
+        "breakdown_ms": breakdown_ms(dims, context, prefetch_ratio, cal, hw),
+        "calibration": {"instr_overhead_ns": cal.instr_overhead_s * 1e9, "op_overhead_us": cal.op_overhead_s * 1e6},
+    }
+
+
+def timing_cli(model: str, context: int, prefetch_ratio: int, as_json: bool) -> str:
+    """What `glitches fpga-timing --model M --context N [--prefetch-ratio R] [--json]` prints."""
+    report = timing_report(model, context, prefetch_ratio)
+    if as_json:
+        return json.dumps(report, indent=2)
+    parts = ", ".join(f"{k.removesuffix('_ms')} {v:.2f}" for k, v in report["breakdown_ms"].items())
+    return "\n".join([
+        f"{DEVICE}",
+        f"model {model}, context {context} tokens, prefetch ratio {prefetch_ratio}",
+        f"modeled decode step: {report['ms_per_token']:.2f} ms/token ({report['tokens_per_s']:.1f} tokens/s, modeled)",
+        f"modeled breakdown, ms: {parts}",
+        f"HBM loads per step in the busiest pseudo-channel: {report['loads_per_step_busiest_pc']} "
+        f"({report['hbm_bytes_per_step_busiest_pc'] / 1e6:.1f} MB)",
+        f"fitted constants: {report['calibration']['instr_overhead_ns']:.1f} ns per load instruction, "
+        f"{report['calibration']['op_overhead_us']:.2f} us per operator",
+    ])

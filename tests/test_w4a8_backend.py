@@ -1,0 +1,86 @@
+"""The W4A8 emulated card behind the DecodeBackend interface: KV space, lifecycle, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpga_worker.w4a8_backend import W4A8EmulatedCard
+from fpga_worker.w4a8_kernel import DecodeKernel
+from fpga_worker.weight_image import build_from_state_dict
+from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tests.fpga_helpers import prefill_cache, tiny_llama
+
+
+def _card(hbm_bytes=32 * 1024 * 1024):
+    model = tiny_llama()
+    return model, W4A8EmulatedCard(build_from_state_dict(model.config, model.state_dict()), hbm_bytes)
+
+
+def test_lifecycle_matches_the_kernel_run_directly():
+    model, card = _card()
+    facts = card.facts()
+    assert facts.emulated and facts.backend == "emu" and "no card" in facts.device_name
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(5))
+    free = card.kv_free_bytes()
+    card.reserve("r1", 20)
+    assert card.kv_free_bytes() < free
+    for layer, (key, value) in enumerate(prefill_cache(model, ids[:, :10])):
+        card.write_kv("r1", layer, 0, key[:, :, :6], value[:, :, :6])
+        card.write_kv("r1", layer, 6, key[:, :, 6:], value[:, :, 6:])
+    card.seal("r1", 10)
+    got = [card.step("r1", int(ids[0, p]), p) for p in (10, 11)]
+    direct = DecodeKernel.from_image(card.image)
+    region = direct.new_region(20)
+    for layer, (key, value) in enumerate(prefill_cache(model, ids[:, :10])):
+        region.write(layer, 0, key, value)
+    want = [direct.step(region, int(ids[0, p]), p) for p in (10, 11)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert card.release("r1") and not card.release("r1")
+    assert card.kv_free_bytes() == free and card.active_requests() == []
+
+
+def test_errors_name_what_to_change():
+    model, card = _card()
+    card.reserve("a", 16)
+    with pytest.raises(AlreadyExists):
+        card.reserve("a", 16)
+    with pytest.raises(FailedPrecondition, match="KV transfer"):
+        card.step("a", 1, 0)
+    with pytest.raises(InvalidArgument, match="never arrived"):
+        card.seal("a", 4)
+    with pytest.raises(NotFound):
+        card.write_kv("b", 0, 0, torch.zeros(1, 2, 1, 16), torch.zeros(1, 2, 1, 16))
+    with pytest.raises(ResourceExhausted, match="largest free region"):
+        card.reserve("huge", 10**7)
+
+
+def test_regions_do_not_overlap_and_space_is_reused():
+    _, card = _card()
+    card.reserve("a", 600)
+    card.reserve("b", 600)
+    a, b = card._requests["a"], card._requests["b"]
+    assert a.kv_offset + a.region.plan.region_bytes_per_channel <= b.kv_offset
+    card.release("a")
+    card.reserve("c", 100)
+    assert card._requests["c"].kv_offset == a.kv_offset  # first fit reuses the freed space
+
+
+def test_step_args_and_result_round_trip_through_bytes():
+    import numpy as np
+
+    from fpga_worker.abi import KernelStatus, OutputMode
+    from fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
+
+    args = StepArgs(token_id=42, position=1000, kv_capacity_tokens=2048, kv_offset=3 << 20,
+                    mode=OutputMode.TOP_P, temperature=0.7, top_p=0.9, seed=7)
+    blob = args.pack()
+    assert len(blob) == STEP_ARGS_BYTES and StepArgs.unpack(blob) == StepArgs(42, 1000, 2048, 3 << 20,
+                                                                              OutputMode.TOP_P, np.float32(0.7),
+                                                                              np.float32(0.9), 7)
+    with pytest.raises(InvalidArgument, match="top_p"):
+        StepArgs(1, 0, 8, 0, OutputMode.TOP_P, top_p=0.0).pack()
+    logits = np.arange(5, dtype=np.float32)
+    raw = StepResult(KernelStatus.OK, 0, logits).pack(5)
+    assert len(raw) == result_bytes(5)
+    assert np.array_equal(StepResult.unpack(raw, OutputMode.LOGITS).logits, logits)
