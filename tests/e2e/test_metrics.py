@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -40,7 +41,15 @@ def test_metrics_follow_a_request(cluster):
     result = cluster["client"].generate("Name a colour.", max_tokens=4)
     with pytest.raises(GlitchesError):
         cluster["client"].generate("")
-    after = samples(get(scheduler)[1])
+    # the server counts a streamed call after its last message went out: give it a moment
+    ok_before = _value(before, "glitches_grpc_requests_total", method=generate, code="OK")
+    deadline = time.monotonic() + 5
+    while True:
+        after = samples(get(scheduler)[1])
+        if _value(after, "glitches_grpc_requests_total", method=generate, code="OK") > ok_before or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
 
     assert _value(after, "glitches_ttft_seconds_count") == _value(before, "glitches_ttft_seconds_count") + 1
     itl_added = _value(after, "glitches_inter_token_latency_seconds_count") - \
