@@ -74,6 +74,14 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
 
 
 def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> DecodeBackend:
+    if settings.numerics == "w4a8":
+        import torch
+
+        from fpga_worker.w4a8_backend import W4A8EmulatedCard
+
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        return W4A8EmulatedCard.from_source(source, settings.hbm_bytes)
     from fpga_worker.emu_backend import EmulatedCard
 
     return EmulatedCard(source, settings.hbm_bytes, settings.threads)

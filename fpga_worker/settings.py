@@ -9,13 +9,13 @@ from services.settings import DaemonSettings
 
 U280_HBM_BYTES = 8 * 1024**3  # 8 GiB of HBM2 on an Alveo U280
 BACKENDS = ("emu",)
-NUMERICS = ("reference",)
+NUMERICS = ("reference", "w4a8")
 
 
 @dataclass(frozen=True)
 class FpgaWorkerSettings(DaemonSettings):
     backend: str = "emu"  # "emu": software kernel emulator (no card)
-    numerics: str = "reference"  # emu only: "reference" = the model's own precision
+    numerics: str = "reference"  # emu only: "reference" = the model's own precision, "w4a8" = the kernel's
     hbm_bytes: int = U280_HBM_BYTES  # device memory for weights + KV, bytes
     slots: int = 1  # concurrent decode requests; 1 = the paper's batch size 1
     device: str = "0"  # card index or PCI BDF (xrt backend)

@@ -94,7 +94,7 @@ def gpu_worker_cmd(**kwargs) -> None:
 @click.option("--backend", default="emu", envvar=_env("backend"), show_default=True,
               help="emu: the software kernel emulator (no card).")
 @click.option("--numerics", default="reference", envvar=_env("numerics"), show_default=True,
-              help="emu numerics: reference (the model's own precision).")
+              help="emu numerics: reference (the model's own precision) or w4a8 (the kernel's INT4 x INT8).")
 @click.option("--hbm-bytes", default=8 * 1024**3, type=int, envvar=_env("hbm-bytes"), show_default=True,
               help="Device memory for weights + KV, bytes (a U280 has 8 GiB of HBM).")
 @click.option("--slots", default=1, type=int, envvar=_env("fpga-slots"), show_default=True,
@@ -217,6 +217,22 @@ def status_cmd(as_json, address) -> None:
         label = w.backend + (" (emulated)" if w.emulated else "")
         click.echo(f"{w.worker_id:<10} {w.kind:<5} {label:<8} {w.address:<22} {w.pid:>7} "
                    f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots}")
+
+
+@main.command("fpga-timing")
+@click.option("--model", default="llama-2-7b", show_default=True,
+              help="llama-2-7b, smollm2-135m, ... or a transformers config.json path.")
+@click.option("--context", required=True, type=int, help="Tokens already in the KV cache.")
+@click.option("--prefetch-ratio", default=4, type=int, show_default=True, help="Loads merged per instruction.")
+@click.option("--json", "as_json", is_flag=True)
+def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
+    """The modeled U280 decode time per token (a model of the card, not a measurement)."""
+    from fpga_worker.timing_cli import timing_cli
+
+    try:
+        click.echo(timing_cli(model, context, prefetch_ratio, as_json))
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
 
 
 @main.command("simulate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import subprocess
 import sys
 
@@ -33,3 +34,13 @@ def test_up_with_private_redis_answers_and_cleans_up():
     run_dir = re.search(r"logs in (\S+)", run.stderr).group(1)
     redis_url = re.search(r"redis (redis://\S+)", run.stderr).group(1)
     assert _processes_mentioning(run_dir) == [] and _processes_mentioning(redis_url) == []
+
+
+def test_up_with_w4a8_numerics_decodes_on_the_emulated_kernel():
+    run = subprocess.run([sys.executable, "-m", "glitches", "up", "--port", "0", "--fpga-workers", "1",
+                          "--fpga-numerics", "w4a8", "--prompt", "Name a planet.", "--max-tokens", "6"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "decoded on fpga worker fpga-0" in run.stderr
+    log = (Path(re.search(r"logs in (\S+)", run.stderr).group(1)) / "fpga-0.log").read_text()
+    assert "W4A8 kernel" in log and "emulated=True" in log
