@@ -96,3 +96,20 @@ def test_client_cancel_frees_the_slot_and_the_kv(cluster):
     for worker in cluster["client"].status().workers:
         info = worker_pb2_grpc.WorkerStub(insecure_channel(worker.address)).Info(worker_pb2.InfoRequest())
         assert info.active_requests == 0, worker.worker_id
+
+
+def test_async_client_streams_the_same_tokens(cluster):
+    import asyncio
+
+    from glitches import AsyncClient
+
+    async def run():
+        async with AsyncClient(cluster["address"], timeout_s=120) as client:
+            pieces = [p async for p in client.stream("The capital of France is", max_tokens=8)]
+            status = await client.status()
+            return pieces, status
+
+    pieces, status = asyncio.run(run())
+    expected = cluster["client"].generate("The capital of France is", max_tokens=8)
+    assert pieces[-1].token_ids == expected.token_ids and pieces[-1].text == expected.text
+    assert len(status.workers) == 3

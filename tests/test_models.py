@@ -1,0 +1,22 @@
+"""Where weights come from: the default alias, a transformers directory, a GGUF path, or a clear error."""
+
+import pytest
+
+from services import models
+from services.errors import InvalidArgument
+
+
+def test_unknown_model_says_what_to_give():
+    with pytest.raises(InvalidArgument, match="transformers directory"):
+        models.resolve_model("llama-9000")
+
+
+def test_a_transformers_directory_is_used_as_is(tiny_source):
+    assert models.resolve_model(str(tiny_source.path)).path == tiny_source.path
+
+
+def test_a_gguf_file_is_converted_once_into_the_cache(tmp_path):
+    gguf = models.default_gguf_path()
+    source = models.resolve_model(str(gguf), cache_dir=tmp_path)
+    assert source.gguf_file == gguf and (source.path / "model.safetensors").is_file()
+    assert models.resolve_model(str(gguf), cache_dir=tmp_path).path == source.path  # cached, no second conversion
