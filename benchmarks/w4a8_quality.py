@@ -47,7 +47,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--float-activations", action="store_true",
                         help="diagnostic: run the image's W4 weights with float activations instead of INT8")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads; 1 avoids thread thrash on a shared machine, numerics do not change")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, tokenizer, w4a8, reference, build_s = load_all()
     label = "W4A8"

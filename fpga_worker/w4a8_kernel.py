@@ -56,7 +56,7 @@ class DecodeKernel:
         self.final_norm, self._embed_row, self.lm_head = final_norm, embed_row, lm_head
         self.prefetch_ratio = prefetch_ratio
         self.inv_freq = rope_inv_freq(dims.head_dim, dims.rope_theta)
-        self.last_program: StepProgram | None = None  # the load instructions of the latest step
+        self.last_context: int | None = None  # tokens the latest step attended to
 
     @classmethod
     def from_image(cls, image: WeightImage, prefetch_ratio: int = 1, int8_activations: bool = True) -> "DecodeKernel":
@@ -112,6 +112,13 @@ class DecodeKernel:
         head = FloatLinear(embed if dims.tied_embeddings else w("lm_head.weight"))
         return cls(dims, "reference", layers, w("model.norm.weight"), lambda t: embed[t], head)
 
+    @property
+    def last_program(self) -> StepProgram | None:
+        """The HBM load instructions the latest step issued (a pure function of dims, context and ratio)."""
+        if self.last_context is None:
+            return None
+        return step_program(self.dims, self.last_context, self.prefetch_ratio)
+
     def new_region(self, capacity_tokens: int) -> KvRegion:
         """KV region for one request: FP16 per the ABI (float32 under reference numerics)."""
         dtype = torch.float32 if self.numerics == "reference" else torch.float16
@@ -139,7 +146,7 @@ class DecodeKernel:
             gate, up = layer.gate_up(rms_norm(x, layer.ffn_norm, d.rms_eps)).split(d.intermediate)
             x = x + layer.down(F.silu(gate) * up)
         logits = self.lm_head(rms_norm(x, self.final_norm, d.rms_eps))
-        self.last_program = step_program(d, position + 1, self.prefetch_ratio)
+        self.last_context = position + 1
         if not torch.isfinite(logits).all():
             raise KernelError(KernelStatus.NON_FINITE, f"non-finite logits at position {position}")
         return logits
