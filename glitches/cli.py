@@ -64,6 +64,8 @@ def main() -> None:
               show_default=True, help="Largest max_tokens a request may ask for.")
 @click.option("--lease-ttl-s", default=5.0, type=float, envvar=_env("lease-ttl-s"), show_default=True,
               help="How long a slot claim outlives a scheduler that died, seconds.")
+@click.option("--max-migrations", default=2, type=int, envvar=_env("max-migrations"), show_default=True,
+              help="How often one request may move to other workers after a worker dies.")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from scheduler.server import serve

@@ -29,7 +29,7 @@ def event(message: scheduler_pb2.GenerateResponse) -> TextChunk | Completion:
                       prompt_token_ids=tuple(f.prompt_token_ids), finish_reason=_FINISH.get(f.finish_reason, ""),
                       decode_device=f.decode_device, decode_worker=f.decode_worker, prefill_worker=f.prefill_worker,
                       prompt_tokens=f.usage.prompt_tokens, completion_tokens=f.usage.completion_tokens,
-                      timings=timings)
+                      timings=timings, migrations=f.migrations)
 
 
 def status(message: scheduler_pb2.StatusResponse) -> ClusterStatus:

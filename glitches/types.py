@@ -43,6 +43,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings
+    migrations: int = 0  # times the request moved because a worker died mid-request
 
     def to_dict(self) -> dict:
         out = asdict(self)

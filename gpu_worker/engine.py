@@ -78,19 +78,28 @@ class GpuEngine:
             return out.logits[0, -1].float()
 
     def prefill(self, request_id: str, prompt: list[int], sampling: Sampling,
-                target: worker_pb2_grpc.WorkerStub | None) -> PrefillResult:
-        """Prefill `prompt`; stream its KV to `target`, or keep it here for GPU assist when target is None."""
+                target: worker_pb2_grpc.WorkerStub | None, generated: list[int] = ()) -> PrefillResult:
+        """Prefill `prompt` + `generated`; stream its KV to `target`, or keep it here (GPU assist) when None.
+
+        `generated` holds tokens the request produced before a migration; the returned
+        token is generated token number len(generated).
+        """
+        generated = list(generated)
         if not prompt:
             raise InvalidArgument("prompt_token_ids is empty; send at least one token")
+        if len(generated) >= sampling.max_new_tokens:
+            raise InvalidArgument(f"{len(generated)} tokens already generated: nothing left of max_new_tokens "
+                                  f"({sampling.max_new_tokens})")
         if len(prompt) + sampling.max_new_tokens > self.max_context_tokens:
             raise InvalidArgument(f"prompt ({len(prompt)} tokens) + max_new_tokens ({sampling.max_new_tokens}) "
                                   f"exceeds the model's context of {self.max_context_tokens} tokens")
+        tokens = prompt + generated  # the forward pass covers both
         vocab = self.config.vocab_size
-        if max(prompt) >= vocab:
-            raise InvalidArgument(f"token id {max(prompt)} is outside the vocabulary (size {vocab})")
+        if max(tokens) >= vocab:
+            raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {vocab})")
         sender = None
         if target is not None:
-            header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=len(prompt),
+            header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=len(tokens),
                                          reserve_tokens=len(prompt) + sampling.max_new_tokens,
                                          num_layers=self.num_layers)
             sender = KvSender(target, header, self.settings.kv_transfer_timeout_s)
@@ -99,7 +108,7 @@ class GpuEngine:
         cache = LayerStreamingCache(self.config, sender.put_layer if sender else None)
         started = time.monotonic()
         try:
-            logits = self._forward(prompt, 0, cache)
+            logits = self._forward(tokens, 0, cache)
         except KvTransferFailed:
             error = sender.failure() or Unavailable("the decode worker ended the KV transfer early")
             sender.abort()
@@ -111,8 +120,8 @@ class GpuEngine:
         prefill_end = time.monotonic()
         prefill_end_unix = time.time()
         cache.stop_streaming()
-        first = sample_token(logits, sampling, 0)
-        finish = finish_reason([first], sampling, self.text_of)
+        first = sample_token(logits, sampling, len(generated))
+        finish = finish_reason(generated + [first], sampling, self.text_of)
         if sender is None:
             with self._local_lock:
                 self._local[request_id] = _LocalRequest(cache, threading.Lock())

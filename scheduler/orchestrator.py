@@ -45,6 +45,46 @@ class Delta:
     token_ids: list[int]
 
 
+class _WorkerLost(Exception):
+    """A worker died (or refused the KV) mid-request; the request can continue elsewhere."""
+
+    def __init__(self, worker_id: str, message: str, counts_as_migration: bool = True):
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.counts_as_migration = counts_as_migration
+
+
+@dataclass
+class _Run:
+    """One request's progress across attempts (an attempt = one placement, prefill and decode)."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: Sampling
+    arrived: float  # time.monotonic() at arrival
+    tokens: list[int] = field(default_factory=list)  # generated so far, across attempts
+    detok: Detokenizer | None = None
+    finish: Finish | None = None
+    attempts: int = 0
+    migrations: int = 0
+    excluded: set[str] = field(default_factory=set)  # workers lost during this request
+    prefills: list = field(default_factory=list)  # PrefillResponse of each attempt
+    first_out: float | None = None
+    last_out: float = 0.0
+    device_decode_s: float = 0.0
+    modeled_s: float = 0.0
+    decode_device: str = ""
+    decode_worker: str = ""
+    prefill_worker: str = ""
+
+
+@dataclass
+class _Attempt:
+    claim_id: str  # request id + attempt number: names the claims and the KV on the workers
+    decoder: WorkerState | None = None
+    decode_call: object = None
+
+
 @dataclass
 class Final:
     request_id: str
@@ -56,6 +96,7 @@ class Final:
     decode_worker: str
     prefill_worker: str
     timings: dict[str, float] = field(default_factory=dict)
+    migrations: int = 0
 
 
 class ModelInfo:
@@ -121,14 +162,14 @@ class Orchestrator:
         return prompt_ids, sampling
 
     # --- placement -------------------------------------------------------------
-    def _live_workers(self) -> dict[str, WorkerState]:
+    def _live_workers(self, excluded: set[str]) -> dict[str, WorkerState]:
         return {w.record.worker_id: w for w in self.registry.workers()
-                if w.healthy and w.record.model == self.model.name}
+                if w.healthy and w.record.model == self.model.name and w.record.worker_id not in excluded}
 
-    def _place(self, request_id: str, prompt_ids: list[int], sampling: Sampling):
+    def _place(self, claim_id: str, prompt_ids: list[int], sampling: Sampling, excluded: set[str]):
         """Claim a prefill GPU and, when one is free, an FPGA decode slot; returns (gpu, decoder)."""
         for _ in range(3):  # a worker may vanish between reading the registry and claiming it
-            workers = self._live_workers()
+            workers = self._live_workers(excluded)
             snapshot = ClusterSnapshot(tuple(
                 WorkerView(w.record.worker_id, DeviceKind(w.record.kind), w.record.slots, w.active,
                            w.record.kv_free_bytes) for w in workers.values()))
@@ -140,96 +181,156 @@ class Orchestrator:
             except NoWorkerAvailable as error:
                 raise Unavailable(f"{error}; start a gpu-worker (glitches gpu-worker) or wait for one") from None
             gpu = workers[decision.prefill_worker]
-            if not self.registry.claim_alive(request_id, "prefill", gpu.record.worker_id):
+            if not self.registry.claim_alive(claim_id, "prefill", gpu.record.worker_id):
                 continue
-            fpga_id = self.registry.claim_first_free(request_id, "decode", list(decision.fpga_candidates))
+            fpga_id = self.registry.claim_first_free(claim_id, "decode", list(decision.fpga_candidates))
             if fpga_id is not None:
                 return gpu, workers[fpga_id]
-            if self.registry.claim_alive(request_id, "decode", gpu.record.worker_id):
+            if self.registry.claim_alive(claim_id, "decode", gpu.record.worker_id):
                 return gpu, gpu
-            self.registry.release(request_id, "prefill")
+            self.registry.release(claim_id, "prefill")
         raise Unavailable("workers kept disappearing while placing the request; retry")
 
     # --- the request -----------------------------------------------------------
     def generate(self, request: GenerateInput) -> Iterator[Delta | Final]:
-        arrived = time.monotonic()
-        prompt_ids, sampling = self.validate(request)
-        request_id = uuid.uuid4().hex
+        """Run one request to its end, moving it to other workers when one dies (at most max_migrations)."""
+        run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic())
+        run.detok = Detokenizer(self.model.text_of, run.sampling.stop)
         with self._active_lock:
             self.active += 1
-        self.leases.add(request_id)
-        decode_call = None
-        decoder = None
         try:
-            gpu, decoder = self._place(request_id, prompt_ids, sampling)
-            on_fpga = decoder is not gpu
-            log.info("request %s: %d prompt tokens, prefill on %s, decode on %s", request_id, len(prompt_ids),
-                     gpu.record.worker_id, decoder.record.worker_id)
-            prefill = self._prefill(gpu, decoder if on_fpga else None, request_id, prompt_ids, sampling)
-            self.registry.release(request_id, "prefill")
-            first = prefill.first_token_id
-            detok = Detokenizer(self.model.text_of, sampling.stop)
-            tokens = [first]
-            yield Delta(detok.add(first), [first])
-            first_out = last_out = time.monotonic()
-            metrics.TTFT.observe(first_out - arrived)
-            finish = FINISH_FROM_PROTO[prefill.finish_reason]
-            device_decode_s = modeled_s = 0.0
-            if finish is None:
-                decode_call = self._stub(decoder.record.address).Decode(
-                    worker_pb2.DecodeRequest(request_id=request_id, first_token_id=first, position=len(prompt_ids),
-                                             sampling=sampling.to_proto(common_pb2.SamplingParams),
-                                             generated_token_ids=tokens),
-                    timeout=self.settings.decode_token_timeout_s * sampling.max_new_tokens)
+            while run.finish is None:
+                attempt_id = f"{run.request_id}.{run.attempts}"
+                run.attempts += 1
+                self.leases.add(attempt_id)
+                attempt = _Attempt(attempt_id)
                 try:
-                    for step in decode_call:
-                        tokens.append(step.token_id)
-                        device_decode_s += step.step_s
-                        modeled_s += step.modeled_step_s
-                        yield Delta(detok.add(step.token_id), [step.token_id])
-                        now = time.monotonic()
-                        metrics.INTER_TOKEN.observe(now - last_out)
-                        last_out = now
-                        finish = FINISH_FROM_PROTO[step.finish_reason]
-                except grpc.RpcError as error:
-                    raise from_rpc_error(error, f"decode on {decoder.record.worker_id} failed") from error
-            tail = detok.finish()
+                    yield from self._attempt(run, attempt)
+                except _WorkerLost as lost:
+                    self._on_lost(run, lost)
+                finally:
+                    self._end_attempt(attempt)
+            tail = run.detok.finish()
             if tail:
                 yield Delta(tail, [])
-            done = time.monotonic()
-            decode_s = done - first_out
-            timings = dict(
-                ttft_s=first_out - arrived, prefill_s=prefill.prefill_s, kv_bytes=prefill.kv_bytes,
-                kv_exposed_s=prefill.kv_exposed_s, decode_s=decode_s,
-                tokens_per_s=(len(tokens) - 1) / decode_s if decode_s > 0 and len(tokens) > 1 else 0.0,
-                device_decode_s=device_decode_s, modeled_decode_s=modeled_s,
-                layers_received_before_prefill_end=prefill.layers_received_before_prefill_end,
-                num_layers=prefill.num_layers, total_s=done - arrived)
-            metrics.REQUESTS_FINISHED.labels("fpga" if on_fpga else "gpu").inc()
-            yield Final(request_id, prompt_ids, tokens, detok.text, finish or Finish.LENGTH,
-                        "fpga" if on_fpga else "gpu", decoder.record.worker_id, gpu.record.worker_id, timings)
+            yield self._final(run)
         finally:
-            if decode_call is not None:
-                decode_call.cancel()
-            if decoder is not None:
-                self._release_on_worker(decoder, request_id)
-            self.registry.release(request_id, "prefill")
-            self.registry.release(request_id, "decode")
-            self.leases.discard(request_id)
             with self._active_lock:
                 self.active -= 1
 
-    def _prefill(self, gpu: WorkerState, fpga: WorkerState | None, request_id: str, prompt_ids: list[int],
-                 sampling: Sampling) -> worker_pb2.PrefillResponse:
+    def _on_lost(self, run: _Run, lost: _WorkerLost) -> None:
+        run.excluded.add(lost.worker_id)
+        if not lost.counts_as_migration:  # a card refused the KV: try elsewhere, nothing moved
+            log.info("request %s: %s", run.request_id, lost)
+            return
+        run.migrations += 1
+        metrics.MIGRATIONS.of("scheduler").inc()
+        log.warning("request %s: %s; migration %d after %d tokens", run.request_id, lost, run.migrations,
+                    len(run.tokens))
+        if run.migrations > self.settings.max_migrations:
+            raise Unavailable(f"{lost}; the request already moved {self.settings.max_migrations} times "
+                              "(--max-migrations), giving up")
+
+    def _attempt(self, run: _Run, attempt: _Attempt) -> Iterator[Delta]:
+        """Place, prefill (prompt + tokens so far), then stream decode until the end or a worker loss."""
+        gpu, decoder = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded)
+        attempt.decoder = decoder
+        on_fpga = decoder is not gpu
+        log.info("request %s: %d prompt + %d generated tokens, prefill on %s, decode on %s", attempt.claim_id,
+                 len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
+        prefill = self._prefill(gpu, decoder if on_fpga else None, attempt.claim_id, run)
+        self.registry.release(attempt.claim_id, "prefill")
+        run.prefills.append(prefill)
+        run.decode_device, run.decode_worker, run.prefill_worker = (
+            "fpga" if on_fpga else "gpu", decoder.record.worker_id, gpu.record.worker_id)
+        yield self._emit(run, prefill.first_token_id)
+        run.finish = FINISH_FROM_PROTO[prefill.finish_reason]
+        if run.finish is not None:
+            return
+        attempt.decode_call = self._stub(decoder.record.address).Decode(
+            worker_pb2.DecodeRequest(request_id=attempt.claim_id, first_token_id=run.tokens[-1],
+                                     position=len(run.prompt_ids) + len(run.tokens) - 1,
+                                     sampling=run.sampling.to_proto(common_pb2.SamplingParams),
+                                     generated_token_ids=run.tokens),
+            timeout=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
+        try:
+            for step in attempt.decode_call:
+                run.device_decode_s += step.step_s
+                run.modeled_s += step.modeled_step_s
+                yield self._emit(run, step.token_id)
+                run.finish = FINISH_FROM_PROTO[step.finish_reason]
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                raise _WorkerLost(decoder.record.worker_id, f"decode worker {decoder.record.worker_id} was lost "
+                                  f"({error.details()})") from error
+            raise from_rpc_error(error, f"decode on {decoder.record.worker_id} failed") from error
+        if run.finish is None:
+            raise _WorkerLost(decoder.record.worker_id, f"decode on {decoder.record.worker_id} ended early")
+
+    def _emit(self, run: _Run, token: int) -> Delta:
+        now = time.monotonic()
+        if run.first_out is None:
+            run.first_out = now
+            metrics.TTFT.observe(now - run.arrived)
+        else:
+            metrics.INTER_TOKEN.observe(now - run.last_out)
+        run.last_out = now
+        run.tokens.append(token)
+        return Delta(run.detok.add(token), [token])
+
+    def _end_attempt(self, attempt: _Attempt) -> None:
+        if attempt.decode_call is not None:
+            attempt.decode_call.cancel()
+        if attempt.decoder is not None:
+            self._release_on_worker(attempt.decoder, attempt.claim_id)
+        self.registry.release(attempt.claim_id, "prefill")
+        self.registry.release(attempt.claim_id, "decode")
+        self.leases.discard(attempt.claim_id)
+
+    def _final(self, run: _Run) -> Final:
+        done = time.monotonic()
+        decode_s = done - run.first_out
+        last = run.prefills[-1]
+        timings = dict(
+            ttft_s=run.first_out - run.arrived, prefill_s=sum(p.prefill_s for p in run.prefills),
+            kv_bytes=sum(p.kv_bytes for p in run.prefills), kv_exposed_s=sum(p.kv_exposed_s for p in run.prefills),
+            decode_s=decode_s,
+            tokens_per_s=(len(run.tokens) - 1) / decode_s if decode_s > 0 and len(run.tokens) > 1 else 0.0,
+            device_decode_s=run.device_decode_s, modeled_decode_s=run.modeled_s,
+            layers_received_before_prefill_end=last.layers_received_before_prefill_end,
+            num_layers=last.num_layers, total_s=done - run.arrived)
+        metrics.REQUESTS_FINISHED.labels(run.decode_device).inc()
+        return Final(run.request_id, run.prompt_ids, run.tokens, run.detok.text, run.finish, run.decode_device,
+                     run.decode_worker, run.prefill_worker, timings, run.migrations)
+
+    def _prefill(self, gpu: WorkerState, fpga: WorkerState | None, claim_id: str,
+                 run: _Run) -> worker_pb2.PrefillResponse:
         target = worker_pb2.DecodeTarget(address=fpga.record.address, worker_id=fpga.record.worker_id) if fpga \
             else worker_pb2.DecodeTarget()
         try:
             return self._stub(gpu.record.address).Prefill(
-                worker_pb2.PrefillRequest(request_id=request_id, prompt_token_ids=prompt_ids,
-                                          sampling=sampling.to_proto(common_pb2.SamplingParams), target=target),
+                worker_pb2.PrefillRequest(request_id=claim_id, prompt_token_ids=run.prompt_ids,
+                                          sampling=run.sampling.to_proto(common_pb2.SamplingParams), target=target,
+                                          generated_token_ids=run.tokens),
                 timeout=self.settings.prefill_timeout_s)
         except grpc.RpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and fpga is not None:
+                raise _WorkerLost(fpga.record.worker_id, f"{fpga.record.worker_id} had no room for the KV "
+                                  f"({error.details()})", counts_as_migration=False) from error
+            if code == grpc.StatusCode.UNAVAILABLE:
+                lost = gpu if not self._answers(gpu) or fpga is None else fpga
+                raise _WorkerLost(lost.record.worker_id, f"worker {lost.record.worker_id} was lost during "
+                                  f"prefill ({error.details()})") from error
             raise from_rpc_error(error, f"prefill on {gpu.record.worker_id} failed") from error
+
+    def _answers(self, worker: WorkerState) -> bool:
+        """Whether a worker still answers Info within a second (tells a dead GPU from a dead FPGA)."""
+        try:
+            self._stub(worker.record.address).Info(worker_pb2.InfoRequest(), timeout=1.0)
+            return True
+        except grpc.RpcError:
+            return False
 
     def _release_on_worker(self, worker: WorkerState, request_id: str) -> None:
         try:

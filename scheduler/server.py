@@ -41,7 +41,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 decode_worker=event.decode_worker, prefill_worker=event.prefill_worker,
                 usage=scheduler_pb2.Usage(prompt_tokens=len(event.prompt_token_ids),
                                           completion_tokens=len(event.token_ids)),
-                timings=scheduler_pb2.Timings(**t)))
+                timings=scheduler_pb2.Timings(**t), migrations=event.migrations))
 
     def Status(self, request, context):
         workers = [

@@ -14,6 +14,7 @@ class SchedulerSettings(DaemonSettings):
     prefill_timeout_s: float = 300.0
     decode_token_timeout_s: float = 120.0  # longest wait for the next token
     release_timeout_s: float = 5.0
+    max_migrations: int = 2  # how often one request may move after a worker dies
     lease_ttl_s: float = 5.0  # a claim outlives a dead scheduler by at most this long
 
     def __post_init__(self):
