@@ -1,0 +1,92 @@
+"""A worker killed mid-request loses nothing: the request moves and its greedy tokens do not change."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+from glitches import Client, Completion, GlitchesError, TextChunk
+from glitches.cluster import ClusterSpec, LocalCluster
+from services.registry import Registry
+from tests.conftest import REDIS_URL
+from tests.e2e.conftest import assert_idle
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    """A cluster of its own (2 GPU + 2 FPGA workers) whose workers the tests kill."""
+    prefix = f"glitches-fault-{uuid.uuid4().hex[:8]}"
+    spec = ClusterSpec(gpu_workers=2, fpga_workers=2, port=0, redis_url=REDIS_URL, redis_prefix=prefix,
+                       threads_per_worker=1)
+    with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=300) as client:
+        yield dict(client=client, registry=Registry(REDIS_URL, prefix))
+
+
+def _pid_of_busy(client: Client, kind: str, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        busy = [w for w in client.status().workers if w.kind == kind and w.active_requests and w.healthy]
+        if busy:
+            return busy[0].pid
+        time.sleep(0.02)
+    raise AssertionError(f"no busy {kind} worker")
+
+
+def _collect(stream) -> Completion:
+    for item in stream:
+        if isinstance(item, Completion):
+            return item
+    raise AssertionError("no final message")
+
+
+def test_fpga_killed_mid_decode_continues_with_identical_tokens(faulty, reference):
+    prompt = "Write a long list of fruits, one per line:"
+    stream = faulty["client"].stream(prompt, max_tokens=40)
+    seen = 0
+    for item in stream:
+        if isinstance(item, TextChunk):
+            seen += len(item.token_ids)
+            if seen >= 5:
+                break
+    os.kill(_pid_of_busy(faulty["client"], "fpga"), signal.SIGKILL)
+    final = _collect(stream)
+    assert final.migrations == 1
+    assert list(final.token_ids) == reference["generate"](list(final.prompt_token_ids), 40)
+    assert_idle(faulty["registry"], timeout_s=5)
+
+
+def test_gpu_killed_during_prefill_is_retried_on_the_other_gpu(faulty, reference):
+    long_prompt = "Tell me about GPUs and FPGAs. " * 150  # a prefill of seconds on this machine
+    stream = faulty["client"].stream(long_prompt, max_tokens=6)
+    result = {}
+    consumer = threading.Thread(target=lambda: result.setdefault("final", _collect(stream)))
+    consumer.start()
+    os.kill(_pid_of_busy(faulty["client"], "gpu"), signal.SIGKILL)
+    consumer.join(timeout=300)
+    final = result["final"]
+    assert final.migrations == 1
+    assert list(final.token_ids) == reference["generate"](list(final.prompt_token_ids), 6)
+    assert_idle(faulty["registry"], timeout_s=5)
+
+
+def test_with_every_gpu_dead_requests_fail_unavailable(faulty):
+    for worker in faulty["client"].status().workers:
+        if worker.kind == "gpu" and worker.healthy:
+            os.kill(worker.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(GlitchesError) as info:
+        faulty["client"].generate("Hello", max_tokens=4)
+    assert info.value.code == "UNAVAILABLE"
+    assert_idle(faulty["registry"], timeout_s=5)
+    deadline = killed + 3.5  # heartbeats expire within 3 s of a SIGKILL
+    while time.monotonic() < deadline and any(w.healthy for w in faulty["client"].status().workers
+                                              if w.kind == "gpu"):
+        time.sleep(0.1)
+    assert not any(w.healthy for w in faulty["client"].status().workers if w.kind == "gpu")
