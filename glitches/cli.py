@@ -64,6 +64,12 @@ def main() -> None:
               show_default=True, help="Largest max_tokens a request may ask for.")
 @click.option("--lease-ttl-s", default=5.0, type=float, envvar=_env("lease-ttl-s"), show_default=True,
               help="How long a slot claim outlives a scheduler that died, seconds.")
+@click.option("--max-active", default=64, type=int, envvar=_env("max-active"), show_default=True,
+              help="Requests this scheduler runs at once.")
+@click.option("--max-queued", default=256, type=int, envvar=_env("max-queued"), show_default=True,
+              help="Requests that may wait for a place; beyond, RESOURCE_EXHAUSTED.")
+@click.option("--queue-wait-s", default=30.0, type=float, envvar=_env("queue-wait-s"), show_default=True,
+              help="Longest wait for a place, seconds.")
 @click.option("--max-migrations", default=2, type=int, envvar=_env("max-migrations"), show_default=True,
               help="How often one request may move to other workers after a worker dies.")
 def scheduler_cmd(**kwargs) -> None:

@@ -61,6 +61,7 @@ class ClusterSpec:
     fpga_slots: int = 1
     threads_per_worker: int = 0  # 0 = split the CPUs between workers
     extra_env: dict[str, str] = field(default_factory=dict)
+    scheduler_args: tuple[str, ...] = ()  # extra `glitches scheduler` flags, e.g. ("--max-active", "8")
 
 
 class LocalCluster:
@@ -102,7 +103,7 @@ class LocalCluster:
         threads = self.spec.threads_per_worker or max(1, cpus // max(1, workers))
         scheduler_port = self.spec.port or free_port()
         self.address = f"127.0.0.1:{scheduler_port}"
-        self._daemon("scheduler", "scheduler", "--port", str(scheduler_port))
+        self._daemon("scheduler", "scheduler", "--port", str(scheduler_port), *self.spec.scheduler_args)
         for i in range(self.spec.gpu_workers):
             # prefill is compute-bound: a GPU worker may use every core
             self._daemon(f"gpu-{i}", "gpu-worker", "--worker-id", f"gpu-{i}", "--threads",

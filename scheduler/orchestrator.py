@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from scheduler.admission import Admission
 from scheduler.detokenizer import Detokenizer
 from scheduler.leases import LeaseKeeper
 from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
@@ -126,6 +127,7 @@ class Orchestrator:
         self.settings = settings
         self.registry = registry
         self.leases = leases or LeaseKeeper(registry)
+        self.admission = Admission(settings.max_active, settings.max_queued, settings.queue_wait_s)
         self.model = model
         self._stubs = WorkerStubs()
         self.active = 0
@@ -192,10 +194,14 @@ class Orchestrator:
         raise Unavailable("workers kept disappearing while placing the request; retry")
 
     # --- the request -----------------------------------------------------------
-    def generate(self, request: GenerateInput) -> Iterator[Delta | Final]:
+    def generate(self, request: GenerateInput, cancelled=lambda: False) -> Iterator[Delta | Final]:
         """Run one request to its end, moving it to other workers when one dies (at most max_migrations)."""
         run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic())
         run.detok = Detokenizer(self.model.text_of, run.sampling.stop)
+        with self.admission.slot(cancelled):
+            yield from self._run(run)
+
+    def _run(self, run: _Run) -> Iterator[Delta | Final]:
         with self._active_lock:
             self.active += 1
         try:
@@ -283,9 +289,12 @@ class Orchestrator:
             attempt.decode_call.cancel()
         if attempt.decoder is not None:
             self._release_on_worker(attempt.decoder, attempt.claim_id)
-        self.registry.release(attempt.claim_id, "prefill")
-        self.registry.release(attempt.claim_id, "decode")
         self.leases.discard(attempt.claim_id)
+        try:
+            self.registry.release(attempt.claim_id, "prefill")
+            self.registry.release(attempt.claim_id, "decode")
+        except Unavailable as error:  # Redis is down: the claims' leases expire and are swept later
+            log.warning("could not release the claims of %s now: %s", attempt.claim_id, error)
 
     def _final(self, run: _Run) -> Final:
         done = time.monotonic()

@@ -29,7 +29,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def Generate(self, request, context):
         generate = GenerateInput(prompt=request.prompt, chat=request.chat,
                                  sampling=Sampling.from_proto(request.sampling), model=request.model)
-        for event in self.orchestrator.generate(generate):
+        for event in self.orchestrator.generate(generate, cancelled=lambda: not context.is_active()):
             if isinstance(event, Delta):
                 yield scheduler_pb2.GenerateResponse(delta=scheduler_pb2.TextDelta(text=event.text,
                                                                                    token_ids=event.token_ids))

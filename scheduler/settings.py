@@ -14,6 +14,9 @@ class SchedulerSettings(DaemonSettings):
     prefill_timeout_s: float = 300.0
     decode_token_timeout_s: float = 120.0  # longest wait for the next token
     release_timeout_s: float = 5.0
+    max_active: int = 64  # requests this replica runs at once
+    max_queued: int = 256  # requests that may wait for a place; beyond: RESOURCE_EXHAUSTED
+    queue_wait_s: float = 30.0  # longest wait for a place
     max_migrations: int = 2  # how often one request may move after a worker dies
     lease_ttl_s: float = 5.0  # a claim outlives a dead scheduler by at most this long
 
@@ -21,5 +24,7 @@ class SchedulerSettings(DaemonSettings):
         super().__post_init__()
         if self.max_new_tokens_limit < 1:
             raise InvalidArgument(f"--max-new-tokens-limit must be at least 1, got {self.max_new_tokens_limit}")
+        if self.max_active < 1 or self.max_queued < 0 or self.queue_wait_s < 0 or self.max_migrations < 0:
+            raise InvalidArgument("--max-active must be >= 1; --max-queued, --queue-wait-s and --max-migrations >= 0")
         if self.lease_ttl_s <= 1.0:
             raise InvalidArgument(f"--lease-ttl-s must be above the 1 s renewal interval, got {self.lease_ttl_s}")
