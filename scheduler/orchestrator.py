@@ -22,7 +22,7 @@ from scheduler.settings import SchedulerSettings
 from services import metrics
 from services.channels import WorkerStubs
 from services.decoding import Finish
-from services.errors import InvalidArgument, Unavailable, from_rpc_error
+from services.errors import InvalidArgument, ResourceExhausted, Unavailable, from_rpc_error
 from services.proto_convert import FINISH_FROM_PROTO
 from services.registry import Registry, WorkerState
 from services.sampling import Sampling
@@ -79,6 +79,13 @@ class ModelInfo:
         return list(self.tokenizer(prompt)["input_ids"])
 
 
+def kv_bytes_needed(workers, tokens: int) -> int:
+    """KV bytes `tokens` take on the most demanding live FPGA, with its reservation rounding (block units)."""
+    needs = [-(-tokens // w.record.kv_granularity_tokens) * w.record.kv_granularity_tokens
+             * w.record.kv_bytes_per_token for w in workers if w.record.kind == "fpga"]
+    return max(needs, default=0)
+
+
 class Orchestrator:
     def __init__(self, settings: SchedulerSettings, registry: Registry, model: ModelInfo,
                  leases: LeaseKeeper | None = None):
@@ -132,9 +139,7 @@ class Orchestrator:
             snapshot = ClusterSnapshot(tuple(
                 WorkerView(w.record.worker_id, DeviceKind(w.record.kind), w.record.slots, w.active,
                            w.record.kv_free_bytes) for w in workers.values()))
-            tokens = len(prompt_ids) + sampling.max_new_tokens
-            fpga_bytes = {w.record.kv_bytes_per_token for w in workers.values() if w.record.kind == "fpga"}
-            need = tokens * max(fpga_bytes, default=0)
+            need = kv_bytes_needed(workers.values(), len(prompt_ids) + sampling.max_new_tokens)
             try:
                 decision = place(snapshot, PlacementRequest(len(prompt_ids), sampling.max_new_tokens, need))
             except NoWorkerAvailable as error:
@@ -165,7 +170,21 @@ class Orchestrator:
             on_fpga = decoder is not gpu
             log.info("request %s: %d prompt tokens, prefill on %s, decode on %s", request_id, len(prompt_ids),
                      gpu.record.worker_id, decoder.record.worker_id)
-            prefill = self._prefill(gpu, decoder if on_fpga else None, request_id, prompt_ids, sampling)
+            try:
+                prefill = self._prefill(gpu, decoder if on_fpga else None, request_id, prompt_ids, sampling)
+            except ResourceExhausted as error:
+                if not on_fpga:
+                    raise
+                # the card's free KV changed after our placement read it: decode on the GPU instead
+                log.warning("request %s: %s refused the KV (%s); decoding on %s", request_id,
+                            decoder.record.worker_id, error, gpu.record.worker_id)
+                self._release_on_worker(decoder, request_id)
+                self.registry.release(request_id, "decode")
+                decoder, on_fpga = None, False
+                if not self.registry.claim_alive(request_id, "decode", gpu.record.worker_id):
+                    raise Unavailable(f"{gpu.record.worker_id} vanished while falling back to GPU assist; retry")
+                decoder = gpu
+                prefill = self._prefill(gpu, None, request_id, prompt_ids, sampling)
             self.registry.release(request_id, "prefill")
             first = prefill.first_token_id
             detok = Detokenizer(self.model.text_of, sampling.stop)
