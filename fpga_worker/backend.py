@@ -41,6 +41,11 @@ class KvGeometry:
         # K and V, every layer, every KV head
         return 2 * self.num_layers * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
 
+    @property
+    def block_bytes(self) -> int:
+        # one ABI KV block: 16 tokens of one (layer, head, K or V) lane
+        return 16 * self.head_dim * torch.finfo(self.dtype).bits // 8
+
 
 class DecodeBackend(ABC):
     """A decode device holding several requests' KV, stepping one token at a time."""
@@ -53,6 +58,10 @@ class DecodeBackend(ABC):
 
     @abstractmethod
     def kv_free_bytes(self) -> int: ...
+
+    def kv_granularity_tokens(self) -> int:
+        """A reservation of n tokens takes the KV of n rounded up to a multiple of this (1: exact)."""
+        return 1
 
     @abstractmethod
     def reserve(self, request_id: str, max_tokens: int) -> None:

@@ -7,6 +7,7 @@ import os
 
 from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
+from fpga_worker.kv_notify import NotifyingBackend
 from fpga_worker.settings import FpgaWorkerSettings
 from services import metrics, models
 from services.daemon import configure_logging, run_until_signalled
@@ -74,6 +75,11 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
 
 
 def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> DecodeBackend:
+    if settings.backend == "xrt":  # a card or a clear error; never the emulator in its place
+        from fpga_worker.xrt_backend import XrtCard, open_pyxrt, weight_image_for
+
+        pyxrt = open_pyxrt(settings.xilinx_xrt or None)
+        return XrtCard(weight_image_for(source), pyxrt, settings.device, settings.xclbin, settings.hbm_bytes)
     if settings.numerics == "w4a8":
         import torch
 
@@ -105,9 +111,12 @@ def serve(settings: FpgaWorkerSettings) -> None:
                             device_name=info.device_name, address=address, pid=info.pid, model=info.model,
                             slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
                             kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
-                            http_address=http.address)
+                            http_address=http.address, kv_granularity_tokens=backend.kv_granularity_tokens(),
+                            kv_block_bytes=block_bytes, kv_free_blocks=info.kv_free_bytes // block_bytes)
 
+    block_bytes = backend.geometry().block_bytes
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
+    servicer.backend = NotifyingBackend(backend, heartbeat.poke)  # reserve/release re-publish the record at once
     heartbeat.start()
     facts = backend.facts()
     metrics.ACTIVE_REQUESTS.of("fpga-worker").set_function(lambda: len(backend.active_requests()))

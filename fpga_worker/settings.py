@@ -8,17 +8,19 @@ from services.errors import InvalidArgument
 from services.settings import DaemonSettings
 
 U280_HBM_BYTES = 8 * 1024**3  # 8 GiB of HBM2 on an Alveo U280
-BACKENDS = ("emu",)
+BACKENDS = ("emu", "xrt")
 NUMERICS = ("reference", "w4a8")
 
 
 @dataclass(frozen=True)
 class FpgaWorkerSettings(DaemonSettings):
-    backend: str = "emu"  # "emu": software kernel emulator (no card)
+    backend: str = "emu"  # "emu": software kernel emulator (no card); "xrt": an Alveo card through pyxrt
     numerics: str = "reference"  # emu only: "reference" = the model's own precision, "w4a8" = the kernel's
     hbm_bytes: int = U280_HBM_BYTES  # device memory for weights + KV, bytes
     slots: int = 1  # concurrent decode requests; 1 = the paper's batch size 1
     device: str = "0"  # card index or PCI BDF (xrt backend)
+    xclbin: str = ""  # xrt backend: path of the decode bitstream (kernel glitches_decode)
+    xilinx_xrt: str = ""  # xrt backend: $XILINX_XRT as the CLI read it; empty = unset
 
     def __post_init__(self):
         super().__post_init__()
@@ -26,6 +28,8 @@ class FpgaWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.numerics not in NUMERICS:
             raise InvalidArgument(f"--numerics must be one of {', '.join(NUMERICS)}, got {self.numerics!r}")
+        if self.backend == "xrt" and not self.xclbin:
+            raise InvalidArgument("--backend xrt needs --xclbin PATH (the decode bitstream)")
         if self.hbm_bytes <= 0:
             raise InvalidArgument(f"--hbm-bytes must be positive, got {self.hbm_bytes}")
         if self.slots < 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS
+from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS
 from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
 from fpga_worker.kv_layout import KvPlan, KvRegion
 from fpga_worker.w4a8_kernel import DecodeKernel
@@ -65,6 +65,9 @@ class W4A8EmulatedCard(DecodeBackend):
     def geometry(self) -> KvGeometry:
         d = self.image.dims
         return KvGeometry(d.num_layers, d.kv_heads, d.head_dim, torch.float16)
+
+    def kv_granularity_tokens(self) -> int:
+        return HBM_CHANNELS * KV_BLOCK_TOKENS  # regions hold whole 512-token units
 
     def _gaps(self) -> list[tuple[int, int]]:
         """Free (offset, bytes) ranges of the per-PC KV space, in address order."""

@@ -4,6 +4,7 @@ variables (the flag's name upper-cased, e.g. --redis-url / GLITCHES_REDIS_URL)."
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -50,7 +51,10 @@ def _run_daemon(serve, settings_cls, **kwargs) -> None:
         settings = settings_cls(**kwargs)
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
-    serve(settings)
+    try:
+        serve(settings)
+    except ServiceError as error:  # a start-up failure (no card, no XRT...): its status and what to change
+        raise click.ClickException(f"{error.code.name}: {error}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,7 +104,7 @@ def gpu_worker_cmd(**kwargs) -> None:
 @main.command("fpga-worker")
 @daemon_options
 @click.option("--backend", default="emu", envvar=_env("backend"), show_default=True,
-              help="emu: the software kernel emulator (no card).")
+              help="emu: the software kernel emulator (no card); xrt: an Alveo card through pyxrt.")
 @click.option("--numerics", default="reference", envvar=_env("numerics"), show_default=True,
               help="emu numerics: reference (the model's own precision) or w4a8 (the kernel's INT4 x INT8).")
 @click.option("--hbm-bytes", default=8 * 1024**3, type=int, envvar=_env("hbm-bytes"), show_default=True,
@@ -108,11 +112,13 @@ def gpu_worker_cmd(**kwargs) -> None:
 @click.option("--slots", default=1, type=int, envvar=_env("fpga-slots"), show_default=True,
               help="Concurrent decode requests (1 = the paper's batch size 1).")
 @click.option("--device", default="0", envvar=_env("fpga-device"), help="Card index or PCI BDF (xrt backend).")
+@click.option("--xclbin", default="", envvar=_env("xclbin"), help="Decode bitstream path (xrt backend).")
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
     from fpga_worker.server import serve
     from fpga_worker.settings import FpgaWorkerSettings
 
+    kwargs["xilinx_xrt"] = os.environ.get("XILINX_XRT", "")  # XRT's own variable, read here at the edge
     _run_daemon(serve, FpgaWorkerSettings, **kwargs)
 
 

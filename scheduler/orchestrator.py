@@ -121,6 +121,13 @@ class ModelInfo:
         return list(self.tokenizer(prompt)["input_ids"])
 
 
+def kv_bytes_needed(workers, tokens: int) -> int:
+    """KV bytes `tokens` take on the most demanding live FPGA, with its reservation rounding (block units)."""
+    needs = [-(-tokens // w.record.kv_granularity_tokens) * w.record.kv_granularity_tokens
+             * w.record.kv_bytes_per_token for w in workers if w.record.kind == "fpga"]
+    return max(needs, default=0)
+
+
 class Orchestrator:
     def __init__(self, settings: SchedulerSettings, registry: Registry, model: ModelInfo,
                  leases: LeaseKeeper | None = None):
@@ -175,9 +182,7 @@ class Orchestrator:
             snapshot = ClusterSnapshot(tuple(
                 WorkerView(w.record.worker_id, DeviceKind(w.record.kind), w.record.slots, w.active,
                            w.record.kv_free_bytes) for w in workers.values()))
-            tokens = len(prompt_ids) + sampling.max_new_tokens
-            fpga_bytes = {w.record.kv_bytes_per_token for w in workers.values() if w.record.kind == "fpga"}
-            need = tokens * max(fpga_bytes, default=0)
+            need = kv_bytes_needed(workers.values(), len(prompt_ids) + sampling.max_new_tokens)
             try:
                 decision = place(snapshot, PlacementRequest(len(prompt_ids), sampling.max_new_tokens, need))
             except NoWorkerAvailable as error:

@@ -114,6 +114,9 @@ class WorkerRecord:
     kv_free_bytes: int
     kv_bytes_per_token: int
     http_address: str = ""
+    kv_granularity_tokens: int = 1  # a reservation of n tokens takes KV for n rounded up to a multiple of this
+    kv_block_bytes: int = 0  # bytes of one KV block (16 tokens of one layer/head/K-or-V lane); 0 for GPUs
+    kv_free_blocks: int = 0  # free KV blocks on the device (kv_free_bytes // kv_block_bytes)
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerRecord:
@@ -266,6 +269,7 @@ class Heartbeat:
         self._record_fn = record_fn
         self._interval_s = interval_s
         self._stop = threading.Event()
+        self._wake = threading.Event()  # poke(): publish now instead of at the next interval
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._failing = False
 
@@ -288,12 +292,21 @@ class Heartbeat:
                 log.info("heartbeat restored")
             self._failing = False
 
+    def poke(self) -> None:
+        """Re-publish the record soon (from the heartbeat thread), e.g. after the KV free space changed."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.beat_now()
 
     def stop(self, deregister: bool = True) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
         if deregister:
             try:

@@ -1,0 +1,53 @@
+"""A DecodeBackend wrapper that reports every change of free KV space (reserve, release).
+
+The worker wires `on_change` to its heartbeat's poke(), so the registry record's
+kv_free_bytes follows reservations within one Redis round trip instead of one heartbeat
+interval, and the scheduler's placement (which skips FPGAs without room) sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+
+
+class NotifyingBackend(DecodeBackend):
+    def __init__(self, inner: DecodeBackend, on_change: Callable[[], None]):
+        self.inner, self.on_change = inner, on_change
+
+    def reserve(self, request_id: str, max_tokens: int) -> None:
+        self.inner.reserve(request_id, max_tokens)
+        self.on_change()
+
+    def release(self, request_id: str) -> bool:
+        released = self.inner.release(request_id)
+        if released:
+            self.on_change()
+        return released
+
+    def facts(self) -> DeviceFacts:
+        return self.inner.facts()
+
+    def geometry(self) -> KvGeometry:
+        return self.inner.geometry()
+
+    def kv_free_bytes(self) -> int:
+        return self.inner.kv_free_bytes()
+
+    def kv_granularity_tokens(self) -> int:
+        return self.inner.kv_granularity_tokens()
+
+    def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        self.inner.write_kv(request_id, layer, seq_start, key, value)
+
+    def seal(self, request_id: str, prompt_tokens: int) -> None:
+        self.inner.seal(request_id, prompt_tokens)
+
+    def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
+        return self.inner.step(request_id, token_id, position)
+
+    def active_requests(self) -> list[str]:
+        return self.inner.active_requests()

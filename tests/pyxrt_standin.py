@@ -1,0 +1,268 @@
+"""A STAND-IN for pyxrt (XRT's Python bindings), for tests only: it is not XRT and drives no card.
+
+It implements the part of pyxrt's API surface the `xrt` backend uses (device, xclbin,
+hw_context, kernel with group_id, bo with write/read/sync/map/size/address, run with
+wait/state, xclBOSyncDirection, ert_cmd_state, xrt_info_device, enumerate_devices),
+records every call on the device object (`device.calls`), and executes a kernel run by
+running the software emulator's W4A8 kernel (fpga_worker/w4a8_kernel.py) on the bytes
+in the "HBM" buffers, per docs/fpga-kernel-abi.md:
+
+- every bo has host memory (write/read/map) and device memory; only `sync` copies
+  between them, so a missing or mis-sized sync shows up as wrong results;
+- a run takes (args bo, 32 PC bos, result bo) and checks each bo's memory group
+  against `kernel.group_id(arg)`; it reads the weight image from PC bytes [0, kv_base)
+  and the request's KV region at `kv_offset` of every PC, writes the step's K/V back
+  into the region, and the result (status, token, vocab, logits) into the result bo.
+Only LOGITS and GREEDY modes are implemented (TOP_P returns BAD_MODE).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STAND_IN = True  # the xrt backend reports emulated=True when it runs on this module
+XCL_BO_FLAGS_NONE = 0
+CARDS = ("0000:3b:00.1",)  # the stand-in's one "card"
+KERNEL_ARGS = 34  # glitches_decode(args, hbm[0..31], result)
+_GROUP_OF_ARG = [100] + list(range(32)) + [101]  # memory group of each argument: PLRAM, HBM[0..31], PLRAM
+
+
+class xclBOSyncDirection(enum.IntEnum):
+    XCL_BO_SYNC_BO_TO_DEVICE = 0
+    XCL_BO_SYNC_BO_FROM_DEVICE = 1
+
+
+class ert_cmd_state(enum.IntEnum):
+    ERT_CMD_STATE_NEW = 1
+    ERT_CMD_STATE_COMPLETED = 4
+    ERT_CMD_STATE_ERROR = 5
+
+
+class xrt_info_device(enum.IntEnum):
+    bdf = 0
+    name = 5
+    electrical = 8
+    thermal = 9
+    memory = 11
+
+
+def enumerate_devices() -> int:
+    return len(CARDS)
+
+
+class uuid:
+    def __init__(self, text: str):
+        self._text = text
+
+    def to_string(self) -> str:
+        return self._text
+
+    def __repr__(self):
+        return f"<pyxrt stand-in uuid {self._text} (stand-in, not XRT)>"
+
+
+class device:
+    def __init__(self, which):
+        if isinstance(which, int):
+            if not 0 <= which < len(CARDS):
+                raise RuntimeError(f"No such device with index '{which}'")  # what XRT raises, in spirit
+            self.bdf = CARDS[which]
+        elif which in CARDS:
+            self.bdf = which
+        else:
+            raise RuntimeError(f"No device with BDF '{which}'")
+        self.calls: list[tuple] = []  # every call made on this device and its objects, in order
+        self.xclbin: xclbin | None = None
+        self.lock = threading.Lock()
+
+    def register_xclbin(self, binary: "xclbin") -> uuid:
+        self.calls.append(("register_xclbin", binary.path))
+        self.xclbin = binary
+        return binary.get_uuid()
+
+    def get_info(self, key: xrt_info_device) -> str:
+        self.calls.append(("get_info", key.name))
+        return {
+            xrt_info_device.bdf: self.bdf,
+            xrt_info_device.name: "xilinx_u280 stand-in",
+            xrt_info_device.electrical: json.dumps({"power_consumption_watts": "23.5"}),
+            xrt_info_device.thermal: json.dumps({"thermals": [
+                {"location_id": "fpga0", "description": "FPGA", "is_present": "true", "temp_C": "41"}]}),
+            xrt_info_device.memory: json.dumps({"board": {"memory": {"memories": [
+                {"type": "MEM_HBM", "tag": f"HBM[{i}]", "range_bytes": hex(256 << 20)} for i in range(32)]}}}),
+        }[key]
+
+    def __repr__(self):
+        return f"<pyxrt stand-in device {self.bdf} (stand-in, not XRT)>"
+
+
+class xclbin:
+    """An xclbin file for the stand-in: any file; it declares the one kernel glitches_decode."""
+
+    class xclbinkernel:
+        def __init__(self, name: str, args: int):
+            self._name, self._args = name, args
+
+        def get_name(self) -> str:
+            return self._name
+
+        def get_num_args(self) -> int:
+            return self._args
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._text = Path(path).read_bytes()[:64].decode(errors="replace")
+
+    def get_kernels(self):
+        return [xclbin.xclbinkernel("glitches_decode", KERNEL_ARGS)]
+
+    def get_uuid(self) -> uuid:
+        return uuid("57a0d1e5-0000-4000-8000-" + f"{abs(hash(self._text)) % 10**12:012d}")
+
+    def __repr__(self):
+        return f"<pyxrt stand-in xclbin {self.path} (stand-in, not XRT)>"
+
+
+class hw_context:
+    def __init__(self, dev: device, xclbin_uuid: uuid):
+        dev.calls.append(("hw_context", xclbin_uuid.to_string()))
+        self.device = dev
+
+    def __repr__(self):
+        return "<pyxrt stand-in hw_context (stand-in, not XRT)>"
+
+
+class bo:
+    class flags(enum.IntEnum):
+        normal = 0
+
+    normal = flags.normal
+
+    def __init__(self, dev: device, size: int, flags: "bo.flags", group: int):
+        self.device, self._size, self.group = dev, size, group
+        self.host = np.zeros(size, dtype=np.uint8)
+        self.device_memory = np.zeros(size, dtype=np.uint8)
+        self.index = sum(1 for c in dev.calls if c[0] == "bo")
+        dev.calls.append(("bo", self.index, size, int(flags), group))
+
+    def write(self, data, seek: int) -> None:
+        raw = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        if seek + raw.size > self._size:
+            raise RuntimeError(f"bo write of {raw.size} bytes at {seek} runs past its {self._size} bytes")
+        self.host[seek: seek + raw.size] = raw
+        self.device.calls.append(("write", self.index, seek, raw.size))
+
+    def read(self, size: int, skip: int) -> np.ndarray:
+        self.device.calls.append(("read", self.index, skip, size))
+        return self.host[skip: skip + size].view(np.int8).copy()  # pyxrt returns a char array
+
+    def sync(self, direction: xclBOSyncDirection, size: int | None = None, offset: int = 0) -> None:
+        size = self._size - offset if size is None else size
+        if offset + size > self._size:
+            raise RuntimeError(f"bo sync of {size} bytes at {offset} runs past its {self._size} bytes")
+        with self.device.lock:
+            if direction == xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE:
+                self.device_memory[offset: offset + size] = self.host[offset: offset + size]
+            else:
+                self.host[offset: offset + size] = self.device_memory[offset: offset + size]
+        self.device.calls.append(("sync", self.index, direction.name, size, offset))
+
+    def map(self) -> memoryview:
+        return memoryview(self.host)
+
+    def size(self) -> int:
+        return self._size
+
+    def address(self) -> int:
+        return 0x4000000000 + self.group * (1 << 28)
+
+    def __repr__(self):
+        return f"<pyxrt stand-in bo #{self.index} {self._size} bytes group {self.group} (stand-in, not XRT)>"
+
+
+class run:
+    def __init__(self, state: ert_cmd_state):
+        self._state = state
+
+    def wait(self, timeout_ms: int = 0) -> ert_cmd_state:
+        return self._state
+
+    def state(self) -> ert_cmd_state:
+        return self._state
+
+    def __repr__(self):
+        return f"<pyxrt stand-in run {self._state.name} (stand-in, not XRT)>"
+
+
+class kernel:
+    def __init__(self, context: hw_context, name: str):
+        self.device, self.name = context.device, name
+        self.device.calls.append(("kernel", name))
+        self._emulator = None  # DecodeKernel built from the image bytes at the first run
+        self._image_bytes: bytes | None = None
+
+    def group_id(self, arg: int) -> int:
+        return _GROUP_OF_ARG[arg]
+
+    def __call__(self, *args) -> run:
+        self.device.calls.append(("run", tuple(a.index for a in args)))
+        if len(args) != KERNEL_ARGS or any(a.group != self.group_id(i) for i, a in enumerate(args)):
+            raise RuntimeError("glitches_decode takes (args, hbm[0..31], result) bos in their memory groups")
+        with self.device.lock:
+            self._execute(args[0], args[1:-1], args[-1])
+        return run(ert_cmd_state.ERT_CMD_STATE_COMPLETED)
+
+    def _emulator_for(self, hbm) -> "object":
+        from fpga_worker.abi import HEADER_BYTES, unpack_header
+        from fpga_worker.w4a8_kernel import DecodeKernel
+        from fpga_worker.weight_image import load_image
+
+        _, _, kv_base = unpack_header(hbm[0].device_memory[:HEADER_BYTES].tobytes())
+        image_bytes = b"".join(pc.device_memory[:kv_base].tobytes() for pc in hbm)
+        if image_bytes != self._image_bytes:  # first run, or the image was rewritten
+            channels = np.stack([pc.device_memory[:kv_base] for pc in hbm])
+            self._emulator, self._image_bytes = DecodeKernel.from_image(load_image(channels)), image_bytes
+        return self._emulator
+
+    def _execute(self, args_bo: bo, hbm, result_bo: bo) -> None:
+        from fpga_worker.abi import KernelStatus, OutputMode
+        from fpga_worker.kv_layout import KvPlan, KvRegion
+        from fpga_worker.step_args import StepArgs, StepResult
+        from fpga_worker.w4a8_kernel import KernelError
+
+        emulator = self._emulator_for(hbm)
+        vocab = emulator.dims.vocab
+        args = StepArgs.unpack(args_bo.device_memory.tobytes())
+
+        def finish(status, token=0, logits=None):
+            blob = StepResult(status, token, logits).pack(vocab)
+            result_bo.device_memory[: len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+
+        plan = KvPlan.for_model(emulator.dims, args.kv_capacity_tokens)
+        start, stop = args.kv_offset, args.kv_offset + plan.region_bytes_per_channel
+        if start < len(self._image_bytes) // 32 or stop > hbm[0].size():
+            return finish(KernelStatus.KV_OUT_OF_BOUNDS)
+        if args.mode == OutputMode.TOP_P:
+            return finish(KernelStatus.BAD_MODE)
+        region = KvRegion(plan, torch.float16)
+        region.data.view(32, -1).view(torch.uint8).copy_(
+            torch.from_numpy(np.stack([pc.device_memory[start:stop] for pc in hbm])))
+        try:
+            logits = emulator.step(region, args.token_id, args.position)
+        except KernelError as error:
+            return finish(error.status)
+        raw = region.channel_bytes().numpy()
+        for pc, memory in enumerate(hbm):  # the step's K and V land in HBM
+            memory.device_memory[start:stop] = raw[pc]
+        if args.mode == OutputMode.GREEDY:
+            return finish(KernelStatus.OK, int(torch.argmax(logits)))
+        finish(KernelStatus.OK, 0, logits.numpy())
+
+    def __repr__(self):
+        return f"<pyxrt stand-in kernel {self.name} (stand-in, not XRT)>"
