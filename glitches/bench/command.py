@@ -66,7 +66,10 @@ def bench_cmd(address, input_tokens, output_tokens, prompts_path, num_requests, 
 @click.option("--decode-tokens", default=16, type=int, show_default=True, help="Tokens per decode sample.")
 @click.option("--repeats", default=2, type=int, show_default=True, help="Samples per point (median written).")
 @click.option("--no-gpu-decode", is_flag=True, help="Skip GPU-assist decode (it occupies the FPGAs meanwhile).")
-def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_tokens, repeats, no_gpu_decode) -> None:
+@click.option("--prefill-under-load", is_flag=True,
+              help="Time prefill while all FPGA slots but one decode (captures shared-core contention).")
+def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_tokens, repeats, no_gpu_decode,
+                prefill_under_load) -> None:
     """Measure the live workers and write a profile for `glitches simulate --profile`."""
     from glitches.bench.profile_doc import write_profile
     from glitches.bench.profile_measure import ProfileConfig, measure_profile
@@ -74,7 +77,7 @@ def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_toke
     if decode_tokens < 2 or repeats < 1:
         raise click.UsageError("--decode-tokens must be >= 2 and --repeats >= 1")
     config = ProfileConfig(address, _ints(prefill_lengths), _ints(decode_contexts), decode_tokens, repeats,
-                           not no_gpu_decode)
+                           not no_gpu_decode, prefill_under_load)
     try:
         doc = measure_profile(config)
     except ValueError as error:
