@@ -286,6 +286,16 @@ def _add_deploy() -> None:
 _add_deploy()
 
 
+def _add_bench() -> None:
+    from glitches.bench.command import bench_cmd, profile_cmd
+
+    main.add_command(bench_cmd)
+    main.add_command(profile_cmd)
+
+
+_add_bench()
+
+
 def run() -> None:
     """Entry point: SDK errors become one line on stderr and exit code 1."""
     try:

@@ -1,0 +1,89 @@
+"""The click commands `glitches bench` and `glitches profile` (registered by glitches.cli)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from glitches.client import DEFAULT_ADDRESS
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"need comma-separated token counts, got {text!r}") from None
+    if any(v < 1 for v in values) or list(values) != sorted(set(values)):
+        raise click.BadParameter(f"token counts must be positive and increasing, got {text!r}")
+    return values
+
+
+@click.command("bench")
+@click.option("--address", default=DEFAULT_ADDRESS, envvar="GLITCHES_ADDRESS", show_default=True)
+@click.option("--input", "input_tokens", type=int, default=None, help="Prompt tokens per request (exact).")
+@click.option("--output", "output_tokens", type=int, default=None,
+              help="Tokens asked for per request (greedy decoding may stop earlier at EOS).")
+@click.option("--prompts", "prompts_path", default=None, help='JSONL file of {"prompt": ..., "max_tokens": ...}.')
+@click.option("--num-requests", type=int, default=None, help="Default: 100, or the JSONL file's length.")
+@click.option("--request-rate", type=float, default=None, help="Poisson arrivals, requests/s (default: all at once).")
+@click.option("--concurrency", type=int, default=None, help="Closed loop with this many clients.")
+@click.option("--slo-ttft", type=float, default=None, help="Goodput SLO: TTFT at most this many seconds.")
+@click.option("--slo-tpot", type=float, default=None, help="Goodput SLO: TPOT at most this many seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompts and Poisson gaps.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the text report.")
+@click.option("--plot", "plot_path", default=None, help="Write a per-device timeline PNG here.")
+def bench_cmd(address, input_tokens, output_tokens, prompts_path, num_requests, request_rate, concurrency, slo_ttft,
+              slo_tpot, seed, as_json, plot_path) -> None:
+    """Load a live cluster like vLLM's `bench serve`: TTFT, TPOT, ITL, throughput, goodput, utilisation."""
+    from glitches.bench.report import render_text
+    from glitches.bench.run import BenchConfig, run_bench
+
+    if request_rate is not None and concurrency is not None:
+        raise click.UsageError("give --request-rate or --concurrency, not both")
+    if num_requests is not None and num_requests < 1:
+        raise click.UsageError("--num-requests must be at least 1")
+    config = BenchConfig(address, input_tokens, output_tokens, prompts_path, num_requests, request_rate, concurrency,
+                         slo_ttft, slo_tpot, seed)
+    try:
+        report, results = run_bench(config)
+    except (ValueError, OSError) as error:
+        raise click.UsageError(str(error)) from None
+    if plot_path:
+        from glitches.bench.timeline import plot_timeline
+
+        plot_timeline(results, plot_path, f"{report['inputs']['model']}, {config.load_label()}, "
+                                          f"{report['completed']} requests")
+    click.echo(json.dumps(report) if as_json else render_text(report))
+
+
+@click.command("profile")
+@click.option("--address", default=DEFAULT_ADDRESS, envvar="GLITCHES_ADDRESS", show_default=True)
+@click.option("--out", "out_path", default="glitches_profile.json", show_default=True,
+              help="Where to write the glitches.profile.v1 file.")
+@click.option("--prefill-lengths", default="32,128,512", show_default=True, help="Prompt tokens to time prefill at.")
+@click.option("--decode-contexts", default="32,256,512", show_default=True, help="Contexts to time decode at.")
+@click.option("--decode-tokens", default=16, type=int, show_default=True, help="Tokens per decode sample.")
+@click.option("--repeats", default=2, type=int, show_default=True, help="Samples per point (median written).")
+@click.option("--no-gpu-decode", is_flag=True, help="Skip GPU-assist decode (it occupies the FPGAs meanwhile).")
+@click.option("--prefill-under-load", is_flag=True,
+              help="Time prefill while all FPGA slots but one decode (captures shared-core contention).")
+def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_tokens, repeats, no_gpu_decode,
+                prefill_under_load) -> None:
+    """Measure the live workers and write a profile for `glitches simulate --profile`."""
+    from glitches.bench.profile_doc import write_profile
+    from glitches.bench.profile_measure import ProfileConfig, measure_profile
+
+    if decode_tokens < 2 or repeats < 1:
+        raise click.UsageError("--decode-tokens must be >= 2 and --repeats >= 1")
+    config = ProfileConfig(address, _ints(prefill_lengths), _ints(decode_contexts), decode_tokens, repeats,
+                           not no_gpu_decode, prefill_under_load)
+    try:
+        doc = measure_profile(config)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    write_profile(doc, out_path)
+    for name, d in doc["devices"].items():
+        click.echo(f"{name}: prefill {d['prefill']} decode {d['decode']} "
+                   f"kv link {d.get('kv_transfer_gb_per_s', '-')} GB/s")
+    click.echo(f"wrote {out_path}")

@@ -1,0 +1,98 @@
+"""Measured samples -> a `glitches.profile.v1` document (docs/sim_profile_format.md) and back to disk."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sim.measured import FORMAT
+
+ASSUMED_U280_IDLE_W = 35.0  # not in the paper: the assumption of sim/profiles/devices.json
+
+
+@dataclass
+class DeviceSamples:
+    """What was measured on one kind of worker. Every time in seconds."""
+
+    kind: str  # "gpu" or "fpga"
+    backend: str  # "cpu", "cuda", "emu", "xrt"
+    device_name: str
+    kv_capacity_bytes: int  # from the worker's status (0: none reported)
+    power_w: float | None  # None: unknown (written as 0 W with power_known false)
+    price_usd: float | None
+    power_source: str
+    prefill: dict[int, list[float]] = field(default_factory=dict)  # prompt tokens -> prefill_s samples
+    decode: dict[int, list[float]] = field(default_factory=dict)  # context tokens -> s/token samples
+    kv_bytes_per_token: list[float] = field(default_factory=list)  # kv_bytes / prompt tokens, per request
+    kv_gb_per_s: list[float] = field(default_factory=list)  # per request, see kv_link_gb_per_s
+
+
+def kv_link_gb_per_s(kv_bytes: int, num_layers: int, kv_exposed_s: float) -> float | None:
+    """The link speed under which the simulator's layer-by-layer model gives the measured exposed time.
+
+    When the sends keep up with the layers, only the last layer's send is exposed:
+    exposed = (kv_bytes / layers) / link, so link = kv_bytes / (layers x exposed). The
+    measured exposed time also holds the end marker's round trip, so this under-states the raw link.
+    """
+    if kv_bytes <= 0 or num_layers < 1 or kv_exposed_s <= 0:
+        return None
+    return kv_bytes / (num_layers * kv_exposed_s) / 1e9
+
+
+def _curve(samples: dict[int, list[float]]) -> tuple[list[int], list[float]]:
+    xs = sorted(x for x, ys in samples.items() if ys)
+    return xs, [float(np.median(samples[x])) for x in xs]
+
+
+def device_entry(d: DeviceSamples, fallback_prefill: dict[int, list[float]] | None = None) -> dict:
+    prefill = d.prefill or fallback_prefill or {}
+    px, py = _curve(prefill)
+    dx, dy = _curve(d.decode)
+    if not px or not dx:
+        raise ValueError(f"{d.kind} worker ({d.backend}): no {'prefill' if not px else 'decode'} samples measured")
+    idle_w = d.power_w
+    if d.power_w is not None and d.kind == "fpga" and d.backend == "emu":
+        idle_w = ASSUMED_U280_IDLE_W
+    entry = {
+        "kind": d.kind,
+        "price_usd": d.price_usd or 0.0,
+        "power_w": {"prefill": d.power_w or 0.0, "decode": d.power_w or 0.0, "idle": idle_w or 0.0},
+        "power_known": d.power_w is not None,
+        "power_source": d.power_source,
+        "backend": d.backend,
+        "device_name": d.device_name,
+        "kv_bytes_per_token": float(np.median(d.kv_bytes_per_token)) if d.kv_bytes_per_token else 0.0,
+        "kv_capacity_bytes": int(d.kv_capacity_bytes),
+        "prefill": {"prompt_tokens": px, "seconds": py},
+        "decode": {"context_tokens": dx, "seconds_per_token": dy},
+    }
+    if not d.prefill:
+        entry["prefill_note"] = ("not measured: this worker never prefills behind a scheduler; filled with "
+                                 "prompt tokens x its decode step (token-by-token, an upper bound), used by the "
+                                 "simulator only for a node without GPUs")
+    if d.kv_gb_per_s:
+        entry["kv_transfer_gb_per_s"] = float(np.median(d.kv_gb_per_s))
+    return entry
+
+
+def token_by_token_prefill(decode: dict[int, list[float]], lengths: list[int]) -> dict[int, list[float]]:
+    """Prefill as `n` decode steps at the nearest measured context (seconds)."""
+    xs, ys = _curve(decode)
+    return {n: [n * float(np.interp(n, xs, ys))] for n in lengths} if xs else {}
+
+
+def profile_document(model: str, layers: int, devices: dict[str, DeviceSamples], notes: list[str]) -> dict:
+    """name -> samples, into the file format. FPGAs without prefill samples get token_by_token_prefill."""
+    gpu_lengths = sorted({n for d in devices.values() for n in d.prefill})
+    out = {}
+    for name, d in devices.items():
+        fallback = token_by_token_prefill(d.decode, gpu_lengths) if not d.prefill else None
+        out[name] = device_entry(d, fallback)
+    return {"format": FORMAT, "model": model, "layers": layers, "devices": out, "notes": notes}
+
+
+def write_profile(doc: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
