@@ -88,14 +88,14 @@ def test_client_cancel_frees_the_slot_and_the_kv(cluster):
     assert busy, "the request should hold a slot while it streams"
     stream.close()  # cancels the gRPC call
     started = time.monotonic()
-    assert_idle(cluster["registry"], timeout_s=5.0)
-    assert time.monotonic() - started < 5.0
     from services.channels import insecure_channel
     from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
-    for worker in cluster["client"].status().workers:
-        info = worker_pb2_grpc.WorkerStub(insecure_channel(worker.address)).Info(worker_pb2.InfoRequest())
-        assert info.active_requests == 0, worker.worker_id
+    stubs = [worker_pb2_grpc.WorkerStub(insecure_channel(w.address)) for w in cluster["client"].status().workers]
+    while any(s.Info(worker_pb2.InfoRequest()).active_requests for s in stubs) and time.monotonic() - started < 3:
+        time.sleep(0.02)
+    assert time.monotonic() - started < 1.0, "decode should stop on the worker within 1 s of the cancel"
+    assert_idle(cluster["registry"], timeout_s=5.0)
 
 
 def test_async_client_streams_the_same_tokens(cluster):
