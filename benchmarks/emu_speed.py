@@ -4,6 +4,8 @@ Usage: python benchmarks/emu_speed.py [--tokens 32] [--rounds 3] [--threads N]
 All three run on the host CPU: the kernel figures are for the EMULATOR (no card),
 not for a U280. Rounds interleave the three so a busy machine slows all alike; the
 ratio kernel/transformers is taken within each round and the median reported.
+Rates are given on wall time and on this process's CPU time (the latter is less
+disturbed when other jobs share the cores; with 1 thread it is the better figure).
 """
 
 from __future__ import annotations
@@ -21,24 +23,35 @@ import torch  # noqa: E402
 from benchmarks.smollm2_setup import PROMPTS, load_all, prefill_into  # noqa: E402
 
 
-def kernel_tokens_per_s(model, kernel, ids: torch.Tensor, tokens: int) -> float:
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _rates(tokens: int, start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    """(tokens per wall second, tokens per CPU second)."""
+    return tokens / (end[0] - start[0]), tokens / (end[1] - start[1])
+
+
+def kernel_tokens_per_s(model, kernel, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
     """Greedy decode `tokens` steps after a transformers prefill of ids[:, :-1]; steps only are timed."""
     prompt = ids.shape[1]
     region = prefill_into(model, kernel, ids[:, :-1], prompt + tokens)
-    token, start = int(ids[0, -1]), time.perf_counter()
+    token, start = int(ids[0, -1]), _clocks()
     for i in range(tokens):
         token = int(kernel.step(region, token, prompt - 1 + i).argmax())
-    return tokens / (time.perf_counter() - start)
+    return _rates(tokens, start, _clocks())
 
 
 @torch.inference_mode()
-def transformers_tokens_per_s(model, ids: torch.Tensor, tokens: int) -> float:
-    """Decode rate of generate: (time for 1 + tokens new tokens - time for 1) / tokens, greedy, KV cache on."""
+def transformers_tokens_per_s(model, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
+    """Decode rate of generate: tokens / (time for 1 + tokens new tokens - time for 1), greedy, KV cache on."""
     def run(n):
-        start = time.perf_counter()
+        start = _clocks()
         model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=model.config.eos_token_id)
-        return time.perf_counter() - start
-    return tokens / (run(1 + tokens) - run(1))
+        end = _clocks()
+        return end[0] - start[0], end[1] - start[1]
+    (wall_long, cpu_long), (wall_short, cpu_short) = run(1 + tokens), run(1)
+    return tokens / (wall_long - wall_short), tokens / (cpu_long - cpu_short)
 
 
 def main() -> None:
@@ -51,24 +64,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, tokenizer, w4a8, reference, _ = load_all()
     ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
-    rates = {"transformers generate (float32)": [], "emu kernel w4a8": [], "emu kernel reference (float32)": []}
-    ratios = {"w4a8": [], "reference": []}
+    names = ("transformers generate (float32)", "emu kernel w4a8", "emu kernel reference (float32)")
+    rates = {clock: {name: [] for name in names} for clock in ("wall", "cpu")}
     for _ in range(args.rounds):
-        hf = transformers_tokens_per_s(model, ids, args.tokens)
-        w4 = kernel_tokens_per_s(model, w4a8, ids, args.tokens)
-        ref = kernel_tokens_per_s(model, reference, ids, args.tokens)
-        for name, rate in zip(rates, (hf, w4, ref)):
-            rates[name].append(rate)
-        ratios["w4a8"].append(w4 / hf)
-        ratios["reference"].append(ref / hf)
+        results = (transformers_tokens_per_s(model, ids, args.tokens),
+                   kernel_tokens_per_s(model, w4a8, ids, args.tokens),
+                   kernel_tokens_per_s(model, reference, ids, args.tokens))
+        for name, (wall, cpu) in zip(names, results):
+            rates["wall"][name].append(wall)
+            rates["cpu"][name].append(cpu)
     print(f"SmolLM2-135M decode on this host CPU ({torch.get_num_threads()} torch threads), prompt "
           f"{ids.shape[1]} tokens, {args.tokens} greedy steps, {args.rounds} interleaved rounds (median):")
-    for name, values in rates.items():
-        print(f"  {name:36s} {statistics.median(values):7.1f} tokens/s   rounds: "
-              + ", ".join(f"{v:.1f}" for v in values))
-    for name, values in ratios.items():
-        print(f"  emu kernel {name} / transformers: {statistics.median(values):.2f}x (per round: "
-              + ", ".join(f"{v:.2f}" for v in values) + ")")
+    for clock, table in rates.items():
+        base = table[names[0]]
+        for name, values in table.items():
+            print(f"  [{clock:4s}] {name:34s} {statistics.median(values):7.1f} tokens/s   rounds: "
+                  + ", ".join(f"{v:.1f}" for v in values))
+        for name in names[1:]:
+            ratios = [a / b for a, b in zip(table[name], base)]
+            print(f"  [{clock:4s}] {name} / transformers: {statistics.median(ratios):.2f}x (per round: "
+                  + ", ".join(f"{r:.2f}" for r in ratios) + ")")
     print("  (emulated: software kernel on the CPU, not a U280; see benchmarks/fpga_timing_table.py for modeled card time)")
 
 

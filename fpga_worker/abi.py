@@ -72,15 +72,22 @@ class ModelDims:
     tied_embeddings: bool
 
     @classmethod
-    def from_config(cls, config) -> "ModelDims":
-        """From a transformers LlamaConfig-like object or a config.json dict."""
+    def from_config(cls, config, check_rope: bool = True) -> "ModelDims":
+        """From a transformers LlamaConfig-like object or a config.json dict.
+
+        check_rope=False accepts RoPE variants the kernel cannot run (enough for the timing model).
+        """
         get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
         rope = get("rope_parameters") or get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-        if rope_type != "default":
+        if check_rope and rope_type != "default":
             raise InvalidArgument(f"rope type {rope_type!r} is not supported by the decode kernel; only 'default'")
         theta = rope.get("rope_theta") if isinstance(rope, dict) else None
         theta = theta or get("rope_theta") or 10000.0
+        missing = [k for k in ("num_attention_heads", "hidden_size", "num_hidden_layers", "intermediate_size",
+                               "vocab_size") if get(k) is None]
+        if missing:
+            raise InvalidArgument(f"model config lacks {', '.join(missing)}: is it a Llama-family config?")
         heads = int(get("num_attention_heads"))
         hidden = int(get("hidden_size"))
         head_dim = int(get("head_dim") or hidden // heads)
@@ -100,13 +107,17 @@ class ModelDims:
         return dims
 
     @classmethod
-    def from_config_path(cls, path: str | Path) -> "ModelDims":
+    def from_config_path(cls, path: str | Path, check_rope: bool = True) -> "ModelDims":
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
             raise InvalidArgument(f"no config.json at {path}: give a transformers model directory or its config.json")
-        return cls.from_config(json.loads(path.read_text()))
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise InvalidArgument(f"cannot read {path} as JSON: {err}")
+        return cls.from_config(config, check_rope)
 
     def check(self) -> None:
         for name in ("hidden", "intermediate"):

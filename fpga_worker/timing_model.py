@@ -142,6 +142,6 @@ def resolve_dims(model: str) -> ModelDims:
     if model in PRESETS:
         return PRESETS[model]
     try:
-        return ModelDims.from_config_path(model)
+        return ModelDims.from_config_path(model, check_rope=False)
     except InvalidArgument as err:
         raise InvalidArgument(f"unknown model {model!r}: use one of {sorted(PRESETS)} or a config.json path ({err})")

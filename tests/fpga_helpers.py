@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -32,3 +33,12 @@ def prefill_cache(model, ids: torch.Tensor):
     """transformers' KV for ids [1, seq]: a list over layers of (key, value) [1, kv_heads, seq, head_dim]."""
     out = model(ids, use_cache=True)
     return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread: on a shared 2-core machine, 2 threads can thrash and take 5x longer."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

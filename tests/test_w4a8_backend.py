@@ -9,7 +9,9 @@ from fpga_worker.w4a8_backend import W4A8EmulatedCard
 from fpga_worker.w4a8_kernel import DecodeKernel
 from fpga_worker.weight_image import build_from_state_dict
 from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from tests.fpga_helpers import prefill_cache, tiny_llama
+from tests.fpga_helpers import one_torch_thread, prefill_cache, tiny_llama
+
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
 
 def _card(hbm_bytes=32 * 1024 * 1024):

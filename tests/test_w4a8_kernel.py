@@ -11,9 +11,11 @@ from fpga_worker.w4a8_kernel import DecodeKernel, KernelError
 from fpga_worker.w4a8_ops import GroupQuantLinear, quantize_activation
 from fpga_worker.weight_image import build_from_state_dict
 from services.errors import InvalidArgument
-from tests.fpga_helpers import prefill_cache, smollm2_image, tiny_llama
+from tests.fpga_helpers import one_torch_thread, prefill_cache, smollm2_image, tiny_llama
 
 PROMPT, STEPS = 19, 13  # prompt tokens, decode steps: spans a 16-token KV block boundary
+
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
 
 def _decode_logits(kernel, model, ids, chunk=7):

@@ -9,7 +9,9 @@ import torch
 from fpga_worker.abi import HBM_CHANNELS, HEADER_BYTES, TensorFormat
 from fpga_worker.weight_image import build_from_state_dict, load_image
 from services.errors import InvalidArgument
-from tests.fpga_helpers import smollm2_image, tiny_llama
+from tests.fpga_helpers import one_torch_thread, smollm2_image, tiny_llama
+
+pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
 
 def test_header_round_trip_gives_same_dims_and_offsets():
