@@ -37,7 +37,7 @@ def inject_faults(cluster: LocalCluster, every_s: float, stop: threading.Event, 
     while not stop.wait(every_s):
         name = rng.choice([n for n in cluster.processes if n.startswith(("gpu-", "fpga-"))])
         proc = cluster.processes[name]
-        argv = proc.args
+        argv = proc.command
         proc.kill()
         proc.wait()
         cluster._spawn(name, list(argv))
@@ -71,7 +71,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     spec = ClusterSpec(gpu_workers=2, fpga_workers=3, port=0, threads_per_worker=1,
                        scheduler_args=("--queue-wait-s", "600", "--lease-ttl-s", "3", "--max-migrations", "3"))
-    outcomes, migrations, faults = collections.Counter(), collections.Counter(), []
+    outcomes, migrations, faults, examples = collections.Counter(), collections.Counter(), [], {}
     with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=120) as client:
         registry = Registry(cluster.redis_url, spec.redis_prefix)
         stop, done = threading.Event(), threading.Event()
@@ -87,6 +87,7 @@ def main() -> None:
                 migrations[result.migrations] += 1
             except GlitchesError as error:
                 outcomes[error.code] += 1
+                examples.setdefault(error.code, error.message)
 
         with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(one, range(args.requests)))
@@ -100,6 +101,8 @@ def main() -> None:
     print(f"requests {args.requests}, answered {total} (lost without an answer: {args.requests - total}), "
           f"{elapsed:.0f} s, {len(faults)} worker kills+restarts")
     print(f"outcomes by status: {dict(outcomes)}")
+    for code, message in examples.items():
+        print(f"  e.g. {code}: {message}")
     print(f"migrations per completed request: {dict(sorted(migrations.items()))}")
     print(f"after the run: claims {leaked['claims']}, occupancy {leaked['occupancy']}")
     for worker_id, held in sorted(leaked["workers"].items()):

@@ -2,13 +2,13 @@
 
 Redis (a bundled redis-server on a free loopback port unless a URL is given),
 one scheduler, GPU workers and FPGA workers, each its own process with its log
-in the run directory. Every child dies with its parent (PR_SET_PDEATHSIG), and
+in the run directory. Every child dies with its parent (PR_SET_PDEATHSIG, armed by
+glitches.die_with_parent, so it fires when the thread that started it ends), and
 stop() ends them all: SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -18,17 +18,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Run in the child before exec: deliver SIGTERM to it when the parent dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -77,8 +66,10 @@ class LocalCluster:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.run_dir / f"{name}.log", "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.extra_env}
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                preexec_fn=_die_with_parent)
+        shim = [sys.executable, "-m", "glitches.die_with_parent", str(os.getpid())]
+        proc = subprocess.Popen([*shim, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
+        proc.command = argv  # what runs after the shim's exec (to start the same daemon again)
         log.close()
         self.processes[name] = proc
         return proc

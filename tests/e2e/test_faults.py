@@ -102,7 +102,7 @@ def test_a_redis_outage_fails_new_requests_fast_and_service_resumes(private):
         if isinstance(item, TextChunk) and item.token_ids:
             break
     redis_proc = cluster.processes["redis"]
-    argv = redis_proc.args
+    argv = redis_proc.command
     redis_proc.kill()
     redis_proc.wait()
     final = [i for i in stream][-1]  # the decode in flight finishes
