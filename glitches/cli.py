@@ -120,8 +120,10 @@ def fpga_worker_cmd(**kwargs) -> None:
 @click.option("--fpga-slots", default=1, type=int, show_default=True)
 @click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
+@click.option("--gateway-port", default=None, type=int,
+              help="Also start the OpenAI-compatible HTTP gateway on this port (0: any free port).")
 def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga_numerics, fpga_hbm_bytes,
-           fpga_slots, prompt, max_tokens) -> None:
+           fpga_slots, prompt, max_tokens, gateway_port) -> None:
     """Start a local cluster (Redis, scheduler, workers) as separate processes.
 
     Prints `ready <address>` once the scheduler answers with every worker
@@ -144,7 +146,8 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         signal.signal(signum, lambda *_: stop.set())
     cluster = LocalCluster(ClusterSpec(gpu_workers=gpu_workers, fpga_workers=fpga_workers, model=model, port=port,
                                        redis_url=redis_url, redis_prefix=redis_prefix, fpga_numerics=fpga_numerics,
-                                       fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots))
+                                       fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots,
+                                       gateway_port=gateway_port))
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
@@ -152,6 +155,8 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         for name, http_address in cluster.http_addresses.items():
             click.echo(f"http {name} {http_address}")  # /healthz /readyz /metrics
         cluster.wait_ready()
+        if cluster.gateway_url:
+            click.echo(f"gateway {cluster.gateway_url}")  # OpenAI-compatible: base_url = this + /v1
         click.echo(f"ready {cluster.address}", err=False)
         sys.stdout.flush()
         if prompt is not None:
@@ -270,6 +275,15 @@ def _add_deploy() -> None:
 
 
 _add_deploy()
+
+
+def _add_gateway() -> None:
+    from glitches.gateway.command import gateway_cmd
+
+    main.add_command(gateway_cmd)
+
+
+_add_gateway()
 
 
 def run() -> None:
