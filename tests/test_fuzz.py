@@ -46,7 +46,9 @@ INT32 = st.integers(-2**31, 2**31 - 1)
 UINT32 = st.integers(0, 2**32 - 1)
 UINT64 = st.integers(0, 2**64 - 1)
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
-TEXT = st.one_of(st.text(max_size=40), st.text(min_size=2000, max_size=20000, alphabet="ab c\u00e9\U0001f600\x00"))
+HUGE = st.builds(lambda piece, n: piece * n, st.sampled_from(["ab ", "\u00e9", "\U0001f600", "\x00", "<|im_start|>"]),
+                 st.integers(2000, 30000))  # hypothesis draws no text this long itself
+TEXT = st.one_of(st.text(max_size=40), HUGE)
 
 
 def _serve(add, servicer, name):
@@ -85,6 +87,9 @@ def daemons(tiny_source):
                    gpu=worker_pb2_grpc.WorkerStub(insecure_channel(f"127.0.0.1:{gpu_server.port}")),
                    fpga=worker_pb2_grpc.WorkerStub(insecure_channel(f"127.0.0.1:{fpga_server.port}")),
                    fpga_address=f"127.0.0.1:{fpga_server.port}", orchestrator=orchestrator,
+                   channels={"scheduler": insecure_channel(scheduler_address),
+                             "gpu": insecure_channel(f"127.0.0.1:{gpu_server.port}"),
+                             "fpga": insecure_channel(f"127.0.0.1:{fpga_server.port}")},
                    scheduler=scheduler_pb2_grpc.SchedulerStub(insecure_channel(scheduler_address)))
     for beat in beats:
         beat.stop()
@@ -229,7 +234,7 @@ JSON_ANY = st.recursive(JSON_LEAF, lambda inner: st.lists(inner, max_size=3) | s
 FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
           "stop", "n", "stream", "stream_options", "logprobs", "echo", "tools"]
 GOOD = {"model": st.just("tiny-llama"),
-        "prompt": st.one_of(st.text(max_size=50), st.text(min_size=20000, max_size=60000, alphabet="ab \u00e9")), "max_tokens": st.integers(1, 4),
+        "prompt": st.one_of(st.text(max_size=50), HUGE), "max_tokens": st.integers(1, 4),
         "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]),
                                                     "content": st.text(max_size=30)}), min_size=1, max_size=3),
         "max_completion_tokens": st.integers(1, 4), "temperature": st.floats(0, 2), "stream": st.booleans(),
@@ -269,3 +274,85 @@ def test_gateway_still_serves_after_fuzzing(daemons):
     reply = daemons["http"].post("/v1/completions", json={"model": "tiny-llama", "prompt": "hi", "max_tokens": 2})
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
     _assert_no_leak(daemons)
+
+
+# --- raw bytes as protobuf requests ----------------------------------------------------------------
+RAW_METHODS = [  # (daemon, method, request type, kind: uu unary, us server-streaming, su client-streaming)
+    ("scheduler", "/glitches.v1.Scheduler/Generate", scheduler_pb2.GenerateRequest, "us"),
+    ("scheduler", "/glitches.v1.Scheduler/Status", scheduler_pb2.StatusRequest, "uu"),
+    ("gpu", "/glitches.v1.Worker/Info", worker_pb2.InfoRequest, "uu"),
+    ("gpu", "/glitches.v1.Worker/Prefill", worker_pb2.PrefillRequest, "uu"),
+    ("gpu", "/glitches.v1.Worker/Decode", worker_pb2.DecodeRequest, "us"),
+    ("fpga", "/glitches.v1.Worker/TransferKV", worker_pb2.KvChunk, "su"),
+    ("fpga", "/glitches.v1.Worker/Decode", worker_pb2.DecodeRequest, "us"),
+    ("fpga", "/glitches.v1.Worker/Release", worker_pb2.ReleaseRequest, "uu"),
+]
+RAW = st.one_of(st.binary(max_size=200), st.just(b"\x0a\x02\xc3\x28"), st.just(b"\x0a\x05ab"),
+                st.builds(lambda s: b"\x0a" + bytes([len(s)]) + s, st.binary(max_size=100)))
+
+
+def _request_ids(request_type, messages: list[bytes]) -> set[str]:
+    """Request ids that random bytes happened to name when they parse (to release them afterwards)."""
+    ids = set()
+    for raw in messages:
+        try:
+            message = request_type.FromString(raw)
+        except Exception:  # noqa: BLE001 - most random bytes do not parse
+            continue
+        if request_type is worker_pb2.KvChunk:
+            ids.add(message.header.request_id)
+        elif hasattr(message, "request_id"):
+            ids.add(message.request_id)
+    return ids
+
+
+@fuzz(200)
+@given(target=st.sampled_from(RAW_METHODS), messages=st.lists(RAW, min_size=1, max_size=3))
+def test_fuzz_raw_bytes_on_every_rpc(daemons, target, messages):
+    CASES["raw protobuf bytes"] += 1
+    daemon, method, request_type, kind = target
+    channel = daemons["channels"][daemon]
+    if kind == "uu":
+        _expect_well_formed(lambda: channel.unary_unary(method)(messages[0], timeout=30))
+    elif kind == "us":
+        _expect_well_formed(lambda: list(channel.unary_stream(method)(messages[0], timeout=30)))
+    else:
+        _expect_well_formed(lambda: channel.stream_unary(method)(iter(messages), timeout=30))
+    for request_id in _request_ids(request_type, messages):
+        for stub in (daemons["gpu"], daemons["fpga"]):
+            stub.Release(worker_pb2.ReleaseRequest(request_id=request_id))
+    _assert_no_leak(daemons)
+
+
+# --- regressions the fuzzing found -------------------------------------------------------------------
+def test_tiny_temperature_samples_instead_of_failing(daemons):
+    """1e-40 (a float32 denormal) passed validation; logits / T overflowed to inf, softmax gave NaN (INTERNAL)."""
+    sampling = common_pb2.SamplingParams(max_new_tokens=3, temperature=1e-40, seed=5)
+    replies = list(daemons["scheduler"].Generate(scheduler_pb2.GenerateRequest(prompt="hi", sampling=sampling)))
+    assert replies[-1].final.usage.completion_tokens == 3
+    _assert_no_leak(daemons)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(float("nan"), 1.0), (-1.0, 1.0), (float("inf"), 1.0),
+                                                (1.0, 0.0), (1.0, float("nan")), (1.0, 1.5)])
+def test_workers_refuse_bad_sampling(daemons, temperature, top_p):
+    """Worker RPCs are reachable without the scheduler's validation: they check sampling themselves."""
+    sampling = common_pb2.SamplingParams(max_new_tokens=2, temperature=temperature, top_p=top_p)
+    with pytest.raises(grpc.RpcError) as info:
+        daemons["gpu"].Prefill(worker_pb2.PrefillRequest(request_id="bad-s", prompt_token_ids=[1, 2],
+                                                         sampling=sampling))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for stub in (daemons["gpu"], daemons["fpga"]):
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Decode(worker_pb2.DecodeRequest(request_id="bad-s", first_token_id=1, position=2,
+                                                      sampling=sampling)))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _assert_no_leak(daemons)
+
+
+def test_malformed_protobuf_is_invalid_argument(daemons):
+    """grpc answers INTERNAL for a request it cannot parse; the error interceptor makes it INVALID_ARGUMENT."""
+    call = daemons["channels"]["scheduler"].unary_stream("/glitches.v1.Scheduler/Generate")
+    with pytest.raises(grpc.RpcError) as info:
+        list(call(b"\x0a\x02\xc3\x28", timeout=10))  # prompt = 2 bytes that are not UTF-8
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "UTF-8" in info.value.details()
