@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from glitches import convert
-from glitches.client import DEFAULT_ADDRESS, _encode
+from glitches.client import DEFAULT_ADDRESS, _encode, auth_metadata
 from glitches.errors import from_rpc_error
 from glitches.retry import Deadline, RetryPolicy, next_backoff_s
 from glitches.types import ClusterStatus, Completion, TextChunk
@@ -24,9 +24,11 @@ from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 class AsyncClient:
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float | None = None,
-                 retry: RetryPolicy | None = None):
-        """As Client: `timeout_s` covers a call and its retries; `retry` bounds retries on UNAVAILABLE.
+                 retry: RetryPolicy | None = None, api_key: str | None = None):
+        """As Client: `timeout_s` covers a call and its retries; `retry` bounds retries on UNAVAILABLE;
+        `api_key` is sent as `authorization: Bearer <key>` (None: GLITCHES_API_KEY, if set).
         Cancelling the task that iterates a stream (or closing the iterator) cancels the call."""
+        self._metadata = auth_metadata(api_key)
         self.address = address
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
@@ -43,7 +45,7 @@ class AsyncClient:
         attempt = 0
         while True:
             attempt += 1
-            call = self._stub.Generate(request, timeout=deadline.remaining_s())
+            call = self._stub.Generate(request, timeout=deadline.remaining_s(), metadata=self._metadata)
             received = False
             try:
                 async for message in call:
@@ -71,7 +73,7 @@ class AsyncClient:
             attempt += 1
             try:
                 return convert.status(await self._stub.Status(scheduler_pb2.StatusRequest(),
-                                                              timeout=deadline.remaining_s()))
+                                                              timeout=deadline.remaining_s(), metadata=self._metadata))
             except grpc.RpcError as error:
                 wait_s = next_backoff_s(self.retry, error, attempt, deadline)
                 if wait_s is None:

@@ -64,11 +64,19 @@ def main() -> None:
               show_default=True, help="Largest max_tokens a request may ask for.")
 @click.option("--lease-ttl-s", default=5.0, type=float, envvar=_env("lease-ttl-s"), show_default=True,
               help="How long a slot claim outlives a scheduler that died, seconds.")
+@click.option("--api-keys-file", default="", envvar=_env("api-keys-file"),
+              help="Require `authorization: Bearer <key>` with a key from this file (one per line).")
+@click.option("--api-keys", default="", envvar=_env("api-keys"), help="Comma-separated keys (prefer the file).")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from scheduler.server import serve
     from scheduler.settings import SchedulerSettings
+    from services.api_keys import load_api_keys
 
+    try:
+        kwargs["api_keys"] = load_api_keys(kwargs.pop("api_keys_file"), kwargs.pop("api_keys"))
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
     kwargs.pop("worker_id")
     _run_daemon(serve, SchedulerSettings, port=kwargs.pop("port") or 50051, **kwargs)
 

@@ -12,6 +12,7 @@ UNAVAILABLE is retried with exponential backoff (RetryPolicy) until the first me
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 
@@ -34,15 +35,23 @@ def _encode(prompt: str, chat: bool, model: str, **sampling):
         raise invalid_argument(error) from None
 
 
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    """gRPC metadata carrying the API key; `None` reads GLITCHES_API_KEY (unset or empty: no key)."""
+    key = os.environ.get("GLITCHES_API_KEY", "") if api_key is None else api_key
+    return (("authorization", f"Bearer {key}"),) if key else None
+
+
 def _deadline_exceeded(timeout_s: float | None) -> DeadlineExceededError:
     return DeadlineExceededError("DEADLINE_EXCEEDED", f"no answer within timeout_s={timeout_s} s")
 
 
 class Client:
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float | None = None,
-                 retry: RetryPolicy | None = None):
+                 retry: RetryPolicy | None = None, api_key: str | None = None):
         """`timeout_s` is the deadline of each call, retries included (None: no deadline); `retry` bounds
-        retries on UNAVAILABLE (default RetryPolicy(): 3 attempts; glitches.retry.NO_RETRY: none)."""
+        retries on UNAVAILABLE (default RetryPolicy(): 3 attempts; glitches.retry.NO_RETRY: none);
+        `api_key` is sent as `authorization: Bearer <key>` (None: GLITCHES_API_KEY, if set)."""
+        self._metadata = auth_metadata(api_key)
         self.address = address
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
@@ -61,7 +70,7 @@ class Client:
         attempt = 0
         while True:
             attempt += 1
-            call = self._stub.Generate(request, timeout=deadline.remaining_s())
+            call = self._stub.Generate(request, timeout=deadline.remaining_s(), metadata=self._metadata)
             received = False
             try:
                 for message in call:
@@ -91,7 +100,7 @@ class Client:
             attempt += 1
             try:
                 return convert.status(self._stub.Status(scheduler_pb2.StatusRequest(),
-                                                        timeout=deadline.remaining_s()))
+                                                        timeout=deadline.remaining_s(), metadata=self._metadata))
             except grpc.RpcError as error:
                 wait_s = next_backoff_s(self.retry, error, attempt, deadline)
                 if wait_s is None:

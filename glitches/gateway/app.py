@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from glitches.aio import AsyncClient
 from glitches.errors import GlitchesError
+from glitches.gateway.auth import ApiKeyMiddleware
 from glitches.gateway.chat import ChatTemplate
 from glitches.gateway.errors import (RequestError, error_body, from_request_error, from_sdk_error,
                                      http_status_of)
@@ -62,7 +64,8 @@ def _parse(body: bytes, model: type[BaseModel]):
 class Gateway:
     def __init__(self, scheduler_address: str, chat_template: ChatTemplate | None, served_model: str = "",
                  default_max_tokens: int = 256, completions_default_max_tokens: int = 16,
-                 timeout_s: float | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+                 timeout_s: float | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None):
         self.scheduler_address = scheduler_address
         self.chat_template = chat_template
         self.served_model = served_model
@@ -70,11 +73,14 @@ class Gateway:
         self.completions_default_max_tokens = completions_default_max_tokens  # OpenAI's default: 16
         self.timeout_s = timeout_s
         self.max_body_bytes = max_body_bytes
+        self.api_keys = api_keys  # keys HTTP clients must send; empty: open
+        self.scheduler_api_key = scheduler_api_key  # the key the gateway sends to the scheduler
         self.client: AsyncClient | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        self.client = AsyncClient(self.scheduler_address, timeout_s=self.timeout_s)  # on the serving loop
+        self.client = AsyncClient(self.scheduler_address, timeout_s=self.timeout_s,  # on the serving loop
+                                  api_key=self.scheduler_api_key)
         try:
             yield
         finally:
@@ -187,5 +193,6 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/completions", gateway.completions, methods=["POST"]),
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=gateway.lifespan,
+    middleware = [Middleware(ApiKeyMiddleware, keys=gateway.api_keys)] if gateway.api_keys else []
+    return Starlette(routes=routes, lifespan=gateway.lifespan, middleware=middleware,
                      exception_handlers={HTTPException: _http_error, Exception: _server_error})

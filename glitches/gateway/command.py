@@ -21,13 +21,21 @@ from services.models import DEFAULT_MODEL
               help="max_tokens of a chat request that gives none.")
 @click.option("--timeout-s", default=0.0, type=float, show_default=True,
               help="Deadline of each request to the scheduler, seconds (0: none).")
-def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s) -> None:
+@click.option("--api-keys-file", default="", envvar="GLITCHES_GATEWAY_API_KEYS_FILE",
+              help="Require `Authorization: Bearer <key>` with a key from this file (one per line).")
+@click.option("--api-keys", default="", envvar="GLITCHES_GATEWAY_API_KEYS",
+              help="Comma-separated keys (prefer the file).")
+@click.option("--scheduler-api-key", default=None, envvar="GLITCHES_API_KEY",
+              help="Key the gateway sends to a scheduler that requires one.")
+def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
+                scheduler_api_key) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
     import uvicorn
 
     from glitches.cluster import free_port
     from glitches.gateway.app import Gateway, create_app
     from glitches.gateway.chat import load_chat_template
+    from services.api_keys import load_api_keys
     from services.errors import GlitchesError as ServiceError
     from services.models import resolve_model
 
@@ -36,10 +44,11 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s) -> 
     try:
         served = resolve_model(model).name
         template = load_chat_template(model)
+        keys = load_api_keys(api_keys_file, api_keys)
     except (ServiceError, ValueError) as error:
         raise click.UsageError(str(error)) from None
     port = port or free_port()
     gateway = Gateway(scheduler, template, served, default_max_tokens=default_max_tokens,
-                      timeout_s=timeout_s or None)
+                      timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key)
     click.echo(f"gateway http://{host}:{port} -> scheduler {scheduler}", err=True)
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=False)
