@@ -1,40 +1,50 @@
-"""The OpenAI-compatible gateway started by `glitches up --gateway-port`, driven by the official
-`openai` client: completions and chat, streaming and not, usage, stop, seed, and error statuses.
-Its own small cluster (1 GPU + 1 FPGA worker) under a private Redis prefix."""
+"""The OpenAI-compatible gateway (`glitches gateway`, a process) in front of the session's cluster,
+driven by the official `openai` client: completions and chat, streaming and not, usage, stop, seed,
+error statuses, and a client that hangs up mid-stream. (`glitches up --gateway-port` is checked
+offline in tests/test_gateway_up.py.)"""
 
 from __future__ import annotations
 
-import uuid
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import httpx
 import openai
 import pytest
 
-from glitches import Client
 from glitches.cluster import free_port
 from services import models
-from services.registry import Registry
-from tests.conftest import REDIS_URL
-from tests.e2e.conftest import assert_idle, start_up, stop_up
+from tests.e2e.conftest import assert_idle
 
 pytestmark = pytest.mark.e2e
 MODEL = models.DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")
-def gw():
-    prefix = f"glitches-gw-{uuid.uuid4().hex[:8]}"
-    models.resolve_model(MODEL)
+def gw(cluster):
     port = free_port()
-    proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix,
-                              "--gpu-workers", "1", "--fpga-workers", "1", "--gateway-port", str(port)])
-    client = Client(address, timeout_s=300)
-    pids = [w.pid for w in client.status().workers]
+    proc = subprocess.Popen([sys.executable, "-m", "glitches", "gateway", "--scheduler", cluster["address"],
+                             "--port", str(port)], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the gateway did not start: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
     base = f"http://127.0.0.1:{port}/v1"
     oai = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
-    yield dict(oai=oai, sdk=client, base=base, registry=Registry(REDIS_URL, prefix))
-    client.close()
-    stop_up(proc, pids)
+    yield dict(oai=oai, sdk=cluster["client"], base=base, registry=cluster["registry"])
+    proc.terminate()
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn shuts down, then re-raises SIGTERM
 
 
 def test_models(gw):
