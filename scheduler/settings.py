@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.errors import InvalidArgument
 from services.settings import DaemonSettings
@@ -15,7 +15,7 @@ class SchedulerSettings(DaemonSettings):
     decode_token_timeout_s: float = 120.0  # longest wait for the next token
     release_timeout_s: float = 5.0
     lease_ttl_s: float = 5.0  # a claim outlives a dead scheduler by at most this long
-    api_keys: tuple[str, ...] = ()  # empty: the Scheduler service is open (services/api_keys.py)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: the Scheduler service is open; never logged
 
     def __post_init__(self):
         super().__post_init__()
