@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test test-fast stubs check-stubs bench clean
+.PHONY: setup demo test test-fast stubs check-stubs bench clean docs
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ stubs: setup
 
 check-stubs: setup
 	$(PY) -m services.generate_stubs --check
+
+docs: setup  ## the SDK's API reference from its docstrings (pdoc), HTML in docs/api/ (not committed: ~1 MB)
+	$(VENV)/bin/pdoc -o docs/api glitches glitches.client glitches.aio glitches.types glitches.errors glitches.retry
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -17,7 +17,7 @@ from services.grpc_server import start_server
 from services.observability import DaemonHttp, publish_device_facts, worker_ready_check
 from services.proto_convert import step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
-from services.sampling import Sampling
+from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     def Decode(self, request, context):
         sampling = Sampling.from_proto(request.sampling)
+        check_sampling(sampling)
         if sampling.max_new_tokens < 1:
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         generated = list(request.generated_token_ids) or [request.first_token_id]

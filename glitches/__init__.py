@@ -2,8 +2,13 @@
 
 from glitches.aio import AsyncClient
 from glitches.client import Client
-from glitches.errors import GlitchesError, InvalidArgumentError, ResourceExhaustedError, UnavailableError
+from glitches.errors import (CancelledError, DeadlineExceededError, GlitchesError, InvalidArgumentError,
+                             NotFoundError, PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError,
+                             UnavailableError)
+from glitches.retry import NO_RETRY, RetryPolicy
 from glitches.types import ClusterStatus, Completion, TextChunk, Timings, WorkerStatus
 
-__all__ = ["AsyncClient", "Client", "ClusterStatus", "Completion", "GlitchesError", "InvalidArgumentError",
-           "ResourceExhaustedError", "TextChunk", "Timings", "UnavailableError", "WorkerStatus"]
+__all__ = ["AsyncClient", "CancelledError", "Client", "ClusterStatus", "Completion", "DeadlineExceededError",
+           "GlitchesError", "InvalidArgumentError", "NO_RETRY", "NotFoundError", "PermissionDeniedError",
+           "ResourceExhaustedError", "RetryPolicy", "TextChunk", "Timings", "UnauthenticatedError",
+           "UnavailableError", "WorkerStatus"]

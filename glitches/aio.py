@@ -8,38 +8,57 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from glitches import convert
-from glitches.client import DEFAULT_ADDRESS
+from glitches.client import DEFAULT_ADDRESS, _encode, auth_metadata
 from glitches.errors import from_rpc_error
+from glitches.retry import Deadline, RetryPolicy, next_backoff_s
 from glitches.types import ClusterStatus, Completion, TextChunk
 from services.channels import MESSAGE_OPTIONS
 from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 
 class AsyncClient:
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float | None = None):
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float | None = None,
+                 retry: RetryPolicy | None = None, api_key: str | None = None):
+        """As Client: `timeout_s` covers a call and its retries; `retry` bounds retries on UNAVAILABLE;
+        `api_key` is sent as `authorization: Bearer <key>` (None: GLITCHES_API_KEY, if set).
+        Cancelling the task that iterates a stream (or closing the iterator) cancels the call."""
+        self._metadata = auth_metadata(api_key)
         self.address = address
         self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
         self._channel = grpc.aio.insecure_channel(address, options=MESSAGE_OPTIONS)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     async def stream(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int = 0, stop: Sequence[str] = (), chat: bool = False,
                      model: str = "") -> AsyncIterator[TextChunk | Completion]:
-        request = convert.generate_request(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
-                                           top_p=top_p, seed=seed, stop=stop)
-        call = self._stub.Generate(request, timeout=self.timeout_s)
-        try:
-            async for message in call:
-                yield convert.event(message)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
+        """Yield TextChunk pieces, then one Completion; UNAVAILABLE is retried only before the first piece."""
+        request = _encode(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
+                          top_p=top_p, seed=seed, stop=stop)
+        deadline = Deadline(self.timeout_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self._stub.Generate(request, timeout=deadline.remaining_s(), metadata=self._metadata)
+            received = False
+            try:
+                async for message in call:
+                    received = True
+                    yield convert.event(message)
+                return
+            except grpc.RpcError as error:
+                wait_s = None if received else next_backoff_s(self.retry, error, attempt, deadline)
+                if wait_s is None:
+                    raise from_rpc_error(error) from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(wait_s)
 
     async def generate(self, prompt: str, **kwargs) -> Completion:
         async for item in self.stream(prompt, **kwargs):
@@ -48,11 +67,18 @@ class AsyncClient:
         raise RuntimeError("the scheduler ended the stream without a final message")
 
     async def status(self) -> ClusterStatus:
-        try:
-            return convert.status(await self._stub.Status(scheduler_pb2.StatusRequest(),
-                                                          timeout=self.timeout_s or 10))
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        deadline = Deadline(self.timeout_s or 10)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return convert.status(await self._stub.Status(scheduler_pb2.StatusRequest(),
+                                                              timeout=deadline.remaining_s(), metadata=self._metadata))
+            except grpc.RpcError as error:
+                wait_s = next_backoff_s(self.retry, error, attempt, deadline)
+                if wait_s is None:
+                    raise from_rpc_error(error) from None
+            await asyncio.sleep(wait_s)
 
     async def close(self) -> None:
         await self._channel.close()

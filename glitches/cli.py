@@ -76,11 +76,19 @@ def main() -> None:
               help="Longest wait for a place, seconds.")
 @click.option("--max-migrations", default=2, type=int, envvar=_env("max-migrations"), show_default=True,
               help="How often one request may move to other workers after a worker dies.")
+@click.option("--api-keys-file", default="", envvar=_env("api-keys-file"),
+              help="Require `authorization: Bearer <key>` with a key from this file (one per line).")
+@click.option("--api-keys", default="", envvar=_env("api-keys"), help="Comma-separated keys (prefer the file).")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from scheduler.server import serve
     from scheduler.settings import SchedulerSettings
+    from services.api_keys import load_api_keys
 
+    try:
+        kwargs["api_keys"] = load_api_keys(kwargs.pop("api_keys_file"), kwargs.pop("api_keys"))
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
     kwargs.pop("worker_id")
     _run_daemon(serve, SchedulerSettings, port=kwargs.pop("port") or 50051, **kwargs)
 
@@ -134,8 +142,10 @@ def fpga_worker_cmd(**kwargs) -> None:
 @click.option("--fpga-slots", default=1, type=int, show_default=True)
 @click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
+@click.option("--gateway-port", default=None, type=int,
+              help="Also start the OpenAI-compatible HTTP gateway on this port (0: any free port).")
 def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga_numerics, fpga_hbm_bytes,
-           fpga_slots, prompt, max_tokens) -> None:
+           fpga_slots, prompt, max_tokens, gateway_port) -> None:
     """Start a local cluster (Redis, scheduler, workers) as separate processes.
 
     Prints `ready <address>` once the scheduler answers with every worker
@@ -158,7 +168,8 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         signal.signal(signum, lambda *_: stop.set())
     cluster = LocalCluster(ClusterSpec(gpu_workers=gpu_workers, fpga_workers=fpga_workers, model=model, port=port,
                                        redis_url=redis_url, redis_prefix=redis_prefix, fpga_numerics=fpga_numerics,
-                                       fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots))
+                                       fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots,
+                                       gateway_port=gateway_port))
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
@@ -166,6 +177,8 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         for name, http_address in cluster.http_addresses.items():
             click.echo(f"http {name} {http_address}")  # /healthz /readyz /metrics
         cluster.wait_ready()
+        if cluster.gateway_url:
+            click.echo(f"gateway {cluster.gateway_url}")  # OpenAI-compatible: base_url = this + /v1
         click.echo(f"ready {cluster.address}", err=False)
         sys.stdout.flush()
         if prompt is not None:
@@ -294,6 +307,15 @@ def _add_bench() -> None:
 
 
 _add_bench()
+
+
+def _add_gateway() -> None:
+    from glitches.gateway.command import gateway_cmd
+
+    main.add_command(gateway_cmd)
+
+
+_add_gateway()
 
 
 def run() -> None:

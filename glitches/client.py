@@ -5,16 +5,22 @@
         for piece in client.stream("Why is the sky blue?", max_tokens=32):
             print(piece.text, end="", flush=True)
         print(client.generate("Hello", max_tokens=8).timings.ttft_s)
+
+Errors are typed (glitches.errors): InvalidArgumentError, UnavailableError, DeadlineExceededError, ...
+UNAVAILABLE is retried with exponential backoff (RetryPolicy) until the first message has arrived.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator, Sequence
 
 import grpc
 
 from glitches import convert
-from glitches.errors import from_rpc_error
+from glitches.errors import DeadlineExceededError, from_rpc_error, invalid_argument
+from glitches.retry import Deadline, RetryPolicy, next_backoff_s
 from glitches.types import ClusterStatus, Completion, TextChunk
 from services.channels import MESSAGE_OPTIONS
 from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -22,28 +28,62 @@ from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
+def _encode(prompt: str, chat: bool, model: str, **sampling):
+    try:
+        return convert.generate_request(prompt, chat, model, **sampling)
+    except (ValueError, TypeError) as error:  # protobuf refuses out-of-range numbers and bad strings
+        raise invalid_argument(error) from None
+
+
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    """gRPC metadata carrying the API key; `None` reads GLITCHES_API_KEY (unset or empty: no key)."""
+    key = os.environ.get("GLITCHES_API_KEY", "") if api_key is None else api_key
+    return (("authorization", f"Bearer {key}"),) if key else None
+
+
+def _deadline_exceeded(timeout_s: float | None) -> DeadlineExceededError:
+    return DeadlineExceededError("DEADLINE_EXCEEDED", f"no answer within timeout_s={timeout_s} s")
+
+
 class Client:
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float | None = None):
-        """`timeout_s` is the deadline of each call (None: no deadline)."""
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float | None = None,
+                 retry: RetryPolicy | None = None, api_key: str | None = None):
+        """`timeout_s` is the deadline of each call, retries included (None: no deadline); `retry` bounds
+        retries on UNAVAILABLE (default RetryPolicy(): 3 attempts; glitches.retry.NO_RETRY: none);
+        `api_key` is sent as `authorization: Bearer <key>` (None: GLITCHES_API_KEY, if set)."""
+        self._metadata = auth_metadata(api_key)
         self.address = address
         self.timeout_s = timeout_s
+        self.retry = retry or RetryPolicy()
         self._channel = grpc.insecure_channel(address, options=MESSAGE_OPTIONS)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     def stream(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                seed: int = 0, stop: Sequence[str] = (), chat: bool = False,
                model: str = "") -> Iterator[TextChunk | Completion]:
-        """Yield TextChunk pieces as tokens arrive, then one Completion. Closing the iterator cancels."""
-        request = convert.generate_request(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
-                                           top_p=top_p, seed=seed, stop=stop)
-        call = self._stub.Generate(request, timeout=self.timeout_s)
-        try:
-            for message in call:
-                yield convert.event(message)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        finally:
-            call.cancel()
+        """Yield TextChunk pieces as tokens arrive, then one Completion. Closing the iterator cancels.
+
+        UNAVAILABLE before the first piece is retried per `self.retry`; never after it."""
+        request = _encode(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
+                          top_p=top_p, seed=seed, stop=stop)
+        deadline = Deadline(self.timeout_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            call = self._stub.Generate(request, timeout=deadline.remaining_s(), metadata=self._metadata)
+            received = False
+            try:
+                for message in call:
+                    received = True
+                    yield convert.event(message)
+                return
+            except grpc.RpcError as error:
+                wait_s = None if received else next_backoff_s(self.retry, error, attempt, deadline)
+                if wait_s is None:
+                    raise from_rpc_error(error) from None
+            finally:
+                call.cancel()
+            time.sleep(wait_s)
 
     def generate(self, prompt: str, **kwargs) -> Completion:
         """Run a request to the end and return its Completion (same arguments as stream)."""
@@ -53,10 +93,19 @@ class Client:
         raise RuntimeError("the scheduler ended the stream without a final message")
 
     def status(self) -> ClusterStatus:
-        try:
-            return convert.status(self._stub.Status(scheduler_pb2.StatusRequest(), timeout=self.timeout_s or 10))
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        """Every worker and its occupancy (deadline: timeout_s, or 10 s when None)."""
+        deadline = Deadline(self.timeout_s or 10)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return convert.status(self._stub.Status(scheduler_pb2.StatusRequest(),
+                                                        timeout=deadline.remaining_s(), metadata=self._metadata))
+            except grpc.RpcError as error:
+                wait_s = next_backoff_s(self.retry, error, attempt, deadline)
+                if wait_s is None:
+                    raise from_rpc_error(error) from None
+            time.sleep(wait_s)
 
     def close(self) -> None:
         self._channel.close()

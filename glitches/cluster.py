@@ -49,6 +49,7 @@ class ClusterSpec:
     fpga_hbm_bytes: int = 0  # 0 = the worker's default (8 GiB)
     fpga_slots: int = 1
     threads_per_worker: int = 0  # 0 = split the CPUs between workers
+    gateway_port: int | None = None  # also start the OpenAI-compatible HTTP gateway (0 = any free port)
     extra_env: dict[str, str] = field(default_factory=dict)
     scheduler_args: tuple[str, ...] = ()  # extra `glitches scheduler` flags, e.g. ("--max-active", "8")
 
@@ -61,6 +62,7 @@ class LocalCluster:
         self.redis_url = spec.redis_url
         self.address = ""
         self.http_addresses: dict[str, str] = {}  # daemon name -> host:port of /healthz /readyz /metrics
+        self.gateway_url = ""  # http://host:port of the gateway, when spec.gateway_port is set
 
     # --- processes -------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -103,6 +105,11 @@ class LocalCluster:
             extra = ["--hbm-bytes", str(self.spec.fpga_hbm_bytes)] if self.spec.fpga_hbm_bytes else []
             self._daemon(f"fpga-{i}", "fpga-worker", "--worker-id", f"fpga-{i}", "--threads", str(threads),
                          "--numerics", self.spec.fpga_numerics, "--slots", str(self.spec.fpga_slots), *extra)
+        if self.spec.gateway_port is not None:
+            gateway_port = self.spec.gateway_port or free_port()
+            self.gateway_url = f"http://127.0.0.1:{gateway_port}"
+            self._spawn("gateway", [sys.executable, "-m", "glitches", "gateway", "--scheduler", self.address,
+                                    "--port", str(gateway_port), "--model", self.spec.model])
 
     def _wait_redis(self, timeout_s: float = 20.0) -> None:
         import redis
@@ -136,12 +143,23 @@ class LocalCluster:
                 self._check_alive()
                 try:
                     healthy = [w for w in client.status().workers if w.healthy]
-                    if len(healthy) >= expected:
+                    if len(healthy) >= expected and self._gateway_answers():
                         return
                 except GlitchesError:
                     pass
                 time.sleep(0.2)
         raise TimeoutError(f"cluster not ready after {timeout_s} s; logs in {self.run_dir}")
+
+    def _gateway_answers(self) -> bool:
+        import urllib.request
+
+        if not self.gateway_url:
+            return True
+        try:
+            with urllib.request.urlopen(self.gateway_url + "/healthz", timeout=2) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
 
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM the daemons, then Redis once they have deregistered; SIGKILL what outlives grace_s."""

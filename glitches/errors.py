@@ -26,13 +26,43 @@ class ResourceExhaustedError(GlitchesError):
     """Capacity (KV memory, queue) ran out."""
 
 
+class DeadlineExceededError(GlitchesError):
+    """The call did not finish within the client's `timeout_s` (retries included)."""
+
+
+class UnauthenticatedError(GlitchesError):
+    """The scheduler wants credentials (an API key) that the call did not carry or that are wrong."""
+
+
+class PermissionDeniedError(GlitchesError):
+    """The credentials are valid but not allowed to do this."""
+
+
+class NotFoundError(GlitchesError):
+    """Something the request names does not exist."""
+
+
+class CancelledError(GlitchesError):
+    """The call was cancelled (by this client, or by the server while it shut down)."""
+
+
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.CANCELLED: CancelledError,
 }
 
 
 def from_rpc_error(error: grpc.RpcError) -> GlitchesError:
     code = error.code()
     return _BY_CODE.get(code, GlitchesError)(code.name, error.details() or "")
+
+
+def invalid_argument(error: Exception) -> InvalidArgumentError:
+    """A request the SDK could not even encode (a number out of its field's range, a lone surrogate)."""
+    return InvalidArgumentError("INVALID_ARGUMENT", f"the request cannot be encoded: {error}")

@@ -16,7 +16,7 @@ from services.grpc_server import start_server
 from services.observability import DaemonHttp, watch_cuda_device, worker_ready_check
 from services.proto_convert import FINISH_TO_PROTO, step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
-from services.sampling import Sampling
+from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         if not request.request_id:
             raise InvalidArgument("request_id is empty")
         sampling = Sampling.from_proto(request.sampling)
+        check_sampling(sampling)
         if sampling.max_new_tokens < 1:
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         target = self._stub(request.target.address) if request.target.address else None
@@ -70,6 +71,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     def Decode(self, request, context):
         sampling = Sampling.from_proto(request.sampling)
+        check_sampling(sampling)
         generated = list(request.generated_token_ids) or [request.first_token_id]
         steps = self.engine.decode(request.request_id, generated, request.position, sampling,
                                    cancelled=lambda: not context.is_active())

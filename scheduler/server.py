@@ -8,6 +8,7 @@ from scheduler.leases import LeaseKeeper
 from scheduler.orchestrator import Delta, GenerateInput, ModelInfo, Orchestrator
 from scheduler.settings import SchedulerSettings
 from services import models
+from services.api_keys import ApiKeyInterceptor
 from services.daemon import configure_logging, run_until_signalled
 from services.grpc_server import start_server
 from services.metrics import ACTIVE_REQUESTS, REGISTRIES
@@ -78,7 +79,8 @@ def serve(settings: SchedulerSettings) -> None:
     orchestrator = Orchestrator(settings, registry, load_model_info(settings.model), leases)
     server = start_server(settings.host, settings.port,
                           [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],
-                          (SERVICE_NAME,), metrics_role="scheduler")
+                          (SERVICE_NAME,), metrics_role="scheduler",
+                          auth=ApiKeyInterceptor(settings.api_keys, (SERVICE_NAME,)) if settings.api_keys else None)
     address = settings.address_for(server.port)
     ACTIVE_REQUESTS.of("scheduler").set_function(lambda: orchestrator.active)
     REGISTRIES["scheduler"].register(OccupancyCollector(registry))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.errors import InvalidArgument
 from services.settings import DaemonSettings
@@ -19,6 +19,7 @@ class SchedulerSettings(DaemonSettings):
     queue_wait_s: float = 30.0  # longest wait for a place
     max_migrations: int = 2  # how often one request may move after a worker dies
     lease_ttl_s: float = 5.0  # a claim outlives a dead scheduler by at most this long
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: the Scheduler service is open; never logged
 
     def __post_init__(self):
         super().__post_init__()

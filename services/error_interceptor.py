@@ -2,7 +2,9 @@
 
 Servicers raise `services.errors.GlitchesError` subclasses; this sets the code and
 message for every kind of RPC (unary or streaming, either side). Anything else
-escaping a handler is logged with its traceback and becomes INTERNAL.
+escaping a handler is logged with its traceback and becomes INTERNAL. A request that does not
+parse as its protobuf message (random bytes, a string field that is not UTF-8) is INVALID_ARGUMENT:
+grpc itself would answer INTERNAL ("Exception deserializing request").
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 
 import grpc
 
-from services.errors import GlitchesError
+from services.errors import GlitchesError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,45 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str):
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}: {error}")
 
 
+class _Malformed:
+    """Stands in for a request message that failed to parse; the handler refuses it."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def refuse(self, method: str) -> InvalidArgument:
+        return InvalidArgument(f"{method}: the request is not a valid protobuf message of this method "
+                               f"({type(self.error).__name__}: {self.error}); string fields must be UTF-8")
+
+
+def _tolerant(deserializer):
+    def parse(data: bytes):
+        try:
+            return deserializer(data) if deserializer else data
+        except Exception as error:  # noqa: BLE001 - refused by the handler with INVALID_ARGUMENT
+            return _Malformed(error)
+    return parse
+
+
+def _checked(request_or_iterator, method):
+    """The request, or for client-streaming calls an iterator that raises at a malformed message."""
+    if isinstance(request_or_iterator, _Malformed):
+        raise request_or_iterator.refuse(method)
+    if hasattr(request_or_iterator, "DESCRIPTOR") or not hasattr(request_or_iterator, "__next__"):
+        return request_or_iterator
+
+    def messages():
+        for message in request_or_iterator:
+            if isinstance(message, _Malformed):
+                raise message.refuse(method)
+            yield message
+    return messages()
+
+
 def _wrap_unary_response(behavior, method):
     def handler(request_or_iterator, context):
         try:
-            return behavior(request_or_iterator, context)
+            return behavior(_checked(request_or_iterator, method), context)
         except Exception as error:  # noqa: BLE001 - mapped to a status, never swallowed
             _abort(context, error, method)
     return handler
@@ -38,7 +75,7 @@ def _wrap_unary_response(behavior, method):
 def _wrap_stream_response(behavior, method):
     def handler(request_or_iterator, context):
         try:
-            yield from behavior(request_or_iterator, context)
+            yield from behavior(_checked(request_or_iterator, method), context)
         except GeneratorExit:
             raise
         except Exception as error:  # noqa: BLE001
@@ -55,15 +92,15 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary_response(handler.unary_unary, method),
-                handler.request_deserializer, handler.response_serializer)
+                _tolerant(handler.request_deserializer), handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 _wrap_unary_response(handler.stream_unary, method),
-                handler.request_deserializer, handler.response_serializer)
+                _tolerant(handler.request_deserializer), handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream_response(handler.unary_stream, method),
-                handler.request_deserializer, handler.response_serializer)
+                _tolerant(handler.request_deserializer), handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
             _wrap_stream_response(handler.stream_stream, method),
-            handler.request_deserializer, handler.response_serializer)
+            _tolerant(handler.request_deserializer), handler.response_serializer)

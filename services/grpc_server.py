@@ -41,13 +41,16 @@ class RunningServer:
 
 def start_server(host: str, port: int, registrations: list[tuple[Callable, object]],
                  service_names: tuple[str, ...], max_workers: int = 32,
-                 metrics_role: str | None = None) -> RunningServer:
+                 metrics_role: str | None = None, auth: grpc.ServerInterceptor | None = None) -> RunningServer:
     """Start a server on host:port with each (add_XServicer_to_server, servicer) registered.
 
     service_names are the full names (e.g. "glitches.v1.Worker") reported by
     health and reflection. metrics_role (services.metrics.ROLES) counts every call by status code.
+    auth (services.api_keys.ApiKeyInterceptor) refuses calls without a valid key before any handler runs.
     """
     interceptors = [ErrorMappingInterceptor()]
+    if auth is not None:
+        interceptors.insert(0, auth)
     if metrics_role is not None:
         interceptors.insert(0, MetricsInterceptor(metrics_role))  # outermost: sees the mapped status
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),

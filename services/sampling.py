@@ -8,9 +8,12 @@ migration. Temperature 0 is greedy (argmax), matching transformers'
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+
+from services.errors import InvalidArgument
 
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads consecutive indices across the seed space
 _MASK63 = (1 << 63) - 1
@@ -35,11 +38,22 @@ class Sampling:
                        max_new_tokens=self.max_new_tokens, stop=list(self.stop), eos_token_ids=list(self.eos_token_ids))
 
 
+def check_sampling(sampling: Sampling) -> None:
+    """Refuse what sample_token cannot honour. Workers check too: their RPCs can be called directly."""
+    if not 0.0 <= sampling.temperature < math.inf:  # also rejects NaN
+        raise InvalidArgument(f"sampling.temperature must be a finite number >= 0 (0 = greedy), "
+                              f"got {sampling.temperature}")
+    if not 0.0 < sampling.top_p <= 1.0:
+        raise InvalidArgument(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+
+
 def sample_token(logits: torch.Tensor, sampling: Sampling, index: int) -> int:
     """Pick the token at generated position `index` from logits [vocab]."""
     if sampling.temperature <= 0.0:
         return int(torch.argmax(logits).item())
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    # subtract the max before dividing: a tiny temperature (1e-30) would otherwise overflow to inf - inf = NaN
+    logits = logits.float()
+    probs = torch.softmax((logits - logits.max()) / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # keep a token while the mass before it is below top_p (the top token always stays)

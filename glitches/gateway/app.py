@@ -1,0 +1,198 @@
+"""The gateway's ASGI app (starlette): OpenAI's routes over the SDK's AsyncClient.
+
+Streaming answers are server-sent events: one `data: {chunk}` per text delta, a last chunk with
+`finish_reason`, a usage chunk when `stream_options.include_usage`, then `data: [DONE]`. An error
+before the first token is a plain HTTP error; one after it (the status is already 200) is sent as a
+`data: {"error": ...}` event, which OpenAI's clients raise as an APIError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from glitches.aio import AsyncClient
+from glitches.errors import GlitchesError
+from glitches.gateway.auth import ApiKeyMiddleware
+from glitches.gateway.chat import ChatTemplate
+from glitches.gateway.errors import (RequestError, error_body, from_request_error, from_sdk_error,
+                                     http_status_of)
+from glitches.gateway.responses import Shapes, finish_reason, sse
+from glitches.gateway.schemas import ChatRequest, CompletionRequest
+from glitches.types import Completion
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # larger bodies are 413: no prompt that big fits the context
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise RequestError(f"the body is {declared} bytes; the limit is {limit_bytes}", status=413)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit_bytes:
+            raise RequestError(f"the body is over the limit of {limit_bytes} bytes", status=413)
+    return bytes(body)
+
+
+def _parse(body: bytes, model: type[BaseModel]):
+    try:
+        data = json.loads(body)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # refuses lone surrogates ("\ud800")
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError/-EncodeError are ValueErrors
+        raise RequestError(f"the body is not valid UTF-8 JSON: {str(error)[:200]}") from None
+    if not isinstance(data, dict):
+        raise RequestError(f"the body must be a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        raise RequestError(f"{where}: {first['msg']}" if where else first["msg"], param=where) from None
+
+
+class Gateway:
+    def __init__(self, scheduler_address: str, chat_template: ChatTemplate | None, served_model: str = "",
+                 default_max_tokens: int = 256, completions_default_max_tokens: int = 16,
+                 timeout_s: float | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None):
+        self.scheduler_address = scheduler_address
+        self.chat_template = chat_template
+        self.served_model = served_model
+        self.default_max_tokens = default_max_tokens  # chat: OpenAI has no default, the context is the limit
+        self.completions_default_max_tokens = completions_default_max_tokens  # OpenAI's default: 16
+        self.timeout_s = timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.api_keys = api_keys  # keys HTTP clients must send; empty: open
+        self.scheduler_api_key = scheduler_api_key  # the key the gateway sends to the scheduler
+        self.client: AsyncClient | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        self.client = AsyncClient(self.scheduler_address, timeout_s=self.timeout_s,  # on the serving loop
+                                  api_key=self.scheduler_api_key)
+        try:
+            yield
+        finally:
+            await self.client.close()
+
+    # --- routes ------------------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def models(self, request: Request) -> Response:
+        try:
+            status = await self.client.status()
+        except GlitchesError as error:
+            return from_sdk_error(error)
+        entry = {"id": status.model, "object": "model", "created": 0, "owned_by": "glitches"}
+        if "model" in request.path_params:
+            if request.path_params["model"] != status.model:
+                return from_request_error(RequestError(
+                    f"model {request.path_params['model']!r} does not exist; this cluster serves {status.model!r}",
+                    status=404, code="model_not_found"))
+            return JSONResponse(entry)
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    async def completions(self, request: Request) -> Response:
+        try:
+            body = _parse(await _read_body(request, self.max_body_bytes), CompletionRequest)
+            prompt = body.prompt_text()
+        except RequestError as error:
+            return from_request_error(error)
+        kwargs = body.sdk_kwargs(body.max_tokens, self.completions_default_max_tokens)
+        return await self._answer(prompt, kwargs, Shapes(False, body.model or self.served_model), body)
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            body = _parse(await _read_body(request, self.max_body_bytes), ChatRequest)
+            body.check()
+            if self.chat_template is None:
+                raise RequestError("this gateway has no chat template; use /v1/completions", status=404)
+            prompt = self.chat_template.render([m.as_template_message() for m in body.messages])
+        except RequestError as error:
+            return from_request_error(error)
+        kwargs = body.sdk_kwargs(body.max_completion_tokens or body.max_tokens, self.default_max_tokens)
+        return await self._answer(prompt, kwargs, Shapes(True, body.model or self.served_model), body)
+
+    # --- one generation ------------------------------------------------------------
+    async def _answer(self, prompt: str, kwargs: dict, shapes: Shapes, body) -> Response:
+        stream = self.client.stream(prompt, chat=False, **kwargs)
+        try:
+            first = await anext(stream)  # errors before the first token keep their HTTP status
+        except GlitchesError as error:
+            await stream.aclose()
+            return from_sdk_error(error)
+        except StopAsyncIteration:
+            return JSONResponse(error_body("the scheduler ended the stream without an answer", "server_error"),
+                                status_code=502)
+        if body.stream:
+            return StreamingResponse(self._events(first, stream, shapes, body.include_usage()),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            item = first
+            while not isinstance(item, Completion):
+                item = await anext(stream)
+        except GlitchesError as error:
+            return from_sdk_error(error)
+        except StopAsyncIteration:
+            return JSONResponse(error_body("the scheduler ended the stream without a final message",
+                                           "server_error"), status_code=502)
+        finally:
+            await stream.aclose()
+        return JSONResponse(shapes.full(item))
+
+    async def _events(self, first, stream: AsyncIterator, shapes: Shapes, include_usage: bool):
+        extra = {"usage": None} if include_usage else {}
+        try:
+            if shapes.chat:
+                yield sse({**shapes.chunk("", role=True), **extra})
+            item = first
+            while not isinstance(item, Completion):
+                if item.text:
+                    yield sse({**shapes.chunk(item.text), **extra})
+                item = await anext(stream)
+            yield sse({**shapes.chunk(None, finish=finish_reason(item)), **extra})
+            if include_usage:
+                yield sse(shapes.usage_chunk(item))
+        except GlitchesError as error:
+            yield sse(error_body(error.message, http_status_of(error)[1], code=error.code.lower()))
+        except StopAsyncIteration:
+            yield sse(error_body("the scheduler ended the stream without a final message", "server_error"))
+        finally:
+            await stream.aclose()  # cancels the gRPC call when the HTTP client went away
+        yield sse("[DONE]")
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    return JSONResponse(error_body(f"{request.method} {request.url.path}: {error.detail}", kind),
+                        status_code=error.status_code)
+
+
+async def _server_error(request: Request, error: Exception) -> Response:
+    return JSONResponse(error_body(f"internal error: {type(error).__name__}: {error}", "server_error"),
+                        status_code=500)
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    routes = [
+        Route("/healthz", gateway.healthz),
+        Route("/v1/models", gateway.models),
+        Route("/v1/models/{model:path}", gateway.models),
+        Route("/v1/completions", gateway.completions, methods=["POST"]),
+        Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+    ]
+    middleware = [Middleware(ApiKeyMiddleware, keys=gateway.api_keys)] if gateway.api_keys else []
+    return Starlette(routes=routes, lifespan=gateway.lifespan, middleware=middleware,
+                     exception_handlers={HTTPException: _http_error, Exception: _server_error})

@@ -1,0 +1,32 @@
+"""Chat messages -> prompt text, with the model's own chat template (transformers' tokenizer).
+
+The scheduler applies the template itself only to one user message (GenerateRequest.chat), so the
+gateway renders whole conversations here and sends the text with chat=false. The scheduler then
+tokenizes that text; the template's special tokens (e.g. `<|im_start|>`) are matched as such.
+"""
+
+from __future__ import annotations
+
+from glitches.gateway.errors import RequestError
+
+
+class ChatTemplate:
+    def __init__(self, tokenizer):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the model's tokenizer has no chat template; /v1/chat/completions needs one")
+        self._tokenizer = tokenizer
+
+    def render(self, messages: list[dict]) -> str:
+        """The conversation as the model expects it, ending with the assistant's turn opened."""
+        try:
+            return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as error:  # jinja raises its own errors for conversations a template refuses
+            raise RequestError(f"the model's chat template refused these messages: {error}",
+                               param="messages") from None
+
+
+def load_chat_template(model: str) -> ChatTemplate:
+    """The chat template of `model` (a name, a transformers directory or a .gguf file)."""
+    from services import models
+
+    return ChatTemplate(models.load_tokenizer(models.resolve_model(model)))

@@ -1,0 +1,54 @@
+"""The `glitches gateway` command: serve the OpenAI-compatible HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import click
+
+from glitches.client import DEFAULT_ADDRESS
+from services.models import DEFAULT_MODEL
+
+
+@click.command("gateway")
+@click.option("--scheduler", default=DEFAULT_ADDRESS, envvar="GLITCHES_SCHEDULER", show_default=True,
+              help="gRPC address of the scheduler.")
+@click.option("--host", default="127.0.0.1", envvar="GLITCHES_GATEWAY_HOST", show_default=True,
+              help="Interface to bind.")
+@click.option("--port", default=8000, type=int, envvar="GLITCHES_GATEWAY_PORT", show_default=True,
+              help="HTTP port (0: any free port).")
+@click.option("--model", default=DEFAULT_MODEL, envvar="GLITCHES_MODEL", show_default=True,
+              help="The model the cluster serves: its tokenizer renders chat templates.")
+@click.option("--default-max-tokens", default=256, type=int, show_default=True,
+              help="max_tokens of a chat request that gives none.")
+@click.option("--timeout-s", default=0.0, type=float, show_default=True,
+              help="Deadline of each request to the scheduler, seconds (0: none).")
+@click.option("--api-keys-file", default="", envvar="GLITCHES_GATEWAY_API_KEYS_FILE",
+              help="Require `Authorization: Bearer <key>` with a key from this file (one per line).")
+@click.option("--api-keys", default="", envvar="GLITCHES_GATEWAY_API_KEYS",
+              help="Comma-separated keys (prefer the file).")
+@click.option("--scheduler-api-key", default=None, envvar="GLITCHES_API_KEY",
+              help="Key the gateway sends to a scheduler that requires one.")
+def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
+                scheduler_api_key) -> None:
+    """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
+    import uvicorn
+
+    from glitches.cluster import free_port
+    from glitches.gateway.app import Gateway, create_app
+    from glitches.gateway.chat import load_chat_template
+    from services.api_keys import load_api_keys
+    from services.errors import GlitchesError as ServiceError
+    from services.models import resolve_model
+
+    if default_max_tokens < 1:
+        raise click.UsageError("--default-max-tokens must be at least 1")
+    try:
+        served = resolve_model(model).name
+        template = load_chat_template(model)
+        keys = load_api_keys(api_keys_file, api_keys)
+    except (ServiceError, ValueError) as error:
+        raise click.UsageError(str(error)) from None
+    port = port or free_port()
+    gateway = Gateway(scheduler, template, served, default_max_tokens=default_max_tokens,
+                      timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key)
+    click.echo(f"gateway http://{host}:{port} -> scheduler {scheduler}", err=True)
+    uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=False)

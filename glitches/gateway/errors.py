@@ -1,0 +1,50 @@
+"""OpenAI-style error bodies, and the HTTP status of each gRPC status the scheduler returns."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from glitches.errors import GlitchesError
+
+# gRPC status name -> (HTTP status, OpenAI error type)
+_HTTP_OF_GRPC = {
+    "INVALID_ARGUMENT": (400, "invalid_request_error"),
+    "OUT_OF_RANGE": (400, "invalid_request_error"),
+    "FAILED_PRECONDITION": (400, "invalid_request_error"),
+    "UNAUTHENTICATED": (401, "authentication_error"),
+    "PERMISSION_DENIED": (403, "permission_error"),
+    "NOT_FOUND": (404, "not_found_error"),
+    "ALREADY_EXISTS": (409, "invalid_request_error"),
+    "RESOURCE_EXHAUSTED": (429, "rate_limit_error"),
+    "CANCELLED": (499, "cancelled"),
+    "UNIMPLEMENTED": (501, "server_error"),
+    "UNAVAILABLE": (503, "service_unavailable"),
+    "DEADLINE_EXCEEDED": (504, "timeout"),
+}
+
+
+class RequestError(Exception):
+    """A request the gateway refuses before it reaches the scheduler (HTTP 4xx)."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.status, self.param, self.code = message, status, param, code
+
+
+def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def http_status_of(error: GlitchesError) -> tuple[int, str]:
+    """(HTTP status, OpenAI error type) for an SDK error; unknown codes are 500 server_error."""
+    return _HTTP_OF_GRPC.get(error.code, (500, "server_error"))
+
+
+def from_sdk_error(error: GlitchesError) -> JSONResponse:
+    status, error_type = http_status_of(error)
+    return JSONResponse(error_body(error.message, error_type, code=error.code.lower()), status_code=status)
+
+
+def from_request_error(error: RequestError) -> JSONResponse:
+    error_type = "not_found_error" if error.status == 404 else "invalid_request_error"
+    return JSONResponse(error_body(error.message, error_type, error.param, error.code), status_code=error.status)

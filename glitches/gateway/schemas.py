@@ -1,0 +1,115 @@
+"""The request bodies the gateway accepts (pydantic, strict types) and their translation to the SDK's
+sampling arguments. Fields OpenAI defines but GLITCHES cannot honour are refused with a 400 that
+names them, rather than silently ignored; unknown extra fields are ignored, as OpenAI's are."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from glitches.gateway.errors import RequestError
+
+INT32_MAX = 2**31 - 1  # SamplingParams.max_new_tokens is an int32
+UINT64_MAX = 2**64 - 1  # SamplingParams.seed is a uint64
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=UINT64_MAX)
+    stop: str | list[str] | None = None
+    n: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value):
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
+
+    def refuse_unsupported(self) -> None:
+        if self.n not in (None, 1):
+            raise RequestError(f"n={self.n} is not supported: GLITCHES returns one choice per request; "
+                               "send n=1 (or leave it out) and repeat the request for more", param="n")
+        if self.logprobs:
+            raise RequestError("logprobs are not supported; leave logprobs out", param="logprobs")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise RequestError(f"{name} is not supported; leave it out or send 0", param=name)
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sdk_kwargs(self, max_tokens: int | None, default_max_tokens: int) -> dict:
+        """Keyword arguments of AsyncClient.stream. OpenAI's defaults: temperature 1, top_p 1."""
+        return dict(max_tokens=max_tokens or default_max_tokens,
+                    temperature=1.0 if self.temperature is None else self.temperature,
+                    top_p=1.0 if self.top_p is None else self.top_p, seed=self.seed or 0,
+                    stop=tuple(self.stop or ()), model=self.model)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    echo: bool | None = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def prompt_text(self) -> str:
+        self.refuse_unsupported()
+        if self.echo:
+            raise RequestError("echo is not supported; leave it out", param="echo")
+        if self.best_of not in (None, 1):
+            raise RequestError("best_of is not supported; leave it out", param="best_of")
+        if self.suffix:
+            raise RequestError("suffix is not supported; leave it out", param="suffix")
+        if isinstance(self.prompt, list):
+            if len(self.prompt) != 1:
+                raise RequestError(f"a list of {len(self.prompt)} prompts is not supported; send one prompt",
+                                   param="prompt")
+            return self.prompt[0]
+        return self.prompt
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def as_template_message(self) -> dict:
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    tools: list | None = None
+
+    def check(self) -> None:
+        self.refuse_unsupported()
+        if self.tools:
+            raise RequestError("tools are not supported; leave them out", param="tools")

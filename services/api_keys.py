@@ -1,0 +1,84 @@
+"""API keys for the client-facing services: the scheduler's gRPC API and the gateway's HTTP API.
+
+Keys come from a file (one per line; blank lines and `# comments` skipped) and/or a comma-separated
+list (GLITCHES_API_KEYS). No keys configured means the API is open, as before. Clients send
+`authorization: Bearer <key>` (gRPC metadata or HTTP header); health, reflection and metrics stay
+open so probes need no key. Keys are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import grpc
+
+from services.errors import InvalidArgument
+
+METADATA_KEY = "authorization"  # gRPC metadata keys are lower-case
+
+
+def load_api_keys(path: str = "", listed: str = "") -> tuple[str, ...]:
+    """Keys from the file at `path` and the comma-separated `listed`; () when both are empty."""
+    keys = [k.strip() for k in listed.split(",") if k.strip()]
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as error:
+            raise InvalidArgument(f"cannot read the API keys file {path!r}: {error.strerror}; "
+                                  "give a readable file with one key per line") from None
+        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not keys:
+            raise InvalidArgument(f"the API keys file {path!r} holds no key; put one key per line")
+    return tuple(dict.fromkeys(keys))
+
+
+def bearer_key(value: str | None) -> str | None:
+    """The key of an `authorization: Bearer <key>` value (None when absent or another scheme)."""
+    if not value:
+        return None
+    scheme, _, key = value.partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+def is_valid(key: str | None, keys: tuple[str, ...]) -> bool:
+    if key is None:
+        return False
+    given = key.encode("utf-8", "replace")
+    return any(hmac.compare_digest(given, k.encode("utf-8")) for k in keys)
+
+
+def refusal(key: str | None) -> str:
+    if key is None:
+        return "missing API key: send it as `authorization: Bearer <key>`"
+    return "invalid API key: ask the operator for a key from the server's API keys file"
+
+
+def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    def abort(request_or_iterator, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    kinds = {"unary_unary": grpc.unary_unary_rpc_method_handler,
+             "unary_stream": grpc.unary_stream_rpc_method_handler,
+             "stream_unary": grpc.stream_unary_rpc_method_handler,
+             "stream_stream": grpc.stream_stream_rpc_method_handler}
+    for attribute, build in kinds.items():
+        if getattr(handler, attribute):
+            return build(abort, handler.request_deserializer, handler.response_serializer)
+    raise ValueError("a method handler of no known kind")
+
+
+class ApiKeyInterceptor(grpc.ServerInterceptor):
+    """UNAUTHENTICATED for calls to `services` (full names) without a valid key; others pass."""
+
+    def __init__(self, keys: tuple[str, ...], services: tuple[str, ...]):
+        self.keys = keys
+        self.prefixes = tuple(f"/{name}/" for name in services)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self.prefixes):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        key = bearer_key(metadata.get(METADATA_KEY))
+        return handler if is_valid(key, self.keys) else _deny(handler, refusal(key))

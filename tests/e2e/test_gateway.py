@@ -1,0 +1,125 @@
+"""The OpenAI-compatible gateway (`glitches gateway`, a process) in front of the session's cluster,
+driven by the official `openai` client: completions and chat, streaming and not, usage, stop, seed,
+error statuses, and a client that hangs up mid-stream. (`glitches up --gateway-port` is checked
+offline in tests/test_gateway_up.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from glitches.cluster import free_port
+from services import models
+from tests.e2e.conftest import assert_idle
+
+pytestmark = pytest.mark.e2e
+MODEL = models.DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def gw(cluster):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "glitches", "gateway", "--scheduler", cluster["address"],
+                             "--port", str(port)], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the gateway did not start: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    base = f"http://127.0.0.1:{port}/v1"
+    oai = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
+    yield dict(oai=oai, sdk=cluster["client"], base=base, registry=cluster["registry"])
+    proc.terminate()
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn shuts down, then re-raises SIGTERM
+
+
+def test_models(gw):
+    assert [m.id for m in gw["oai"].models.list()] == [MODEL]
+
+
+def test_completion_matches_the_sdk_streaming_and_not(gw):
+    reference = gw["sdk"].generate("The capital of France is", max_tokens=8)
+    reply = gw["oai"].completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8,
+                                         temperature=0)
+    assert reply.choices[0].text == reference.text
+    assert reply.choices[0].finish_reason in ("length", "stop")
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (reference.prompt_tokens,
+                                                                          reference.completion_tokens)
+    chunks = list(gw["oai"].completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8,
+                                               temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == reference.text
+    assert chunks[-1].usage.total_tokens == reference.prompt_tokens + reference.completion_tokens
+    assert_idle(gw["registry"])
+
+
+def test_chat_renders_the_whole_conversation(gw):
+    tokenizer = models.load_tokenizer(models.resolve_model(MODEL))
+    messages = [{"role": "system", "content": "You answer in one word."},
+                {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+                {"role": "user", "content": "Another one?"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    reference = gw["sdk"].generate(rendered, max_tokens=10)
+    assert list(reference.prompt_token_ids) == list(ids)  # the scheduler tokenizes the template's text as such
+    reply = gw["oai"].chat.completions.create(model=MODEL, messages=messages, max_completion_tokens=10,
+                                              temperature=0)
+    assert reply.choices[0].message.content == reference.text
+    assert reply.usage.prompt_tokens == len(ids)
+    chunks = list(gw["oai"].chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+                                                    stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reference.text
+    assert chunks[-1].usage.completion_tokens == reference.completion_tokens
+
+
+def test_stop_and_seed(gw):
+    full = gw["oai"].completions.create(model=MODEL, prompt="One, two, three, four,", max_tokens=12,
+                                        temperature=0).choices[0].text
+    cut = full.strip()[:3]
+    stopped = gw["oai"].completions.create(model=MODEL, prompt="One, two, three, four,", max_tokens=12,
+                                           temperature=0, stop=[cut, "zzz"])
+    assert stopped.choices[0].finish_reason == "stop" and cut not in stopped.choices[0].text
+    sampled = [gw["oai"].completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=1.0,
+                                            top_p=0.9, seed=7).choices[0].text for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_errors(gw):
+    oai = gw["oai"]
+    with pytest.raises(openai.BadRequestError, match="n=2"):
+        oai.completions.create(model=MODEL, prompt="Hi", n=2)
+    with pytest.raises(openai.BadRequestError, match="unknown model"):
+        oai.completions.create(model="gpt-4o", prompt="Hi", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="limit"):
+        oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=10**6)
+    with pytest.raises(openai.BadRequestError, match="context"):
+        oai.completions.create(model=MODEL, prompt="word " * 9000, max_tokens=2, stream=True)
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("gpt-4o")
+    raw = httpx.post(gw["base"] + "/chat/completions", content=b"{not json", timeout=30)
+    assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
+    assert_idle(gw["registry"])
+
+
+def test_client_going_away_mid_stream_frees_the_slots(gw):
+    body = {"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", gw["base"] + "/completions", json=body, timeout=300) as reply:
+        for line in reply.iter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk, then hang up
+    assert_idle(gw["registry"], timeout_s=30)

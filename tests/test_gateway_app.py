@@ -1,0 +1,210 @@
+"""The gateway app in-process (starlette's TestClient) over a fake scheduler client: request
+validation, OpenAI's shapes, SSE framing, and the HTTP status of every gRPC status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from starlette.testclient import TestClient
+
+from glitches.errors import GlitchesError
+from glitches.gateway.app import Gateway, create_app
+from glitches.gateway.chat import ChatTemplate
+from glitches.types import ClusterStatus, Completion, TextChunk, Timings
+
+_TIMINGS = Timings(*([0.0] * 11))
+
+
+def _completion(text="Hello world", finish="length") -> Completion:
+    return Completion("rid", text, (1, 2), (5, 6, 7), finish, "fpga", "fpga-0", "gpu-0", 3, 2, _TIMINGS)
+
+
+class FakeClient:
+    """Stands in for AsyncClient: yields `items` in order; an exception item is raised."""
+
+    def __init__(self, items=(), status_error=None):
+        self.items = list(items)
+        self.status_error = status_error
+        self.calls: list[tuple[str, dict]] = []
+        self.closed = 0
+
+    def stream(self, prompt, **kwargs):
+        self.calls.append((prompt, kwargs))
+        items = self.items
+
+        async def gen():
+            try:
+                for item in items:
+                    if isinstance(item, Exception):
+                        raise item
+                    yield item
+            finally:
+                self.closed += 1
+        return gen()
+
+    async def status(self):
+        if self.status_error:
+            raise self.status_error
+        return ClusterStatus("tiny", (), 0)
+
+    async def close(self):
+        pass
+
+
+class FakeTokenizer:
+    chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        if any(m["role"] == "assistant" and not m["content"] for m in messages):
+            raise ValueError("empty assistant turn")
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+@pytest.fixture
+def app():
+    gateway = Gateway("127.0.0.1:1", ChatTemplate(FakeTokenizer()), "tiny")
+    with TestClient(create_app(gateway), raise_server_exceptions=False) as http:
+        gateway.client = FakeClient([TextChunk("Hello", (1,)), TextChunk(" world", (2,)), _completion()])
+        yield gateway, http
+
+
+def test_completion_shape_and_sampling_arguments(app):
+    gateway, http = app
+    reply = http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 5, "seed": 3,
+                                               "stop": "x", "temperature": 0})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["object"] == "text_completion" and body["choices"][0]["text"] == "Hello world"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    prompt, kwargs = gateway.client.calls[0]
+    assert prompt == "Hi" and kwargs == dict(chat=False, max_tokens=5, temperature=0.0, top_p=1.0, seed=3,
+                                             stop=("x",), model="tiny")
+    assert gateway.client.closed == 1
+
+
+def test_chat_renders_the_template_and_defaults(app):
+    gateway, http = app
+    reply = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello world"}
+    prompt, kwargs = gateway.client.calls[0]
+    assert prompt == "<system>Be brief.<user>Hi<assistant>"
+    assert kwargs["max_tokens"] == 256 and kwargs["temperature"] == 1.0  # OpenAI's default temperature
+
+
+def _events(text: str) -> list:
+    assert text.endswith("data: [DONE]\n\n")
+    return [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: {")]
+
+
+def test_chat_stream_is_sse_with_usage_last(app):
+    _, http = app
+    reply = http.post("/v1/chat/completions", json={"model": "tiny", "stream": True, "max_completion_tokens": 4,
+                                                    "stream_options": {"include_usage": True},
+                                                    "messages": [{"role": "user", "content": "Hi"}]})
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+    events = _events(reply.text)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]) == "Hello world"
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] == 5
+
+
+def test_error_after_the_first_token_is_an_error_event(app):
+    gateway, http = app
+    gateway.client.items = [TextChunk("Hel", (1,)), GlitchesError("UNAVAILABLE", "decode worker went away")]
+    reply = http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "stream": True})
+    assert reply.status_code == 200
+    events = _events(reply.text)
+    assert events[0]["choices"][0]["text"] == "Hel"
+    assert events[-1]["error"]["message"] == "decode worker went away"
+    assert gateway.client.closed == 1
+
+
+@pytest.mark.parametrize("code, status", [("INVALID_ARGUMENT", 400), ("UNAUTHENTICATED", 401),
+                                          ("PERMISSION_DENIED", 403), ("NOT_FOUND", 404),
+                                          ("RESOURCE_EXHAUSTED", 429), ("UNAVAILABLE", 503),
+                                          ("DEADLINE_EXCEEDED", 504), ("INTERNAL", 500)])
+@pytest.mark.parametrize("stream", [False, True])
+def test_grpc_status_maps_to_http_status(app, code, status, stream):
+    gateway, http = app
+    gateway.client.items = [GlitchesError(code, "what to change")]
+    reply = http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "stream": stream})
+    assert reply.status_code == status
+    assert reply.json()["error"]["message"] == "what to change"
+    assert reply.json()["error"]["code"] == code.lower()
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "tiny", "prompt": "Hi", "n": 2}, "n"),
+    ({"model": "tiny", "prompt": "Hi", "temperature": 2.5}, "temperature"),
+    ({"model": "tiny", "prompt": "Hi", "top_p": 0}, "top_p"),
+    ({"model": "tiny", "prompt": "Hi", "max_tokens": 0}, "max_tokens"),
+    ({"model": "tiny", "prompt": "Hi", "max_tokens": 2**40}, "max_tokens"),
+    ({"model": "tiny", "prompt": "Hi", "max_tokens": "5"}, "max_tokens"),
+    ({"model": "tiny", "prompt": "Hi", "seed": -1}, "seed"),
+    ({"model": "tiny", "prompt": "Hi", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"model": "tiny", "prompt": "Hi", "stop": [""]}, "stop"),
+    ({"model": "tiny", "prompt": ["a", "b"]}, "prompt"),
+    ({"model": "tiny", "prompt": [1, 2, 3]}, "prompt"),
+    ({"model": "tiny", "prompt": "Hi", "logprobs": 3}, "logprobs"),
+    ({"prompt": "Hi"}, "model"),
+])
+def test_bad_completion_requests_are_400_naming_the_field(app, body, param):
+    gateway, http = app
+    reply = http.post("/v1/completions", json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+    assert reply.json()["error"]["param"].startswith(param)
+    assert gateway.client.calls == []
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[]", b"\xff\xfe{}", b'{"model": "tiny", "prompt": "\\ud800"}',
+                                 b'{"model": "tiny", "prompt": "Hi", "temperature": NaN}', b"[" * 100000])
+def test_malformed_bodies_are_400(app, raw):
+    _, http = app
+    reply = http.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and "error" in reply.json()
+
+
+def test_chat_errors(app):
+    _, http = app
+    assert http.post("/v1/chat/completions", json={"model": "tiny", "messages": []}).status_code == 400
+    bad_role = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "tool",
+                                                                                      "content": "x"}]})
+    assert bad_role.status_code == 400 and bad_role.json()["error"]["param"].startswith("messages")
+    refused = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": None}]})
+    assert refused.status_code == 400 and "chat template" in refused.json()["error"]["message"]
+
+
+def test_body_limit_unknown_route_and_method(app):
+    gateway, http = app
+    gateway.max_body_bytes = 100
+    assert http.post("/v1/completions", json={"model": "tiny", "prompt": "x" * 200}).status_code == 413
+    missing = http.get("/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+    assert http.get("/v1/completions").status_code == 405
+
+
+def test_models(app):
+    gateway, http = app
+    assert http.get("/v1/models").json()["data"][0]["id"] == "tiny"
+    assert http.get("/v1/models/tiny").json()["id"] == "tiny"
+    assert http.get("/v1/models/other").status_code == 404
+    gateway.client.status_error = GlitchesError("UNAVAILABLE", "no scheduler")
+    assert http.get("/v1/models").status_code == 503
+
+
+def test_unreachable_scheduler_is_503():
+    """The real AsyncClient against a port nobody listens on."""
+    gateway = Gateway("127.0.0.1:1", None, "tiny", timeout_s=5)
+    with TestClient(create_app(gateway)) as http:
+        reply = http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi"})
+        assert reply.status_code == 503 and reply.json()["error"]["code"] == "unavailable"
+        assert http.get("/v1/models").status_code == 503
