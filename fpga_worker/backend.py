@@ -88,3 +88,11 @@ class DecodeBackend(ABC):
 
     @abstractmethod
     def active_requests(self) -> list[str]: ...
+
+    def modeled_step_s(self, context_tokens: int) -> float:
+        """Modeled card time of one step attending to `context_tokens`, seconds; 0 where nothing is modeled.
+
+        Emulated cards return the U280 timing model's figure (labelled modeled in every output);
+        a real card's own time is its measured step time.
+        """
+        return 0.0

@@ -63,9 +63,17 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         generated = list(request.generated_token_ids) or [request.first_token_id]
         request_id = request.request_id
+        latest = {"position": request.position}
+
+        def step(token: int, position: int):
+            latest["position"] = position
+            return self.backend.step(request_id, token, position)
+
         try:
-            steps = decode_loop(lambda token, position: self.backend.step(request_id, token, position), generated,
-                                request.position, sampling, self.text_of, cancelled=lambda: not context.is_active())
+            # modeled: the card time the U280 timing model gives for a step over position + 1 tokens
+            steps = decode_loop(step, generated, request.position, sampling, self.text_of,
+                                cancelled=lambda: not context.is_active(),
+                                modeled_s=lambda: self.backend.modeled_step_s(latest["position"] + 1))
             for step in steps:
                 yield step_to_proto(step)
         finally:

@@ -38,6 +38,9 @@ class W4A8EmulatedCard(DecodeBackend):
             raise InvalidArgument(f"--hbm-bytes {hbm_bytes} cannot hold the {image.weight_bytes}-byte weight image")
         self.image, self.hbm_bytes = image, hbm_bytes
         self.kernel = DecodeKernel.from_image(image, prefetch_ratio)
+        from fpga_worker.timing_model import calibrate
+
+        calibrate()  # fit the timing model once (~1 s) now rather than on the first decode step
         self._requests: dict[str, _Request] = {}
         self._lock = threading.Lock()  # guards _requests and the KV address space
         self._compute_lock = threading.Lock()  # one kernel step at a time, like one card
@@ -130,6 +133,12 @@ class W4A8EmulatedCard(DecodeBackend):
                                     f"{request.region.plan.capacity_tokens} tokens of KV reserved")
         with self._compute_lock:
             return self.kernel.step(request.region, token_id, position)
+
+    def modeled_step_s(self, context_tokens: int) -> float:
+        """The U280 timing model's seconds for this step (fpga_worker/timing_model.py): modeled, not measured."""
+        from fpga_worker.timing_model import calibrate, modeled_step_s
+
+        return modeled_step_s(self.image.dims, context_tokens, self.kernel.prefetch_ratio, calibrate())
 
     def release(self, request_id: str) -> bool:
         with self._lock:

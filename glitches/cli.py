@@ -201,8 +201,11 @@ def _print_stream(client: Client, prompt: str, kwargs: dict) -> Completion:
             click.echo(item.text, nl=False)
     click.echo()
     t = final.timings
+    modeled = ""
+    if t.modeled_decode_s > 0 and final.completion_tokens > 1:
+        modeled = f", modeled U280 decode {t.modeled_decode_s / (final.completion_tokens - 1) * 1e3:.2f} ms/token"
     click.echo(f"[{final.completion_tokens} tokens, decoded on {final.decode_device} worker {final.decode_worker}, "
-               f"ttft {t.ttft_s:.3f} s, {t.tokens_per_s:.1f} tokens/s]", err=True)
+               f"ttft {t.ttft_s:.3f} s, {t.tokens_per_s:.1f} tokens/s{modeled}]", err=True)
     return final
 
 

@@ -86,3 +86,25 @@ def test_step_args_and_result_round_trip_through_bytes():
     raw = StepResult(KernelStatus.OK, 0, logits).pack(5)
     assert len(raw) == result_bytes(5)
     assert np.array_equal(StepResult.unpack(raw, OutputMode.LOGITS).logits, logits)
+
+
+def test_modeled_step_time_is_the_timing_models_and_grows_with_context():
+    from fpga_worker.timing_model import calibrate, modeled_step_s
+    from fpga_worker.w4a8_backend import W4A8EmulatedCard
+    from fpga_worker.emu_backend import EmulatedCard  # noqa: F401 - the reference card models nothing
+    from fpga_worker.backend import DecodeBackend
+
+    assert DecodeBackend.modeled_step_s(None, 100) == 0.0
+    card = W4A8EmulatedCard.__new__(W4A8EmulatedCard)  # only the attributes modeled_step_s reads
+
+    class _Kernel:
+        prefetch_ratio = 4
+
+    from fpga_worker.timing_model import resolve_dims
+
+    class _Image:
+        dims = resolve_dims("smollm2-135m-instruct")
+
+    card.kernel, card.image = _Kernel(), _Image()
+    assert card.modeled_step_s(128) == modeled_step_s(_Image.dims, 128, 4, calibrate())
+    assert card.modeled_step_s(2048) > card.modeled_step_s(128) > 0

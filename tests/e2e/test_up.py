@@ -44,3 +44,4 @@ def test_up_with_w4a8_numerics_decodes_on_the_emulated_kernel():
     assert "decoded on fpga worker fpga-0" in run.stderr
     log = (Path(re.search(r"logs in (\S+)", run.stderr).group(1)) / "fpga-0.log").read_text()
     assert "W4A8 kernel" in log and "emulated=True" in log
+    assert "modeled U280 decode" in run.stderr  # the timing model's figure, labelled as modeled
