@@ -91,7 +91,6 @@ def test_step_args_and_result_round_trip_through_bytes():
 def test_modeled_step_time_is_the_timing_models_and_grows_with_context():
     from fpga_worker.timing_model import calibrate, modeled_step_s
     from fpga_worker.w4a8_backend import W4A8EmulatedCard
-    from fpga_worker.emu_backend import EmulatedCard  # noqa: F401 - the reference card models nothing
     from fpga_worker.backend import DecodeBackend
 
     assert DecodeBackend.modeled_step_s(None, 100) == 0.0
