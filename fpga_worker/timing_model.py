@@ -21,7 +21,7 @@ of ratio 4 over ratio 1 at context 128.
 `U280(fixed_length_loads=True)` is a what-if, not the default: every merged load moves
 `ratio` units even at the tail of a run (prefetching past what is needed). It is the
 one mechanism found that makes ratio 8 lose to 4, as the paper measured; see
-docs/benchmarks-fpga.md.
+docs/benchmarks.md (FPGA decode kernel section).
 """
 
 from __future__ import annotations
