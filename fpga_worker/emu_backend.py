@@ -18,8 +18,9 @@ import torch
 from transformers import DynamicCache
 
 from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+from fpga_worker.request_checks import check_steppable, lookup
 from services import models
-from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 
 KV_DTYPE_ON_CARD = torch.float16
 # INT4 weights with a float16 scale and min per group of 32: 4 + 32/32 = 5 bits per weight
@@ -85,11 +86,7 @@ class EmulatedCard(DecodeBackend):
                                                   [[] for _ in range(layers)])
 
     def _get(self, request_id: str) -> _Request:
-        with self._lock:
-            request = self._requests.get(request_id)
-        if request is None:
-            raise NotFound(f"request {request_id} holds no KV on this card")
-        return request
+        return lookup(self._requests, self._lock, request_id)
 
     def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
         request = self._get(request_id)
@@ -134,11 +131,7 @@ class EmulatedCard(DecodeBackend):
 
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
         request = self._get(request_id)
-        if request.cache is None:
-            raise FailedPrecondition(f"request {request_id}: its KV transfer has not finished")
-        if position >= request.reserve_tokens:
-            raise ResourceExhausted(f"request {request_id}: position {position} is beyond the "
-                                    f"{request.reserve_tokens} tokens of KV reserved")
+        check_steppable(request_id, request.cache is not None, position, request.reserve_tokens)
         ids = torch.tensor([[token_id]], dtype=torch.long)
         with self._compute_lock, torch.inference_mode():
             out = self.model(input_ids=ids, position_ids=torch.tensor([[position]]), cache=request.cache,

@@ -18,7 +18,8 @@ from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
 from fpga_worker.kv_layout import KvPlan, KvRegion
 from fpga_worker.w4a8_kernel import DecodeKernel
 from fpga_worker.weight_image import WeightImage, build_from_gguf, build_from_state_dict
-from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from fpga_worker.request_checks import check_sealable, check_steppable, lookup
+from services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 
 
 @dataclass
@@ -102,11 +103,7 @@ class W4A8EmulatedCard(DecodeBackend):
             self._requests[request_id] = _Request(offset, KvRegion(plan, torch.float16), written)
 
     def _get(self, request_id: str) -> _Request:
-        with self._lock:
-            request = self._requests.get(request_id)
-        if request is None:
-            raise NotFound(f"request {request_id} holds no KV on this card")
-        return request
+        return lookup(self._requests, self._lock, request_id)
 
     def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
         request = self._get(request_id)
@@ -115,22 +112,12 @@ class W4A8EmulatedCard(DecodeBackend):
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
         request = self._get(request_id)
-        if not 0 < prompt_tokens <= request.region.plan.capacity_tokens:
-            raise InvalidArgument(f"prompt of {prompt_tokens} tokens does not fit the "
-                                  f"{request.region.plan.capacity_tokens} tokens reserved")
-        missing = ~request.written[:, :prompt_tokens]
-        if missing.any():
-            layer, token = (int(i) for i in missing.nonzero()[0])
-            raise InvalidArgument(f"layer {layer}: KV for token {token} never arrived (expected {prompt_tokens} tokens)")
+        check_sealable(request.written, prompt_tokens, request.region.plan.capacity_tokens)
         request.prompt_tokens = prompt_tokens
 
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
         request = self._get(request_id)
-        if request.prompt_tokens is None:
-            raise FailedPrecondition(f"request {request_id}: its KV transfer has not finished")
-        if position >= request.region.plan.capacity_tokens:
-            raise ResourceExhausted(f"request {request_id}: position {position} is beyond the "
-                                    f"{request.region.plan.capacity_tokens} tokens of KV reserved")
+        check_steppable(request_id, request.prompt_tokens is not None, position, request.region.plan.capacity_tokens)
         with self._compute_lock:
             return self.kernel.step(request.region, token_id, position)
 

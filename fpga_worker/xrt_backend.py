@@ -30,8 +30,9 @@ from fpga_worker.hbm_manager import KvSpace
 from fpga_worker.kv_layout import K_KIND, V_KIND, KvPlan
 from fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
 from fpga_worker.weight_image import WeightImage
+from fpga_worker.request_checks import check_sealable, check_steppable, lookup
 from services.errors import (
-    FailedPrecondition, GlitchesError, InvalidArgument, NotFound, ResourceExhausted, Unavailable,
+    FailedPrecondition, GlitchesError, InvalidArgument, Unavailable,
 )
 
 KERNEL_NAME = "glitches_decode"
@@ -180,11 +181,7 @@ class XrtCard(DecodeBackend):
                                                                             dtype=torch.bool))
 
     def _get(self, request_id: str) -> _Request:
-        with self._lock:
-            request = self._requests.get(request_id)
-        if request is None:
-            raise NotFound(f"request {request_id} holds no KV on this card")
-        return request
+        return lookup(self._requests, self._lock, request_id)
 
     def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
         """Write one chunk (key, value [1, kv_heads, seq, head_dim]) block by block to its HBM addresses."""
@@ -214,23 +211,13 @@ class XrtCard(DecodeBackend):
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
         request = self._get(request_id)
-        if not 0 < prompt_tokens <= request.plan.capacity_tokens:
-            raise InvalidArgument(f"prompt of {prompt_tokens} tokens does not fit the "
-                                  f"{request.plan.capacity_tokens} tokens reserved")
-        missing = ~request.written[:, :prompt_tokens]
-        if missing.any():
-            layer, token = (int(i) for i in missing.nonzero()[0])
-            raise InvalidArgument(f"layer {layer}: KV for token {token} never arrived (expected {prompt_tokens} tokens)")
+        check_sealable(request.written, prompt_tokens, request.plan.capacity_tokens)
         request.prompt_tokens = prompt_tokens
 
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
         """One kernel run: write the step arguments, run, read back float32 logits [vocab]."""
         request = self._get(request_id)
-        if request.prompt_tokens is None:
-            raise FailedPrecondition(f"request {request_id}: its KV transfer has not finished")
-        if position >= request.plan.capacity_tokens:
-            raise ResourceExhausted(f"request {request_id}: position {position} is beyond the "
-                                    f"{request.plan.capacity_tokens} tokens of KV reserved")
+        check_steppable(request_id, request.prompt_tokens is not None, position, request.plan.capacity_tokens)
         args = StepArgs(token_id, position, request.plan.capacity_tokens, request.kv_offset, OutputMode.LOGITS)
         with self._run_lock:
             self.args_bo.write(args.pack(), 0)
