@@ -51,3 +51,6 @@ class NotifyingBackend(DecodeBackend):
 
     def active_requests(self) -> list[str]:
         return self.inner.active_requests()
+
+    def modeled_step_s(self, context_tokens: int) -> float:
+        return self.inner.modeled_step_s(context_tokens)
