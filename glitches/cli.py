@@ -79,6 +79,10 @@ def main() -> None:
 @click.option("--api-keys-file", default="", envvar=_env("api-keys-file"),
               help="Require `authorization: Bearer <key>` with a key from this file (one per line).")
 @click.option("--api-keys", default="", envvar=_env("api-keys"), help="Comma-separated keys (prefer the file).")
+@click.option("--requests-per-minute-per-key", default=0.0, type=float, envvar=_env("requests-per-minute-per-key"),
+              show_default=True, help="With API keys: calls per key per minute (0: no limit).")
+@click.option("--max-prompt-tokens", default=0, type=int, envvar=_env("max-prompt-tokens"), show_default=True,
+              help="Longest prompt accepted, tokens (0: the model's context).")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from scheduler.server import serve

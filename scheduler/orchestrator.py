@@ -162,6 +162,10 @@ class Orchestrator:
         prompt_ids = self.model.encode(request.prompt, request.chat)
         if not prompt_ids:
             raise InvalidArgument("the prompt tokenizes to nothing; give some text")
+        limit = self.settings.max_prompt_tokens
+        if limit and len(prompt_ids) > limit:
+            raise InvalidArgument(f"the prompt has {len(prompt_ids)} tokens, above this cluster's limit of {limit} "
+                                  "(--max-prompt-tokens); shorten it")
         context = self.model.max_context_tokens
         if len(prompt_ids) + s.max_new_tokens > context:
             raise InvalidArgument(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({s.max_new_tokens}) exceeds "

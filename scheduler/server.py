@@ -9,6 +9,7 @@ from scheduler.orchestrator import Delta, GenerateInput, ModelInfo, Orchestrator
 from scheduler.settings import SchedulerSettings
 from services import models
 from services.api_keys import ApiKeyInterceptor
+from services.rate_limit import KeyRateLimiter
 from services.daemon import configure_logging, run_until_signalled
 from services.grpc_server import start_server
 from services.metrics import ACTIVE_REQUESTS, REGISTRIES
@@ -77,10 +78,11 @@ def serve(settings: SchedulerSettings) -> None:
     leases = LeaseKeeper(registry)
     leases.start()
     orchestrator = Orchestrator(settings, registry, load_model_info(settings.model), leases)
+    limiter = KeyRateLimiter(settings.requests_per_minute_per_key) if settings.requests_per_minute_per_key else None
     server = start_server(settings.host, settings.port,
                           [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],
                           (SERVICE_NAME,), metrics_role="scheduler",
-                          auth=ApiKeyInterceptor(settings.api_keys, (SERVICE_NAME,)) if settings.api_keys else None)
+                          auth=ApiKeyInterceptor(settings.api_keys, (SERVICE_NAME,), limiter) if settings.api_keys else None)
     address = settings.address_for(server.port)
     ACTIVE_REQUESTS.of("scheduler").set_function(lambda: orchestrator.active)
     REGISTRIES["scheduler"].register(OccupancyCollector(registry))

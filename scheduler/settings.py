@@ -20,6 +20,8 @@ class SchedulerSettings(DaemonSettings):
     max_migrations: int = 2  # how often one request may move after a worker dies
     lease_ttl_s: float = 5.0  # a claim outlives a dead scheduler by at most this long
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: the Scheduler service is open; never logged
+    requests_per_minute_per_key: float = 0.0  # with API keys: Generate/Status calls per key per minute; 0 = no limit
+    max_prompt_tokens: int = 0  # longest prompt accepted, tokens; 0 = the model's context
 
     def __post_init__(self):
         super().__post_init__()
@@ -27,5 +29,7 @@ class SchedulerSettings(DaemonSettings):
             raise InvalidArgument(f"--max-new-tokens-limit must be at least 1, got {self.max_new_tokens_limit}")
         if self.max_active < 1 or self.max_queued < 0 or self.queue_wait_s < 0 or self.max_migrations < 0:
             raise InvalidArgument("--max-active must be >= 1; --max-queued, --queue-wait-s and --max-migrations >= 0")
+        if self.requests_per_minute_per_key < 0 or self.max_prompt_tokens < 0:
+            raise InvalidArgument("--requests-per-minute-per-key and --max-prompt-tokens must be >= 0 (0: no limit)")
         if self.lease_ttl_s <= 1.0:
             raise InvalidArgument(f"--lease-ttl-s must be above the 1 s renewal interval, got {self.lease_ttl_s}")

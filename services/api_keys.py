@@ -13,6 +13,9 @@ from pathlib import Path
 
 import grpc
 
+from services.errors import ResourceExhausted
+from services.rate_limit import KeyRateLimiter
+
 from services.errors import InvalidArgument
 
 METADATA_KEY = "authorization"  # gRPC metadata keys are lower-case
@@ -54,9 +57,10 @@ def refusal(key: str | None) -> str:
     return "invalid API key: ask the operator for a key from the server's API keys file"
 
 
-def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _deny(handler: grpc.RpcMethodHandler, message: str,
+          code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> grpc.RpcMethodHandler:
     def abort(request_or_iterator, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.abort(code, message)
 
     kinds = {"unary_unary": grpc.unary_unary_rpc_method_handler,
              "unary_stream": grpc.unary_stream_rpc_method_handler,
@@ -71,9 +75,10 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
 class ApiKeyInterceptor(grpc.ServerInterceptor):
     """UNAUTHENTICATED for calls to `services` (full names) without a valid key; others pass."""
 
-    def __init__(self, keys: tuple[str, ...], services: tuple[str, ...]):
+    def __init__(self, keys: tuple[str, ...], services: tuple[str, ...], limiter: KeyRateLimiter | None = None):
         self.keys = keys
         self.prefixes = tuple(f"/{name}/" for name in services)
+        self.limiter = limiter  # requests per minute per key; None: unlimited
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -81,4 +86,11 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         key = bearer_key(metadata.get(METADATA_KEY))
-        return handler if is_valid(key, self.keys) else _deny(handler, refusal(key))
+        if not is_valid(key, self.keys):
+            return _deny(handler, refusal(key))
+        if self.limiter is not None:
+            try:
+                self.limiter.admit(key)
+            except ResourceExhausted as error:
+                return _deny(handler, str(error), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        return handler
