@@ -61,10 +61,14 @@ class AsyncClient:
             await asyncio.sleep(wait_s)
 
     async def generate(self, prompt: str, **kwargs) -> Completion:
+        """Run a request to the end (reading the stream to its very end) and return its Completion."""
+        final = None
         async for item in self.stream(prompt, **kwargs):
             if isinstance(item, Completion):
-                return item
-        raise RuntimeError("the scheduler ended the stream without a final message")
+                final = item
+        if final is None:
+            raise RuntimeError("the scheduler ended the stream without a final message")
+        return final
 
     async def status(self) -> ClusterStatus:
         deadline = Deadline(self.timeout_s or 10)

@@ -86,11 +86,17 @@ class Client:
             time.sleep(wait_s)
 
     def generate(self, prompt: str, **kwargs) -> Completion:
-        """Run a request to the end and return its Completion (same arguments as stream)."""
+        """Run a request to the end and return its Completion (same arguments as stream).
+
+        The stream is read to its very end (not left at the Completion), so the server finishes the
+        call with OK instead of seeing a cancel."""
+        final = None
         for item in self.stream(prompt, **kwargs):
             if isinstance(item, Completion):
-                return item
-        raise RuntimeError("the scheduler ended the stream without a final message")
+                final = item
+        if final is None:
+            raise RuntimeError("the scheduler ended the stream without a final message")
+        return final
 
     def status(self) -> ClusterStatus:
         """Every worker and its occupancy (deadline: timeout_s, or 10 s when None)."""
