@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
-from fpga_worker.request_checks import check_steppable, lookup
+from fpga_worker.request_checks import check_steppable, forget, lookup, request_ids
 from services import models
 from services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 
@@ -139,9 +139,7 @@ class EmulatedCard(DecodeBackend):
         return out.logits[0, -1].float()
 
     def release(self, request_id: str) -> bool:
-        with self._lock:
-            return self._requests.pop(request_id, None) is not None
+        return forget(self._requests, self._lock, request_id)
 
     def active_requests(self) -> list[str]:
-        with self._lock:
-            return list(self._requests)
+        return request_ids(self._requests, self._lock)

@@ -18,6 +18,17 @@ def lookup(requests: dict, lock: threading.Lock, request_id: str):
     return request
 
 
+def forget(requests: dict, lock: threading.Lock, request_id: str) -> bool:
+    """Drop the request's entry; False when there was none (already released)."""
+    with lock:
+        return requests.pop(request_id, None) is not None
+
+
+def request_ids(requests: dict, lock: threading.Lock) -> list[str]:
+    with lock:
+        return list(requests)
+
+
 def check_sealable(written: torch.Tensor, prompt_tokens: int, capacity_tokens: int) -> None:
     """Every layer's KV for tokens [0, prompt_tokens) arrived; written is bool [layers, capacity_tokens]."""
     if not 0 < prompt_tokens <= capacity_tokens:

@@ -18,7 +18,7 @@ from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
 from fpga_worker.kv_layout import KvPlan, KvRegion
 from fpga_worker.w4a8_kernel import DecodeKernel
 from fpga_worker.weight_image import WeightImage, build_from_gguf, build_from_state_dict
-from fpga_worker.request_checks import check_sealable, check_steppable, lookup
+from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
 from services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 
 
@@ -128,9 +128,7 @@ class W4A8EmulatedCard(DecodeBackend):
         return modeled_step_s(self.image.dims, context_tokens, self.kernel.prefetch_ratio, calibrate())
 
     def release(self, request_id: str) -> bool:
-        with self._lock:
-            return self._requests.pop(request_id, None) is not None
+        return forget(self._requests, self._lock, request_id)
 
     def active_requests(self) -> list[str]:
-        with self._lock:
-            return list(self._requests)
+        return request_ids(self._requests, self._lock)

@@ -30,7 +30,7 @@ from fpga_worker.hbm_manager import KvSpace
 from fpga_worker.kv_layout import K_KIND, V_KIND, KvPlan
 from fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
 from fpga_worker.weight_image import WeightImage
-from fpga_worker.request_checks import check_sealable, check_steppable, lookup
+from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
 from services.errors import (
     FailedPrecondition, GlitchesError, InvalidArgument, Unavailable,
 )
@@ -235,13 +235,11 @@ class XrtCard(DecodeBackend):
         return torch.from_numpy(result.logits)
 
     def release(self, request_id: str) -> bool:
-        with self._lock:
-            self._requests.pop(request_id, None)
+        forget(self._requests, self._lock, request_id)
         return self.space.release(request_id)
 
     def active_requests(self) -> list[str]:
-        with self._lock:
-            return list(self._requests)
+        return request_ids(self._requests, self._lock)
 
 
 def weight_image_for(source) -> WeightImage:
