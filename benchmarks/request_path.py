@@ -22,7 +22,8 @@ from transformers import AutoConfig
 from glitches import Client, Completion
 from glitches.cluster import ClusterSpec, LocalCluster
 from services import kv_wire, models
-from services.channels import insecure_channel
+from services.channels import insecure_channel, open_channel
+from services.tls import PLAINTEXT, TlsConfig
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 
@@ -107,7 +108,7 @@ def raw_tcp_gbps(sizes: list[int], repeats: int) -> float:
     return statistics.median(rates)
 
 
-def _bytes_sink_server(port_queue) -> None:
+def _bytes_sink_server(port_queue, tls: TlsConfig = PLAINTEXT) -> None:
     """A bare gRPC server whose one client-streaming method takes raw bytes (no protobuf at all)."""
     import grpc
     from concurrent import futures
@@ -120,22 +121,21 @@ def _bytes_sink_server(port_queue) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(4), options=MESSAGE_OPTIONS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "bench.Sink", {"Take": grpc.stream_unary_rpc_method_handler(consume)}),))
-    port_queue.put(server.add_insecure_port("127.0.0.1:0"))
+    bound = (server.add_secure_port("127.0.0.1:0", tls.server_credentials()) if tls.enabled
+             else server.add_insecure_port("127.0.0.1:0"))
+    port_queue.put(bound)
     server.start()
     server.wait_for_termination()
 
 
-def raw_grpc_gbps(sizes: list[int], repeats: int) -> float:
-    """The same chunk sizes as bare bytes through gRPC Python to another process: the transport's ceiling."""
-    import grpc
-
-    from services.channels import MESSAGE_OPTIONS
-
+def raw_grpc_gbps(sizes: list[int], repeats: int, server_tls: TlsConfig = PLAINTEXT,
+                  client_tls: TlsConfig = PLAINTEXT) -> float:
+    """The same chunk sizes as bare bytes through gRPC Python to another process: the transport's ceiling
+    (over TLS/mTLS when given the two sides' settings)."""
     ports = multiprocessing.Queue()
-    sink = multiprocessing.Process(target=_bytes_sink_server, args=(ports,), daemon=True)
+    sink = multiprocessing.Process(target=_bytes_sink_server, args=(ports, server_tls), daemon=True)
     sink.start()
-    call = grpc.insecure_channel(f"127.0.0.1:{ports.get(timeout=30)}", options=MESSAGE_OPTIONS).stream_unary(
-        "/bench.Sink/Take")
+    call = open_channel(f"127.0.0.1:{ports.get(timeout=30)}", client_tls).stream_unary("/bench.Sink/Take")
     payload = [bytes(n) for n in sizes]
     rates = []
     for _ in range(repeats):

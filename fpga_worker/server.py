@@ -110,7 +110,7 @@ def serve(settings: FpgaWorkerSettings) -> None:
     registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
     servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots)
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,), metrics_role="fpga-worker")
+                          (SERVICE_NAME,), metrics_role="fpga-worker", tls=settings.tls())
     servicer.worker_id = settings.id_for("fpga", server.port)
     address = settings.address_for(server.port)
 

@@ -14,25 +14,26 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from glitches import convert
-from glitches.client import DEFAULT_ADDRESS, _encode, auth_metadata
+from glitches.client import DEFAULT_ADDRESS, _encode, auth_metadata, client_tls
 from glitches.errors import from_rpc_error
 from glitches.retry import Deadline, RetryPolicy, next_backoff_s
 from glitches.types import ClusterStatus, Completion, TextChunk
-from services.channels import MESSAGE_OPTIONS
+from services.channels import open_aio_channel
+from services.tls import TlsConfig
 from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 
 class AsyncClient:
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float | None = None,
-                 retry: RetryPolicy | None = None, api_key: str | None = None):
+                 retry: RetryPolicy | None = None, api_key: str | None = None, tls: TlsConfig | None = None):
         """As Client: `timeout_s` covers a call and its retries; `retry` bounds retries on UNAVAILABLE;
-        `api_key` is sent as `authorization: Bearer <key>` (None: GLITCHES_API_KEY, if set).
+        `api_key` is sent as `authorization: Bearer <key>` (None: GLITCHES_API_KEY, if set); `tls` as Client's.
         Cancelling the task that iterates a stream (or closing the iterator) cancels the call."""
         self._metadata = auth_metadata(api_key)
         self.address = address
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self._channel = grpc.aio.insecure_channel(address, options=MESSAGE_OPTIONS)
+        self._channel = open_aio_channel(address, client_tls(tls))
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     async def stream(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,

@@ -7,10 +7,13 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import click
 
+from glitches.cli_tls import client_tls, client_tls_options, tls_flags
 from glitches.client import DEFAULT_ADDRESS, Client
 from glitches.errors import GlitchesError
 from glitches.types import Completion
@@ -40,6 +43,7 @@ def daemon_options(fn):
                      help="torch threads (0: torch's default)."),
         click.option("--http-port", default=0, type=int, envvar=_env("http-port"),
                      help="HTTP side port for /healthz, /readyz, /metrics (0: any free port)."),
+        *tls_flags(server=True),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -148,8 +152,11 @@ def fpga_worker_cmd(**kwargs) -> None:
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
 @click.option("--gateway-port", default=None, type=int,
               help="Also start the OpenAI-compatible HTTP gateway on this port (0: any free port).")
+@click.option("--tls", "tls_on", is_flag=True,
+              help="TLS on every gRPC link and mTLS between daemons, with a fresh CA (see --tls-dir).")
+@click.option("--tls-dir", default="", help="Certificates from `glitches certs` to use (implies --tls).")
 def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga_numerics, fpga_hbm_bytes,
-           fpga_slots, prompt, max_tokens, gateway_port) -> None:
+           fpga_slots, prompt, max_tokens, gateway_port, tls_on, tls_dir) -> None:
     """Start a local cluster (Redis, scheduler, workers) as separate processes.
 
     Prints `ready <address>` once the scheduler answers with every worker
@@ -162,18 +169,27 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         raise click.UsageError("--gpu-workers must be at least 1 (prefill runs on GPU workers)")
     if fpga_workers < 0:
         raise click.UsageError("--fpga-workers must be >= 0")
+    if tls_dir:
+        _check_tls_dir(Path(tls_dir), gateway_port is not None)
     try:
         click.echo(f"preparing model {model} ...", err=True)
         resolve_model(model)  # convert once here, not in every daemon at the same time
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
+    run_dir = Path(tempfile.mkdtemp(prefix="glitches-up-"))
+    if tls_on and not tls_dir:
+        from glitches.certs import make_certs
+
+        tls_dir = str(run_dir / "tls")
+        make_certs(Path(tls_dir))
+        click.echo(f"TLS: a fresh CA and certificates in {tls_dir} (client: client.pem, client-key.pem)", err=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     cluster = LocalCluster(ClusterSpec(gpu_workers=gpu_workers, fpga_workers=fpga_workers, model=model, port=port,
                                        redis_url=redis_url, redis_prefix=redis_prefix, fpga_numerics=fpga_numerics,
                                        fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots,
-                                       gateway_port=gateway_port))
+                                       gateway_port=gateway_port, tls_dir=tls_dir), run_dir)
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
@@ -183,10 +199,10 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         cluster.wait_ready()
         if cluster.gateway_url:
             click.echo(f"gateway {cluster.gateway_url}")  # OpenAI-compatible: base_url = this + /v1
-        click.echo(f"ready {cluster.address}", err=False)
+        click.echo(f"ready {cluster.address}" + (" tls" if tls_dir else ""), err=False)
         sys.stdout.flush()
         if prompt is not None:
-            with Client(cluster.address) as client:
+            with Client(cluster.address, tls=cluster.client_tls()) as client:
                 _print_stream(client, prompt, dict(max_tokens=max_tokens, chat=True))
         else:
             stop.wait()
@@ -194,6 +210,37 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         click.echo("stopping ...", err=True)
         cluster.stop()
         click.echo("stopped", err=True)
+
+
+def _check_tls_dir(folder: Path, with_gateway: bool) -> None:
+    from glitches.certs import DEFAULT_ROLES
+
+    roles = [r for r in DEFAULT_ROLES if r != "gateway" or with_gateway]
+    missing = [name for r in roles for name in (f"{r}.pem", f"{r}-key.pem") if not (folder / name).is_file()]
+    missing += [] if (folder / "ca.pem").is_file() else ["ca.pem"]
+    if missing:
+        raise click.UsageError(f"--tls-dir {folder} lacks {', '.join(missing)}; make them with "
+                               f"`glitches certs --out {folder}`")
+
+
+@main.command("certs")
+@click.option("--out", required=True, help="Directory to write ca.pem and ROLE.pem / ROLE-key.pem into.")
+@click.option("--host", "hosts", multiple=True,
+              help="Extra DNS name or IP address the certificates are valid for (repeatable).")
+@click.option("--role", "roles", multiple=True,
+              help="Certificate to make (repeatable; default: scheduler, gpu-worker, fpga-worker, gateway, client).")
+@click.option("--days", default=365, type=int, show_default=True, help="Validity, days.")
+def certs_cmd(out, hosts, roles, days) -> None:
+    """Make a local CA and a TLS certificate per role (server and client use) for a deployment."""
+    from glitches.certs import DEFAULT_ROLES, make_certs
+
+    try:
+        made = make_certs(Path(out), tuple(roles) or DEFAULT_ROLES, tuple(hosts), days)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"CA {Path(out) / 'ca.pem'} (its key ca-key.pem signs new certificates: keep it private)")
+    for role, files in made.items():
+        click.echo(f"{role}: --tls-cert {files.cert} --tls-key {files.key} --tls-ca {Path(out) / 'ca.pem'}")
 
 
 def _print_stream(client: Client, prompt: str, kwargs: dict) -> Completion:
@@ -224,11 +271,12 @@ def _print_stream(client: Client, prompt: str, kwargs: dict) -> Completion:
 @click.option("--model", default="", help="Expected model name (default: whatever the cluster serves).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 @click.option("--address", default=DEFAULT_ADDRESS, envvar=_env("address"), show_default=True)
-def generate_cmd(prompt, max_tokens, temperature, top_p, seed, stop, chat, model, as_json, address) -> None:
+@client_tls_options
+def generate_cmd(prompt, max_tokens, temperature, top_p, seed, stop, chat, model, as_json, address, **tls) -> None:
     """Generate text for PROMPT, streaming it as it is produced."""
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop, chat=chat,
                   model=model)
-    with Client(address) as client:
+    with Client(address, tls=client_tls(tls)) as client:
         if as_json:
             click.echo(json.dumps(client.generate(prompt, **kwargs).to_dict(), ensure_ascii=False))
         else:
@@ -238,9 +286,10 @@ def generate_cmd(prompt, max_tokens, temperature, top_p, seed, stop, chat, model
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--address", default=DEFAULT_ADDRESS, envvar=_env("address"), show_default=True)
-def status_cmd(as_json, address) -> None:
+@client_tls_options
+def status_cmd(as_json, address, **tls) -> None:
     """Every worker with its kind, backend, health and occupancy."""
-    with Client(address) as client:
+    with Client(address, tls=client_tls(tls)) as client:
         status = client.status()
     if as_json:
         click.echo(json.dumps(status.to_dict()))

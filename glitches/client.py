@@ -19,10 +19,13 @@ from collections.abc import Iterator, Sequence
 import grpc
 
 from glitches import convert
-from glitches.errors import DeadlineExceededError, from_rpc_error, invalid_argument
+from glitches.errors import DeadlineExceededError, InvalidArgumentError, from_rpc_error, invalid_argument
 from glitches.retry import Deadline, RetryPolicy, next_backoff_s
 from glitches.types import ClusterStatus, Completion, TextChunk
-from services.channels import MESSAGE_OPTIONS
+from services.channels import open_channel
+from services.errors import GlitchesError as ServiceError
+from services.tls import TlsConfig
+from services.tls import from_env as tls_from_env
 from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -41,21 +44,31 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {key}"),) if key else None
 
 
+def client_tls(tls: TlsConfig | None) -> TlsConfig:
+    """`tls`, or the GLITCHES_TLS_* environment's settings when None."""
+    try:
+        return tls_from_env(os.environ) if tls is None else tls
+    except ServiceError as error:  # a half-given or unreadable certificate setting
+        raise InvalidArgumentError("INVALID_ARGUMENT", str(error)) from None
+
+
 def _deadline_exceeded(timeout_s: float | None) -> DeadlineExceededError:
     return DeadlineExceededError("DEADLINE_EXCEEDED", f"no answer within timeout_s={timeout_s} s")
 
 
 class Client:
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float | None = None,
-                 retry: RetryPolicy | None = None, api_key: str | None = None):
+                 retry: RetryPolicy | None = None, api_key: str | None = None, tls: TlsConfig | None = None):
         """`timeout_s` is the deadline of each call, retries included (None: no deadline); `retry` bounds
         retries on UNAVAILABLE (default RetryPolicy(): 3 attempts; glitches.retry.NO_RETRY: none);
-        `api_key` is sent as `authorization: Bearer <key>` (None: GLITCHES_API_KEY, if set)."""
+        `api_key` is sent as `authorization: Bearer <key>` (None: GLITCHES_API_KEY, if set);
+        `tls` (services.tls.TlsConfig: CA, and a client certificate for mTLS) secures the channel
+        (None: GLITCHES_TLS_CA / _CERT / _KEY / _SERVER_NAME if set, else plaintext)."""
         self._metadata = auth_metadata(api_key)
         self.address = address
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self._channel = grpc.insecure_channel(address, options=MESSAGE_OPTIONS)
+        self._channel = open_channel(address, client_tls(tls))
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     def stream(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,

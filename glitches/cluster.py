@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.tls import PLAINTEXT, TlsConfig
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,6 +54,7 @@ class ClusterSpec:
     gateway_port: int | None = None  # also start the OpenAI-compatible HTTP gateway (0 = any free port)
     extra_env: dict[str, str] = field(default_factory=dict)
     scheduler_args: tuple[str, ...] = ()  # extra `glitches scheduler` flags, e.g. ("--max-active", "8")
+    tls_dir: str = ""  # `glitches certs` output: every gRPC link TLS + mTLS, each role with its own certificate
 
 
 class LocalCluster:
@@ -65,9 +68,28 @@ class LocalCluster:
         self.gateway_url = ""  # http://host:port of the gateway, when spec.gateway_port is set
 
     # --- processes -------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def role_tls(self, role: str) -> TlsConfig:
+        """The TLS settings of `role` (a certificate name in spec.tls_dir); plaintext without a tls_dir."""
+        if not self.spec.tls_dir:
+            return PLAINTEXT
+        folder = Path(self.spec.tls_dir)
+        return TlsConfig(ca=str(folder / "ca.pem"), cert=str(folder / f"{role}.pem"), key=str(folder / f"{role}-key.pem"))
+
+    def client_tls(self) -> TlsConfig:
+        """What a client of this cluster's scheduler uses (the `client` certificate under TLS)."""
+        return self.role_tls("client")
+
+    def _tls_env(self, role: str | None) -> dict[str, str]:
+        tls = self.role_tls(role) if role else PLAINTEXT
+        if not tls.enabled:
+            return {}
+        return {"GLITCHES_TLS_CA": tls.ca, "GLITCHES_TLS_CERT": tls.cert, "GLITCHES_TLS_KEY": tls.key}
+
+    def _spawn(self, name: str, argv: list[str], role: str | None = None) -> subprocess.Popen:
+        """Start argv (its log in run_dir/name.log); role names its certificate when the cluster runs TLS."""
         log = open(self.run_dir / f"{name}.log", "wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.extra_env}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("GLITCHES_TLS_")}  # the spec decides
+        env = {**inherited, "PYTHONUNBUFFERED": "1", **self._tls_env(role), **self.spec.extra_env}
         shim = [sys.executable, "-m", "glitches.die_with_parent", str(os.getpid())]
         proc = subprocess.Popen([*shim, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
@@ -81,7 +103,7 @@ class LocalCluster:
         self.http_addresses[name] = f"127.0.0.1:{http_port}"
         common = ["--redis-url", self.redis_url, "--redis-prefix", self.spec.redis_prefix, "--model", self.spec.model,
                   "--http-port", str(http_port)]
-        self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args])
+        self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args], role=command)
 
     def start(self) -> None:
         """Start everything; returns once processes are spawned (see wait_ready)."""
@@ -109,7 +131,7 @@ class LocalCluster:
             gateway_port = self.spec.gateway_port or free_port()
             self.gateway_url = f"http://127.0.0.1:{gateway_port}"
             self._spawn("gateway", [sys.executable, "-m", "glitches", "gateway", "--scheduler", self.address,
-                                    "--port", str(gateway_port), "--model", self.spec.model])
+                                    "--port", str(gateway_port), "--model", self.spec.model], role="gateway")
 
     def _wait_redis(self, timeout_s: float = 20.0) -> None:
         import redis
@@ -138,7 +160,7 @@ class LocalCluster:
 
         expected = self.spec.gpu_workers + self.spec.fpga_workers
         deadline = time.monotonic() + timeout_s
-        with Client(self.address, timeout_s=5) as client:
+        with Client(self.address, timeout_s=5, tls=self.client_tls()) as client:
             while time.monotonic() < deadline:
                 self._check_alive()
                 try:

@@ -10,6 +10,7 @@ from gpu_worker.engine import GpuEngine
 from gpu_worker.settings import GpuWorkerSettings
 from services import metrics, models
 from services.channels import WorkerStubs
+from services.tls import PLAINTEXT, TlsConfig
 from services.daemon import configure_logging, run_until_signalled
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
@@ -24,11 +25,11 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
 class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: GpuEngine, worker_id: str, model_name: str):
+    def __init__(self, engine: GpuEngine, worker_id: str, model_name: str, tls: TlsConfig = PLAINTEXT):
         self.engine = engine
         self.worker_id = worker_id
         self.model_name = model_name
-        self._stubs = WorkerStubs()
+        self._stubs = WorkerStubs(tls)  # to decode targets: mTLS when the worker has a certificate
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return self._stubs.get(address)
@@ -96,9 +97,9 @@ def serve(settings: GpuWorkerSettings) -> None:
     source = models.resolve_model(settings.model)
     engine = GpuEngine(settings, source)
     registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
-    servicer = GpuWorkerServicer(engine, "", source.name)
+    servicer = GpuWorkerServicer(engine, "", source.name, settings.tls())
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,), metrics_role="gpu-worker")
+                          (SERVICE_NAME,), metrics_role="gpu-worker", tls=settings.tls())
     servicer.worker_id = settings.id_for("gpu", server.port)
     address = settings.address_for(server.port)
 

@@ -136,7 +136,7 @@ class Orchestrator:
         self.leases = leases or LeaseKeeper(registry)
         self.admission = Admission(settings.max_active, settings.max_queued, settings.queue_wait_s)
         self.model = model
-        self._stubs = WorkerStubs()
+        self._stubs = WorkerStubs(settings.tls())
         self.active = 0
         self._active_lock = threading.Lock()
 

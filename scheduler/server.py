@@ -82,7 +82,8 @@ def serve(settings: SchedulerSettings) -> None:
     server = start_server(settings.host, settings.port,
                           [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],
                           (SERVICE_NAME,), metrics_role="scheduler",
-                          auth=ApiKeyInterceptor(settings.api_keys, (SERVICE_NAME,), limiter) if settings.api_keys else None)
+                          auth=ApiKeyInterceptor(settings.api_keys, (SERVICE_NAME,), limiter) if settings.api_keys else None,
+                          tls=settings.tls())
     address = settings.address_for(server.port)
     ACTIVE_REQUESTS.of("scheduler").set_function(lambda: orchestrator.active)
     REGISTRIES["scheduler"].register(OccupancyCollector(registry))

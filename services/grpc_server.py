@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from services.channels import MESSAGE_OPTIONS
 from services.error_interceptor import ErrorMappingInterceptor
 from services.grpc_metrics import MetricsInterceptor
+from services.tls import PLAINTEXT, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,14 @@ class RunningServer:
 
 def start_server(host: str, port: int, registrations: list[tuple[Callable, object]],
                  service_names: tuple[str, ...], max_workers: int = 32,
-                 metrics_role: str | None = None, auth: grpc.ServerInterceptor | None = None) -> RunningServer:
+                 metrics_role: str | None = None, auth: grpc.ServerInterceptor | None = None,
+                 tls: TlsConfig = PLAINTEXT) -> RunningServer:
     """Start a server on host:port with each (add_XServicer_to_server, servicer) registered.
 
     service_names are the full names (e.g. "glitches.v1.Worker") reported by
     health and reflection. metrics_role (services.metrics.ROLES) counts every call by status code.
     auth (services.api_keys.ApiKeyInterceptor) refuses calls without a valid key before any handler runs.
+    tls (services.tls.TlsConfig) with a certificate: serve TLS only (mTLS when it requires client certificates).
     """
     interceptors = [ErrorMappingInterceptor()]
     if auth is not None:
@@ -61,11 +64,15 @@ def start_server(host: str, port: int, registrations: list[tuple[Callable, objec
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls.enabled:
+        bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind gRPC server to {host}:{port}")
     server.start()
     running = RunningServer(server, health_servicer, bound, service_names)
     running.set_serving(True)
-    log.info("serving %s on %s:%d", ", ".join(service_names), host, bound)
+    mode = ("mTLS" if tls.client_auth == "require" else "TLS") if tls.enabled else "plaintext"
+    log.info("serving %s on %s:%d (%s)", ", ".join(service_names), host, bound, mode)
     return running

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from services.errors import InvalidArgument
 from services.models import DEFAULT_MODEL
+from services.tls import TlsConfig
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class DaemonSettings:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     drain_grace_s: float = 30.0  # how long SIGTERM waits for in-flight requests
     http_port: int = 0  # HTTP side port (/healthz /readyz /metrics) on `host`; 0 = any free port
+    tls_ca: str = ""  # PEM CA file; with tls_cert/tls_key: serve TLS, require client certs, dial peers with mTLS
+    tls_cert: str = ""  # PEM certificate of this daemon (server and client identity)
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_client_auth: str = "require"  # "require" a client certificate signed by tls_ca, or "none"
+    tls_server_name: str = ""  # name to expect in peers' certificates instead of their address's host
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -36,6 +42,11 @@ class DaemonSettings:
             raise InvalidArgument("the heartbeat TTL must be longer than the heartbeat interval")
         if self.threads < 0:
             raise InvalidArgument(f"--threads must be >= 0, got {self.threads}")
+        self.tls()  # refuses half-given TLS settings
+
+    def tls(self) -> TlsConfig:
+        return TlsConfig(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, client_auth=self.tls_client_auth,
+                         server_name=self.tls_server_name)
 
     def address_for(self, bound_port: int) -> str:
         host = self.advertise_host or (socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host)

