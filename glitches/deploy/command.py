@@ -31,6 +31,8 @@ from services.errors import GlitchesError as ServiceError
               help="Address the daemons use for each other (host network).")
 @click.option("--cpu-gpu-workers", default=0, type=int, help="Prefill workers on the CPU when no GPU is found.")
 @click.option("--emulated-fpgas", default=0, type=int, help="Emulated FPGA workers when no Alveo card is found.")
+@click.option("--tls-dir", default="", help="`glitches certs` output: mounted read-only, mTLS on every gRPC link "
+              "(make it with --host for --advertise-host).")
 @click.option("--docker-host", default="", envvar="DOCKER_HOST", help="Docker Engine API (default: DOCKER_HOST).")
 def deploy_cmd(dry_run, as_json, down, docker_host, **options) -> None:
     """One container per device on this node: Redis, the scheduler, a GPU worker per NVIDIA GPU (NVML)
@@ -43,6 +45,10 @@ def deploy_cmd(dry_run, as_json, down, docker_host, **options) -> None:
         removed = engine.down(engine.connect(docker_host), options["project"])
         click.echo(json.dumps({"removed": removed}) if as_json else "\n".join(f"removed {n}" for n in removed))
         return
+    if options["tls_dir"]:
+        options["tls_dir"] = str(Path(options["tls_dir"]).resolve())  # bind mounts need absolute paths
+        if not (Path(options["tls_dir"]) / "ca.pem").is_file():
+            raise click.UsageError(f"--tls-dir {options['tls_dir']} holds no ca.pem: make it with `glitches certs`")
     try:
         plan = make_plan(discover_gpus(), discover_alveo(), DeployOptions(**options))
     except ServiceError as error:

@@ -41,7 +41,8 @@ def _run_kwargs(plan: Plan, spec: ContainerSpec) -> dict:
         kwargs["device_requests"] = [docker.types.DeviceRequest(driver="nvidia", device_ids=spec.gpu_ids,
                                                                 capabilities=[["gpu"]])]
     if spec.volumes:
-        kwargs["volumes"] = {host: {"bind": inside, "mode": "rw"} for host, inside in spec.volumes.items()}
+        kwargs["volumes"] = {host: {"bind": inside.removesuffix(":ro"), "mode": "ro" if inside.endswith(":ro") else "rw"}
+                             for host, inside in spec.volumes.items()}
     return kwargs
 
 

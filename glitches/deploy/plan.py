@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from glitches.deploy.devices import AlveoCard, Gpu
 from services.errors import InvalidArgument
 
+TLS_MOUNT = "/etc/glitches/tls"  # where --tls-dir appears inside every daemon container
+
 
 @dataclass(frozen=True)
 class DeployOptions:
@@ -32,6 +34,7 @@ class DeployOptions:
     cpu_gpu_workers: int = 0  # add this many CPU prefill workers (cpu image) when no GPU is found
     image_override: str = ""  # run every daemon from this one image (e.g. the cpu image, or in tests)
     fpga_backend: str = "emu"  # the FPGA workers' --backend for real cards (only emu exists so far)
+    tls_dir: str = ""  # host directory from `glitches certs`: mounted read-only, mTLS on every gRPC link
 
     def __post_init__(self):
         if self.emulated_fpgas < 0 or self.cpu_gpu_workers < 0:
@@ -48,7 +51,7 @@ class ContainerSpec:
     environment: dict[str, str] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)  # "HOST:CONTAINER:rwm"
     gpu_ids: list[str] = field(default_factory=list)  # NVIDIA device request
-    volumes: dict[str, str] = field(default_factory=dict)  # host path -> container path
+    volumes: dict[str, str] = field(default_factory=dict)  # host path -> container path (":ro" read-only)
     http_port: int = 0  # 0: no HTTP side port (redis)
     grpc_port: int = 0
 
@@ -87,9 +90,13 @@ def make_plan(gpus: list[Gpu], cards: list[AlveoCard], options: DeployOptions) -
                "GLITCHES_HOST": "0.0.0.0", "GLITCHES_ADVERTISE_HOST": o.advertise_host,
                "GLITCHES_PORT": str(grpc_port), "GLITCHES_HTTP_PORT": str(http_port),
                "GLITCHES_CACHE_DIR": "/var/cache/glitches"}
+        volumes = {o.cache_dir: "/var/cache/glitches"}
+        if o.tls_dir:  # each daemon presents its role's certificate (ROLE.pem / ROLE-key.pem)
+            volumes[o.tls_dir] = f"{TLS_MOUNT}:ro"
+            env.update(GLITCHES_TLS_CA=f"{TLS_MOUNT}/ca.pem", GLITCHES_TLS_CERT=f"{TLS_MOUNT}/{role}.pem",
+                       GLITCHES_TLS_KEY=f"{TLS_MOUNT}/{role}-key.pem")
         return ContainerSpec(f"{o.project}-{name}", role, device, image, [role, *args], env,
-                             volumes={o.cache_dir: "/var/cache/glitches"}, http_port=http_port, grpc_port=grpc_port,
-                             **extra)
+                             volumes=volumes, http_port=http_port, grpc_port=grpc_port, **extra)
 
     containers.append(daemon("scheduler", "scheduler", "", _image(o, "scheduler"), o.grpc_base_port,
                              o.http_base_port, []))

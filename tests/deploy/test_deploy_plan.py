@@ -73,3 +73,25 @@ def test_dry_run_json_prints_the_plan():
     roles = [c["role"] for c in plan["containers"]]
     assert roles.count("redis") == 1 and roles.count("scheduler") == 1 and "fpga-worker" in roles
     assert plan["scheduler_address"] == "127.0.0.1:50051"
+
+
+def test_tls_dir_is_mounted_read_only_and_each_daemon_gets_its_role_certificate(tmp_path):
+    from glitches.certs import make_certs
+
+    make_certs(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--json", "--cpu-gpu-workers", "1",
+                          "--emulated-fpgas", "1", "--tls-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    daemons = [c for c in json.loads(run.stdout)["containers"] if c["role"] != "redis"]
+    assert len(daemons) == 3
+    for container in daemons:
+        assert container["volumes"][str(tmp_path)] == "/etc/glitches/tls:ro"
+        env = container["environment"]
+        assert env["GLITCHES_TLS_CERT"] == f"/etc/glitches/tls/{container['role']}.pem"
+        assert env["GLITCHES_TLS_CA"] == "/etc/glitches/tls/ca.pem"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--tls-dir", str(empty),
+                          "--cpu-gpu-workers", "1"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "holds no ca.pem" in run.stderr
