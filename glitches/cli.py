@@ -46,6 +46,24 @@ def daemon_options(fn):
     return fn
 
 
+def kv_token_option(fn):
+    """The KV-transfer token secret (services.kv_token): a file path flag, or GLITCHES_KV_TOKEN_SECRET."""
+    return click.option("--kv-token-secret-file", default="", envvar=_env("kv-token-secret-file"),
+                        help="File holding the secret shared by the scheduler and the FPGA workers that signs each "
+                             "KV transfer (or set GLITCHES_KV_TOKEN_SECRET; never a flag). Without one, KV "
+                             "transfers are unauthenticated.")(fn)
+
+
+def _kv_token_secret(kwargs: dict) -> None:
+    """Replace the --kv-token-secret-file value in kwargs by the secret (file or environment)."""
+    from services.kv_token import secret_from_environment
+
+    try:
+        kwargs["kv_token_secret"] = secret_from_environment(kwargs.pop("kv_token_secret_file"))
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+
+
 def _run_daemon(serve, settings_cls, **kwargs) -> None:
     try:
         settings = settings_cls(**kwargs)
@@ -83,6 +101,9 @@ def main() -> None:
               show_default=True, help="With API keys: calls per key per minute (0: no limit).")
 @click.option("--max-prompt-tokens", default=0, type=int, envvar=_env("max-prompt-tokens"), show_default=True,
               help="Longest prompt accepted, tokens (0: the model's context).")
+@kv_token_option
+@click.option("--kv-token-ttl-s", default=60.0, type=float, envvar=_env("kv-token-ttl-s"), show_default=True,
+              help="How long a KV-transfer token stays valid, seconds (clocks must agree within it).")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from scheduler.server import serve
@@ -93,6 +114,7 @@ def scheduler_cmd(**kwargs) -> None:
         kwargs["api_keys"] = load_api_keys(kwargs.pop("api_keys_file"), kwargs.pop("api_keys"))
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
+    _kv_token_secret(kwargs)
     kwargs.pop("worker_id")
     _run_daemon(serve, SchedulerSettings, port=kwargs.pop("port") or 50051, **kwargs)
 
@@ -125,12 +147,14 @@ def gpu_worker_cmd(**kwargs) -> None:
               help="Concurrent decode requests (1 = the paper's batch size 1).")
 @click.option("--device", default="0", envvar=_env("fpga-device"), help="Card index or PCI BDF (xrt backend).")
 @click.option("--xclbin", default="", envvar=_env("xclbin"), help="Decode bitstream path (xrt backend).")
+@kv_token_option
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
     from fpga_worker.server import serve
     from fpga_worker.settings import FpgaWorkerSettings
 
     kwargs["xilinx_xrt"] = os.environ.get("XILINX_XRT", "")  # XRT's own variable, read here at the edge
+    _kv_token_secret(kwargs)
     _run_daemon(serve, FpgaWorkerSettings, **kwargs)
 
 
@@ -251,6 +275,9 @@ def status_cmd(as_json, address) -> None:
         label = w.backend + (" (emulated)" if w.emulated else "")
         click.echo(f"{w.worker_id:<10} {w.kind:<5} {label:<8} {w.address:<22} {w.pid:>7} "
                    f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots}")
+    for w in status.workers:
+        if w.kind == "fpga" and not w.kv_tokens_required:
+            click.echo(f"warning: {w.worker_id} accepts KV transfers without a token (no KV token secret set)")
 
 
 @main.command("fpga-timing")
