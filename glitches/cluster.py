@@ -2,9 +2,11 @@
 
 Redis (a bundled redis-server on a free loopback port unless a URL is given),
 one scheduler, GPU workers and FPGA workers, each its own process with its log
-in the run directory. Every child dies with its parent (PR_SET_PDEATHSIG, armed by
-glitches.die_with_parent, so it fires when the thread that started it ends), and
-stop() ends them all: SIGTERM, then SIGKILL after a grace period.
+in the run directory. The scheduler and the workers share a KV token secret, random
+per cluster unless GLITCHES_KV_TOKEN_SECRET(_FILE) is already set, handed over in
+their environment (not argv, which `ps` shows). Every child dies with its parent
+(PR_SET_PDEATHSIG, armed by glitches.die_with_parent, so it fires when the thread that
+started it ends), and stop() ends them all: SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.kv_token import SECRET_ENV, new_secret
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -63,11 +68,14 @@ class LocalCluster:
         self.address = ""
         self.http_addresses: dict[str, str] = {}  # daemon name -> host:port of /healthz /readyz /metrics
         self.gateway_url = ""  # http://host:port of the gateway, when spec.gateway_port is set
+        given = {**os.environ, **spec.extra_env}
+        self.daemon_env = {} if given.get(SECRET_ENV) or given.get(SECRET_ENV + "_FILE") else {
+            SECRET_ENV: new_secret()}  # environment of the daemons: their shared KV token secret, unless given
 
     # --- processes -------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.run_dir / f"{name}.log", "wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.extra_env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.extra_env, **(env or {})}
         shim = [sys.executable, "-m", "glitches.die_with_parent", str(os.getpid())]
         proc = subprocess.Popen([*shim, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
@@ -81,7 +89,7 @@ class LocalCluster:
         self.http_addresses[name] = f"127.0.0.1:{http_port}"
         common = ["--redis-url", self.redis_url, "--redis-prefix", self.spec.redis_prefix, "--model", self.spec.model,
                   "--http-port", str(http_port)]
-        self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args])
+        self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args], env=self.daemon_env)
 
     def start(self) -> None:
         """Start everything; returns once processes are spawned (see wait_ready)."""
