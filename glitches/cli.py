@@ -172,12 +172,23 @@ def fpga_worker_cmd(**kwargs) -> None:
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
 @click.option("--gateway-port", default=None, type=int,
               help="Also start the OpenAI-compatible HTTP gateway on this port (0: any free port).")
+@click.option("--api-keys-file", default="",
+              help="The scheduler requires a key from this file; `up` and the gateway send GLITCHES_API_KEY, "
+                   "else the file's first key.")
+@click.option("--gateway-api-keys-file", default="", help="The gateway requires a key from this file.")
+@click.option("--gateway-requests-per-minute-per-client", default=0.0, type=float,
+              help="The gateway's limit per API key, or per client IP without keys (0: none).")
+@click.option("--gateway-requests-per-minute-per-user", default=0.0, type=float,
+              help="The gateway's limit per OpenAI `user` field within each client (0: none).")
 def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga_numerics, fpga_hbm_bytes,
-           fpga_slots, prompt, max_tokens, gateway_port) -> None:
+           fpga_slots, prompt, max_tokens, gateway_port, api_keys_file, gateway_api_keys_file,
+           gateway_requests_per_minute_per_client, gateway_requests_per_minute_per_user) -> None:
     """Start a local cluster (Redis, scheduler, workers) as separate processes.
 
     Prints `ready <address>` once the scheduler answers with every worker
-    registered; Ctrl-C or SIGTERM stops everything it started.
+    registered; Ctrl-C or SIGTERM stops everything it started. The scheduler and the
+    workers share a random KV token secret (GLITCHES_KV_TOKEN_SECRET in their
+    environment) unless GLITCHES_KV_TOKEN_SECRET or GLITCHES_KV_TOKEN_SECRET_FILE is set.
     """
     from glitches.cluster import ClusterSpec, LocalCluster
     from services.models import resolve_model
@@ -186,6 +197,8 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         raise click.UsageError("--gpu-workers must be at least 1 (prefill runs on GPU workers)")
     if fpga_workers < 0:
         raise click.UsageError("--fpga-workers must be >= 0")
+    access = _up_access(api_keys_file, gateway_api_keys_file, gateway_requests_per_minute_per_client,
+                        gateway_requests_per_minute_per_user)
     try:
         click.echo(f"preparing model {model} ...", err=True)
         resolve_model(model)  # convert once here, not in every daemon at the same time
@@ -197,7 +210,7 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
     cluster = LocalCluster(ClusterSpec(gpu_workers=gpu_workers, fpga_workers=fpga_workers, model=model, port=port,
                                        redis_url=redis_url, redis_prefix=redis_prefix, fpga_numerics=fpga_numerics,
                                        fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots,
-                                       gateway_port=gateway_port))
+                                       gateway_port=gateway_port, **access))
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
@@ -210,7 +223,7 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         click.echo(f"ready {cluster.address}", err=False)
         sys.stdout.flush()
         if prompt is not None:
-            with Client(cluster.address) as client:
+            with Client(cluster.address, api_key=cluster.spec.api_key or None) as client:
                 _print_stream(client, prompt, dict(max_tokens=max_tokens, chat=True))
         else:
             stop.wait()
@@ -218,6 +231,28 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         click.echo("stopping ...", err=True)
         cluster.stop()
         click.echo("stopped", err=True)
+
+
+def _up_access(api_keys_file: str, gateway_api_keys_file: str, per_client: float, per_user: float) -> dict:
+    """ClusterSpec fields for `up`'s API keys and gateway limits; key files are passed by path, keys never in argv."""
+    from services.api_keys import load_api_keys
+
+    if per_client < 0 or per_user < 0:
+        raise click.UsageError("--gateway-requests-per-minute-per-client/-per-user must be >= 0 (0: no limit)")
+    try:
+        for path in (api_keys_file, gateway_api_keys_file):
+            load_api_keys(path)  # readable and not empty, or a usage error now rather than in a child's log
+        keys = load_api_keys(api_keys_file) if api_keys_file else ()
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+    api_key = os.environ.get("GLITCHES_API_KEY", "") or (keys[0] if keys else "")
+    scheduler_args = ("--api-keys-file", os.path.abspath(api_keys_file)) if api_keys_file else ()
+    gateway_args = ("--api-keys-file", os.path.abspath(gateway_api_keys_file)) if gateway_api_keys_file else ()
+    if per_client:
+        gateway_args += ("--requests-per-minute-per-client", str(per_client))
+    if per_user:
+        gateway_args += ("--requests-per-minute-per-user", str(per_user))
+    return dict(scheduler_args=scheduler_args, gateway_args=gateway_args, api_key=api_key)
 
 
 def _print_stream(client: Client, prompt: str, kwargs: dict) -> Completion:

@@ -57,6 +57,8 @@ class ClusterSpec:
     gateway_port: int | None = None  # also start the OpenAI-compatible HTTP gateway (0 = any free port)
     extra_env: dict[str, str] = field(default_factory=dict)
     scheduler_args: tuple[str, ...] = ()  # extra `glitches scheduler` flags, e.g. ("--max-active", "8")
+    gateway_args: tuple[str, ...] = ()  # extra `glitches gateway` flags
+    api_key: str = field(default="", repr=False)  # the key `up` and the gateway send to the scheduler; "": none
 
 
 class LocalCluster:
@@ -117,7 +119,8 @@ class LocalCluster:
             gateway_port = self.spec.gateway_port or free_port()
             self.gateway_url = f"http://127.0.0.1:{gateway_port}"
             self._spawn("gateway", [sys.executable, "-m", "glitches", "gateway", "--scheduler", self.address,
-                                    "--port", str(gateway_port), "--model", self.spec.model])
+                                    "--port", str(gateway_port), "--model", self.spec.model, *self.spec.gateway_args],
+                        env={"GLITCHES_API_KEY": self.spec.api_key} if self.spec.api_key else None)
 
     def _wait_redis(self, timeout_s: float = 20.0) -> None:
         import redis
@@ -146,7 +149,7 @@ class LocalCluster:
 
         expected = self.spec.gpu_workers + self.spec.fpga_workers
         deadline = time.monotonic() + timeout_s
-        with Client(self.address, timeout_s=5) as client:
+        with Client(self.address, timeout_s=5, api_key=self.spec.api_key or None) as client:
             while time.monotonic() < deadline:
                 self._check_alive()
                 try:
