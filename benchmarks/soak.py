@@ -40,7 +40,7 @@ def inject_faults(cluster: LocalCluster, every_s: float, stop: threading.Event, 
         argv = proc.command
         proc.kill()
         proc.wait()
-        cluster._spawn(name, list(argv))
+        cluster._spawn(name, list(argv), env=cluster.daemon_env)
         log.append((time.monotonic(), name))
     done.wait()
 

@@ -1,14 +1,15 @@
 """Receives one TransferKV stream into a decode backend.
 
-Protocol: one header (reserves KV room), layer chunks in any order, one end
-marker. Any error releases what the request reserved, so a bad stream leaks
-nothing and the card keeps serving the others.
+Protocol: one header (authorised, then reserves KV room), layer chunks in any
+order, one end marker. Any error releases what the request reserved, so a bad
+stream leaks nothing and the card keeps serving the others; a header that is not
+authorised is refused before anything is reserved.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from fpga_worker.backend import DecodeBackend
@@ -24,12 +25,16 @@ class Received:
     layer_received_unix_s: list[float]  # when each layer's last token arrived
 
 
-def receive(backend: DecodeBackend, messages: Iterable[worker_pb2.KvChunk]) -> Received:
+def receive(backend: DecodeBackend, messages: Iterable[worker_pb2.KvChunk],
+            authorize: Callable[[worker_pb2.KvHeader], None] | None = None) -> Received:
+    """Receive one stream; `authorize(header)` raises (PERMISSION_DENIED) to refuse it before any reservation."""
     messages = iter(messages)
     first = next(messages, None)
     if first is None or first.WhichOneof("body") != "header":
         raise InvalidArgument("a TransferKV stream must start with a header chunk")
     header = first.header
+    if authorize is not None:
+        authorize(header)
     if not header.request_id:
         raise InvalidArgument("KV header: request_id is empty")
     layers = backend.geometry().num_layers

@@ -14,6 +14,7 @@ from services.daemon import configure_logging, run_until_signalled
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
+from services.kv_token import SECRET_ENV, KvTokenVerifier
 from services.observability import DaemonHttp, publish_device_facts, worker_ready_check
 from services.proto_convert import step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
@@ -25,12 +26,14 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
 class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, backend: DecodeBackend, tokenizer, worker_id: str, model_name: str, slots: int):
+    def __init__(self, backend: DecodeBackend, tokenizer, worker_id: str, model_name: str, slots: int,
+                 kv_tokens: KvTokenVerifier | None = None):
         self.backend = backend
         self.tokenizer = tokenizer
         self.worker_id = worker_id
         self.model_name = model_name
         self.slots = slots
+        self.kv_tokens = kv_tokens  # None: KV transfers are unauthenticated (no secret configured)
 
     def text_of(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -42,7 +45,7 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             emulated=facts.emulated, device_name=facts.device_name, model=self.model_name, slots=self.slots,
             active_requests=len(self.backend.active_requests()), kv_capacity_bytes=facts.kv_capacity_bytes,
             kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,
-            pid=os.getpid())
+            pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None)
 
     def Info(self, request, context):
         return self.info()
@@ -50,8 +53,12 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
     def Prefill(self, request, context):
         raise FailedPrecondition("FPGA workers do not run prefill; send Prefill to a GPU worker")
 
+    def _authorize(self, header: worker_pb2.KvHeader) -> None:
+        if self.kv_tokens is not None:
+            self.kv_tokens.check(header.kv_token, header.request_id, self.worker_id)
+
     def TransferKV(self, request_iterator, context):
-        received = kv_receiver.receive(self.backend, request_iterator)
+        received = kv_receiver.receive(self.backend, request_iterator, self._authorize)
         metrics.KV_RECEIVED_BYTES.inc(received.kv_bytes)
         return worker_pb2.TransferKVResponse(kv_bytes=received.kv_bytes,
                                              layer_received_unix_s=received.layer_received_unix_s)
@@ -108,7 +115,13 @@ def serve(settings: FpgaWorkerSettings) -> None:
     source = models.resolve_model(settings.model)
     backend = build_backend(settings, source)
     registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
-    servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots)
+    kv_tokens = KvTokenVerifier(settings.kv_token_secret) if settings.kv_token_secret else None
+    if kv_tokens is None:
+        log.warning("KV transfers are UNAUTHENTICATED: no KV token secret is set, so this worker accepts KV from "
+                    "anyone who reaches its port; give it and the scheduler the same %s (or "
+                    "--kv-token-secret-file)", SECRET_ENV)
+    servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots,
+                                  kv_tokens)
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
                           (SERVICE_NAME,), metrics_role="fpga-worker", tls=settings.tls())
     servicer.worker_id = settings.id_for("fpga", server.port)
@@ -121,7 +134,8 @@ def serve(settings: FpgaWorkerSettings) -> None:
                             slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
                             kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
                             http_address=http.address, kv_granularity_tokens=backend.kv_granularity_tokens(),
-                            kv_block_bytes=block_bytes, kv_free_blocks=info.kv_free_bytes // block_bytes)
+                            kv_block_bytes=block_bytes, kv_free_blocks=info.kv_free_bytes // block_bytes,
+                            kv_tokens_required=int(info.kv_tokens_required))
 
     block_bytes = backend.geometry().block_bytes
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
@@ -136,4 +150,5 @@ def serve(settings: FpgaWorkerSettings) -> None:
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
     run_until_signalled(server, heartbeat, settings.drain_grace_s,
                         f"fpga-worker {servicer.worker_id} ready {address} backend={facts.backend} "
-                        f"emulated={facts.emulated} device={facts.device_name!r} http={http.address}")
+                        f"emulated={facts.emulated} device={facts.device_name!r} http={http.address} "
+                        f"kv_tokens={'required' if kv_tokens else 'OFF'}")

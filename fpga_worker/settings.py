@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.errors import InvalidArgument
 from services.settings import DaemonSettings
@@ -21,6 +21,7 @@ class FpgaWorkerSettings(DaemonSettings):
     device: str = "0"  # card index or PCI BDF (xrt backend)
     xclbin: str = ""  # xrt backend: path of the decode bitstream (kernel glitches_decode)
     xilinx_xrt: str = ""  # xrt backend: $XILINX_XRT as the CLI read it; empty = unset
+    kv_token_secret: bytes = field(default=b"", repr=False)  # shared with the scheduler; b"": KV unauthenticated
 
     def __post_init__(self):
         super().__post_init__()

@@ -50,6 +50,24 @@ def daemon_options(fn):
     return fn
 
 
+def kv_token_option(fn):
+    """The KV-transfer token secret (services.kv_token): a file path flag, or GLITCHES_KV_TOKEN_SECRET."""
+    return click.option("--kv-token-secret-file", default="", envvar=_env("kv-token-secret-file"),
+                        help="File holding the secret shared by the scheduler and the FPGA workers that signs each "
+                             "KV transfer (or set GLITCHES_KV_TOKEN_SECRET; never a flag). Without one, KV "
+                             "transfers are unauthenticated.")(fn)
+
+
+def _kv_token_secret(kwargs: dict) -> None:
+    """Replace the --kv-token-secret-file value in kwargs by the secret (file or environment)."""
+    from services.kv_token import secret_from_environment
+
+    try:
+        kwargs["kv_token_secret"] = secret_from_environment(kwargs.pop("kv_token_secret_file"))
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+
+
 def _run_daemon(serve, settings_cls, **kwargs) -> None:
     try:
         settings = settings_cls(**kwargs)
@@ -87,6 +105,9 @@ def main() -> None:
               show_default=True, help="With API keys: calls per key per minute (0: no limit).")
 @click.option("--max-prompt-tokens", default=0, type=int, envvar=_env("max-prompt-tokens"), show_default=True,
               help="Longest prompt accepted, tokens (0: the model's context).")
+@kv_token_option
+@click.option("--kv-token-ttl-s", default=60.0, type=float, envvar=_env("kv-token-ttl-s"), show_default=True,
+              help="How long a KV-transfer token stays valid, seconds (clocks must agree within it).")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from scheduler.server import serve
@@ -97,6 +118,7 @@ def scheduler_cmd(**kwargs) -> None:
         kwargs["api_keys"] = load_api_keys(kwargs.pop("api_keys_file"), kwargs.pop("api_keys"))
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
+    _kv_token_secret(kwargs)
     kwargs.pop("worker_id")
     _run_daemon(serve, SchedulerSettings, port=kwargs.pop("port") or 50051, **kwargs)
 
@@ -129,12 +151,14 @@ def gpu_worker_cmd(**kwargs) -> None:
               help="Concurrent decode requests (1 = the paper's batch size 1).")
 @click.option("--device", default="0", envvar=_env("fpga-device"), help="Card index or PCI BDF (xrt backend).")
 @click.option("--xclbin", default="", envvar=_env("xclbin"), help="Decode bitstream path (xrt backend).")
+@kv_token_option
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
     from fpga_worker.server import serve
     from fpga_worker.settings import FpgaWorkerSettings
 
     kwargs["xilinx_xrt"] = os.environ.get("XILINX_XRT", "")  # XRT's own variable, read here at the edge
+    _kv_token_secret(kwargs)
     _run_daemon(serve, FpgaWorkerSettings, **kwargs)
 
 
@@ -152,15 +176,26 @@ def fpga_worker_cmd(**kwargs) -> None:
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
 @click.option("--gateway-port", default=None, type=int,
               help="Also start the OpenAI-compatible HTTP gateway on this port (0: any free port).")
+@click.option("--api-keys-file", default="",
+              help="The scheduler requires a key from this file; `up` and the gateway send GLITCHES_API_KEY, "
+                   "else the file's first key.")
+@click.option("--gateway-api-keys-file", default="", help="The gateway requires a key from this file.")
+@click.option("--gateway-requests-per-minute-per-client", default=0.0, type=float,
+              help="The gateway's limit per API key, or per client IP without keys (0: none).")
+@click.option("--gateway-requests-per-minute-per-user", default=0.0, type=float,
+              help="The gateway's limit per OpenAI `user` field within each client (0: none).")
 @click.option("--tls", "tls_on", is_flag=True,
               help="TLS on every gRPC link and mTLS between daemons, with a fresh CA (see --tls-dir).")
 @click.option("--tls-dir", default="", help="Certificates from `glitches certs` to use (implies --tls).")
 def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga_numerics, fpga_hbm_bytes,
-           fpga_slots, prompt, max_tokens, gateway_port, tls_on, tls_dir) -> None:
+           fpga_slots, prompt, max_tokens, gateway_port, api_keys_file, gateway_api_keys_file,
+           gateway_requests_per_minute_per_client, gateway_requests_per_minute_per_user, tls_on, tls_dir) -> None:
     """Start a local cluster (Redis, scheduler, workers) as separate processes.
 
     Prints `ready <address>` once the scheduler answers with every worker
-    registered; Ctrl-C or SIGTERM stops everything it started.
+    registered; Ctrl-C or SIGTERM stops everything it started. The scheduler and the
+    workers share a random KV token secret (GLITCHES_KV_TOKEN_SECRET in their
+    environment) unless GLITCHES_KV_TOKEN_SECRET or GLITCHES_KV_TOKEN_SECRET_FILE is set.
     """
     from glitches.cluster import ClusterSpec, LocalCluster
     from services.models import resolve_model
@@ -171,6 +206,8 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         raise click.UsageError("--fpga-workers must be >= 0")
     if tls_dir:
         _check_tls_dir(Path(tls_dir), gateway_port is not None)
+    access = _up_access(api_keys_file, gateway_api_keys_file, gateway_requests_per_minute_per_client,
+                        gateway_requests_per_minute_per_user)
     try:
         click.echo(f"preparing model {model} ...", err=True)
         resolve_model(model)  # convert once here, not in every daemon at the same time
@@ -189,7 +226,7 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
     cluster = LocalCluster(ClusterSpec(gpu_workers=gpu_workers, fpga_workers=fpga_workers, model=model, port=port,
                                        redis_url=redis_url, redis_prefix=redis_prefix, fpga_numerics=fpga_numerics,
                                        fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots,
-                                       gateway_port=gateway_port, tls_dir=tls_dir), run_dir)
+                                       gateway_port=gateway_port, tls_dir=tls_dir, **access), run_dir)
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
@@ -202,7 +239,7 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         click.echo(f"ready {cluster.address}" + (" tls" if tls_dir else ""), err=False)
         sys.stdout.flush()
         if prompt is not None:
-            with Client(cluster.address, tls=cluster.client_tls()) as client:
+            with Client(cluster.address, api_key=cluster.spec.api_key or None, tls=cluster.client_tls()) as client:
                 _print_stream(client, prompt, dict(max_tokens=max_tokens, chat=True))
         else:
             stop.wait()
@@ -210,6 +247,28 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
         click.echo("stopping ...", err=True)
         cluster.stop()
         click.echo("stopped", err=True)
+
+
+def _up_access(api_keys_file: str, gateway_api_keys_file: str, per_client: float, per_user: float) -> dict:
+    """ClusterSpec fields for `up`'s API keys and gateway limits; key files are passed by path, keys never in argv."""
+    from services.api_keys import load_api_keys
+
+    if per_client < 0 or per_user < 0:
+        raise click.UsageError("--gateway-requests-per-minute-per-client/-per-user must be >= 0 (0: no limit)")
+    try:
+        for path in (api_keys_file, gateway_api_keys_file):
+            load_api_keys(path)  # readable and not empty, or a usage error now rather than in a child's log
+        keys = load_api_keys(api_keys_file) if api_keys_file else ()
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+    api_key = os.environ.get("GLITCHES_API_KEY", "") or (keys[0] if keys else "")
+    scheduler_args = ("--api-keys-file", os.path.abspath(api_keys_file)) if api_keys_file else ()
+    gateway_args = ("--api-keys-file", os.path.abspath(gateway_api_keys_file)) if gateway_api_keys_file else ()
+    if per_client:
+        gateway_args += ("--requests-per-minute-per-client", str(per_client))
+    if per_user:
+        gateway_args += ("--requests-per-minute-per-user", str(per_user))
+    return dict(scheduler_args=scheduler_args, gateway_args=gateway_args, api_key=api_key)
 
 
 def _check_tls_dir(folder: Path, with_gateway: bool) -> None:
@@ -300,6 +359,9 @@ def status_cmd(as_json, address, **tls) -> None:
         label = w.backend + (" (emulated)" if w.emulated else "")
         click.echo(f"{w.worker_id:<10} {w.kind:<5} {label:<8} {w.address:<22} {w.pid:>7} "
                    f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots}")
+    for w in status.workers:
+        if w.kind == "fpga" and not w.kv_tokens_required:
+            click.echo(f"warning: {w.worker_id} accepts KV transfers without a token (no KV token secret set)")
 
 
 @main.command("fpga-timing")

@@ -2,9 +2,11 @@
 
 Redis (a bundled redis-server on a free loopback port unless a URL is given),
 one scheduler, GPU workers and FPGA workers, each its own process with its log
-in the run directory. Every child dies with its parent (PR_SET_PDEATHSIG, armed by
-glitches.die_with_parent, so it fires when the thread that started it ends), and
-stop() ends them all: SIGTERM, then SIGKILL after a grace period.
+in the run directory. The scheduler and the workers share a KV token secret, random
+per cluster unless GLITCHES_KV_TOKEN_SECRET(_FILE) is already set, handed over in
+their environment (not argv, which `ps` shows). Every child dies with its parent
+(PR_SET_PDEATHSIG, armed by glitches.die_with_parent, so it fires when the thread that
+started it ends), and stop() ends them all: SIGTERM, then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.tls import PLAINTEXT, TlsConfig
+from services.kv_token import SECRET_ENV, new_secret
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -55,6 +59,8 @@ class ClusterSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
     scheduler_args: tuple[str, ...] = ()  # extra `glitches scheduler` flags, e.g. ("--max-active", "8")
     tls_dir: str = ""  # `glitches certs` output: every gRPC link TLS + mTLS, each role with its own certificate
+    gateway_args: tuple[str, ...] = ()  # extra `glitches gateway` flags
+    api_key: str = field(default="", repr=False)  # the key `up` and the gateway send to the scheduler; "": none
 
 
 class LocalCluster:
@@ -66,6 +72,9 @@ class LocalCluster:
         self.address = ""
         self.http_addresses: dict[str, str] = {}  # daemon name -> host:port of /healthz /readyz /metrics
         self.gateway_url = ""  # http://host:port of the gateway, when spec.gateway_port is set
+        given = {**os.environ, **spec.extra_env}
+        self.daemon_env = {} if given.get(SECRET_ENV) or given.get(SECRET_ENV + "_FILE") else {
+            SECRET_ENV: new_secret()}  # environment of the daemons: their shared KV token secret, unless given
 
     # --- processes -------------------------------------------------------------
     def role_tls(self, role: str) -> TlsConfig:
@@ -85,11 +94,13 @@ class LocalCluster:
             return {}
         return {"GLITCHES_TLS_CA": tls.ca, "GLITCHES_TLS_CERT": tls.cert, "GLITCHES_TLS_KEY": tls.key}
 
-    def _spawn(self, name: str, argv: list[str], role: str | None = None) -> subprocess.Popen:
-        """Start argv (its log in run_dir/name.log); role names its certificate when the cluster runs TLS."""
+    def _spawn(self, name: str, argv: list[str], role: str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start argv (its log in run_dir/name.log); role names its certificate when the cluster runs TLS;
+        env adds variables (secrets travel here, never in argv)."""
         log = open(self.run_dir / f"{name}.log", "wb")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("GLITCHES_TLS_")}  # the spec decides
-        env = {**inherited, "PYTHONUNBUFFERED": "1", **self._tls_env(role), **self.spec.extra_env}
+        env = {**inherited, "PYTHONUNBUFFERED": "1", **self._tls_env(role), **self.spec.extra_env, **(env or {})}
         shim = [sys.executable, "-m", "glitches.die_with_parent", str(os.getpid())]
         proc = subprocess.Popen([*shim, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
@@ -103,7 +114,8 @@ class LocalCluster:
         self.http_addresses[name] = f"127.0.0.1:{http_port}"
         common = ["--redis-url", self.redis_url, "--redis-prefix", self.spec.redis_prefix, "--model", self.spec.model,
                   "--http-port", str(http_port)]
-        self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args], role=command)
+        self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args], role=command,
+                    env=self.daemon_env)
 
     def start(self) -> None:
         """Start everything; returns once processes are spawned (see wait_ready)."""
@@ -131,7 +143,8 @@ class LocalCluster:
             gateway_port = self.spec.gateway_port or free_port()
             self.gateway_url = f"http://127.0.0.1:{gateway_port}"
             self._spawn("gateway", [sys.executable, "-m", "glitches", "gateway", "--scheduler", self.address,
-                                    "--port", str(gateway_port), "--model", self.spec.model], role="gateway")
+                                    "--port", str(gateway_port), "--model", self.spec.model, *self.spec.gateway_args],
+                        role="gateway", env={"GLITCHES_API_KEY": self.spec.api_key} if self.spec.api_key else None)
 
     def _wait_redis(self, timeout_s: float = 20.0) -> None:
         import redis
@@ -160,7 +173,7 @@ class LocalCluster:
 
         expected = self.spec.gpu_workers + self.spec.fpga_workers
         deadline = time.monotonic() + timeout_s
-        with Client(self.address, timeout_s=5, tls=self.client_tls()) as client:
+        with Client(self.address, timeout_s=5, api_key=self.spec.api_key or None, tls=self.client_tls()) as client:
             while time.monotonic() < deadline:
                 self._check_alive()
                 try:

@@ -68,6 +68,7 @@ class WorkerStatus:
     kv_free_bytes: int
     model: str
     http_address: str
+    kv_tokens_required: bool = False  # FPGA workers: accepts KV only with a scheduler-issued token
 
 
 @dataclass(frozen=True)

@@ -78,11 +78,13 @@ class GpuEngine:
             return out.logits[0, -1].float()
 
     def prefill(self, request_id: str, prompt: list[int], sampling: Sampling,
-                target: worker_pb2_grpc.WorkerStub | None, generated: list[int] = ()) -> PrefillResult:
+                target: worker_pb2_grpc.WorkerStub | None, generated: list[int] = (),
+                kv_token: str = "") -> PrefillResult:
         """Prefill `prompt` + `generated`; stream its KV to `target`, or keep it here (GPU assist) when None.
 
         `generated` holds tokens the request produced before a migration; the returned
-        token is generated token number len(generated).
+        token is generated token number len(generated). `kv_token` (the scheduler's
+        authorisation of this transfer) is forwarded to the target in the KV header.
         """
         generated = list(generated)
         if not prompt:
@@ -101,7 +103,7 @@ class GpuEngine:
         if target is not None:
             header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=len(tokens),
                                          reserve_tokens=len(prompt) + sampling.max_new_tokens,
-                                         num_layers=self.num_layers)
+                                         num_layers=self.num_layers, kv_token=kv_token)
             sender = KvSender(target, header, self.settings.kv_transfer_timeout_s)
         elif request_id in self._local:
             raise AlreadyExists(f"request {request_id} already holds KV on this worker")

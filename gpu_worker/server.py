@@ -54,7 +54,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         target = self._stub(request.target.address) if request.target.address else None
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, target,
-                                     list(request.generated_token_ids))
+                                     list(request.generated_token_ids), kv_token=request.target.kv_token)
         metrics.PREFILL.observe(result.prefill_s)
         if target is not None:
             metrics.KV_SENT_BYTES.inc(result.kv_bytes)

@@ -24,6 +24,7 @@ from services import metrics
 from services.channels import WorkerStubs
 from services.decoding import Finish
 from services.errors import InvalidArgument, Unavailable, from_rpc_error
+from services.kv_token import KvTokenIssuer
 from services.proto_convert import FINISH_FROM_PROTO
 from services.registry import Registry, WorkerState
 from services.sampling import Sampling
@@ -137,6 +138,9 @@ class Orchestrator:
         self.admission = Admission(settings.max_active, settings.max_queued, settings.queue_wait_s)
         self.model = model
         self._stubs = WorkerStubs(settings.tls())
+        # one token per KV transfer (per attempt: migrations get fresh ones); None: transfers carry none
+        self.kv_tokens = (KvTokenIssuer(settings.kv_token_secret, settings.kv_token_ttl_s)
+                          if settings.kv_token_secret else None)
         self.active = 0
         self._active_lock = threading.Lock()
 
@@ -323,8 +327,11 @@ class Orchestrator:
 
     def _prefill(self, gpu: WorkerState, fpga: WorkerState | None, claim_id: str,
                  run: _Run) -> worker_pb2.PrefillResponse:
-        target = worker_pb2.DecodeTarget(address=fpga.record.address, worker_id=fpga.record.worker_id) if fpga \
-            else worker_pb2.DecodeTarget()
+        target = worker_pb2.DecodeTarget()
+        if fpga is not None:
+            token = self.kv_tokens.issue(claim_id, fpga.record.worker_id) if self.kv_tokens else ""
+            target = worker_pb2.DecodeTarget(address=fpga.record.address, worker_id=fpga.record.worker_id,
+                                             kv_token=token)
         try:
             return self._stub(gpu.record.address).Prefill(
                 worker_pb2.PrefillRequest(request_id=claim_id, prompt_token_ids=run.prompt_ids,
@@ -335,6 +342,11 @@ class Orchestrator:
             code = error.code()
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED and fpga is not None:
                 raise _WorkerLost(fpga.record.worker_id, f"{fpga.record.worker_id} had no room for the KV "
+                                  f"({error.details()})", counts_as_migration=False) from error
+            if code == grpc.StatusCode.PERMISSION_DENIED and fpga is not None:  # a KV token it would not take
+                log.error("request %s: %s refused the KV transfer (%s); give the scheduler and every FPGA worker "
+                          "the same KV token secret", claim_id, fpga.record.worker_id, error.details())
+                raise _WorkerLost(fpga.record.worker_id, f"{fpga.record.worker_id} refused the KV transfer "
                                   f"({error.details()})", counts_as_migration=False) from error
             if code == grpc.StatusCode.UNAVAILABLE:
                 lost = gpu if not self._answers(gpu) or fpga is None else fpga

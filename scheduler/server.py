@@ -12,6 +12,7 @@ from services.api_keys import ApiKeyInterceptor
 from services.rate_limit import KeyRateLimiter
 from services.daemon import configure_logging, run_until_signalled
 from services.grpc_server import start_server
+from services.kv_token import SECRET_ENV
 from services.metrics import ACTIVE_REQUESTS, REGISTRIES
 from services.observability import DaemonHttp, OccupancyCollector, scheduler_ready_check
 from services.proto_convert import FINISH_TO_PROTO
@@ -52,7 +53,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 backend=w.record.backend, emulated=bool(w.record.emulated), device_name=w.record.device_name,
                 address=w.record.address, pid=w.record.pid, healthy=w.healthy, slots=w.record.slots,
                 active_requests=w.active, kv_capacity_bytes=w.record.kv_capacity_bytes,
-                kv_free_bytes=w.record.kv_free_bytes, model=w.record.model, http_address=w.record.http_address)
+                kv_free_bytes=w.record.kv_free_bytes, model=w.record.model, http_address=w.record.http_address,
+                kv_tokens_required=bool(w.record.kv_tokens_required))
             for w in self.orchestrator.registry.workers()]
         return scheduler_pb2.StatusResponse(model=self.orchestrator.model.name, workers=workers,
                                             scheduler_active_requests=self.orchestrator.active)
@@ -78,6 +80,10 @@ def serve(settings: SchedulerSettings) -> None:
     leases = LeaseKeeper(registry)
     leases.start()
     orchestrator = Orchestrator(settings, registry, load_model_info(settings.model), leases)
+    if orchestrator.kv_tokens is None:
+        log.warning("no KV token secret is set: KV transfers carry no token, so FPGA workers that have one refuse "
+                    "them; set the same %s (or --kv-token-secret-file) on the scheduler and the workers",
+                    SECRET_ENV)
     limiter = KeyRateLimiter(settings.requests_per_minute_per_key) if settings.requests_per_minute_per_key else None
     server = start_server(settings.host, settings.port,
                           [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],

@@ -22,6 +22,8 @@ class SchedulerSettings(DaemonSettings):
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: the Scheduler service is open; never logged
     requests_per_minute_per_key: float = 0.0  # with API keys: Generate/Status calls per key per minute; 0 = no limit
     max_prompt_tokens: int = 0  # longest prompt accepted, tokens; 0 = the model's context
+    kv_token_secret: bytes = field(default=b"", repr=False)  # shared with KV receivers; b"": no tokens issued
+    kv_token_ttl_s: float = 60.0  # how long a KV-transfer token stays valid after it is issued, seconds
 
     def __post_init__(self):
         super().__post_init__()
@@ -31,5 +33,7 @@ class SchedulerSettings(DaemonSettings):
             raise InvalidArgument("--max-active must be >= 1; --max-queued, --queue-wait-s and --max-migrations >= 0")
         if self.requests_per_minute_per_key < 0 or self.max_prompt_tokens < 0:
             raise InvalidArgument("--requests-per-minute-per-key and --max-prompt-tokens must be >= 0 (0: no limit)")
+        if self.kv_token_ttl_s <= 0:
+            raise InvalidArgument(f"--kv-token-ttl-s must be positive, got {self.kv_token_ttl_s}")
         if self.lease_ttl_s <= 1.0:
             raise InvalidArgument(f"--lease-ttl-s must be above the 1 s renewal interval, got {self.lease_ttl_s}")

@@ -31,6 +31,10 @@ class FailedPrecondition(GlitchesError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class PermissionDenied(GlitchesError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(GlitchesError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -117,6 +117,7 @@ class WorkerRecord:
     kv_granularity_tokens: int = 1  # a reservation of n tokens takes KV for n rounded up to a multiple of this
     kv_block_bytes: int = 0  # bytes of one KV block (16 tokens of one layer/head/K-or-V lane); 0 for GPUs
     kv_free_blocks: int = 0  # free KV blocks on the device (kv_free_bytes // kv_block_bytes)
+    kv_tokens_required: int = 0  # 1 when the worker accepts KV only with a scheduler-issued token
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerRecord:

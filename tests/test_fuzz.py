@@ -33,11 +33,13 @@ from scheduler.settings import SchedulerSettings
 from services import models
 from services.channels import insecure_channel
 from services.grpc_server import start_server
+from services.kv_token import KvTokenIssuer, KvTokenVerifier
 from services.registry import Heartbeat, Registry, WorkerRecord
 from services.stubs.glitches.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 
 CASES: Counter = Counter()  # property -> examples run
+OUTCOMES: Counter = Counter()  # notable outcomes among those examples
 BAD_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 def fuzz(examples: int):
     """`examples` cases per property, times GLITCHES_FUZZ_SCALE (default 1) for longer hunts."""
@@ -49,6 +51,15 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 HUGE = st.builds(lambda piece, n: piece * n, st.sampled_from(["ab ", "\u00e9", "\U0001f600", "\x00", "<|im_start|>"]),
                  st.integers(2000, 30000))  # hypothesis draws no text this long itself
 TEXT = st.one_of(st.text(max_size=40), HUGE)
+KV_SECRET = b"fuzz-kv-token-secret-0123456789"  # the FPGA worker takes KV only with tokens under it
+TOKENS = KvTokenIssuer(KV_SECRET)
+VALID = "VALID"  # stands for a fresh token for the message's request id, issued when the case runs
+KV_TOKEN = st.one_of(st.just(VALID), st.just(""), st.text(max_size=12),
+                     st.builds(lambda rid: TOKENS.issue(rid, "fpga-f"), st.sampled_from(["fz", "", "other"])))
+
+
+def _with_token(request_id: str, token: str) -> str:
+    return TOKENS.issue(request_id, "fpga-f") if token == VALID else token
 
 
 def _serve(add, servicer, name):
@@ -62,7 +73,7 @@ def daemons(tiny_source):
     card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2)
     tokenizer = models.load_tokenizer(tiny_source)
     gpu_servicer = GpuWorkerServicer(engine, "gpu-f", tiny_source.name)
-    fpga_servicer = FpgaWorkerServicer(card, tokenizer, "fpga-f", tiny_source.name, 1)
+    fpga_servicer = FpgaWorkerServicer(card, tokenizer, "fpga-f", tiny_source.name, 1, KvTokenVerifier(KV_SECRET))
     gpu_server = _serve(worker_pb2_grpc.add_WorkerServicer_to_server, gpu_servicer, "glitches.v1.Worker")
     fpga_server = _serve(worker_pb2_grpc.add_WorkerServicer_to_server, fpga_servicer, "glitches.v1.Worker")
     registry = Registry(REDIS_URL, prefix)
@@ -76,7 +87,8 @@ def daemons(tiny_source):
                                 kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token)
         beats.append(Heartbeat(registry, record, 0.5))
         beats[-1].start()
-    settings_ = SchedulerSettings(redis_prefix=prefix, model=str(tiny_source.path), max_new_tokens_limit=32)
+    settings_ = SchedulerSettings(redis_prefix=prefix, model=str(tiny_source.path), max_new_tokens_limit=32,
+                                  kv_token_secret=KV_SECRET)
     orchestrator = Orchestrator(settings_, registry, ModelInfo(tiny_source.name, tokenizer, (2,), 512))
     scheduler_server = _serve(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator),
                               "glitches.v1.Scheduler")
@@ -99,7 +111,7 @@ def daemons(tiny_source):
     keys = list(client.scan_iter(f"{prefix}:*"))
     if keys:
         client.delete(*keys)
-    print("\nfuzz cases run:", dict(CASES), "total", sum(CASES.values()))
+    print("\nfuzz cases run:", dict(CASES), "total", sum(CASES.values()), "; of them:", dict(OUTCOMES))
 
 
 def _assert_no_leak(d, timeout_s: float = 5.0) -> None:
@@ -158,12 +170,13 @@ def test_scheduler_still_serves_after_fuzzing(daemons):
 # --- the workers -----------------------------------------------------------------------------------
 @fuzz(80)
 @given(request_id=st.text(max_size=20), prompt=st.lists(st.one_of(UINT32, st.integers(0, 49151)), max_size=600),
-       sampling=st.none() | SAMPLING, target=st.sampled_from(["", "fpga", "127.0.0.1:1"]))
-def test_fuzz_worker_prefill(daemons, request_id, prompt, sampling, target):
+       sampling=st.none() | SAMPLING, target=st.sampled_from(["", "fpga", "127.0.0.1:1"]), token=KV_TOKEN)
+def test_fuzz_worker_prefill(daemons, request_id, prompt, sampling, target, token):
     CASES["Worker.Prefill"] += 1
     address = daemons["fpga_address"] if target == "fpga" else target
     request = worker_pb2.PrefillRequest(request_id=request_id, prompt_token_ids=prompt,
-                                        target=worker_pb2.DecodeTarget(address=address, worker_id="x"))
+                                        target=worker_pb2.DecodeTarget(address=address, worker_id="x",
+                                                                       kv_token=_with_token(request_id, token)))
     if sampling is not None:
         request.sampling.CopyFrom(sampling)
     _expect_well_formed(lambda: daemons["gpu"].Prefill(request, timeout=60))
@@ -174,10 +187,10 @@ def test_fuzz_worker_prefill(daemons, request_id, prompt, sampling, target):
 
 DTYPES = st.sampled_from(["float32", "float16", "bfloat16", "int8", "", "float64\x00"])
 CHUNK = st.one_of(
-    st.builds(lambda rid, p, r, n: worker_pb2.KvChunk(header=worker_pb2.KvHeader(
-        request_id=rid, prompt_tokens=p, reserve_tokens=r, num_layers=n)),
+    st.builds(lambda rid, p, r, n, token: worker_pb2.KvChunk(header=worker_pb2.KvHeader(
+        request_id=rid, prompt_tokens=p, reserve_tokens=r, num_layers=n, kv_token=token)),
         st.sampled_from(["fz", ""]), st.one_of(UINT32, st.integers(0, 8)), st.one_of(UINT32, st.integers(0, 16)),
-        st.one_of(UINT32, st.integers(0, 3))),
+        st.one_of(UINT32, st.integers(0, 3)), KV_TOKEN),
     st.builds(lambda layer, start, dtype, shape, k, v: worker_pb2.KvChunk(layer=worker_pb2.KvLayerChunk(
         layer=layer, seq_start=start, dtype=dtype, shape=shape, key=k, value=v)),
         st.one_of(UINT32, st.integers(0, 2)), st.one_of(UINT32, st.integers(0, 4)), DTYPES,
@@ -191,7 +204,12 @@ CHUNK = st.one_of(
 @given(chunks=st.lists(CHUNK, max_size=8))
 def test_fuzz_worker_transfer_kv(daemons, chunks):
     CASES["Worker.TransferKV"] += 1
-    _expect_well_formed(lambda: daemons["fpga"].TransferKV(iter(chunks), timeout=30))
+    for chunk in chunks:
+        if chunk.WhichOneof("body") == "header":
+            chunk.header.kv_token = _with_token(chunk.header.request_id, chunk.header.kv_token)
+    outcome = _expect_well_formed(lambda: daemons["fpga"].TransferKV(iter(chunks), timeout=30))
+    OUTCOMES["TransferKV refused for its token"] += isinstance(outcome, grpc.RpcError) and \
+        outcome.code() == grpc.StatusCode.PERMISSION_DENIED
     for rid in ("fz", ""):
         daemons["fpga"].Release(worker_pb2.ReleaseRequest(request_id=rid))
     _assert_no_leak(daemons)
@@ -215,7 +233,8 @@ def test_fuzz_worker_decode_release_info(daemons, worker, request_id, first, pos
 
 def test_workers_still_serve_after_fuzzing(daemons):
     prompt = list(range(100, 120))
-    target = worker_pb2.DecodeTarget(address=daemons["fpga_address"], worker_id="fpga-f")
+    target = worker_pb2.DecodeTarget(address=daemons["fpga_address"], worker_id="fpga-f",
+                                     kv_token=TOKENS.issue("ok", "fpga-f"))
     pre = daemons["gpu"].Prefill(worker_pb2.PrefillRequest(request_id="ok", prompt_token_ids=prompt,
                                                            sampling=common_pb2.SamplingParams(max_new_tokens=4),
                                                            target=target))

@@ -11,7 +11,7 @@ from glitches.cluster import ClusterSpec, LocalCluster
 
 def test_up_starts_the_gateway_as_a_child(tmp_path, monkeypatch):
     spawned = {}
-    monkeypatch.setattr(LocalCluster, "_spawn", lambda self, name, argv, role=None: spawned.setdefault(name, argv))
+    monkeypatch.setattr(LocalCluster, "_spawn", lambda self, name, argv, role=None, env=None: spawned.setdefault(name, argv))
     cluster = LocalCluster(ClusterSpec(gpu_workers=1, fpga_workers=1, port=50999, redis_url="redis://x:1/0",
                                        gateway_port=8123), run_dir=tmp_path)
     cluster.start()
@@ -24,7 +24,7 @@ def test_up_starts_the_gateway_as_a_child(tmp_path, monkeypatch):
 
 def test_up_without_gateway_port_starts_no_gateway(tmp_path, monkeypatch):
     spawned = {}
-    monkeypatch.setattr(LocalCluster, "_spawn", lambda self, name, argv, role=None: spawned.setdefault(name, argv))
+    monkeypatch.setattr(LocalCluster, "_spawn", lambda self, name, argv, role=None, env=None: spawned.setdefault(name, argv))
     cluster = LocalCluster(ClusterSpec(redis_url="redis://x:1/0", port=50999), run_dir=tmp_path)
     cluster.start()
     assert "gateway" not in spawned and cluster.gateway_url == "" and cluster._gateway_answers()

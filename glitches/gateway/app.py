@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ValidationError
@@ -24,12 +25,14 @@ from glitches.aio import AsyncClient
 from glitches.errors import GlitchesError
 from glitches.gateway.auth import ApiKeyMiddleware
 from glitches.gateway.chat import ChatTemplate
+from glitches.gateway.rate_limit import ClientRateLimitMiddleware, check_user
 from glitches.gateway.errors import (RequestError, error_body, from_request_error, from_sdk_error,
                                      http_status_of)
 from glitches.gateway.responses import Shapes, finish_reason, sse
 from glitches.gateway.schemas import ChatRequest, CompletionRequest
 from glitches.types import Completion
 from services.tls import TlsConfig
+from services.rate_limit import KeyRateLimiter
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # larger bodies are 413: no prompt that big fits the context
 
@@ -67,7 +70,8 @@ class Gateway:
                  default_max_tokens: int = 256, completions_default_max_tokens: int = 16,
                  timeout_s: float | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None,
-                 scheduler_tls: TlsConfig | None = None):
+                 scheduler_tls: TlsConfig | None = None, requests_per_minute_per_client: float = 0.0,
+                 requests_per_minute_per_user: float = 0.0, clock=time.monotonic):
         self.scheduler_address = scheduler_address
         self.chat_template = chat_template
         self.served_model = served_model
@@ -78,6 +82,11 @@ class Gateway:
         self.api_keys = api_keys  # keys HTTP clients must send; empty: open
         self.scheduler_api_key = scheduler_api_key  # the key the gateway sends to the scheduler
         self.scheduler_tls = scheduler_tls  # TLS/mTLS to the scheduler (None: GLITCHES_TLS_* or plaintext)
+        # requests per minute per client (its key, or its address without keys) and per OpenAI `user`; None: no limit
+        self.client_limiter = (KeyRateLimiter(requests_per_minute_per_client, clock)
+                               if requests_per_minute_per_client else None)
+        self.user_limiter = (KeyRateLimiter(requests_per_minute_per_user, clock)
+                             if requests_per_minute_per_user else None)
         self.client: AsyncClient | None = None
 
     @contextlib.asynccontextmanager
@@ -113,6 +122,8 @@ class Gateway:
             prompt = body.prompt_text()
         except RequestError as error:
             return from_request_error(error)
+        if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
+            return refused
         kwargs = body.sdk_kwargs(body.max_tokens, self.completions_default_max_tokens)
         return await self._answer(prompt, kwargs, Shapes(False, body.model or self.served_model), body)
 
@@ -125,6 +136,8 @@ class Gateway:
             prompt = self.chat_template.render([m.as_template_message() for m in body.messages])
         except RequestError as error:
             return from_request_error(error)
+        if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
+            return refused
         kwargs = body.sdk_kwargs(body.max_completion_tokens or body.max_tokens, self.default_max_tokens)
         return await self._answer(prompt, kwargs, Shapes(True, body.model or self.served_model), body)
 
@@ -197,5 +210,8 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
     ]
     middleware = [Middleware(ApiKeyMiddleware, keys=gateway.api_keys)] if gateway.api_keys else []
+    if gateway.client_limiter is not None:  # after the key check: only valid keys get a bucket
+        middleware.append(Middleware(ClientRateLimitMiddleware, limiter=gateway.client_limiter,
+                                     keyed=bool(gateway.api_keys)))
     return Starlette(routes=routes, lifespan=gateway.lifespan, middleware=middleware,
                      exception_handlers={HTTPException: _http_error, Exception: _server_error})

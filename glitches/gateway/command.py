@@ -28,12 +28,20 @@ from services.models import DEFAULT_MODEL
               help="Comma-separated keys (prefer the file).")
 @click.option("--scheduler-api-key", default=None, envvar="GLITCHES_API_KEY",
               help="Key the gateway sends to a scheduler that requires one.")
+@click.option("--requests-per-minute-per-client", default=0.0, type=float,
+              envvar="GLITCHES_GATEWAY_REQUESTS_PER_MINUTE_PER_CLIENT", show_default=True,
+              help="Requests per minute per client: per API key with keys, else per client IP (0: no limit). "
+                   "Past it: HTTP 429 with Retry-After.")
+@click.option("--requests-per-minute-per-user", default=0.0, type=float,
+              envvar="GLITCHES_GATEWAY_REQUESTS_PER_MINUTE_PER_USER", show_default=True,
+              help="Also, completions per minute per OpenAI `user` field within each client (0: no limit).")
 @click.option("--https-cert", default="", envvar="GLITCHES_GATEWAY_HTTPS_CERT",
               help="PEM certificate: serve HTTPS instead of HTTP (with --https-key).")
 @click.option("--https-key", default="", envvar="GLITCHES_GATEWAY_HTTPS_KEY", help="PEM private key of --https-cert.")
 @client_tls_options
 def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
-                scheduler_api_key, https_cert, https_key, **tls) -> None:
+                scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, https_cert, https_key,
+                **tls) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
     import uvicorn
 
@@ -46,6 +54,9 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
 
     if default_max_tokens < 1:
         raise click.UsageError("--default-max-tokens must be at least 1")
+    if requests_per_minute_per_client < 0 or requests_per_minute_per_user < 0:
+        raise click.UsageError("--requests-per-minute-per-client and --requests-per-minute-per-user must be >= 0 "
+                               "(0: no limit)")
     if bool(https_cert) != bool(https_key):
         raise click.UsageError("give --https-cert and --https-key together")
     scheduler_tls = client_tls(tls)  # the link to the scheduler: TLS/mTLS with --tls-*
@@ -58,7 +69,8 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
     port = port or free_port()
     gateway = Gateway(scheduler, template, served, default_max_tokens=default_max_tokens,
                       timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key,
-                      scheduler_tls=scheduler_tls)
+                      scheduler_tls=scheduler_tls, requests_per_minute_per_client=requests_per_minute_per_client,
+                      requests_per_minute_per_user=requests_per_minute_per_user)
     scheme = "https" if https_cert else "http"
     link = "mTLS" if scheduler_tls.cert else "TLS" if scheduler_tls.enabled else "plaintext"
     click.echo(f"gateway {scheme}://{host}:{port} -> scheduler {scheduler} ({link})", err=True)

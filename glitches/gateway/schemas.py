@@ -36,6 +36,7 @@ class _Sampling(_Strict):
     logprobs: bool | int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    user: str | None = None  # OpenAI's end-user id: only counted by --requests-per-minute-per-user
 
     @field_validator("stop")
     @classmethod

@@ -1,6 +1,7 @@
 """A real cluster for end-to-end tests: `glitches up` in its own process (scheduler, 1 GPU worker,
 2 emulated FPGA workers, each a process) on the shared Redis under a test-only prefix, and
-transformers' own model in this process as the reference."""
+transformers' own model in this process as the reference. The cluster's KV token secret is given
+to `up` in its environment (KV_TOKEN_ENV), so tests can start more schedulers that share it."""
 
 from __future__ import annotations
 
@@ -17,18 +18,23 @@ import torch
 
 from glitches import Client
 from services import models
+from services.kv_token import SECRET_ENV, new_secret
 from services.registry import Registry
 from tests.conftest import REDIS_URL
 
 FPGA_WORKERS = 2
+KV_TOKEN_ENV = {SECRET_ENV: new_secret()}  # the session cluster's KV token secret (`up` passes it on)
 
 
-def start_up(args: list[str], timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
-    """Run `glitches up ARGS` and wait for its `ready <address>` line."""
+def start_up(args: list[str], timeout_s: float = 300.0, env: dict[str, str] | None = None
+             ) -> tuple[subprocess.Popen, str]:
+    """Run `glitches up ARGS` (with `env` added to this environment) and wait for its `ready <address>` line."""
     proc = subprocess.Popen([sys.executable, "-m", "glitches", "up", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.monotonic() + timeout_s
     proc.http_addresses = {}  # daemon name -> host:port of its HTTP side port
+    proc.gateway_url = ""  # with --gateway-port
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if line.startswith("http "):
@@ -57,7 +63,7 @@ def cluster():
     prefix = f"glitches-e2e-{uuid.uuid4().hex[:8]}"
     models.resolve_model(models.DEFAULT_MODEL)
     proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix,
-                              "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS)])
+                              "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS)], env=KV_TOKEN_ENV)
     client = Client(address, timeout_s=600)
     pids = [w.pid for w in client.status().workers]
     yield dict(address=address, client=client, registry=Registry(REDIS_URL, prefix), prefix=prefix, proc=proc,

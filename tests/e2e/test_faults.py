@@ -5,6 +5,7 @@ One cluster of its own with a private Redis (so the test can stop and restart it
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def test_two_scheduler_replicas_share_one_redis_without_overfilling_a_card(priva
     port = free_port()
     second = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
                                private["cluster"].redis_url, "--redis-prefix", "glitches", "--queue-wait-s", "600"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, **private["cluster"].daemon_env})  # the cluster's KV token secret
     try:
         for line in second.stdout:
             if line.startswith("scheduler ready"):

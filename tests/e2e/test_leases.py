@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from glitches import Client, TextChunk
 from glitches.cluster import free_port
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import assert_idle
+from tests.e2e.conftest import KV_TOKEN_ENV, assert_idle
 
 pytestmark = pytest.mark.e2e
 LEASE_TTL_S = 2.0
@@ -22,7 +23,8 @@ def test_sigkill_of_the_scheduler_mid_decode_frees_everything(cluster):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
                              REDIS_URL, "--redis-prefix", cluster["prefix"], "--lease-ttl-s", str(LEASE_TTL_S)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **KV_TOKEN_ENV})  # a replica of the cluster: its KV token secret
     try:
         for line in proc.stdout:
             if line.startswith("scheduler ready"):

@@ -32,6 +32,7 @@ def test_up_with_private_redis_answers_and_cleans_up():
     assert re.search(r"^ready 127\.0\.0\.1:\d+$", run.stdout, re.MULTILINE)
     assert "decoded on fpga worker fpga-0" in run.stderr
     run_dir = re.search(r"logs in (\S+)", run.stderr).group(1)
+    assert "kv_tokens=required" in (Path(run_dir) / "fpga-0.log").read_text()  # up made a secret for the cluster
     redis_url = re.search(r"redis (redis://\S+)", run.stderr).group(1)
     assert _processes_mentioning(run_dir) == [] and _processes_mentioning(redis_url) == []
 

@@ -100,7 +100,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "address", "pid", "healthy", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "model", "http_address")
+    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "address", "pid", "healthy", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "model", "http_address", "kv_tokens_required")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class WorkerStatus(_message.Message):
     KV_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KV_TOKENS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kind: _common_pb2.DeviceKind
     backend: str
@@ -129,7 +130,8 @@ class WorkerStatus(_message.Message):
     kv_free_bytes: int
     model: str
     http_address: str
-    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ...) -> None: ...
+    kv_tokens_required: bool
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("model", "workers", "scheduler_active_requests")

@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "model", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "kv_bytes_per_token", "pid", "http_address")
+    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "model", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "kv_bytes_per_token", "pid", "http_address", "kv_tokens_required")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class InfoResponse(_message.Message):
     KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KV_TOKENS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kind: _common_pb2.DeviceKind
     backend: str
@@ -39,15 +40,18 @@ class InfoResponse(_message.Message):
     kv_bytes_per_token: int
     pid: int
     http_address: str
-    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., pid: _Optional[int] = ..., http_address: _Optional[str] = ...) -> None: ...
+    kv_tokens_required: bool
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., pid: _Optional[int] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ...) -> None: ...
 
 class DecodeTarget(_message.Message):
-    __slots__ = ("address", "worker_id")
+    __slots__ = ("address", "worker_id", "kv_token")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    KV_TOKEN_FIELD_NUMBER: _ClassVar[int]
     address: str
     worker_id: str
-    def __init__(self, address: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    kv_token: str
+    def __init__(self, address: _Optional[str] = ..., worker_id: _Optional[str] = ..., kv_token: _Optional[str] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "target", "generated_token_ids")
@@ -94,16 +98,18 @@ class KvChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[KvHeader, _Mapping]] = ..., layer: _Optional[_Union[KvLayerChunk, _Mapping]] = ..., end: _Optional[_Union[KvEnd, _Mapping]] = ...) -> None: ...
 
 class KvHeader(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "reserve_tokens", "num_layers")
+    __slots__ = ("request_id", "prompt_tokens", "reserve_tokens", "num_layers", "kv_token")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RESERVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    KV_TOKEN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: int
     reserve_tokens: int
     num_layers: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ...) -> None: ...
+    kv_token: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., kv_token: _Optional[str] = ...) -> None: ...
 
 class KvLayerChunk(_message.Message):
     __slots__ = ("layer", "seq_start", "dtype", "shape", "key", "value")
