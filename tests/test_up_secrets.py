@@ -17,7 +17,7 @@ from services.kv_token import SECRET_ENV
 def spawned(monkeypatch):
     calls = {}
     monkeypatch.setattr(LocalCluster, "_spawn",
-                        lambda self, name, argv, env=None: calls.setdefault(name, (argv, env or {})))
+                        lambda self, name, argv, role=None, env=None: calls.setdefault(name, (argv, env or {})))
     return calls
 
 
