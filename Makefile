@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test test-fast stubs check-stubs bench clean docs
+.PHONY: setup demo test test-fast container-smoke stubs check-stubs bench clean docs
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ test: setup
 
 test-fast: setup  ## everything but the end-to-end cluster tests
 	$(PY) -m pytest -q -m "not e2e"
+
+container-smoke: setup  ## podman: build the CPU image, compose up on the host network, one prompt, down (root; README "Deploy")
+	scripts/container/smoke.sh
 
 stubs: setup
 	$(PY) -m services.generate_stubs

@@ -4,9 +4,11 @@ installed. Also checks the Dockerfile's targets."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,35 @@ def test_dockerfile_has_every_target_and_runs_as_non_root():
         if name.endswith((" AS cpu", " AS gpu-worker", " AS fpga-worker")):
             assert "USER glitches" in stage and "HEALTHCHECK" in stage and "/readyz" in stage
             assert "build-essential" not in stage and "gcc" not in stage
+
+
+def test_hostnet_override_runs_everything_on_the_host_network_with_its_own_redis(tmp_path):
+    """docker-compose.hostnet.yml over docker-compose.cpu.yml, as scripts/container/smoke.sh merges them."""
+    cli = shutil.which("podman-compose") or shutil.which("podman-compose", path=str(Path(sys.executable).parent))
+    if cli is None:
+        pytest.skip("podman-compose is not installed (pip install podman-compose)")
+    ports = {"GLITCHES_HOSTNET_REDIS_PORT": "16380", "GLITCHES_HOSTNET_PORT": "15051",
+             "GLITCHES_HOSTNET_HTTP_SCHEDULER": "18090", "GLITCHES_HOSTNET_HTTP_GPU0": "18091",
+             "GLITCHES_HOSTNET_HTTP_FPGA0": "18092", "GLITCHES_HOSTNET_HTTP_FPGA1": "18093"}
+    run = subprocess.run([cli, "-f", str(ROOT / "docker-compose.cpu.yml"), "-f", str(ROOT / "docker-compose.hostnet.yml"),
+                          "config"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**os.environ, **ports})
+    assert run.returncode == 0, run.stderr[-2000:]
+    services = yaml.safe_load(run.stdout)["services"]
+    assert set(services) == set(_services("docker-compose.cpu.yml"))
+    http_ports = set()
+    for name, service in services.items():
+        assert service["network_mode"] == "host" and not service.get("ports"), name
+        test = service["healthcheck"]["test"]
+        assert test.count("CMD") == 1, f"{name}: merged health check {test}"  # replaced, not appended
+        if name == "redis":
+            assert service["image"].startswith("glitches-cpu:") and "16380" in service["command"]
+            assert service["environment"]["REDIS_PORT"] == "16380" and "REDIS_PORT" in test[-1]
+            continue
+        env = service["environment"]
+        assert env["GLITCHES_REDIS_URL"] == "redis://127.0.0.1:16380/0"
+        assert env["GLITCHES_HOST"] == env["GLITCHES_ADVERTISE_HOST"] == "127.0.0.1"
+        assert env["GLITCHES_PORT"] == ("15051" if name == "scheduler" else "0")
+        http_ports.add(env["GLITCHES_HTTP_PORT"])
+        assert "GLITCHES_HTTP_PORT" in test[-1]  # the check follows the moved port
+    assert http_ports == {"18090", "18091", "18092", "18093"}
