@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -49,6 +50,10 @@ def deploy_cmd(dry_run, as_json, down, docker_host, **options) -> None:
         options["tls_dir"] = str(Path(options["tls_dir"]).resolve())  # bind mounts need absolute paths
         if not (Path(options["tls_dir"]) / "ca.pem").is_file():
             raise click.UsageError(f"--tls-dir {options['tls_dir']} holds no ca.pem: make it with `glitches certs`")
+    from services.kv_token import SECRET_ENV, new_secret
+
+    # one KV-transfer token secret per deploy (or the operator's), handed to containers in their environment
+    options["kv_token_secret"] = os.environ.get(SECRET_ENV, "") or new_secret()
     try:
         plan = make_plan(discover_gpus(), discover_alveo(), DeployOptions(**options))
     except ServiceError as error:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from glitches.deploy.devices import AlveoCard, Gpu
 from services.errors import InvalidArgument
+from services.kv_token import SECRET_ENV
 
 TLS_MOUNT = "/etc/glitches/tls"  # where --tls-dir appears inside every daemon container
 
@@ -35,6 +36,7 @@ class DeployOptions:
     image_override: str = ""  # run every daemon from this one image (e.g. the cpu image, or in tests)
     fpga_backend: str = "emu"  # the FPGA workers' --backend for real cards (only emu exists so far)
     tls_dir: str = ""  # host directory from `glitches certs`: mounted read-only, mTLS on every gRPC link
+    kv_token_secret: str = field(default="", repr=False)  # shared by the scheduler and FPGA workers; "": none
 
     def __post_init__(self):
         if self.emulated_fpgas < 0 or self.cpu_gpu_workers < 0:
@@ -66,7 +68,12 @@ class Plan:
     containers: list[ContainerSpec]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The plan as JSON-ready data, the KV token secret masked."""
+        data = asdict(self)
+        for container in data["containers"]:
+            if SECRET_ENV in container["environment"]:
+                container["environment"][SECRET_ENV] = "<hidden>"
+        return data
 
 
 def _image(options: DeployOptions, role: str) -> str:
@@ -90,6 +97,8 @@ def make_plan(gpus: list[Gpu], cards: list[AlveoCard], options: DeployOptions) -
                "GLITCHES_HOST": "0.0.0.0", "GLITCHES_ADVERTISE_HOST": o.advertise_host,
                "GLITCHES_PORT": str(grpc_port), "GLITCHES_HTTP_PORT": str(http_port),
                "GLITCHES_CACHE_DIR": "/var/cache/glitches"}
+        if o.kv_token_secret and role != "gpu-worker":  # GPU workers only forward tokens
+            env[SECRET_ENV] = o.kv_token_secret
         volumes = {o.cache_dir: "/var/cache/glitches"}
         if o.tls_dir:  # each daemon presents its role's certificate (ROLE.pem / ROLE-key.pem)
             volumes[o.tls_dir] = f"{TLS_MOUNT}:ro"

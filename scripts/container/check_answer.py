@@ -1,7 +1,7 @@
 """Check the smoke test's answer: `glitches status --json` and `glitches generate --json` outputs.
 
-Passes when the cluster has a CPU prefill worker and emulated FPGA workers, all healthy, and the answer is
-non-empty text decoded on one of those FPGA workers. Prints the answer; exits 1 with the reason otherwise.
+Passes when the cluster has a CPU prefill worker and emulated FPGA workers, all healthy and requiring
+KV-transfer tokens, and the answer is non-empty text decoded on one of those FPGA workers. Prints the answer; exits 1 with the reason otherwise.
     python scripts/container/check_answer.py STATUS.json ANSWER.json
 """
 
@@ -23,6 +23,8 @@ def check(status: dict, answer: dict) -> list[str]:
     for w in fpgas.values():
         if w.get("backend") != "emu" or not w.get("emulated"):
             problems.append(f"FPGA worker {w['worker_id']} is not the emulator: backend {w.get('backend')}")
+        if not w.get("kv_tokens_required"):
+            problems.append(f"FPGA worker {w['worker_id']} accepts KV without a scheduler-issued token")
     if not answer.get("text", "").strip():
         problems.append("empty answer")
     if answer.get("decode_device") != "fpga" or answer.get("decode_worker") not in fpgas:

@@ -23,6 +23,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 export GLITCHES_BASE_IMAGE=${GLITCHES_BASE_IMAGE:-localhost/debian-bookworm-python:base}
 export GLITCHES_TAG=${GLITCHES_SMOKE_TAG:-smoke}
+# the scheduler and the FPGA workers share a fresh KV-transfer token secret (passed by compose's environment)
+GLITCHES_KV_TOKEN_SECRET=${GLITCHES_KV_TOKEN_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
+export GLITCHES_KV_TOKEN_SECRET
 PROJECT=${GLITCHES_SMOKE_PROJECT:-glitches-smoke}
 IMAGE=localhost/glitches-cpu:$GLITCHES_TAG
 UP_TIMEOUT_S=${GLITCHES_SMOKE_UP_TIMEOUT_S:-600}

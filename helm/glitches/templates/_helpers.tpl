@@ -27,6 +27,10 @@ env:
     valueFrom: {fieldRef: {fieldPath: status.podIP}}
   - name: GLITCHES_WORKER_ID
     valueFrom: {fieldRef: {fieldPath: metadata.name}}
+{{- if ne .role "gpu-worker" }}
+  - name: GLITCHES_KV_TOKEN_SECRET
+    valueFrom: {secretKeyRef: {name: {{ include "glitches.kvTokenSecretName" .root | quote }}, key: secret}}
+{{- end }}
 {{- if .root.Values.tls.enabled }}
   - {name: GLITCHES_TLS_CA, value: /etc/glitches/tls/ca.pem}
   - {name: GLITCHES_TLS_CERT, value: "/etc/glitches/tls/{{ .role }}.pem"}
@@ -78,4 +82,8 @@ volumeMounts:
 - name: tls
   secret: {secretName: {{ .Values.tls.secretName | quote }}, defaultMode: 0400}
 {{- end }}
+{{- end }}
+
+{{- define "glitches.kvTokenSecretName" -}}
+{{ .Values.kvTokens.existingSecret | default (printf "%s-kv-token" .Release.Name) }}
 {{- end }}
