@@ -8,10 +8,11 @@ import grpc
 class GlitchesError(Exception):
     """A request failed; `code` is the gRPC status name (e.g. "INVALID_ARGUMENT")."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after_s: float | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s  # RESOURCE_EXHAUSTED: when the server says a retry may succeed
 
 
 class InvalidArgumentError(GlitchesError):
@@ -60,7 +61,22 @@ _BY_CODE = {
 
 def from_rpc_error(error: grpc.RpcError) -> GlitchesError:
     code = error.code()
-    return _BY_CODE.get(code, GlitchesError)(code.name, error.details() or "")
+    return _BY_CODE.get(code, GlitchesError)(code.name, error.details() or "", _retry_after_s(error))
+
+
+def _retry_after_s(error: grpc.RpcError) -> float | None:
+    """The server's retry-after-ms trailing metadata, in seconds (None when absent or unreadable)."""
+    try:
+        trailing = error.trailing_metadata() or ()
+    except Exception:  # an error raised before any call (no metadata)
+        return None
+    for key, value in trailing:
+        if key == "retry-after-ms":
+            try:
+                return int(value) / 1000
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def invalid_argument(error: Exception) -> InvalidArgumentError:

@@ -38,7 +38,8 @@ class Admission:
                 return
             if self.queued >= self.max_queued:
                 raise ResourceExhausted(f"this scheduler is full ({self.active} running, {self.queued} queued); "
-                                        f"retry in about {self._hint_s():.0f} s or use another replica")
+                                        f"retry in about {self._hint_s():.0f} s or use another replica",
+                                        retry_after_s=self._hint_s())
             self.queued += 1
             deadline = time.monotonic() + self.queue_wait_s
             try:
@@ -46,7 +47,8 @@ class Admission:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or cancelled():
                         raise ResourceExhausted(f"waited {self.queue_wait_s:.0f} s for a place on this scheduler "
-                                                f"({self.active} running); retry in about {self._hint_s():.0f} s")
+                                                f"({self.active} running); retry in about {self._hint_s():.0f} s",
+                                                retry_after_s=self._hint_s())
                     self._cond.wait(timeout=min(remaining, 0.5))
                 self.active += 1
             finally:

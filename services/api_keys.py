@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from services.errors import ResourceExhausted
+from services.errors import ResourceExhausted, retry_after_metadata
 from services.rate_limit import KeyRateLimiter
 
 from services.errors import InvalidArgument
@@ -58,8 +58,11 @@ def refusal(key: str | None) -> str:
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str,
-          code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> grpc.RpcMethodHandler:
+          code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED,
+          trailing: tuple[tuple[str, str], ...] = ()) -> grpc.RpcMethodHandler:
     def abort(request_or_iterator, context):
+        if trailing:
+            context.set_trailing_metadata(trailing)
         context.abort(code, message)
 
     kinds = {"unary_unary": grpc.unary_unary_rpc_method_handler,
@@ -92,5 +95,6 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
             try:
                 self.limiter.admit(key)
             except ResourceExhausted as error:
-                return _deny(handler, str(error), grpc.StatusCode.RESOURCE_EXHAUSTED)
+                return _deny(handler, str(error), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             retry_after_metadata(error.retry_after_s))
         return handler

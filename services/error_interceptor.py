@@ -13,7 +13,7 @@ import logging
 
 import grpc
 
-from services.errors import GlitchesError, InvalidArgument
+from services.errors import GlitchesError, InvalidArgument, retry_after_metadata
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str):
         raise error
     if isinstance(error, GlitchesError):
         log.info("%s -> %s: %s", method, error.code.name, error)
+        if getattr(error, "retry_after_s", None) is not None:
+            context.set_trailing_metadata(retry_after_metadata(error.retry_after_s))
         context.abort(error.code, str(error))
     log.exception("%s failed unexpectedly", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}: {error}")

@@ -38,6 +38,20 @@ class PermissionDenied(GlitchesError):
 class ResourceExhausted(GlitchesError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # when a retry may succeed; sent as trailing metadata RETRY_AFTER_KEY
+
+
+RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata of RESOURCE_EXHAUSTED: milliseconds until a retry may succeed
+
+
+def retry_after_metadata(retry_after_s: float | None) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that tells a client when to retry (empty when unknown)."""
+    if retry_after_s is None:
+        return ()
+    return ((RETRY_AFTER_KEY, str(max(1, round(retry_after_s * 1000)))),)
+
 
 class Unavailable(GlitchesError):
     code = grpc.StatusCode.UNAVAILABLE

@@ -47,7 +47,7 @@ class KeyRateLimiter:
         wait_s = self.take(key)
         if wait_s > 0:
             raise ResourceExhausted(f"{who} is over its limit of {self.requests_per_minute:g} requests per "
-                                    f"minute; retry in {wait_s:.1f} s")
+                                    f"minute; retry in {wait_s:.1f} s", retry_after_s=wait_s)
 
     def tracked(self) -> int:
         """Buckets held now (keys seen recently)."""

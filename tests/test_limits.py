@@ -51,9 +51,73 @@ def test_the_key_interceptor_refuses_with_resource_exhausted_past_the_rate():
     assert refused is not handler
 
     class Context:
+        trailing = ()
+
+        def set_trailing_metadata(self, metadata):
+            self.trailing = metadata
+
         def abort(self, code, message):
             raise RuntimeError((code, message))
 
+    context = Context()
     with pytest.raises(RuntimeError) as info:
-        refused.unary_unary(b"", Context())
+        refused.unary_unary(b"", context)
     assert info.value.args[0][0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "per minute" in info.value.args[0][1]
+    assert 59_000 <= int(dict(context.trailing)["retry-after-ms"]) <= 60_000  # 1 per minute: the next in ~60 s
+
+
+def test_the_retry_hint_reaches_the_sdk_and_the_gateway_as_retry_after(redis_prefix):
+    """A real scheduler-side interceptor over a real gRPC server: the rate limit's wait travels as
+    retry-after-ms trailing metadata into the SDK's error and out of the gateway as Retry-After."""
+    import asyncio
+
+    import grpc
+
+    from glitches import Client
+    from glitches.errors import ResourceExhaustedError
+    from glitches.gateway.errors import from_sdk_error
+    from services.api_keys import ApiKeyInterceptor
+    from services.grpc_server import start_server
+    from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+    class Scheduler(scheduler_pb2_grpc.SchedulerServicer):
+        def Status(self, request, context):
+            return scheduler_pb2.StatusResponse(model="m")
+
+    server = start_server("127.0.0.1", 0, [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, Scheduler())],
+                          ("glitches.v1.Scheduler",),
+                          auth=ApiKeyInterceptor(("k1",), ("glitches.v1.Scheduler",), KeyRateLimiter(2)))
+    try:
+        with Client(f"127.0.0.1:{server.port}", api_key="k1", timeout_s=10) as client:
+            client.status()
+            client.status()
+            with pytest.raises(ResourceExhaustedError) as refused:
+                client.status()
+        assert 25 <= refused.value.retry_after_s <= 30  # one request per 30 s at 2 per minute
+        reply = from_sdk_error(refused.value)
+        assert reply.status_code == 429 and 25 <= int(reply.headers["Retry-After"]) <= 30
+        assert int(reply.headers["retry-after-ms"]) == pytest.approx(refused.value.retry_after_s * 1000, abs=1)
+
+        async def refused_async():
+            from glitches.aio import AsyncClient
+
+            async with AsyncClient(f"127.0.0.1:{server.port}", api_key="k1", timeout_s=10) as aclient:
+                with pytest.raises(ResourceExhaustedError) as info:
+                    await aclient.status()
+                return info.value.retry_after_s
+
+        assert 25 <= asyncio.run(refused_async()) <= 30
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED.name == refused.value.code
+    finally:
+        server.stop(0)
+
+
+def test_admission_refusals_carry_their_retry_hint():
+    from scheduler.admission import Admission
+
+    admission = Admission(max_active=1, max_queued=0, queue_wait_s=8)
+    with admission.slot():
+        with pytest.raises(ResourceExhausted) as full:
+            with admission.slot():
+                pass
+    assert full.value.retry_after_s == 4.0 and "retry in about 4 s" in str(full.value)

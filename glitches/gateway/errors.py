@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.responses import JSONResponse
 
 from glitches.errors import GlitchesError
@@ -42,7 +44,12 @@ def http_status_of(error: GlitchesError) -> tuple[int, str]:
 
 def from_sdk_error(error: GlitchesError) -> JSONResponse:
     status, error_type = http_status_of(error)
-    return JSONResponse(error_body(error.message, error_type, code=error.code.lower()), status_code=status)
+    headers = None
+    if error.retry_after_s is not None:  # the scheduler said when: OpenAI's clients wait that long
+        headers = {"Retry-After": str(max(1, math.ceil(error.retry_after_s))),
+                   "retry-after-ms": str(max(1, math.ceil(error.retry_after_s * 1000)))}
+    return JSONResponse(error_body(error.message, error_type, code=error.code.lower()), status_code=status,
+                        headers=headers)
 
 
 def from_request_error(error: RequestError) -> JSONResponse:
