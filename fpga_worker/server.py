@@ -16,6 +16,7 @@ from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
 from services.kv_token import SECRET_ENV, KvTokenVerifier
 from services.observability import DaemonHttp, publish_device_facts, worker_ready_check
+from services.peer_roles import worker_role_check
 from services.proto_convert import step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
 from services.sampling import Sampling, check_sampling
@@ -123,7 +124,8 @@ def serve(settings: FpgaWorkerSettings) -> None:
     servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots,
                                   kv_tokens)
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,), metrics_role="fpga-worker", tls=settings.tls())
+                          (SERVICE_NAME,), metrics_role="fpga-worker", tls=settings.tls(),
+                          auth=worker_role_check(settings.tls(), settings.tls_peer_roles))
     servicer.worker_id = settings.id_for("fpga", server.port)
     address = settings.address_for(server.port)
 

@@ -22,6 +22,10 @@ def tls_flags(server: bool) -> list:
         flags.append(click.option("--tls-client-auth", default="require", envvar="GLITCHES_TLS_CLIENT_AUTH",
                                   type=click.Choice(["require", "none"]), show_default=True,
                                   help="With TLS: require a client certificate signed by --tls-ca (mTLS)."))
+        flags.append(click.option("--tls-peer-roles/--no-tls-peer-roles", default=True,
+                                  envvar="GLITCHES_TLS_PEER_ROLES", show_default=True,
+                                  help="Workers under mTLS: Prefill/Decode/Release only from the `scheduler` "
+                                       "certificate, TransferKV only from `gpu-worker` (by subject CN)."))
     return flags
 
 

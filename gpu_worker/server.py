@@ -10,6 +10,7 @@ from gpu_worker.engine import GpuEngine
 from gpu_worker.settings import GpuWorkerSettings
 from services import metrics, models
 from services.channels import WorkerStubs
+from services.peer_roles import worker_role_check
 from services.tls import PLAINTEXT, TlsConfig
 from services.daemon import configure_logging, run_until_signalled
 from services.errors import FailedPrecondition, InvalidArgument
@@ -99,7 +100,8 @@ def serve(settings: GpuWorkerSettings) -> None:
     registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
     servicer = GpuWorkerServicer(engine, "", source.name, settings.tls())
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,), metrics_role="gpu-worker", tls=settings.tls())
+                          (SERVICE_NAME,), metrics_role="gpu-worker", tls=settings.tls(),
+                          auth=worker_role_check(settings.tls(), settings.tls_peer_roles))
     servicer.worker_id = settings.id_for("gpu", server.port)
     address = settings.address_for(server.port)
 

@@ -32,6 +32,7 @@ class DaemonSettings:
     tls_key: str = ""  # PEM private key of tls_cert
     tls_client_auth: str = "require"  # "require" a client certificate signed by tls_ca, or "none"
     tls_server_name: str = ""  # name to expect in peers' certificates instead of their address's host
+    tls_peer_roles: bool = True  # workers under mTLS: admit each RPC only from its role (services.peer_roles)
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:

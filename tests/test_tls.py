@@ -141,3 +141,66 @@ def test_sdk_reads_tls_from_the_environment_and_refuses_half_given_settings(monk
     address = serve(_tls(good, "worker"))
     with Client(address, timeout_s=5) as client:  # mTLS from the environment: the handshake succeeds
         assert _check(client._channel) == "SERVING"
+
+
+def test_workers_admit_each_rpc_only_from_its_role_under_mtls(tmp_path, serve):
+    from services.peer_roles import PeerRoleInterceptor
+    from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+
+    class Worker(worker_pb2_grpc.WorkerServicer):
+        def Info(self, request, context):
+            return worker_pb2.InfoResponse(worker_id="w")
+
+        def Release(self, request, context):
+            return worker_pb2.ReleaseResponse()
+
+        def TransferKV(self, request_iterator, context):
+            return worker_pb2.TransferKVResponse(kv_bytes=sum(1 for _ in request_iterator))
+
+        def Decode(self, request, context):
+            yield worker_pb2.DecodeToken(token_id=7)
+
+    make_certs(tmp_path, ("fpga-worker", "scheduler", "gpu-worker", "client"))
+    server = start_server("127.0.0.1", 0, [(worker_pb2_grpc.add_WorkerServicer_to_server, Worker())],
+                          ("glitches.v1.Worker",), tls=_tls(tmp_path, "fpga-worker"), auth=PeerRoleInterceptor())
+    address = f"127.0.0.1:{server.port}"
+
+    def outcome(role: str, call) -> str:
+        channel = open_channel(address, _tls(tmp_path, role))
+        try:
+            call(worker_pb2_grpc.WorkerStub(channel))
+            return "ok"
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+            return "denied"
+        finally:
+            channel.close()
+
+    calls = {
+        "Info": lambda stub: stub.Info(worker_pb2.InfoRequest(), timeout=5),
+        "Release": lambda stub: stub.Release(worker_pb2.ReleaseRequest(request_id="r"), timeout=5),
+        "Decode": lambda stub: list(stub.Decode(worker_pb2.DecodeRequest(request_id="r"), timeout=5)),
+        "TransferKV": lambda stub: stub.TransferKV(iter([worker_pb2.KvChunk()]), timeout=5),
+    }
+    try:
+        seen = {(role, name): outcome(role, call) for role in ("scheduler", "gpu-worker", "client")
+                for name, call in calls.items()}
+    finally:
+        server.stop(0)
+    assert seen == {
+        ("scheduler", "Info"): "ok", ("scheduler", "Release"): "ok", ("scheduler", "Decode"): "ok",
+        ("scheduler", "TransferKV"): "denied",
+        ("gpu-worker", "Info"): "ok", ("gpu-worker", "Release"): "denied", ("gpu-worker", "Decode"): "denied",
+        ("gpu-worker", "TransferKV"): "ok",
+        ("client", "Info"): "ok", ("client", "Release"): "denied", ("client", "Decode"): "denied",
+        ("client", "TransferKV"): "denied"}
+
+
+def test_the_role_check_is_on_only_under_mtls(pki):
+    from services.peer_roles import PeerRoleInterceptor, worker_role_check
+
+    good, _ = pki
+    assert isinstance(worker_role_check(_tls(good, "worker"), True), PeerRoleInterceptor)
+    assert worker_role_check(_tls(good, "worker"), False) is None
+    assert worker_role_check(_tls(good, "worker", client_auth="none"), True) is None
+    assert worker_role_check(TlsConfig(), True) is None

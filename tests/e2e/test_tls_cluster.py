@@ -76,3 +76,15 @@ def test_up_with_tls_makes_a_fresh_ca_and_answers():
     assert "decoded on fpga worker fpga-0" in run.stderr
     log = (re.search(r"logs in (\S+)", run.stderr).group(1))
     assert "(mTLS)" in open(f"{log}/fpga-0.log").read()
+
+
+def test_a_client_certificate_cannot_drive_a_worker(tls_cluster):
+    """Only the scheduler's certificate may call Decode/Release; only a GPU worker's may send KV."""
+    for worker in tls_cluster["client"].status().workers:
+        stub = worker_pb2_grpc.WorkerStub(open_channel(worker.address, tls_cluster["tls"]))  # the `client` role
+        for call in (lambda: stub.Release(worker_pb2.ReleaseRequest(request_id="someone-else"), timeout=10),
+                     lambda: list(stub.Decode(worker_pb2.DecodeRequest(request_id="someone-else"), timeout=10))):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "only by scheduler" in refused.value.details()
