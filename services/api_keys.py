@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from services.errors import ResourceExhausted, retry_after_metadata
+from services.handlers import replace_behaviour
 from services.rate_limit import KeyRateLimiter
 
 from services.errors import InvalidArgument
@@ -65,14 +66,7 @@ def _deny(handler: grpc.RpcMethodHandler, message: str,
             context.set_trailing_metadata(trailing)
         context.abort(code, message)
 
-    kinds = {"unary_unary": grpc.unary_unary_rpc_method_handler,
-             "unary_stream": grpc.unary_stream_rpc_method_handler,
-             "stream_unary": grpc.stream_unary_rpc_method_handler,
-             "stream_stream": grpc.stream_stream_rpc_method_handler}
-    for attribute, build in kinds.items():
-        if getattr(handler, attribute):
-            return build(abort, handler.request_deserializer, handler.response_serializer)
-    raise ValueError("a method handler of no known kind")
+    return replace_behaviour(handler, lambda _behaviour, _kind: abort)
 
 
 class ApiKeyInterceptor(grpc.ServerInterceptor):

@@ -14,6 +14,7 @@ import logging
 import grpc
 
 from services.errors import GlitchesError, InvalidArgument, retry_after_metadata
+from services.handlers import replace_behaviour
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +92,9 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(handler.unary_unary, method),
-                _tolerant(handler.request_deserializer), handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(handler.stream_unary, method),
-                _tolerant(handler.request_deserializer), handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(handler.unary_stream, method),
-                _tolerant(handler.request_deserializer), handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(handler.stream_stream, method),
-            _tolerant(handler.request_deserializer), handler.response_serializer)
+
+        def wrap(behaviour, kind):
+            streams_out = kind.endswith("_stream")
+            return (_wrap_stream_response if streams_out else _wrap_unary_response)(behaviour, method)
+
+        return replace_behaviour(handler, wrap, _tolerant(handler.request_deserializer))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import grpc
 
+from services.handlers import replace_behaviour
 from services.tls import TlsConfig
 
 WORKER_SERVICE = "glitches.v1.Worker"
@@ -35,16 +36,8 @@ def peer_roles(context: grpc.ServicerContext) -> tuple[str, ...]:
 
 
 def _guard(handler: grpc.RpcMethodHandler, allowed: frozenset[str], method: str) -> grpc.RpcMethodHandler:
-    kinds = {"unary_unary": grpc.unary_unary_rpc_method_handler,
-             "unary_stream": grpc.unary_stream_rpc_method_handler,
-             "stream_unary": grpc.stream_unary_rpc_method_handler,
-             "stream_stream": grpc.stream_stream_rpc_method_handler}
-    for attribute, build in kinds.items():
-        behaviour = getattr(handler, attribute)
-        if behaviour is None:
-            continue
-
-        def checked(request_or_iterator, context, behaviour=behaviour):
+    def wrap(behaviour, _kind):
+        def checked(request_or_iterator, context):
             roles = peer_roles(context)
             if not allowed.intersection(roles):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED,
@@ -52,8 +45,9 @@ def _guard(handler: grpc.RpcMethodHandler, allowed: frozenset[str], method: str)
                               f"names {', '.join(roles) or 'no role'}")
             return behaviour(request_or_iterator, context)
 
-        return build(checked, handler.request_deserializer, handler.response_serializer)
-    raise ValueError("a method handler of no known kind")
+        return checked
+
+    return replace_behaviour(handler, wrap)
 
 
 class PeerRoleInterceptor(grpc.ServerInterceptor):
