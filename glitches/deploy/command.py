@@ -11,6 +11,27 @@ import click
 from services.errors import GlitchesError as ServiceError
 
 
+IMAGE_UID = 10001  # the user every GLITCHES image runs as (Dockerfile)
+TLS_ROLES = ("scheduler", "gpu-worker", "fpga-worker")
+
+
+def tls_dir_problem(folder: Path) -> str:
+    """What is wrong with a --tls-dir for the containers (missing files, keys the images' user cannot read); "" if fine."""
+    missing = [n for n in ("ca.pem", *(f"{r}{s}.pem" for r in TLS_ROLES for s in ("", "-key")))
+               if not (folder / n).is_file()]
+    if missing:
+        return f"--tls-dir {folder} lacks {', '.join(missing)}: make them with `glitches certs --out {folder}`"
+    unreadable = []
+    for role in TLS_ROLES:
+        st = (folder / f"{role}-key.pem").stat()
+        if not (st.st_uid == IMAGE_UID or st.st_mode & 0o004 or (st.st_gid == IMAGE_UID and st.st_mode & 0o040)):
+            unreadable.append(f"{role}-key.pem")
+    if unreadable:
+        return (f"the containers run as uid {IMAGE_UID} and cannot read {', '.join(unreadable)} in {folder}: "
+                f"`chown {IMAGE_UID} {folder}/*-key.pem` (keep them mode 0600)")
+    return ""
+
+
 @click.command("deploy")
 @click.option("--dry-run", is_flag=True, help="Print the plan; start nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (or what was started) as JSON.")
@@ -48,8 +69,9 @@ def deploy_cmd(dry_run, as_json, down, docker_host, **options) -> None:
         return
     if options["tls_dir"]:
         options["tls_dir"] = str(Path(options["tls_dir"]).resolve())  # bind mounts need absolute paths
-        if not (Path(options["tls_dir"]) / "ca.pem").is_file():
-            raise click.UsageError(f"--tls-dir {options['tls_dir']} holds no ca.pem: make it with `glitches certs`")
+        problem = tls_dir_problem(Path(options["tls_dir"]))
+        if problem:
+            raise click.UsageError(problem)
     from services.kv_token import SECRET_ENV, new_secret
 
     # one KV-transfer token secret per deploy (or the operator's), handed to containers in their environment

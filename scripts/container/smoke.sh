@@ -17,6 +17,8 @@
 #                           then TORCH_INDEX defaults to none); otherwise the Dockerfile's PyTorch CPU index
 #   GLITCHES_SMOKE_UP_TIMEOUT_S   how long the topology may take to become healthy, seconds (default 600)
 #   GLITCHES_SMOKE_TIMINGS  write the phase times (seconds) there as JSON
+#   GLITCHES_SMOKE_TLS      1: also docker-compose.tls.yml (fresh `glitches certs`, mTLS on every gRPC link; the
+#                           host's client uses the `client` certificate and a plaintext client must be refused)
 #   CONTAINERS_CONF         podman configuration; default: a private one (runc, cgroupfs, no default ulimits)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -31,6 +33,13 @@ IMAGE=localhost/glitches-cpu:$GLITCHES_TAG
 UP_TIMEOUT_S=${GLITCHES_SMOKE_UP_TIMEOUT_S:-600}
 WORK=$(mktemp -d /tmp/glitches-smoke.XXXXXX)
 COMPOSE=("$ROOT/.venv/bin/podman-compose" -p "$PROJECT" -f docker-compose.cpu.yml -f docker-compose.hostnet.yml)
+CLIENT_ENV=()  # the host client's TLS settings (GLITCHES_SMOKE_TLS=1)
+if [ "${GLITCHES_SMOKE_TLS:-0}" = 1 ]; then
+  COMPOSE+=(-f docker-compose.tls.yml)
+  export GLITCHES_TLS_DIR=$WORK/certs
+  CLIENT_ENV=(GLITCHES_TLS_CA="$GLITCHES_TLS_DIR/ca.pem" GLITCHES_TLS_CERT="$GLITCHES_TLS_DIR/client.pem"
+              GLITCHES_TLS_KEY="$GLITCHES_TLS_DIR/client-key.pem")
+fi
 PHASES=()   # "name seconds" per finished phase
 UP_STARTED=0
 
@@ -106,6 +115,10 @@ phase_done build "$t"
 
 # ---- up: free ports for Redis, the scheduler's gRPC and every daemon's HTTP side port
 t=$(now)
+if [ "${GLITCHES_SMOKE_TLS:-0}" = 1 ]; then  # a fresh CA and a certificate per role, keys readable by the images' uid
+  .venv/bin/glitches certs --out "$GLITCHES_TLS_DIR" >/dev/null
+  chown 10001 "$GLITCHES_TLS_DIR"/*-key.pem
+fi
 read -r GLITCHES_HOSTNET_REDIS_PORT GLITCHES_HOSTNET_PORT GLITCHES_HOSTNET_HTTP_SCHEDULER GLITCHES_HOSTNET_HTTP_GPU0 \
   GLITCHES_HOSTNET_HTTP_FPGA0 GLITCHES_HOSTNET_HTTP_FPGA1 < <(.venv/bin/python scripts/container/free_ports.py 6)
 export GLITCHES_HOSTNET_REDIS_PORT GLITCHES_HOSTNET_PORT GLITCHES_HOSTNET_HTTP_SCHEDULER GLITCHES_HOSTNET_HTTP_GPU0 \
@@ -131,8 +144,14 @@ phase_done up "$t"
 # ---- answer: one prompt through the scheduler, decoded on an emulated FPGA worker
 t=$(now)
 ADDRESS=127.0.0.1:$GLITCHES_HOSTNET_PORT
-.venv/bin/glitches status --json --address "$ADDRESS" >"$WORK/status.json"
-.venv/bin/glitches generate --json --chat --max-tokens 24 --address "$ADDRESS" \
+if [ "${GLITCHES_SMOKE_TLS:-0}" = 1 ]; then  # under mTLS a plaintext client gets no answer
+  if .venv/bin/glitches status --json --address "$ADDRESS" >/dev/null 2>&1; then
+    log "a plaintext client was answered by the mTLS scheduler"; exit 1
+  fi
+  log "plaintext client refused (mTLS)"
+fi
+env "${CLIENT_ENV[@]}" .venv/bin/glitches status --json --address "$ADDRESS" >"$WORK/status.json"
+env "${CLIENT_ENV[@]}" .venv/bin/glitches generate --json --chat --max-tokens 24 --address "$ADDRESS" \
   "In one sentence, why do FPGAs suit LLM decoding?" >"$WORK/answer.json"
 .venv/bin/python scripts/container/check_answer.py "$WORK/status.json" "$WORK/answer.json"
 phase_done answer "$t"

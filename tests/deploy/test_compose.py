@@ -114,3 +114,24 @@ def test_hostnet_override_runs_everything_on_the_host_network_with_its_own_redis
         http_ports.add(env["GLITCHES_HTTP_PORT"])
         assert "GLITCHES_HTTP_PORT" in test[-1]  # the check follows the moved port
     assert http_ports == {"18090", "18091", "18092", "18093"}
+
+
+def test_tls_override_gives_each_daemon_its_role_certificate(tmp_path):
+    """docker-compose.tls.yml over the CPU topology on the host network, as the smoke test's TLS run merges them."""
+    cli = shutil.which("podman-compose") or shutil.which("podman-compose", path=str(Path(sys.executable).parent))
+    if cli is None:
+        pytest.skip("podman-compose is not installed (pip install podman-compose)")
+    files = ["docker-compose.cpu.yml", "docker-compose.hostnet.yml", "docker-compose.tls.yml"]
+    run = subprocess.run([cli, *(a for f in files for a in ("-f", str(ROOT / f))), "config"], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path, env={**os.environ, "GLITCHES_TLS_DIR": "/srv/certs"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    services = yaml.safe_load(run.stdout)["services"]
+    roles = {"scheduler": "scheduler", "gpu-worker-0": "gpu-worker", "fpga-worker-0": "fpga-worker",
+             "fpga-worker-1": "fpga-worker"}
+    for name, role in roles.items():
+        env = services[name]["environment"]
+        assert env["GLITCHES_TLS_CERT"] == f"/etc/glitches/tls/{role}.pem", name
+        assert env["GLITCHES_TLS_KEY"] == f"/etc/glitches/tls/{role}-key.pem" and env["GLITCHES_TLS_CA"]
+        assert "/srv/certs:/etc/glitches/tls:ro" in services[name]["volumes"], services[name]["volumes"]
+        assert env["GLITCHES_REDIS_URL"].startswith("redis://127.0.0.1:")  # the other overrides still apply
+    assert "GLITCHES_TLS_CERT" not in services["redis"].get("environment", {})

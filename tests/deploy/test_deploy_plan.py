@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -79,9 +80,13 @@ def test_tls_dir_is_mounted_read_only_and_each_daemon_gets_its_role_certificate(
     from glitches.certs import make_certs
 
     make_certs(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--json", "--cpu-gpu-workers", "1",
-                          "--emulated-fpgas", "1", "--tls-dir", str(tmp_path)], capture_output=True, text=True,
-                         timeout=60)
+    command = [sys.executable, "-m", "glitches", "deploy", "--dry-run", "--json", "--cpu-gpu-workers", "1",
+               "--emulated-fpgas", "1", "--tls-dir", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "cannot read" in run.stderr and "chown 10001" in run.stderr  # keys: root, 0600
+    for key in tmp_path.glob("*-key.pem"):
+        os.chown(key, 10001, -1) if os.geteuid() == 0 else key.chmod(0o644)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     daemons = [c for c in json.loads(run.stdout)["containers"] if c["role"] != "redis"]
     assert len(daemons) == 3
@@ -94,7 +99,7 @@ def test_tls_dir_is_mounted_read_only_and_each_daemon_gets_its_role_certificate(
     empty.mkdir()
     run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--tls-dir", str(empty),
                           "--cpu-gpu-workers", "1"], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "holds no ca.pem" in run.stderr
+    assert run.returncode == 2 and "lacks ca.pem" in run.stderr
 
 
 def test_scheduler_and_fpga_workers_get_one_kv_token_secret_that_the_printed_plan_hides():

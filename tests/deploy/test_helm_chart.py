@@ -93,7 +93,7 @@ def test_helm_renders_tls_mounts_the_secret_and_probes_the_http_side(tmp_path_fa
         role = container["image"].split(":")[0].split("glitches-", 1)[1]  # REPOSITORY-ROLE:TAG
         assert env["GLITCHES_TLS_CERT"] == f"/etc/glitches/tls/{role}.pem"
         assert env["GLITCHES_TLS_SERVER_NAME"] == "glitches.internal"
-        assert {"name": "tls", "secret": {"secretName": "my-certs", "defaultMode": 0o400}} in pod["volumes"]
+        assert {"name": "tls", "secret": {"secretName": "my-certs", "defaultMode": 0o440}} in pod["volumes"]
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
         assert "grpc" not in container["livenessProbe"]
 

@@ -80,7 +80,7 @@ volumeMounts:
 {{- end }}
 {{- if .Values.tls.enabled }}
 - name: tls
-  secret: {secretName: {{ .Values.tls.secretName | quote }}, defaultMode: 0400}
+  secret: {secretName: {{ .Values.tls.secretName | quote }}, defaultMode: 0440}  # group: the pod's fsGroup 10001
 {{- end }}
 {{- end }}
 
