@@ -113,3 +113,12 @@ def make_certs(out: Path, roles: tuple[str, ...] = DEFAULT_ROLES, hosts: tuple[s
     ca_cert, ca_key = make_ca(out, days)
     all_hosts = (*LOCAL_HOSTS, socket.gethostname(), *hosts)
     return {role: make_role(out, role, all_hosts, days, ca_cert, ca_key) for role in roles}
+
+
+def missing_files(folder: Path, roles: tuple[str, ...]) -> str:
+    """What a certificate directory lacks for `roles` (ca.pem, ROLE.pem, ROLE-key.pem), as a message; "" if complete."""
+    names = ("ca.pem", *(f"{role}{suffix}.pem" for role in roles for suffix in ("", "-key")))
+    missing = [name for name in names if not (folder / name).is_file()]
+    if not missing:
+        return ""
+    return f"--tls-dir {folder} lacks {', '.join(missing)}: make them with `glitches certs --out {folder}`"

@@ -272,14 +272,11 @@ def _up_access(api_keys_file: str, gateway_api_keys_file: str, per_client: float
 
 
 def _check_tls_dir(folder: Path, with_gateway: bool) -> None:
-    from glitches.certs import DEFAULT_ROLES
+    from glitches.certs import DEFAULT_ROLES, missing_files
 
-    roles = [r for r in DEFAULT_ROLES if r != "gateway" or with_gateway]
-    missing = [name for r in roles for name in (f"{r}.pem", f"{r}-key.pem") if not (folder / name).is_file()]
-    missing += [] if (folder / "ca.pem").is_file() else ["ca.pem"]
-    if missing:
-        raise click.UsageError(f"--tls-dir {folder} lacks {', '.join(missing)}; make them with "
-                               f"`glitches certs --out {folder}`")
+    problem = missing_files(folder, tuple(r for r in DEFAULT_ROLES if r != "gateway" or with_gateway))
+    if problem:
+        raise click.UsageError(problem)
 
 
 @main.command("certs")

@@ -17,10 +17,11 @@ TLS_ROLES = ("scheduler", "gpu-worker", "fpga-worker")
 
 def tls_dir_problem(folder: Path) -> str:
     """What is wrong with a --tls-dir for the containers (missing files, keys the images' user cannot read); "" if fine."""
-    missing = [n for n in ("ca.pem", *(f"{r}{s}.pem" for r in TLS_ROLES for s in ("", "-key")))
-               if not (folder / n).is_file()]
+    from glitches.certs import missing_files
+
+    missing = missing_files(folder, TLS_ROLES)
     if missing:
-        return f"--tls-dir {folder} lacks {', '.join(missing)}: make them with `glitches certs --out {folder}`"
+        return missing
     unreadable = []
     for role in TLS_ROLES:
         st = (folder / f"{role}-key.pem").stat()
