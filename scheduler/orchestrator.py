@@ -180,8 +180,15 @@ class Orchestrator:
 
     # --- placement -------------------------------------------------------------
     def _live_workers(self, excluded: set[str]) -> dict[str, WorkerState]:
-        return {w.record.worker_id: w for w in self.registry.workers()
-                if w.healthy and w.record.model == self.model.name and w.record.worker_id not in excluded}
+        """Healthy workers of this model, by id; a record of a kind placement does not know is skipped (logged)."""
+        known = {kind.value for kind in DeviceKind}
+        live = {}
+        for w in self.registry.workers():
+            if w.record.kind not in known:
+                log.warning("skipping worker %s of unknown kind %r", w.record.worker_id, w.record.kind)
+            elif w.healthy and w.record.model == self.model.name and w.record.worker_id not in excluded:
+                live[w.record.worker_id] = w
+        return live
 
     def _place(self, claim_id: str, prompt_ids: list[int], sampling: Sampling, excluded: set[str]):
         """Claim a prefill GPU and, when one is free, an FPGA decode slot; returns (gpu, decoder)."""

@@ -209,8 +209,14 @@ class Registry:
             states = []
             for i, worker_id in enumerate(ids):
                 raw, alive = results[2 * i], results[2 * i + 1]
-                if raw:
-                    states.append(WorkerState(WorkerRecord.from_hash(raw), bool(alive), active.get(worker_id, 0)))
+                if not raw:
+                    continue
+                try:
+                    record = WorkerRecord.from_hash(raw)
+                except (ValueError, TypeError, UnicodeDecodeError) as error:  # a stray or half-written record
+                    log.warning("skipping malformed registry record %s: %s", worker_id, error)
+                    continue
+                states.append(WorkerState(record, bool(alive), active.get(worker_id, 0)))
             return states
         return self._call("list workers", read)
 
