@@ -200,7 +200,7 @@ def test_non_streaming_client_going_away_cancels_its_request(gw):
     """The client gives up (read timeout) mid-generation: the scheduler releases the claims within ~2 s."""
     import threading
 
-    body = {"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": 400, "temperature": 0}
+    body = {"model": MODEL, "prompt": "Counting to a thousand: 1, 2, 3, 4, 5,", "max_tokens": 400, "temperature": 0}
     outcome = {}
 
     def request():
