@@ -93,3 +93,20 @@ def test_tokens_off_the_grammar_are_refused(tokenizer):
     sampling = Sampling(response_format="json_object")
     with pytest.raises(InvalidArgument, match="does not follow"):
         grammar.constraint_for(sampling, tokenizer, tokenizer("hello", add_special_tokens=False)["input_ids"])
+
+
+def test_sdk_encodes_response_format():
+    from glitches import convert
+    from services.stubs.glitches.v1 import common_pb2
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    encoded = convert.sampling_params(4, 0.0, 1.0, 0, (), response_format=schema)
+    assert encoded.response_format == common_pb2.RESPONSE_FORMAT_KIND_JSON_SCHEMA
+    decoded = Sampling.from_proto(encoded)
+    assert (decoded.response_format, json.loads(decoded.json_schema)) == ("json_schema", schema)
+    assert Sampling.from_proto(convert.sampling_params(4, 0.0, 1.0, 0, (), "json_object")).response_format == \
+        "json_object"
+    assert Sampling.from_proto(convert.sampling_params(4, 0.0, 1.0, 0, (), "text")).response_format == ""
+    assert decoded.to_proto(common_pb2.SamplingParams) == encoded
+    with pytest.raises(ValueError):
+        convert.sampling_params(4, 0.0, 1.0, 0, (), response_format="yaml")

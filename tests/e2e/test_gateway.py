@@ -190,6 +190,14 @@ def test_openai_error_contract(gw):
         with pytest.raises(openai.BadRequestError) as caught:
             oai.chat.completions.create(model=MODEL, messages=chat, max_tokens=2, **{field: value})
         assert caught.value.param == field and field in caught.value.message
+    from glitches import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError) as sdk_error:  # the SDK sees the same field and reason
+        gw["sdk"].generate("Hi", max_tokens=2, model="gpt-4o")
+    assert (sdk_error.value.field, sdk_error.value.reason) == ("model", "model_not_found")
+    with pytest.raises(InvalidArgumentError) as sdk_error:
+        gw["sdk"].generate("Hi", max_tokens=2, response_format={"type": "object", "required": 5})
+    assert sdk_error.value.field == "response_format"
     assert httpx.get(gw["base"].removesuffix("/v1") + "/health", timeout=10).status_code == 200
     metrics = httpx.get(gw["base"].removesuffix("/v1") + "/metrics", timeout=10).text
     assert 'glitches_gateway_requests_total{route="/v1/chat/completions",status="404"}' in metrics
