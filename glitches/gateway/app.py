@@ -237,6 +237,9 @@ class Gateway:
             await stream.aclose()
             return JSONResponse(error_body("the scheduler ended the stream without an answer", "server_error"),
                                 status_code=502)
+        except BaseException:  # anything else is a 500 (the app's handler); the gRPC call goes first
+            await stream.aclose()
+            raise
         if body.stream:
             return StreamingResponse(self._events(item, stream, shapes, body.include_usage(), clock),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
