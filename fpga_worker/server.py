@@ -9,7 +9,7 @@ from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
 from fpga_worker.kv_notify import NotifyingBackend
 from fpga_worker.settings import FpgaWorkerSettings
-from services import metrics, models
+from services import grammar, metrics, models
 from services.daemon import configure_logging, run_until_signalled
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
@@ -78,10 +78,12 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             return self.backend.step(request_id, token, position)
 
         try:
+            constraint = grammar.constraint_for(sampling, self.tokenizer, generated)  # None without response_format
             # modeled: the card time the U280 timing model gives for a step over position + 1 tokens
             steps = decode_loop(step, generated, request.position, sampling, self.text_of,
                                 cancelled=lambda: not context.is_active(),
-                                modeled_s=lambda: self.backend.modeled_step_s(latest["position"] + 1))
+                                modeled_s=lambda: self.backend.modeled_step_s(latest["position"] + 1),
+                                constraint=constraint)
             for step in steps:
                 yield step_to_proto(step)
         finally:

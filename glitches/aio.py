@@ -38,10 +38,11 @@ class AsyncClient:
 
     async def stream(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int = 0, stop: Sequence[str] = (), chat: bool = False,
-                     model: str = "") -> AsyncIterator[TextChunk | Completion]:
+                     model: str = "",
+                     response_format: str | dict | None = None) -> AsyncIterator[TextChunk | Completion]:
         """Yield TextChunk pieces, then one Completion; UNAVAILABLE is retried only before the first piece."""
         request = _encode(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
-                          top_p=top_p, seed=seed, stop=stop)
+                          top_p=top_p, seed=seed, stop=stop, response_format=response_format)
         deadline = Deadline(self.timeout_s)
         attempt = 0
         while True:

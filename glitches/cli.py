@@ -326,12 +326,27 @@ def _print_stream(client: Client, prompt: str, kwargs: dict) -> Completion:
 @click.option("--chat", is_flag=True, help="Apply the model's chat template.")
 @click.option("--model", default="", help="Expected model name (default: whatever the cluster serves).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
+@click.option("--json-object", is_flag=True, help="Constrain the answer to a JSON object (token masking).")
+@click.option("--json-schema", "json_schema_file", type=click.File("r"), default=None,
+              help="Constrain the answer to JSON valid against the JSON Schema in this file.")
 @click.option("--address", default=DEFAULT_ADDRESS, envvar=_env("address"), show_default=True)
 @client_tls_options
-def generate_cmd(prompt, max_tokens, temperature, top_p, seed, stop, chat, model, as_json, address, **tls) -> None:
+def generate_cmd(prompt, max_tokens, temperature, top_p, seed, stop, chat, model, as_json, json_object,
+                 json_schema_file, address, **tls) -> None:
     """Generate text for PROMPT, streaming it as it is produced."""
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop, chat=chat,
                   model=model)
+    if json_object and json_schema_file:
+        raise click.UsageError("give --json-object or --json-schema, not both")
+    if json_schema_file is not None:
+        try:
+            kwargs["response_format"] = json.load(json_schema_file)
+        except ValueError as error:
+            raise click.UsageError(f"--json-schema: the file is not JSON ({error})") from None
+        if not isinstance(kwargs["response_format"], dict):
+            raise click.UsageError("--json-schema: the schema must be a JSON object")
+    elif json_object:
+        kwargs["response_format"] = "json_object"
     with Client(address, tls=client_tls(tls)) as client:
         if as_json:
             click.echo(json.dumps(client.generate(prompt, **kwargs).to_dict(), ensure_ascii=False))

@@ -73,12 +73,15 @@ class Client:
 
     def stream(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                seed: int = 0, stop: Sequence[str] = (), chat: bool = False,
-               model: str = "") -> Iterator[TextChunk | Completion]:
+               model: str = "",
+               response_format: str | dict | None = None) -> Iterator[TextChunk | Completion]:
         """Yield TextChunk pieces as tokens arrive, then one Completion. Closing the iterator cancels.
 
-        UNAVAILABLE before the first piece is retried per `self.retry`; never after it."""
+        UNAVAILABLE before the first piece is retried per `self.retry`; never after it.
+        `response_format`: "json_object" (any JSON object) or a JSON Schema dict constrains the text
+        by token masking (the request ends once the JSON is complete); None or "text": free text."""
         request = _encode(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
-                          top_p=top_p, seed=seed, stop=stop)
+                          top_p=top_p, seed=seed, stop=stop, response_format=response_format)
         deadline = Deadline(self.timeout_s)
         attempt = 0
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from glitches.types import ClusterStatus, Completion, TextChunk, Timings, WorkerStatus
 from services.stubs.glitches.v1 import common_pb2, scheduler_pb2
 
@@ -10,9 +12,20 @@ _FINISH = {common_pb2.FINISH_REASON_LENGTH: "length", common_pb2.FINISH_REASON_E
 _KIND = {common_pb2.DEVICE_KIND_GPU: "gpu", common_pb2.DEVICE_KIND_FPGA: "fpga"}
 
 
-def sampling_params(max_tokens: int, temperature: float, top_p: float, seed: int, stop) -> common_pb2.SamplingParams:
+def sampling_params(max_tokens: int, temperature: float, top_p: float, seed: int, stop,
+                    response_format: str | dict | None = None) -> common_pb2.SamplingParams:
+    """`response_format`: None or "text" (free text), "json_object" (any JSON object), or a JSON Schema (a dict)."""
+    if response_format in (None, "text"):
+        kind, schema = common_pb2.RESPONSE_FORMAT_KIND_UNSPECIFIED, ""
+    elif response_format == "json_object":
+        kind, schema = common_pb2.RESPONSE_FORMAT_KIND_JSON_OBJECT, ""
+    elif isinstance(response_format, dict):
+        kind, schema = common_pb2.RESPONSE_FORMAT_KIND_JSON_SCHEMA, json.dumps(response_format)
+    else:
+        raise ValueError(f"response_format must be None, 'text', 'json_object' or a JSON Schema dict, "
+                         f"got {response_format!r}")
     return common_pb2.SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                     stop=list(stop))
+                                     stop=list(stop), response_format=kind, json_schema=schema)
 
 
 def generate_request(prompt: str, chat: bool, model: str, **sampling) -> scheduler_pb2.GenerateRequest:

@@ -8,11 +8,14 @@ import grpc
 class GlitchesError(Exception):
     """A request failed; `code` is the gRPC status name (e.g. "INVALID_ARGUMENT")."""
 
-    def __init__(self, code: str, message: str, retry_after_s: float | None = None):
+    def __init__(self, code: str, message: str, retry_after_s: float | None = None, field: str | None = None,
+                 reason: str | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s  # RESOURCE_EXHAUSTED: when the server says a retry may succeed
+        self.field = field  # the request field at fault (e.g. "max_new_tokens", "prompt", "model"), when known
+        self.reason = reason  # machine-readable cause (e.g. "context_length_exceeded", "model_not_found")
 
 
 class InvalidArgumentError(GlitchesError):
@@ -61,7 +64,21 @@ _BY_CODE = {
 
 def from_rpc_error(error: grpc.RpcError) -> GlitchesError:
     code = error.code()
-    return _BY_CODE.get(code, GlitchesError)(code.name, error.details() or "", _retry_after_s(error))
+    return _BY_CODE.get(code, GlitchesError)(code.name, error.details() or "", _retry_after_s(error),
+                                             _trailing(error, "glitches-error-field"),
+                                             _trailing(error, "glitches-error-reason"))
+
+
+def _trailing(error: grpc.RpcError, key: str) -> str | None:
+    """One trailing metadata value of a failed call (services.errors.ERROR_FIELD_KEY / ERROR_REASON_KEY)."""
+    try:
+        trailing = error.trailing_metadata() or ()
+    except Exception:  # an error raised before any call (no metadata)
+        return None
+    for k, value in trailing:
+        if k == key:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
 
 
 def _retry_after_s(error: grpc.RpcError) -> float | None:

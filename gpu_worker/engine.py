@@ -17,7 +17,7 @@ import torch
 from gpu_worker.kv_sender import KvSender, KvTransferFailed
 from gpu_worker.settings import GpuWorkerSettings
 from gpu_worker.streaming_cache import LayerStreamingCache
-from services import models
+from services import grammar, models
 from services.decoding import Finish, Step, decode_loop, finish_reason
 from services.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from services.sampling import Sampling, sample_token
@@ -96,6 +96,7 @@ class GpuEngine:
             raise InvalidArgument(f"prompt ({len(prompt)} tokens) + max_new_tokens ({sampling.max_new_tokens}) "
                                   f"exceeds the model's context of {self.max_context_tokens} tokens")
         tokens = prompt + generated  # the forward pass covers both
+        constraint = grammar.constraint_for(sampling, self.tokenizer, generated)  # None without response_format
         vocab = self.config.vocab_size
         if max(tokens) >= vocab:
             raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {vocab})")
@@ -122,8 +123,12 @@ class GpuEngine:
         prefill_end = time.monotonic()
         prefill_end_unix = time.time()
         cache.stop_streaming()
+        if constraint is not None:
+            logits = constraint.mask(logits)
         first = sample_token(logits, sampling, len(generated))
-        finish = finish_reason(generated + [first], sampling, self.text_of)
+        if constraint is not None:
+            constraint.advance(first)
+        finish = finish_reason(generated + [first], sampling, self.text_of, constraint)
         if sender is None:
             with self._local_lock:
                 self._local[request_id] = _LocalRequest(cache, threading.Lock())
@@ -144,11 +149,12 @@ class GpuEngine:
             local = self._local.get(request_id)
         if local is None:
             raise NotFound(f"request {request_id} holds no KV on this worker; run Prefill with an empty target first")
+        constraint = grammar.constraint_for(sampling, self.tokenizer, generated)  # None without response_format
         if not local.lock.acquire(blocking=False):
             raise AlreadyExists(f"request {request_id} is already decoding on this worker")
         try:
             yield from decode_loop(lambda token, pos: self._forward([token], pos, local.cache), generated, position,
-                                   sampling, self.text_of, cancelled)
+                                   sampling, self.text_of, cancelled, constraint=constraint)
         finally:
             local.lock.release()
             self.release(request_id)

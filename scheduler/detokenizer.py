@@ -3,7 +3,9 @@
 Text is released only when it is final: not ending in an incomplete UTF-8
 character (the tokenizer's U+FFFD), and not a possible beginning of a stop
 string. When a stop string appears, the text before it is final and the rest
-is never sent.
+is never sent. When the tokens end inside a multi-byte character (max_new_tokens
+cut it), the incomplete character is dropped: the final text never ends in the
+U+FFFD that stands for its bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Detokenizer:
         return self._release(final=False)
 
     def finish(self) -> str:
-        """No more tokens: release whatever is left (up to a stop string)."""
+        """No more tokens: release whatever is left (up to a stop string), less an incomplete last character."""
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:
@@ -34,7 +36,7 @@ class Detokenizer:
         if cut >= 0:
             ready = full[:cut]
         elif final:
-            ready = full
+            ready = full.rstrip("\ufffd")  # the bytes of a character the last token left incomplete
         else:
             if full.endswith("\ufffd"):
                 return ""

@@ -6,6 +6,7 @@ the registry, released on finish, on error and when the client goes away.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -20,14 +21,15 @@ from scheduler.detokenizer import Detokenizer
 from scheduler.leases import LeaseKeeper
 from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
 from scheduler.settings import SchedulerSettings
-from services import metrics
+from services import grammar, metrics
 from services.channels import WorkerStubs
 from services.decoding import Finish
-from services.errors import InvalidArgument, Unavailable, from_rpc_error
+from services.errors import (REASON_CONTEXT_LENGTH_EXCEEDED, REASON_MODEL_NOT_FOUND, REASON_PROMPT_TOO_LONG,
+                             InvalidArgument, Unavailable, from_rpc_error)
 from services.kv_token import KvTokenIssuer
 from services.proto_convert import FINISH_FROM_PROTO
 from services.registry import Registry, WorkerState
-from services.sampling import Sampling
+from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -149,33 +151,42 @@ class Orchestrator:
 
     # --- validation ----------------------------------------------------------
     def validate(self, request: GenerateInput) -> tuple[list[int], Sampling]:
+        """The prompt's token ids and the request's sampling with EOS filled in; INVALID_ARGUMENT otherwise.
+
+        Each error names its field (GenerateRequest/SamplingParams field names) and, where a client
+        acts on it, a reason (services.errors.REASON_*), as trailing metadata.
+        """
         s = request.sampling
         if request.model and request.model != self.model.name:
-            raise InvalidArgument(f"unknown model {request.model!r}: this cluster serves {self.model.name!r}")
+            raise InvalidArgument(f"unknown model {request.model!r}: this cluster serves {self.model.name!r}",
+                                  field="model", reason=REASON_MODEL_NOT_FOUND)
         if not request.prompt:
-            raise InvalidArgument("the prompt is empty; give some text")
+            raise InvalidArgument("the prompt is empty; give some text", field="prompt")
         if s.max_new_tokens < 1:
-            raise InvalidArgument(f"max_new_tokens must be at least 1, got {s.max_new_tokens}")
+            raise InvalidArgument(f"max_new_tokens must be at least 1, got {s.max_new_tokens}", field="max_new_tokens")
         if s.max_new_tokens > self.settings.max_new_tokens_limit:
             raise InvalidArgument(f"max_new_tokens {s.max_new_tokens} is above this cluster's limit of "
-                                  f"{self.settings.max_new_tokens_limit}")
+                                  f"{self.settings.max_new_tokens_limit}", field="max_new_tokens")
         if not s.temperature >= 0.0:  # also rejects NaN
-            raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {s.temperature}")
+            raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {s.temperature}", field="temperature")
         if not 0.0 < s.top_p <= 1.0:
-            raise InvalidArgument(f"top_p must be in (0, 1], got {s.top_p}")
+            raise InvalidArgument(f"top_p must be in (0, 1], got {s.top_p}", field="top_p")
+        check_sampling(s)
+        grammar.check_format(s)  # a schema the grammar compiler refuses: field response_format
         prompt_ids = self.model.encode(request.prompt, request.chat)
         if not prompt_ids:
-            raise InvalidArgument("the prompt tokenizes to nothing; give some text")
+            raise InvalidArgument("the prompt tokenizes to nothing; give some text", field="prompt")
         limit = self.settings.max_prompt_tokens
         if limit and len(prompt_ids) > limit:
             raise InvalidArgument(f"the prompt has {len(prompt_ids)} tokens, above this cluster's limit of {limit} "
-                                  "(--max-prompt-tokens); shorten it")
+                                  "(--max-prompt-tokens); shorten it", field="prompt", reason=REASON_PROMPT_TOO_LONG)
         context = self.model.max_context_tokens
         if len(prompt_ids) + s.max_new_tokens > context:
             raise InvalidArgument(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({s.max_new_tokens}) exceeds "
-                                  f"the model's context of {context} tokens; shorten the prompt or ask for fewer tokens")
+                                  f"the model's context of {context} tokens; shorten the prompt or ask for fewer tokens",
+                                  field="prompt", reason=REASON_CONTEXT_LENGTH_EXCEEDED)
         eos = s.eos_token_ids or self.model.eos_token_ids
-        sampling = Sampling(s.temperature, s.top_p, s.seed, s.max_new_tokens, s.stop, tuple(eos))
+        sampling = dataclasses.replace(s, eos_token_ids=tuple(eos))
         return prompt_ids, sampling
 
     # --- placement -------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The device-independent decode loop: step, sample, check for the end.
 
 Both the FPGA worker (from KV in HBM) and the GPU worker (GPU assist) run it
-with their own `step(token_id, position) -> logits [vocab]`.
+with their own `step(token_id, position) -> logits [vocab]`. With a response format, the
+caller passes the request's `services.grammar.Constraint`: it masks the logits before each
+token is sampled, and the request finishes with STOP once the JSON value is complete.
 """
 
 from __future__ import annotations
@@ -31,11 +33,17 @@ class Step:
     modeled_step_s: float = 0.0  # modeled accelerator time, seconds (emulators only)
 
 
-def finish_reason(generated: list[int], sampling: Sampling, text_of: Callable[[list[int]], str]) -> Finish | None:
-    """Why generation ends after `generated` (all tokens so far), or None to go on."""
+def finish_reason(generated: list[int], sampling: Sampling, text_of: Callable[[list[int]], str],
+                  constraint=None) -> Finish | None:
+    """Why generation ends after `generated` (all tokens so far), or None to go on.
+
+    `constraint` (a services.grammar.Constraint, or None) ends it with STOP once its grammar is complete.
+    """
     if generated and generated[-1] in sampling.eos_token_ids:
         return Finish.EOS
     if sampling.stop and any(s in text_of(generated) for s in sampling.stop):
+        return Finish.STOP
+    if constraint is not None and constraint.done:
         return Finish.STOP
     if len(generated) >= sampling.max_new_tokens:
         return Finish.LENGTH
@@ -45,22 +53,27 @@ def finish_reason(generated: list[int], sampling: Sampling, text_of: Callable[[l
 def decode_loop(step: Callable[[int, int], torch.Tensor], generated: list[int], position: int,
                 sampling: Sampling, text_of: Callable[[list[int]], str],
                 cancelled: Callable[[], bool] = lambda: False,
-                modeled_s: Callable[[], float] = lambda: 0.0) -> Iterator[Step]:
+                modeled_s: Callable[[], float] = lambda: 0.0, constraint=None) -> Iterator[Step]:
     """Feed generated[-1] at `position`, then each new token, yielding every new token.
 
     `generated` holds the tokens produced so far (at least prefill's first token);
     it is extended in place. Stops on max_new_tokens, EOS, a stop string, or when
-    `cancelled()` turns true.
+    `cancelled()` turns true. `constraint` (services.grammar.Constraint, already advanced over
+    `generated`) masks each step's logits before sampling.
     """
     generated = list(generated)
     while not cancelled():
         started = time.perf_counter()
         logits = step(generated[-1], position)
+        if constraint is not None:
+            logits = constraint.mask(logits)
         token = sample_token(logits, sampling, len(generated))
+        if constraint is not None:
+            constraint.advance(token)
         elapsed = time.perf_counter() - started
         generated.append(token)
         position += 1
-        finish = finish_reason(generated, sampling, text_of)
+        finish = finish_reason(generated, sampling, text_of, constraint)
         yield Step(token, len(generated) - 1, elapsed, finish, modeled_s())
         if finish is not None:
             return

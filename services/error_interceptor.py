@@ -13,7 +13,7 @@ import logging
 
 import grpc
 
-from services.errors import GlitchesError, InvalidArgument, retry_after_metadata
+from services.errors import GlitchesError, InvalidArgument, error_metadata, retry_after_metadata
 from services.handlers import replace_behaviour
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,9 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str):
         raise error
     if isinstance(error, GlitchesError):
         log.info("%s -> %s: %s", method, error.code.name, error)
-        if getattr(error, "retry_after_s", None) is not None:
-            context.set_trailing_metadata(retry_after_metadata(error.retry_after_s))
+        trailing = retry_after_metadata(getattr(error, "retry_after_s", None)) + error_metadata(error)
+        if trailing:
+            context.set_trailing_metadata(trailing)
         context.abort(error.code, str(error))
     log.exception("%s failed unexpectedly", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}: {error}")

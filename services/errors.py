@@ -10,9 +10,46 @@ import grpc
 
 
 class GlitchesError(Exception):
-    """Base of every error that should reach a client with a specific status."""
+    """Base of every error that should reach a client with a specific status.
+
+    `field` names the request field at fault (a SamplingParams/GenerateRequest field name such as
+    "max_new_tokens", "prompt", "model", "response_format") and `reason` is a machine-readable
+    cause (one of the REASON_* below); both travel as trailing metadata (ERROR_FIELD_KEY,
+    ERROR_REASON_KEY) so clients map them without parsing the message.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str = "", field: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+
+
+ERROR_FIELD_KEY = "glitches-error-field"  # trailing metadata: the request field at fault
+ERROR_REASON_KEY = "glitches-error-reason"  # trailing metadata: a REASON_* value
+REASON_MODEL_NOT_FOUND = "model_not_found"  # GenerateRequest.model names a model the cluster does not serve
+REASON_CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # prompt + max_new_tokens > the model's context
+REASON_PROMPT_TOO_LONG = "prompt_too_long"  # the prompt is above --max-prompt-tokens
+REASON_INVALID_RESPONSE_FORMAT = "invalid_response_format"  # a JSON Schema the grammar compiler refuses
+
+
+def error_metadata(error: Exception) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that carries an error's field and reason (empty when it has neither)."""
+    pairs = []
+    if getattr(error, "field", None):
+        pairs.append((ERROR_FIELD_KEY, error.field))
+    if getattr(error, "reason", None):
+        pairs.append((ERROR_REASON_KEY, error.reason))
+    return tuple(pairs)
+
+
+def metadata_value(metadata, key: str) -> str | None:
+    """The value of `key` in gRPC (trailing) metadata, or None."""
+    for k, v in metadata or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("utf-8", "replace")
+    return None
 
 
 class InvalidArgument(GlitchesError):
@@ -38,8 +75,8 @@ class PermissionDenied(GlitchesError):
 class ResourceExhausted(GlitchesError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, retry_after_s: float | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
         self.retry_after_s = retry_after_s  # when a retry may succeed; sent as trailing metadata RETRY_AFTER_KEY
 
 
@@ -69,5 +106,9 @@ def from_rpc_error(error: grpc.RpcError, context: str) -> GlitchesError:
     cls = by_code.get(code, GlitchesError)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         cls = Unavailable
-    err = cls(f"{context}: {details}")
-    return err
+    try:
+        trailing = error.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - an error raised before any call carries no metadata
+        trailing = ()
+    return cls(f"{context}: {details}", field=metadata_value(trailing, ERROR_FIELD_KEY),
+               reason=metadata_value(trailing, ERROR_REASON_KEY))

@@ -27,15 +27,26 @@ class Sampling:
     max_new_tokens: int = 16  # counts the first token (from prefill)
     stop: tuple[str, ...] = ()
     eos_token_ids: tuple[int, ...] = field(default=())
+    # structured output (services/grammar.py masks the logits): "" free text, "json_object" or "json_schema"
+    response_format: str = ""
+    json_schema: str = ""  # the JSON Schema as JSON text, with response_format "json_schema"
 
     @classmethod
     def from_proto(cls, msg) -> Sampling:
         return cls(temperature=msg.temperature, top_p=msg.top_p if msg.HasField("top_p") else 1.0, seed=msg.seed,
-                   max_new_tokens=msg.max_new_tokens, stop=tuple(msg.stop), eos_token_ids=tuple(msg.eos_token_ids))
+                   max_new_tokens=msg.max_new_tokens, stop=tuple(msg.stop), eos_token_ids=tuple(msg.eos_token_ids),
+                   response_format=_FORMAT_FROM_PROTO.get(msg.response_format, "?"), json_schema=msg.json_schema)
 
     def to_proto(self, msg_cls):
         return msg_cls(temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                       max_new_tokens=self.max_new_tokens, stop=list(self.stop), eos_token_ids=list(self.eos_token_ids))
+                       max_new_tokens=self.max_new_tokens, stop=list(self.stop), eos_token_ids=list(self.eos_token_ids),
+                       response_format=_FORMAT_TO_PROTO[self.response_format], json_schema=self.json_schema)
+
+
+# SamplingParams.response_format (common.proto ResponseFormatKind) <-> Sampling.response_format;
+# an enum value this build does not know becomes "?", which check_sampling refuses
+_FORMAT_FROM_PROTO = {0: "", 1: "json_object", 2: "json_schema"}
+_FORMAT_TO_PROTO = {v: k for k, v in _FORMAT_FROM_PROTO.items()}
 
 
 def check_sampling(sampling: Sampling) -> None:
@@ -45,6 +56,9 @@ def check_sampling(sampling: Sampling) -> None:
                               f"got {sampling.temperature}")
     if not 0.0 < sampling.top_p <= 1.0:
         raise InvalidArgument(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+    if sampling.response_format not in _FORMAT_TO_PROTO:
+        raise InvalidArgument("sampling.response_format is not a ResponseFormatKind this worker knows",
+                              field="response_format")
 
 
 def sample_token(logits: torch.Tensor, sampling: Sampling, index: int) -> int:

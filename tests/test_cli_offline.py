@@ -26,3 +26,12 @@ def test_simulate_json_has_the_documented_fields():
 def test_bad_daemon_settings_are_usage_errors():
     result = CliRunner().invoke(main, ["fpga-worker", "--numerics", "int2"])
     assert result.exit_code == 2 and "--numerics" in result.output
+
+
+def test_generate_json_schema_flags_are_checked_before_connecting(tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text("[1]")
+    both = CliRunner().invoke(main, ["generate", "x", "--json-object", "--json-schema", str(schema)])
+    assert both.exit_code == 2 and "not both" in both.output
+    not_object = CliRunner().invoke(main, ["generate", "x", "--json-schema", str(schema)])
+    assert not_object.exit_code == 2 and "JSON object" in not_object.output

@@ -208,3 +208,119 @@ def test_unreachable_scheduler_is_503():
         reply = http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi"})
         assert reply.status_code == 503 and reply.json()["error"]["code"] == "unavailable"
         assert http.get("/v1/models").status_code == 503
+
+
+# --- OpenAI's error contract, structured output, /health, /metrics ----------------------------------------
+
+@pytest.mark.parametrize("route, field, value", [
+    ("/v1/chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("/v1/chat/completions", "tool_choice", "required"),
+    ("/v1/chat/completions", "functions", [{"name": "f"}]),
+    ("/v1/chat/completions", "function_call", "auto"),
+    ("/v1/chat/completions", "parallel_tool_calls", True),
+    ("/v1/chat/completions", "reasoning_effort", "low"),
+    ("/v1/chat/completions", "audio", {"voice": "alloy", "format": "wav"}),
+    ("/v1/chat/completions", "modalities", ["text", "audio"]),
+    ("/v1/chat/completions", "prediction", {"type": "content", "content": "x"}),
+    ("/v1/chat/completions", "web_search_options", {"search_context_size": "low"}),
+    ("/v1/chat/completions", "store", True),
+    ("/v1/chat/completions", "logit_bias", {"50256": -100}),
+    ("/v1/completions", "logit_bias", {"50256": -100}),
+    ("/v1/completions", "top_k", 5),  # not an OpenAI field at all
+])
+def test_unimplemented_fields_are_refused_naming_them(app, route, field, value):
+    gateway, http = app
+    body = {"model": "tiny", field: value}
+    body.update({"prompt": "Hi"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "Hi"}]})
+    reply = http.post(route, json=body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == field and field in error["message"] and error["type"] == "invalid_request_error"
+    assert gateway.client.calls == []
+
+
+def test_fields_that_ask_for_nothing_are_accepted(app):
+    """null / [] / {} / "none" (as wrappers send them) and the assistant message a client echoes back."""
+    gateway, http = app
+    reply = http.post("/v1/chat/completions", json={
+        "model": "tiny", "tools": [], "tool_choice": "none", "logit_bias": {}, "functions": None, "user": "u1",
+        "messages": [{"role": "user", "content": "Hi"},
+                     {"role": "assistant", "content": "Hello", "refusal": None, "tool_calls": None, "audio": None},
+                     {"role": "user", "content": "Again"}]})
+    assert reply.status_code == 200, reply.text
+    bad = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": "Hi", "name": "bob"}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages.0.name"
+
+
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+def test_response_format_reaches_the_sdk(app, route):
+    gateway, http = app
+    base = {"model": "tiny"}
+    base.update({"prompt": "Hi"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "Hi"}]})
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    for response_format, sdk in [({"type": "json_object"}, "json_object"),
+                                 ({"type": "json_schema", "json_schema": {"name": "t", "schema": schema,
+                                                                         "strict": True}}, schema),
+                                 ({"type": "text"}, None)]:
+        assert http.post(route, json={**base, "response_format": response_format}).status_code == 200
+        assert gateway.client.calls[-1][1].get("response_format") == sdk
+    for bad, param in [({"type": "yaml"}, "response_format.type"),
+                       ({"type": "json_schema"}, "response_format.json_schema"),
+                       ({"type": "json_schema", "json_schema": {"name": "t"}}, "response_format.json_schema"),
+                       ({"type": "json_object", "extra": 1}, "response_format.extra")]:
+        reply = http.post(route, json={**base, "response_format": bad})
+        assert reply.status_code == 400 and reply.json()["error"]["param"].startswith(param), reply.text
+
+
+@pytest.mark.parametrize("route, prompt_param", [("/v1/completions", "prompt"), ("/v1/chat/completions", "messages")])
+def test_scheduler_reasons_become_openai_codes_and_params(app, route, prompt_param):
+    gateway, http = app
+    body = {"model": "tiny"}
+    body.update({"prompt": "Hi"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "Hi"}]})
+    cases = [
+        (GlitchesError("INVALID_ARGUMENT", "unknown model", field="model", reason="model_not_found"),
+         404, "model_not_found", "model"),
+        (GlitchesError("INVALID_ARGUMENT", "too long", field="prompt", reason="context_length_exceeded"),
+         400, "context_length_exceeded", prompt_param),
+        (GlitchesError("INVALID_ARGUMENT", "over the limit", field="max_new_tokens"), 400, "invalid_argument",
+         "max_tokens"),
+        (GlitchesError("INVALID_ARGUMENT", "bad schema", field="response_format"), 400, "invalid_argument",
+         "response_format"),
+    ]
+    for stream in (False, True):
+        for error, status, code, param in cases:
+            gateway.client.items = [error]
+            reply = http.post(route, json={**body, "stream": stream})
+            assert reply.status_code == status
+            assert reply.json()["error"] == {"message": error.message, "type": "invalid_request_error",
+                                             "param": param, "code": code}
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_rendering(app):
+    gateway, http = app
+    gateway.context_tokens, gateway.max_token_chars = 100, 10
+    many = [{"role": "user", "content": "x"}] * 101
+    reply = http.post("/v1/chat/completions", json={"model": "tiny", "messages": many})
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "context_length_exceeded"
+    assert reply.json()["error"]["param"] == "messages"
+    long = http.post("/v1/completions", json={"model": "tiny", "prompt": "x" * 1001})
+    assert long.json()["error"]["code"] == "context_length_exceeded" and long.json()["error"]["param"] == "prompt"
+    assert gateway.client.calls == []
+
+
+def test_health_and_metrics(app):
+    gateway, http = app
+    assert http.get("/health").json() == {"status": "ok"} and http.get("/healthz").status_code == 200
+    assert http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi"}).status_code == 200
+    gateway.client.items = [TextChunk("a", (1,)), TextChunk("b", (2,)), _completion()]
+    assert http.post("/v1/chat/completions", json={"model": "tiny", "stream": True,
+                                                   "messages": [{"role": "user", "content": "Hi"}]}).status_code == 200
+    assert http.post("/v1/completions", json={"model": "tiny"}).status_code == 400
+    text = http.get("/metrics").text
+    assert 'glitches_gateway_requests_total{route="/v1/completions",status="200"} 1.0' in text
+    assert 'glitches_gateway_requests_total{route="/v1/completions",status="400"} 1.0' in text
+    assert 'glitches_gateway_requests_total{route="/health",status="200"} 1.0' in text
+    assert 'glitches_gateway_ttft_seconds_count{route="/v1/chat/completions"} 1.0' in text
+    assert 'glitches_gateway_inter_token_seconds_count{route="/v1/chat/completions"} 1.0' in text  # 2 tokens
+    assert 'glitches_gateway_inter_token_seconds_count{route="/v1/completions"} 1.0' in text

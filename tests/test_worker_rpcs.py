@@ -72,6 +72,46 @@ def test_gpu_assist_decode_matches_transformers(cluster):
     assert cluster["engine"].active_requests() == 0
 
 
+_ENUM_SCHEMA = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}, "ok": {"type": "boolean"}},
+                "required": ["color", "ok"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("on_fpga, temperature", [(True, 0.0), (True, 0.9), (False, 0.0), (False, 0.9)])
+def test_json_schema_is_enforced_at_prefill_and_every_decode_step(cluster, on_fpga, temperature):
+    """The tiny random model would never write JSON by itself: every token here went through the mask."""
+    import json
+
+    import jsonschema
+
+    rid = f"json-{on_fpga}-{temperature}"
+    prompt = list(range(200, 220))
+    sampling = common_pb2.SamplingParams(max_new_tokens=60, temperature=temperature, seed=3,
+                                         response_format=common_pb2.RESPONSE_FORMAT_KIND_JSON_SCHEMA,
+                                         json_schema=json.dumps(_ENUM_SCHEMA))
+    target = (worker_pb2.DecodeTarget(address=cluster["fpga_address"], worker_id="fpga-t") if on_fpga
+              else worker_pb2.DecodeTarget())
+    pre = cluster["gpu"].Prefill(worker_pb2.PrefillRequest(request_id=rid, prompt_token_ids=prompt,
+                                                           sampling=sampling, target=target))
+    decoder = cluster["fpga"] if on_fpga else cluster["gpu"]
+    steps = list(decoder.Decode(worker_pb2.DecodeRequest(request_id=rid, first_token_id=pre.first_token_id,
+                                                         position=len(prompt), sampling=sampling)))
+    tokens = [pre.first_token_id] + [s.token_id for s in steps]
+    text = cluster["engine"].text_of(tokens)
+    jsonschema.validate(json.loads(text), _ENUM_SCHEMA)
+    assert steps[-1].finish_reason == common_pb2.FINISH_REASON_STOP
+    assert cluster["card"].active_requests() == [] and cluster["engine"].active_requests() == 0
+
+
+def test_a_bad_schema_is_invalid_argument_at_the_worker(cluster):
+    sampling = common_pb2.SamplingParams(max_new_tokens=4, response_format=common_pb2.RESPONSE_FORMAT_KIND_JSON_SCHEMA,
+                                         json_schema="[not a schema")
+    with pytest.raises(grpc.RpcError) as caught:
+        cluster["gpu"].Prefill(worker_pb2.PrefillRequest(request_id="bad-schema", prompt_token_ids=[5, 6],
+                                                         sampling=sampling))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("glitches-error-field", "response_format") in caught.value.trailing_metadata()
+
+
 def _transfer(stub, messages):
     return stub.TransferKV(iter(messages))
 

@@ -8,6 +8,7 @@ before the first token is a plain HTTP error; one after it (the status is alread
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -28,6 +29,7 @@ from glitches.gateway.chat import ChatTemplate
 from glitches.gateway.rate_limit import ClientRateLimitMiddleware, check_user
 from glitches.gateway.errors import (RequestError, error_body, from_request_error, from_sdk_error,
                                      http_status_of)
+from glitches.gateway.metrics import GatewayMetrics, RequestCountMiddleware, TokenClock
 from glitches.gateway.responses import Shapes, finish_reason, sse
 from glitches.gateway.schemas import ChatRequest, CompletionRequest
 from glitches.types import Completion
@@ -35,21 +37,37 @@ from services.tls import TlsConfig
 from services.rate_limit import KeyRateLimiter
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024  # larger bodies are 413: no prompt that big fits the context
+DEFAULT_BODY_TIMEOUT_S = 30.0  # a body that takes longer to arrive is 408 (a slow-upload connection is freed)
 
 
-async def _read_body(request: Request, limit_bytes: int) -> bytes:
+async def _read_body(request: Request, limit_bytes: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit_bytes:
         raise RequestError(f"the body is {declared} bytes; the limit is {limit_bytes}", status=413)
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit_bytes:
-            raise RequestError(f"the body is over the limit of {limit_bytes} bytes", status=413)
+
+    async def read():
+        async for piece in request.stream():
+            body.extend(piece)
+            if len(body) > limit_bytes:
+                raise RequestError(f"the body is over the limit of {limit_bytes} bytes", status=413)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(f"the body did not arrive within {timeout_s:g} s", status=408) from None
     return bytes(body)
 
 
-def _parse(body: bytes, model: type[BaseModel]):
+async def _disconnected(request: Request) -> None:
+    """Returns once the HTTP client has gone away (call only after the body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _parse(body: bytes, model: type[BaseModel], precheck=None):
+    """`body` validated as `model`; `precheck(data)` first sees the decoded JSON (a cheap size check
+    that spares validating, say, 110k messages)."""
     try:
         data = json.loads(body)
         json.dumps(data, ensure_ascii=False).encode("utf-8")  # refuses lone surrogates ("\ud800")
@@ -57,6 +75,8 @@ def _parse(body: bytes, model: type[BaseModel]):
         raise RequestError(f"the body is not valid UTF-8 JSON: {str(error)[:200]}") from None
     if not isinstance(data, dict):
         raise RequestError(f"the body must be a JSON object, got {type(data).__name__}")
+    if precheck is not None:
+        precheck(data)
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -71,7 +91,8 @@ class Gateway:
                  timeout_s: float | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None,
                  scheduler_tls: TlsConfig | None = None, requests_per_minute_per_client: float = 0.0,
-                 requests_per_minute_per_user: float = 0.0, clock=time.monotonic):
+                 requests_per_minute_per_user: float = 0.0, clock=time.monotonic,
+                 context_tokens: int | None = None, max_token_chars: int = 0):
         self.scheduler_address = scheduler_address
         self.chat_template = chat_template
         self.served_model = served_model
@@ -87,6 +108,12 @@ class Gateway:
                                if requests_per_minute_per_client else None)
         self.user_limiter = (KeyRateLimiter(requests_per_minute_per_user, clock)
                              if requests_per_minute_per_user else None)
+        # the model's context (tokens) and its tokenizer's longest token (characters): a prompt over
+        # context_tokens * max_token_chars characters, or a chat of more messages than context_tokens
+        # (each renders to at least one token), cannot fit and is refused before rendering/tokenizing
+        self.context_tokens = context_tokens
+        self.max_token_chars = max_token_chars
+        self.metrics = GatewayMetrics()
         self.client: AsyncClient | None = None
 
     @contextlib.asynccontextmanager
@@ -116,59 +143,121 @@ class Gateway:
             return JSONResponse(entry)
         return JSONResponse({"object": "list", "data": [entry]})
 
+    def _check_fits(self, characters: int, messages: int, param: str) -> None:
+        """Refuse, without rendering or tokenizing it, a prompt that certainly exceeds the context."""
+        if not self.context_tokens or not self.max_token_chars:
+            return
+        if messages > self.context_tokens or characters > self.context_tokens * self.max_token_chars:
+            what = f"{messages} messages" if messages > self.context_tokens else f"{characters} characters"
+            raise RequestError(f"{param}: {what} cannot fit the model's context of {self.context_tokens} tokens; "
+                               "shorten it", param=param, code="context_length_exceeded")
+
+    def _precheck_chat(self, data: dict) -> None:
+        messages = data.get("messages")
+        if isinstance(messages, list):
+            contents = (m.get("content") if isinstance(m, dict) else None for m in messages)
+            self._check_fits(sum(len(c) for c in contents if isinstance(c, str)), len(messages), "messages")
+
+    def _precheck_completion(self, data: dict) -> None:
+        if isinstance(data.get("prompt"), str):
+            self._check_fits(len(data["prompt"]), 1, "prompt")
+
+    def _parse_completion(self, raw: bytes) -> tuple[CompletionRequest, str]:
+        """Runs in a worker thread: JSON parsing and validation of a large body take CPU time."""
+        body = _parse(raw, CompletionRequest, self._precheck_completion)
+        prompt = body.prompt_text()
+        body.response_format_value()  # a malformed response_format is a 400 here
+        self._check_fits(len(prompt), 1, "prompt")
+        return body, prompt
+
+    def _parse_chat(self, raw: bytes) -> tuple[ChatRequest, str]:
+        """Runs in a worker thread: validation and the chat template (jinja) are CPU work."""
+        body = _parse(raw, ChatRequest, self._precheck_chat)
+        body.check()
+        body.response_format_value()
+        if self.chat_template is None:
+            raise RequestError("this gateway has no chat template; use /v1/completions", status=404)
+        messages = [m.as_template_message() for m in body.messages]
+        self._check_fits(sum(len(m["content"]) for m in messages), len(messages), "messages")
+        return body, self.chat_template.render(messages)
+
     async def completions(self, request: Request) -> Response:
+        arrived = time.monotonic()
         try:
-            body = _parse(await _read_body(request, self.max_body_bytes), CompletionRequest)
-            prompt = body.prompt_text()
+            raw = await _read_body(request, self.max_body_bytes)
+            body, prompt = await asyncio.to_thread(self._parse_completion, raw)
         except RequestError as error:
             return from_request_error(error)
         if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
             return refused
         kwargs = body.sdk_kwargs(body.max_tokens, self.completions_default_max_tokens)
-        return await self._answer(prompt, kwargs, Shapes(False, body.model or self.served_model), body)
+        params = {"prompt": "prompt", "max_new_tokens": "max_tokens"}
+        return await self._answer(request, prompt, kwargs, Shapes(False, body.model or self.served_model), body,
+                                  params, TokenClock(self.metrics, "/v1/completions", arrived))
 
     async def chat_completions(self, request: Request) -> Response:
+        arrived = time.monotonic()
         try:
-            body = _parse(await _read_body(request, self.max_body_bytes), ChatRequest)
-            body.check()
-            if self.chat_template is None:
-                raise RequestError("this gateway has no chat template; use /v1/completions", status=404)
-            prompt = self.chat_template.render([m.as_template_message() for m in body.messages])
+            raw = await _read_body(request, self.max_body_bytes)
+            body, prompt = await asyncio.to_thread(self._parse_chat, raw)
         except RequestError as error:
             return from_request_error(error)
         if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
             return refused
         kwargs = body.sdk_kwargs(body.max_completion_tokens or body.max_tokens, self.default_max_tokens)
-        return await self._answer(prompt, kwargs, Shapes(True, body.model or self.served_model), body)
+        params = {"prompt": "messages",
+                  "max_new_tokens": "max_completion_tokens" if body.max_completion_tokens else "max_tokens"}
+        return await self._answer(request, prompt, kwargs, Shapes(True, body.model or self.served_model), body,
+                                  params, TokenClock(self.metrics, "/v1/chat/completions", arrived))
 
     # --- one generation ------------------------------------------------------------
-    async def _answer(self, prompt: str, kwargs: dict, shapes: Shapes, body) -> Response:
+    async def _answer(self, request: Request, prompt: str, kwargs: dict, shapes: Shapes, body,
+                      params: dict[str, str], clock: TokenClock) -> Response:
+        """Run the request; until the response starts, a client that disconnects cancels it on the scheduler."""
         stream = self.client.stream(prompt, chat=False, **kwargs)
+        work = asyncio.ensure_future(self._first_or_final(stream, body.stream, clock))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            first = await anext(stream)  # errors before the first token keep their HTTP status
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the client went away (or this handler was cancelled): cancel the request
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+                await stream.aclose()  # cancels the gRPC call: the scheduler releases the request's claims
+        if not work.done() or work.cancelled():
+            return Response(status_code=499)  # nobody reads it; counted in /metrics as 499
+        try:
+            item = work.result()
         except GlitchesError as error:
             await stream.aclose()
-            return from_sdk_error(error)
+            return from_sdk_error(error, params)
         except StopAsyncIteration:
+            await stream.aclose()
             return JSONResponse(error_body("the scheduler ended the stream without an answer", "server_error"),
                                 status_code=502)
-        if body.stream:
-            return StreamingResponse(self._events(first, stream, shapes, body.include_usage()),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        try:
-            item = first
-            while not isinstance(item, Completion):
-                item = await anext(stream)
-        except GlitchesError as error:
-            return from_sdk_error(error)
-        except StopAsyncIteration:
-            return JSONResponse(error_body("the scheduler ended the stream without a final message",
-                                           "server_error"), status_code=502)
-        finally:
+        except BaseException:  # anything else is a 500 (the app's handler); the gRPC call goes first
             await stream.aclose()
+            raise
+        if body.stream:
+            return StreamingResponse(self._events(item, stream, shapes, body.include_usage(), clock),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        await stream.aclose()
         return JSONResponse(shapes.full(item))
 
-    async def _events(self, first, stream: AsyncIterator, shapes: Shapes, include_usage: bool):
+    @staticmethod
+    async def _first_or_final(stream: AsyncIterator, streaming: bool, clock: TokenClock):
+        """The first item (streaming) or the Completion (not streaming); StopAsyncIteration if none came."""
+        item = await anext(stream)  # errors before the first token keep their HTTP status
+        clock.token()
+        while not streaming and not isinstance(item, Completion):
+            item = await anext(stream)
+            if not isinstance(item, Completion):
+                clock.token()
+        return item
+
+    async def _events(self, first, stream: AsyncIterator, shapes: Shapes, include_usage: bool, clock: TokenClock):
         extra = {"usage": None} if include_usage else {}
         try:
             if shapes.chat:
@@ -178,6 +267,8 @@ class Gateway:
                 if item.text:
                     yield sse({**shapes.chunk(item.text), **extra})
                 item = await anext(stream)
+                if not isinstance(item, Completion):
+                    clock.token()
             yield sse({**shapes.chunk(None, finish=finish_reason(item)), **extra})
             if include_usage:
                 yield sse(shapes.usage_chunk(item))
@@ -204,12 +295,16 @@ async def _server_error(request: Request, error: Exception) -> Response:
 def create_app(gateway: Gateway) -> Starlette:
     routes = [
         Route("/healthz", gateway.healthz),
+        Route("/health", gateway.healthz),  # the name load generators probe
+        Route("/metrics", gateway.metrics.endpoint),
         Route("/v1/models", gateway.models),
         Route("/v1/models/{model:path}", gateway.models),
         Route("/v1/completions", gateway.completions, methods=["POST"]),
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
     ]
-    middleware = [Middleware(ApiKeyMiddleware, keys=gateway.api_keys)] if gateway.api_keys else []
+    middleware = [Middleware(RequestCountMiddleware, metrics=gateway.metrics)]
+    if gateway.api_keys:
+        middleware.append(Middleware(ApiKeyMiddleware, keys=gateway.api_keys))
     if gateway.client_limiter is not None:  # after the key check: only valid keys get a bucket
         middleware.append(Middleware(ClientRateLimitMiddleware, limiter=gateway.client_limiter,
                                      keyed=bool(gateway.api_keys)))

@@ -30,3 +30,16 @@ def load_chat_template(model: str) -> ChatTemplate:
     from services import models
 
     return ChatTemplate(models.load_tokenizer(models.resolve_model(model)))
+
+
+def model_limits(model: str) -> tuple[int, int]:
+    """(the model's context in tokens, the most characters one token of its tokenizer decodes to, at most)."""
+    from transformers import AutoConfig
+
+    from services import models
+
+    source = models.resolve_model(model)
+    tokenizer = models.load_tokenizer(source)
+    # a vocabulary entry's string has one character per byte (byte-level BPE) or more: an upper bound
+    longest = max((len(piece) for piece in tokenizer.get_vocab()), default=1)
+    return AutoConfig.from_pretrained(source.path).max_position_embeddings, longest

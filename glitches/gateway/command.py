@@ -38,16 +38,25 @@ from services.models import DEFAULT_MODEL
 @click.option("--https-cert", default="", envvar="GLITCHES_GATEWAY_HTTPS_CERT",
               help="PEM certificate: serve HTTPS instead of HTTP (with --https-key).")
 @click.option("--https-key", default="", envvar="GLITCHES_GATEWAY_HTTPS_KEY", help="PEM private key of --https-cert.")
+@click.option("--max-body-bytes", default=4 * 1024 * 1024, type=int, envvar="GLITCHES_GATEWAY_MAX_BODY_BYTES",
+              show_default=True, help="Request bodies above this many bytes are refused with 413.")
+@click.option("--header-timeout-s", default=10.0, type=float, envvar="GLITCHES_GATEWAY_HEADER_TIMEOUT_S",
+              show_default=True, help="A connection whose request headers take longer is closed (slowloris).")
+@click.option("--keep-alive-s", default=5, type=int, envvar="GLITCHES_GATEWAY_KEEP_ALIVE_S", show_default=True,
+              help="An idle kept-alive connection is closed after this many seconds.")
+@click.option("--max-concurrency", default=1024, type=int, envvar="GLITCHES_GATEWAY_MAX_CONCURRENCY",
+              show_default=True, help="Connections + in-flight requests above this are answered 503.")
 @client_tls_options
 def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
                 scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, https_cert, https_key,
-                **tls) -> None:
+                max_body_bytes, header_timeout_s, keep_alive_s, max_concurrency, **tls) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
     import uvicorn
 
     from glitches.cluster import free_port
     from glitches.gateway.app import Gateway, create_app
-    from glitches.gateway.chat import load_chat_template
+    from glitches.gateway.chat import load_chat_template, model_limits
+    from glitches.gateway.server import ServerLimits, uvicorn_options
     from services.api_keys import load_api_keys
     from services.errors import GlitchesError as ServiceError
     from services.models import resolve_model
@@ -57,12 +66,16 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
     if requests_per_minute_per_client < 0 or requests_per_minute_per_user < 0:
         raise click.UsageError("--requests-per-minute-per-client and --requests-per-minute-per-user must be >= 0 "
                                "(0: no limit)")
+    if max_body_bytes < 1 or header_timeout_s <= 0 or keep_alive_s < 1 or max_concurrency < 1:
+        raise click.UsageError("--max-body-bytes, --header-timeout-s, --keep-alive-s and --max-concurrency "
+                               "must be positive")
     if bool(https_cert) != bool(https_key):
         raise click.UsageError("give --https-cert and --https-key together")
     scheduler_tls = client_tls(tls)  # the link to the scheduler: TLS/mTLS with --tls-*
     try:
         served = resolve_model(model).name
         template = load_chat_template(model)
+        context_tokens, max_token_chars = model_limits(model)
         keys = load_api_keys(api_keys_file, api_keys)
     except (ServiceError, ValueError) as error:
         raise click.UsageError(str(error)) from None
@@ -70,9 +83,11 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
     gateway = Gateway(scheduler, template, served, default_max_tokens=default_max_tokens,
                       timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key,
                       scheduler_tls=scheduler_tls, requests_per_minute_per_client=requests_per_minute_per_client,
-                      requests_per_minute_per_user=requests_per_minute_per_user)
+                      requests_per_minute_per_user=requests_per_minute_per_user, max_body_bytes=max_body_bytes,
+                      context_tokens=context_tokens, max_token_chars=max_token_chars)
+    limits = ServerLimits(header_timeout_s, keep_alive_s, max_concurrency=max_concurrency)
     scheme = "https" if https_cert else "http"
     link = "mTLS" if scheduler_tls.cert else "TLS" if scheduler_tls.enabled else "plaintext"
     click.echo(f"gateway {scheme}://{host}:{port} -> scheduler {scheduler} ({link})", err=True)
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="info", access_log=False,
-                ssl_certfile=https_cert or None, ssl_keyfile=https_key or None)
+                ssl_certfile=https_cert or None, ssl_keyfile=https_key or None, **uvicorn_options(limits))

@@ -42,14 +42,27 @@ def http_status_of(error: GlitchesError) -> tuple[int, str]:
     return _HTTP_OF_GRPC.get(error.code, (500, "server_error"))
 
 
-def from_sdk_error(error: GlitchesError) -> JSONResponse:
+# the scheduler's reason for an INVALID_ARGUMENT (services.errors.REASON_*) -> (HTTP status, OpenAI code)
+_REASONS = {"model_not_found": (404, "model_not_found"), "context_length_exceeded": (400, "context_length_exceeded"),
+            "prompt_too_long": (400, "context_length_exceeded")}
+
+
+def from_sdk_error(error: GlitchesError, params: dict[str, str] | None = None) -> JSONResponse:
+    """The OpenAI error of an SDK error. `params` maps the scheduler's field names (error.field: "prompt",
+    "max_new_tokens", ...) to this route's body fields ("messages", "max_completion_tokens", ...)."""
     status, error_type = http_status_of(error)
+    code = error.code.lower()
+    field = getattr(error, "field", None)
+    param = (params or {}).get(field, field) if field else None
+    reason = getattr(error, "reason", None)
+    if reason in _REASONS and error.code == "INVALID_ARGUMENT":
+        status, code = _REASONS[reason]
+        error_type = "invalid_request_error"
     headers = None
     if error.retry_after_s is not None:  # the scheduler said when: OpenAI's clients wait that long
         headers = {"Retry-After": str(max(1, math.ceil(error.retry_after_s))),
                    "retry-after-ms": str(max(1, math.ceil(error.retry_after_s * 1000)))}
-    return JSONResponse(error_body(error.message, error_type, code=error.code.lower()), status_code=status,
-                        headers=headers)
+    return JSONResponse(error_body(error.message, error_type, param, code), status_code=status, headers=headers)
 
 
 def from_request_error(error: RequestError) -> JSONResponse:

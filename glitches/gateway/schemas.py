@@ -1,6 +1,9 @@
 """The request bodies the gateway accepts (pydantic, strict types) and their translation to the SDK's
-sampling arguments. Fields OpenAI defines but GLITCHES cannot honour are refused with a 400 that
-names them, rather than silently ignored; unknown extra fields are ignored, as OpenAI's are."""
+sampling arguments. Fields OpenAI defines but GLITCHES cannot honour (tools, logit_bias, audio, ...)
+and fields nobody defines are refused with a 400 that names them in `param`, rather than silently
+ignored (OpenAI itself refuses unrecognised arguments). A field sent as null, {} or [] asks for
+nothing and is accepted. Fields that never change the output (`user`, `safety_identifier`,
+`prompt_cache_key`, `service_tier`, `metadata`) are accepted and have no effect."""
 
 from __future__ import annotations
 
@@ -19,8 +22,58 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
 
 
+# OpenAI fields GLITCHES does not implement -> what the 400 says (any other unknown field: "not a field ...")
+UNSUPPORTED_FIELDS = {
+    "tools": "tool calling is not supported", "tool_choice": "tool calling is not supported",
+    "functions": "function calling is not supported", "function_call": "function calling is not supported",
+    "parallel_tool_calls": "tool calling is not supported", "logit_bias": "logit_bias is not supported",
+    "reasoning_effort": "reasoning_effort is not supported (the model does not reason in separate tokens)",
+    "audio": "audio output is not supported", "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported", "web_search_options": "web search is not supported",
+    "verbosity": "verbosity is not supported", "store": "stored completions are not supported",
+}
+NO_EFFECT_FIELDS = ("user", "safety_identifier", "prompt_cache_key", "service_tier", "metadata")
+_NOTHING = (None, {}, [], "none", False)  # values of an unsupported field that ask for nothing
+
+
+def refuse_extra_fields(model: BaseModel, where: str = "") -> None:
+    """400 naming the first field of `model` (and `where`, its path) that GLITCHES would otherwise ignore."""
+    for name, value in (model.model_extra or {}).items():
+        if name in NO_EFFECT_FIELDS or any(value == nothing and type(value) is type(nothing) for nothing in _NOTHING):
+            continue
+        param = f"{where}{name}"
+        reason = UNSUPPORTED_FIELDS.get(name)
+        message = (f"{param}: {reason} by GLITCHES; leave it out" if reason
+                   else f"{param}: unrecognized request argument; GLITCHES does not implement it, leave it out")
+        raise RequestError(message, param=param)
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict = Field(alias="schema")  # enforced by token masking whether `strict` is true or not
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def sdk_value(self) -> str | dict | None:
+        """AsyncClient.stream's response_format: None (text), "json_object", or the schema dict."""
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise RequestError("response_format.json_schema is required with type json_schema",
+                                   param="response_format.json_schema")
+            return self.json_schema.schema_
+        if self.json_schema is not None:
+            raise RequestError(f"response_format.json_schema is only allowed with type json_schema, not "
+                               f"{self.type}", param="response_format.json_schema")
+        return None if self.type == "text" else "json_object"
 
 
 class _Sampling(_Strict):
@@ -37,6 +90,7 @@ class _Sampling(_Strict):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None  # OpenAI's end-user id: only counted by --requests-per-minute-per-user
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -49,6 +103,13 @@ class _Sampling(_Strict):
         return stops
 
     def refuse_unsupported(self) -> None:
+        refuse_extra_fields(self)
+        if self.stream_options is not None:
+            refuse_extra_fields(self.stream_options, "stream_options.")
+        if self.response_format is not None:
+            refuse_extra_fields(self.response_format, "response_format.")
+            if self.response_format.json_schema is not None:
+                refuse_extra_fields(self.response_format.json_schema, "response_format.json_schema.")
         if self.n not in (None, 1):
             raise RequestError(f"n={self.n} is not supported: GLITCHES returns one choice per request; "
                                "send n=1 (or leave it out) and repeat the request for more", param="n")
@@ -66,7 +127,11 @@ class _Sampling(_Strict):
         return dict(max_tokens=max_tokens or default_max_tokens,
                     temperature=1.0 if self.temperature is None else self.temperature,
                     top_p=1.0 if self.top_p is None else self.top_p, seed=self.seed or 0,
-                    stop=tuple(self.stop or ()), model=self.model)
+                    stop=tuple(self.stop or ()), model=self.model,
+                    **({"response_format": rf} if (rf := self.response_format_value()) is not None else {}))
+
+    def response_format_value(self) -> str | dict | None:
+        return None if self.response_format is None else self.response_format.sdk_value()
 
 
 class CompletionRequest(_Sampling):
@@ -113,4 +178,8 @@ class ChatRequest(_Sampling):
     def check(self) -> None:
         self.refuse_unsupported()
         if self.tools:
-            raise RequestError("tools are not supported; leave them out", param="tools")
+            raise RequestError("tools: tool calling is not supported by GLITCHES; leave it out", param="tools")
+        for i, message in enumerate(self.messages):
+            refuse_extra_fields(message, f"messages.{i}.")
+            for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
+                refuse_extra_fields(part, f"messages.{i}.content.{j}.")

@@ -103,7 +103,7 @@ def test_errors(gw):
     oai = gw["oai"]
     with pytest.raises(openai.BadRequestError, match="n=2"):
         oai.completions.create(model=MODEL, prompt="Hi", n=2)
-    with pytest.raises(openai.BadRequestError, match="unknown model"):
+    with pytest.raises(openai.NotFoundError, match="unknown model"):  # OpenAI's model_not_found
         oai.completions.create(model="gpt-4o", prompt="Hi", max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="limit"):
         oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=10**6)
@@ -123,3 +123,109 @@ def test_client_going_away_mid_stream_frees_the_slots(gw):
             if line.startswith("data: {"):
                 break  # one chunk, then hang up
     assert_idle(gw["registry"], timeout_s=30)
+
+
+# --- structured output, OpenAI's error contract, non-streaming cancel (issue 13 / 14) --------------------------
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 30},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                           "city": {"type": "string", "maxLength": 30}},
+          "required": ["name", "age", "city"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_json_mode_answers_parse_and_json_schema_answers_validate(gw, temperature):
+    import json
+
+    import jsonschema
+
+    oai = gw["oai"]
+    for thing in ("an apple", "a cat"):
+        reply = oai.chat.completions.create(
+            model=MODEL, max_tokens=160, temperature=temperature, seed=1, response_format={"type": "json_object"},
+            messages=[{"role": "user", "content": f"Give {thing} as a JSON object with exactly the keys \"name\" "
+                                                  "and \"color\", nothing else."}])
+        assert isinstance(json.loads(reply.choices[0].message.content), dict), reply.choices[0].message.content
+        assert reply.choices[0].finish_reason == "stop"
+    reply = oai.completions.create(
+        model=MODEL, prompt="A person, as JSON:", max_tokens=120, temperature=temperature, seed=2,
+        extra_body={"response_format": {"type": "json_schema",
+                                        "json_schema": {"name": "person", "schema": PERSON, "strict": True}}})
+    jsonschema.validate(json.loads(reply.choices[0].text), PERSON)
+    chunks = list(oai.chat.completions.create(
+        model=MODEL, max_tokens=120, temperature=temperature, seed=3, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        messages=[{"role": "user", "content": "Invent a person."}]))
+    jsonschema.validate(json.loads("".join(c.choices[0].delta.content or "" for c in chunks if c.choices)), PERSON)
+    assert_idle(gw["registry"])
+
+
+def test_openai_error_contract(gw):
+    oai = gw["oai"]
+    chat = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(openai.NotFoundError) as caught:
+        oai.chat.completions.create(model="gpt-4o", messages=chat, max_tokens=2)
+    assert (caught.value.code, caught.value.param) == ("model_not_found", "model")
+    with pytest.raises(openai.NotFoundError) as caught:
+        oai.completions.create(model="gpt-4o", prompt="Hi", max_tokens=2, stream=True)
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 9000}],
+                                    max_tokens=2)
+    assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.completions.create(model=MODEL, prompt="word " * 9000, max_tokens=2)
+    assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "prompt")
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.completions.create(model=MODEL, prompt="Hi", max_tokens=10**6)
+    assert caught.value.param == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model=MODEL, messages=chat, max_completion_tokens=10**6)
+    assert caught.value.param == "max_completion_tokens"
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model=MODEL, messages=chat, max_tokens=2, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}})
+    assert caught.value.param == "response_format"
+    for field, value in [("tool_choice", "required"), ("logit_bias", {"1": 5}), ("reasoning_effort", "low")]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            oai.chat.completions.create(model=MODEL, messages=chat, max_tokens=2, **{field: value})
+        assert caught.value.param == field and field in caught.value.message
+    from glitches import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError) as sdk_error:  # the SDK sees the same field and reason
+        gw["sdk"].generate("Hi", max_tokens=2, model="gpt-4o")
+    assert (sdk_error.value.field, sdk_error.value.reason) == ("model", "model_not_found")
+    with pytest.raises(InvalidArgumentError) as sdk_error:
+        gw["sdk"].generate("Hi", max_tokens=2, response_format={"type": "object", "required": 5})
+    assert sdk_error.value.field == "response_format"
+    assert httpx.get(gw["base"].removesuffix("/v1") + "/health", timeout=10).status_code == 200
+    metrics = httpx.get(gw["base"].removesuffix("/v1") + "/metrics", timeout=10).text
+    assert 'glitches_gateway_requests_total{route="/v1/chat/completions",status="404"}' in metrics
+    assert_idle(gw["registry"])
+
+
+def test_non_streaming_client_going_away_cancels_its_request(gw):
+    """The client gives up (read timeout) mid-generation: the scheduler releases the claims within ~2 s."""
+    import threading
+
+    body = {"model": MODEL, "prompt": "Counting to a thousand: 1, 2, 3, 4, 5,", "max_tokens": 400, "temperature": 0}
+    outcome = {}
+
+    def request():
+        try:
+            httpx.post(gw["base"] + "/completions", json=body, timeout=httpx.Timeout(30, read=4))
+            outcome["error"] = None
+        except httpx.ReadTimeout as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not gw["registry"].claims() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gw["registry"].claims(), "the request never held claims"
+    thread.join()
+    assert outcome["error"] is not None  # 400 tokens take far more than 4 s here: it was mid-generation
+    gone = time.monotonic()
+    assert_idle(gw["registry"], timeout_s=3)
+    print(f"claims released {time.monotonic() - gone:.2f} s after the client disconnected")

@@ -76,6 +76,36 @@ def test_gpu_killed_during_prefill_is_retried_on_the_other_gpu(faulty, reference
     assert_idle(faulty["registry"], timeout_s=5)
 
 
+def test_json_schema_request_migrates_with_its_grammar(faulty):
+    """The decode worker dies mid-answer: the next worker rebuilds the grammar from the schema and the
+    tokens so far, and the answer is token-identical to an undisturbed run (greedy) and valid."""
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40},
+                                               "hobbies": {"type": "array", "items": {"type": "string",
+                                                                                      "maxLength": 20},
+                                                           "maxItems": 4}},
+              "required": ["name", "hobbies"], "additionalProperties": False}
+    args = dict(max_tokens=120, chat=True, response_format=schema)
+    prompt = "Invent a person and their hobbies."
+    undisturbed = faulty["client"].generate(prompt, **args)
+    stream = faulty["client"].stream(prompt, **args)
+    seen = 0
+    for item in stream:
+        if isinstance(item, TextChunk):
+            seen += len(item.token_ids)
+            if seen >= 5:
+                break
+    os.kill(_pid_of_busy(faulty["client"], "fpga"), signal.SIGKILL)
+    final = _collect(stream)
+    assert final.migrations == 1
+    assert final.token_ids == undisturbed.token_ids
+    jsonschema.validate(json.loads(final.text), schema)
+    assert_idle(faulty["registry"], timeout_s=5)
+
+
 def test_with_every_gpu_dead_requests_fail_unavailable(faulty):
     for worker in faulty["client"].status().workers:
         if worker.kind == "gpu" and worker.healthy:
