@@ -24,17 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18glitches/v1/common.proto\x12\x0bglitches.v1\"\x8e\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x15\n\reos_token_ids\x18\x06 \x03(\rB\x08\n\x06_top_p*T\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_GPU\x10\x01\x12\x14\n\x10\x44\x45VICE_KIND_FPGA\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18glitches/v1/common.proto\x12\x0bglitches.v1\"\xf7\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x15\n\reos_token_ids\x18\x06 \x03(\r\x12\x10\n\x08logprobs\x18\x14 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x15 \x01(\r\x12\x17\n\x0fprompt_logprobs\x18\x16 \x01(\x08\x12\x12\n\nignore_eos\x18\x17 \x01(\x08\x12\x12\n\nmin_tokens\x18\x18 \x01(\rB\x08\n\x06_top_p\"1\n\x0cLogprobEntry\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"b\n\rTokenLogprobs\x12)\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x19.glitches.v1.LogprobEntry\x12&\n\x03top\x18\x02 \x03(\x0b\x32\x19.glitches.v1.LogprobEntry*T\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_GPU\x10\x01\x12\x14\n\x10\x44\x45VICE_KIND_FPGA\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'glitches.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEVICEKIND']._serialized_start=186
-  _globals['_DEVICEKIND']._serialized_end=270
-  _globals['_FINISHREASON']._serialized_start=272
-  _globals['_FINISHREASON']._serialized_end=390
+  _globals['_DEVICEKIND']._serialized_start=442
+  _globals['_DEVICEKIND']._serialized_end=526
+  _globals['_FINISHREASON']._serialized_start=528
+  _globals['_FINISHREASON']._serialized_end=646
   _globals['_SAMPLINGPARAMS']._serialized_start=42
-  _globals['_SAMPLINGPARAMS']._serialized_end=184
+  _globals['_SAMPLINGPARAMS']._serialized_end=289
+  _globals['_LOGPROBENTRY']._serialized_start=291
+  _globals['_LOGPROBENTRY']._serialized_end=340
+  _globals['_TOKENLOGPROBS']._serialized_start=342
+  _globals['_TOKENLOGPROBS']._serialized_end=440
 # @@protoc_insertion_point(module_scope)
