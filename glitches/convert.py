@@ -37,7 +37,8 @@ def logprobs(messages) -> tuple[TokenLogprob, ...]:
 def event(message: scheduler_pb2.GenerateResponse) -> TextChunk | Completion:
     if message.WhichOneof("body") == "delta":
         d = message.delta
-        return TextChunk(d.text, tuple(d.token_ids), logprobs(d.logprobs), logprobs(d.prompt_logprobs))
+        return TextChunk(d.text, tuple(d.token_ids), logprobs(d.logprobs), logprobs(d.prompt_logprobs),
+                         tuple(d.prompt_token_ids))
     f = message.final
     t = f.timings
     timings = Timings(**{name: getattr(t, name) for name in Timings.__dataclass_fields__})

@@ -47,6 +47,7 @@ class TextChunk:
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token id, when asked for (logprobs=True)
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # first chunk only, with prompt_logprobs=True
+    prompt_token_ids: tuple[int, ...] = ()  # first chunk only, with prompt_logprobs=True
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ class Delta:
     token_ids: list[int]
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token id, with sampling.logprobs
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # first delta only, with prompt_logprobs
+    prompt_token_ids: list[int] = field(default_factory=list)  # first delta only, with prompt_logprobs
 
 
 class _WorkerLost(Exception):
@@ -329,7 +330,9 @@ class Orchestrator:
         if logprob is not None:
             run.logprobs.append(logprob_from_proto(logprob))
             logprobs = [run.logprobs[-1]]
-        return Delta(run.detok.add(token), [token], logprobs, prompt_logprobs or [])
+        if prompt_logprobs is None:
+            return Delta(run.detok.add(token), [token], logprobs)
+        return Delta(run.detok.add(token), [token], logprobs, prompt_logprobs, run.prompt_ids)
 
     def _end_attempt(self, attempt: _Attempt) -> None:
         if attempt.decode_call is not None:

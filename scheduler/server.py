@@ -37,7 +37,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             if isinstance(event, Delta):
                 yield scheduler_pb2.GenerateResponse(delta=scheduler_pb2.TextDelta(
                     text=event.text, token_ids=event.token_ids, logprobs=[logprob_to_proto(r) for r in event.logprobs],
-                    prompt_logprobs=[logprob_to_proto(r) for r in event.prompt_logprobs]))
+                    prompt_logprobs=[logprob_to_proto(r) for r in event.prompt_logprobs],
+                    prompt_token_ids=event.prompt_token_ids))
                 continue
             t = event.timings
             yield scheduler_pb2.GenerateResponse(final=scheduler_pb2.GenerateFinal(

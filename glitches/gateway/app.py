@@ -8,10 +8,10 @@ before the first token is a plain HTTP error; one after it (the status is alread
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -25,11 +25,13 @@ from glitches.aio import AsyncClient
 from glitches.errors import GlitchesError
 from glitches.gateway.auth import ApiKeyMiddleware
 from glitches.gateway.chat import ChatTemplate
+from glitches.gateway.choices import ChoiceRender, ChoiceSpec, chat_specs, completion_specs
+from glitches.gateway.logprob_shapes import TokenStrings
 from glitches.gateway.rate_limit import ClientRateLimitMiddleware, check_user
 from glitches.gateway.errors import (RequestError, error_body, from_request_error, from_sdk_error,
                                      http_status_of)
-from glitches.gateway.responses import Shapes, finish_reason, sse
-from glitches.gateway.schemas import ChatRequest, CompletionRequest
+from glitches.gateway.responses import Shapes, finish_reason, sse, usage_of
+from glitches.gateway.schemas import ChatRequest, CompletionRequest, Limits
 from glitches.types import Completion
 from services.tls import TlsConfig
 from services.rate_limit import KeyRateLimiter
@@ -71,7 +73,8 @@ class Gateway:
                  timeout_s: float | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None,
                  scheduler_tls: TlsConfig | None = None, requests_per_minute_per_client: float = 0.0,
-                 requests_per_minute_per_user: float = 0.0, clock=time.monotonic):
+                 requests_per_minute_per_user: float = 0.0, clock=time.monotonic, limits: Limits | None = None,
+                 tokenizer=None):
         self.scheduler_address = scheduler_address
         self.chat_template = chat_template
         self.served_model = served_model
@@ -87,6 +90,10 @@ class Gateway:
                                if requests_per_minute_per_client else None)
         self.user_limiter = (KeyRateLimiter(requests_per_minute_per_user, clock)
                              if requests_per_minute_per_user else None)
+        self.limits = limits or Limits()
+        # token texts for logprobs and echo of token-id prompts: the model's tokenizer (the chat template's)
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(chat_template, "_tokenizer", None)
+        self._strings = TokenStrings(self.tokenizer) if self.tokenizer is not None else None
         self.client: AsyncClient | None = None
 
     @contextlib.asynccontextmanager
@@ -119,75 +126,148 @@ class Gateway:
     async def completions(self, request: Request) -> Response:
         try:
             body = _parse(await _read_body(request, self.max_body_bytes), CompletionRequest)
-            prompt = body.prompt_text()
+            prompts = body.prompts(self.limits)
+            self._need_tokenizer(body.logprobs is not None or (body.echo and not all(isinstance(p, str)
+                                                                                     for p in prompts)))
         except RequestError as error:
             return from_request_error(error)
         if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
             return refused
-        kwargs = body.sdk_kwargs(body.max_tokens, self.completions_default_max_tokens)
-        return await self._answer(prompt, kwargs, Shapes(False, body.model or self.served_model), body)
+        max_tokens = self.completions_default_max_tokens if body.max_tokens is None else body.max_tokens
+        kwargs = dict(body.sdk_kwargs(None, 1), max_tokens=max_tokens)
+        specs = completion_specs(prompts, body.n or 1, kwargs, bool(body.echo), body.logprobs)
+        return await self._answer(specs, Shapes(False, body.model or self.served_model), body)
 
     async def chat_completions(self, request: Request) -> Response:
         try:
             body = _parse(await _read_body(request, self.max_body_bytes), ChatRequest)
-            body.check()
+            body.check(self.limits)
             if self.chat_template is None:
                 raise RequestError("this gateway has no chat template; use /v1/completions", status=404)
             prompt = self.chat_template.render([m.as_template_message() for m in body.messages])
+            self._need_tokenizer(bool(body.logprobs))
         except RequestError as error:
             return from_request_error(error)
         if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
             return refused
         kwargs = body.sdk_kwargs(body.max_completion_tokens or body.max_tokens, self.default_max_tokens)
-        return await self._answer(prompt, kwargs, Shapes(True, body.model or self.served_model), body)
+        specs = chat_specs(prompt, body.n or 1, kwargs, bool(body.logprobs), body.top_logprobs or 0)
+        return await self._answer(specs, Shapes(True, body.model or self.served_model), body)
 
-    # --- one generation ------------------------------------------------------------
-    async def _answer(self, prompt: str, kwargs: dict, shapes: Shapes, body) -> Response:
-        stream = self.client.stream(prompt, chat=False, **kwargs)
+    def _need_tokenizer(self, needed: bool) -> None:
+        if needed and self._strings is None:
+            raise RequestError("this gateway has no tokenizer (--model) to show tokens; leave logprobs out",
+                               param="logprobs")
+
+    def _decode_prompt(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids)
+
+    # --- one request: one scheduler stream per choice ---------------------------------
+    async def _answer(self, specs: list[ChoiceSpec], shapes: Shapes, body) -> Response:
+        streams = [self.client.stream(spec.prompt, chat=False, **spec.kwargs) for spec in specs]
+        renders = [ChoiceRender(spec, shapes.chat, self._strings, self._decode_prompt) for spec in specs]
         try:
-            first = await anext(stream)  # errors before the first token keep their HTTP status
+            firsts = await _all(anext(stream) for stream in streams)  # errors before any token keep their status
         except GlitchesError as error:
-            await stream.aclose()
+            await _close(streams)
             return from_sdk_error(error)
         except StopAsyncIteration:
+            await _close(streams)
             return JSONResponse(error_body("the scheduler ended the stream without an answer", "server_error"),
                                 status_code=502)
         if body.stream:
-            return StreamingResponse(self._events(first, stream, shapes, body.include_usage()),
+            return StreamingResponse(self._events(firsts, streams, renders, shapes, body.include_usage()),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            item = first
-            while not isinstance(item, Completion):
-                item = await anext(stream)
+            finals = await _all(_final(first, stream) for first, stream in zip(firsts, streams))
         except GlitchesError as error:
             return from_sdk_error(error)
         except StopAsyncIteration:
             return JSONResponse(error_body("the scheduler ended the stream without a final message",
                                            "server_error"), status_code=502)
         finally:
-            await stream.aclose()
-        return JSONResponse(shapes.full(item))
+            await _close(streams)
+        choices = [shapes.choice(r.spec.index, *r.whole(final), finish_reason(final))
+                   for r, final in zip(renders, finals)]
+        return JSONResponse(shapes.full_choices(choices, _usage(renders, finals)))
 
-    async def _events(self, first, stream: AsyncIterator, shapes: Shapes, include_usage: bool):
+    async def _events(self, firsts: list, streams: list, renders: list[ChoiceRender], shapes: Shapes,
+                      include_usage: bool):
         extra = {"usage": None} if include_usage else {}
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int) -> None:  # one choice's items, in order, onto the shared queue
+            try:
+                item = firsts[i]
+                while True:
+                    await queue.put((i, item))
+                    if isinstance(item, Completion):
+                        return
+                    item = await anext(streams[i])
+            except (GlitchesError, StopAsyncIteration) as error:
+                await queue.put((i, error))
+
+        pumps = [asyncio.create_task(pump(i)) for i in range(len(streams))]
+        finals: list = [None] * len(streams)
         try:
             if shapes.chat:
-                yield sse({**shapes.chunk("", role=True), **extra})
-            item = first
-            while not isinstance(item, Completion):
-                if item.text:
-                    yield sse({**shapes.chunk(item.text), **extra})
-                item = await anext(stream)
-            yield sse({**shapes.chunk(None, finish=finish_reason(item)), **extra})
-            if include_usage:
-                yield sse(shapes.usage_chunk(item))
-        except GlitchesError as error:
-            yield sse(error_body(error.message, http_status_of(error)[1], code=error.code.lower()))
-        except StopAsyncIteration:
-            yield sse(error_body("the scheduler ended the stream without a final message", "server_error"))
+                for r in renders:
+                    yield sse({**shapes.chunk("", role=True, index=r.spec.index), **extra})
+            while any(f is None for f in finals):
+                i, item = await queue.get()
+                index = renders[i].spec.index
+                if isinstance(item, GlitchesError):
+                    yield sse(error_body(item.message, http_status_of(item)[1], code=item.code.lower()))
+                    break
+                if isinstance(item, StopAsyncIteration):
+                    yield sse(error_body("the scheduler ended the stream without a final message", "server_error"))
+                    break
+                if isinstance(item, Completion):
+                    finals[i] = item
+                    yield sse({**shapes.chunk(None, finish=finish_reason(item), index=index), **extra})
+                    continue
+                for text, logprobs in renders[i].stream_pieces(item):
+                    yield sse({**shapes.chunk(text, index=index, logprobs=logprobs), **extra})
+            else:
+                if include_usage:
+                    yield sse(shapes.usage_body_chunk(_usage(renders, finals)))
         finally:
-            await stream.aclose()  # cancels the gRPC call when the HTTP client went away
+            await _cancel(pumps)
+            await _close(streams)  # cancels the gRPC calls when the HTTP client went away
         yield sse("[DONE]")
+
+
+async def _all(awaitables) -> list:
+    """Await all concurrently; on the first error cancel the rest (and wait for them), then raise it."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        await _cancel(tasks)
+
+
+async def _cancel(tasks) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _close(streams) -> None:
+    for stream in streams:
+        await stream.aclose()
+
+
+async def _final(first, stream) -> Completion:
+    item = first
+    while not isinstance(item, Completion):
+        item = await anext(stream)
+    return item
+
+
+def _usage(renders: list[ChoiceRender], finals: list[Completion]) -> dict:
+    """Prompt tokens once per prompt (not per choice, as OpenAI counts n), completion tokens of every choice."""
+    prompt_tokens = {r.spec.prompt_index: f.prompt_tokens for r, f in zip(renders, finals)}
+    return usage_of(sum(prompt_tokens.values()), sum(r.completion_tokens(f) for r, f in zip(renders, finals)))
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:

@@ -35,19 +35,26 @@ from services.models import DEFAULT_MODEL
 @click.option("--requests-per-minute-per-user", default=0.0, type=float,
               envvar="GLITCHES_GATEWAY_REQUESTS_PER_MINUTE_PER_USER", show_default=True,
               help="Also, completions per minute per OpenAI `user` field within each client (0: no limit).")
+@click.option("--max-stop-strings", default=16, type=int, envvar="GLITCHES_GATEWAY_MAX_STOP_STRINGS", show_default=True,
+              help="Most stop strings one request may give (OpenAI: 4; evaluation harnesses send more).")
+@click.option("--max-top-logprobs", default=20, type=int, envvar="GLITCHES_GATEWAY_MAX_TOP_LOGPROBS",
+              show_default=True, help="Largest top_logprobs on /v1/chat/completions.")
+@click.option("--max-completion-logprobs", default=5, type=int, envvar="GLITCHES_GATEWAY_MAX_COMPLETION_LOGPROBS",
+              show_default=True, help="Largest logprobs on /v1/completions.")
 @click.option("--https-cert", default="", envvar="GLITCHES_GATEWAY_HTTPS_CERT",
               help="PEM certificate: serve HTTPS instead of HTTP (with --https-key).")
 @click.option("--https-key", default="", envvar="GLITCHES_GATEWAY_HTTPS_KEY", help="PEM private key of --https-cert.")
 @client_tls_options
 def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
-                scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, https_cert, https_key,
-                **tls) -> None:
+                scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, max_stop_strings,
+                max_top_logprobs, max_completion_logprobs, https_cert, https_key, **tls) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
     import uvicorn
 
     from glitches.cluster import free_port
     from glitches.gateway.app import Gateway, create_app
     from glitches.gateway.chat import load_chat_template
+    from glitches.gateway.schemas import Limits
     from services.api_keys import load_api_keys
     from services.errors import GlitchesError as ServiceError
     from services.models import resolve_model
@@ -57,6 +64,8 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
     if requests_per_minute_per_client < 0 or requests_per_minute_per_user < 0:
         raise click.UsageError("--requests-per-minute-per-client and --requests-per-minute-per-user must be >= 0 "
                                "(0: no limit)")
+    if min(max_stop_strings, max_top_logprobs, max_completion_logprobs) < 0:
+        raise click.UsageError("--max-stop-strings, --max-top-logprobs and --max-completion-logprobs must be >= 0")
     if bool(https_cert) != bool(https_key):
         raise click.UsageError("give --https-cert and --https-key together")
     scheduler_tls = client_tls(tls)  # the link to the scheduler: TLS/mTLS with --tls-*
@@ -70,7 +79,8 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
     gateway = Gateway(scheduler, template, served, default_max_tokens=default_max_tokens,
                       timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key,
                       scheduler_tls=scheduler_tls, requests_per_minute_per_client=requests_per_minute_per_client,
-                      requests_per_minute_per_user=requests_per_minute_per_user)
+                      requests_per_minute_per_user=requests_per_minute_per_user,
+                      limits=Limits(max_stop_strings, max_top_logprobs, max_completion_logprobs))
     scheme = "https" if https_cert else "http"
     link = "mTLS" if scheduler_tls.cert else "TLS" if scheduler_tls.enabled else "plaintext"
     click.echo(f"gateway {scheme}://{host}:{port} -> scheduler {scheduler} ({link})", err=True)
