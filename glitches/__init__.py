@@ -6,9 +6,9 @@ from glitches.errors import (CancelledError, DeadlineExceededError, GlitchesErro
                              NotFoundError, PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError,
                              UnavailableError)
 from glitches.retry import NO_RETRY, RetryPolicy
-from glitches.types import ClusterStatus, Completion, TextChunk, Timings, WorkerStatus
+from glitches.types import ClusterStatus, Completion, Logprob, TextChunk, Timings, TokenLogprob, WorkerStatus
 
 __all__ = ["AsyncClient", "CancelledError", "Client", "ClusterStatus", "Completion", "DeadlineExceededError",
-           "GlitchesError", "InvalidArgumentError", "NO_RETRY", "NotFoundError", "PermissionDeniedError",
-           "ResourceExhaustedError", "RetryPolicy", "TextChunk", "Timings", "UnauthenticatedError",
+           "GlitchesError", "InvalidArgumentError", "Logprob", "NO_RETRY", "NotFoundError", "PermissionDeniedError",
+           "ResourceExhaustedError", "RetryPolicy", "TextChunk", "Timings", "TokenLogprob", "UnauthenticatedError",
            "UnavailableError", "WorkerStatus"]

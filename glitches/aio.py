@@ -36,13 +36,18 @@ class AsyncClient:
         self._channel = open_aio_channel(address, client_tls(tls))
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
-    async def stream(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                     seed: int = 0, stop: Sequence[str] = (), chat: bool = False,
-                     model: str = "",
+    async def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 64, temperature: float = 0.0,
+                     top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (), chat: bool = False,
+                     model: str = "", logprobs: bool = False, top_logprobs: int = 0,
+                     prompt_logprobs: bool = False, ignore_eos: bool = False, min_tokens: int = 0,
                      response_format: str | dict | None = None) -> AsyncIterator[TextChunk | Completion]:
-        """Yield TextChunk pieces, then one Completion; UNAVAILABLE is retried only before the first piece."""
+        """Yield TextChunk pieces, then one Completion; UNAVAILABLE is retried only before the first piece.
+        Arguments as Client.stream's (a prompt as text or token ids, logprobs, ignore_eos, min_tokens,
+        response_format...)."""
         request = _encode(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
-                          top_p=top_p, seed=seed, stop=stop, response_format=response_format)
+                          top_p=top_p, seed=seed, stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
+                          prompt_logprobs=prompt_logprobs, ignore_eos=ignore_eos, min_tokens=min_tokens,
+                          response_format=response_format)
         deadline = Deadline(self.timeout_s)
         attempt = 0
         while True:
@@ -62,7 +67,7 @@ class AsyncClient:
                 call.cancel()
             await asyncio.sleep(wait_s)
 
-    async def generate(self, prompt: str, **kwargs) -> Completion:
+    async def generate(self, prompt: str | Sequence[int], **kwargs) -> Completion:
         """Run a request to the end (reading the stream to its very end) and return its Completion."""
         final = None
         async for item in self.stream(prompt, **kwargs):

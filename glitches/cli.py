@@ -105,6 +105,10 @@ def main() -> None:
               show_default=True, help="With API keys: calls per key per minute (0: no limit).")
 @click.option("--max-prompt-tokens", default=0, type=int, envvar=_env("max-prompt-tokens"), show_default=True,
               help="Longest prompt accepted, tokens (0: the model's context).")
+@click.option("--max-top-logprobs", default=20, type=int, envvar=_env("max-top-logprobs"), show_default=True,
+              help="Largest top_logprobs a request may ask for.")
+@click.option("--max-stop-strings", default=16, type=int, envvar=_env("max-stop-strings"), show_default=True,
+              help="Most stop strings one request may give.")
 @kv_token_option
 @click.option("--kv-token-ttl-s", default=60.0, type=float, envvar=_env("kv-token-ttl-s"), show_default=True,
               help="How long a KV-transfer token stays valid, seconds (clocks must agree within it).")
@@ -329,13 +333,22 @@ def _print_stream(client: Client, prompt: str, kwargs: dict) -> Completion:
 @click.option("--json-object", is_flag=True, help="Constrain the answer to a JSON object (token masking).")
 @click.option("--json-schema", "json_schema_file", type=click.File("r"), default=None,
               help="Constrain the answer to JSON valid against the JSON Schema in this file.")
+@click.option("--logprobs", is_flag=True, help="With --json: each generated token's log-probability.")
+@click.option("--top-logprobs", default=0, type=int, show_default=True,
+              help="With --logprobs / --prompt-logprobs: this many most likely tokens per position.")
+@click.option("--prompt-logprobs", is_flag=True, help="With --json: the prompt tokens' log-probabilities.")
+@click.option("--ignore-eos", is_flag=True, help="Never stop on EOS.")
+@click.option("--min-tokens", default=0, type=int, show_default=True,
+              help="No EOS and no stop string before this many tokens.")
 @click.option("--address", default=DEFAULT_ADDRESS, envvar=_env("address"), show_default=True)
 @client_tls_options
 def generate_cmd(prompt, max_tokens, temperature, top_p, seed, stop, chat, model, as_json, json_object,
-                 json_schema_file, address, **tls) -> None:
+                 json_schema_file, logprobs, top_logprobs, prompt_logprobs, ignore_eos, min_tokens, address,
+                 **tls) -> None:
     """Generate text for PROMPT, streaming it as it is produced."""
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop, chat=chat,
-                  model=model)
+                  model=model, logprobs=logprobs, top_logprobs=top_logprobs, prompt_logprobs=prompt_logprobs,
+                  ignore_eos=ignore_eos, min_tokens=min_tokens)
     if json_object and json_schema_file:
         raise click.UsageError("give --json-object or --json-schema, not both")
     if json_schema_file is not None:

@@ -31,7 +31,7 @@ from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
-def _encode(prompt: str, chat: bool, model: str, **sampling):
+def _encode(prompt, chat: bool, model: str, **sampling):
     try:
         return convert.generate_request(prompt, chat, model, **sampling)
     except (ValueError, TypeError) as error:  # protobuf refuses out-of-range numbers and bad strings
@@ -71,17 +71,25 @@ class Client:
         self._channel = open_channel(address, client_tls(tls))
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
-    def stream(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-               seed: int = 0, stop: Sequence[str] = (), chat: bool = False,
-               model: str = "",
+    def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 64, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (), chat: bool = False, model: str = "",
+               logprobs: bool = False, top_logprobs: int = 0, prompt_logprobs: bool = False,
+               ignore_eos: bool = False, min_tokens: int = 0,
                response_format: str | dict | None = None) -> Iterator[TextChunk | Completion]:
         """Yield TextChunk pieces as tokens arrive, then one Completion. Closing the iterator cancels.
 
-        UNAVAILABLE before the first piece is retried per `self.retry`; never after it.
+        `prompt` is text or token ids (used as is; `chat` then has no effect). `logprobs` returns each
+        generated token's TokenLogprob (with the `top_logprobs` most likely tokens), `prompt_logprobs`
+        those of the prompt's tokens after the first; `ignore_eos` never stops on EOS; `min_tokens` masks
+        EOS and ignores stop strings until that many tokens are generated.
         `response_format`: "json_object" (any JSON object) or a JSON Schema dict constrains the text
-        by token masking (the request ends once the JSON is complete); None or "text": free text."""
+        by token masking (the request ends once the JSON is complete); None or "text": free text.
+
+        UNAVAILABLE before the first piece is retried per `self.retry`; never after it."""
         request = _encode(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
-                          top_p=top_p, seed=seed, stop=stop, response_format=response_format)
+                          top_p=top_p, seed=seed, stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
+                          prompt_logprobs=prompt_logprobs, ignore_eos=ignore_eos, min_tokens=min_tokens,
+                          response_format=response_format)
         deadline = Deadline(self.timeout_s)
         attempt = 0
         while True:
@@ -101,7 +109,7 @@ class Client:
                 call.cancel()
             time.sleep(wait_s)
 
-    def generate(self, prompt: str, **kwargs) -> Completion:
+    def generate(self, prompt: str | Sequence[int], **kwargs) -> Completion:
         """Run a request to the end and return its Completion (same arguments as stream).
 
         The stream is read to its very end (not left at the Completion), so the server finishes the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from glitches.types import ClusterStatus, Completion, TextChunk, Timings, WorkerStatus
+from glitches.types import ClusterStatus, Completion, Logprob, TextChunk, Timings, TokenLogprob, WorkerStatus
 from services.stubs.glitches.v1 import common_pb2, scheduler_pb2
 
 _FINISH = {common_pb2.FINISH_REASON_LENGTH: "length", common_pb2.FINISH_REASON_EOS: "eos",
@@ -12,8 +12,9 @@ _FINISH = {common_pb2.FINISH_REASON_LENGTH: "length", common_pb2.FINISH_REASON_E
 _KIND = {common_pb2.DEVICE_KIND_GPU: "gpu", common_pb2.DEVICE_KIND_FPGA: "fpga"}
 
 
-def sampling_params(max_tokens: int, temperature: float, top_p: float, seed: int, stop,
-                    response_format: str | dict | None = None) -> common_pb2.SamplingParams:
+def sampling_params(max_tokens: int, temperature: float, top_p: float, seed: int, stop, logprobs: bool = False,
+                    top_logprobs: int = 0, prompt_logprobs: bool = False, ignore_eos: bool = False,
+                    min_tokens: int = 0, response_format: str | dict | None = None) -> common_pb2.SamplingParams:
     """`response_format`: None or "text" (free text), "json_object" (any JSON object), or a JSON Schema (a dict)."""
     if response_format in (None, "text"):
         kind, schema = common_pb2.RESPONSE_FORMAT_KIND_UNSPECIFIED, ""
@@ -25,16 +26,32 @@ def sampling_params(max_tokens: int, temperature: float, top_p: float, seed: int
         raise ValueError(f"response_format must be None, 'text', 'json_object' or a JSON Schema dict, "
                          f"got {response_format!r}")
     return common_pb2.SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                     stop=list(stop), response_format=kind, json_schema=schema)
+                                     stop=list(stop), logprobs=logprobs, top_logprobs=top_logprobs,
+                                     prompt_logprobs=prompt_logprobs, ignore_eos=ignore_eos, min_tokens=min_tokens,
+                                     response_format=kind, json_schema=schema)
 
 
-def generate_request(prompt: str, chat: bool, model: str, **sampling) -> scheduler_pb2.GenerateRequest:
-    return scheduler_pb2.GenerateRequest(prompt=prompt, chat=chat, model=model, sampling=sampling_params(**sampling))
+def generate_request(prompt, chat: bool, model: str, **sampling) -> scheduler_pb2.GenerateRequest:
+    """`prompt` is text, or token ids (a sequence of ints) sent as prompt_token_ids."""
+    if isinstance(prompt, str):
+        return scheduler_pb2.GenerateRequest(prompt=prompt, chat=chat, model=model,
+                                             sampling=sampling_params(**sampling))
+    if any(isinstance(t, bool) or not isinstance(t, int) for t in prompt):
+        raise TypeError("a prompt is text or a sequence of token ids (ints)")
+    return scheduler_pb2.GenerateRequest(prompt_token_ids=list(prompt), chat=chat, model=model,
+                                         sampling=sampling_params(**sampling))
+
+
+def logprobs(messages) -> tuple[TokenLogprob, ...]:
+    return tuple(TokenLogprob(m.chosen.token_id, m.chosen.logprob, tuple(Logprob(e.token_id, e.logprob) for e in m.top))
+                 for m in messages)
 
 
 def event(message: scheduler_pb2.GenerateResponse) -> TextChunk | Completion:
     if message.WhichOneof("body") == "delta":
-        return TextChunk(message.delta.text, tuple(message.delta.token_ids))
+        d = message.delta
+        return TextChunk(d.text, tuple(d.token_ids), logprobs(d.logprobs), logprobs(d.prompt_logprobs),
+                         tuple(d.prompt_token_ids))
     f = message.final
     t = f.timings
     timings = Timings(**{name: getattr(t, name) for name in Timings.__dataclass_fields__})
@@ -42,7 +59,8 @@ def event(message: scheduler_pb2.GenerateResponse) -> TextChunk | Completion:
                       prompt_token_ids=tuple(f.prompt_token_ids), finish_reason=_FINISH.get(f.finish_reason, ""),
                       decode_device=f.decode_device, decode_worker=f.decode_worker, prefill_worker=f.prefill_worker,
                       prompt_tokens=f.usage.prompt_tokens, completion_tokens=f.usage.completion_tokens,
-                      timings=timings, migrations=f.migrations)
+                      timings=timings, migrations=f.migrations, logprobs=logprobs(f.logprobs),
+                      prompt_logprobs=logprobs(f.prompt_logprobs))
 
 
 def status(message: scheduler_pb2.StatusResponse) -> ClusterStatus:

@@ -23,11 +23,31 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Logprob:
+    """A candidate token and its log-probability (natural log, under log_softmax of the raw logits)."""
+
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A chosen token's log-probability and the most likely tokens at its position (most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[Logprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TextChunk:
     """A piece of streamed text and the token ids that produced it."""
 
     text: str
     token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token id, when asked for (logprobs=True)
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # first chunk only, with prompt_logprobs=True
+    prompt_token_ids: tuple[int, ...] = ()  # first chunk only, with prompt_logprobs=True
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,9 @@ class Completion:
     completion_tokens: int
     timings: Timings
     migrations: int = 0  # times the request moved because a worker died mid-request
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token, with logprobs=True
+    # one per prompt token after the first (the first has no score), with prompt_logprobs=True
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
     def to_dict(self) -> dict:
         out = asdict(self)

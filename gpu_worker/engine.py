@@ -20,7 +20,8 @@ from gpu_worker.streaming_cache import LayerStreamingCache
 from services import grammar, models
 from services.decoding import Finish, Step, decode_loop, finish_reason
 from services.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from services.sampling import Sampling, sample_token
+from services.logprobs import TokenLogprob, prompt_logprobs
+from services.sampling import Sampling, sample
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class PrefillResult:
     layers_received_before_prefill_end: int
     num_layers: int
     finish: Finish | None
+    first_logprob: TokenLogprob | None = None  # with sampling.logprobs
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # with sampling.prompt_logprobs: prompt[1:], in order
 
 
 @dataclass
@@ -69,13 +72,15 @@ class GpuEngine:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     # --- prefill -----------------------------------------------------------
-    def _forward(self, input_ids: list[int], position: int, cache) -> torch.Tensor:
-        """Run the model over input_ids starting at `position`; logits of the last position [vocab] float32."""
+    def _forward(self, input_ids: list[int], position: int, cache, every_position: bool = False) -> torch.Tensor:
+        """Run the model over input_ids starting at `position`; logits of the last position [vocab] float32,
+        or with every_position those of every position [len(input_ids), vocab] (for prompt logprobs)."""
         ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
         positions = torch.arange(position, position + len(input_ids), device=self.device).unsqueeze(0)
         with self._device_lock, torch.inference_mode():
-            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-            return out.logits[0, -1].float()
+            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True,
+                             logits_to_keep=0 if every_position else 1)
+            return out.logits[0].float() if every_position else out.logits[0, -1].float()
 
     def prefill(self, request_id: str, prompt: list[int], sampling: Sampling,
                 target: worker_pb2_grpc.WorkerStub | None, generated: list[int] = (),
@@ -111,7 +116,7 @@ class GpuEngine:
         cache = LayerStreamingCache(self.config, sender.put_layer if sender else None)
         started = time.monotonic()
         try:
-            logits = self._forward(tokens, 0, cache)
+            logits = self._forward(tokens, 0, cache, every_position=sampling.prompt_logprobs)
         except KvTransferFailed:
             error = sender.failure() or Unavailable("the decode worker ended the KV transfer early")
             sender.abort()
@@ -123,23 +128,28 @@ class GpuEngine:
         prefill_end = time.monotonic()
         prefill_end_unix = time.time()
         cache.stop_streaming()
-        if constraint is not None:
-            logits = constraint.mask(logits)
-        first = sample_token(logits, sampling, len(generated))
+        scored: tuple[TokenLogprob, ...] = ()
+        if sampling.prompt_logprobs:  # logits [len(tokens), vocab]: row i scores token i + 1
+            scored = tuple(prompt_logprobs(logits, prompt, sampling.top_logprobs))
+            logits = logits[-1]
+        masked = constraint.mask(logits) if constraint is not None else logits
+        first, first_logprob = sample(masked, sampling, len(generated), raw_logits=logits)
         if constraint is not None:
             constraint.advance(first)
         finish = finish_reason(generated + [first], sampling, self.text_of, constraint)
         if sender is None:
             with self._local_lock:
                 self._local[request_id] = _LocalRequest(cache, threading.Lock())
-            return PrefillResult(first, prefill_end - started, 0, 0.0, 0.0, self.num_layers, self.num_layers, finish)
+            return PrefillResult(first, prefill_end - started, 0, 0.0, 0.0, self.num_layers, self.num_layers, finish,
+                                 first_logprob, scored)
         transfer = sender.finish()
         received_in_time = sum(1 for t in transfer.layer_received_unix_s if t <= prefill_end_unix)
         return PrefillResult(
             first_token_id=first, prefill_s=prefill_end - started, kv_bytes=transfer.kv_bytes,
             kv_transfer_s=transfer.done_monotonic - transfer.first_send_monotonic,
             kv_exposed_s=max(0.0, transfer.done_monotonic - prefill_end),
-            layers_received_before_prefill_end=received_in_time, num_layers=self.num_layers, finish=finish)
+            layers_received_before_prefill_end=received_in_time, num_layers=self.num_layers, finish=finish,
+            first_logprob=first_logprob, prompt_logprobs=scored)
 
     # --- GPU-assist decode -------------------------------------------------
     def decode(self, request_id: str, generated: list[int], position: int, sampling: Sampling,

@@ -16,7 +16,7 @@ from services.daemon import configure_logging, run_until_signalled
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
 from services.observability import DaemonHttp, watch_cuda_device, worker_ready_check
-from services.proto_convert import FINISH_TO_PROTO, step_to_proto
+from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -66,7 +66,9 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             first_token_id=result.first_token_id, prefill_s=result.prefill_s, kv_bytes=result.kv_bytes,
             kv_exposed_s=result.kv_exposed_s, kv_transfer_s=result.kv_transfer_s,
             layers_received_before_prefill_end=result.layers_received_before_prefill_end,
-            num_layers=result.num_layers, finish_reason=FINISH_TO_PROTO[result.finish])
+            num_layers=result.num_layers, finish_reason=FINISH_TO_PROTO[result.finish],
+            first_token_logprobs=logprob_to_proto(result.first_logprob) if result.first_logprob else None,
+            prompt_logprobs=[logprob_to_proto(r) for r in result.prompt_logprobs])
 
     def TransferKV(self, request_iterator, context):
         raise FailedPrecondition("GPU workers do not receive KV; send it to an FPGA worker")

@@ -5,17 +5,21 @@ character (the tokenizer's U+FFFD), and not a possible beginning of a stop
 string. When a stop string appears, the text before it is final and the rest
 is never sent. When the tokens end inside a multi-byte character (max_new_tokens
 cut it), the incomplete character is dropped: the final text never ends in the
-U+FFFD that stands for its bytes.
+U+FFFD that stands for its bytes. With min_tokens, a stop string counts only once
+that many tokens exist (the same rule as the decode loop's, services/decoding.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from services.decoding import find_stop, stop_search_start
+
 
 class Detokenizer:
-    def __init__(self, text_of: Callable[[list[int]], str], stop: tuple[str, ...]):
+    def __init__(self, text_of: Callable[[list[int]], str], stop: tuple[str, ...], min_tokens: int = 0):
         self._text_of = text_of
+        self._min_tokens = min_tokens
         self._stop = tuple(s for s in stop if s)
         self._tokens: list[int] = []
         self._sent = 0  # characters already released
@@ -32,7 +36,7 @@ class Detokenizer:
 
     def _release(self, final: bool) -> str:
         full = self._text_of(self._tokens)
-        cut = min((full.find(s) for s in self._stop if s in full), default=-1)
+        cut = find_stop(full, self._stop, stop_search_start(self._text_of, self._tokens, self._min_tokens))
         if cut >= 0:
             ready = full[:cut]
         elif final:

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -27,7 +27,8 @@ from services.decoding import Finish
 from services.errors import (REASON_CONTEXT_LENGTH_EXCEEDED, REASON_MODEL_NOT_FOUND, REASON_PROMPT_TOO_LONG,
                              InvalidArgument, Unavailable, from_rpc_error)
 from services.kv_token import KvTokenIssuer
-from services.proto_convert import FINISH_FROM_PROTO
+from services.logprobs import TokenLogprob
+from services.proto_convert import FINISH_FROM_PROTO, logprob_from_proto
 from services.registry import Registry, WorkerState
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -41,12 +42,16 @@ class GenerateInput:
     chat: bool
     sampling: Sampling
     model: str = ""
+    prompt_token_ids: tuple[int, ...] = ()  # the prompt as token ids (then `prompt` is empty, `chat` ignored)
 
 
 @dataclass(frozen=True)
 class Delta:
     text: str
     token_ids: list[int]
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token id, with sampling.logprobs
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # first delta only, with prompt_logprobs
+    prompt_token_ids: list[int] = field(default_factory=list)  # first delta only, with prompt_logprobs
 
 
 class _WorkerLost(Exception):
@@ -67,6 +72,8 @@ class _Run:
     sampling: Sampling
     arrived: float  # time.monotonic() at arrival
     tokens: list[int] = field(default_factory=list)  # generated so far, across attempts
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token, with sampling.logprobs
+    prompt_logprobs: list[TokenLogprob] | None = None  # from the first prefill, with sampling.prompt_logprobs
     detok: Detokenizer | None = None
     finish: Finish | None = None
     attempts: int = 0
@@ -101,16 +108,20 @@ class Final:
     prefill_worker: str
     timings: dict[str, float] = field(default_factory=dict)
     migrations: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class ModelInfo:
     """What the scheduler needs of the model: tokenizer, EOS ids, context length."""
 
-    def __init__(self, name: str, tokenizer, eos_token_ids: tuple[int, ...], max_context_tokens: int):
+    def __init__(self, name: str, tokenizer, eos_token_ids: tuple[int, ...], max_context_tokens: int,
+                 vocab_size: int = 0):
         self.name = name
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.max_context_tokens = max_context_tokens
+        self.vocab_size = vocab_size or len(tokenizer)  # token ids must be below it
 
     def text_of(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -160,7 +171,9 @@ class Orchestrator:
         if request.model and request.model != self.model.name:
             raise InvalidArgument(f"unknown model {request.model!r}: this cluster serves {self.model.name!r}",
                                   field="model", reason=REASON_MODEL_NOT_FOUND)
-        if not request.prompt:
+        if request.prompt and request.prompt_token_ids:
+            raise InvalidArgument("give the prompt as text or as token ids, not both", field="prompt")
+        if not request.prompt and not request.prompt_token_ids:
             raise InvalidArgument("the prompt is empty; give some text", field="prompt")
         if s.max_new_tokens < 1:
             raise InvalidArgument(f"max_new_tokens must be at least 1, got {s.max_new_tokens}", field="max_new_tokens")
@@ -171,9 +184,24 @@ class Orchestrator:
             raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {s.temperature}", field="temperature")
         if not 0.0 < s.top_p <= 1.0:
             raise InvalidArgument(f"top_p must be in (0, 1], got {s.top_p}", field="top_p")
+        if s.top_logprobs > self.settings.max_top_logprobs:
+            raise InvalidArgument(f"top_logprobs {s.top_logprobs} is above this cluster's limit of "
+                                  f"{self.settings.max_top_logprobs} (--max-top-logprobs)", field="top_logprobs")
+        if len(s.stop) > self.settings.max_stop_strings:
+            raise InvalidArgument(f"{len(s.stop)} stop strings are more than this cluster's limit of "
+                                  f"{self.settings.max_stop_strings} (--max-stop-strings)", field="stop")
+        if s.min_tokens > s.max_new_tokens:
+            raise InvalidArgument(f"min_tokens ({s.min_tokens}) must not be above max_new_tokens "
+                                  f"({s.max_new_tokens})", field="min_tokens")
         check_sampling(s)
         grammar.check_format(s)  # a schema the grammar compiler refuses: field response_format
-        prompt_ids = self.model.encode(request.prompt, request.chat)
+        if request.prompt_token_ids:
+            prompt_ids = list(request.prompt_token_ids)
+            if max(prompt_ids) >= self.model.vocab_size:
+                raise InvalidArgument(f"prompt token id {max(prompt_ids)} is outside the vocabulary "
+                                      f"(ids 0..{self.model.vocab_size - 1})", field="prompt")
+        else:
+            prompt_ids = self.model.encode(request.prompt, request.chat)
         if not prompt_ids:
             raise InvalidArgument("the prompt tokenizes to nothing; give some text", field="prompt")
         limit = self.settings.max_prompt_tokens
@@ -228,7 +256,7 @@ class Orchestrator:
     def generate(self, request: GenerateInput, cancelled=lambda: False) -> Iterator[Delta | Final]:
         """Run one request to its end, moving it to other workers when one dies (at most max_migrations)."""
         run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic())
-        run.detok = Detokenizer(self.model.text_of, run.sampling.stop)
+        run.detok = Detokenizer(self.model.text_of, run.sampling.stop, run.sampling.min_tokens)
         with self.admission.slot(cancelled):
             yield from self._run(run)
 
@@ -280,7 +308,11 @@ class Orchestrator:
         run.prefills.append(prefill)
         run.decode_device, run.decode_worker, run.prefill_worker = (
             "fpga" if on_fpga else "gpu", decoder.record.worker_id, gpu.record.worker_id)
-        yield self._emit(run, prefill.first_token_id)
+        first_logprob = prefill.first_token_logprobs if prefill.HasField("first_token_logprobs") else None
+        prompt_logprobs = None
+        if run.prompt_logprobs is None and run.sampling.prompt_logprobs:  # the first prefill's scores
+            run.prompt_logprobs = prompt_logprobs = [logprob_from_proto(m) for m in prefill.prompt_logprobs]
+        yield self._emit(run, prefill.first_token_id, first_logprob, prompt_logprobs)
         run.finish = FINISH_FROM_PROTO[prefill.finish_reason]
         if run.finish is not None:
             return
@@ -294,7 +326,7 @@ class Orchestrator:
             for step in attempt.decode_call:
                 run.device_decode_s += step.step_s
                 run.modeled_s += step.modeled_step_s
-                yield self._emit(run, step.token_id)
+                yield self._emit(run, step.token_id, step.logprobs if step.HasField("logprobs") else None)
                 run.finish = FINISH_FROM_PROTO[step.finish_reason]
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.UNAVAILABLE:
@@ -304,7 +336,8 @@ class Orchestrator:
         if run.finish is None:
             raise _WorkerLost(decoder.record.worker_id, f"decode on {decoder.record.worker_id} ended early")
 
-    def _emit(self, run: _Run, token: int) -> Delta:
+    def _emit(self, run: _Run, token: int, logprob=None, prompt_logprobs: list[TokenLogprob] | None = None) -> Delta:
+        """Record one generated token (and its common_pb2.TokenLogprobs, if any) and return its Delta."""
         now = time.monotonic()
         if run.first_out is None:
             run.first_out = now
@@ -313,7 +346,13 @@ class Orchestrator:
             metrics.INTER_TOKEN.observe(now - run.last_out)
         run.last_out = now
         run.tokens.append(token)
-        return Delta(run.detok.add(token), [token])
+        logprobs = []
+        if logprob is not None:
+            run.logprobs.append(logprob_from_proto(logprob))
+            logprobs = [run.logprobs[-1]]
+        if prompt_logprobs is None:
+            return Delta(run.detok.add(token), [token], logprobs)
+        return Delta(run.detok.add(token), [token], logprobs, prompt_logprobs, run.prompt_ids)
 
     def _end_attempt(self, attempt: _Attempt) -> None:
         if attempt.decode_call is not None:
@@ -341,11 +380,14 @@ class Orchestrator:
             num_layers=last.num_layers, total_s=done - run.arrived)
         metrics.REQUESTS_FINISHED.labels(run.decode_device).inc()
         return Final(run.request_id, run.prompt_ids, run.tokens, run.detok.text, run.finish, run.decode_device,
-                     run.decode_worker, run.prefill_worker, timings, run.migrations)
+                     run.decode_worker, run.prefill_worker, timings, run.migrations, run.logprobs,
+                     run.prompt_logprobs or [])
 
     def _prefill(self, gpu: WorkerState, fpga: WorkerState | None, claim_id: str,
                  run: _Run) -> worker_pb2.PrefillResponse:
         target = worker_pb2.DecodeTarget()
+        # prompt logprobs come from the first prefill only: a re-prefill after a migration need not score again
+        sampling = replace(run.sampling, prompt_logprobs=run.sampling.prompt_logprobs and run.prompt_logprobs is None)
         if fpga is not None:
             token = self.kv_tokens.issue(claim_id, fpga.record.worker_id) if self.kv_tokens else ""
             target = worker_pb2.DecodeTarget(address=fpga.record.address, worker_id=fpga.record.worker_id,
@@ -353,7 +395,7 @@ class Orchestrator:
         try:
             return self._stub(gpu.record.address).Prefill(
                 worker_pb2.PrefillRequest(request_id=claim_id, prompt_token_ids=run.prompt_ids,
-                                          sampling=run.sampling.to_proto(common_pb2.SamplingParams), target=target,
+                                          sampling=sampling.to_proto(common_pb2.SamplingParams), target=target,
                                           generated_token_ids=run.tokens),
                 timeout=self.settings.prefill_timeout_s)
         except grpc.RpcError as error:

@@ -15,7 +15,7 @@ from services.grpc_server import start_server
 from services.kv_token import SECRET_ENV
 from services.metrics import ACTIVE_REQUESTS, REGISTRIES
 from services.observability import DaemonHttp, OccupancyCollector, scheduler_ready_check
-from services.proto_convert import FINISH_TO_PROTO
+from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto
 from services.registry import Registry
 from services.sampling import Sampling
 from services.stubs.glitches.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -31,11 +31,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
     def Generate(self, request, context):
         generate = GenerateInput(prompt=request.prompt, chat=request.chat,
-                                 sampling=Sampling.from_proto(request.sampling), model=request.model)
+                                 sampling=Sampling.from_proto(request.sampling), model=request.model,
+                                 prompt_token_ids=tuple(request.prompt_token_ids))
         for event in self.orchestrator.generate(generate, cancelled=lambda: not context.is_active()):
             if isinstance(event, Delta):
-                yield scheduler_pb2.GenerateResponse(delta=scheduler_pb2.TextDelta(text=event.text,
-                                                                                   token_ids=event.token_ids))
+                yield scheduler_pb2.GenerateResponse(delta=scheduler_pb2.TextDelta(
+                    text=event.text, token_ids=event.token_ids, logprobs=[logprob_to_proto(r) for r in event.logprobs],
+                    prompt_logprobs=[logprob_to_proto(r) for r in event.prompt_logprobs],
+                    prompt_token_ids=event.prompt_token_ids))
                 continue
             t = event.timings
             yield scheduler_pb2.GenerateResponse(final=scheduler_pb2.GenerateFinal(
@@ -44,7 +47,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 decode_worker=event.decode_worker, prefill_worker=event.prefill_worker,
                 usage=scheduler_pb2.Usage(prompt_tokens=len(event.prompt_token_ids),
                                           completion_tokens=len(event.token_ids)),
-                timings=scheduler_pb2.Timings(**t), migrations=event.migrations))
+                timings=scheduler_pb2.Timings(**t), migrations=event.migrations,
+                logprobs=[logprob_to_proto(r) for r in event.logprobs],
+                prompt_logprobs=[logprob_to_proto(r) for r in event.prompt_logprobs]))
 
     def Status(self, request, context):
         workers = [
@@ -70,7 +75,8 @@ def load_model_info(spec: str) -> ModelInfo:
     except OSError:
         eos = config.eos_token_id
     eos_ids = tuple(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    return ModelInfo(source.name, models.load_tokenizer(source), eos_ids, config.max_position_embeddings)
+    return ModelInfo(source.name, models.load_tokenizer(source), eos_ids, config.max_position_embeddings,
+                     config.vocab_size)
 
 
 def serve(settings: SchedulerSettings) -> None:

@@ -24,6 +24,8 @@ class SchedulerSettings(DaemonSettings):
     max_prompt_tokens: int = 0  # longest prompt accepted, tokens; 0 = the model's context
     kv_token_secret: bytes = field(default=b"", repr=False)  # shared with KV receivers; b"": no tokens issued
     kv_token_ttl_s: float = 60.0  # how long a KV-transfer token stays valid after it is issued, seconds
+    max_top_logprobs: int = 20  # largest top_logprobs a request may ask for (OpenAI's chat limit)
+    max_stop_strings: int = 16  # most stop strings one request may give
 
     def __post_init__(self):
         super().__post_init__()
@@ -33,6 +35,8 @@ class SchedulerSettings(DaemonSettings):
             raise InvalidArgument("--max-active must be >= 1; --max-queued, --queue-wait-s and --max-migrations >= 0")
         if self.requests_per_minute_per_key < 0 or self.max_prompt_tokens < 0:
             raise InvalidArgument("--requests-per-minute-per-key and --max-prompt-tokens must be >= 0 (0: no limit)")
+        if self.max_top_logprobs < 0 or self.max_stop_strings < 0:
+            raise InvalidArgument("--max-top-logprobs and --max-stop-strings must be >= 0")
         if self.kv_token_ttl_s <= 0:
             raise InvalidArgument(f"--kv-token-ttl-s must be positive, got {self.kv_token_ttl_s}")
         if self.lease_ttl_s <= 1.0:

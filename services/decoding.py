@@ -15,7 +15,8 @@ from enum import Enum
 
 import torch
 
-from services.sampling import Sampling, sample_token
+from services.logprobs import TokenLogprob
+from services.sampling import Sampling, sample
 
 
 class Finish(str, Enum):
@@ -31,18 +32,38 @@ class Step:
     step_s: float  # device time of this step, seconds
     finish: Finish | None  # set on the last token
     modeled_step_s: float = 0.0  # modeled accelerator time, seconds (emulators only)
+    logprobs: TokenLogprob | None = None  # with sampling.logprobs
+
+
+def stop_search_start(text_of: Callable[[list[int]], str], generated: list[int], min_tokens: int) -> int:
+    """The character offset a stop string must end beyond to count: the length of the text of the first
+    min_tokens - 1 tokens, so a stop string counts only once min_tokens tokens exist and never if it was
+    complete before then (vLLM's rule). 0 without min_tokens."""
+    if min_tokens <= 1:
+        return 0
+    return len(text_of(generated[: min_tokens - 1]))
+
+
+def find_stop(text: str, stops: tuple[str, ...], start: int) -> int:
+    """Index in `text` of the earliest stop string that ends after character `start`, or -1."""
+    found = [i for s in stops if s and (i := text.find(s, max(0, start - len(s) + 1))) >= 0]
+    return min(found, default=-1)
 
 
 def finish_reason(generated: list[int], sampling: Sampling, text_of: Callable[[list[int]], str],
                   constraint=None) -> Finish | None:
     """Why generation ends after `generated` (all tokens so far), or None to go on.
 
+    EOS ends it unless sampling.ignore_eos; EOS and stop strings count only once min_tokens exist.
     `constraint` (a services.grammar.Constraint, or None) ends it with STOP once its grammar is complete.
     """
-    if generated and generated[-1] in sampling.eos_token_ids:
+    honour = len(generated) >= sampling.min_tokens
+    if honour and not sampling.ignore_eos and generated and generated[-1] in sampling.eos_token_ids:
         return Finish.EOS
-    if sampling.stop and any(s in text_of(generated) for s in sampling.stop):
-        return Finish.STOP
+    if honour and sampling.stop:
+        text = text_of(generated)
+        if find_stop(text, sampling.stop, stop_search_start(text_of, generated, sampling.min_tokens)) >= 0:
+            return Finish.STOP
     if constraint is not None and constraint.done:
         return Finish.STOP
     if len(generated) >= sampling.max_new_tokens:
@@ -65,15 +86,14 @@ def decode_loop(step: Callable[[int, int], torch.Tensor], generated: list[int], 
     while not cancelled():
         started = time.perf_counter()
         logits = step(generated[-1], position)
-        if constraint is not None:
-            logits = constraint.mask(logits)
-        token = sample_token(logits, sampling, len(generated))
+        masked = constraint.mask(logits) if constraint is not None else logits
+        token, logprob = sample(masked, sampling, len(generated), raw_logits=logits)
         if constraint is not None:
             constraint.advance(token)
         elapsed = time.perf_counter() - started
         generated.append(token)
         position += 1
         finish = finish_reason(generated, sampling, text_of, constraint)
-        yield Step(token, len(generated) - 1, elapsed, finish, modeled_s())
+        yield Step(token, len(generated) - 1, elapsed, finish, modeled_s(), logprob)
         if finish is not None:
             return

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from services.errors import InvalidArgument
+from services.logprobs import TokenLogprob, token_logprob
 
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads consecutive indices across the seed space
 _MASK63 = (1 << 63) - 1
@@ -30,17 +31,26 @@ class Sampling:
     # structured output (services/grammar.py masks the logits): "" free text, "json_object" or "json_schema"
     response_format: str = ""
     json_schema: str = ""  # the JSON Schema as JSON text, with response_format "json_schema"
+    logprobs: bool = False  # return each generated token's TokenLogprob
+    top_logprobs: int = 0  # with logprobs / prompt_logprobs: this many most likely tokens per position
+    prompt_logprobs: bool = False  # prefill also scores every prompt token after the first
+    ignore_eos: bool = False  # EOS ids never end generation
+    min_tokens: int = 0  # EOS masked out and stop strings ignored until this many tokens are generated
 
     @classmethod
     def from_proto(cls, msg) -> Sampling:
         return cls(temperature=msg.temperature, top_p=msg.top_p if msg.HasField("top_p") else 1.0, seed=msg.seed,
                    max_new_tokens=msg.max_new_tokens, stop=tuple(msg.stop), eos_token_ids=tuple(msg.eos_token_ids),
-                   response_format=_FORMAT_FROM_PROTO.get(msg.response_format, "?"), json_schema=msg.json_schema)
+                   response_format=_FORMAT_FROM_PROTO.get(msg.response_format, "?"), json_schema=msg.json_schema,
+                   logprobs=msg.logprobs, top_logprobs=msg.top_logprobs, prompt_logprobs=msg.prompt_logprobs,
+                   ignore_eos=msg.ignore_eos, min_tokens=msg.min_tokens)
 
     def to_proto(self, msg_cls):
         return msg_cls(temperature=self.temperature, top_p=self.top_p, seed=self.seed,
                        max_new_tokens=self.max_new_tokens, stop=list(self.stop), eos_token_ids=list(self.eos_token_ids),
-                       response_format=_FORMAT_TO_PROTO[self.response_format], json_schema=self.json_schema)
+                       response_format=_FORMAT_TO_PROTO[self.response_format], json_schema=self.json_schema,
+                       logprobs=self.logprobs, top_logprobs=self.top_logprobs, prompt_logprobs=self.prompt_logprobs,
+                       ignore_eos=self.ignore_eos, min_tokens=self.min_tokens)
 
 
 # SamplingParams.response_format (common.proto ResponseFormatKind) <-> Sampling.response_format;
@@ -75,3 +85,22 @@ def sample_token(logits: torch.Tensor, sampling: Sampling, index: int) -> int:
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     generator = torch.Generator().manual_seed((sampling.seed + index * _GOLDEN) & _MASK63)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator).item())
+
+
+def sample(logits: torch.Tensor, sampling: Sampling, index: int,
+           raw_logits: torch.Tensor | None = None) -> tuple[int, TokenLogprob | None]:
+    """Pick the token at generated position `index` from logits [vocab], with its TokenLogprob when
+    sampling.logprobs (else None). Every device's decode loop and prefill call this one function.
+    `raw_logits` [vocab]: the model's logits before a grammar mask (services/grammar.py) was applied to
+    `logits`; the logprob is of those (default: `logits` themselves).
+
+    Before min_tokens tokens exist (index < min_tokens), EOS ids are masked out of sampling (as vLLM's
+    min_tokens does); the logprob is always of the raw logits (services/logprobs.py).
+    """
+    chosen_from = logits
+    if index < sampling.min_tokens and sampling.eos_token_ids:
+        chosen_from = logits.clone()
+        chosen_from[[t for t in sampling.eos_token_ids if t < logits.shape[-1]]] = -math.inf
+    token = sample_token(chosen_from, sampling, index)
+    scored = logits if raw_logits is None else raw_logits
+    return token, token_logprob(scored, token, sampling.top_logprobs) if sampling.logprobs else None

@@ -251,7 +251,8 @@ JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
 JSON_ANY = st.recursive(JSON_LEAF, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     st.text(max_size=8), inner, max_size=3), max_leaves=8)
 FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
-          "stop", "n", "stream", "stream_options", "logprobs", "echo", "tools"]
+          "stop", "n", "stream", "stream_options", "logprobs", "top_logprobs", "echo", "tools", "ignore_eos",
+          "min_tokens"]
 GOOD = {"model": st.just("tiny-llama"),
         "prompt": st.one_of(st.text(max_size=50), HUGE), "max_tokens": st.integers(1, 4),
         "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]),

@@ -80,7 +80,8 @@ def test_completion_shape_and_sampling_arguments(app):
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     prompt, kwargs = gateway.client.calls[0]
     assert prompt == "Hi" and kwargs == dict(chat=False, max_tokens=5, temperature=0.0, top_p=1.0, seed=3,
-                                             stop=("x",), model="tiny")
+                                             stop=("x",), model="tiny", ignore_eos=False, min_tokens=0,
+                                             logprobs=False, top_logprobs=0, prompt_logprobs=False)
     assert gateway.client.closed == 1
 
 
@@ -141,18 +142,22 @@ def test_grpc_status_maps_to_http_status(app, code, status, stream):
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"model": "tiny", "prompt": "Hi", "n": 2}, "n"),
+    ({"model": "tiny", "prompt": "Hi", "n": 0}, "n"),
+    ({"model": "tiny", "prompt": ["a", "b"], "n": 200}, "n"),
     ({"model": "tiny", "prompt": "Hi", "temperature": 2.5}, "temperature"),
     ({"model": "tiny", "prompt": "Hi", "top_p": 0}, "top_p"),
     ({"model": "tiny", "prompt": "Hi", "max_tokens": 0}, "max_tokens"),
     ({"model": "tiny", "prompt": "Hi", "max_tokens": 2**40}, "max_tokens"),
     ({"model": "tiny", "prompt": "Hi", "max_tokens": "5"}, "max_tokens"),
     ({"model": "tiny", "prompt": "Hi", "seed": -1}, "seed"),
-    ({"model": "tiny", "prompt": "Hi", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"model": "tiny", "prompt": "Hi", "stop": [str(i) for i in range(17)]}, "stop"),
     ({"model": "tiny", "prompt": "Hi", "stop": [""]}, "stop"),
-    ({"model": "tiny", "prompt": ["a", "b"]}, "prompt"),
-    ({"model": "tiny", "prompt": [1, 2, 3]}, "prompt"),
-    ({"model": "tiny", "prompt": "Hi", "logprobs": 3}, "logprobs"),
+    ({"model": "tiny", "prompt": []}, "prompt"),
+    ({"model": "tiny", "prompt": [[]]}, "prompt"),
+    ({"model": "tiny", "prompt": [1, "a"]}, "prompt"),
+    ({"model": "tiny", "prompt": "Hi", "logprobs": 6}, "logprobs"),
+    ({"model": "tiny", "prompt": "Hi", "logprobs": -1}, "logprobs"),
+    ({"model": "tiny", "prompt": "Hi", "min_tokens": 9, "max_tokens": 4}, "min_tokens"),
     ({"prompt": "Hi"}, "model"),
 ])
 def test_bad_completion_requests_are_400_naming_the_field(app, body, param):

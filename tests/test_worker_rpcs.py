@@ -72,6 +72,32 @@ def test_gpu_assist_decode_matches_transformers(cluster):
     assert cluster["engine"].active_requests() == 0
 
 
+@pytest.mark.parametrize("on_fpga", [True, False], ids=["fpga", "gpu-assist"])
+def test_logprobs_from_prefill_and_decode_equal_the_models_own(cluster, on_fpga):
+    """Prompt logprobs from prefill, the first token's from prefill, the rest from decode (FPGA emulator or
+    GPU assist): each log_softmax of the model's raw logits over prompt + tokens, within 1e-4 (float32)."""
+    prompt = list(range(200, 220))
+    rid = f"lp-{on_fpga}"
+    sampling = common_pb2.SamplingParams(max_new_tokens=6, temperature=0.7, seed=3, logprobs=True, top_logprobs=3,
+                                         prompt_logprobs=True)
+    target = worker_pb2.DecodeTarget(address=cluster["fpga_address"], worker_id="fpga-t") if on_fpga else None
+    pre = cluster["gpu"].Prefill(worker_pb2.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=sampling,
+                                                           target=target))
+    decoder = cluster["fpga"] if on_fpga else cluster["gpu"]
+    steps = list(decoder.Decode(worker_pb2.DecodeRequest(request_id=rid, first_token_id=pre.first_token_id,
+                                                         position=len(prompt), sampling=sampling)))
+    tokens = [pre.first_token_id] + [s.token_id for s in steps]
+    assert len(pre.prompt_logprobs) == len(prompt) - 1
+    with torch.inference_mode():
+        expected = torch.log_softmax(cluster["engine"].model(torch.tensor([prompt + tokens])).logits[0].float(), -1)
+    records = [*pre.prompt_logprobs, pre.first_token_logprobs, *(s.logprobs for s in steps)]
+    for position, record in enumerate(records, start=1):
+        row = expected[position - 1]
+        assert record.chosen.token_id == (prompt + tokens)[position]
+        assert abs(record.chosen.logprob - row[record.chosen.token_id].item()) < 1e-4
+        assert [e.token_id for e in record.top] == torch.topk(row, 3).indices.tolist()
+
+
 _ENUM_SCHEMA = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}, "ok": {"type": "boolean"}},
                 "required": ["color", "ok"], "additionalProperties": False}
 

@@ -26,12 +26,14 @@ from glitches.aio import AsyncClient
 from glitches.errors import GlitchesError
 from glitches.gateway.auth import ApiKeyMiddleware
 from glitches.gateway.chat import ChatTemplate
+from glitches.gateway.choices import ChoiceRender, ChoiceSpec, chat_specs, completion_specs
+from glitches.gateway.logprob_shapes import TokenStrings
 from glitches.gateway.rate_limit import ClientRateLimitMiddleware, check_user
 from glitches.gateway.errors import (RequestError, error_body, from_request_error, from_sdk_error,
                                      http_status_of)
 from glitches.gateway.metrics import GatewayMetrics, RequestCountMiddleware, TokenClock
-from glitches.gateway.responses import Shapes, finish_reason, sse
-from glitches.gateway.schemas import ChatRequest, CompletionRequest
+from glitches.gateway.responses import Shapes, finish_reason, sse, usage_of
+from glitches.gateway.schemas import ChatRequest, CompletionRequest, Limits
 from glitches.types import Completion
 from services.tls import TlsConfig
 from services.rate_limit import KeyRateLimiter
@@ -92,7 +94,8 @@ class Gateway:
                  api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None,
                  scheduler_tls: TlsConfig | None = None, requests_per_minute_per_client: float = 0.0,
                  requests_per_minute_per_user: float = 0.0, clock=time.monotonic,
-                 context_tokens: int | None = None, max_token_chars: int = 0):
+                 context_tokens: int | None = None, max_token_chars: int = 0, limits: Limits | None = None,
+                 tokenizer=None):
         self.scheduler_address = scheduler_address
         self.chat_template = chat_template
         self.served_model = served_model
@@ -114,6 +117,10 @@ class Gateway:
         self.context_tokens = context_tokens
         self.max_token_chars = max_token_chars
         self.metrics = GatewayMetrics()
+        self.limits = limits or Limits()
+        # token texts for logprobs and echo of token-id prompts: the model's tokenizer (the chat template's)
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(chat_template, "_tokenizer", None)
+        self._strings = TokenStrings(self.tokenizer) if self.tokenizer is not None else None
         self.client: AsyncClient | None = None
 
     @contextlib.asynccontextmanager
@@ -162,19 +169,24 @@ class Gateway:
         if isinstance(data.get("prompt"), str):
             self._check_fits(len(data["prompt"]), 1, "prompt")
 
-    def _parse_completion(self, raw: bytes) -> tuple[CompletionRequest, str]:
+    def _parse_completion(self, raw: bytes) -> tuple[CompletionRequest, list[str | list[int]]]:
         """Runs in a worker thread: JSON parsing and validation of a large body take CPU time."""
         body = _parse(raw, CompletionRequest, self._precheck_completion)
-        prompt = body.prompt_text()
+        prompts = body.prompts(self.limits)
         body.response_format_value()  # a malformed response_format is a 400 here
-        self._check_fits(len(prompt), 1, "prompt")
-        return body, prompt
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                self._check_fits(len(prompt), 1, "prompt")
+        self._need_tokenizer(body.logprobs is not None or (bool(body.echo) and not all(isinstance(p, str)
+                                                                                       for p in prompts)))
+        return body, prompts
 
     def _parse_chat(self, raw: bytes) -> tuple[ChatRequest, str]:
         """Runs in a worker thread: validation and the chat template (jinja) are CPU work."""
         body = _parse(raw, ChatRequest, self._precheck_chat)
-        body.check()
+        body.check(self.limits)
         body.response_format_value()
+        self._need_tokenizer(bool(body.logprobs))
         if self.chat_template is None:
             raise RequestError("this gateway has no chat template; use /v1/completions", status=404)
         messages = [m.as_template_message() for m in body.messages]
@@ -185,15 +197,17 @@ class Gateway:
         arrived = time.monotonic()
         try:
             raw = await _read_body(request, self.max_body_bytes)
-            body, prompt = await asyncio.to_thread(self._parse_completion, raw)
+            body, prompts = await asyncio.to_thread(self._parse_completion, raw)
         except RequestError as error:
             return from_request_error(error)
         if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
             return refused
-        kwargs = body.sdk_kwargs(body.max_tokens, self.completions_default_max_tokens)
+        max_tokens = self.completions_default_max_tokens if body.max_tokens is None else body.max_tokens
+        kwargs = dict(body.sdk_kwargs(None, 1), max_tokens=max_tokens)
+        specs = completion_specs(prompts, body.n or 1, kwargs, bool(body.echo), body.logprobs)
         params = {"prompt": "prompt", "max_new_tokens": "max_tokens"}
-        return await self._answer(request, prompt, kwargs, Shapes(False, body.model or self.served_model), body,
-                                  params, TokenClock(self.metrics, "/v1/completions", arrived))
+        return await self._answer(request, specs, Shapes(False, body.model or self.served_model), body,
+                                  params, "/v1/completions", arrived)
 
     async def chat_completions(self, request: Request) -> Response:
         arrived = time.monotonic()
@@ -205,80 +219,145 @@ class Gateway:
         if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
             return refused
         kwargs = body.sdk_kwargs(body.max_completion_tokens or body.max_tokens, self.default_max_tokens)
+        specs = chat_specs(prompt, body.n or 1, kwargs, bool(body.logprobs), body.top_logprobs or 0)
         params = {"prompt": "messages",
                   "max_new_tokens": "max_completion_tokens" if body.max_completion_tokens else "max_tokens"}
-        return await self._answer(request, prompt, kwargs, Shapes(True, body.model or self.served_model), body,
-                                  params, TokenClock(self.metrics, "/v1/chat/completions", arrived))
+        return await self._answer(request, specs, Shapes(True, body.model or self.served_model), body,
+                                  params, "/v1/chat/completions", arrived)
 
-    # --- one generation ------------------------------------------------------------
-    async def _answer(self, request: Request, prompt: str, kwargs: dict, shapes: Shapes, body,
-                      params: dict[str, str], clock: TokenClock) -> Response:
-        """Run the request; until the response starts, a client that disconnects cancels it on the scheduler."""
-        stream = self.client.stream(prompt, chat=False, **kwargs)
-        work = asyncio.ensure_future(self._first_or_final(stream, body.stream, clock))
+    def _need_tokenizer(self, needed: bool) -> None:
+        if needed and self._strings is None:
+            raise RequestError("this gateway has no tokenizer (--model) to show tokens; leave logprobs out",
+                               param="logprobs")
+
+    def _decode_prompt(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids)
+
+    # --- one request: one scheduler stream per choice ---------------------------------
+    async def _answer(self, request: Request, specs: list[ChoiceSpec], shapes: Shapes, body,
+                      params: dict[str, str], route: str, arrived: float) -> Response:
+        """Run every choice; until the response starts, a client that disconnects cancels them all on the
+        scheduler (closing a stream cancels its gRPC call, and the scheduler releases the request's claims)."""
+        streams = [self.client.stream(spec.prompt, chat=False, **spec.kwargs) for spec in specs]
+        renders = [ChoiceRender(spec, shapes.chat, self._strings, self._decode_prompt) for spec in specs]
+        clocks = [TokenClock(self.metrics, route, arrived) for _ in specs]
+        work = asyncio.ensure_future(_all(_first_or_final(stream, body.stream, clock)
+                                          for stream, clock in zip(streams, clocks)))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-            if not work.done():  # the client went away (or this handler was cancelled): cancel the request
+            if not work.done():  # the client went away (or this handler was cancelled): cancel the requests
                 work.cancel()
                 with contextlib.suppress(BaseException):
                     await work
-                await stream.aclose()  # cancels the gRPC call: the scheduler releases the request's claims
+                await _close(streams)
         if not work.done() or work.cancelled():
             return Response(status_code=499)  # nobody reads it; counted in /metrics as 499
         try:
-            item = work.result()
-        except GlitchesError as error:
-            await stream.aclose()
+            items = work.result()
+        except GlitchesError as error:  # errors before any token keep their HTTP status
+            await _close(streams)
             return from_sdk_error(error, params)
         except StopAsyncIteration:
-            await stream.aclose()
+            await _close(streams)
             return JSONResponse(error_body("the scheduler ended the stream without an answer", "server_error"),
                                 status_code=502)
-        except BaseException:  # anything else is a 500 (the app's handler); the gRPC call goes first
-            await stream.aclose()
+        except BaseException:  # anything else is a 500 (the app's handler); the gRPC calls go first
+            await _close(streams)
             raise
         if body.stream:
-            return StreamingResponse(self._events(item, stream, shapes, body.include_usage(), clock),
+            return StreamingResponse(self._events(items, streams, renders, shapes, body.include_usage(), clocks),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        await stream.aclose()
-        return JSONResponse(shapes.full(item))
+        await _close(streams)
+        choices = [shapes.choice(r.spec.index, *r.whole(final), finish_reason(final))
+                   for r, final in zip(renders, items)]
+        return JSONResponse(shapes.full_choices(choices, _usage(renders, items)))
 
-    @staticmethod
-    async def _first_or_final(stream: AsyncIterator, streaming: bool, clock: TokenClock):
-        """The first item (streaming) or the Completion (not streaming); StopAsyncIteration if none came."""
-        item = await anext(stream)  # errors before the first token keep their HTTP status
-        clock.token()
-        while not streaming and not isinstance(item, Completion):
-            item = await anext(stream)
-            if not isinstance(item, Completion):
-                clock.token()
-        return item
-
-    async def _events(self, first, stream: AsyncIterator, shapes: Shapes, include_usage: bool, clock: TokenClock):
+    async def _events(self, firsts: list, streams: list, renders: list[ChoiceRender], shapes: Shapes,
+                      include_usage: bool, clocks: list[TokenClock]):
         extra = {"usage": None} if include_usage else {}
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int) -> None:  # one choice's items, in order, onto the shared queue
+            try:
+                item = firsts[i]
+                while True:
+                    await queue.put((i, item))
+                    if isinstance(item, Completion):
+                        return
+                    item = await anext(streams[i])
+                    if not isinstance(item, Completion):
+                        clocks[i].token()
+            except (GlitchesError, StopAsyncIteration) as error:
+                await queue.put((i, error))
+
+        pumps = [asyncio.create_task(pump(i)) for i in range(len(streams))]
+        finals: list = [None] * len(streams)
         try:
             if shapes.chat:
-                yield sse({**shapes.chunk("", role=True), **extra})
-            item = first
-            while not isinstance(item, Completion):
-                if item.text:
-                    yield sse({**shapes.chunk(item.text), **extra})
-                item = await anext(stream)
-                if not isinstance(item, Completion):
-                    clock.token()
-            yield sse({**shapes.chunk(None, finish=finish_reason(item)), **extra})
-            if include_usage:
-                yield sse(shapes.usage_chunk(item))
-        except GlitchesError as error:
-            yield sse(error_body(error.message, http_status_of(error)[1], code=error.code.lower()))
-        except StopAsyncIteration:
-            yield sse(error_body("the scheduler ended the stream without a final message", "server_error"))
+                for r in renders:
+                    yield sse({**shapes.chunk("", role=True, index=r.spec.index), **extra})
+            while any(f is None for f in finals):
+                i, item = await queue.get()
+                index = renders[i].spec.index
+                if isinstance(item, GlitchesError):
+                    yield sse(error_body(item.message, http_status_of(item)[1], code=item.code.lower()))
+                    break
+                if isinstance(item, StopAsyncIteration):
+                    yield sse(error_body("the scheduler ended the stream without a final message", "server_error"))
+                    break
+                if isinstance(item, Completion):
+                    finals[i] = item
+                    yield sse({**shapes.chunk(None, finish=finish_reason(item), index=index), **extra})
+                    continue
+                for text, logprobs in renders[i].stream_pieces(item):
+                    yield sse({**shapes.chunk(text, index=index, logprobs=logprobs), **extra})
+            else:
+                if include_usage:
+                    yield sse(shapes.usage_body_chunk(_usage(renders, finals)))
         finally:
-            await stream.aclose()  # cancels the gRPC call when the HTTP client went away
+            await _cancel(pumps)
+            await _close(streams)  # cancels the gRPC calls when the HTTP client went away
         yield sse("[DONE]")
+
+
+async def _first_or_final(stream: AsyncIterator, streaming: bool, clock: TokenClock):
+    """The first item (streaming) or the Completion (not streaming); StopAsyncIteration if none came."""
+    item = await anext(stream)
+    clock.token()
+    while not streaming and not isinstance(item, Completion):
+        item = await anext(stream)
+        if not isinstance(item, Completion):
+            clock.token()
+    return item
+
+
+async def _all(awaitables) -> list:
+    """Await all concurrently; on the first error cancel the rest (and wait for them), then raise it."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        await _cancel(tasks)
+
+
+async def _cancel(tasks) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _close(streams) -> None:
+    for stream in streams:
+        await stream.aclose()
+
+
+def _usage(renders: list[ChoiceRender], finals: list[Completion]) -> dict:
+    """Prompt tokens once per prompt (not per choice, as OpenAI counts n), completion tokens of every choice."""
+    prompt_tokens = {r.spec.prompt_index: f.prompt_tokens for r, f in zip(renders, finals)}
+    return usage_of(sum(prompt_tokens.values()), sum(r.completion_tokens(f) for r, f in zip(renders, finals)))
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:

@@ -35,6 +35,12 @@ from services.models import DEFAULT_MODEL
 @click.option("--requests-per-minute-per-user", default=0.0, type=float,
               envvar="GLITCHES_GATEWAY_REQUESTS_PER_MINUTE_PER_USER", show_default=True,
               help="Also, completions per minute per OpenAI `user` field within each client (0: no limit).")
+@click.option("--max-stop-strings", default=16, type=int, envvar="GLITCHES_GATEWAY_MAX_STOP_STRINGS", show_default=True,
+              help="Most stop strings one request may give (OpenAI: 4; evaluation harnesses send more).")
+@click.option("--max-top-logprobs", default=20, type=int, envvar="GLITCHES_GATEWAY_MAX_TOP_LOGPROBS",
+              show_default=True, help="Largest top_logprobs on /v1/chat/completions.")
+@click.option("--max-completion-logprobs", default=5, type=int, envvar="GLITCHES_GATEWAY_MAX_COMPLETION_LOGPROBS",
+              show_default=True, help="Largest logprobs on /v1/completions.")
 @click.option("--https-cert", default="", envvar="GLITCHES_GATEWAY_HTTPS_CERT",
               help="PEM certificate: serve HTTPS instead of HTTP (with --https-key).")
 @click.option("--https-key", default="", envvar="GLITCHES_GATEWAY_HTTPS_KEY", help="PEM private key of --https-cert.")
@@ -48,7 +54,8 @@ from services.models import DEFAULT_MODEL
               show_default=True, help="Connections + in-flight requests above this are answered 503.")
 @client_tls_options
 def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
-                scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, https_cert, https_key,
+                scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, max_stop_strings,
+                max_top_logprobs, max_completion_logprobs, https_cert, https_key,
                 max_body_bytes, header_timeout_s, keep_alive_s, max_concurrency, **tls) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
     import uvicorn
@@ -56,6 +63,7 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
     from glitches.cluster import free_port
     from glitches.gateway.app import Gateway, create_app
     from glitches.gateway.chat import load_chat_template, model_limits
+    from glitches.gateway.schemas import Limits
     from glitches.gateway.server import ServerLimits, uvicorn_options
     from services.api_keys import load_api_keys
     from services.errors import GlitchesError as ServiceError
@@ -69,6 +77,8 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
     if max_body_bytes < 1 or header_timeout_s <= 0 or keep_alive_s < 1 or max_concurrency < 1:
         raise click.UsageError("--max-body-bytes, --header-timeout-s, --keep-alive-s and --max-concurrency "
                                "must be positive")
+    if min(max_stop_strings, max_top_logprobs, max_completion_logprobs) < 0:
+        raise click.UsageError("--max-stop-strings, --max-top-logprobs and --max-completion-logprobs must be >= 0")
     if bool(https_cert) != bool(https_key):
         raise click.UsageError("give --https-cert and --https-key together")
     scheduler_tls = client_tls(tls)  # the link to the scheduler: TLS/mTLS with --tls-*
@@ -84,7 +94,8 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
                       timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key,
                       scheduler_tls=scheduler_tls, requests_per_minute_per_client=requests_per_minute_per_client,
                       requests_per_minute_per_user=requests_per_minute_per_user, max_body_bytes=max_body_bytes,
-                      context_tokens=context_tokens, max_token_chars=max_token_chars)
+                      context_tokens=context_tokens, max_token_chars=max_token_chars,
+                      limits=Limits(max_stop_strings, max_top_logprobs, max_completion_logprobs))
     limits = ServerLimits(header_timeout_s, keep_alive_s, max_concurrency=max_concurrency)
     scheme = "https" if https_cert else "http"
     link = "mTLS" if scheduler_tls.cert else "TLS" if scheduler_tls.enabled else "plaintext"

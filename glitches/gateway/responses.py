@@ -17,8 +17,12 @@ def finish_reason(completion: Completion) -> str:
 
 
 def usage(completion: Completion) -> dict:
-    return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens}
+    return usage_of(completion.prompt_tokens, completion.completion_tokens)
+
+
+def usage_of(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def sse(data: dict | str) -> bytes:
@@ -40,23 +44,34 @@ class Shapes:
                 "system_fingerprint": None}
 
     def full(self, completion: Completion) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": completion.text},
-                      "logprobs": None, "finish_reason": finish_reason(completion)}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": usage(completion)}
-        choice = {"index": 0, "text": completion.text, "logprobs": None, "finish_reason": finish_reason(completion)}
-        return {**self._head("text_completion"), "choices": [choice], "usage": usage(completion)}
+        return self.full_choices([self.choice(0, completion.text, None, finish_reason(completion))],
+                                 usage(completion))
 
-    def chunk(self, text: str | None, finish: str | None = None, role: bool = False) -> dict:
+    def choice(self, index: int, text: str, logprobs: dict | None, finish: str) -> dict:
+        """One entry of a non-streamed reply's `choices`."""
+        if self.chat:
+            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": finish}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    def full_choices(self, choices: list[dict], usage_body: dict) -> dict:
+        obj = "chat.completion" if self.chat else "text_completion"
+        return {**self._head(obj), "choices": choices, "usage": usage_body}
+
+    def chunk(self, text: str | None, finish: str | None = None, role: bool = False, index: int = 0,
+              logprobs: dict | None = None) -> dict:
         if self.chat:
             delta = {"role": "assistant"} if role else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         return {**self._head("text_completion"), "choices": [choice]}
 
     def usage_chunk(self, completion: Completion) -> dict:
+        return self.usage_body_chunk(usage(completion))
+
+    def usage_body_chunk(self, usage_body: dict) -> dict:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return {**self._head(obj), "choices": [], "usage": usage(completion)}
+        return {**self._head(obj), "choices": [], "usage": usage_body}

@@ -3,7 +3,9 @@ sampling arguments. Fields OpenAI defines but GLITCHES cannot honour (tools, log
 and fields nobody defines are refused with a 400 that names them in `param`, rather than silently
 ignored (OpenAI itself refuses unrecognised arguments). A field sent as null, {} or [] asks for
 nothing and is accepted. Fields that never change the output (`user`, `safety_identifier`,
-`prompt_cache_key`, `service_tier`, `metadata`) are accepted and have no effect."""
+`prompt_cache_key`, `service_tier`, `metadata`) are accepted and have no effect.
+vLLM's extensions `ignore_eos` and `min_tokens` are honoured. Limits that depend on the gateway's
+configuration (stop strings, top_logprobs) are checked in `check_limits`."""
 
 from __future__ import annotations
 
@@ -15,7 +17,16 @@ from glitches.gateway.errors import RequestError
 
 INT32_MAX = 2**31 - 1  # SamplingParams.max_new_tokens is an int32
 UINT64_MAX = 2**64 - 1  # SamplingParams.seed is a uint64
-MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_CHOICES = 256  # prompts x n in one request: each choice is one scheduler request
+
+
+class Limits:
+    """The gateway's configurable limits (glitches gateway --max-stop-strings, ...)."""
+
+    def __init__(self, max_stop_strings: int = 16, max_top_logprobs: int = 20, max_completion_logprobs: int = 5):
+        self.max_stop_strings = max_stop_strings  # OpenAI allows 4; lm-eval sends more
+        self.max_top_logprobs = max_top_logprobs  # chat's top_logprobs (OpenAI: 20)
+        self.max_completion_logprobs = max_completion_logprobs  # legacy completions' logprobs (OpenAI: 5)
 
 
 class _Strict(BaseModel):
@@ -83,10 +94,11 @@ class _Sampling(_Strict):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=UINT64_MAX)
     stop: str | list[str] | None = None
-    n: int | None = None
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: bool | int | None = None
+    ignore_eos: bool | None = None  # vLLM's: never stop on EOS
+    min_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)  # vLLM's: no EOS / stop before this many
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None  # OpenAI's end-user id: only counted by --requests-per-minute-per-user
@@ -96,8 +108,6 @@ class _Sampling(_Strict):
     @classmethod
     def _stop(cls, value):
         stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
         return stops
@@ -110,14 +120,17 @@ class _Sampling(_Strict):
             refuse_extra_fields(self.response_format, "response_format.")
             if self.response_format.json_schema is not None:
                 refuse_extra_fields(self.response_format.json_schema, "response_format.json_schema.")
-        if self.n not in (None, 1):
-            raise RequestError(f"n={self.n} is not supported: GLITCHES returns one choice per request; "
-                               "send n=1 (or leave it out) and repeat the request for more", param="n")
-        if self.logprobs:
-            raise RequestError("logprobs are not supported; leave logprobs out", param="logprobs")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
                 raise RequestError(f"{name} is not supported; leave it out or send 0", param=name)
+
+    def check_limits(self, limits: Limits) -> None:
+        if len(self.stop or ()) > limits.max_stop_strings:
+            raise RequestError(f"stop: at most {limits.max_stop_strings} stop strings, got {len(self.stop)}",
+                               param="stop")
+        if self.min_tokens and self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise RequestError(f"min_tokens ({self.min_tokens}) must not be above max_tokens ({self.max_tokens})",
+                               param="min_tokens")
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -127,7 +140,8 @@ class _Sampling(_Strict):
         return dict(max_tokens=max_tokens or default_max_tokens,
                     temperature=1.0 if self.temperature is None else self.temperature,
                     top_p=1.0 if self.top_p is None else self.top_p, seed=self.seed or 0,
-                    stop=tuple(self.stop or ()), model=self.model,
+                    stop=tuple(self.stop or ()), model=self.model, ignore_eos=bool(self.ignore_eos),
+                    min_tokens=self.min_tokens or 0,
                     **({"response_format": rf} if (rf := self.response_format_value()) is not None else {}))
 
     def response_format_value(self) -> str | dict | None:
@@ -135,25 +149,36 @@ class _Sampling(_Strict):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # one text, a list of texts, one prompt as token ids, or a list of prompts as token ids
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)  # 0 only with echo: score the prompt
     echo: bool | None = False
+    logprobs: int | None = Field(default=None, ge=0)  # legacy: the top-N count; 0 = the chosen token only
     best_of: int | None = None
     suffix: str | None = None
 
-    def prompt_text(self) -> str:
+    def prompts(self, limits: Limits) -> list[str | list[int]]:
+        """The prompts, each text or token ids, after every check that needs no scheduler."""
         self.refuse_unsupported()
-        if self.echo:
-            raise RequestError("echo is not supported; leave it out", param="echo")
+        self.check_limits(limits)
         if self.best_of not in (None, 1):
             raise RequestError("best_of is not supported; leave it out", param="best_of")
         if self.suffix:
             raise RequestError("suffix is not supported; leave it out", param="suffix")
-        if isinstance(self.prompt, list):
-            if len(self.prompt) != 1:
-                raise RequestError(f"a list of {len(self.prompt)} prompts is not supported; send one prompt",
-                                   param="prompt")
-            return self.prompt[0]
-        return self.prompt
+        if self.logprobs is not None and self.logprobs > limits.max_completion_logprobs:
+            raise RequestError(f"logprobs: at most {limits.max_completion_logprobs} on /v1/completions, got "
+                               f"{self.logprobs}", param="logprobs")
+        if self.max_tokens == 0 and not self.echo:
+            raise RequestError("max_tokens: 0 is only allowed with echo (to score the prompt); ask for at least 1",
+                               param="max_tokens")
+        prompt = self.prompt
+        prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else list(prompt)
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise RequestError("prompt: empty; give text or at least one token id", param="prompt")
+        if len(prompts) * (self.n or 1) > MAX_CHOICES:
+            raise RequestError(f"{len(prompts)} prompts x n={self.n or 1} is more than {MAX_CHOICES} choices",
+                               param="n")
+        return prompts
 
 
 class TextPart(_Strict):
@@ -173,10 +198,19 @@ class Message(_Strict):
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0)
     tools: list | None = None
 
-    def check(self) -> None:
+    def check(self, limits: Limits) -> None:
         self.refuse_unsupported()
+        self.check_limits(limits)
+        if self.top_logprobs is not None:
+            if not self.logprobs:
+                raise RequestError("top_logprobs needs logprobs: true", param="top_logprobs")
+            if self.top_logprobs > limits.max_top_logprobs:
+                raise RequestError(f"top_logprobs: at most {limits.max_top_logprobs}, got {self.top_logprobs}",
+                                   param="top_logprobs")
         if self.tools:
             raise RequestError("tools: tool calling is not supported by GLITCHES; leave it out", param="tools")
         for i, message in enumerate(self.messages):

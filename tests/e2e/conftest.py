@@ -104,3 +104,22 @@ def assert_idle(registry: Registry, timeout_s: float = 5.0) -> None:
             return
         time.sleep(0.05)
     assert registry.occupancy() == {} and registry.claims() == {}
+
+
+@pytest.fixture(scope="session")
+def gateway_cluster():
+    """`glitches up --gateway-port 0` with 1 GPU and 1 emulated FPGA worker (so a second concurrent request
+    decodes on the GPU: GPU assist), for the OpenAI-surface tests (logprobs, echo, n, lm-eval)."""
+    import openai
+
+    prefix = f"glitches-e2e-gw-{uuid.uuid4().hex[:8]}"
+    proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix, "--gpu-workers", "1",
+                              "--fpga-workers", "1", "--gateway-port", "0"], env=KV_TOKEN_ENV)
+    client = Client(address, timeout_s=600)
+    pids = [w.pid for w in client.status().workers]
+    oai = openai.OpenAI(base_url=proc.gateway_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    yield dict(address=address, client=client, oai=oai, url=proc.gateway_url, registry=Registry(REDIS_URL, prefix))
+    client.close()
+    stop_up(proc, pids)
+    leftover = list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{prefix}:*"))
+    assert leftover == [], f"registry keys left behind: {leftover}"

@@ -101,8 +101,8 @@ def test_stop_and_seed(gw):
 
 def test_errors(gw):
     oai = gw["oai"]
-    with pytest.raises(openai.BadRequestError, match="n=2"):
-        oai.completions.create(model=MODEL, prompt="Hi", n=2)
+    with pytest.raises(openai.BadRequestError, match="greater than or equal to 1"):
+        oai.completions.create(model=MODEL, prompt="Hi", n=0)
     with pytest.raises(openai.NotFoundError, match="unknown model"):  # OpenAI's model_not_found
         oai.completions.create(model="gpt-4o", prompt="Hi", max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="limit"):

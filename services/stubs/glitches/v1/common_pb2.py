@@ -24,19 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18glitches/v1/common.proto\x12\x0bglitches.v1\"\xdd\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x15\n\reos_token_ids\x18\x06 \x03(\r\x12\x38\n\x0fresponse_format\x18\x1e \x01(\x0e\x32\x1f.glitches.v1.ResponseFormatKind\x12\x13\n\x0bjson_schema\x18\x1f \x01(\tB\x08\n\x06_top_p*\x86\x01\n\x12ResponseFormatKind\x12$\n RESPONSE_FORMAT_KIND_UNSPECIFIED\x10\x00\x12$\n RESPONSE_FORMAT_KIND_JSON_OBJECT\x10\x01\x12$\n RESPONSE_FORMAT_KIND_JSON_SCHEMA\x10\x02*T\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_GPU\x10\x01\x12\x14\n\x10\x44\x45VICE_KIND_FPGA\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18glitches/v1/common.proto\x12\x0bglitches.v1\"\xc6\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\x05\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x15\n\reos_token_ids\x18\x06 \x03(\r\x12\x10\n\x08logprobs\x18\x14 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x15 \x01(\r\x12\x17\n\x0fprompt_logprobs\x18\x16 \x01(\x08\x12\x12\n\nignore_eos\x18\x17 \x01(\x08\x12\x12\n\nmin_tokens\x18\x18 \x01(\r\x12\x38\n\x0fresponse_format\x18\x1e \x01(\x0e\x32\x1f.glitches.v1.ResponseFormatKind\x12\x13\n\x0bjson_schema\x18\x1f \x01(\tB\x08\n\x06_top_p\"1\n\x0cLogprobEntry\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"b\n\rTokenLogprobs\x12)\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x19.glitches.v1.LogprobEntry\x12&\n\x03top\x18\x02 \x03(\x0b\x32\x19.glitches.v1.LogprobEntry*\x86\x01\n\x12ResponseFormatKind\x12$\n RESPONSE_FORMAT_KIND_UNSPECIFIED\x10\x00\x12$\n RESPONSE_FORMAT_KIND_JSON_OBJECT\x10\x01\x12$\n RESPONSE_FORMAT_KIND_JSON_SCHEMA\x10\x02*T\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_GPU\x10\x01\x12\x14\n\x10\x44\x45VICE_KIND_FPGA\x10\x02*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'glitches.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESPONSEFORMATKIND']._serialized_start=266
-  _globals['_RESPONSEFORMATKIND']._serialized_end=400
-  _globals['_DEVICEKIND']._serialized_start=402
-  _globals['_DEVICEKIND']._serialized_end=486
-  _globals['_FINISHREASON']._serialized_start=488
-  _globals['_FINISHREASON']._serialized_end=606
+  _globals['_RESPONSEFORMATKIND']._serialized_start=522
+  _globals['_RESPONSEFORMATKIND']._serialized_end=656
+  _globals['_DEVICEKIND']._serialized_start=658
+  _globals['_DEVICEKIND']._serialized_end=742
+  _globals['_FINISHREASON']._serialized_start=744
+  _globals['_FINISHREASON']._serialized_end=862
   _globals['_SAMPLINGPARAMS']._serialized_start=42
-  _globals['_SAMPLINGPARAMS']._serialized_end=263
+  _globals['_SAMPLINGPARAMS']._serialized_end=368
+  _globals['_LOGPROBENTRY']._serialized_start=370
+  _globals['_LOGPROBENTRY']._serialized_end=419
+  _globals['_TOKENLOGPROBS']._serialized_start=421
+  _globals['_TOKENLOGPROBS']._serialized_end=519
 # @@protoc_insertion_point(module_scope)

@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from services.stubs.glitches.v1 import common_pb2 as glitches_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bglitches/v1/scheduler.proto\x12\x0bglitches.v1\x1a\x18glitches/v1/common.proto\"m\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0c\n\x04\x63hat\x18\x02 \x01(\x08\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12\r\n\x05model\x18\x04 \x01(\t\"p\n\x10GenerateResponse\x12\'\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x16.glitches.v1.TextDeltaH\x00\x12+\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1a.glitches.v1.GenerateFinalH\x00\x42\x06\n\x04\x62ody\",\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x80\x02\n\x07Timings\x12\x0e\n\x06ttft_s\x18\x01 \x01(\x01\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\x12\x14\n\x0ckv_exposed_s\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x05 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x64\x65vice_decode_s\x18\x07 \x01(\x01\x12\x18\n\x10modeled_decode_s\x18\x08 \x01(\x01\x12*\n\"layers_received_before_prefill_end\x18\t \x01(\r\x12\x12\n\nnum_layers\x18\n \x01(\r\x12\x0f\n\x07total_s\x18\x0b \x01(\x01\"\xb4\x02\n\rGenerateFinal\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x30\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x19.glitches.v1.FinishReason\x12\x15\n\rdecode_device\x18\x06 \x01(\t\x12\x15\n\rdecode_worker\x18\x07 \x01(\t\x12\x16\n\x0eprefill_worker\x18\x08 \x01(\t\x12!\n\x05usage\x18\t \x01(\x0b\x32\x12.glitches.v1.Usage\x12%\n\x07timings\x18\n \x01(\x0b\x32\x14.glitches.v1.Timings\x12\x12\n\nmigrations\x18\x0b \x01(\r\"\x0f\n\rStatusRequest\"\xca\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.glitches.v1.DeviceKind\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x65mulated\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x0f\n\x07healthy\x18\x08 \x01(\x08\x12\r\n\x05slots\x18\t \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\n \x01(\r\x12\x19\n\x11kv_capacity_bytes\x18\x0b \x01(\x04\x12\x15\n\rkv_free_bytes\x18\x0c \x01(\x04\x12\r\n\x05model\x18\r \x01(\t\x12\x14\n\x0chttp_address\x18\x0e \x01(\t\x12\x1a\n\x12kv_tokens_required\x18\x0f \x01(\x08\"n\n\x0eStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x07workers\x18\x02 \x03(\x0b\x32\x19.glitches.v1.WorkerStatus\x12!\n\x19scheduler_active_requests\x18\x03 \x01(\r2\x99\x01\n\tScheduler\x12I\n\x08Generate\x12\x1c.glitches.v1.GenerateRequest\x1a\x1d.glitches.v1.GenerateResponse0\x01\x12\x41\n\x06Status\x12\x1a.glitches.v1.StatusRequest\x1a\x1b.glitches.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bglitches/v1/scheduler.proto\x12\x0bglitches.v1\x1a\x18glitches/v1/common.proto\"\x87\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0c\n\x04\x63hat\x18\x02 \x01(\x08\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x14 \x03(\r\"p\n\x10GenerateResponse\x12\'\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x16.glitches.v1.TextDeltaH\x00\x12+\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1a.glitches.v1.GenerateFinalH\x00\x42\x06\n\x04\x62ody\"\xa9\x01\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12,\n\x08logprobs\x18\x14 \x03(\x0b\x32\x1a.glitches.v1.TokenLogprobs\x12\x33\n\x0fprompt_logprobs\x18\x15 \x03(\x0b\x32\x1a.glitches.v1.TokenLogprobs\x12\x18\n\x10prompt_token_ids\x18\x16 \x03(\r\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x80\x02\n\x07Timings\x12\x0e\n\x06ttft_s\x18\x01 \x01(\x01\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\x12\x14\n\x0ckv_exposed_s\x18\x04 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x05 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x64\x65vice_decode_s\x18\x07 \x01(\x01\x12\x18\n\x10modeled_decode_s\x18\x08 \x01(\x01\x12*\n\"layers_received_before_prefill_end\x18\t \x01(\r\x12\x12\n\nnum_layers\x18\n \x01(\r\x12\x0f\n\x07total_s\x18\x0b \x01(\x01\"\x97\x03\n\rGenerateFinal\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x30\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x19.glitches.v1.FinishReason\x12\x15\n\rdecode_device\x18\x06 \x01(\t\x12\x15\n\rdecode_worker\x18\x07 \x01(\t\x12\x16\n\x0eprefill_worker\x18\x08 \x01(\t\x12!\n\x05usage\x18\t \x01(\x0b\x32\x12.glitches.v1.Usage\x12%\n\x07timings\x18\n \x01(\x0b\x32\x14.glitches.v1.Timings\x12\x12\n\nmigrations\x18\x0b \x01(\r\x12,\n\x08logprobs\x18\x14 \x03(\x0b\x32\x1a.glitches.v1.TokenLogprobs\x12\x33\n\x0fprompt_logprobs\x18\x15 \x03(\x0b\x32\x1a.glitches.v1.TokenLogprobs\"\x0f\n\rStatusRequest\"\xca\x02\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.glitches.v1.DeviceKind\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x65mulated\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0b\n\x03pid\x18\x07 \x01(\r\x12\x0f\n\x07healthy\x18\x08 \x01(\x08\x12\r\n\x05slots\x18\t \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\n \x01(\r\x12\x19\n\x11kv_capacity_bytes\x18\x0b \x01(\x04\x12\x15\n\rkv_free_bytes\x18\x0c \x01(\x04\x12\r\n\x05model\x18\r \x01(\t\x12\x14\n\x0chttp_address\x18\x0e \x01(\t\x12\x1a\n\x12kv_tokens_required\x18\x0f \x01(\x08\"n\n\x0eStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x07workers\x18\x02 \x03(\x0b\x32\x19.glitches.v1.WorkerStatus\x12!\n\x19scheduler_active_requests\x18\x03 \x01(\r2\x99\x01\n\tScheduler\x12I\n\x08Generate\x12\x1c.glitches.v1.GenerateRequest\x1a\x1d.glitches.v1.GenerateResponse0\x01\x12\x41\n\x06Status\x12\x1a.glitches.v1.StatusRequest\x1a\x1b.glitches.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'glitches.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=70
-  _globals['_GENERATEREQUEST']._serialized_end=179
-  _globals['_GENERATERESPONSE']._serialized_start=181
-  _globals['_GENERATERESPONSE']._serialized_end=293
-  _globals['_TEXTDELTA']._serialized_start=295
-  _globals['_TEXTDELTA']._serialized_end=339
-  _globals['_USAGE']._serialized_start=341
-  _globals['_USAGE']._serialized_end=398
-  _globals['_TIMINGS']._serialized_start=401
-  _globals['_TIMINGS']._serialized_end=657
-  _globals['_GENERATEFINAL']._serialized_start=660
-  _globals['_GENERATEFINAL']._serialized_end=968
-  _globals['_STATUSREQUEST']._serialized_start=970
-  _globals['_STATUSREQUEST']._serialized_end=985
-  _globals['_WORKERSTATUS']._serialized_start=988
-  _globals['_WORKERSTATUS']._serialized_end=1318
-  _globals['_STATUSRESPONSE']._serialized_start=1320
-  _globals['_STATUSRESPONSE']._serialized_end=1430
-  _globals['_SCHEDULER']._serialized_start=1433
-  _globals['_SCHEDULER']._serialized_end=1586
+  _globals['_GENERATEREQUEST']._serialized_start=71
+  _globals['_GENERATEREQUEST']._serialized_end=206
+  _globals['_GENERATERESPONSE']._serialized_start=208
+  _globals['_GENERATERESPONSE']._serialized_end=320
+  _globals['_TEXTDELTA']._serialized_start=323
+  _globals['_TEXTDELTA']._serialized_end=492
+  _globals['_USAGE']._serialized_start=494
+  _globals['_USAGE']._serialized_end=551
+  _globals['_TIMINGS']._serialized_start=554
+  _globals['_TIMINGS']._serialized_end=810
+  _globals['_GENERATEFINAL']._serialized_start=813
+  _globals['_GENERATEFINAL']._serialized_end=1220
+  _globals['_STATUSREQUEST']._serialized_start=1222
+  _globals['_STATUSREQUEST']._serialized_end=1237
+  _globals['_WORKERSTATUS']._serialized_start=1240
+  _globals['_WORKERSTATUS']._serialized_end=1570
+  _globals['_STATUSRESPONSE']._serialized_start=1572
+  _globals['_STATUSRESPONSE']._serialized_end=1682
+  _globals['_SCHEDULER']._serialized_start=1685
+  _globals['_SCHEDULER']._serialized_end=1838
 # @@protoc_insertion_point(module_scope)
