@@ -104,9 +104,9 @@ def test_sdk_encodes_response_format():
     assert encoded.response_format == common_pb2.RESPONSE_FORMAT_KIND_JSON_SCHEMA
     decoded = Sampling.from_proto(encoded)
     assert (decoded.response_format, json.loads(decoded.json_schema)) == ("json_schema", schema)
-    assert Sampling.from_proto(convert.sampling_params(4, 0.0, 1.0, 0, (), "json_object")).response_format == \
+    assert Sampling.from_proto(convert.sampling_params(4, 0.0, 1.0, 0, (), response_format="json_object")).response_format == \
         "json_object"
-    assert Sampling.from_proto(convert.sampling_params(4, 0.0, 1.0, 0, (), "text")).response_format == ""
+    assert Sampling.from_proto(convert.sampling_params(4, 0.0, 1.0, 0, (), response_format="text")).response_format == ""
     assert decoded.to_proto(common_pb2.SamplingParams) == encoded
     with pytest.raises(ValueError):
         convert.sampling_params(4, 0.0, 1.0, 0, (), response_format="yaml")

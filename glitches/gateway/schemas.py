@@ -205,7 +205,7 @@ class ChatRequest(_Sampling):
     def check(self, limits: Limits) -> None:
         self.refuse_unsupported()
         self.check_limits(limits)
-        if self.top_logprobs is not None:
+        if self.top_logprobs:
             if not self.logprobs:
                 raise RequestError("top_logprobs needs logprobs: true", param="top_logprobs")
             if self.top_logprobs > limits.max_top_logprobs:

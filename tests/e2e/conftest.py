@@ -1,5 +1,6 @@
-"""A real cluster for end-to-end tests: `glitches up` in its own process (scheduler, 1 GPU worker,
-2 emulated FPGA workers, each a process) on the shared Redis under a test-only prefix, and
+"""A real cluster for end-to-end tests: `glitches up --gateway-port 0` in its own process (scheduler, 1 GPU
+worker, 2 emulated FPGA workers and the OpenAI gateway, each a process) on the shared Redis under a test-only
+prefix, and
 transformers' own model in this process as the reference. The cluster's KV token secret is given
 to `up` in its environment (KV_TOKEN_ENV), so tests can start more schedulers that share it."""
 
@@ -63,11 +64,12 @@ def cluster():
     prefix = f"glitches-e2e-{uuid.uuid4().hex[:8]}"
     models.resolve_model(models.DEFAULT_MODEL)
     proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix,
-                              "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS)], env=KV_TOKEN_ENV)
+                              "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS), "--gateway-port", "0"],
+                             env=KV_TOKEN_ENV)
     client = Client(address, timeout_s=600)
     pids = [w.pid for w in client.status().workers]
     yield dict(address=address, client=client, registry=Registry(REDIS_URL, prefix), prefix=prefix, proc=proc,
-               http=proc.http_addresses)
+               http=proc.http_addresses, gateway_url=proc.gateway_url)
     client.close()
     stop_up(proc, pids)
     leftover = list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{prefix}:*"))
@@ -107,19 +109,10 @@ def assert_idle(registry: Registry, timeout_s: float = 5.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def gateway_cluster():
-    """`glitches up --gateway-port 0` with 1 GPU and 1 emulated FPGA worker (so a second concurrent request
-    decodes on the GPU: GPU assist), for the OpenAI-surface tests (logprobs, echo, n, lm-eval)."""
+def gateway_cluster(cluster):
+    """The session cluster's own gateway (`glitches up --gateway-port 0`) and an official `openai` client on it,
+    for the OpenAI-surface tests (logprobs, echo, n, lm-eval)."""
     import openai
 
-    prefix = f"glitches-e2e-gw-{uuid.uuid4().hex[:8]}"
-    proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix, "--gpu-workers", "1",
-                              "--fpga-workers", "1", "--gateway-port", "0"], env=KV_TOKEN_ENV)
-    client = Client(address, timeout_s=600)
-    pids = [w.pid for w in client.status().workers]
-    oai = openai.OpenAI(base_url=proc.gateway_url + "/v1", api_key="unused", max_retries=0, timeout=300)
-    yield dict(address=address, client=client, oai=oai, url=proc.gateway_url, registry=Registry(REDIS_URL, prefix))
-    client.close()
-    stop_up(proc, pids)
-    leftover = list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{prefix}:*"))
-    assert leftover == [], f"registry keys left behind: {leftover}"
+    oai = openai.OpenAI(base_url=cluster["gateway_url"] + "/v1", api_key="unused", max_retries=0, timeout=300)
+    return dict(cluster, oai=oai, url=cluster["gateway_url"])
