@@ -94,6 +94,7 @@ def test_huge_chat_body_does_not_block_health_and_is_refused_before_rendering(ga
     error = result["reply"].json()["error"]
     assert result["reply"].status_code == 400 and error["code"] == "context_length_exceeded"
     assert error["param"] == "messages"
-    assert slowest < 0.5, slowest  # was 1.7 s with the template rendered on the event loop
+    print(f"slowest /healthz while the 110k-message body was handled: {slowest:.3f} s")
+    assert slowest < 1.0, slowest  # 4-6 s before (docs/benchmarks.md), with the template rendered on the loop
     too_big = httpx.post(gateway["url"] + "/v1/completions", content=b"x" * (9 * 1024**2), timeout=60)
     assert too_big.status_code == 413
