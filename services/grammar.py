@@ -118,8 +118,10 @@ class Constraint:
 
     @property
     def done(self) -> bool:
-        """The JSON value is complete: nothing but EOS could follow."""
-        return self._matcher.is_stopped() or self._matcher.is_accepting()
+        """The JSON value is complete and nothing but EOS could follow (an object's closing brace). A value
+        that is complete but could go on (a number at the root: "12" may become "123") is not done: the
+        mask then also allows EOS, and the request ends with EOS when the model picks it."""
+        return self._matcher.is_stopped()
 
 
 def constraint_for(sampling: Sampling, tokenizer, generated: list[int] = ()) -> Constraint | None:

@@ -94,8 +94,9 @@ def test_huge_chat_body_does_not_block_health_and_is_refused_before_rendering(ga
     error = result["reply"].json()["error"]
     assert result["reply"].status_code == 400 and error["code"] == "context_length_exceeded"
     assert error["param"] == "messages"
-    # was 1.7 s with the template rendered on the event loop; parsing in a thread still shares the GIL, and
-    # this 2-core machine is often loaded by other jobs (0.56 s seen then), so the bound is loose
+    print(f"slowest /healthz while the 110k-message body was handled: {slowest:.3f} s")
+    # 4-6 s before (docs/benchmarks.md), with the template rendered on the loop; json.loads in the worker
+    # thread still holds the GIL, and this 2-core machine is often loaded by other jobs
     assert slowest < 1.2, slowest
     too_big = httpx.post(gateway["url"] + "/v1/completions", content=b"x" * (9 * 1024**2), timeout=60)
     assert too_big.status_code == 413

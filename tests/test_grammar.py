@@ -110,3 +110,13 @@ def test_sdk_encodes_response_format():
     assert decoded.to_proto(common_pb2.SamplingParams) == encoded
     with pytest.raises(ValueError):
         convert.sampling_params(4, 0.0, 1.0, 0, (), response_format="yaml")
+
+
+def test_a_number_at_the_root_is_not_cut_at_its_first_digit(tokenizer):
+    constraint = grammar.constraint_for(Sampling(response_format="json_schema", json_schema='{"type": "integer"}'),
+                                        tokenizer, tokenizer("12", add_special_tokens=False)["input_ids"])
+    assert not constraint.done  # "12" could go on to "123"
+    allowed = torch.isfinite(constraint.mask(torch.zeros(49152)))
+    assert allowed[tokenizer.eos_token_id] and allowed.sum() > 1  # EOS or more digits
+    constraint.advance(tokenizer.eos_token_id)
+    assert constraint.done
