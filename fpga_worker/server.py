@@ -8,12 +8,14 @@ import os
 from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
 from fpga_worker.kv_notify import NotifyingBackend
+from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
 from fpga_worker.settings import FpgaWorkerSettings
 from services import metrics, models
 from services.daemon import configure_logging, run_until_signalled
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
+from services.host_identity import host_identity
 from services.kv_token import SECRET_ENV, KvTokenVerifier
 from services.observability import DaemonHttp, publish_device_facts, worker_ready_check
 from services.peer_roles import worker_role_check
@@ -28,8 +30,13 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
     def __init__(self, backend: DecodeBackend, tokenizer, worker_id: str, model_name: str, slots: int,
-                 kv_tokens: KvTokenVerifier | None = None):
+                 kv_tokens: KvTokenVerifier | None = None, kv_transport: str = "auto",
+                 limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64)):
+        """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream."""
         self.backend = backend
+        self.header_s, self.stall_s, max_streams = limits
+        self.kv_streams = StreamBudget(max_streams)
+        self.kv_transports = accepted_transports(backend, kv_transport)
         self.tokenizer = tokenizer
         self.worker_id = worker_id
         self.model_name = model_name
@@ -46,7 +53,12 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             emulated=facts.emulated, device_name=facts.device_name, model=self.model_name, slots=self.slots,
             active_requests=len(self.backend.active_requests()), kv_capacity_bytes=facts.kv_capacity_bytes,
             kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,
-            pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None)
+            pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None, kv_transports=self.kv_transports,
+            host_identity=host_identity(), shm_segment=self._shm_path())
+
+    def _shm_path(self) -> str:
+        memory = self.backend.kv_memory() if "shm" in self.kv_transports else None
+        return memory.shm_path if memory is not None else ""
 
     def Info(self, request, context):
         return self.info()
@@ -59,10 +71,38 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.kv_tokens.check(header.kv_token, header.request_id, self.worker_id)
 
     def TransferKV(self, request_iterator, context):
-        received = kv_receiver.receive(self.backend, request_iterator, self._authorize)
+        with self.kv_streams.slot():  # RESOURCE_EXHAUSTED at once beyond the budget
+            messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
+            received = kv_receiver.receive(self.backend, messages, self._authorize)
         metrics.KV_RECEIVED_BYTES.inc(received.kv_bytes)
         return worker_pb2.TransferKVResponse(kv_bytes=received.kv_bytes,
                                              layer_received_unix_s=received.layer_received_unix_s)
+
+    def _place(self, header: worker_pb2.KvHeader, request_id: str) -> worker_pb2.KvPlacement:
+        transport = header.kv_transport
+        if transport not in self.kv_transports or transport == "grpc":
+            raise FailedPrecondition(f"this worker takes KV by {', '.join(self.kv_transports)}; "
+                                     f"TransferKVPlaced needs shm or nixl, got {transport or 'none'!r}")
+        if transport == "shm" and header.host_identity != host_identity():
+            raise FailedPrecondition("transport shm needs the sender on this worker's host (and /dev/shm); "
+                                     "the sender's host identity differs: use nixl or grpc")
+        memory, where = self.backend.kv_memory(), self.backend.placement(request_id)
+        plan = where.plan
+        return worker_pb2.KvPlacement(
+            kv_transport=transport, kv_offset=where.kv_offset, channel_bytes=memory.channel_bytes,
+            region_bytes_per_channel=plan.region_bytes_per_channel, capacity_tokens=plan.capacity_tokens,
+            num_layers=plan.num_layers, kv_heads=plan.kv_heads, head_dim=plan.head_dim,
+            dtype=str(where.dtype).removeprefix("torch."), shm_path=memory.shm_path,
+            shm_bytes=memory.memory.numel())
+
+    def TransferKVPlaced(self, request_iterator, context):
+        with self.kv_streams.slot():
+            messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
+            replies = kv_receiver.receive_placed(self.backend, messages, self._authorize, self._place)
+            for reply in replies:
+                if reply.WhichOneof("body") == "done":
+                    metrics.KV_RECEIVED_BYTES.inc(reply.done.kv_bytes)
+                yield reply
 
     def Decode(self, request, context):
         sampling = Sampling.from_proto(request.sampling)
@@ -91,6 +131,18 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.ReleaseResponse(released=self.backend.release(request.request_id))
 
 
+def accepted_transports(backend: DecodeBackend, wanted: str) -> list[str]:
+    """The KV transports this worker takes, best first: grpc always; shm where the card's memory is a
+    shared segment; nixl where the NIXL agent started (not yet: see docs/architecture.md)."""
+    available = ["shm"] if backend.kv_memory() is not None and backend.kv_memory().shm_path else []
+    if wanted == "auto":
+        return available + ["grpc"]
+    if wanted != "grpc" and wanted not in available:
+        raise FailedPrecondition(f"--kv-transport {wanted}: this backend cannot take KV that way "
+                                 f"(available: {', '.join(available + ['grpc'])})")
+    return ([wanted] if wanted != "grpc" else []) + ["grpc"]
+
+
 def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> DecodeBackend:
     if settings.backend == "xrt":  # a card or a clear error; never the emulator in its place
         from fpga_worker.xrt_backend import XrtCard, open_pyxrt, weight_image_for
@@ -104,10 +156,10 @@ def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> D
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        return W4A8EmulatedCard.from_source(source, settings.hbm_bytes)
+        return W4A8EmulatedCard.from_source(source, settings.hbm_bytes, tag=settings.worker_id or "fpga")
     from fpga_worker.emu_backend import EmulatedCard
 
-    return EmulatedCard(source, settings.hbm_bytes, settings.threads)
+    return EmulatedCard(source, settings.hbm_bytes, settings.threads, tag=settings.worker_id or "fpga")
 
 
 def serve(settings: FpgaWorkerSettings) -> None:
@@ -122,9 +174,11 @@ def serve(settings: FpgaWorkerSettings) -> None:
                     "anyone who reaches its port; give it and the scheduler the same %s (or "
                     "--kv-token-secret-file)", SECRET_ENV)
     servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots,
-                                  kv_tokens)
+                                  kv_tokens, settings.kv_transport,
+                                  (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams))
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,), metrics_role="fpga-worker", tls=settings.tls(),
+                          (SERVICE_NAME,), max_workers=32 + settings.max_kv_streams,
+                          metrics_role="fpga-worker", tls=settings.tls(),
                           auth=worker_role_check(settings.tls(), settings.tls_peer_roles))
     servicer.worker_id = settings.id_for("fpga", server.port)
     address = settings.address_for(server.port)

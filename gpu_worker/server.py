@@ -7,6 +7,8 @@ import os
 
 
 from gpu_worker.engine import GpuEngine
+from gpu_worker.kv_transport import SENDER_TRANSPORTS, TransportChooser
+from services.host_identity import host_identity
 from gpu_worker.settings import GpuWorkerSettings
 from services import metrics, models
 from services.channels import WorkerStubs
@@ -31,6 +33,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.worker_id = worker_id
         self.model_name = model_name
         self._stubs = WorkerStubs(tls)  # to decode targets: mTLS when the worker has a certificate
+        self.transports = TransportChooser(engine.settings.kv_transport)
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return self._stubs.get(address)
@@ -41,7 +44,13 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
             emulated=engine.device == "cpu", device_name=_device_name(engine.device), model=self.model_name,
             slots=engine.settings.slots, active_requests=engine.active_requests(),
-            kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid())
+            kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(), kv_transports=self._sends(),
+            host_identity=host_identity())
+
+    def _sends(self) -> list[str]:
+        """What this worker sends KV with (its --kv-transport, or every one it can)."""
+        wanted = self.engine.settings.kv_transport
+        return list(SENDER_TRANSPORTS) if wanted == "auto" else [wanted]
 
     def Info(self, request, context):
         return self.info()
@@ -54,8 +63,10 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         if sampling.max_new_tokens < 1:
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         target = self._stub(request.target.address) if request.target.address else None
+        transport = self.transports.choose(target) if target is not None else ""
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, target,
-                                     list(request.generated_token_ids), kv_token=request.target.kv_token)
+                                     list(request.generated_token_ids), kv_token=request.target.kv_token,
+                                     kv_transport=transport)
         metrics.PREFILL.observe(result.prefill_s)
         if target is not None:
             metrics.KV_SENT_BYTES.inc(result.kv_bytes)
@@ -66,7 +77,8 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             first_token_id=result.first_token_id, prefill_s=result.prefill_s, kv_bytes=result.kv_bytes,
             kv_exposed_s=result.kv_exposed_s, kv_transfer_s=result.kv_transfer_s,
             layers_received_before_prefill_end=result.layers_received_before_prefill_end,
-            num_layers=result.num_layers, finish_reason=FINISH_TO_PROTO[result.finish])
+            num_layers=result.num_layers, finish_reason=FINISH_TO_PROTO[result.finish],
+            kv_transport=result.kv_transport)
 
     def TransferKV(self, request_iterator, context):
         raise FailedPrecondition("GPU workers do not receive KV; send it to an FPGA worker")
