@@ -10,7 +10,7 @@ from fpga_worker.backend import DecodeBackend
 from fpga_worker.kv_notify import NotifyingBackend
 from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
 from fpga_worker.settings import FpgaWorkerSettings
-from services import metrics, models
+from services import metrics, models, nixl_loader
 from services.daemon import configure_logging, run_until_signalled
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
@@ -37,6 +37,12 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.header_s, self.stall_s, max_streams = limits
         self.kv_streams = StreamBudget(max_streams)
         self.kv_transports = accepted_transports(backend, kv_transport)
+        self.nixl = None  # fpga_worker.kv_nixl.NixlKvReceiver when nixl is accepted
+        if "nixl" in self.kv_transports:
+            from fpga_worker.kv_nixl import NixlKvReceiver
+
+            self.nixl = NixlKvReceiver(backend.kv_memory(), worker_id or "fpga")
+        self._placed_via: dict[str, str] = {}  # request id -> transport, while its TransferKVPlaced runs
         self.tokenizer = tokenizer
         self.worker_id = worker_id
         self.model_name = model_name
@@ -54,7 +60,8 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             active_requests=len(self.backend.active_requests()), kv_capacity_bytes=facts.kv_capacity_bytes,
             kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,
             pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None, kv_transports=self.kv_transports,
-            host_identity=host_identity(), shm_segment=self._shm_path())
+            host_identity=host_identity(), shm_segment=self._shm_path(),
+            nixl_agent=self.nixl.name if self.nixl is not None else "")
 
     def _shm_path(self) -> str:
         memory = self.backend.kv_memory() if "shm" in self.kv_transports else None
@@ -88,21 +95,44 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
                                      "the sender's host identity differs: use nixl or grpc")
         memory, where = self.backend.kv_memory(), self.backend.placement(request_id)
         plan = where.plan
-        return worker_pb2.KvPlacement(
+        placement = worker_pb2.KvPlacement(
             kv_transport=transport, kv_offset=where.kv_offset, channel_bytes=memory.channel_bytes,
             region_bytes_per_channel=plan.region_bytes_per_channel, capacity_tokens=plan.capacity_tokens,
             num_layers=plan.num_layers, kv_heads=plan.kv_heads, head_dim=plan.head_dim,
             dtype=str(where.dtype).removeprefix("torch."), shm_path=memory.shm_path,
             shm_bytes=memory.memory.numel())
+        self._placed_via[request_id] = transport
+        if transport == "nixl":  # exactly the request's region: NIXL refuses WRITEs anywhere else
+            placement.nixl_agent_metadata = self.nixl.register(request_id, where.kv_offset,
+                                                               plan.region_bytes_per_channel)
+            placement.nixl_agent_name, placement.nixl_base_address = self.nixl.name, self.nixl.base_address
+        return placement
+
+    def _landed(self, request_id: str, layer: int, tokens: int) -> None:
+        if self._placed_via.get(request_id) == "nixl":
+            self.nixl.wait_written(request_id, layer)  # its WRITE's notification, or INVALID_ARGUMENT
 
     def TransferKVPlaced(self, request_iterator, context):
         with self.kv_streams.slot():
+            placed: list[str] = []  # the request id, once reserved and placed
+
+            def place(header: worker_pb2.KvHeader, request_id: str) -> worker_pb2.KvPlacement:
+                placed.append(request_id)
+                return self._place(header, request_id)
+
             messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
-            replies = kv_receiver.receive_placed(self.backend, messages, self._authorize, self._place)
-            for reply in replies:
-                if reply.WhichOneof("body") == "done":
-                    metrics.KV_RECEIVED_BYTES.inc(reply.done.kv_bytes)
-                yield reply
+            replies = kv_receiver.receive_placed(self.backend, messages, self._authorize, place, self._landed)
+            try:
+                for reply in replies:
+                    if reply.WhichOneof("body") == "done":
+                        metrics.KV_RECEIVED_BYTES.inc(reply.done.kv_bytes)
+                    yield reply
+            finally:
+                replies.close()  # a sender that went away: the receiver releases the reservation
+                for request_id in placed:  # whatever the outcome, no NIXL registration outlives its stream
+                    self._placed_via.pop(request_id, None)
+                    if self.nixl is not None:
+                        self.nixl.deregister(request_id)
 
     def Decode(self, request, context):
         sampling = Sampling.from_proto(request.sampling)
@@ -133,8 +163,11 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
 
 def accepted_transports(backend: DecodeBackend, wanted: str) -> list[str]:
     """The KV transports this worker takes, best first: grpc always; shm where the card's memory is a
-    shared segment; nixl where the NIXL agent started (not yet: see docs/architecture.md)."""
-    available = ["shm"] if backend.kv_memory() is not None and backend.kv_memory().shm_path else []
+    shared segment; nixl where the card exposes its KV memory and NIXL imports."""
+    memory = backend.kv_memory()
+    available = ["shm"] if memory is not None and memory.shm_path else []
+    if memory is not None and nixl_loader.available():
+        available.append("nixl")
     if wanted == "auto":
         return available + ["grpc"]
     if wanted != "grpc" and wanted not in available:

@@ -18,7 +18,11 @@ from services.host_identity import host_identity
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 CACHE_S = 5.0  # how long a target's Info answer is trusted, seconds
-SENDER_TRANSPORTS = ("shm", "grpc")  # what this GPU worker can send with (nixl: see docs/architecture.md)
+def sender_transports() -> tuple[str, ...]:
+    """What this GPU worker can send with: shm and grpc always, nixl where NIXL imports."""
+    from services import nixl_loader
+
+    return ("shm", "nixl", "grpc") if nixl_loader.available() else ("shm", "grpc")
 
 
 class TransportChooser:
@@ -46,7 +50,7 @@ class TransportChooser:
             return "grpc"
         info = self._info(stub)
         offered = list(info.kv_transports) or ["grpc"]  # a worker from before data planes takes grpc only
-        usable = [t for t in offered if t in SENDER_TRANSPORTS
+        usable = [t for t in offered if t in sender_transports()
                   and (t != "shm" or (info.host_identity == host_identity() and info.shm_segment))]
         if self.wanted == "auto":
             for transport in ("shm", "nixl", "grpc"):
@@ -57,5 +61,5 @@ class TransportChooser:
             why = " (it is on another host or /dev/shm)" if self.wanted == "shm" and "shm" in offered else ""
             raise FailedPrecondition(f"--kv-transport {self.wanted}: decode worker {info.worker_id} takes "
                                      f"{', '.join(offered)}{why}; this GPU worker can send "
-                                     f"{', '.join(SENDER_TRANSPORTS)}")
+                                     f"{', '.join(sender_transports())}")
         return self.wanted

@@ -7,7 +7,7 @@ import os
 
 
 from gpu_worker.engine import GpuEngine
-from gpu_worker.kv_transport import SENDER_TRANSPORTS, TransportChooser
+from gpu_worker.kv_transport import TransportChooser, sender_transports
 from services.host_identity import host_identity
 from gpu_worker.settings import GpuWorkerSettings
 from services import metrics, models
@@ -50,7 +50,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
     def _sends(self) -> list[str]:
         """What this worker sends KV with (its --kv-transport, or every one it can)."""
         wanted = self.engine.settings.kv_transport
-        return list(SENDER_TRANSPORTS) if wanted == "auto" else [wanted]
+        return list(sender_transports()) if wanted == "auto" else [wanted]
 
     def Info(self, request, context):
         return self.info()
@@ -124,6 +124,10 @@ def serve(settings: GpuWorkerSettings) -> None:
                             slots=info.slots, kv_capacity_bytes=0, kv_free_bytes=0,
                             kv_bytes_per_token=info.kv_bytes_per_token, http_address=http.address)
 
+    if "nixl" in servicer._sends():  # start the NIXL agent now, not during the first transfer
+        from gpu_worker.nixl_writer import local_agent
+
+        local_agent()
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
     heartbeat.start()
     metrics.ACTIVE_REQUESTS.of("gpu-worker").set_function(engine.active_requests)
