@@ -224,7 +224,9 @@ def serve(settings: FpgaWorkerSettings) -> None:
                             kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
                             http_address=http.address, kv_granularity_tokens=backend.kv_granularity_tokens(),
                             kv_block_bytes=block_bytes, kv_free_blocks=info.kv_free_bytes // block_bytes,
-                            kv_tokens_required=int(info.kv_tokens_required))
+                            kv_tokens_required=int(info.kv_tokens_required),
+                            kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
+                            shm_segment=info.shm_segment, nixl_agent=info.nixl_agent)
 
     block_bytes = backend.geometry().block_bytes
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
@@ -234,6 +236,8 @@ def serve(settings: FpgaWorkerSettings) -> None:
     metrics.ACTIVE_REQUESTS.of("fpga-worker").set_function(lambda: len(backend.active_requests()))
     metrics.SLOTS.of("fpga-worker").set(settings.slots)
     metrics.KV_FREE_BYTES.set_function(backend.kv_free_bytes)
+    metrics.KV_STREAMS.set_function(lambda: servicer.kv_streams.active)
+    metrics.KV_NIXL_REGISTRATIONS.set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)
     metrics.KV_CAPACITY_BYTES.set(facts.kv_capacity_bytes)
     publish_device_facts("fpga-worker", settings.device, facts.extra)
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))

@@ -366,11 +366,13 @@ def status_cmd(as_json, address, **tls) -> None:
         click.echo(json.dumps(status.to_dict()))
         return
     click.echo(f"model {status.model}; scheduler active requests {status.scheduler_active_requests}")
-    click.echo(f"{'id':<10} {'kind':<5} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots")
+    click.echo(f"{'id':<10} {'kind':<5} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots "
+               "kv transports")
     for w in status.workers:
         label = w.backend + (" (emulated)" if w.emulated else "")
         click.echo(f"{w.worker_id:<10} {w.kind:<5} {label:<8} {w.address:<22} {w.pid:>7} "
-                   f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots}")
+                   f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots:<5} "
+                   f"{','.join(w.kv_transports) or '-'}")
     for w in status.workers:
         if w.kind == "fpga" and not w.kv_tokens_required:
             click.echo(f"warning: {w.worker_id} accepts KV transfers without a token (no KV token secret set)")

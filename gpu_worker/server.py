@@ -122,7 +122,8 @@ def serve(settings: GpuWorkerSettings) -> None:
         return WorkerRecord(worker_id=info.worker_id, kind="gpu", backend=info.backend, emulated=int(info.emulated),
                             device_name=info.device_name, address=address, pid=info.pid, model=info.model,
                             slots=info.slots, kv_capacity_bytes=0, kv_free_bytes=0,
-                            kv_bytes_per_token=info.kv_bytes_per_token, http_address=http.address)
+                            kv_bytes_per_token=info.kv_bytes_per_token, http_address=http.address,
+                            kv_transports=",".join(info.kv_transports), host_identity=info.host_identity)
 
     if "nixl" in servicer._sends():  # start the NIXL agent now, not during the first transfer
         from gpu_worker.nixl_writer import local_agent
