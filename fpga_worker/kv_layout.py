@@ -116,12 +116,27 @@ class KvRegion:
                                   f"{self.plan.capacity_tokens}-token KV region")
 
     def write(self, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Relayout a prefill chunk: key, value [1, kv_heads, seq, head_dim] for tokens from seq_start."""
+        """Relayout a prefill chunk: key, value [1, kv_heads, seq, head_dim] for tokens from seq_start.
+
+        Whole 16-token blocks go in block by block, straight from K and V (one copy per byte; a
+        dtype conversion, when needed, is the one extra); a partial block's tokens go row by row.
+        """
         want = (1, self.plan.kv_heads, key.shape[2], self.plan.head_dim)
         if tuple(key.shape) != want or tuple(value.shape) != want:
             raise InvalidArgument(f"KV chunk shapes {tuple(key.shape)}, {tuple(value.shape)}; expected {want}")
         seq = key.shape[2]
         self._check_span(layer, seq_start, seq)
+        full = seq // KV_BLOCK_TOKENS if seq_start % KV_BLOCK_TOKENS == 0 else 0
+        if full:
+            first = seq_start // KV_BLOCK_TOKENS
+            heads, dim, n = self.plan.kv_heads, self.plan.head_dim, full * KV_BLOCK_TOKENS
+            for kind, src in ((K_KIND, key), (V_KIND, value)):
+                blocks = src[0, :, :n].to(self.data.dtype).reshape(heads, full, KV_BLOCK_TOKENS, dim)
+                where = (self._pc[layer][kind, :, first:first + full], self._slot[layer][kind, :, first:first + full])
+                self.data.index_put_(where, blocks)
+            if n == seq:
+                return
+            seq_start, key, value, seq = seq_start + n, key[:, :, n:], value[:, :, n:], seq - n
         tokens = torch.arange(seq_start, seq_start + seq)
         blocks, rows = tokens // KV_BLOCK_TOKENS, tokens % KV_BLOCK_TOKENS
         pc = self._pc[layer][:, :, blocks]  # [2, kv_heads, seq]
