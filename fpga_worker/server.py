@@ -181,7 +181,8 @@ def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> D
         from fpga_worker.xrt_backend import XrtCard, open_pyxrt, weight_image_for
 
         pyxrt = open_pyxrt(settings.xilinx_xrt or None)
-        return XrtCard(weight_image_for(source), pyxrt, settings.device, settings.xclbin, settings.hbm_bytes)
+        return XrtCard(weight_image_for(source), pyxrt, settings.device, settings.xclbin, settings.hbm_bytes,
+                       tag=settings.worker_id or "xrt")
     if settings.numerics == "w4a8":
         import torch
 
