@@ -4,6 +4,8 @@ The target's Info says what it accepts (InfoResponse.kv_transports, host_identit
 kept for CACHE_S per target. `auto`: shm when the target is on this host (equal host identity and
 it offers shm), else nixl when both sides have it, else grpc, which every FPGA worker accepts.
 A forced transport the target does not offer is FAILED_PRECONDITION, naming what it offers.
+Under TLS, `auto` skips nixl: UCX moves the bytes unencrypted between hosts (shm stays on one host,
+in a 0600 segment); `--kv-transport nixl` still forces it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ def sender_transports() -> tuple[str, ...]:
 
 
 class TransportChooser:
-    def __init__(self, wanted: str = "auto", info_timeout_s: float = 5.0):
-        self.wanted, self.info_timeout_s = wanted, info_timeout_s
+    def __init__(self, wanted: str = "auto", info_timeout_s: float = 5.0, tls: bool = False):
+        self.wanted, self.info_timeout_s, self.tls = wanted, info_timeout_s, tls
         self._seen: dict[int, tuple[float, worker_pb2.InfoResponse]] = {}  # id(stub) -> (when, Info)
         self._lock = threading.Lock()
 
@@ -53,7 +55,7 @@ class TransportChooser:
         usable = [t for t in offered if t in sender_transports()
                   and (t != "shm" or (info.host_identity == host_identity() and info.shm_segment))]
         if self.wanted == "auto":
-            for transport in ("shm", "nixl", "grpc"):
+            for transport in ("shm", "grpc") if self.tls else ("shm", "nixl", "grpc"):
                 if transport in usable:
                     return transport
             return "grpc"

@@ -33,7 +33,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.worker_id = worker_id
         self.model_name = model_name
         self._stubs = WorkerStubs(tls)  # to decode targets: mTLS when the worker has a certificate
-        self.transports = TransportChooser(engine.settings.kv_transport)
+        self.transports = TransportChooser(engine.settings.kv_transport, tls=tls.enabled)
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return self._stubs.get(address)
