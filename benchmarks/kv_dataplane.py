@@ -1,6 +1,6 @@
 """KV data-plane benchmarks (issue #15), every figure a ratio of things measured in the same run.
 
-    .venv/bin/python -m benchmarks.kv_dataplane [--quick] [--repeats 3] [--transports shm,nixl,grpc]
+    .venv/bin/python -m benchmarks.kv_dataplane [--quick] [--repeats 3] [--transports shm,nixl,grpc] [--no-smollm]
 
 1. Bulk rate per transport into a live FPGA worker (emulated card, W4A8 numerics: float16 KV at the ABI's
    offsets) with Llama-2-7B-shaped layers (32 layers x 32 KV heads x 128 x 1,536 tokens, float16: 25.2 MB of
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--transports", default="shm,nixl,grpc")
     parser.add_argument("--prompt-tokens", type=int, default=1536)
+    parser.add_argument("--no-smollm", action="store_true", help="skip part 3 (one SmolLM2 cluster per transport)")
     args = parser.parse_args()
     transports = args.transports.split(",")
     layers, tokens, repeats = (4, 256, 1) if args.quick else (32, 1536, args.repeats)
@@ -191,7 +192,7 @@ def main() -> None:
         rows.append(f"| A100-paced replay ({layers} layers every {A100_PREFILL_S / 32 * 1e3:.2f} ms), `{transport}`: "
                     f"exposed / prefill | {exposed / (A100_PREFILL_S * layers / 32):.3f} (exposed "
                     f"{exposed * 1e3:.1f} ms) | <= 0.05 with shm |")
-    smol = transports if not args.quick else ["shm"]
+    smol = [] if args.no_smollm else transports if not args.quick else ["shm"]
     source = models.resolve_model(models.DEFAULT_MODEL)
     tokenizer = models.load_tokenizer(source)
     for transport in smol:
