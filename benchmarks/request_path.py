@@ -1,6 +1,8 @@
 """Request-path benchmarks, all measured in one run on one machine (ratios, since it is shared and noisy).
 
-    .venv/bin/python -m benchmarks.request_path [--prompt-tokens 1536] [--repeats 3]
+    .venv/bin/python -m benchmarks.request_path [--prompt-tokens 1536] [--repeats 3] [--quick]
+
+--quick: a short run (128-token prompt, 1 repeat, 8 decode tokens) that tests/e2e/test_benchmarks_run.py uses.
 
 1. kv_exposed_s / prefill_s on a long prompt (how much of the KV transfer prefill fails to hide).
 2. TransferKV throughput into a live FPGA worker beside raw loopback TCP to another process.
@@ -23,6 +25,7 @@ from glitches import Client, Completion
 from glitches.cluster import ClusterSpec, LocalCluster
 from services import kv_wire, models
 from services.channels import insecure_channel, open_channel
+from services.kv_token import SECRET_ENV, KvTokenIssuer
 from services.tls import PLAINTEXT, TlsConfig
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
@@ -46,22 +49,24 @@ def kv_overlap(client: Client, prompt: str, repeats: int) -> dict:
                 layers_in_time=layers, all_ratios=[round(r[0], 4) for r in rows])
 
 
-def _kv_messages(request_id: str, tokens: int, layers: int, heads: int, dim: int):
+def _kv_messages(request_id: str, tokens: int, layers: int, heads: int, dim: int, kv_token: str = ""):
     k = torch.randn(1, heads, tokens, dim)
     chunks = [c for layer in range(layers) for c in kv_wire.layer_chunks(layer, k, k)]
     header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=tokens, reserve_tokens=tokens + 1,
-                                 num_layers=layers)
+                                 num_layers=layers, kv_token=kv_token)
     messages = [worker_pb2.KvChunk(header=header)] + [worker_pb2.KvChunk(layer=c) for c in chunks]
     messages.append(worker_pb2.KvChunk(end=worker_pb2.KvEnd(num_layers=layers)))
     payload = sum(len(c.key) + len(c.value) for c in chunks)
     return messages, payload, [len(c.key) + len(c.value) for c in chunks]
 
 
-def transfer_kv_gbps(address: str, tokens: int, layers: int, heads: int, dim: int, repeats: int) -> tuple:
+def transfer_kv_gbps(address: str, tokens: int, layers: int, heads: int, dim: int, repeats: int,
+                     token_for=lambda request_id: "") -> tuple:
+    """TransferKV straight into the worker; token_for(request_id) is the KV token the worker requires."""
     stub = worker_pb2_grpc.WorkerStub(insecure_channel(address))
     rates = []
     for i in range(repeats):
-        messages, payload, sizes = _kv_messages(f"bench-{i}", tokens, layers, heads, dim)
+        messages, payload, sizes = _kv_messages(f"bench-{i}", tokens, layers, heads, dim, token_for(f"bench-{i}"))
         started = time.perf_counter()
         stub.TransferKV(iter(messages))
         rates.append(payload / (time.perf_counter() - started) / 1e9)
@@ -185,10 +190,13 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=1536)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="a short run: 128-token prompt, 1 repeat, 8 tokens")
     args = parser.parse_args()
+    if args.quick:
+        args.prompt_tokens, args.repeats, args.decode_tokens = 128, 1, 8
     source = models.resolve_model(models.DEFAULT_MODEL)
     tokenizer = models.load_tokenizer(source)
-    spec = ClusterSpec(gpu_workers=1, fpga_workers=1, port=0)
+    spec = ClusterSpec(gpu_workers=1, fpga_workers=1, port=0, kv_transport="grpc")  # the TransferKV path's figures
     # the same split LocalCluster gives each FPGA worker, so both sides of the ITL ratio use equal threads
     fpga_threads = max(1, (os.cpu_count() or 1) // (spec.gpu_workers + spec.fpga_workers))
     with LocalCluster(spec) as cluster, Client(cluster.address) as client:
@@ -196,8 +204,10 @@ def main() -> None:
         overlap = kv_overlap(client, long_prompt(tokenizer, args.prompt_tokens), args.repeats)
         fpga = next(w for w in client.status().workers if w.kind == "fpga")
         cfg = AutoConfig.from_pretrained(source.path)
+        issuer = KvTokenIssuer(cluster.daemon_env[SECRET_ENV].encode())  # the worker requires the scheduler's tokens
         grpc_gbps, payload, sizes = transfer_kv_gbps(fpga.address, args.prompt_tokens, cfg.num_hidden_layers,
-                                                     cfg.num_key_value_heads, cfg.head_dim, args.repeats)
+                                                     cfg.num_key_value_heads, cfg.head_dim, args.repeats,
+                                                     lambda request_id: issuer.issue(request_id, fpga.worker_id))
         tcp_gbps = raw_tcp_gbps(sizes, args.repeats)
         bare_grpc_gbps = raw_grpc_gbps(sizes, args.repeats)
         itl_s, device = service_itl(client, args.decode_tokens)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from services.errors import FailedPrecondition
+
 
 @dataclass(frozen=True)
 class DeviceFacts:
@@ -25,6 +27,24 @@ class DeviceFacts:
     hbm_bytes: int  # total device memory for weights + KV, bytes
     kv_capacity_bytes: int  # what is left for KV after the weight image, bytes
     extra: dict[str, str] = field(default_factory=dict)  # power, temperature, BDF... where known
+
+
+@dataclass(frozen=True)
+class KvMemory:
+    """The card's memory as the KV data plane sees it: PC p is bytes [p * channel_bytes, (p + 1) * channel_bytes)."""
+
+    memory: torch.Tensor  # uint8 [32 * channel_bytes], the bytes the card decodes from (or its host staging)
+    channel_bytes: int
+    shm_path: str = ""  # a file on /dev/shm a sender on this host may map; "" when not shared
+
+
+@dataclass(frozen=True)
+class KvPlacement:
+    """Where one request's KV region lies (docs/fpga-kernel-abi.md, "KV region")."""
+
+    kv_offset: int  # bytes from the start of every PC
+    plan: "object"  # fpga_worker.kv_layout.KvPlan
+    dtype: torch.dtype  # element type stored in the region
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,25 @@ class DecodeBackend(ABC):
 
     @abstractmethod
     def active_requests(self) -> list[str]: ...
+
+    # --- the KV data plane (TransferKVPlaced); a backend without shareable memory keeps these defaults ---
+    def kv_memory(self) -> KvMemory | None:
+        """The memory senders write KV into directly, or None: this card takes KV only through write_kv."""
+        return None
+
+    def placement(self, request_id: str) -> KvPlacement:
+        """Where the reserved request's region lies in kv_memory()."""
+        raise FailedPrecondition("this card takes KV only through TransferKV (transport grpc)")
+
+    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
+        """A sender wrote tokens [seq_start, seq_start + tokens) of `layer` into the region itself.
+
+        Raises InvalidArgument outside the reservation or over tokens already written.
+        """
+        raise FailedPrecondition("this card takes KV only through TransferKV (transport grpc)")
+
+    def layer_landed(self, request_id: str, layer: int, tokens: int) -> None:
+        """Tokens [0, tokens) of `layer` are all in place (before seal); a backend may start using them."""
 
     def modeled_step_s(self, context_tokens: int) -> float:
         """Modeled card time of one step attending to `context_tokens`, seconds; 0 where nothing is modeled.

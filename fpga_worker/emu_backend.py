@@ -1,47 +1,49 @@
 """The `emu` backend: a software emulator of an FPGA decode card (no card involved).
 
-HBM is modelled as a byte budget of the card's size: the weight image takes its
-share, and each request reserves KV for prompt + max_new_tokens at the card's
-KV precision (float16, as the kernel stores it). A reservation that does not fit
-is refused with RESOURCE_EXHAUSTED.
+HBM is the emulated card's memory (fpga_worker/emu_kv.py): a shared-memory segment with the
+ABI's layout, the weight image's share [0, kv_base) of every pseudo-channel, and one KV space
+of whole blocks above it. Each request reserves a region for prompt + max_new_tokens there
+(rounded up to 512-token units, as on the card); a reservation that does not fit is refused
+with RESOURCE_EXHAUSTED. KV arrives in that region through TransferKV, or is written into it
+by a sender on the same host (TransferKVPlaced, transport shm).
 
-Numerics: "reference" runs the model's own float32 forward pass with
-transformers on the host CPU, so its tokens equal transformers' generate.
+Numerics: "reference" runs the model's own float32 forward pass with transformers on the host
+CPU, so its tokens equal transformers' generate. It keeps the region's elements in float32 (not
+the ABI's float16: KvRegion's reference format) and, as each layer lands, reads the layer out of
+the region into the float32 cache transformers attends from: a second copy on the card side,
+made while prefill still runs, that a real card's kernel does not need.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
-from fpga_worker.request_checks import check_steppable, forget, lookup, request_ids
+from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
+from fpga_worker.emu_kv import EmulatedKvStore
+from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
 from services import models
-from services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 
-KV_DTYPE_ON_CARD = torch.float16
+KV_DTYPE_ON_CARD = torch.float32  # reference numerics: float32 elements in the ABI layout
 # INT4 weights with a float16 scale and min per group of 32: 4 + 32/32 = 5 bits per weight
 WEIGHT_IMAGE_BITS_PER_WEIGHT = 5
 
 
 @dataclass
 class _Request:
-    reserved_bytes: int
     reserve_tokens: int
-    # per layer, K and V [1, H_kv, reserve_tokens, D] float32, allocated at the layer's first chunk
-    keys: list[torch.Tensor | None]
-    values: list[torch.Tensor | None]
-    # per layer, the received token ranges [(start, stop)], checked at seal()
-    ranges: list[list[tuple[int, int]]]
+    # per layer: K and V float32 [1, H_kv, tokens, D] read out of the region once the layer landed
+    landed: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     prompt_tokens: int = 0
-    cache: DynamicCache | None = None  # built at seal() over the first prompt_tokens of keys/values
+    cache: DynamicCache | None = None  # built at seal()
 
 
 class EmulatedCard(DecodeBackend):
-    def __init__(self, source: models.ModelSource, hbm_bytes: int, threads: int = 0):
+    def __init__(self, source: models.ModelSource, hbm_bytes: int, threads: int = 0, tag: str = "fpga"):
         if threads:
             torch.set_num_threads(threads)
         self.model = models.load_causal_lm(source, "cpu", "float32")
@@ -50,84 +52,71 @@ class EmulatedCard(DecodeBackend):
         self._geometry = KvGeometry(config.num_hidden_layers, config.num_key_value_heads, head_dim, KV_DTYPE_ON_CARD)
         n_weights = sum(p.numel() for p in self.model.parameters())
         self.weight_image_bytes = n_weights * WEIGHT_IMAGE_BITS_PER_WEIGHT // 8
-        if self.weight_image_bytes >= hbm_bytes:
-            raise InvalidArgument(f"--hbm-bytes {hbm_bytes} cannot even hold the weight image "
-                                  f"({self.weight_image_bytes} bytes); give a larger HBM size")
         self.hbm_bytes = hbm_bytes
+        self.kv = EmulatedKvStore(hbm_bytes, -(-self.weight_image_bytes // HBM_CHANNELS), config.num_hidden_layers,
+                                  config.num_key_value_heads, head_dim, KV_DTYPE_ON_CARD, tag)
         self._requests: dict[str, _Request] = {}
-        self._lock = threading.Lock()  # guards _requests and the byte budget
+        self._lock = threading.Lock()  # guards _requests
         self._compute_lock = threading.Lock()  # one kernel step at a time, like one card
 
     def facts(self) -> DeviceFacts:
         return DeviceFacts(backend="emu", emulated=True,
                            device_name="software emulator of an Alveo U280 decode card (no card)",
-                           hbm_bytes=self.hbm_bytes, kv_capacity_bytes=self.hbm_bytes - self.weight_image_bytes,
-                           extra={"numerics": "reference"})
+                           hbm_bytes=self.hbm_bytes, kv_capacity_bytes=self.kv.capacity_bytes,
+                           extra={"numerics": "reference", "kv_dtype": "float32"})
 
     def geometry(self) -> KvGeometry:
         return self._geometry
 
     def kv_free_bytes(self) -> int:
-        with self._lock:
-            used = sum(r.reserved_bytes for r in self._requests.values())
-        return self.hbm_bytes - self.weight_image_bytes - used
+        return self.kv.free_bytes()
+
+    def kv_granularity_tokens(self) -> int:
+        return HBM_CHANNELS * KV_BLOCK_TOKENS  # regions hold whole 512-token units
 
     def reserve(self, request_id: str, max_tokens: int) -> None:
-        need = max_tokens * self._geometry.bytes_per_token
+        self.kv.reserve(request_id, max_tokens)  # AlreadyExists / ResourceExhausted
         with self._lock:
-            if request_id in self._requests:
-                raise AlreadyExists(f"request {request_id} already holds KV on this card")
-            free = self.hbm_bytes - self.weight_image_bytes - sum(r.reserved_bytes for r in self._requests.values())
-            if need > free:
-                raise ResourceExhausted(f"KV for {max_tokens} tokens needs {need} bytes of HBM but only {free} "
-                                        "are free on this card; use fewer tokens or another worker")
-            layers = self._geometry.num_layers
-            self._requests[request_id] = _Request(need, max_tokens, [None] * layers, [None] * layers,
-                                                  [[] for _ in range(layers)])
+            self._requests[request_id] = _Request(max_tokens)
 
     def _get(self, request_id: str) -> _Request:
         return lookup(self._requests, self._lock, request_id)
 
     def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        request = self._get(request_id)
-        g = self._geometry
-        if not 0 <= layer < g.num_layers:
-            raise InvalidArgument(f"layer {layer} is out of range: the model has {g.num_layers} layers")
-        expected = (1, g.kv_heads, key.shape[2], g.head_dim)
-        if tuple(key.shape) != expected or tuple(value.shape) != expected:
-            raise InvalidArgument(f"layer {layer}: K/V shape {tuple(key.shape)} does not match the model's "
-                                  f"[1, {g.kv_heads}, seq, {g.head_dim}]")
-        if seq_start + key.shape[2] > request.reserve_tokens:
-            raise InvalidArgument(f"layer {layer}: tokens {seq_start}..{seq_start + key.shape[2]} lie beyond the "
-                                  f"{request.reserve_tokens} tokens reserved")
-        if request.keys[layer] is None:
-            shape = (1, g.kv_heads, request.reserve_tokens, g.head_dim)
-            request.keys[layer] = torch.empty(shape, dtype=torch.float32)
-            request.values[layer] = torch.empty(shape, dtype=torch.float32)
-        stop = seq_start + key.shape[2]
-        request.keys[layer][:, :, seq_start:stop].copy_(key)  # the one copy, like a DMA into HBM
-        request.values[layer][:, :, seq_start:stop].copy_(value)
-        request.ranges[layer].append((seq_start, stop))
+        self._get(request_id)
+        self.kv.write(request_id, layer, seq_start, key, value)
+
+    def kv_memory(self) -> KvMemory | None:
+        return self.kv.memory()
+
+    def placement(self, request_id: str) -> KvPlacement:
+        return self.kv.placement(request_id)
+
+    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
+        self._get(request_id)
+        self.kv.mark_written(request_id, layer, seq_start, tokens)
+
+    def layer_landed(self, request_id: str, layer: int, tokens: int) -> None:
+        request, held = self._get(request_id), self.kv.get(request_id)
+        if not held.written[layer, :tokens].all():
+            return  # seal() reports what is missing
+        key, value = held.region.read(layer, tokens)  # float32 [H_kv, tokens, D]
+        request.landed[layer] = (key.unsqueeze(0), value.unsqueeze(0))
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
-        request = self._get(request_id)
+        request, held = self._get(request_id), self.kv.get(request_id)
+        check_sealable(held.written, prompt_tokens, held.region.plan.capacity_tokens)
         cache = DynamicCache(config=self.model.config)
-        for layer, ranges in enumerate(request.ranges):
-            covered = 0
-            for start, stop in sorted(ranges):
-                if start != covered:
-                    raise InvalidArgument(f"layer {layer}: KV chunks leave a gap or overlap at token {covered}")
-                covered = stop
-            if covered != prompt_tokens:
-                raise InvalidArgument(f"layer {layer}: received {covered} tokens of KV, expected {prompt_tokens}")
-            # hand transformers views on the stored KV instead of copying it through update()
-            key = request.keys[layer][:, :, :prompt_tokens]
-            value = request.values[layer][:, :, :prompt_tokens]
+        for layer in range(self._geometry.num_layers):
+            key, value = request.landed.get(layer) or (None, None)
+            if key is None or key.shape[2] != prompt_tokens:
+                self.layer_landed(request_id, layer, prompt_tokens)
+                key, value = request.landed[layer]
             cache.layers[layer].lazy_initialization(key, value)
             cache.layers[layer].keys, cache.layers[layer].values = key, value
         request.prompt_tokens = prompt_tokens
         request.cache = cache
-        request.keys = request.values = []  # the cache's views keep what is needed alive
+        request.landed = {}
 
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
         request = self._get(request_id)
@@ -139,7 +128,8 @@ class EmulatedCard(DecodeBackend):
         return out.logits[0, -1].float()
 
     def release(self, request_id: str) -> bool:
-        return forget(self._requests, self._lock, request_id)
+        known = forget(self._requests, self._lock, request_id)
+        return self.kv.release(request_id) or known
 
     def active_requests(self) -> list[str]:
         return request_ids(self._requests, self._lock)

@@ -28,12 +28,13 @@ class KvPlan:
     kv_heads: int
     head_dim: int
     capacity_tokens: int  # tokens the region can hold (prompt + generated)
+    element_bytes: int = KV_ELEMENT_BYTES  # 2 (float16, the ABI); 4 only for float32 reference numerics
 
     @classmethod
-    def for_model(cls, dims: ModelDims, capacity_tokens: int) -> "KvPlan":
+    def for_model(cls, dims: ModelDims, capacity_tokens: int, element_bytes: int = KV_ELEMENT_BYTES) -> "KvPlan":
         if capacity_tokens < 1:
             raise InvalidArgument(f"KV capacity must be at least 1 token, got {capacity_tokens}")
-        return cls(dims.num_layers, dims.kv_heads, dims.head_dim, capacity_tokens)
+        return cls(dims.num_layers, dims.kv_heads, dims.head_dim, capacity_tokens, element_bytes)
 
     @property
     def lanes(self) -> int:
@@ -46,7 +47,7 @@ class KvPlan:
 
     @property
     def block_bytes(self) -> int:
-        return KV_BLOCK_TOKENS * self.head_dim * KV_ELEMENT_BYTES
+        return KV_BLOCK_TOKENS * self.head_dim * self.element_bytes
 
     @property
     def region_bytes_per_channel(self) -> int:
@@ -55,12 +56,34 @@ class KvPlan:
     def lane(self, layer: int, head: int, kind: int) -> int:
         return (layer * self.kv_heads + head) * 2 + kind
 
+    def layer_slots(self, layer: int) -> tuple[int, int]:
+        """[first, stop) block slots of one layer's lanes in every PC: contiguous, since a layer's 2 x kv_heads
+        lanes are consecutive and each lane's slots are back to back."""
+        first = self.lane(layer, 0, K_KIND) * self.slots_per_lane
+        return first, first + 2 * self.kv_heads * self.slots_per_lane
+
     def address(self, kv_offset: int, layer: int, head: int, kind: int, token: int) -> tuple[int, int]:
         """(PC, byte offset inside the PC) of element 0 of one token's K or V vector."""
         u, b = self.lane(layer, head, kind), token // KV_BLOCK_TOKENS
         slot = u * self.slots_per_lane + b // HBM_CHANNELS
         row = token % KV_BLOCK_TOKENS
-        return (u + b) % HBM_CHANNELS, kv_offset + slot * self.block_bytes + row * self.head_dim * KV_ELEMENT_BYTES
+        return (u + b) % HBM_CHANNELS, kv_offset + slot * self.block_bytes + row * self.head_dim * self.element_bytes
+
+
+def region_view(memory: torch.Tensor, channel_bytes: int, kv_offset: int, plan: KvPlan,
+                dtype: torch.dtype) -> torch.Tensor:
+    """One request's region inside a card's memory, as KvRegion.data wants it.
+
+    memory: uint8 [32 * channel_bytes], PC p at bytes [p * channel_bytes, (p + 1) * channel_bytes).
+    Returns a view (no copy) [32 PCs, lanes * slots_per_lane, 16, head_dim] of `dtype`.
+    """
+    size = plan.region_bytes_per_channel
+    if memory.numel() != HBM_CHANNELS * channel_bytes or not 0 <= kv_offset <= channel_bytes - size:
+        raise InvalidArgument(f"KV region [{kv_offset}, {kv_offset + size}) does not fit {channel_bytes}-byte PCs")
+    if torch.finfo(dtype).bits // 8 != plan.element_bytes:
+        raise InvalidArgument(f"a {dtype} region needs a plan of {torch.finfo(dtype).bits // 8}-byte elements")
+    per_pc = memory.view(HBM_CHANNELS, channel_bytes)[:, kv_offset: kv_offset + size]
+    return per_pc.view(dtype).view(HBM_CHANNELS, plan.lanes * plan.slots_per_lane, KV_BLOCK_TOKENS, plan.head_dim)
 
 
 class KvRegion:
@@ -70,10 +93,15 @@ class KvRegion:
     ABI; float32 only for the kernel's reference numerics, which is not an ABI format).
     """
 
-    def __init__(self, plan: KvPlan, dtype: torch.dtype = torch.float16):
+    def __init__(self, plan: KvPlan, dtype: torch.dtype = torch.float16, data: torch.Tensor | None = None):
+        """data: the region inside the card's memory (region_view); None allocates a private one."""
         self.plan = plan
-        self.data = torch.zeros(HBM_CHANNELS, plan.lanes * plan.slots_per_lane, KV_BLOCK_TOKENS, plan.head_dim,
-                                dtype=dtype)
+        shape = (HBM_CHANNELS, plan.lanes * plan.slots_per_lane, KV_BLOCK_TOKENS, plan.head_dim)
+        if data is None:
+            data = torch.zeros(shape, dtype=dtype)
+        elif tuple(data.shape) != shape or data.dtype != dtype:
+            raise InvalidArgument(f"KV region memory {tuple(data.shape)} {data.dtype}; expected {shape} {dtype}")
+        self.data = data
         blocks = torch.arange(plan.slots_per_lane * HBM_CHANNELS)  # every block index the capacity allows
         # per layer: PC and slot of every (kind, head, block): [num_layers, 2, kv_heads, blocks]
         lanes = torch.arange(plan.lanes).view(plan.num_layers, plan.kv_heads, 2).transpose(1, 2)
@@ -88,12 +116,27 @@ class KvRegion:
                                   f"{self.plan.capacity_tokens}-token KV region")
 
     def write(self, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Relayout a prefill chunk: key, value [1, kv_heads, seq, head_dim] for tokens from seq_start."""
+        """Relayout a prefill chunk: key, value [1, kv_heads, seq, head_dim] for tokens from seq_start.
+
+        Whole 16-token blocks go in block by block, straight from K and V (one copy per byte; a
+        dtype conversion, when needed, is the one extra); a partial block's tokens go row by row.
+        """
         want = (1, self.plan.kv_heads, key.shape[2], self.plan.head_dim)
         if tuple(key.shape) != want or tuple(value.shape) != want:
             raise InvalidArgument(f"KV chunk shapes {tuple(key.shape)}, {tuple(value.shape)}; expected {want}")
         seq = key.shape[2]
         self._check_span(layer, seq_start, seq)
+        full = seq // KV_BLOCK_TOKENS if seq_start % KV_BLOCK_TOKENS == 0 else 0
+        if full:
+            first = seq_start // KV_BLOCK_TOKENS
+            heads, dim, n = self.plan.kv_heads, self.plan.head_dim, full * KV_BLOCK_TOKENS
+            for kind, src in ((K_KIND, key), (V_KIND, value)):
+                blocks = src[0, :, :n].to(self.data.dtype).reshape(heads, full, KV_BLOCK_TOKENS, dim)
+                where = (self._pc[layer][kind, :, first:first + full], self._slot[layer][kind, :, first:first + full])
+                self.data.index_put_(where, blocks)
+            if n == seq:
+                return
+            seq_start, key, value, seq = seq_start + n, key[:, :, n:], value[:, :, n:], seq - n
         tokens = torch.arange(seq_start, seq_start + seq)
         blocks, rows = tokens // KV_BLOCK_TOKENS, tokens % KV_BLOCK_TOKENS
         pc = self._pc[layer][:, :, blocks]  # [2, kv_heads, seq]

@@ -8,12 +8,14 @@ import os
 from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
 from fpga_worker.kv_notify import NotifyingBackend
+from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
 from fpga_worker.settings import FpgaWorkerSettings
-from services import grammar, metrics, models
+from services import grammar, metrics, models, nixl_loader
 from services.daemon import configure_logging, run_until_signalled
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
+from services.host_identity import host_identity
 from services.kv_token import SECRET_ENV, KvTokenVerifier
 from services.observability import DaemonHttp, publish_device_facts, worker_ready_check
 from services.peer_roles import worker_role_check
@@ -28,8 +30,19 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
     def __init__(self, backend: DecodeBackend, tokenizer, worker_id: str, model_name: str, slots: int,
-                 kv_tokens: KvTokenVerifier | None = None):
+                 kv_tokens: KvTokenVerifier | None = None, kv_transport: str = "auto",
+                 limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64)):
+        """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream."""
         self.backend = backend
+        self.header_s, self.stall_s, max_streams = limits
+        self.kv_streams = StreamBudget(max_streams)
+        self.kv_transports = accepted_transports(backend, kv_transport)
+        self.nixl = None  # fpga_worker.kv_nixl.NixlKvReceiver when nixl is accepted
+        if "nixl" in self.kv_transports:
+            from fpga_worker.kv_nixl import NixlKvReceiver
+
+            self.nixl = NixlKvReceiver(backend.kv_memory(), worker_id or "fpga")
+        self._placed_via: dict[str, str] = {}  # request id -> transport, while its TransferKVPlaced runs
         self.tokenizer = tokenizer
         self.worker_id = worker_id
         self.model_name = model_name
@@ -46,7 +59,13 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             emulated=facts.emulated, device_name=facts.device_name, model=self.model_name, slots=self.slots,
             active_requests=len(self.backend.active_requests()), kv_capacity_bytes=facts.kv_capacity_bytes,
             kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,
-            pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None)
+            pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None, kv_transports=self.kv_transports,
+            host_identity=host_identity(), shm_segment=self._shm_path(),
+            nixl_agent=self.nixl.name if self.nixl is not None else "")
+
+    def _shm_path(self) -> str:
+        memory = self.backend.kv_memory() if "shm" in self.kv_transports else None
+        return memory.shm_path if memory is not None else ""
 
     def Info(self, request, context):
         return self.info()
@@ -59,10 +78,61 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.kv_tokens.check(header.kv_token, header.request_id, self.worker_id)
 
     def TransferKV(self, request_iterator, context):
-        received = kv_receiver.receive(self.backend, request_iterator, self._authorize)
+        with self.kv_streams.slot():  # RESOURCE_EXHAUSTED at once beyond the budget
+            messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
+            received = kv_receiver.receive(self.backend, messages, self._authorize)
         metrics.KV_RECEIVED_BYTES.inc(received.kv_bytes)
         return worker_pb2.TransferKVResponse(kv_bytes=received.kv_bytes,
                                              layer_received_unix_s=received.layer_received_unix_s)
+
+    def _place(self, header: worker_pb2.KvHeader, request_id: str) -> worker_pb2.KvPlacement:
+        transport = header.kv_transport
+        if transport not in self.kv_transports or transport == "grpc":
+            raise FailedPrecondition(f"this worker takes KV by {', '.join(self.kv_transports)}; "
+                                     f"TransferKVPlaced needs shm or nixl, got {transport or 'none'!r}")
+        if transport == "shm" and header.host_identity != host_identity():
+            raise FailedPrecondition("transport shm needs the sender on this worker's host (and /dev/shm); "
+                                     "the sender's host identity differs: use nixl or grpc")
+        memory, where = self.backend.kv_memory(), self.backend.placement(request_id)
+        plan = where.plan
+        placement = worker_pb2.KvPlacement(
+            kv_transport=transport, kv_offset=where.kv_offset, channel_bytes=memory.channel_bytes,
+            region_bytes_per_channel=plan.region_bytes_per_channel, capacity_tokens=plan.capacity_tokens,
+            num_layers=plan.num_layers, kv_heads=plan.kv_heads, head_dim=plan.head_dim,
+            dtype=str(where.dtype).removeprefix("torch."), shm_path=memory.shm_path,
+            shm_bytes=memory.memory.numel())
+        self._placed_via[request_id] = transport
+        if transport == "nixl":  # exactly the request's region: NIXL refuses WRITEs anywhere else
+            placement.nixl_agent_metadata = self.nixl.register(request_id, where.kv_offset,
+                                                               plan.region_bytes_per_channel)
+            placement.nixl_agent_name, placement.nixl_base_address = self.nixl.name, self.nixl.base_address
+        return placement
+
+    def _landed(self, request_id: str, layer: int, tokens: int) -> None:
+        if self._placed_via.get(request_id) == "nixl":
+            self.nixl.wait_written(request_id, layer)  # its WRITE's notification, or INVALID_ARGUMENT
+
+    def TransferKVPlaced(self, request_iterator, context):
+        with self.kv_streams.slot():
+            placed: list[str] = []  # the request id, once reserved and placed
+
+            def place(header: worker_pb2.KvHeader, request_id: str) -> worker_pb2.KvPlacement:
+                placed.append(request_id)
+                return self._place(header, request_id)
+
+            messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
+            replies = kv_receiver.receive_placed(self.backend, messages, self._authorize, place, self._landed)
+            try:
+                for reply in replies:
+                    if reply.WhichOneof("body") == "done":
+                        metrics.KV_RECEIVED_BYTES.inc(reply.done.kv_bytes)
+                    yield reply
+            finally:
+                replies.close()  # a sender that went away: the receiver releases the reservation
+                for request_id in placed:  # whatever the outcome, no NIXL registration outlives its stream
+                    self._placed_via.pop(request_id, None)
+                    if self.nixl is not None:
+                        self.nixl.deregister(request_id)
 
     def Decode(self, request, context):
         sampling = Sampling.from_proto(request.sampling)
@@ -93,12 +163,28 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.ReleaseResponse(released=self.backend.release(request.request_id))
 
 
+def accepted_transports(backend: DecodeBackend, wanted: str) -> list[str]:
+    """The KV transports this worker takes, best first: grpc always; shm where the card's memory is a
+    shared segment; nixl where the card exposes its KV memory and NIXL imports."""
+    memory = backend.kv_memory()
+    available = ["shm"] if memory is not None and memory.shm_path else []
+    if memory is not None and nixl_loader.available():
+        available.append("nixl")
+    if wanted == "auto":
+        return available + ["grpc"]
+    if wanted != "grpc" and wanted not in available:
+        raise FailedPrecondition(f"--kv-transport {wanted}: this backend cannot take KV that way "
+                                 f"(available: {', '.join(available + ['grpc'])})")
+    return ([wanted] if wanted != "grpc" else []) + ["grpc"]
+
+
 def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> DecodeBackend:
     if settings.backend == "xrt":  # a card or a clear error; never the emulator in its place
         from fpga_worker.xrt_backend import XrtCard, open_pyxrt, weight_image_for
 
         pyxrt = open_pyxrt(settings.xilinx_xrt or None)
-        return XrtCard(weight_image_for(source), pyxrt, settings.device, settings.xclbin, settings.hbm_bytes)
+        return XrtCard(weight_image_for(source), pyxrt, settings.device, settings.xclbin, settings.hbm_bytes,
+                       tag=settings.worker_id or "xrt")
     if settings.numerics == "w4a8":
         import torch
 
@@ -106,10 +192,10 @@ def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> D
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        return W4A8EmulatedCard.from_source(source, settings.hbm_bytes)
+        return W4A8EmulatedCard.from_source(source, settings.hbm_bytes, tag=settings.worker_id or "fpga")
     from fpga_worker.emu_backend import EmulatedCard
 
-    return EmulatedCard(source, settings.hbm_bytes, settings.threads)
+    return EmulatedCard(source, settings.hbm_bytes, settings.threads, tag=settings.worker_id or "fpga")
 
 
 def serve(settings: FpgaWorkerSettings) -> None:
@@ -124,9 +210,11 @@ def serve(settings: FpgaWorkerSettings) -> None:
                     "anyone who reaches its port; give it and the scheduler the same %s (or "
                     "--kv-token-secret-file)", SECRET_ENV)
     servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots,
-                                  kv_tokens)
+                                  kv_tokens, settings.kv_transport,
+                                  (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams))
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,), metrics_role="fpga-worker", tls=settings.tls(),
+                          (SERVICE_NAME,), max_workers=32 + settings.max_kv_streams,
+                          metrics_role="fpga-worker", tls=settings.tls(),
                           auth=worker_role_check(settings.tls(), settings.tls_peer_roles))
     servicer.worker_id = settings.id_for("fpga", server.port)
     address = settings.address_for(server.port)
@@ -139,7 +227,9 @@ def serve(settings: FpgaWorkerSettings) -> None:
                             kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
                             http_address=http.address, kv_granularity_tokens=backend.kv_granularity_tokens(),
                             kv_block_bytes=block_bytes, kv_free_blocks=info.kv_free_bytes // block_bytes,
-                            kv_tokens_required=int(info.kv_tokens_required))
+                            kv_tokens_required=int(info.kv_tokens_required),
+                            kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
+                            shm_segment=info.shm_segment, nixl_agent=info.nixl_agent)
 
     block_bytes = backend.geometry().block_bytes
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
@@ -149,6 +239,8 @@ def serve(settings: FpgaWorkerSettings) -> None:
     metrics.ACTIVE_REQUESTS.of("fpga-worker").set_function(lambda: len(backend.active_requests()))
     metrics.SLOTS.of("fpga-worker").set(settings.slots)
     metrics.KV_FREE_BYTES.set_function(backend.kv_free_bytes)
+    metrics.KV_STREAMS.set_function(lambda: servicer.kv_streams.active)
+    metrics.KV_NIXL_REGISTRATIONS.set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)
     metrics.KV_CAPACITY_BYTES.set(facts.kv_capacity_bytes)
     publish_device_facts("fpga-worker", settings.device, facts.extra)
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))

@@ -10,6 +10,7 @@ from services.settings import DaemonSettings
 U280_HBM_BYTES = 8 * 1024**3  # 8 GiB of HBM2 on an Alveo U280
 BACKENDS = ("emu", "xrt")
 NUMERICS = ("reference", "w4a8")
+KV_TRANSPORTS = ("auto", "shm", "nixl", "grpc")  # what --kv-transport accepts (gpu and fpga workers)
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class FpgaWorkerSettings(DaemonSettings):
     xclbin: str = ""  # xrt backend: path of the decode bitstream (kernel glitches_decode)
     xilinx_xrt: str = ""  # xrt backend: $XILINX_XRT as the CLI read it; empty = unset
     kv_token_secret: bytes = field(default=b"", repr=False)  # shared with the scheduler; b"": KV unauthenticated
+    kv_transport: str = "auto"  # KV data planes accepted besides grpc: auto = every one available here
+    kv_header_timeout_s: float = 2.0  # a KV stream's header must arrive within this, seconds
+    kv_stall_timeout_s: float = 30.0  # longest gap between two messages of one KV stream, seconds
+    max_kv_streams: int = 64  # KV streams served at once; the gRPC pool gets this many threads on top of 32
 
     def __post_init__(self):
         super().__post_init__()
@@ -35,3 +40,11 @@ class FpgaWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--hbm-bytes must be positive, got {self.hbm_bytes}")
         if self.slots < 1:
             raise InvalidArgument(f"--slots must be at least 1, got {self.slots}")
+        if self.kv_transport not in KV_TRANSPORTS:
+            raise InvalidArgument(f"--kv-transport must be one of {', '.join(KV_TRANSPORTS)}, got {self.kv_transport!r}")
+        if not 0 < self.kv_header_timeout_s <= 2.0:
+            raise InvalidArgument(f"--kv-header-timeout-s must be in (0, 2], got {self.kv_header_timeout_s}")
+        if self.kv_stall_timeout_s <= 0:
+            raise InvalidArgument(f"--kv-stall-timeout-s must be positive, got {self.kv_stall_timeout_s}")
+        if self.max_kv_streams < 1:
+            raise InvalidArgument(f"--max-kv-streams must be at least 1, got {self.max_kv_streams}")

@@ -1,9 +1,11 @@
 """An emulated decode card running the W4A8 kernel: the DecodeBackend interface over DecodeKernel.
 
-HBM is modelled by its ABI layout: the weight image takes [0, kv_base) of every
-pseudo-channel (PC), and each request gets one KV region at the same offset in every
-PC, placed first-fit in [kv_base, PC size). Regions hold whole 512-token units (32 PCs
-x 16-token blocks), so a reservation rounds up. No card is involved: `facts()` says so.
+HBM is modelled by its ABI layout (fpga_worker/emu_kv.py, the same KV store as the reference
+emulator): the weight image takes [0, kv_base) of every pseudo-channel (PC), and each request
+gets one KV region at the same offset in every PC, placed first-fit in [kv_base, PC size) by
+the one KV space (hbm_manager.KvSpace), inside a shared-memory segment a same-host sender can
+write into. Regions hold whole 512-token units (32 PCs x 16-token blocks), so a reservation
+rounds up. No card is involved: `facts()` says so.
 """
 
 from __future__ import annotations
@@ -14,53 +16,53 @@ from dataclasses import dataclass
 import torch
 
 from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
-from fpga_worker.kv_layout import KvPlan, KvRegion
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
+from fpga_worker.emu_kv import EmulatedKvStore
 from fpga_worker.w4a8_kernel import DecodeKernel
 from fpga_worker.weight_image import WeightImage, build_from_gguf, build_from_state_dict
 from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
-from services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from services.errors import InvalidArgument
 
 
 @dataclass
 class _Request:
-    kv_offset: int  # bytes from the start of every PC
-    region: KvRegion
-    written: torch.Tensor  # bool [num_layers, capacity_tokens]: which tokens' KV has arrived
     prompt_tokens: int | None = None  # set by seal()
 
 
 class W4A8EmulatedCard(DecodeBackend):
-    def __init__(self, image: WeightImage, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4):
+    def __init__(self, image: WeightImage, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4, tag: str = "fpga"):
         if hbm_bytes % HBM_CHANNELS:
             raise InvalidArgument(f"--hbm-bytes {hbm_bytes} must split evenly over {HBM_CHANNELS} pseudo-channels")
         self.channel_bytes = hbm_bytes // HBM_CHANNELS
         if image.kv_base >= self.channel_bytes:
             raise InvalidArgument(f"--hbm-bytes {hbm_bytes} cannot hold the {image.weight_bytes}-byte weight image")
         self.image, self.hbm_bytes = image, hbm_bytes
+        d = image.dims
+        self.kv = EmulatedKvStore(hbm_bytes, image.kv_base, d.num_layers, d.kv_heads, d.head_dim, torch.float16, tag)
         self.kernel = DecodeKernel.from_image(image, prefetch_ratio)
         from fpga_worker.timing_model import calibrate
 
         calibrate()  # fit the timing model once (~1 s) now rather than on the first decode step
         self._requests: dict[str, _Request] = {}
-        self._lock = threading.Lock()  # guards _requests and the KV address space
+        self._lock = threading.Lock()  # guards _requests
         self._compute_lock = threading.Lock()  # one kernel step at a time, like one card
 
     @classmethod
-    def from_source(cls, source, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4) -> "W4A8EmulatedCard":
+    def from_source(cls, source, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4,
+                    tag: str = "fpga") -> "W4A8EmulatedCard":
         """From a services.models.ModelSource: its GGUF when it has one (exact blocks), else its float weights."""
         if source.gguf_file is not None:
-            return cls(build_from_gguf(source.gguf_file), hbm_bytes, prefetch_ratio)
+            return cls(build_from_gguf(source.gguf_file), hbm_bytes, prefetch_ratio, tag)
         from services.models import load_causal_lm
 
         model = load_causal_lm(source, "cpu", "float32")
-        return cls(build_from_state_dict(model.config, model.state_dict()), hbm_bytes, prefetch_ratio)
+        return cls(build_from_state_dict(model.config, model.state_dict()), hbm_bytes, prefetch_ratio, tag)
 
     def facts(self) -> DeviceFacts:
         return DeviceFacts(
             backend="emu", emulated=True,
             device_name="software emulator of an Alveo U280 decode card (no card), W4A8 kernel",
-            hbm_bytes=self.hbm_bytes, kv_capacity_bytes=self.hbm_bytes - self.image.weight_bytes,
+            hbm_bytes=self.hbm_bytes, kv_capacity_bytes=self.kv.capacity_bytes,
             extra={"numerics": "w4a8", "kv_dtype": "float16", "abi_version": "1",
                    "weight_image_bytes": str(self.image.weight_bytes),
                    "prefetch_ratio": str(self.kernel.prefetch_ratio)},
@@ -73,53 +75,41 @@ class W4A8EmulatedCard(DecodeBackend):
     def kv_granularity_tokens(self) -> int:
         return HBM_CHANNELS * KV_BLOCK_TOKENS  # regions hold whole 512-token units
 
-    def _gaps(self) -> list[tuple[int, int]]:
-        """Free (offset, bytes) ranges of the per-PC KV space, in address order."""
-        taken = sorted((r.kv_offset, r.region.plan.region_bytes_per_channel) for r in self._requests.values())
-        gaps, cursor = [], self.image.kv_base
-        for offset, size in taken + [(self.channel_bytes, 0)]:
-            if offset > cursor:
-                gaps.append((cursor, offset - cursor))
-            cursor = max(cursor, offset + size)
-        return gaps
-
     def kv_free_bytes(self) -> int:
-        with self._lock:
-            return HBM_CHANNELS * sum(size for _, size in self._gaps())
+        return self.kv.free_bytes()
 
     def reserve(self, request_id: str, max_tokens: int) -> None:
-        plan = KvPlan.for_model(self.image.dims, max_tokens)
-        need = plan.region_bytes_per_channel
+        self.kv.reserve(request_id, max_tokens)  # AlreadyExists / ResourceExhausted
         with self._lock:
-            if request_id in self._requests:
-                raise AlreadyExists(f"request {request_id} already holds KV on this card")
-            offset = next((start for start, size in self._gaps() if size >= need), None)
-            if offset is None:
-                largest = max((size for _, size in self._gaps()), default=0)
-                raise ResourceExhausted(
-                    f"KV for {max_tokens} tokens needs {need * HBM_CHANNELS} bytes of HBM in one region but the "
-                    f"largest free region is {largest * HBM_CHANNELS} bytes; use fewer tokens or another worker")
-            written = torch.zeros(plan.num_layers, plan.capacity_tokens, dtype=torch.bool)
-            self._requests[request_id] = _Request(offset, KvRegion(plan, torch.float16), written)
+            self._requests[request_id] = _Request()
 
     def _get(self, request_id: str) -> _Request:
         return lookup(self._requests, self._lock, request_id)
 
     def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        request = self._get(request_id)
-        request.region.write(layer, seq_start, key, value)  # validates layer, shapes and span
-        request.written[layer, seq_start: seq_start + key.shape[2]] = True
+        self._get(request_id)
+        self.kv.write(request_id, layer, seq_start, key, value)
+
+    def kv_memory(self) -> KvMemory | None:
+        return self.kv.memory()
+
+    def placement(self, request_id: str) -> KvPlacement:
+        return self.kv.placement(request_id)
+
+    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
+        self._get(request_id)
+        self.kv.mark_written(request_id, layer, seq_start, tokens)
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
-        request = self._get(request_id)
-        check_sealable(request.written, prompt_tokens, request.region.plan.capacity_tokens)
+        request, held = self._get(request_id), self.kv.get(request_id)
+        check_sealable(held.written, prompt_tokens, held.region.plan.capacity_tokens)
         request.prompt_tokens = prompt_tokens
 
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
-        request = self._get(request_id)
-        check_steppable(request_id, request.prompt_tokens is not None, position, request.region.plan.capacity_tokens)
+        request, held = self._get(request_id), self.kv.get(request_id)
+        check_steppable(request_id, request.prompt_tokens is not None, position, held.region.plan.capacity_tokens)
         with self._compute_lock:
-            return self.kernel.step(request.region, token_id, position)
+            return self.kernel.step(held.region, token_id, position)
 
     def modeled_step_s(self, context_tokens: int) -> float:
         """The U280 timing model's seconds for this step (fpga_worker/timing_model.py): modeled, not measured."""
@@ -128,7 +118,8 @@ class W4A8EmulatedCard(DecodeBackend):
         return modeled_step_s(self.image.dims, context_tokens, self.kernel.prefetch_ratio, calibrate())
 
     def release(self, request_id: str) -> bool:
-        return forget(self._requests, self._lock, request_id)
+        known = forget(self._requests, self._lock, request_id)
+        return self.kv.release(request_id) or known
 
     def active_requests(self) -> list[str]:
         return request_ids(self._requests, self._lock)

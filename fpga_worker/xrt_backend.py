@@ -8,6 +8,10 @@ Host protocol (docs/fpga-kernel-abi.md):
   to bytes [0, kv_base) of every PC, once.
 - TransferKV: each chunk is written and synced to its ABI addresses as it arrives,
   so the host-to-card copy overlaps prefill.
+- TransferKVPlaced (transport shm): the host staging area is a shared-memory segment of the
+  card's HBM size in the ABI's layout; a same-host sender writes a layer into it, and its notice
+  makes the worker bo.write + bo.sync exactly the noticed bytes (one contiguous run per lane and
+  block residue, i.e. per PC) to the card.
 - one kernel run per decode token; the result buffer is synced back and read.
 
 There is no fallback: without pyxrt, XRT or the card, `open_pyxrt` / `XrtCard`
@@ -25,7 +29,8 @@ import numpy as np
 import torch
 
 from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS, KernelStatus, OutputMode
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
+from fpga_worker.hbm_segment import HbmSegment
 from fpga_worker.hbm_manager import KvSpace
 from fpga_worker.kv_layout import K_KIND, V_KIND, KvPlan
 from fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
@@ -88,7 +93,8 @@ class _Request:
 
 
 class XrtCard(DecodeBackend):
-    def __init__(self, image: WeightImage, pyxrt, device: str, xclbin: str, hbm_bytes: int = HBM_BYTES):
+    def __init__(self, image: WeightImage, pyxrt, device: str, xclbin: str, hbm_bytes: int = HBM_BYTES,
+                 tag: str = "xrt"):
         if hbm_bytes % HBM_CHANNELS:
             raise InvalidArgument(f"--hbm-bytes {hbm_bytes} must split evenly over {HBM_CHANNELS} pseudo-channels")
         self.image, self.pyxrt, self.hbm_bytes, self.xclbin_path = image, pyxrt, hbm_bytes, xclbin
@@ -110,6 +116,7 @@ class XrtCard(DecodeBackend):
             bo.sync(self._to_device, image.kv_base, 0)
         self._requests: dict[str, _Request] = {}
         self._lock = threading.Lock()  # guards _requests
+        self.staging = HbmSegment(hbm_bytes, tag)  # host staging for senders on this host (transport shm)
         self._run_lock = threading.Lock()  # one kernel run at a time: the argument and result buffers are shared
 
     def _open_device(self, device: str):
@@ -208,6 +215,43 @@ class XrtCard(DecodeBackend):
                     self.hbm[pc].sync(self._to_device, data.nbytes, offset)
                     first = last
         request.written[layer, seq_start:stop] = True
+
+    # --- the KV data plane: host staging segment, synced by notice -------------------------------
+    def kv_memory(self) -> KvMemory | None:
+        return KvMemory(self.staging.memory, self.channel_bytes, str(self.staging.path))
+
+    def placement(self, request_id: str) -> KvPlacement:
+        request = self._get(request_id)
+        return KvPlacement(request.kv_offset, request.plan, torch.float16)
+
+    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
+        """Copy exactly the noticed tokens of `layer` from the staging segment to the card (bo.write + bo.sync)."""
+        request = self._get(request_id)
+        plan, stop = request.plan, seq_start + tokens
+        if not 0 <= layer < plan.num_layers:
+            raise InvalidArgument(f"layer {layer} out of range 0..{plan.num_layers - 1}")
+        if tokens < 1 or seq_start < 0 or stop > plan.capacity_tokens:
+            raise InvalidArgument(f"layer {layer}: tokens [{seq_start}, {stop}) lie outside the "
+                                  f"{plan.capacity_tokens}-token KV region reserved")
+        span = request.written[layer, seq_start:stop]
+        if span.any():
+            raise InvalidArgument(f"layer {layer}: tokens [{seq_start}, {stop}) overlap KV already written")
+        row = plan.head_dim * 2  # bytes of one token's K or V vector
+        staged = self.staging.memory.numpy()
+        for kind in (K_KIND, V_KIND):
+            for head in range(plan.kv_heads):
+                first_block, last_block = seq_start // KV_BLOCK_TOKENS, (stop - 1) // KV_BLOCK_TOKENS
+                for residue in range(min(HBM_CHANNELS, last_block - first_block + 1)):
+                    b0 = first_block + residue  # blocks b0, b0 + 32, ... share one PC at consecutive slots
+                    b1 = b0 + (last_block - b0) // HBM_CHANNELS * HBM_CHANNELS
+                    pc, begin = plan.address(request.kv_offset, layer, head, kind, max(seq_start, b0 * KV_BLOCK_TOKENS))
+                    _, end = plan.address(request.kv_offset, layer, head, kind,
+                                          min(stop, (b1 + 1) * KV_BLOCK_TOKENS) - 1)
+                    end += row
+                    base = pc * self.channel_bytes
+                    self.hbm[pc].write(staged[base + begin: base + end], begin)
+                    self.hbm[pc].sync(self._to_device, end - begin, begin)
+        span.fill_(True)
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
         request = self._get(request_id)

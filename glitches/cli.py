@@ -135,6 +135,9 @@ def scheduler_cmd(**kwargs) -> None:
               help="auto (float32 on CPU, float16 on CUDA), float32, float16 or bfloat16.")
 @click.option("--slots", default=4, type=int, envvar=_env("gpu-slots"), show_default=True,
               help="Concurrent GPU-assist decodes.")
+@click.option("--kv-transport", default="auto", envvar=_env("kv-transport"), show_default=True,
+              type=click.Choice(["auto", "shm", "nixl", "grpc"]),
+              help="How KV reaches the decode worker: auto = shm on its host, else nixl, else grpc.")
 def gpu_worker_cmd(**kwargs) -> None:
     """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode."""
     from gpu_worker.server import serve
@@ -155,6 +158,15 @@ def gpu_worker_cmd(**kwargs) -> None:
               help="Concurrent decode requests (1 = the paper's batch size 1).")
 @click.option("--device", default="0", envvar=_env("fpga-device"), help="Card index or PCI BDF (xrt backend).")
 @click.option("--xclbin", default="", envvar=_env("xclbin"), help="Decode bitstream path (xrt backend).")
+@click.option("--kv-transport", default="auto", envvar=_env("kv-transport"), show_default=True,
+              type=click.Choice(["auto", "shm", "nixl", "grpc"]),
+              help="KV data planes accepted besides grpc (always accepted): auto = every one available.")
+@click.option("--kv-header-timeout-s", default=2.0, type=float, envvar=_env("kv-header-timeout-s"),
+              show_default=True, help="A KV stream's header must arrive within this (at most 2 s).")
+@click.option("--kv-stall-timeout-s", default=30.0, type=float, envvar=_env("kv-stall-timeout-s"),
+              show_default=True, help="Longest gap between two messages of one KV stream, seconds.")
+@click.option("--max-kv-streams", default=64, type=int, envvar=_env("max-kv-streams"), show_default=True,
+              help="KV streams served at once (more: RESOURCE_EXHAUSTED at once).")
 @kv_token_option
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
@@ -176,6 +188,8 @@ def fpga_worker_cmd(**kwargs) -> None:
 @click.option("--fpga-numerics", default="reference", show_default=True)
 @click.option("--fpga-hbm-bytes", default=0, type=int, help="HBM per emulated card, bytes (0: 8 GiB).")
 @click.option("--fpga-slots", default=1, type=int, show_default=True)
+@click.option("--kv-transport", default="auto", show_default=True, type=click.Choice(["auto", "shm", "nixl", "grpc"]),
+              help="Every worker's --kv-transport.")
 @click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
 @click.option("--gateway-port", default=None, type=int,
@@ -192,7 +206,7 @@ def fpga_worker_cmd(**kwargs) -> None:
               help="TLS on every gRPC link and mTLS between daemons, with a fresh CA (see --tls-dir).")
 @click.option("--tls-dir", default="", help="Certificates from `glitches certs` to use (implies --tls).")
 def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga_numerics, fpga_hbm_bytes,
-           fpga_slots, prompt, max_tokens, gateway_port, api_keys_file, gateway_api_keys_file,
+           fpga_slots, kv_transport, prompt, max_tokens, gateway_port, api_keys_file, gateway_api_keys_file,
            gateway_requests_per_minute_per_client, gateway_requests_per_minute_per_user, tls_on, tls_dir) -> None:
     """Start a local cluster (Redis, scheduler, workers) as separate processes.
 
@@ -230,6 +244,7 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
     cluster = LocalCluster(ClusterSpec(gpu_workers=gpu_workers, fpga_workers=fpga_workers, model=model, port=port,
                                        redis_url=redis_url, redis_prefix=redis_prefix, fpga_numerics=fpga_numerics,
                                        fpga_hbm_bytes=fpga_hbm_bytes, fpga_slots=fpga_slots,
+                                       kv_transport=kv_transport,
                                        gateway_port=gateway_port, tls_dir=tls_dir, **access), run_dir)
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
@@ -379,11 +394,13 @@ def status_cmd(as_json, address, **tls) -> None:
         click.echo(json.dumps(status.to_dict()))
         return
     click.echo(f"model {status.model}; scheduler active requests {status.scheduler_active_requests}")
-    click.echo(f"{'id':<10} {'kind':<5} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots")
+    click.echo(f"{'id':<10} {'kind':<5} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots "
+               "kv transports")
     for w in status.workers:
         label = w.backend + (" (emulated)" if w.emulated else "")
         click.echo(f"{w.worker_id:<10} {w.kind:<5} {label:<8} {w.address:<22} {w.pid:>7} "
-                   f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots}")
+                   f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots:<5} "
+                   f"{','.join(w.kv_transports) or '-'}")
     for w in status.workers:
         if w.kind == "fpga" and not w.kv_tokens_required:
             click.echo(f"warning: {w.worker_id} accepts KV transfers without a token (no KV token secret set)")

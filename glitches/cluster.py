@@ -54,6 +54,7 @@ class ClusterSpec:
     fpga_numerics: str = "reference"
     fpga_hbm_bytes: int = 0  # 0 = the worker's default (8 GiB)
     fpga_slots: int = 1
+    kv_transport: str = "auto"  # every worker's --kv-transport
     threads_per_worker: int = 0  # 0 = split the CPUs between workers
     gateway_port: int | None = None  # also start the OpenAI-compatible HTTP gateway (0 = any free port)
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -134,11 +135,12 @@ class LocalCluster:
         for i in range(self.spec.gpu_workers):
             # prefill is compute-bound: a GPU worker may use every core
             self._daemon(f"gpu-{i}", "gpu-worker", "--worker-id", f"gpu-{i}", "--threads",
-                         str(self.spec.threads_per_worker or cpus))
+                         str(self.spec.threads_per_worker or cpus), "--kv-transport", self.spec.kv_transport)
         for i in range(self.spec.fpga_workers):
             extra = ["--hbm-bytes", str(self.spec.fpga_hbm_bytes)] if self.spec.fpga_hbm_bytes else []
             self._daemon(f"fpga-{i}", "fpga-worker", "--worker-id", f"fpga-{i}", "--threads", str(threads),
-                         "--numerics", self.spec.fpga_numerics, "--slots", str(self.spec.fpga_slots), *extra)
+                         "--numerics", self.spec.fpga_numerics, "--slots", str(self.spec.fpga_slots),
+                         "--kv-transport", self.spec.kv_transport, *extra)
         if self.spec.gateway_port is not None:
             gateway_port = self.spec.gateway_port or free_port()
             self.gateway_url = f"http://127.0.0.1:{gateway_port}"

@@ -20,6 +20,8 @@ class Timings:
     layers_received_before_prefill_end: int
     num_layers: int
     total_s: float
+    kv_transport: str = ""  # "shm", "nixl" or "grpc"; "" for GPU assist
+    kv_gbps: float = 0.0  # KV bytes / transfer wall time, GB/s (0 without a transfer)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class WorkerStatus:
     model: str
     http_address: str
     kv_tokens_required: bool = False  # FPGA workers: accepts KV only with a scheduler-issued token
+    kv_transports: tuple[str, ...] = ()  # FPGA: KV transports accepted; GPU: sent with ("shm", "nixl", "grpc")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gpu_worker.kv_sender import KvSender, KvTransferFailed
+from gpu_worker.kv_sender import KvTransferFailed, open_sender
 from gpu_worker.settings import GpuWorkerSettings
 from gpu_worker.streaming_cache import LayerStreamingCache
 from services import grammar, models
@@ -39,6 +39,7 @@ class PrefillResult:
     finish: Finish | None
     first_logprob: TokenLogprob | None = None  # with sampling.logprobs
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # with sampling.prompt_logprobs: prompt[1:], in order
+    kv_transport: str = ""  # "grpc", "shm" or "nixl"; "" when decoding locally
 
 
 @dataclass
@@ -84,12 +85,13 @@ class GpuEngine:
 
     def prefill(self, request_id: str, prompt: list[int], sampling: Sampling,
                 target: worker_pb2_grpc.WorkerStub | None, generated: list[int] = (),
-                kv_token: str = "") -> PrefillResult:
+                kv_token: str = "", kv_transport: str = "grpc") -> PrefillResult:
         """Prefill `prompt` + `generated`; stream its KV to `target`, or keep it here (GPU assist) when None.
 
         `generated` holds tokens the request produced before a migration; the returned
         token is generated token number len(generated). `kv_token` (the scheduler's
-        authorisation of this transfer) is forwarded to the target in the KV header.
+        authorisation of this transfer) is forwarded to the target in the KV header;
+        `kv_transport` (gpu_worker/kv_transport.py) is how the KV bytes travel.
         """
         generated = list(generated)
         if not prompt:
@@ -110,7 +112,7 @@ class GpuEngine:
             header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=len(tokens),
                                          reserve_tokens=len(prompt) + sampling.max_new_tokens,
                                          num_layers=self.num_layers, kv_token=kv_token)
-            sender = KvSender(target, header, self.settings.kv_transfer_timeout_s)
+            sender = open_sender(target, header, self.settings.kv_transfer_timeout_s, kv_transport)
         elif request_id in self._local:
             raise AlreadyExists(f"request {request_id} already holds KV on this worker")
         cache = LayerStreamingCache(self.config, sender.put_layer if sender else None)
@@ -149,7 +151,7 @@ class GpuEngine:
             kv_transfer_s=transfer.done_monotonic - transfer.first_send_monotonic,
             kv_exposed_s=max(0.0, transfer.done_monotonic - prefill_end),
             layers_received_before_prefill_end=received_in_time, num_layers=self.num_layers, finish=finish,
-            first_logprob=first_logprob, prompt_logprobs=scored)
+            first_logprob=first_logprob, prompt_logprobs=scored, kv_transport=sender.transport)
 
     # --- GPU-assist decode -------------------------------------------------
     def decode(self, request_id: str, generated: list[int], position: int, sampling: Sampling,

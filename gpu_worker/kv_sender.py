@@ -34,6 +34,10 @@ class KvTransferFailed(Exception):
 
 
 class KvSender:
+    """Transport grpc: the K/V bytes travel in TransferKV's KvLayerChunk messages."""
+
+    transport = "grpc"
+
     def __init__(self, stub: worker_pb2_grpc.WorkerStub, header: worker_pb2.KvHeader, timeout_s: float):
         self._queue: queue.Queue = queue.Queue()
         self._num_layers = header.num_layers
@@ -80,3 +84,13 @@ class KvSender:
         """Cancel the transfer (the receiver frees what it reserved) and unblock the send thread."""
         self._future.cancel()
         self._queue.put(_END)
+
+
+def open_sender(stub: worker_pb2_grpc.WorkerStub, header: worker_pb2.KvHeader, timeout_s: float,
+                transport: str = "grpc"):
+    """A sender for `transport` ("grpc", "shm"): put_layer(i, K, V) per layer, then finish(), or abort()."""
+    if transport == "grpc":
+        return KvSender(stub, header, timeout_s)
+    from gpu_worker.kv_placed_sender import PlacedKvSender
+
+    return PlacedKvSender(stub, header, timeout_s, transport)

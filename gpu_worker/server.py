@@ -7,6 +7,8 @@ import os
 
 
 from gpu_worker.engine import GpuEngine
+from gpu_worker.kv_transport import TransportChooser, sender_transports
+from services.host_identity import host_identity
 from gpu_worker.settings import GpuWorkerSettings
 from services import metrics, models
 from services.channels import WorkerStubs
@@ -31,6 +33,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.worker_id = worker_id
         self.model_name = model_name
         self._stubs = WorkerStubs(tls)  # to decode targets: mTLS when the worker has a certificate
+        self.transports = TransportChooser(engine.settings.kv_transport, tls=tls.enabled)
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return self._stubs.get(address)
@@ -41,7 +44,13 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
             emulated=engine.device == "cpu", device_name=_device_name(engine.device), model=self.model_name,
             slots=engine.settings.slots, active_requests=engine.active_requests(),
-            kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid())
+            kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(), kv_transports=self._sends(),
+            host_identity=host_identity())
+
+    def _sends(self) -> list[str]:
+        """What this worker sends KV with (its --kv-transport, or every one it can)."""
+        wanted = self.engine.settings.kv_transport
+        return list(sender_transports()) if wanted == "auto" else [wanted]
 
     def Info(self, request, context):
         return self.info()
@@ -54,8 +63,10 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         if sampling.max_new_tokens < 1:
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         target = self._stub(request.target.address) if request.target.address else None
+        transport = self.transports.choose(target) if target is not None else ""
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, target,
-                                     list(request.generated_token_ids), kv_token=request.target.kv_token)
+                                     list(request.generated_token_ids), kv_token=request.target.kv_token,
+                                     kv_transport=transport)
         metrics.PREFILL.observe(result.prefill_s)
         if target is not None:
             metrics.KV_SENT_BYTES.inc(result.kv_bytes)
@@ -68,7 +79,8 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             layers_received_before_prefill_end=result.layers_received_before_prefill_end,
             num_layers=result.num_layers, finish_reason=FINISH_TO_PROTO[result.finish],
             first_token_logprobs=logprob_to_proto(result.first_logprob) if result.first_logprob else None,
-            prompt_logprobs=[logprob_to_proto(r) for r in result.prompt_logprobs])
+            prompt_logprobs=[logprob_to_proto(r) for r in result.prompt_logprobs],
+            kv_transport=result.kv_transport)
 
     def TransferKV(self, request_iterator, context):
         raise FailedPrecondition("GPU workers do not receive KV; send it to an FPGA worker")
@@ -112,8 +124,13 @@ def serve(settings: GpuWorkerSettings) -> None:
         return WorkerRecord(worker_id=info.worker_id, kind="gpu", backend=info.backend, emulated=int(info.emulated),
                             device_name=info.device_name, address=address, pid=info.pid, model=info.model,
                             slots=info.slots, kv_capacity_bytes=0, kv_free_bytes=0,
-                            kv_bytes_per_token=info.kv_bytes_per_token, http_address=http.address)
+                            kv_bytes_per_token=info.kv_bytes_per_token, http_address=http.address,
+                            kv_transports=",".join(info.kv_transports), host_identity=info.host_identity)
 
+    if "nixl" in servicer._sends():  # start the NIXL agent now, not during the first transfer
+        from gpu_worker.nixl_writer import local_agent
+
+        local_agent()
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
     heartbeat.start()
     metrics.ACTIVE_REQUESTS.of("gpu-worker").set_function(engine.active_requests)

@@ -16,6 +16,7 @@ class GpuWorkerSettings(DaemonSettings):
     dtype: str = "auto"  # "auto" (float32 on CPU, float16 on CUDA) or one of _DTYPES
     slots: int = 4  # concurrent GPU-assist decodes it accepts
     kv_transfer_timeout_s: float = 120.0
+    kv_transport: str = "auto"  # auto: shm on the target's host, else nixl, else grpc; or force one
 
     def __post_init__(self):
         super().__post_init__()
@@ -23,6 +24,8 @@ class GpuWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--dtype must be auto or one of {', '.join(_DTYPES)}, got {self.dtype!r}")
         if self.slots < 1:
             raise InvalidArgument(f"--slots must be at least 1, got {self.slots}")
+        if self.kv_transport not in ("auto", "shm", "nixl", "grpc"):
+            raise InvalidArgument(f"--kv-transport must be one of auto, shm, nixl, grpc, got {self.kv_transport!r}")
 
     def resolved_device(self) -> str:
         import torch

@@ -377,7 +377,8 @@ class Orchestrator:
             tokens_per_s=(len(run.tokens) - 1) / decode_s if decode_s > 0 and len(run.tokens) > 1 else 0.0,
             device_decode_s=run.device_decode_s, modeled_decode_s=run.modeled_s,
             layers_received_before_prefill_end=last.layers_received_before_prefill_end,
-            num_layers=last.num_layers, total_s=done - run.arrived)
+            num_layers=last.num_layers, total_s=done - run.arrived, kv_transport=last.kv_transport,
+            kv_gbps=_gbps(sum(p.kv_bytes for p in run.prefills), sum(p.kv_transfer_s for p in run.prefills)))
         metrics.REQUESTS_FINISHED.labels(run.decode_device).inc()
         return Final(run.request_id, run.prompt_ids, run.tokens, run.detok.text, run.finish, run.decode_device,
                      run.decode_worker, run.prefill_worker, timings, run.migrations, run.logprobs,
@@ -429,3 +430,7 @@ class Orchestrator:
         except grpc.RpcError as error:
             log.warning("release of %s on %s failed: %s", request_id, worker.record.worker_id, error.code())
 
+
+def _gbps(kv_bytes: int, seconds: float) -> float:
+    """KV bytes over the transfers' wall time, GB/s (0 without a transfer)."""
+    return kv_bytes / seconds / 1e9 if kv_bytes and seconds > 0 else 0.0

@@ -59,7 +59,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 address=w.record.address, pid=w.record.pid, healthy=w.healthy, slots=w.record.slots,
                 active_requests=w.active, kv_capacity_bytes=w.record.kv_capacity_bytes,
                 kv_free_bytes=w.record.kv_free_bytes, model=w.record.model, http_address=w.record.http_address,
-                kv_tokens_required=bool(w.record.kv_tokens_required))
+                kv_tokens_required=bool(w.record.kv_tokens_required),
+                kv_transports=[t for t in w.record.kv_transports.split(",") if t],
+                host_identity=w.record.host_identity)
             for w in self.orchestrator.registry.workers()]
         return scheduler_pb2.StatusResponse(model=self.orchestrator.model.name, workers=workers,
                                             scheduler_active_requests=self.orchestrator.active)

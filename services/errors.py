@@ -94,6 +94,10 @@ class Unavailable(GlitchesError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(GlitchesError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Cancelled(GlitchesError):
     code = grpc.StatusCode.CANCELLED
 

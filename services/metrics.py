@@ -89,6 +89,11 @@ KV_REQUEST_BYTES = Histogram("glitches_kv_request_bytes", "KV bytes of one reque
 
 # --- FPGA worker ----------------------------------------------------------------
 KV_RECEIVED_BYTES = Counter("glitches_kv_received_bytes", "KV bytes received into device memory", registry=_FPGA[0])
+KV_STREAMS = Gauge("glitches_kv_streams", "KV streams (TransferKV, TransferKVPlaced) being received now",
+                   registry=_FPGA[0])
+KV_NIXL_REGISTRATIONS = Gauge("glitches_kv_nixl_registrations",
+                              "KV regions registered with this worker's NIXL agent now (one per transfer in flight)",
+                              registry=_FPGA[0])
 KV_FREE_BYTES = Gauge("glitches_kv_free_bytes", "Device memory free for KV, bytes", registry=_FPGA[0])
 KV_CAPACITY_BYTES = Gauge("glitches_kv_capacity_bytes", "Device memory for KV after the weights, bytes",
                           registry=_FPGA[0])

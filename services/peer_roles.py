@@ -4,7 +4,7 @@ Under mutual TLS every caller presents a certificate from the deployment's CA; `
 each certificate's subject common name (CN) after its role. A worker then admits:
 
   Prefill, Decode, Release   only the scheduler (it places requests and frees them)
-  TransferKV                 only a GPU worker (it streams prefill's KV to the decode target)
+  TransferKV(Placed)         only a GPU worker (it streams prefill's KV to the decode target)
   Info, health, reflection   any peer with a valid certificate
 
 so a client certificate (or a stolen gateway one) cannot drive decode or free another request's KV, and
@@ -26,6 +26,7 @@ WORKER_CALLERS: dict[str, frozenset[str]] = {
     "Decode": frozenset({"scheduler"}),
     "Release": frozenset({"scheduler"}),
     "TransferKV": frozenset({"gpu-worker"}),
+    "TransferKVPlaced": frozenset({"gpu-worker"}),
 }
 _CN_KEY = "x509_common_name"  # gRPC's auth context property holding the peer certificate's subject CN
 

@@ -118,6 +118,10 @@ class WorkerRecord:
     kv_block_bytes: int = 0  # bytes of one KV block (16 tokens of one layer/head/K-or-V lane); 0 for GPUs
     kv_free_blocks: int = 0  # free KV blocks on the device (kv_free_bytes // kv_block_bytes)
     kv_tokens_required: int = 0  # 1 when the worker accepts KV only with a scheduler-issued token
+    kv_transports: str = ""  # comma-separated, best first: FPGA workers what they accept, GPU workers what they send
+    host_identity: str = ""  # services.host_identity: transport shm needs the sender's to be equal
+    shm_segment: str = ""  # the card's HBM segment on that host (transport shm), "" without one
+    nixl_agent: str = ""  # the worker's NIXL agent name (transport nixl), "" without one
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerRecord:

@@ -61,11 +61,11 @@ def test_regions_do_not_overlap_and_space_is_reused():
     _, card = _card()
     card.reserve("a", 600)
     card.reserve("b", 600)
-    a, b = card._requests["a"], card._requests["b"]
+    a, b = card.kv.get("a"), card.kv.get("b")
     assert a.kv_offset + a.region.plan.region_bytes_per_channel <= b.kv_offset
     card.release("a")
     card.reserve("c", 100)
-    assert card._requests["c"].kv_offset == a.kv_offset  # first fit reuses the freed space
+    assert card.kv.get("c").kv_offset == a.kv_offset  # first fit reuses the freed space
 
 
 def test_step_args_and_result_round_trip_through_bytes():

@@ -190,14 +190,15 @@ def test_prefill_refused_by_a_full_card_is_resource_exhausted(cluster):
     huge = common_pb2.SamplingParams(max_new_tokens=400)
     small_card_free = cluster["card"].kv_free_bytes()
     assert small_card_free > 0
-    cluster["card"].hbm_bytes = cluster["card"].weight_image_bytes + 1000  # shrink the card's HBM
+    space = cluster["card"].kv.space
+    blocks, space.blocks_per_channel = space.blocks_per_channel, 1  # shrink the card's KV space to one block per PC
     try:
         with pytest.raises(grpc.RpcError) as info:
             cluster["gpu"].Prefill(worker_pb2.PrefillRequest(request_id="r3", prompt_token_ids=[1, 2, 3],
                                                              sampling=huge, target=target))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
-        cluster["card"].hbm_bytes = cluster["card"].weight_image_bytes + small_card_free
+        space.blocks_per_channel = blocks
     assert cluster["card"].active_requests() == []
 
 

@@ -164,3 +164,46 @@ def test_kv_space_counts_whole_blocks_and_reuses_them():
     assert space.reserve("c", 3 * 512) == 4096  # first fit reuses the freed blocks
     space.release("b"), space.release("c")
     assert space.free_bytes() == space.capacity_bytes
+
+
+def test_shm_notices_sync_exactly_the_written_bytes_and_match_the_w4a8_card(image, xclbin):
+    """Transport shm into an xrt card: the sender writes the host staging segment, each notice makes the worker
+    bo.write + bo.sync exactly those bytes (inside the request's region), and decode equals the W4A8 card."""
+    from fpga_worker.kv_layout import KvRegion, region_view
+
+    card = XrtCard(image, standin, "0", xclbin, HBM, tag="xrt-test")
+    try:
+        model, emu = tiny_llama(), W4A8EmulatedCard(image, HBM)
+        ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(5))
+        prompt = 37  # two whole blocks and a partial one
+        for backend in (card, emu):
+            backend.reserve("r", 40)
+        where = card.placement("r")
+        memory = card.kv_memory()
+        staging = KvRegion(where.plan, torch.float16,
+                           region_view(memory.memory, memory.channel_bytes, where.kv_offset, where.plan, torch.float16))
+        mark = len(card.device.calls)
+        for layer, (key, value) in enumerate(prefill_cache(model, ids[:, :prompt])):
+            emu.write_kv("r", layer, 0, key, value)
+            staging.write(layer, 0, key[:, :, :20], value[:, :, :20])  # what a sender on this host does
+            card.mark_written("r", layer, 0, 20)
+            staging.write(layer, 20, key[:, :, 20:], value[:, :, 20:])
+            card.mark_written("r", layer, 20, prompt - 20)
+        with pytest.raises(InvalidArgument, match="overlap"):
+            card.mark_written("r", 0, 10, 5)
+        with pytest.raises(InvalidArgument, match="outside"):
+            card.mark_written("r", 0, 30, 100)
+        syncs = [c for c in card.device.calls[mark:] if c[0] == "sync"]
+        region = (where.kv_offset, where.kv_offset + where.plan.region_bytes_per_channel)
+        assert all(region[0] <= c[4] and c[4] + c[3] <= region[1] for c in syncs)  # only inside the reservation
+        d = image.dims
+        assert sum(c[3] for c in syncs) == 2 * d.num_layers * d.kv_heads * prompt * d.head_dim * 2  # exactly these
+        for backend in (card, emu):
+            backend.seal("r", prompt)
+        token_card = token_emu = int(ids[0, prompt])
+        for position in range(prompt, 40):
+            a, b = card.step("r", token_card, position), emu.step("r", token_emu, position)
+            assert torch.equal(a, b)
+            token_card = token_emu = int(torch.argmax(a))
+    finally:
+        card.staging.close()

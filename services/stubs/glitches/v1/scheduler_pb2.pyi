@@ -52,7 +52,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("ttft_s", "prefill_s", "kv_bytes", "kv_exposed_s", "decode_s", "tokens_per_s", "device_decode_s", "modeled_decode_s", "layers_received_before_prefill_end", "num_layers", "total_s")
+    __slots__ = ("ttft_s", "prefill_s", "kv_bytes", "kv_exposed_s", "decode_s", "tokens_per_s", "device_decode_s", "modeled_decode_s", "layers_received_before_prefill_end", "num_layers", "total_s", "kv_transport", "kv_gbps")
     TTFT_S_FIELD_NUMBER: _ClassVar[int]
     PREFILL_S_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class Timings(_message.Message):
     LAYERS_RECEIVED_BEFORE_PREFILL_END_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    KV_GBPS_FIELD_NUMBER: _ClassVar[int]
     ttft_s: float
     prefill_s: float
     kv_bytes: int
@@ -75,7 +77,9 @@ class Timings(_message.Message):
     layers_received_before_prefill_end: int
     num_layers: int
     total_s: float
-    def __init__(self, ttft_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ..., kv_exposed_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., device_decode_s: _Optional[float] = ..., modeled_decode_s: _Optional[float] = ..., layers_received_before_prefill_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., total_s: _Optional[float] = ...) -> None: ...
+    kv_transport: str
+    kv_gbps: float
+    def __init__(self, ttft_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ..., kv_exposed_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., device_decode_s: _Optional[float] = ..., modeled_decode_s: _Optional[float] = ..., layers_received_before_prefill_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., total_s: _Optional[float] = ..., kv_transport: _Optional[str] = ..., kv_gbps: _Optional[float] = ...) -> None: ...
 
 class GenerateFinal(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "token_ids", "text", "finish_reason", "decode_device", "decode_worker", "prefill_worker", "usage", "timings", "migrations", "logprobs", "prompt_logprobs")
@@ -112,7 +116,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "address", "pid", "healthy", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "model", "http_address", "kv_tokens_required")
+    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "address", "pid", "healthy", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "model", "http_address", "kv_tokens_required", "kv_transports", "host_identity")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +132,8 @@ class WorkerStatus(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     KV_TOKENS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSPORTS_FIELD_NUMBER: _ClassVar[int]
+    HOST_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kind: _common_pb2.DeviceKind
     backend: str
@@ -143,7 +149,9 @@ class WorkerStatus(_message.Message):
     model: str
     http_address: str
     kv_tokens_required: bool
-    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ...) -> None: ...
+    kv_transports: _containers.RepeatedScalarFieldContainer[str]
+    host_identity: str
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("model", "workers", "scheduler_active_requests")

@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "model", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "kv_bytes_per_token", "pid", "http_address", "kv_tokens_required")
+    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "model", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "kv_bytes_per_token", "pid", "http_address", "kv_tokens_required", "kv_transports", "host_identity", "shm_segment", "nixl_agent")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,10 @@ class InfoResponse(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     KV_TOKENS_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSPORTS_FIELD_NUMBER: _ClassVar[int]
+    HOST_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SHM_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    NIXL_AGENT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kind: _common_pb2.DeviceKind
     backend: str
@@ -41,7 +45,11 @@ class InfoResponse(_message.Message):
     pid: int
     http_address: str
     kv_tokens_required: bool
-    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., pid: _Optional[int] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ...) -> None: ...
+    kv_transports: _containers.RepeatedScalarFieldContainer[str]
+    host_identity: str
+    shm_segment: str
+    nixl_agent: str
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., pid: _Optional[int] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., shm_segment: _Optional[str] = ..., nixl_agent: _Optional[str] = ...) -> None: ...
 
 class DecodeTarget(_message.Message):
     __slots__ = ("address", "worker_id", "kv_token")
@@ -68,7 +76,7 @@ class PrefillRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., target: _Optional[_Union[DecodeTarget, _Mapping]] = ..., generated_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PrefillResponse(_message.Message):
-    __slots__ = ("first_token_id", "prefill_s", "kv_bytes", "kv_exposed_s", "kv_transfer_s", "layers_received_before_prefill_end", "num_layers", "finish_reason", "first_token_logprobs", "prompt_logprobs")
+    __slots__ = ("first_token_id", "prefill_s", "kv_bytes", "kv_exposed_s", "kv_transfer_s", "layers_received_before_prefill_end", "num_layers", "finish_reason", "first_token_logprobs", "prompt_logprobs", "kv_transport")
     FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     PREFILL_S_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +87,7 @@ class PrefillResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     first_token_id: int
     prefill_s: float
     kv_bytes: int
@@ -89,7 +98,8 @@ class PrefillResponse(_message.Message):
     finish_reason: _common_pb2.FinishReason
     first_token_logprobs: _common_pb2.TokenLogprobs
     prompt_logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprobs]
-    def __init__(self, first_token_id: _Optional[int] = ..., prefill_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ..., kv_exposed_s: _Optional[float] = ..., kv_transfer_s: _Optional[float] = ..., layers_received_before_prefill_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., first_token_logprobs: _Optional[_Union[_common_pb2.TokenLogprobs, _Mapping]] = ..., prompt_logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprobs, _Mapping]]] = ...) -> None: ...
+    kv_transport: str
+    def __init__(self, first_token_id: _Optional[int] = ..., prefill_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ..., kv_exposed_s: _Optional[float] = ..., kv_transfer_s: _Optional[float] = ..., layers_received_before_prefill_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., first_token_logprobs: _Optional[_Union[_common_pb2.TokenLogprobs, _Mapping]] = ..., prompt_logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprobs, _Mapping]]] = ..., kv_transport: _Optional[str] = ...) -> None: ...
 
 class KvChunk(_message.Message):
     __slots__ = ("header", "layer", "end")
@@ -102,18 +112,82 @@ class KvChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[KvHeader, _Mapping]] = ..., layer: _Optional[_Union[KvLayerChunk, _Mapping]] = ..., end: _Optional[_Union[KvEnd, _Mapping]] = ...) -> None: ...
 
 class KvHeader(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "reserve_tokens", "num_layers", "kv_token")
+    __slots__ = ("request_id", "prompt_tokens", "reserve_tokens", "num_layers", "kv_token", "kv_transport", "host_identity")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RESERVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     KV_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    HOST_IDENTITY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: int
     reserve_tokens: int
     num_layers: int
     kv_token: str
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., kv_token: _Optional[str] = ...) -> None: ...
+    kv_transport: str
+    host_identity: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., kv_token: _Optional[str] = ..., kv_transport: _Optional[str] = ..., host_identity: _Optional[str] = ...) -> None: ...
+
+class KvPlacedControl(_message.Message):
+    __slots__ = ("header", "written", "end")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    header: KvHeader
+    written: KvWritten
+    end: KvEnd
+    def __init__(self, header: _Optional[_Union[KvHeader, _Mapping]] = ..., written: _Optional[_Union[KvWritten, _Mapping]] = ..., end: _Optional[_Union[KvEnd, _Mapping]] = ...) -> None: ...
+
+class KvWritten(_message.Message):
+    __slots__ = ("layer", "seq_start", "tokens")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    SEQ_START_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    seq_start: int
+    tokens: int
+    def __init__(self, layer: _Optional[int] = ..., seq_start: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class KvPlacedReply(_message.Message):
+    __slots__ = ("placement", "done")
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    placement: KvPlacement
+    done: TransferKVResponse
+    def __init__(self, placement: _Optional[_Union[KvPlacement, _Mapping]] = ..., done: _Optional[_Union[TransferKVResponse, _Mapping]] = ...) -> None: ...
+
+class KvPlacement(_message.Message):
+    __slots__ = ("kv_transport", "kv_offset", "channel_bytes", "region_bytes_per_channel", "capacity_tokens", "num_layers", "kv_heads", "head_dim", "dtype", "shm_path", "shm_bytes", "nixl_agent_metadata", "nixl_agent_name", "nixl_base_address")
+    KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    KV_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REGION_BYTES_PER_CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHM_PATH_FIELD_NUMBER: _ClassVar[int]
+    SHM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NIXL_AGENT_METADATA_FIELD_NUMBER: _ClassVar[int]
+    NIXL_AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    NIXL_BASE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    kv_transport: str
+    kv_offset: int
+    channel_bytes: int
+    region_bytes_per_channel: int
+    capacity_tokens: int
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: str
+    shm_path: str
+    shm_bytes: int
+    nixl_agent_metadata: bytes
+    nixl_agent_name: str
+    nixl_base_address: int
+    def __init__(self, kv_transport: _Optional[str] = ..., kv_offset: _Optional[int] = ..., channel_bytes: _Optional[int] = ..., region_bytes_per_channel: _Optional[int] = ..., capacity_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[str] = ..., shm_path: _Optional[str] = ..., shm_bytes: _Optional[int] = ..., nixl_agent_metadata: _Optional[bytes] = ..., nixl_agent_name: _Optional[str] = ..., nixl_base_address: _Optional[int] = ...) -> None: ...
 
 class KvLayerChunk(_message.Message):
     __slots__ = ("layer", "seq_start", "dtype", "shape", "key", "value")

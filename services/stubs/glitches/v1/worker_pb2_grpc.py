@@ -49,6 +49,11 @@ class WorkerStub:
                 request_serializer=glitches_dot_v1_dot_worker__pb2.KvChunk.SerializeToString,
                 response_deserializer=glitches_dot_v1_dot_worker__pb2.TransferKVResponse.FromString,
                 _registered_method=True)
+        self.TransferKVPlaced = channel.stream_stream(
+                '/glitches.v1.Worker/TransferKVPlaced',
+                request_serializer=glitches_dot_v1_dot_worker__pb2.KvPlacedControl.SerializeToString,
+                response_deserializer=glitches_dot_v1_dot_worker__pb2.KvPlacedReply.FromString,
+                _registered_method=True)
         self.Decode = channel.unary_stream(
                 '/glitches.v1.Worker/Decode',
                 request_serializer=glitches_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
@@ -87,6 +92,18 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferKVPlaced(self, request_iterator, context):
+        """Receive one request's prefill KV through a data plane (transport "shm" or "nixl"): this
+        stream carries control only, the K/V bytes are written by the sender straight into the
+        card's KV region. Sender: a header (kv_transport set), then one KvWritten notice per span
+        it wrote, then an end marker. Receiver: one KvPlacement (where to write) once the header
+        is authorised and the room reserved, then one TransferKVResponse after the end marker.
+        Any error ends the stream with its status and frees the reservation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Decode(self, request, context):
         """Generate tokens from KV already on this worker, one message per token, until
         max_new_tokens, an EOS id or a stop string.
@@ -119,6 +136,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.TransferKV,
                     request_deserializer=glitches_dot_v1_dot_worker__pb2.KvChunk.FromString,
                     response_serializer=glitches_dot_v1_dot_worker__pb2.TransferKVResponse.SerializeToString,
+            ),
+            'TransferKVPlaced': grpc.stream_stream_rpc_method_handler(
+                    servicer.TransferKVPlaced,
+                    request_deserializer=glitches_dot_v1_dot_worker__pb2.KvPlacedControl.FromString,
+                    response_serializer=glitches_dot_v1_dot_worker__pb2.KvPlacedReply.SerializeToString,
             ),
             'Decode': grpc.unary_stream_rpc_method_handler(
                     servicer.Decode,
@@ -212,6 +234,33 @@ class Worker:
             '/glitches.v1.Worker/TransferKV',
             glitches_dot_v1_dot_worker__pb2.KvChunk.SerializeToString,
             glitches_dot_v1_dot_worker__pb2.TransferKVResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferKVPlaced(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/glitches.v1.Worker/TransferKVPlaced',
+            glitches_dot_v1_dot_worker__pb2.KvPlacedControl.SerializeToString,
+            glitches_dot_v1_dot_worker__pb2.KvPlacedReply.FromString,
             options,
             channel_credentials,
             insecure,

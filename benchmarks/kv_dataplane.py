@@ -1,0 +1,210 @@
+"""KV data-plane benchmarks (issue #15), every figure a ratio of things measured in the same run.
+
+    .venv/bin/python -m benchmarks.kv_dataplane [--quick] [--repeats 3] [--transports shm,nixl,grpc] [--no-smollm]
+
+1. Bulk rate per transport into a live FPGA worker (emulated card, W4A8 numerics: float16 KV at the ABI's
+   offsets) with Llama-2-7B-shaped layers (32 layers x 32 KV heads x 128 x 1,536 tokens, float16: 25.2 MB of
+   K + V per layer, 805 MB per request), sent by the GPU worker's own senders (gpu_worker/kv_sender.py),
+   beside a plain memcpy of the same bytes, raw loopback TCP to another process, and NIXL's own two-process
+   WRITE rate (UCX, host memory), all in this run.
+2. A100-paced replay: the same sender releases layer i at (i + 1) x 175.85 ms / 32 (an A100's prefill of
+   1,536 tokens, the paper's figure) into the live worker; exposed = reply - 175.85 ms; exposed / prefill.
+3. kv_exposed_s / prefill_s on a 1,536-token SmolLM2-135M prompt through a whole cluster, per transport.
+
+The live card's model is a random Llama with Llama-2-7B's KV geometry (hidden 256: its weights are not
+the point, its KV shape is), so the card has room: 8 GiB of emulated HBM hold one 2,048-token region
+(1.07 GB). --quick shrinks everything (4 layers, 256 tokens, 1 repeat, 128-token prompt, shm only for 3)
+so that tests/e2e/test_benchmarks_run.py can run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.request_path import kv_overlap, long_prompt, raw_tcp_gbps
+from glitches import Client
+from glitches.cluster import ClusterSpec, LocalCluster
+from gpu_worker.kv_sender import open_sender
+from services import models
+from services.channels import insecure_channel
+from services.kv_token import SECRET_ENV, KvTokenIssuer
+from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+
+A100_PREFILL_S = 0.17585  # Llama-2-7B, 1,536 tokens, one A100 (the paper's slides)
+
+
+def llama7b_kv_model(directory: Path, layers: int) -> Path:
+    """A random Llama whose KV per layer is Llama-2-7B's (32 KV heads x 128), saved with SmolLM2's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=256, num_hidden_layers=layers,
+                         num_attention_heads=32, num_key_value_heads=32, head_dim=128,
+                         max_position_embeddings=4096, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    default = models.resolve_model(models.DEFAULT_MODEL).path
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (default / name).exists():
+            shutil.copy(default / name, directory / name)
+    return directory
+
+
+class LiveCard:
+    """One FPGA worker (its own process) and what a sender needs to reach it: address, id, token issuer."""
+
+    def __init__(self, cluster: LocalCluster):
+        with Client(cluster.address) as client:
+            worker = next(w for w in client.status().workers if w.kind == "fpga")
+        self.address, self.worker_id = worker.address, worker.worker_id
+        self.stub = worker_pb2_grpc.WorkerStub(insecure_channel(self.address))
+        self.issuer = KvTokenIssuer(cluster.daemon_env[SECRET_ENV].encode())
+
+    def send(self, transport: str, request_id: str, key: torch.Tensor, layers: int,
+             pace_s: float = 0.0) -> tuple[float, float]:
+        """Send `layers` layers (key as K and V); returns (GB/s over first put -> reply, exposed s past the pace)."""
+        tokens = key.shape[2]
+        header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=tokens, reserve_tokens=tokens + 1,
+                                     num_layers=layers, kv_token=self.issuer.issue(request_id, self.worker_id))
+        sender = open_sender(self.stub, header, 300.0, transport)
+        started = time.perf_counter()
+        for layer in range(layers):
+            if pace_s:
+                time.sleep(max(0.0, started + (layer + 1) * pace_s - time.perf_counter()))
+            sender.put_layer(layer, key, key)
+        sender.finish()
+        done = time.perf_counter()
+        self.stub.Release(worker_pb2.ReleaseRequest(request_id=request_id))
+        payload = 2 * key.numel() * key.element_size() * layers
+        return payload / (done - started) / 1e9, max(0.0, done - (started + layers * pace_s))
+
+
+def memcpy_gbps(key: torch.Tensor, layers: int, repeats: int) -> float:
+    """The same bytes copied by one plain memcpy per layer into a buffer already faulted in."""
+    dst = torch.empty(layers * 2, *key.shape[1:], dtype=key.dtype)
+    dst.zero_()
+    rates = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        for i in range(2 * layers):
+            dst[i].copy_(key[0])
+        rates.append(dst.numel() * dst.element_size() / (time.perf_counter() - started) / 1e9)
+    return statistics.median(rates[1:])
+
+
+def _nixl_target(queue, size: int, count: int) -> None:
+    from services import nixl_loader
+
+    agent = nixl_loader.new_agent("bench-target")
+    buf = torch.zeros(size, dtype=torch.uint8)
+    agent.register_memory(buf)
+    queue.put((agent.get_agent_metadata(), buf.data_ptr()))
+    got = 0
+    while got < count:
+        got += sum(len(m) for m in agent.get_new_notifs().values())
+        time.sleep(0.0005)
+    queue.put("done")
+
+
+def nixl_two_process_gbps(layer_bytes: int, layers: int, repeats: int) -> float:
+    """NIXL's own WRITE rate between two processes here: one registered buffer, one WRITE per layer."""
+    from services import nixl_loader
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    target = ctx.Process(target=_nixl_target, args=(queue, layer_bytes * layers, layers * (repeats + 1)))
+    target.start()
+    metadata, address = queue.get(timeout=120)
+    agent = nixl_loader.new_agent("bench-initiator")
+    src = torch.ones(layer_bytes * layers, dtype=torch.uint8)
+    agent.register_memory(src)
+    remote = agent.add_remote_agent(metadata)
+    rates = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        for i in range(layers):
+            local = agent.get_xfer_descs([(src.data_ptr() + i * layer_bytes, layer_bytes, 0)], "DRAM")
+            far = agent.get_xfer_descs([(address + i * layer_bytes, layer_bytes, 0)], "DRAM")
+            handle = agent.initialize_xfer("WRITE", local, far, remote, b"layer")
+            state = agent.transfer(handle)
+            while state != "DONE":
+                if state == "ERR":
+                    raise RuntimeError("NIXL WRITE failed")
+                state = agent.check_xfer_state(handle)
+            agent.release_xfer_handle(handle)
+        rates.append(layer_bytes * layers / (time.perf_counter() - started) / 1e9)
+    queue.get(timeout=60)
+    target.join(timeout=30)
+    return statistics.median(rates[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run (tests): small layers, 1 repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--transports", default="shm,nixl,grpc")
+    parser.add_argument("--prompt-tokens", type=int, default=1536)
+    parser.add_argument("--no-smollm", action="store_true", help="skip part 3 (one SmolLM2 cluster per transport)")
+    args = parser.parse_args()
+    transports = args.transports.split(",")
+    layers, tokens, repeats = (4, 256, 1) if args.quick else (32, 1536, args.repeats)
+    prompt_tokens = 128 if args.quick else args.prompt_tokens
+    key = torch.randn(1, 32, tokens, 128).to(torch.float16)  # one layer's K (sent as K and V): 25.2 MB of K + V
+    layer_bytes = 2 * key.numel() * key.element_size()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kv-bench-") as tmp:
+        model_dir = llama7b_kv_model(Path(tmp) / "llama7b-kv", layers)
+        spec = ClusterSpec(gpu_workers=0, fpga_workers=1, model=str(model_dir), port=0, fpga_numerics="w4a8",
+                           fpga_hbm_bytes=8 * 1024**3)
+        with LocalCluster(spec) as cluster:
+            card = LiveCard(cluster)
+            bulk, replay = {}, {}
+            for transport in transports:
+                card.send(transport, f"warm-{transport}", key, layers)  # maps, registers, faults pages once
+                bulk[transport] = statistics.median(
+                    card.send(transport, f"bulk-{transport}-{i}", key, layers)[0] for i in range(repeats))
+                pace = A100_PREFILL_S / 32
+                replay[transport] = statistics.median(
+                    card.send(transport, f"paced-{transport}-{i}", key, layers, pace)[1] for i in range(repeats))
+        copy = memcpy_gbps(key, layers, repeats)
+        tcp = raw_tcp_gbps([layer_bytes] * layers, repeats)
+        nixl_own = nixl_two_process_gbps(layer_bytes, layers, repeats) if "nixl" in transports else 0.0
+    size = f"{layers} layers x {layer_bytes / 1e6:.1f} MB"
+    rows.append(f"| plain memcpy, same bytes ({size}) | {copy:.2f} GB/s | - |")
+    rows.append(f"| raw loopback TCP to another process, same bytes | {tcp:.2f} GB/s = {tcp / copy:.2f} of memcpy | - |")
+    if nixl_own:
+        rows.append(f"| NIXL's own two-process WRITE (UCX), same bytes | {nixl_own:.2f} GB/s | - |")
+    for transport in transports:
+        rate = bulk[transport]
+        extra = f"; {rate / nixl_own:.2f} of NIXL's own" if transport == "nixl" and nixl_own else ""
+        goal = {"shm": ">= 0.5 of memcpy", "nixl": ">= 0.8 of NIXL's own"}.get(transport, "-")
+        rows.append(f"| bulk `{transport}` into a live FPGA worker | {rate:.2f} GB/s = {rate / copy:.2f} of memcpy, "
+                    f"{rate / tcp:.2f} of raw TCP{extra} | {goal} |")
+    for transport in transports:
+        exposed = replay[transport]
+        rows.append(f"| A100-paced replay ({layers} layers every {A100_PREFILL_S / 32 * 1e3:.2f} ms), `{transport}`: "
+                    f"exposed / prefill | {exposed / (A100_PREFILL_S * layers / 32):.3f} (exposed "
+                    f"{exposed * 1e3:.1f} ms) | <= 0.05 with shm |")
+    smol = [] if args.no_smollm else transports if not args.quick else ["shm"]
+    source = models.resolve_model(models.DEFAULT_MODEL)
+    tokenizer = models.load_tokenizer(source)
+    for transport in smol:
+        with LocalCluster(ClusterSpec(gpu_workers=1, fpga_workers=1, port=0, kv_transport=transport)) as cluster, \
+                Client(cluster.address, timeout_s=600) as client:
+            client.generate("warm up", max_tokens=2)
+            o = kv_overlap(client, long_prompt(tokenizer, prompt_tokens), repeats)
+        rows.append(f"| SmolLM2 {o['tokens']}-token prompt, `{transport}`: kv_exposed_s / prefill_s (median of "
+                    f"{repeats}) | {o['ratio']:.4f} (prefill {o['prefill_s']:.3f} s, exposed "
+                    f"{o['exposed_s'] * 1e3:.2f} ms, {o['kv_bytes'] / 1e6:.1f} MB) | <= 0.05 |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
