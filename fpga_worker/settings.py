@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.errors import InvalidArgument
+from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
 from services.settings import DaemonSettings
 
 U280_HBM_BYTES = 8 * 1024**3  # 8 GiB of HBM2 on an Alveo U280
@@ -22,6 +23,7 @@ class FpgaWorkerSettings(DaemonSettings):
     xclbin: str = ""  # xrt backend: path of the decode bitstream (kernel glitches_decode)
     xilinx_xrt: str = ""  # xrt backend: $XILINX_XRT as the CLI read it; empty = unset
     kv_token_secret: bytes = field(default=b"", repr=False)  # shared with the scheduler; b"": KV unauthenticated
+    kv_hold_ttl_s: float = DEFAULT_HOLD_TTL_S  # KV of a request not decoding is freed this long after its last renewal
 
     def __post_init__(self):
         super().__post_init__()
@@ -35,3 +37,6 @@ class FpgaWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--hbm-bytes must be positive, got {self.hbm_bytes}")
         if self.slots < 1:
             raise InvalidArgument(f"--slots must be at least 1, got {self.slots}")
+        if not 2.0 <= self.kv_hold_ttl_s <= 3600.0:
+            raise InvalidArgument(f"--kv-hold-ttl-s must be in [2, 3600] s (renewals come every second), "
+                                  f"got {self.kv_hold_ttl_s}")

@@ -58,6 +58,13 @@ def kv_token_option(fn):
                              "transfers are unauthenticated.")(fn)
 
 
+def kv_hold_option(fn):
+    """How long a worker keeps KV nobody renews (services.kv_holds)."""
+    return click.option("--kv-hold-ttl-s", default=20.0, type=float, envvar=_env("kv-hold-ttl-s"), show_default=True,
+                        help="KV held for a request that is not decoding is freed this long after the scheduler's "
+                             "last renewal (its scheduler died), seconds.")(fn)
+
+
 def _kv_token_secret(kwargs: dict) -> None:
     """Replace the --kv-token-secret-file value in kwargs by the secret (file or environment)."""
     from services.kv_token import secret_from_environment
@@ -131,11 +138,14 @@ def scheduler_cmd(**kwargs) -> None:
               help="auto (float32 on CPU, float16 on CUDA), float32, float16 or bfloat16.")
 @click.option("--slots", default=4, type=int, envvar=_env("gpu-slots"), show_default=True,
               help="Concurrent GPU-assist decodes.")
+@kv_token_option
+@kv_hold_option
 def gpu_worker_cmd(**kwargs) -> None:
     """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode."""
     from gpu_worker.server import serve
     from gpu_worker.settings import GpuWorkerSettings
 
+    _kv_token_secret(kwargs)
     _run_daemon(serve, GpuWorkerSettings, **kwargs)
 
 
@@ -152,6 +162,7 @@ def gpu_worker_cmd(**kwargs) -> None:
 @click.option("--device", default="0", envvar=_env("fpga-device"), help="Card index or PCI BDF (xrt backend).")
 @click.option("--xclbin", default="", envvar=_env("xclbin"), help="Decode bitstream path (xrt backend).")
 @kv_token_option
+@kv_hold_option
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
     from fpga_worker.server import serve
@@ -351,11 +362,13 @@ def status_cmd(as_json, address, **tls) -> None:
         click.echo(json.dumps(status.to_dict()))
         return
     click.echo(f"model {status.model}; scheduler active requests {status.scheduler_active_requests}")
-    click.echo(f"{'id':<10} {'kind':<5} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots")
+    click.echo(f"{'id':<10} {'kind':<5} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots "
+               f"{'held':>4} {'expiring':>8} {'held KV':>12}")
     for w in status.workers:
         label = w.backend + (" (emulated)" if w.emulated else "")
         click.echo(f"{w.worker_id:<10} {w.kind:<5} {label:<8} {w.address:<22} {w.pid:>7} "
-                   f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots}")
+                   f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots:<5} "
+                   f"{w.worker_active_requests:>4} {w.expiring_requests:>8} {w.kv_held_bytes:>10} B")
     for w in status.workers:
         if w.kind == "fpga" and not w.kv_tokens_required:
             click.echo(f"warning: {w.worker_id} accepts KV transfers without a token (no KV token secret set)")

@@ -25,6 +25,7 @@ from services.channels import WorkerStubs
 from services.decoding import Finish
 from services.errors import InvalidArgument, Unavailable, from_rpc_error
 from services.kv_token import KvTokenIssuer
+from services.request_auth import RequestAuthIssuer
 from services.proto_convert import FINISH_FROM_PROTO
 from services.registry import Registry, WorkerState
 from services.sampling import Sampling
@@ -122,6 +123,12 @@ class ModelInfo:
         return list(self.tokenizer(prompt)["input_ids"])
 
 
+def _log_renewal(future, worker_id: str) -> None:
+    error = future.exception()
+    if error is not None:
+        log.warning("renewing KV holds on %s failed: %s", worker_id, getattr(error, "code", lambda: error)())
+
+
 def kv_bytes_needed(workers, tokens: int) -> int:
     """KV bytes `tokens` take on the most demanding live FPGA, with its reservation rounding (block units)."""
     needs = [-(-tokens // w.record.kv_granularity_tokens) * w.record.kv_granularity_tokens
@@ -141,8 +148,24 @@ class Orchestrator:
         # one token per KV transfer (per attempt: migrations get fresh ones); None: transfers carry none
         self.kv_tokens = (KvTokenIssuer(settings.kv_token_secret, settings.kv_token_ttl_s)
                           if settings.kv_token_secret else None)
+        # per-call authorisation of Prefill, Decode, Release, RenewKvHolds (same secret); None: calls carry none
+        self.request_auth = (RequestAuthIssuer(settings.kv_token_secret, settings.kv_token_ttl_s)
+                             if settings.kv_token_secret else None)
+        self.leases.renew_holds = self._renew_holds
         self.active = 0
         self._active_lock = threading.Lock()
+
+    def _auth(self, purpose: str, request_id: str, worker_id: str) -> str:
+        return self.request_auth.issue(purpose, request_id, worker_id) if self.request_auth else ""
+
+    def _renew_holds(self, groups: dict[tuple[str, str], list[str]]) -> None:
+        """One RenewKvHolds per worker, not waited for (a frozen worker must not hold up the others)."""
+        for (address, worker_id), request_ids in groups.items():
+            renewals = [worker_pb2.KvHoldRenewal(request_id=r, auth_token=self._auth("renew", r, worker_id))
+                        for r in request_ids]
+            future = self._stub(address).RenewKvHolds.future(worker_pb2.RenewKvHoldsRequest(renewals=renewals),
+                                                              timeout=self.settings.release_timeout_s)
+            future.add_done_callback(lambda f, w=worker_id: _log_renewal(f, w))
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return self._stubs.get(address)
@@ -255,6 +278,7 @@ class Orchestrator:
         gpu, decoder = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded)
         attempt.decoder = decoder
         on_fpga = decoder is not gpu
+        self.leases.hold_on(attempt.claim_id, decoder.record.address, decoder.record.worker_id)
         log.info("request %s: %d prompt + %d generated tokens, prefill on %s, decode on %s", attempt.claim_id,
                  len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
         prefill = self._prefill(gpu, decoder if on_fpga else None, attempt.claim_id, run)
@@ -270,7 +294,8 @@ class Orchestrator:
             worker_pb2.DecodeRequest(request_id=attempt.claim_id, first_token_id=run.tokens[-1],
                                      position=len(run.prompt_ids) + len(run.tokens) - 1,
                                      sampling=run.sampling.to_proto(common_pb2.SamplingParams),
-                                     generated_token_ids=run.tokens),
+                                     generated_token_ids=run.tokens,
+                                     auth_token=self._auth("decode", attempt.claim_id, decoder.record.worker_id)),
             timeout=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
         try:
             for step in attempt.decode_call:
@@ -336,7 +361,8 @@ class Orchestrator:
             return self._stub(gpu.record.address).Prefill(
                 worker_pb2.PrefillRequest(request_id=claim_id, prompt_token_ids=run.prompt_ids,
                                           sampling=run.sampling.to_proto(common_pb2.SamplingParams), target=target,
-                                          generated_token_ids=run.tokens),
+                                          generated_token_ids=run.tokens,
+                                          auth_token=self._auth("prefill", claim_id, gpu.record.worker_id)),
                 timeout=self.settings.prefill_timeout_s)
         except grpc.RpcError as error:
             code = error.code()
@@ -364,8 +390,10 @@ class Orchestrator:
 
     def _release_on_worker(self, worker: WorkerState, request_id: str) -> None:
         try:
-            self._stub(worker.record.address).Release(worker_pb2.ReleaseRequest(request_id=request_id),
-                                                      timeout=self.settings.release_timeout_s)
+            self._stub(worker.record.address).Release(
+                worker_pb2.ReleaseRequest(request_id=request_id,
+                                          auth_token=self._auth("release", request_id, worker.record.worker_id)),
+                timeout=self.settings.release_timeout_s)
         except grpc.RpcError as error:
             log.warning("release of %s on %s failed: %s", request_id, worker.record.worker_id, error.code())
 

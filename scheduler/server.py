@@ -54,7 +54,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 address=w.record.address, pid=w.record.pid, healthy=w.healthy, slots=w.record.slots,
                 active_requests=w.active, kv_capacity_bytes=w.record.kv_capacity_bytes,
                 kv_free_bytes=w.record.kv_free_bytes, model=w.record.model, http_address=w.record.http_address,
-                kv_tokens_required=bool(w.record.kv_tokens_required))
+                kv_tokens_required=bool(w.record.kv_tokens_required),
+                worker_active_requests=w.record.worker_active_requests, kv_held_bytes=w.record.kv_held_bytes,
+                expiring_requests=w.record.expiring_requests)
             for w in self.orchestrator.registry.workers()]
         return scheduler_pb2.StatusResponse(model=self.orchestrator.model.name, workers=workers,
                                             scheduler_active_requests=self.orchestrator.active)

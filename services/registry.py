@@ -118,6 +118,9 @@ class WorkerRecord:
     kv_block_bytes: int = 0  # bytes of one KV block (16 tokens of one layer/head/K-or-V lane); 0 for GPUs
     kv_free_blocks: int = 0  # free KV blocks on the device (kv_free_bytes // kv_block_bytes)
     kv_tokens_required: int = 0  # 1 when the worker accepts KV only with a scheduler-issued token
+    worker_active_requests: int = 0  # requests the worker itself holds KV for (its Info), whatever the claims say
+    kv_held_bytes: int = 0  # KV bytes it holds for requests
+    expiring_requests: int = 0  # held requests not decoding: freed unless renewed (services/kv_holds.py)
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerRecord:

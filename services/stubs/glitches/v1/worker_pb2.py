@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.stubs.glitches.v1 import common_pb2 as glitches_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18glitches/v1/worker.proto\x12\x0bglitches.v1\x1a\x18glitches/v1/common.proto\"\r\n\x0bInfoRequest\"\xc4\x02\n\x0cInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.glitches.v1.DeviceKind\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x65mulated\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\r\n\x05slots\x18\x07 \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x08 \x01(\r\x12\x19\n\x11kv_capacity_bytes\x18\t \x01(\x04\x12\x15\n\rkv_free_bytes\x18\n \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x0b \x01(\x04\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x14\n\x0chttp_address\x18\r \x01(\t\x12\x1a\n\x12kv_tokens_required\x18\x0e \x01(\x08\"D\n\x0c\x44\x65\x63odeTarget\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08kv_token\x18\x03 \x01(\t\"\xb5\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12)\n\x06target\x18\x04 \x01(\x0b\x32\x19.glitches.v1.DecodeTarget\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\"\xed\x01\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\x12\x14\n\x0ckv_exposed_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\x12*\n\"layers_received_before_prefill_end\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x30\n\rfinish_reason\x18\x08 \x01(\x0e\x32\x19.glitches.v1.FinishReason\"\x89\x01\n\x07KvChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.glitches.v1.KvHeaderH\x00\x12*\n\x05layer\x18\x02 \x01(\x0b\x32\x19.glitches.v1.KvLayerChunkH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.glitches.v1.KvEndH\x00\x42\x06\n\x04\x62ody\"s\n\x08KvHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x16\n\x0ereserve_tokens\x18\x03 \x01(\r\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x10\n\x08kv_token\x18\x05 \x01(\t\"j\n\x0cKvLayerChunk\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x11\n\tseq_start\x18\x02 \x01(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05shape\x18\x04 \x03(\r\x12\x0b\n\x03key\x18\x05 \x01(\x0c\x12\r\n\x05value\x18\x06 \x01(\x0c\"\x1b\n\x05KvEnd\x12\x12\n\nnum_layers\x18\x01 \x01(\r\"E\n\x12TransferKVResponse\x12\x10\n\x08kv_bytes\x18\x01 \x01(\x04\x12\x1d\n\x15layer_received_unix_s\x18\x02 \x03(\x01\"\x99\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\x12\x10\n\x08position\x18\x03 \x01(\r\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\"\x88\x01\n\x0b\x44\x65\x63odeToken\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06step_s\x18\x03 \x01(\x01\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.glitches.v1.FinishReason\x12\x16\n\x0emodeled_step_s\x18\x05 \x01(\x01\"$\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x32\xda\x02\n\x06Worker\x12;\n\x04Info\x12\x18.glitches.v1.InfoRequest\x1a\x19.glitches.v1.InfoResponse\x12\x44\n\x07Prefill\x12\x1b.glitches.v1.PrefillRequest\x1a\x1c.glitches.v1.PrefillResponse\x12\x45\n\nTransferKV\x12\x14.glitches.v1.KvChunk\x1a\x1f.glitches.v1.TransferKVResponse(\x01\x12@\n\x06\x44\x65\x63ode\x12\x1a.glitches.v1.DecodeRequest\x1a\x18.glitches.v1.DecodeToken0\x01\x12\x44\n\x07Release\x12\x1b.glitches.v1.ReleaseRequest\x1a\x1c.glitches.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18glitches/v1/worker.proto\x12\x0bglitches.v1\x1a\x18glitches/v1/common.proto\"\r\n\x0bInfoRequest\"\xac\x03\n\x0cInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.glitches.v1.DeviceKind\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x65mulated\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\r\n\x05slots\x18\x07 \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x08 \x01(\r\x12\x19\n\x11kv_capacity_bytes\x18\t \x01(\x04\x12\x15\n\rkv_free_bytes\x18\n \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x0b \x01(\x04\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x14\n\x0chttp_address\x18\r \x01(\t\x12\x1a\n\x12kv_tokens_required\x18\x0e \x01(\x08\x12\x15\n\rkv_held_bytes\x18< \x01(\x04\x12\x19\n\x11\x65xpiring_requests\x18= \x01(\r\x12\x15\n\rkv_hold_ttl_s\x18> \x01(\x01\x12\x1d\n\x15request_auth_required\x18? \x01(\x08\"D\n\x0c\x44\x65\x63odeTarget\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08kv_token\x18\x03 \x01(\t\"\xc9\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12)\n\x06target\x18\x04 \x01(\x0b\x32\x19.glitches.v1.DecodeTarget\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\x12\x12\n\nauth_token\x18< \x01(\t\"\xed\x01\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\x12\x14\n\x0ckv_exposed_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\x12*\n\"layers_received_before_prefill_end\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x30\n\rfinish_reason\x18\x08 \x01(\x0e\x32\x19.glitches.v1.FinishReason\"\x89\x01\n\x07KvChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.glitches.v1.KvHeaderH\x00\x12*\n\x05layer\x18\x02 \x01(\x0b\x32\x19.glitches.v1.KvLayerChunkH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.glitches.v1.KvEndH\x00\x42\x06\n\x04\x62ody\"s\n\x08KvHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x16\n\x0ereserve_tokens\x18\x03 \x01(\r\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x10\n\x08kv_token\x18\x05 \x01(\t\"j\n\x0cKvLayerChunk\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x11\n\tseq_start\x18\x02 \x01(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05shape\x18\x04 \x03(\r\x12\x0b\n\x03key\x18\x05 \x01(\x0c\x12\r\n\x05value\x18\x06 \x01(\x0c\"\x1b\n\x05KvEnd\x12\x12\n\nnum_layers\x18\x01 \x01(\r\"E\n\x12TransferKVResponse\x12\x10\n\x08kv_bytes\x18\x01 \x01(\x04\x12\x1d\n\x15layer_received_unix_s\x18\x02 \x03(\x01\"\xad\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\x12\x10\n\x08position\x18\x03 \x01(\r\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\x12\x12\n\nauth_token\x18< \x01(\t\"\x88\x01\n\x0b\x44\x65\x63odeToken\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06step_s\x18\x03 \x01(\x01\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.glitches.v1.FinishReason\x12\x16\n\x0emodeled_step_s\x18\x05 \x01(\x01\"8\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nauth_token\x18< \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"7\n\rKvHoldRenewal\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nauth_token\x18\x02 \x01(\t\"C\n\x13RenewKvHoldsRequest\x12,\n\x08renewals\x18\x01 \x03(\x0b\x32\x1a.glitches.v1.KvHoldRenewal\"3\n\x14RenewKvHoldsResponse\x12\x1b\n\x13unknown_request_ids\x18\x01 \x03(\t2\xaf\x03\n\x06Worker\x12;\n\x04Info\x12\x18.glitches.v1.InfoRequest\x1a\x19.glitches.v1.InfoResponse\x12\x44\n\x07Prefill\x12\x1b.glitches.v1.PrefillRequest\x1a\x1c.glitches.v1.PrefillResponse\x12\x45\n\nTransferKV\x12\x14.glitches.v1.KvChunk\x1a\x1f.glitches.v1.TransferKVResponse(\x01\x12@\n\x06\x44\x65\x63ode\x12\x1a.glitches.v1.DecodeRequest\x1a\x18.glitches.v1.DecodeToken0\x01\x12\x44\n\x07Release\x12\x1b.glitches.v1.ReleaseRequest\x1a\x1c.glitches.v1.ReleaseResponse\x12S\n\x0cRenewKvHolds\x12 .glitches.v1.RenewKvHoldsRequest\x1a!.glitches.v1.RenewKvHoldsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,31 +35,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREQUEST']._serialized_start=67
   _globals['_INFOREQUEST']._serialized_end=80
   _globals['_INFORESPONSE']._serialized_start=83
-  _globals['_INFORESPONSE']._serialized_end=407
-  _globals['_DECODETARGET']._serialized_start=409
-  _globals['_DECODETARGET']._serialized_end=477
-  _globals['_PREFILLREQUEST']._serialized_start=480
-  _globals['_PREFILLREQUEST']._serialized_end=661
-  _globals['_PREFILLRESPONSE']._serialized_start=664
-  _globals['_PREFILLRESPONSE']._serialized_end=901
-  _globals['_KVCHUNK']._serialized_start=904
-  _globals['_KVCHUNK']._serialized_end=1041
-  _globals['_KVHEADER']._serialized_start=1043
-  _globals['_KVHEADER']._serialized_end=1158
-  _globals['_KVLAYERCHUNK']._serialized_start=1160
-  _globals['_KVLAYERCHUNK']._serialized_end=1266
-  _globals['_KVEND']._serialized_start=1268
-  _globals['_KVEND']._serialized_end=1295
-  _globals['_TRANSFERKVRESPONSE']._serialized_start=1297
-  _globals['_TRANSFERKVRESPONSE']._serialized_end=1366
-  _globals['_DECODEREQUEST']._serialized_start=1369
-  _globals['_DECODEREQUEST']._serialized_end=1522
-  _globals['_DECODETOKEN']._serialized_start=1525
-  _globals['_DECODETOKEN']._serialized_end=1661
-  _globals['_RELEASEREQUEST']._serialized_start=1663
-  _globals['_RELEASEREQUEST']._serialized_end=1699
-  _globals['_RELEASERESPONSE']._serialized_start=1701
-  _globals['_RELEASERESPONSE']._serialized_end=1736
-  _globals['_WORKER']._serialized_start=1739
-  _globals['_WORKER']._serialized_end=2085
+  _globals['_INFORESPONSE']._serialized_end=511
+  _globals['_DECODETARGET']._serialized_start=513
+  _globals['_DECODETARGET']._serialized_end=581
+  _globals['_PREFILLREQUEST']._serialized_start=584
+  _globals['_PREFILLREQUEST']._serialized_end=785
+  _globals['_PREFILLRESPONSE']._serialized_start=788
+  _globals['_PREFILLRESPONSE']._serialized_end=1025
+  _globals['_KVCHUNK']._serialized_start=1028
+  _globals['_KVCHUNK']._serialized_end=1165
+  _globals['_KVHEADER']._serialized_start=1167
+  _globals['_KVHEADER']._serialized_end=1282
+  _globals['_KVLAYERCHUNK']._serialized_start=1284
+  _globals['_KVLAYERCHUNK']._serialized_end=1390
+  _globals['_KVEND']._serialized_start=1392
+  _globals['_KVEND']._serialized_end=1419
+  _globals['_TRANSFERKVRESPONSE']._serialized_start=1421
+  _globals['_TRANSFERKVRESPONSE']._serialized_end=1490
+  _globals['_DECODEREQUEST']._serialized_start=1493
+  _globals['_DECODEREQUEST']._serialized_end=1666
+  _globals['_DECODETOKEN']._serialized_start=1669
+  _globals['_DECODETOKEN']._serialized_end=1805
+  _globals['_RELEASEREQUEST']._serialized_start=1807
+  _globals['_RELEASEREQUEST']._serialized_end=1863
+  _globals['_RELEASERESPONSE']._serialized_start=1865
+  _globals['_RELEASERESPONSE']._serialized_end=1900
+  _globals['_KVHOLDRENEWAL']._serialized_start=1902
+  _globals['_KVHOLDRENEWAL']._serialized_end=1957
+  _globals['_RENEWKVHOLDSREQUEST']._serialized_start=1959
+  _globals['_RENEWKVHOLDSREQUEST']._serialized_end=2026
+  _globals['_RENEWKVHOLDSRESPONSE']._serialized_start=2028
+  _globals['_RENEWKVHOLDSRESPONSE']._serialized_end=2079
+  _globals['_WORKER']._serialized_start=2082
+  _globals['_WORKER']._serialized_end=2513
 # @@protoc_insertion_point(module_scope)
