@@ -4,8 +4,9 @@
   RESOURCE_EXHAUSTED before anything is placed (the registry's claims are the
   scheduler's view; this is the card's own, so a caller that skips the registry
   cannot over-fill it).
-- Expiry: every reservation is a hold in `holds` (services/kv_holds.py) that expires
-  unless the scheduler renews it; the reaper releases through `inner`.
+- Expiry: every reservation is a hold in `holds` (services/kv_holds.py); once sealed (the
+  transfer complete) it expires unless the scheduler renews it; the reaper releases through
+  `inner`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class HeldBackend(DecodeBackend):
                 raise ResourceExhausted(f"this worker's {self.slots} slot(s) are all taken ({held} requests hold "
                                         "KV); send the request to another worker or retry later")
             self.inner.reserve(request_id, max_tokens)
-        self.holds.hold(request_id, max_tokens * self.inner.geometry().bytes_per_token)
+        self.holds.hold(request_id, max_tokens * self.inner.geometry().bytes_per_token, receiving=True)
 
     def release(self, request_id: str) -> bool:
         self.holds.forget(request_id)
@@ -54,6 +55,7 @@ class HeldBackend(DecodeBackend):
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
         self.inner.seal(request_id, prompt_tokens)
+        self.holds.received(request_id)  # complete: from now on it expires unless renewed or decoding
 
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
         return self.inner.step(request_id, token_id, position)

@@ -99,10 +99,14 @@ def main() -> None:
               help="How long a slot claim outlives a scheduler that died, seconds.")
 @click.option("--max-active", default=64, type=int, envvar=_env("max-active"), show_default=True,
               help="Requests this scheduler runs at once.")
-@click.option("--max-queued", default=256, type=int, envvar=_env("max-queued"), show_default=True,
-              help="Requests that may wait for a place; beyond, RESOURCE_EXHAUSTED.")
+@click.option("--max-queued", default=64, type=int, envvar=_env("max-queued"), show_default=True,
+              help="Requests that may wait for a place; beyond, RESOURCE_EXHAUSTED. The gRPC thread pool is "
+                   "--max-active + --max-queued + 16 (health, Status and refusals keep threads).")
 @click.option("--queue-wait-s", default=30.0, type=float, envvar=_env("queue-wait-s"), show_default=True,
               help="Longest wait for a place, seconds.")
+@click.option("--decode-stall-s", default=5.0, type=float, envvar=_env("decode-stall-s"), show_default=True,
+              help="An FPGA decode stream with no token for this long (plus 4 x its slowest step) is treated as a "
+                   "dead worker and the request moves, seconds.")
 @click.option("--max-migrations", default=2, type=int, envvar=_env("max-migrations"), show_default=True,
               help="How often one request may move to other workers after a worker dies.")
 @click.option("--api-keys-file", default="", envvar=_env("api-keys-file"),

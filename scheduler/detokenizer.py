@@ -4,6 +4,12 @@ Text is released only when it is final: not ending in an incomplete UTF-8
 character (the tokenizer's U+FFFD), and not a possible beginning of a stop
 string. When a stop string appears, the text before it is final and the rest
 is never sent.
+
+Cost per token, beyond decoding the tokens: the stop search looks only at text not yet
+released plus the longest stop's length (an occurrence cannot lie inside released text: its
+beginning would have been held back), and the hold-back tries only the positions in the last
+len(stop) - 1 characters where the stop's first character occurs. Stop strings are bounded
+by the scheduler (MAX_STOP_CHARS in scheduler/orchestrator.py).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ class Detokenizer:
     def __init__(self, text_of: Callable[[list[int]], str], stop: tuple[str, ...]):
         self._text_of = text_of
         self._stop = tuple(s for s in stop if s)
+        self._longest = max((len(s) for s in self._stop), default=0)
         self._tokens: list[int] = []
         self._sent = 0  # characters already released
         self.text = ""  # text released so far
@@ -30,7 +37,8 @@ class Detokenizer:
 
     def _release(self, final: bool) -> str:
         full = self._text_of(self._tokens)
-        cut = min((full.find(s) for s in self._stop if s in full), default=-1)
+        start = max(0, self._sent - self._longest)
+        cut = min((i for i in (full.find(s, start) for s in self._stop) if i >= 0), default=-1)
         if cut >= 0:
             ready = full[:cut]
         elif final:
@@ -50,8 +58,12 @@ class Detokenizer:
         """Length of the longest suffix of `full` that begins some stop string."""
         longest = 0
         for stop in self._stop:
-            for n in range(min(len(stop) - 1, len(full)), longest, -1):
-                if full.endswith(stop[:n]):
-                    longest = n
+            span = min(len(stop) - 1, len(full))
+            tail = full[len(full) - span:] if span else ""
+            i = tail.find(stop[0]) if tail else -1
+            while i != -1 and span - i > longest:  # the suffix tail[i:] is longer than the best so far
+                if stop.startswith(tail[i:]):
+                    longest = span - i
                     break
+                i = tail.find(stop[0], i + 1)
         return longest

@@ -18,6 +18,7 @@ import grpc
 from scheduler.admission import Admission
 from scheduler.detokenizer import Detokenizer
 from scheduler.leases import LeaseKeeper
+from scheduler.progress_watchdog import ProgressWatchdog
 from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
 from scheduler.settings import SchedulerSettings
 from services import metrics
@@ -32,6 +33,8 @@ from services.sampling import Sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
+MAX_STOP_STRINGS = 16  # stop strings one request may give
+MAX_STOP_CHARS = 1000  # characters of one stop string
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class _Attempt:
     claim_id: str  # request id + attempt number: names the claims and the KV on the workers
     decoder: WorkerState | None = None
     decode_call: object = None
+    lost: bool = False  # the decoder died or froze: release there without waiting for it
 
 
 @dataclass
@@ -152,6 +156,7 @@ class Orchestrator:
         self.request_auth = (RequestAuthIssuer(settings.kv_token_secret, settings.kv_token_ttl_s)
                              if settings.kv_token_secret else None)
         self.leases.renew_holds = self._renew_holds
+        self.watchdog = ProgressWatchdog()  # FPGA decode streams without progress count as a dead worker
         self.active = 0
         self._active_lock = threading.Lock()
 
@@ -186,6 +191,9 @@ class Orchestrator:
             raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {s.temperature}")
         if not 0.0 < s.top_p <= 1.0:
             raise InvalidArgument(f"top_p must be in (0, 1], got {s.top_p}")
+        if len(s.stop) > MAX_STOP_STRINGS or any(len(x) > MAX_STOP_CHARS for x in s.stop):
+            raise InvalidArgument(f"at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_CHARS} characters "
+                                  f"each, got {len(s.stop)} of up to {max(map(len, s.stop), default=0)} characters")
         prompt_ids = self.model.encode(request.prompt, request.chat)
         if not prompt_ids:
             raise InvalidArgument("the prompt tokenizes to nothing; give some text")
@@ -230,11 +238,16 @@ class Orchestrator:
         raise Unavailable("workers kept disappearing while placing the request; retry")
 
     # --- the request -----------------------------------------------------------
-    def generate(self, request: GenerateInput, cancelled=lambda: False) -> Iterator[Delta | Final]:
-        """Run one request to its end, moving it to other workers when one dies (at most max_migrations)."""
+    def generate(self, request: GenerateInput, cancelled=lambda: False,
+                 time_remaining=lambda: None) -> Iterator[Delta | Final]:
+        """Run one request to its end, moving it to other workers when one dies (at most max_migrations).
+
+        time_remaining() -> seconds left of the caller's deadline (None: none); a queued request gives up
+        in time to answer RESOURCE_EXHAUSTED rather than run into it.
+        """
         run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic())
         run.detok = Detokenizer(self.model.text_of, run.sampling.stop)
-        with self.admission.slot(cancelled):
+        with self.admission.slot(cancelled, time_remaining):
             yield from self._run(run)
 
     def _run(self, run: _Run) -> Iterator[Delta | Final]:
@@ -249,6 +262,7 @@ class Orchestrator:
                 try:
                     yield from self._attempt(run, attempt)
                 except _WorkerLost as lost:
+                    attempt.lost = True
                     self._on_lost(run, lost)
                 finally:
                     self._end_attempt(attempt)
@@ -297,17 +311,30 @@ class Orchestrator:
                                      generated_token_ids=run.tokens,
                                      auth_token=self._auth("decode", attempt.claim_id, decoder.record.worker_id)),
             timeout=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
+        # GPU assist is not watched: its steps queue behind other requests' prefills, of any length
+        ticket = self.watchdog.watch(attempt.decode_call, self.settings.decode_stall_s) if on_fpga else None
         try:
             for step in attempt.decode_call:
+                if ticket is not None:
+                    self.watchdog.progress(ticket, step.step_s)
                 run.device_decode_s += step.step_s
                 run.modeled_s += step.modeled_step_s
                 yield self._emit(run, step.token_id)
+                if ticket is not None:  # a slow client reading the stream is no stall of the worker
+                    self.watchdog.progress(ticket)
                 run.finish = FINISH_FROM_PROTO[step.finish_reason]
         except grpc.RpcError as error:
+            if ticket is not None and ticket.stalled:
+                raise _WorkerLost(decoder.record.worker_id, f"decode on {decoder.record.worker_id} made no progress "
+                                  f"for {ticket.limit_s():.1f} s (--decode-stall-s); treating the worker as "
+                                  "dead") from error
             if error.code() == grpc.StatusCode.UNAVAILABLE:
                 raise _WorkerLost(decoder.record.worker_id, f"decode worker {decoder.record.worker_id} was lost "
                                   f"({error.details()})") from error
             raise from_rpc_error(error, f"decode on {decoder.record.worker_id} failed") from error
+        finally:
+            if ticket is not None:
+                self.watchdog.unwatch(ticket)
         if run.finish is None:
             raise _WorkerLost(decoder.record.worker_id, f"decode on {decoder.record.worker_id} ended early")
 
@@ -326,7 +353,7 @@ class Orchestrator:
         if attempt.decode_call is not None:
             attempt.decode_call.cancel()
         if attempt.decoder is not None:
-            self._release_on_worker(attempt.decoder, attempt.claim_id)
+            self._release_on_worker(attempt.decoder, attempt.claim_id, wait=not attempt.lost)
         self.leases.discard(attempt.claim_id)
         try:
             self.registry.release(attempt.claim_id, "prefill")
@@ -388,12 +415,17 @@ class Orchestrator:
         except grpc.RpcError:
             return False
 
-    def _release_on_worker(self, worker: WorkerState, request_id: str) -> None:
+    def _release_on_worker(self, worker: WorkerState, request_id: str, wait: bool = True) -> None:
+        """Release on the worker; wait=False (a lost worker) sends it without waiting: a frozen worker must not
+        hold up the migration, and its KV hold expires anyway."""
+        message = worker_pb2.ReleaseRequest(request_id=request_id,
+                                            auth_token=self._auth("release", request_id, worker.record.worker_id))
+        release = self._stub(worker.record.address).Release
+        if not wait:
+            release.future(message, timeout=self.settings.release_timeout_s)
+            return
         try:
-            self._stub(worker.record.address).Release(
-                worker_pb2.ReleaseRequest(request_id=request_id,
-                                          auth_token=self._auth("release", request_id, worker.record.worker_id)),
-                timeout=self.settings.release_timeout_s)
+            release(message, timeout=self.settings.release_timeout_s)
         except grpc.RpcError as error:
             log.warning("release of %s on %s failed: %s", request_id, worker.record.worker_id, error.code())
 

@@ -32,7 +32,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def Generate(self, request, context):
         generate = GenerateInput(prompt=request.prompt, chat=request.chat,
                                  sampling=Sampling.from_proto(request.sampling), model=request.model)
-        for event in self.orchestrator.generate(generate, cancelled=lambda: not context.is_active()):
+        for event in self.orchestrator.generate(generate, cancelled=lambda: not context.is_active(),
+                                                time_remaining=context.time_remaining):
             if isinstance(event, Delta):
                 yield scheduler_pb2.GenerateResponse(delta=scheduler_pb2.TextDelta(text=event.text,
                                                                                    token_ids=event.token_ids))
@@ -89,7 +90,8 @@ def serve(settings: SchedulerSettings) -> None:
     limiter = KeyRateLimiter(settings.requests_per_minute_per_key) if settings.requests_per_minute_per_key else None
     server = start_server(settings.host, settings.port,
                           [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],
-                          (SERVICE_NAME,), metrics_role="scheduler",
+                          (SERVICE_NAME,), metrics_role="scheduler", max_workers=settings.grpc_threads,
+                          max_concurrent_rpcs=settings.grpc_threads,
                           auth=ApiKeyInterceptor(settings.api_keys, (SERVICE_NAME,), limiter) if settings.api_keys else None,
                           tls=settings.tls())
     address = settings.address_for(server.port)

@@ -13,6 +13,7 @@ from enum import Enum
 
 import torch
 
+from services.errors import InvalidArgument
 from services.sampling import Sampling, sample_token
 
 
@@ -56,6 +57,9 @@ def decode_loop(step: Callable[[int, int], torch.Tensor], generated: list[int], 
     while not cancelled():
         started = time.perf_counter()
         logits = step(generated[-1], position)
+        if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf: a token ruled out, fine
+            raise InvalidArgument(f"the logits at position {position} hold NaN or +Inf: the request's KV holds "
+                                  "NaN or Inf values; send finite KV")
         token = sample_token(logits, sampling, len(generated))
         elapsed = time.perf_counter() - started
         generated.append(token)

@@ -1,9 +1,11 @@
 """Worker-side lifetime of held KV: what no live scheduler renews expires.
 
 Protocol (every worker keeps one `KvHolds`):
-- `hold(id)` when the worker starts holding KV for a request (an FPGA reservation at the
-  TransferKV header; a GPU-assist prefill's cache when Prefill returns). The hold expires
-  `ttl_s` later unless renewed.
+- `hold(id)` when the worker starts holding KV for a request (a GPU-assist prefill's cache
+  when Prefill returns). The hold expires `ttl_s` later unless renewed.
+- `hold(id, receiving=True)` for KV still arriving (an FPGA reservation at the TransferKV
+  header): it never expires while the transfer runs (the transfer's own deadlines bound it, and
+  its failure releases it); `received(id)` starts the countdown once the KV is complete.
 - `renew(ids)` from the scheduler's RenewKvHolds call (scheduler/leases.py, every second
   while the request lives) pushes each known id's expiry to now + ttl_s.
 - `begin_decode(id)` / `end_decode(id)` bracket a Decode stream: a decoding request never
@@ -48,6 +50,7 @@ class KvHolds:
         self._expiry: dict[str, float] = {}  # request id -> monotonic expiry (ignored while decoding)
         self._bytes: dict[str, int] = {}  # request id -> KV bytes held
         self._decoding: set[str] = set()
+        self._receiving: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kv-hold-reaper", daemon=True)
@@ -62,10 +65,22 @@ class KvHolds:
         if self._thread.is_alive():
             self._thread.join(timeout=2)
 
-    def hold(self, request_id: str, kv_bytes: int = 0) -> None:
+    def hold(self, request_id: str, kv_bytes: int = 0, receiving: bool = False) -> None:
         with self._lock:
             self._expiry[request_id] = self._clock() + self.ttl_s
             self._bytes[request_id] = kv_bytes
+            if receiving:
+                self._receiving.add(request_id)
+
+    def received(self, request_id: str) -> None:
+        """The KV transfer completed: the hold counts down from now."""
+        with self._lock:
+            self._receiving.discard(request_id)
+            if request_id in self._expiry:
+                self._expiry[request_id] = self._clock() + self.ttl_s
+
+    def _busy(self, request_id: str) -> bool:
+        return request_id in self._decoding or request_id in self._receiving
 
     def renew(self, request_ids: Iterable[str]) -> list[str]:
         """Push each held id's expiry to now + ttl_s; returns the ids not held here."""
@@ -96,17 +111,18 @@ class KvHolds:
         with self._lock:
             self._expiry.pop(request_id, None)
             self._bytes.pop(request_id, None)
+            self._receiving.discard(request_id)
 
     def summary(self) -> HeldSummary:
         with self._lock:
-            expiring = sum(1 for r in self._expiry if r not in self._decoding)
+            expiring = sum(1 for r in self._expiry if not self._busy(r))
             return HeldSummary(len(self._expiry), expiring, sum(self._bytes.values()))
 
     def expire(self) -> list[str]:
         """Release every hold past its expiry that is not decoding; returns their ids."""
         with self._lock:
             now = self._clock()
-            due = [r for r, t in self._expiry.items() if t <= now and r not in self._decoding]
+            due = [r for r, t in self._expiry.items() if t <= now and not self._busy(r)]
             for request_id in due:
                 del self._expiry[request_id]
                 self._bytes.pop(request_id, None)

@@ -73,3 +73,15 @@ def test_forget_and_bad_ttl():
     assert holds.expire() == [] and released == []
     with pytest.raises(InvalidArgument):
         KvHolds(0, print)
+
+
+def test_kv_still_arriving_does_not_expire_until_received():
+    holds, clock, released = _holds()
+    holds.hold("a", receiving=True)
+    clock.now += 100
+    assert holds.expire() == [] and holds.summary().expiring == 0
+    holds.received("a")
+    clock.now += 9
+    assert holds.expire() == []
+    clock.now += 2
+    assert holds.expire() == ["a"]

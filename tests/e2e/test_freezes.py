@@ -1,0 +1,132 @@
+"""Frozen workers (SIGSTOP) on a cluster of its own: overload is answered, never a timeout, and a frozen
+decode moves on.
+
+- With the GPU worker frozen and 36 requests in flight, new Generate calls get RESOURCE_EXHAUSTED with a
+  retry hint at once while grpc.health.v1 Check and Status answer in under a second (admission engages
+  before the gRPC thread pool fills: the pool is sized from the admission bounds plus control headroom).
+- An FPGA worker frozen mid-decode is treated as dead after --decode-stall-s without a token: the request
+  migrates and its greedy tokens equal transformers' own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from glitches import Client, Completion, GlitchesError, ResourceExhaustedError, TextChunk
+from glitches.cluster import ClusterSpec, LocalCluster
+from services.channels import insecure_channel
+from services.registry import Registry
+from tests.conftest import REDIS_URL
+from tests.e2e.conftest import assert_idle
+
+pytestmark = pytest.mark.e2e
+MAX_ACTIVE, MAX_QUEUED = 16, 8
+DECODE_STALL_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def frozen_cluster():
+    prefix = f"glitches-freeze-{uuid.uuid4().hex[:8]}"
+    spec = ClusterSpec(gpu_workers=1, fpga_workers=2, port=0, redis_url=REDIS_URL, redis_prefix=prefix,
+                       threads_per_worker=1,
+                       scheduler_args=("--max-active", str(MAX_ACTIVE), "--max-queued", str(MAX_QUEUED),
+                                       "--queue-wait-s", "5", "--decode-stall-s", str(DECODE_STALL_S)))
+    with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=300) as client:
+        yield dict(cluster=cluster, client=client, registry=Registry(REDIS_URL, prefix))
+
+
+def _timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_overload_with_the_gpu_frozen_is_resource_exhausted_while_health_and_status_answer(frozen_cluster):
+    client, address = frozen_cluster["client"], frozen_cluster["cluster"].address
+    gpu = next(w for w in client.status().workers if w.kind == "gpu")
+    outcomes: list[str] = []
+
+    def ask(i: int) -> None:
+        try:
+            with Client(address, timeout_s=120, retry=None) as c:
+                c.generate(f"Say {i}.", max_tokens=3)
+            outcomes.append("done")
+        except ResourceExhaustedError as error:
+            outcomes.append("exhausted" if error.retry_after_s else "exhausted-without-hint")
+        except GlitchesError as error:
+            outcomes.append(error.code)
+
+    os.kill(gpu.pid, signal.SIGSTOP)
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(36)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while client.status().scheduler_active_requests < MAX_ACTIVE and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.status().scheduler_active_requests == MAX_ACTIVE
+        time.sleep(0.5)
+        assert outcomes.count("exhausted") == 36 - MAX_ACTIVE - MAX_QUEUED, outcomes  # refused at once
+        with Client(address, timeout_s=10, retry=None) as c:
+            for _ in range(3):
+                with pytest.raises(ResourceExhaustedError) as refused:
+                    _timed(lambda: c.generate("One more?", max_tokens=3))
+                assert refused.value.retry_after_s and refused.value.retry_after_s >= 1
+            _, took = _timed(c.status)
+            assert took < 1.0
+        health = health_pb2_grpc.HealthStub(insecure_channel(address))
+        reply, took = _timed(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING and took < 1.0
+    finally:
+        os.kill(gpu.pid, signal.SIGCONT)
+        for t in threads:
+            t.join(timeout=180)
+    # the queued ones gave up with RESOURCE_EXHAUSTED or ran; none ran into a deadline
+    assert set(outcomes) <= {"done", "exhausted"} and outcomes.count("done") >= MAX_ACTIVE, outcomes
+    assert_idle(frozen_cluster["registry"], timeout_s=10)
+
+
+def _busy_fpga(client: Client, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        busy = [w for w in client.status().workers if w.kind == "fpga" and w.active_requests and w.healthy]
+        if busy:
+            return busy[0]
+        time.sleep(0.02)
+    raise AssertionError("no busy FPGA worker")
+
+
+def test_an_fpga_frozen_mid_decode_is_migrated_with_identical_tokens(frozen_cluster, reference):
+    client = frozen_cluster["client"]
+    # the GPU worker heartbeats again after the test above: wait until it counts as healthy
+    deadline = time.monotonic() + 30
+    while not all(w.healthy for w in client.status().workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    prompt = "Write a long poem about the sea."
+    stream = client.stream(prompt, max_tokens=40)
+    pieces = []
+    for item in stream:
+        pieces.append(item)
+        if isinstance(item, TextChunk) and len([p for p in pieces if isinstance(p, TextChunk)]) >= 4:
+            break
+    victim = _busy_fpga(client)
+    os.kill(victim.pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        final = next(p for p in stream if isinstance(p, Completion))
+        moved_after = time.monotonic() - frozen_at
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    assert final.migrations == 1 and final.decode_worker != victim.worker_id
+    ids = reference["tokenizer"](prompt)["input_ids"]
+    assert list(final.token_ids) == reference["generate"](ids, 40)
+    assert moved_after < 60  # not the 120 s x max_tokens deadline
+    assert_idle(frozen_cluster["registry"], timeout_s=10)
