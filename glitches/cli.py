@@ -245,7 +245,7 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
-        click.echo(f"redis {cluster.redis_url} prefix {redis_prefix}", err=True)
+        click.echo(f"redis {cluster.shown_redis_url} prefix {redis_prefix}", err=True)
         for name, http_address in cluster.http_addresses.items():
             click.echo(f"http {name} {http_address}")  # /healthz /readyz /metrics
         cluster.wait_ready()
