@@ -30,6 +30,7 @@ from tests.e2e.conftest import assert_idle
 pytestmark = pytest.mark.e2e
 MAX_ACTIVE, MAX_QUEUED = 16, 8
 DECODE_STALL_S = 2.0
+MAX_TOKENS = 160  # a decode of seconds on the emulator: time to find its worker and freeze it
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +96,17 @@ def test_overload_with_the_gpu_frozen_is_resource_exhausted_while_health_and_sta
 
 
 def _busy_fpga(client: Client, timeout_s: float = 30.0):
+    """The FPGA worker that says (its own Info) it holds a request now."""
+    from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+
+    fpgas = [w for w in client.status().workers if w.kind == "fpga"]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        busy = [w for w in client.status().workers if w.kind == "fpga" and w.active_requests and w.healthy]
-        if busy:
-            return busy[0]
-        time.sleep(0.02)
+        for w in fpgas:
+            info = worker_pb2_grpc.WorkerStub(insecure_channel(w.address)).Info(worker_pb2.InfoRequest(), timeout=5)
+            if info.active_requests:
+                return w
+        time.sleep(0.01)
     raise AssertionError("no busy FPGA worker")
 
 
@@ -111,12 +117,12 @@ def test_an_fpga_frozen_mid_decode_is_migrated_with_identical_tokens(frozen_clus
     while not all(w.healthy for w in client.status().workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     prompt = "Write a long poem about the sea."
-    stream = client.stream(prompt, max_tokens=40)
+    stream = client.stream(prompt, max_tokens=MAX_TOKENS)
     pieces = []
     for item in stream:
         pieces.append(item)
-        if isinstance(item, TextChunk) and len([p for p in pieces if isinstance(p, TextChunk)]) >= 4:
-            break
+        if isinstance(item, TextChunk) and item.token_ids:
+            break  # decoding has begun (the first token comes from prefill)
     victim = _busy_fpga(client)
     os.kill(victim.pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
@@ -127,6 +133,6 @@ def test_an_fpga_frozen_mid_decode_is_migrated_with_identical_tokens(frozen_clus
         os.kill(victim.pid, signal.SIGCONT)
     assert final.migrations == 1 and final.decode_worker != victim.worker_id
     ids = reference["tokenizer"](prompt)["input_ids"]
-    assert list(final.token_ids) == reference["generate"](ids, 40)
+    assert list(final.token_ids) == reference["generate"](ids, MAX_TOKENS)
     assert moved_after < 60  # not the 120 s x max_tokens deadline
     assert_idle(frozen_cluster["registry"], timeout_s=10)
