@@ -121,9 +121,15 @@ class LocalCluster:
         proc = subprocess.Popen([*shim, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
         proc.command = argv  # what runs after the shim's exec (to start the same daemon again)
+        proc.spawn_args = (list(argv), role, dict(env or {}))  # restart(): the same argv, certificate and env
         log.close()
         self.processes[name] = proc
         return proc
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start `name` again as it was started (argv, certificate, environment: its Redis URL and secrets)."""
+        argv, role, env = self.processes[name].spawn_args
+        return self._spawn(name, argv, role=role, env=env)
 
     def _daemon(self, name: str, command: str, *args: str) -> None:
         http_port = free_port()
