@@ -18,8 +18,8 @@ class SchedulerSettings(DaemonSettings):
     decode_token_timeout_s: float = 120.0  # longest wait for the next token
     decode_stall_s: float = 5.0  # an FPGA decode stream without a token this long (+ 4 x its slowest step) is a dead worker
     release_timeout_s: float = 5.0
-    max_active: int = 64  # requests this replica runs at once
-    max_queued: int = 64  # requests that may wait for a place; beyond: RESOURCE_EXHAUSTED
+    max_active: int = 24  # requests this replica runs at once (more devices: raise it, the pool follows)
+    max_queued: int = 8  # requests that may wait for a place; beyond: RESOURCE_EXHAUSTED
     queue_wait_s: float = 30.0  # longest wait for a place
     max_migrations: int = 2  # how often one request may move after a worker dies
     lease_ttl_s: float = 5.0  # a claim outlives a dead scheduler by at most this long
