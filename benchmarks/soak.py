@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 
-from glitches import Client, GlitchesError
+from glitches import Client, GlitchesError, RetryPolicy
 from glitches.cluster import ClusterSpec, LocalCluster
 from services.channels import insecure_channel
 from services.registry import Registry
@@ -117,7 +117,9 @@ def main() -> None:
                        extra_env={"GLITCHES_KV_HOLD_TTL_S": str(KV_HOLD_TTL_S)},
                        scheduler_args=("--queue-wait-s", "600", "--lease-ttl-s", "3", "--max-migrations", "3"))
     outcomes, migrations, faults, examples = collections.Counter(), collections.Counter(), [], {}
-    with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=120) as client:
+    # a patient client: a killed scheduler takes tens of seconds to load again on a small machine
+    retry = RetryPolicy(max_attempts=10, initial_backoff_s=1.0, max_backoff_s=10.0)
+    with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=300, retry=retry) as client:
         registry = Registry(cluster.redis_url, spec.redis_prefix)
         stop, done = threading.Event(), threading.Event()
         injector = threading.Thread(target=inject_faults, args=(cluster, registry, kinds, args.fault_every_s,
