@@ -33,7 +33,6 @@ class ProgressWatchdog:
     def __init__(self, interval_s: float = 0.25, clock=time.monotonic):
         self._interval_s = interval_s
         self._clock = clock
-        self._tickets: set[int] = set()
         self._by_id: dict[int, Ticket] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

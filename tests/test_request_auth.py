@@ -5,7 +5,6 @@ the decode lock and the FPGA worker's slot limit hold whoever calls."""
 
 from __future__ import annotations
 
-import threading
 
 import grpc
 import pytest

@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
