@@ -7,6 +7,7 @@ import os
 
 from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
+from fpga_worker.held_backend import HeldBackend
 from fpga_worker.kv_notify import NotifyingBackend
 from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
 from fpga_worker.settings import FpgaWorkerSettings
@@ -16,7 +17,9 @@ from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
 from services.host_identity import host_identity
+from services.kv_holds import KvHolds, renew_rpc
 from services.kv_token import SECRET_ENV, KvTokenVerifier
+from services.request_auth import OpenAccess, RequestAuthVerifier
 from services.observability import DaemonHttp, publish_device_facts, worker_ready_check
 from services.peer_roles import worker_role_check
 from services.proto_convert import step_to_proto
@@ -31,8 +34,11 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
     def __init__(self, backend: DecodeBackend, tokenizer, worker_id: str, model_name: str, slots: int,
                  kv_tokens: KvTokenVerifier | None = None, kv_transport: str = "auto",
-                 limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64)):
+                 limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64),
+                 holds: KvHolds | None = None, auth: RequestAuthVerifier | OpenAccess | None = None,
+                 vocab_size: int = 0):
         """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream."""
+        self.holds = holds or KvHolds(3600.0, lambda request_id: None)  # the worker's record of what it holds
         self.backend = backend
         self.header_s, self.stall_s, max_streams = limits
         self.kv_streams = StreamBudget(max_streams)
@@ -44,10 +50,21 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.nixl = NixlKvReceiver(backend.kv_memory(), worker_id or "fpga")
         self._placed_via: dict[str, str] = {}  # request id -> transport, while its TransferKVPlaced runs
         self.tokenizer = tokenizer
-        self.worker_id = worker_id
         self.model_name = model_name
         self.slots = slots
         self.kv_tokens = kv_tokens  # None: KV transfers are unauthenticated (no secret configured)
+        self.auth = auth or OpenAccess()  # per-request authorisation of Decode, Release, RenewKvHolds
+        self.vocab_size = vocab_size or len(tokenizer)  # token ids a Decode may name: [0, vocab_size)
+        self.worker_id = worker_id
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    @worker_id.setter
+    def worker_id(self, value: str) -> None:
+        self._worker_id = value
+        self.auth.worker_id = value  # tokens are bound to this id
 
     def text_of(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -61,7 +78,10 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,
             pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None, kv_transports=self.kv_transports,
             host_identity=host_identity(), shm_segment=self._shm_path(),
-            nixl_agent=self.nixl.name if self.nixl is not None else "")
+            nixl_agent=self.nixl.name if self.nixl is not None else "",
+            kv_held_bytes=facts.kv_capacity_bytes - self.backend.kv_free_bytes(),
+            expiring_requests=self.holds.summary().expiring, kv_hold_ttl_s=self.holds.ttl_s,
+            request_auth_required=isinstance(self.auth, RequestAuthVerifier))
 
     def _shm_path(self) -> str:
         memory = self.backend.kv_memory() if "shm" in self.kv_transports else None
@@ -135,11 +155,23 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
                         self.nixl.deregister(request_id)
 
     def Decode(self, request, context):
+        self.auth.check(request.auth_token, "decode", request.request_id)
         sampling = Sampling.from_proto(request.sampling)
         check_sampling(sampling)
         if sampling.max_new_tokens < 1:
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         generated = list(request.generated_token_ids) or [request.first_token_id]
+        if max(generated) >= self.vocab_size:
+            raise InvalidArgument(f"token id {max(generated)} (first_token_id / generated_token_ids) is outside "
+                                  f"the vocabulary (size {self.vocab_size})")
+        request_id = request.request_id
+        self.holds.begin_decode(request_id)  # FAILED_PRECONDITION when another Decode of it runs
+        try:
+            yield from self._decode(request, context, sampling, generated)
+        finally:
+            self.holds.end_decode(request_id)
+
+    def _decode(self, request, context, sampling: Sampling, generated: list[int]):
         request_id = request.request_id
         latest = {"position": request.position}
 
@@ -160,7 +192,21 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             self.backend.release(request_id)  # finished, failed or cancelled: the KV goes
 
     def Release(self, request, context):
+        self.auth.check(request.auth_token, "release", request.request_id)
         return worker_pb2.ReleaseResponse(released=self.backend.release(request.request_id))
+
+    def RenewKvHolds(self, request, context):
+        return renew_rpc(self.holds, self.auth, request)
+
+
+def backend_vocab(backend: DecodeBackend, tokenizer) -> int:
+    """Token ids the card's logits cover: the model's vocab_size (emu: its config; w4a8/xrt: the weight image)."""
+    model, image = getattr(backend, "model", None), getattr(backend, "image", None)
+    if model is not None:
+        return int(model.config.vocab_size)
+    if image is not None:
+        return int(image.dims.vocab)
+    return len(tokenizer)
 
 
 def accepted_transports(backend: DecodeBackend, wanted: str) -> list[str]:
@@ -209,9 +255,15 @@ def serve(settings: FpgaWorkerSettings) -> None:
         log.warning("KV transfers are UNAUTHENTICATED: no KV token secret is set, so this worker accepts KV from "
                     "anyone who reaches its port; give it and the scheduler the same %s (or "
                     "--kv-token-secret-file)", SECRET_ENV)
-    servicer = FpgaWorkerServicer(backend, models.load_tokenizer(source), "", source.name, settings.slots,
-                                  kv_tokens, settings.kv_transport,
-                                  (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams))
+    auth = RequestAuthVerifier(settings.kv_token_secret) if settings.kv_token_secret else OpenAccess()
+    if kv_tokens is None:
+        log.warning("Decode, Release and RenewKvHolds are UNAUTHENTICATED: without a secret anyone who reaches this "
+                    "port can decode or free any request's KV")
+    tokenizer = models.load_tokenizer(source)
+    servicer = FpgaWorkerServicer(backend, tokenizer, "", source.name, settings.slots, kv_tokens,
+                                  settings.kv_transport,
+                                  (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams),
+                                  auth=auth, vocab_size=backend_vocab(backend, tokenizer))
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
                           (SERVICE_NAME,), max_workers=32 + settings.max_kv_streams,
                           metrics_role="fpga-worker", tls=settings.tls(),
@@ -229,11 +281,16 @@ def serve(settings: FpgaWorkerSettings) -> None:
                             kv_block_bytes=block_bytes, kv_free_blocks=info.kv_free_bytes // block_bytes,
                             kv_tokens_required=int(info.kv_tokens_required),
                             kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
-                            shm_segment=info.shm_segment, nixl_agent=info.nixl_agent)
+                            shm_segment=info.shm_segment, nixl_agent=info.nixl_agent,
+                            worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
+                            expiring_requests=info.expiring_requests)
 
     block_bytes = backend.geometry().block_bytes
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
-    servicer.backend = NotifyingBackend(backend, heartbeat.poke)  # reserve/release re-publish the record at once
+    notifying = NotifyingBackend(backend, heartbeat.poke)  # reserve/release re-publish the record at once
+    holds = KvHolds(settings.kv_hold_ttl_s, notifying.release).start()  # the reaper frees what nobody renews
+    servicer.holds = holds
+    servicer.backend = HeldBackend(notifying, settings.slots, holds)  # slot limit + expiry of every reservation
     heartbeat.start()
     facts = backend.facts()
     metrics.ACTIVE_REQUESTS.of("fpga-worker").set_function(lambda: len(backend.active_requests()))
@@ -242,9 +299,10 @@ def serve(settings: FpgaWorkerSettings) -> None:
     metrics.KV_STREAMS.set_function(lambda: servicer.kv_streams.active)
     metrics.KV_NIXL_REGISTRATIONS.set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)
     metrics.KV_CAPACITY_BYTES.set(facts.kv_capacity_bytes)
+    metrics.publish_holds("fpga-worker", holds, lambda: facts.kv_capacity_bytes - backend.kv_free_bytes())
     publish_device_facts("fpga-worker", settings.device, facts.extra)
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
     run_until_signalled(server, heartbeat, settings.drain_grace_s,
                         f"fpga-worker {servicer.worker_id} ready {address} backend={facts.backend} "
                         f"emulated={facts.emulated} device={facts.device_name!r} http={http.address} "
-                        f"kv_tokens={'required' if kv_tokens else 'OFF'}")
+                        f"kv_tokens={'required' if kv_tokens else 'OFF'} kv_hold_ttl_s={settings.kv_hold_ttl_s:g}")

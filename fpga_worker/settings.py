@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.errors import InvalidArgument
+from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
 from services.settings import DaemonSettings
 
 U280_HBM_BYTES = 8 * 1024**3  # 8 GiB of HBM2 on an Alveo U280
@@ -27,6 +28,7 @@ class FpgaWorkerSettings(DaemonSettings):
     kv_header_timeout_s: float = 2.0  # a KV stream's header must arrive within this, seconds
     kv_stall_timeout_s: float = 30.0  # longest gap between two messages of one KV stream, seconds
     max_kv_streams: int = 64  # KV streams served at once; the gRPC pool gets this many threads on top of 32
+    kv_hold_ttl_s: float = DEFAULT_HOLD_TTL_S  # KV of a request not decoding is freed this long after its last renewal
 
     def __post_init__(self):
         super().__post_init__()
@@ -48,3 +50,6 @@ class FpgaWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--kv-stall-timeout-s must be positive, got {self.kv_stall_timeout_s}")
         if self.max_kv_streams < 1:
             raise InvalidArgument(f"--max-kv-streams must be at least 1, got {self.max_kv_streams}")
+        if not 2.0 <= self.kv_hold_ttl_s <= 3600.0:
+            raise InvalidArgument(f"--kv-hold-ttl-s must be in [2, 3600] s (renewals come every second), "
+                                  f"got {self.kv_hold_ttl_s}")

@@ -58,6 +58,13 @@ def kv_token_option(fn):
                              "transfers are unauthenticated.")(fn)
 
 
+def kv_hold_option(fn):
+    """How long a worker keeps KV nobody renews (services.kv_holds)."""
+    return click.option("--kv-hold-ttl-s", default=20.0, type=float, envvar=_env("kv-hold-ttl-s"), show_default=True,
+                        help="KV held for a request that is not decoding is freed this long after the scheduler's "
+                             "last renewal (its scheduler died), seconds.")(fn)
+
+
 def _kv_token_secret(kwargs: dict) -> None:
     """Replace the --kv-token-secret-file value in kwargs by the secret (file or environment)."""
     from services.kv_token import secret_from_environment
@@ -90,12 +97,16 @@ def main() -> None:
               show_default=True, help="Largest max_tokens a request may ask for.")
 @click.option("--lease-ttl-s", default=5.0, type=float, envvar=_env("lease-ttl-s"), show_default=True,
               help="How long a slot claim outlives a scheduler that died, seconds.")
-@click.option("--max-active", default=64, type=int, envvar=_env("max-active"), show_default=True,
+@click.option("--max-active", default=24, type=int, envvar=_env("max-active"), show_default=True,
               help="Requests this scheduler runs at once.")
-@click.option("--max-queued", default=256, type=int, envvar=_env("max-queued"), show_default=True,
-              help="Requests that may wait for a place; beyond, RESOURCE_EXHAUSTED.")
+@click.option("--max-queued", default=8, type=int, envvar=_env("max-queued"), show_default=True,
+              help="Requests that may wait for a place; beyond, RESOURCE_EXHAUSTED. The gRPC thread pool is "
+                   "--max-active + --max-queued + 16 (health, Status and refusals keep threads).")
 @click.option("--queue-wait-s", default=30.0, type=float, envvar=_env("queue-wait-s"), show_default=True,
               help="Longest wait for a place, seconds.")
+@click.option("--decode-stall-s", default=5.0, type=float, envvar=_env("decode-stall-s"), show_default=True,
+              help="An FPGA decode stream with no token for this long (plus 4 x its slowest step) is treated as a "
+                   "dead worker and the request moves, seconds.")
 @click.option("--max-migrations", default=2, type=int, envvar=_env("max-migrations"), show_default=True,
               help="How often one request may move to other workers after a worker dies.")
 @click.option("--api-keys-file", default="", envvar=_env("api-keys-file"),
@@ -138,11 +149,14 @@ def scheduler_cmd(**kwargs) -> None:
 @click.option("--kv-transport", default="auto", envvar=_env("kv-transport"), show_default=True,
               type=click.Choice(["auto", "shm", "nixl", "grpc"]),
               help="How KV reaches the decode worker: auto = shm on its host, else nixl, else grpc.")
+@kv_token_option
+@kv_hold_option
 def gpu_worker_cmd(**kwargs) -> None:
     """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode."""
     from gpu_worker.server import serve
     from gpu_worker.settings import GpuWorkerSettings
 
+    _kv_token_secret(kwargs)
     _run_daemon(serve, GpuWorkerSettings, **kwargs)
 
 
@@ -168,6 +182,7 @@ def gpu_worker_cmd(**kwargs) -> None:
 @click.option("--max-kv-streams", default=64, type=int, envvar=_env("max-kv-streams"), show_default=True,
               help="KV streams served at once (more: RESOURCE_EXHAUSTED at once).")
 @kv_token_option
+@kv_hold_option
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
     from fpga_worker.server import serve
@@ -249,7 +264,7 @@ def up_cmd(gpu_workers, fpga_workers, model, port, redis_url, redis_prefix, fpga
     try:
         click.echo(f"starting: logs in {cluster.run_dir}", err=True)
         cluster.start()
-        click.echo(f"redis {cluster.redis_url} prefix {redis_prefix}", err=True)
+        click.echo(f"redis {cluster.shown_redis_url} prefix {redis_prefix}", err=True)
         for name, http_address in cluster.http_addresses.items():
             click.echo(f"http {name} {http_address}")  # /healthz /readyz /metrics
         cluster.wait_ready()
@@ -395,11 +410,12 @@ def status_cmd(as_json, address, **tls) -> None:
         return
     click.echo(f"model {status.model}; scheduler active requests {status.scheduler_active_requests}")
     click.echo(f"{'id':<10} {'kind':<5} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots "
-               "kv transports")
+               f"{'held':>4} {'expiring':>8} {'held KV':>12} kv transports")
     for w in status.workers:
         label = w.backend + (" (emulated)" if w.emulated else "")
         click.echo(f"{w.worker_id:<10} {w.kind:<5} {label:<8} {w.address:<22} {w.pid:>7} "
                    f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots:<5} "
+                   f"{w.worker_active_requests:>4} {w.expiring_requests:>8} {w.kv_held_bytes:>10} B "
                    f"{','.join(w.kv_transports) or '-'}")
     for w in status.workers:
         if w.kind == "fpga" and not w.kv_tokens_required:

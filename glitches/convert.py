@@ -69,6 +69,8 @@ def status(message: scheduler_pb2.StatusResponse) -> ClusterStatus:
         device_name=w.device_name, address=w.address, pid=w.pid, healthy=w.healthy, slots=w.slots,
         active_requests=w.active_requests, kv_capacity_bytes=w.kv_capacity_bytes, kv_free_bytes=w.kv_free_bytes,
         model=w.model, http_address=w.http_address, kv_tokens_required=w.kv_tokens_required,
-        kv_transports=tuple(w.kv_transports))
+        kv_transports=tuple(w.kv_transports),
+        worker_active_requests=w.worker_active_requests, kv_held_bytes=w.kv_held_bytes,
+        expiring_requests=w.expiring_requests)
         for w in message.workers)
     return ClusterStatus(message.model, workers, message.scheduler_active_requests)

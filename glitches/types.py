@@ -95,6 +95,9 @@ class WorkerStatus:
     http_address: str
     kv_tokens_required: bool = False  # FPGA workers: accepts KV only with a scheduler-issued token
     kv_transports: tuple[str, ...] = ()  # FPGA: KV transports accepted; GPU: sent with ("shm", "nixl", "grpc")
+    worker_active_requests: int = 0  # requests the worker itself holds KV for (as of its last heartbeat)
+    kv_held_bytes: int = 0  # KV bytes the worker holds
+    expiring_requests: int = 0  # held requests not decoding, freed unless the scheduler renews them
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from services.tls import PLAINTEXT, TlsConfig
 from services.daemon import configure_logging, run_until_signalled
 from services.errors import FailedPrecondition, InvalidArgument
 from services.grpc_server import start_server
+from services.kv_holds import KvHolds, renew_rpc
+from services.request_auth import OpenAccess, RequestAuthVerifier
 from services.observability import DaemonHttp, watch_cuda_device, worker_ready_check
 from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
@@ -28,24 +30,40 @@ SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
 class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, engine: GpuEngine, worker_id: str, model_name: str, tls: TlsConfig = PLAINTEXT):
+    def __init__(self, engine: GpuEngine, worker_id: str, model_name: str, tls: TlsConfig = PLAINTEXT,
+                 holds: KvHolds | None = None, auth: RequestAuthVerifier | OpenAccess | None = None):
         self.engine = engine
+        # GPU-assist KV: freed when no scheduler renews it; the reaper releases through the engine
+        self.holds = holds or KvHolds(3600.0, engine.release)
+        self.auth = auth or OpenAccess()  # per-request authorisation of Prefill, Decode, Release, RenewKvHolds
         self.worker_id = worker_id
         self.model_name = model_name
         self._stubs = WorkerStubs(tls)  # to decode targets: mTLS when the worker has a certificate
         self.transports = TransportChooser(engine.settings.kv_transport, tls=tls.enabled)
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    @worker_id.setter
+    def worker_id(self, value: str) -> None:
+        self._worker_id = value
+        self.auth.worker_id = value  # tokens are bound to this id
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return self._stubs.get(address)
 
     def info(self) -> worker_pb2.InfoResponse:
         engine = self.engine
+        held = self.holds.summary()
         return worker_pb2.InfoResponse(
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
             emulated=engine.device == "cpu", device_name=_device_name(engine.device), model=self.model_name,
             slots=engine.settings.slots, active_requests=engine.active_requests(),
             kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(), kv_transports=self._sends(),
-            host_identity=host_identity())
+            host_identity=host_identity(), kv_held_bytes=held.kv_bytes,
+            expiring_requests=held.expiring, kv_hold_ttl_s=self.holds.ttl_s,
+            request_auth_required=isinstance(self.auth, RequestAuthVerifier))
 
     def _sends(self) -> list[str]:
         """What this worker sends KV with (its --kv-transport, or every one it can)."""
@@ -58,6 +76,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
     def Prefill(self, request, context):
         if not request.request_id:
             raise InvalidArgument("request_id is empty")
+        self.auth.check(request.auth_token, "prefill", request.request_id)
         sampling = Sampling.from_proto(request.sampling)
         check_sampling(sampling)
         if sampling.max_new_tokens < 1:
@@ -67,6 +86,9 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, target,
                                      list(request.generated_token_ids), kv_token=request.target.kv_token,
                                      kv_transport=transport)
+        if target is None:  # GPU assist: the KV stays here, held until Decode or expiry
+            tokens = len(request.prompt_token_ids) + len(request.generated_token_ids)
+            self.holds.hold(request.request_id, tokens * self.engine.kv_bytes_per_token)
         metrics.PREFILL.observe(result.prefill_s)
         if target is not None:
             metrics.KV_SENT_BYTES.inc(result.kv_bytes)
@@ -86,16 +108,31 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         raise FailedPrecondition("GPU workers do not receive KV; send it to an FPGA worker")
 
     def Decode(self, request, context):
+        self.auth.check(request.auth_token, "decode", request.request_id)
         sampling = Sampling.from_proto(request.sampling)
         check_sampling(sampling)
         generated = list(request.generated_token_ids) or [request.first_token_id]
-        steps = self.engine.decode(request.request_id, generated, request.position, sampling,
-                                   cancelled=lambda: not context.is_active())
-        for step in steps:
-            yield step_to_proto(step)
+        vocab = self.engine.config.vocab_size
+        if max(generated) >= vocab:
+            raise InvalidArgument(f"token id {max(generated)} (first_token_id / generated_token_ids) is outside "
+                                  f"the vocabulary (size {vocab})")
+        self.holds.begin_decode(request.request_id)  # FAILED_PRECONDITION when another Decode of it runs
+        try:
+            steps = self.engine.decode(request.request_id, generated, request.position, sampling,
+                                       cancelled=lambda: not context.is_active())
+            for step in steps:
+                yield step_to_proto(step)
+        finally:
+            self.holds.end_decode(request.request_id)
+            self.holds.forget(request.request_id)  # engine.decode frees the KV whenever its stream ends
 
     def Release(self, request, context):
+        self.auth.check(request.auth_token, "release", request.request_id)
+        self.holds.forget(request.request_id)
         return worker_pb2.ReleaseResponse(released=self.engine.release(request.request_id))
+
+    def RenewKvHolds(self, request, context):
+        return renew_rpc(self.holds, self.auth, request)
 
 
 def _device_name(device: str) -> str:
@@ -112,7 +149,13 @@ def serve(settings: GpuWorkerSettings) -> None:
     source = models.resolve_model(settings.model)
     engine = GpuEngine(settings, source)
     registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
-    servicer = GpuWorkerServicer(engine, "", source.name, settings.tls())
+    holds = KvHolds(settings.kv_hold_ttl_s, engine.release).start()  # frees GPU-assist KV nobody renews
+    auth = RequestAuthVerifier(settings.kv_token_secret) if settings.kv_token_secret else OpenAccess()
+    if not settings.kv_token_secret:
+        log.warning("Prefill, Decode, Release and RenewKvHolds are UNAUTHENTICATED: no secret is set (%s or "
+                    "--kv-token-secret-file), so anyone who reaches this port can run prefills and decode or free "
+                    "any request's KV", "GLITCHES_KV_TOKEN_SECRET")
+    servicer = GpuWorkerServicer(engine, "", source.name, settings.tls(), holds, auth)
     server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
                           (SERVICE_NAME,), metrics_role="gpu-worker", tls=settings.tls(),
                           auth=worker_role_check(settings.tls(), settings.tls_peer_roles))
@@ -125,7 +168,9 @@ def serve(settings: GpuWorkerSettings) -> None:
                             device_name=info.device_name, address=address, pid=info.pid, model=info.model,
                             slots=info.slots, kv_capacity_bytes=0, kv_free_bytes=0,
                             kv_bytes_per_token=info.kv_bytes_per_token, http_address=http.address,
-                            kv_transports=",".join(info.kv_transports), host_identity=info.host_identity)
+                            kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
+                            worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
+                            expiring_requests=info.expiring_requests)
 
     if "nixl" in servicer._sends():  # start the NIXL agent now, not during the first transfer
         from gpu_worker.nixl_writer import local_agent
@@ -135,6 +180,7 @@ def serve(settings: GpuWorkerSettings) -> None:
     heartbeat.start()
     metrics.ACTIVE_REQUESTS.of("gpu-worker").set_function(engine.active_requests)
     metrics.SLOTS.of("gpu-worker").set(settings.slots)
+    metrics.publish_holds("gpu-worker", holds, lambda: holds.summary().kv_bytes)
     watch_cuda_device("gpu-worker", engine.device)
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
     log.info("gpu worker %s on %s: %s, %s, model %s", servicer.worker_id, address, engine.device, engine.dtype,

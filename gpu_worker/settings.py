@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.errors import InvalidArgument
+from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
 from services.settings import DaemonSettings
 
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -17,6 +18,8 @@ class GpuWorkerSettings(DaemonSettings):
     slots: int = 4  # concurrent GPU-assist decodes it accepts
     kv_transfer_timeout_s: float = 120.0
     kv_transport: str = "auto"  # auto: shm on the target's host, else nixl, else grpc; or force one
+    kv_token_secret: bytes = field(default=b"", repr=False)  # the cluster's secret: checks request auth; b"": open
+    kv_hold_ttl_s: float = DEFAULT_HOLD_TTL_S  # GPU-assist KV not decoding is freed this long after its last renewal
 
     def __post_init__(self):
         super().__post_init__()
@@ -26,6 +29,9 @@ class GpuWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--slots must be at least 1, got {self.slots}")
         if self.kv_transport not in ("auto", "shm", "nixl", "grpc"):
             raise InvalidArgument(f"--kv-transport must be one of auto, shm, nixl, grpc, got {self.kv_transport!r}")
+        if not 2.0 <= self.kv_hold_ttl_s <= 3600.0:
+            raise InvalidArgument(f"--kv-hold-ttl-s must be in [2, 3600] s (renewals come every second), "
+                                  f"got {self.kv_hold_ttl_s}")
 
     def resolved_device(self) -> str:
         import torch

@@ -7,6 +7,12 @@ is never sent. When the tokens end inside a multi-byte character (max_new_tokens
 cut it), the incomplete character is dropped: the final text never ends in the
 U+FFFD that stands for its bytes. With min_tokens, a stop string counts only once
 that many tokens exist (the same rule as the decode loop's, services/decoding.py).
+
+Cost per token, beyond decoding the tokens: the stop search looks only at text not yet
+released plus the longest stop's length (an occurrence cannot lie inside released text: its
+beginning would have been held back), and the hold-back tries only the positions in the last
+len(stop) - 1 characters where the stop's first character occurs. Stop strings are bounded
+by the scheduler (MAX_STOP_CHARS in scheduler/orchestrator.py).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ class Detokenizer:
         self._text_of = text_of
         self._min_tokens = min_tokens
         self._stop = tuple(s for s in stop if s)
+        self._longest = max((len(s) for s in self._stop), default=0)
         self._tokens: list[int] = []
         self._sent = 0  # characters already released
         self.text = ""  # text released so far
@@ -36,7 +43,10 @@ class Detokenizer:
 
     def _release(self, final: bool) -> str:
         full = self._text_of(self._tokens)
-        cut = find_stop(full, self._stop, stop_search_start(self._text_of, self._tokens, self._min_tokens))
+        # a stop must end after the released text (it cannot begin inside it) and, with min_tokens, after
+        # the text of the first min_tokens - 1 tokens; find_stop searches from len(stop) - 1 before that
+        cut = find_stop(full, self._stop,
+                        max(self._sent, stop_search_start(self._text_of, self._tokens, self._min_tokens)))
         if cut >= 0:
             ready = full[:cut]
         elif final:
@@ -56,8 +66,12 @@ class Detokenizer:
         """Length of the longest suffix of `full` that begins some stop string."""
         longest = 0
         for stop in self._stop:
-            for n in range(min(len(stop) - 1, len(full)), longest, -1):
-                if full.endswith(stop[:n]):
-                    longest = n
+            span = min(len(stop) - 1, len(full))
+            tail = full[len(full) - span:] if span else ""
+            i = tail.find(stop[0]) if tail else -1
+            while i != -1 and span - i > longest:  # the suffix tail[i:] is longer than the best so far
+                if stop.startswith(tail[i:]):
+                    longest = span - i
                     break
+                i = tail.find(stop[0], i + 1)
         return longest

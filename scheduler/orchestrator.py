@@ -19,6 +19,7 @@ import grpc
 from scheduler.admission import Admission
 from scheduler.detokenizer import Detokenizer
 from scheduler.leases import LeaseKeeper
+from scheduler.progress_watchdog import ProgressWatchdog
 from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
 from scheduler.settings import SchedulerSettings
 from services import grammar, metrics
@@ -29,11 +30,13 @@ from services.errors import (REASON_CONTEXT_LENGTH_EXCEEDED, REASON_MODEL_NOT_FO
 from services.kv_token import KvTokenIssuer
 from services.logprobs import TokenLogprob
 from services.proto_convert import FINISH_FROM_PROTO, logprob_from_proto
+from services.request_auth import RequestAuthIssuer
 from services.registry import Registry, WorkerState
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
+MAX_STOP_CHARS = 1000  # characters of one stop string
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class _Attempt:
     claim_id: str  # request id + attempt number: names the claims and the KV on the workers
     decoder: WorkerState | None = None
     decode_call: object = None
+    lost: bool = False  # the decoder died or froze: release there without waiting for it
 
 
 @dataclass
@@ -135,6 +139,12 @@ class ModelInfo:
         return list(self.tokenizer(prompt)["input_ids"])
 
 
+def _log_renewal(future, worker_id: str) -> None:
+    error = future.exception()
+    if error is not None:
+        log.warning("renewing KV holds on %s failed: %s", worker_id, getattr(error, "code", lambda: error)())
+
+
 def kv_bytes_needed(workers, tokens: int) -> int:
     """KV bytes `tokens` take on the most demanding live FPGA, with its reservation rounding (block units)."""
     needs = [-(-tokens // w.record.kv_granularity_tokens) * w.record.kv_granularity_tokens
@@ -154,8 +164,25 @@ class Orchestrator:
         # one token per KV transfer (per attempt: migrations get fresh ones); None: transfers carry none
         self.kv_tokens = (KvTokenIssuer(settings.kv_token_secret, settings.kv_token_ttl_s)
                           if settings.kv_token_secret else None)
+        # per-call authorisation of Prefill, Decode, Release, RenewKvHolds (same secret); None: calls carry none
+        self.request_auth = (RequestAuthIssuer(settings.kv_token_secret, settings.kv_token_ttl_s)
+                             if settings.kv_token_secret else None)
+        self.leases.renew_holds = self._renew_holds
+        self.watchdog = ProgressWatchdog()  # FPGA decode streams without progress count as a dead worker
         self.active = 0
         self._active_lock = threading.Lock()
+
+    def _auth(self, purpose: str, request_id: str, worker_id: str) -> str:
+        return self.request_auth.issue(purpose, request_id, worker_id) if self.request_auth else ""
+
+    def _renew_holds(self, groups: dict[tuple[str, str], list[str]]) -> None:
+        """One RenewKvHolds per worker, not waited for (a frozen worker must not hold up the others)."""
+        for (address, worker_id), request_ids in groups.items():
+            renewals = [worker_pb2.KvHoldRenewal(request_id=r, auth_token=self._auth("renew", r, worker_id))
+                        for r in request_ids]
+            future = self._stub(address).RenewKvHolds.future(worker_pb2.RenewKvHoldsRequest(renewals=renewals),
+                                                              timeout=self.settings.release_timeout_s)
+            future.add_done_callback(lambda f, w=worker_id: _log_renewal(f, w))
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return self._stubs.get(address)
@@ -190,6 +217,9 @@ class Orchestrator:
         if len(s.stop) > self.settings.max_stop_strings:
             raise InvalidArgument(f"{len(s.stop)} stop strings are more than this cluster's limit of "
                                   f"{self.settings.max_stop_strings} (--max-stop-strings)", field="stop")
+        if any(len(x) > MAX_STOP_CHARS for x in s.stop):
+            raise InvalidArgument(f"stop strings have at most {MAX_STOP_CHARS} characters each, got one of "
+                                  f"{max(map(len, s.stop))}", field="stop")
         if s.min_tokens > s.max_new_tokens:
             raise InvalidArgument(f"min_tokens ({s.min_tokens}) must not be above max_new_tokens "
                                   f"({s.max_new_tokens})", field="min_tokens")
@@ -253,11 +283,16 @@ class Orchestrator:
         raise Unavailable("workers kept disappearing while placing the request; retry")
 
     # --- the request -----------------------------------------------------------
-    def generate(self, request: GenerateInput, cancelled=lambda: False) -> Iterator[Delta | Final]:
-        """Run one request to its end, moving it to other workers when one dies (at most max_migrations)."""
+    def generate(self, request: GenerateInput, cancelled=lambda: False,
+                 time_remaining=lambda: None) -> Iterator[Delta | Final]:
+        """Run one request to its end, moving it to other workers when one dies (at most max_migrations).
+
+        time_remaining() -> seconds left of the caller's deadline (None: none); a queued request gives up
+        in time to answer RESOURCE_EXHAUSTED rather than run into it.
+        """
         run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic())
         run.detok = Detokenizer(self.model.text_of, run.sampling.stop, run.sampling.min_tokens)
-        with self.admission.slot(cancelled):
+        with self.admission.slot(cancelled, time_remaining):
             yield from self._run(run)
 
     def _run(self, run: _Run) -> Iterator[Delta | Final]:
@@ -272,6 +307,7 @@ class Orchestrator:
                 try:
                     yield from self._attempt(run, attempt)
                 except _WorkerLost as lost:
+                    attempt.lost = True
                     self._on_lost(run, lost)
                 finally:
                     self._end_attempt(attempt)
@@ -301,6 +337,7 @@ class Orchestrator:
         gpu, decoder = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded)
         attempt.decoder = decoder
         on_fpga = decoder is not gpu
+        self.leases.hold_on(attempt.claim_id, decoder.record.address, decoder.record.worker_id)
         log.info("request %s: %d prompt + %d generated tokens, prefill on %s, decode on %s", attempt.claim_id,
                  len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
         prefill = self._prefill(gpu, decoder if on_fpga else None, attempt.claim_id, run)
@@ -320,19 +357,33 @@ class Orchestrator:
             worker_pb2.DecodeRequest(request_id=attempt.claim_id, first_token_id=run.tokens[-1],
                                      position=len(run.prompt_ids) + len(run.tokens) - 1,
                                      sampling=run.sampling.to_proto(common_pb2.SamplingParams),
-                                     generated_token_ids=run.tokens),
+                                     generated_token_ids=run.tokens,
+                                     auth_token=self._auth("decode", attempt.claim_id, decoder.record.worker_id)),
             timeout=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
+        # GPU assist is not watched: its steps queue behind other requests' prefills, of any length
+        ticket = self.watchdog.watch(attempt.decode_call, self.settings.decode_stall_s) if on_fpga else None
         try:
             for step in attempt.decode_call:
+                if ticket is not None:
+                    self.watchdog.progress(ticket, step.step_s)
                 run.device_decode_s += step.step_s
                 run.modeled_s += step.modeled_step_s
                 yield self._emit(run, step.token_id, step.logprobs if step.HasField("logprobs") else None)
+                if ticket is not None:  # a slow client reading the stream is no stall of the worker
+                    self.watchdog.progress(ticket)
                 run.finish = FINISH_FROM_PROTO[step.finish_reason]
         except grpc.RpcError as error:
+            if ticket is not None and ticket.stalled:
+                raise _WorkerLost(decoder.record.worker_id, f"decode on {decoder.record.worker_id} made no progress "
+                                  f"for {ticket.limit_s():.1f} s (--decode-stall-s); treating the worker as "
+                                  "dead") from error
             if error.code() == grpc.StatusCode.UNAVAILABLE:
                 raise _WorkerLost(decoder.record.worker_id, f"decode worker {decoder.record.worker_id} was lost "
                                   f"({error.details()})") from error
             raise from_rpc_error(error, f"decode on {decoder.record.worker_id} failed") from error
+        finally:
+            if ticket is not None:
+                self.watchdog.unwatch(ticket)
         if run.finish is None:
             raise _WorkerLost(decoder.record.worker_id, f"decode on {decoder.record.worker_id} ended early")
 
@@ -358,7 +409,7 @@ class Orchestrator:
         if attempt.decode_call is not None:
             attempt.decode_call.cancel()
         if attempt.decoder is not None:
-            self._release_on_worker(attempt.decoder, attempt.claim_id)
+            self._release_on_worker(attempt.decoder, attempt.claim_id, wait=not attempt.lost)
         self.leases.discard(attempt.claim_id)
         try:
             self.registry.release(attempt.claim_id, "prefill")
@@ -397,7 +448,8 @@ class Orchestrator:
             return self._stub(gpu.record.address).Prefill(
                 worker_pb2.PrefillRequest(request_id=claim_id, prompt_token_ids=run.prompt_ids,
                                           sampling=sampling.to_proto(common_pb2.SamplingParams), target=target,
-                                          generated_token_ids=run.tokens),
+                                          generated_token_ids=run.tokens,
+                                          auth_token=self._auth("prefill", claim_id, gpu.record.worker_id)),
                 timeout=self.settings.prefill_timeout_s)
         except grpc.RpcError as error:
             code = error.code()
@@ -423,10 +475,17 @@ class Orchestrator:
         except grpc.RpcError:
             return False
 
-    def _release_on_worker(self, worker: WorkerState, request_id: str) -> None:
+    def _release_on_worker(self, worker: WorkerState, request_id: str, wait: bool = True) -> None:
+        """Release on the worker; wait=False (a lost worker) sends it without waiting: a frozen worker must not
+        hold up the migration, and its KV hold expires anyway."""
+        message = worker_pb2.ReleaseRequest(request_id=request_id,
+                                            auth_token=self._auth("release", request_id, worker.record.worker_id))
+        release = self._stub(worker.record.address).Release
+        if not wait:
+            release.future(message, timeout=self.settings.release_timeout_s)
+            return
         try:
-            self._stub(worker.record.address).Release(worker_pb2.ReleaseRequest(request_id=request_id),
-                                                      timeout=self.settings.release_timeout_s)
+            release(message, timeout=self.settings.release_timeout_s)
         except grpc.RpcError as error:
             log.warning("release of %s on %s failed: %s", request_id, worker.record.worker_id, error.code())
 

@@ -33,7 +33,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         generate = GenerateInput(prompt=request.prompt, chat=request.chat,
                                  sampling=Sampling.from_proto(request.sampling), model=request.model,
                                  prompt_token_ids=tuple(request.prompt_token_ids))
-        for event in self.orchestrator.generate(generate, cancelled=lambda: not context.is_active()):
+        for event in self.orchestrator.generate(generate, cancelled=lambda: not context.is_active(),
+                                                time_remaining=context.time_remaining):
             if isinstance(event, Delta):
                 yield scheduler_pb2.GenerateResponse(delta=scheduler_pb2.TextDelta(
                     text=event.text, token_ids=event.token_ids, logprobs=[logprob_to_proto(r) for r in event.logprobs],
@@ -61,7 +62,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 kv_free_bytes=w.record.kv_free_bytes, model=w.record.model, http_address=w.record.http_address,
                 kv_tokens_required=bool(w.record.kv_tokens_required),
                 kv_transports=[t for t in w.record.kv_transports.split(",") if t],
-                host_identity=w.record.host_identity)
+                host_identity=w.record.host_identity,
+                worker_active_requests=w.record.worker_active_requests, kv_held_bytes=w.record.kv_held_bytes,
+                expiring_requests=w.record.expiring_requests)
             for w in self.orchestrator.registry.workers()]
         return scheduler_pb2.StatusResponse(model=self.orchestrator.model.name, workers=workers,
                                             scheduler_active_requests=self.orchestrator.active)
@@ -95,7 +98,8 @@ def serve(settings: SchedulerSettings) -> None:
     limiter = KeyRateLimiter(settings.requests_per_minute_per_key) if settings.requests_per_minute_per_key else None
     server = start_server(settings.host, settings.port,
                           [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator))],
-                          (SERVICE_NAME,), metrics_role="scheduler",
+                          (SERVICE_NAME,), metrics_role="scheduler", max_workers=settings.grpc_threads,
+                          max_concurrent_rpcs=settings.grpc_threads,
                           auth=ApiKeyInterceptor(settings.api_keys, (SERVICE_NAME,), limiter) if settings.api_keys else None,
                           tls=settings.tls())
     address = settings.address_for(server.port)

@@ -15,6 +15,7 @@ from enum import Enum
 
 import torch
 
+from services.errors import InvalidArgument
 from services.logprobs import TokenLogprob
 from services.sampling import Sampling, sample
 
@@ -86,6 +87,9 @@ def decode_loop(step: Callable[[int, int], torch.Tensor], generated: list[int], 
     while not cancelled():
         started = time.perf_counter()
         logits = step(generated[-1], position)
+        if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf: a token ruled out, fine
+            raise InvalidArgument(f"the logits at position {position} hold NaN or +Inf: the request's KV holds "
+                                  "NaN or Inf values; send finite KV")
         masked = constraint.mask(logits) if constraint is not None else logits
         token, logprob = sample(masked, sampling, len(generated), raw_logits=logits)
         if constraint is not None:

@@ -28,6 +28,9 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str):
         if trailing:
             context.set_trailing_metadata(trailing)
         context.abort(error.code, str(error))
+    if not context.is_active():  # the caller cancelled or went away (e.g. a TransferKV sender that gave up)
+        log.info("%s: the caller cancelled (%s)", method, type(error).__name__)
+        context.abort(grpc.StatusCode.CANCELLED, f"{method}: cancelled by the caller")
     log.exception("%s failed unexpectedly", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}: {error}")
 

@@ -43,21 +43,23 @@ class RunningServer:
 def start_server(host: str, port: int, registrations: list[tuple[Callable, object]],
                  service_names: tuple[str, ...], max_workers: int = 32,
                  metrics_role: str | None = None, auth: grpc.ServerInterceptor | None = None,
-                 tls: TlsConfig = PLAINTEXT) -> RunningServer:
+                 tls: TlsConfig = PLAINTEXT, max_concurrent_rpcs: int | None = None) -> RunningServer:
     """Start a server on host:port with each (add_XServicer_to_server, servicer) registered.
 
     service_names are the full names (e.g. "glitches.v1.Worker") reported by
     health and reflection. metrics_role (services.metrics.ROLES) counts every call by status code.
     auth (services.api_keys.ApiKeyInterceptor) refuses calls without a valid key before any handler runs.
     tls (services.tls.TlsConfig) with a certificate: serve TLS only (mTLS when it requires client certificates).
+    max_concurrent_rpcs: past this many calls in progress gRPC answers RESOURCE_EXHAUSTED at once instead of
+    queueing the call for a thread (None: no limit, calls wait for one of max_workers threads).
     """
     interceptors = [ErrorMappingInterceptor()]
     if auth is not None:
         interceptors.insert(0, auth)
     if metrics_role is not None:
         interceptors.insert(0, MetricsInterceptor(metrics_role))  # outermost: sees the mapped status
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=interceptors, options=MESSAGE_OPTIONS)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors,
+                         options=MESSAGE_OPTIONS, maximum_concurrent_rpcs=max_concurrent_rpcs)
     for add, servicer in registrations:
         add(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

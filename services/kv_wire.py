@@ -8,6 +8,7 @@ C order, so no element is converted on the way.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 
@@ -55,7 +56,7 @@ def decode_chunk(chunk: worker_pb2.KvLayerChunk) -> tuple[torch.Tensor, torch.Te
     shape = tuple(chunk.shape)
     if len(shape) != 4 or shape[0] != 1 or 0 in shape:
         raise InvalidArgument(f"layer {chunk.layer}: KV shape must be [1, kv_heads, seq, head_dim], got {list(shape)}")
-    expected = torch.Size(shape).numel() * torch.finfo(dtype).bits // 8
+    expected = math.prod(shape) * torch.finfo(dtype).bits // 8  # Python ints: no overflow for any uint32 shape
     if len(chunk.key) != expected or len(chunk.value) != expected:
         raise InvalidArgument(f"layer {chunk.layer}: shape {list(shape)} of {chunk.dtype} needs {expected} bytes "
                               f"each for K and V, got {len(chunk.key)} and {len(chunk.value)}")

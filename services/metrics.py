@@ -104,3 +104,20 @@ POWER = _Shared(_each(Gauge, "glitches_device_power_watts", "Device power draw, 
                       labelnames=("device",)))
 TEMPERATURE = _Shared(_each(Gauge, "glitches_device_temperature_celsius", "Device temperature, degrees Celsius",
                             _WORKERS, labelnames=("device",)))
+
+# --- workers: what they hold (services/kv_holds.py) -------------------------------
+KV_HELD_BYTES = _Shared(_each(Gauge, "glitches_kv_held_bytes", "KV bytes this worker holds for requests now",
+                              _WORKERS))
+KV_EXPIRING = _Shared(_each(Gauge, "glitches_kv_expiring_requests",
+                            "Requests holding KV here that are not decoding (freed unless the scheduler renews them)",
+                            _WORKERS))
+KV_EXPIRED = _Shared(_each(Gauge, "glitches_kv_holds_expired",
+                           "Requests whose KV this worker freed because no scheduler renewed it (since start)",
+                           _WORKERS))
+
+
+def publish_holds(role: str, holds, held_bytes) -> None:
+    """Mirror a worker's KvHolds at scrape time; held_bytes() -> KV bytes held now."""
+    KV_HELD_BYTES.of(role).set_function(held_bytes)
+    KV_EXPIRING.of(role).set_function(lambda: holds.summary().expiring)
+    KV_EXPIRED.of(role).set_function(lambda: holds.expired_total)

@@ -122,6 +122,9 @@ class WorkerRecord:
     host_identity: str = ""  # services.host_identity: transport shm needs the sender's to be equal
     shm_segment: str = ""  # the card's HBM segment on that host (transport shm), "" without one
     nixl_agent: str = ""  # the worker's NIXL agent name (transport nixl), "" without one
+    worker_active_requests: int = 0  # requests the worker itself holds KV for (its Info), whatever the claims say
+    kv_held_bytes: int = 0  # KV bytes it holds for requests
+    expiring_requests: int = 0  # held requests not decoding: freed unless renewed (services/kv_holds.py)
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerRecord:

@@ -91,3 +91,51 @@ def test_cli_lists_the_new_flags():
         assert "--kv-token-secret-file" in runner.invoke(main, [command, "--help"]).output
     gateway_help = runner.invoke(main, ["gateway", "--help"]).output
     assert "--requests-per-minute-per-client" in gateway_help and "--requests-per-minute-per-user" in gateway_help
+
+
+def test_the_bundled_redis_gets_a_random_password_kept_out_of_argv(tmp_path, spawned, monkeypatch):
+    from urllib.parse import urlsplit
+
+    monkeypatch.setattr(LocalCluster, "_wait_redis", lambda self: None)
+    cluster = LocalCluster(ClusterSpec(gpu_workers=1, fpga_workers=1, port=50999), run_dir=tmp_path)
+    cluster.start()
+    password = urlsplit(cluster.redis_url).password
+    assert password and len(password) == 32
+    assert all(password not in " ".join(argv) for argv, _ in spawned.values())
+    assert all(spawned[name][1]["GLITCHES_REDIS_URL"] == cluster.redis_url for name in ("scheduler", "gpu-0", "fpga-0"))
+    config = tmp_path / "redis.conf"
+    assert config.stat().st_mode & 0o777 == 0o600 and f"requirepass {password}" in config.read_text()
+    assert password not in cluster.shown_redis_url and ":***@127.0.0.1:" in cluster.shown_redis_url
+
+
+def test_a_password_protected_redis_refuses_the_registry_without_it(tmp_path):
+    import subprocess
+    import time
+
+    import redis
+
+    from glitches.cluster import free_port, redis_server_binary
+    from services.errors import Unavailable
+    from services.registry import Registry
+
+    config = tmp_path / "redis.conf"
+    config.write_text("requirepass s3cret-s3cret\n")
+    port = free_port()
+    server = subprocess.Popen([redis_server_binary(), str(config), "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        good = Registry(f"redis://:s3cret-s3cret@127.0.0.1:{port}/0", "pw-test")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                good.ping()
+                break
+            except Unavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            Registry(f"redis://127.0.0.1:{port}/0", "pw-test").redis.ping()
+        assert good.workers() == []
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

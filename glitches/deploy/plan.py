@@ -97,7 +97,7 @@ def make_plan(gpus: list[Gpu], cards: list[AlveoCard], options: DeployOptions) -
                "GLITCHES_HOST": "0.0.0.0", "GLITCHES_ADVERTISE_HOST": o.advertise_host,
                "GLITCHES_PORT": str(grpc_port), "GLITCHES_HTTP_PORT": str(http_port),
                "GLITCHES_CACHE_DIR": "/var/cache/glitches"}
-        if o.kv_token_secret and role != "gpu-worker":  # GPU workers only forward tokens
+        if o.kv_token_secret:  # KV tokens (FPGA workers) and per-request auth of worker RPCs (every worker)
             env[SECRET_ENV] = o.kv_token_secret
         volumes = {o.cache_dir: "/var/cache/glitches"}
         if o.tls_dir:  # each daemon presents its role's certificate (ROLE.pem / ROLE-key.pem)

@@ -45,7 +45,7 @@ def test_every_service_is_health_checked_and_waits_for_healthy_dependencies(name
         if service_name != "redis":
             assert "redis" in service["depends_on"]
             env = service["environment"]
-            assert env["GLITCHES_REDIS_URL"] == "redis://redis:6379/0" and env["GLITCHES_ADVERTISE_HOST"] == service_name
+            assert env["GLITCHES_REDIS_URL"] == "redis://:${GLITCHES_REDIS_PASSWORD:-}@redis:6379/0" and env["GLITCHES_ADVERTISE_HOST"] == service_name
             assert "/readyz" in " ".join(service["healthcheck"]["test"])
 
 

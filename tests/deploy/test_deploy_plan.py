@@ -110,7 +110,8 @@ def test_scheduler_and_fpga_workers_get_one_kv_token_secret_that_the_printed_pla
     for container in plan.containers:
         by_role.setdefault(container.role, []).append(container.environment.get(SECRET_ENV))
     assert by_role["scheduler"] == ["s" * 64] and by_role["fpga-worker"] == ["s" * 64] * 2
-    assert by_role["gpu-worker"] == [None] and by_role["redis"] == [None]
+    # GPU workers check the per-request authorisation of Prefill/Decode/Release (services/request_auth.py)
+    assert by_role["gpu-worker"] == ["s" * 64] and by_role["redis"] == [None]
     assert "s" * 64 not in json.dumps(plan.to_dict())
     run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--json", "--cpu-gpu-workers", "1",
                           "--emulated-fpgas", "1"], capture_output=True, text=True, timeout=60)

@@ -112,8 +112,28 @@ def test_scheduler_and_fpga_workers_share_the_kv_token_secret(tmp_path_factory):
         env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         refs[deployment["metadata"]["name"]] = [e["valueFrom"]["secretKeyRef"] for e in env
                                                 if e["name"] == "GLITCHES_KV_TOKEN_SECRET"]
-    assert refs == {"test-scheduler": [{"name": "test-kv-token", "key": "secret"}], "test-gpu-worker": [],
-                    "test-fpga-worker": [{"name": "test-kv-token", "key": "secret"}]}
+    ref = {"name": "test-kv-token", "key": "secret"}  # every worker: KV tokens and per-request auth
+    assert refs == {"test-scheduler": [ref], "test-gpu-worker": [ref], "test-fpga-worker": [ref]}
     run = subprocess.run([helm, "template", "test", str(CHART), "--set", "kvTokens.existingSecret=mine"],
                          capture_output=True, text=True, timeout=120, check=True)
     assert "test-kv-token" not in run.stdout and "name: \"mine\"" in run.stdout
+
+
+def test_the_bundled_redis_requires_a_password_from_a_secret(tmp_path_factory):
+    helm = find_helm(tmp_path_factory.mktemp("helm-bin"))
+    run = subprocess.run([helm, "template", "test", str(CHART)], capture_output=True, text=True, timeout=120,
+                         check=True)
+    documents = [d for d in yaml.safe_load_all(run.stdout) if d]
+    secret = next(d for d in documents if d["kind"] == "Secret" and d["metadata"]["name"] == "test-redis")
+    assert len(secret["data"]["password"]) >= 48
+    redis = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "test-redis")
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    assert "requirepass" in " ".join(container["command"]) and "$REDISCLI_AUTH" in container["command"][-1]
+    assert container["env"] == [{"name": "REDISCLI_AUTH",
+                                 "valueFrom": {"secretKeyRef": {"name": "test-redis", "key": "password"}}}]
+    for deployment in (d for d in documents if d["kind"] == "Deployment" and d is not redis):
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        names = [e["name"] for e in env]
+        assert names.index("GLITCHES_REDIS_PASSWORD") < names.index("GLITCHES_REDIS_URL")  # expanded in order
+        url = next(e["value"] for e in env if e["name"] == "GLITCHES_REDIS_URL")
+        assert url == "redis://:$(GLITCHES_REDIS_PASSWORD)@test-redis:6379/0"

@@ -25,6 +25,8 @@ from tests.conftest import REDIS_URL
 
 FPGA_WORKERS = 2
 KV_TOKEN_ENV = {SECRET_ENV: new_secret()}  # the session cluster's KV token secret (`up` passes it on)
+KV_HOLD_TTL_S = 5.0  # the session cluster's workers free KV nobody renewed for this long (every test renews it)
+CLUSTER_ENV = {**KV_TOKEN_ENV, "GLITCHES_KV_HOLD_TTL_S": str(KV_HOLD_TTL_S)}
 
 
 def start_up(args: list[str], timeout_s: float = 300.0, env: dict[str, str] | None = None
@@ -65,7 +67,7 @@ def cluster():
     models.resolve_model(models.DEFAULT_MODEL)
     proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix,
                               "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS), "--gateway-port", "0"],
-                             env=KV_TOKEN_ENV)
+                             env=CLUSTER_ENV)
     client = Client(address, timeout_s=600)
     pids = [w.pid for w in client.status().workers]
     yield dict(address=address, client=client, registry=Registry(REDIS_URL, prefix), prefix=prefix, proc=proc,

@@ -23,10 +23,14 @@ from tests.e2e.conftest import assert_idle
 pytestmark = pytest.mark.e2e
 
 
+# 100 requests at once per replica below: places for all of them (the defaults, 24 + 8, would refuse some)
+PLACES = ("--queue-wait-s", "600", "--max-active", "64", "--max-queued", "64")
+
+
 @pytest.fixture(scope="module")
 def private():
     spec = ClusterSpec(gpu_workers=1, fpga_workers=2, port=0, threads_per_worker=1,
-                       scheduler_args=("--queue-wait-s", "600"))
+                       scheduler_args=PLACES)
     with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=600) as client:
         yield dict(cluster=cluster, client=client, registry=Registry(cluster.redis_url, spec.redis_prefix))
 
@@ -41,10 +45,11 @@ def test_a_client_deadline_stops_the_request_and_frees_its_slots(private):
 
 def test_two_scheduler_replicas_share_one_redis_without_overfilling_a_card(private):
     port = free_port()
-    second = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
-                               private["cluster"].redis_url, "--redis-prefix", "glitches", "--queue-wait-s", "600"],
+    second = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port),
+                               "--redis-prefix", "glitches", *PLACES],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, **private["cluster"].daemon_env})  # the cluster's KV token secret
+                              env={**os.environ, **private["cluster"].daemon_env,  # the cluster's KV token secret
+                                   "GLITCHES_REDIS_URL": private["cluster"].redis_url})  # and Redis password
     try:
         for line in second.stdout:
             if line.startswith("scheduler ready"):

@@ -13,6 +13,7 @@ import torch
 from services import kv_wire
 from services.channels import insecure_channel
 from services.kv_token import SECRET_ENV, KvTokenIssuer
+from services.request_auth import RequestAuthIssuer
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from tests.e2e.conftest import KV_TOKEN_ENV
 
@@ -58,7 +59,8 @@ def test_a_transfer_not_issued_by_the_scheduler_is_refused(cluster, reference):
         assert stub.Info(worker_pb2.InfoRequest()).kv_free_bytes == free
     good = KvTokenIssuer(KV_TOKEN_ENV[SECRET_ENV].encode()).issue("with-token", worker.worker_id)
     assert stub.TransferKV(iter(_stream("with-token", good, *shape)), timeout=30).kv_bytes > 0  # the layout was right
-    assert stub.Release(worker_pb2.ReleaseRequest(request_id="with-token")).released
+    release = RequestAuthIssuer(KV_TOKEN_ENV[SECRET_ENV].encode()).issue("release", "with-token", worker.worker_id)
+    assert stub.Release(worker_pb2.ReleaseRequest(request_id="with-token", auth_token=release)).released
     assert stub.Info(worker_pb2.InfoRequest()).kv_free_bytes == free
 
 

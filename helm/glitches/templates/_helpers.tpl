@@ -6,7 +6,8 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 
 {{- define "glitches.redisUrl" -}}
 {{- if .Values.redis.bundled -}}
-redis://{{ .Release.Name }}-redis:6379/0
+{{- /* $(GLITCHES_REDIS_PASSWORD): Kubernetes expands the variable defined before it, from the redis Secret */ -}}
+redis://:$(GLITCHES_REDIS_PASSWORD)@{{ .Release.Name }}-redis:6379/0
 {{- else -}}
 {{ required "redis.externalUrl is required when redis.bundled is false" .Values.redis.externalUrl }}
 {{- end -}}
@@ -17,6 +18,10 @@ redis://{{ .Release.Name }}-redis:6379/0
 image: "{{ .root.Values.image.repository }}-{{ .role }}:{{ .root.Values.image.tag }}"
 imagePullPolicy: {{ .root.Values.image.pullPolicy }}
 env:
+{{- if .root.Values.redis.bundled }}
+  - name: GLITCHES_REDIS_PASSWORD
+    valueFrom: {secretKeyRef: {name: "{{ .root.Release.Name }}-redis", key: password}}
+{{- end }}
   - {name: GLITCHES_REDIS_URL, value: {{ include "glitches.redisUrl" .root | quote }}}
   - {name: GLITCHES_REDIS_PREFIX, value: {{ .root.Values.redisPrefix | quote }}}
   - {name: GLITCHES_MODEL, value: {{ .root.Values.model | quote }}}
@@ -27,10 +32,8 @@ env:
     valueFrom: {fieldRef: {fieldPath: status.podIP}}
   - name: GLITCHES_WORKER_ID
     valueFrom: {fieldRef: {fieldPath: metadata.name}}
-{{- if ne .role "gpu-worker" }}
   - name: GLITCHES_KV_TOKEN_SECRET
     valueFrom: {secretKeyRef: {name: {{ include "glitches.kvTokenSecretName" .root | quote }}, key: secret}}
-{{- end }}
 {{- if .root.Values.tls.enabled }}
   - {name: GLITCHES_TLS_CA, value: /etc/glitches/tls/ca.pem}
   - {name: GLITCHES_TLS_CERT, value: "/etc/glitches/tls/{{ .role }}.pem"}

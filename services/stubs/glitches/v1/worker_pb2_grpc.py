@@ -64,6 +64,11 @@ class WorkerStub:
                 request_serializer=glitches_dot_v1_dot_worker__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=glitches_dot_v1_dot_worker__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.RenewKvHolds = channel.unary_unary(
+                '/glitches.v1.Worker/RenewKvHolds',
+                request_serializer=glitches_dot_v1_dot_worker__pb2.RenewKvHoldsRequest.SerializeToString,
+                response_deserializer=glitches_dot_v1_dot_worker__pb2.RenewKvHoldsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -119,6 +124,15 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewKvHolds(self, request, context):
+        """Keep the KV of running requests: a worker frees KV it holds for a request that is not
+        decoding once no renewal came for --kv-hold-ttl-s (services/kv_holds.py). The scheduler
+        sends one call per worker every second for the requests it runs there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +165,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=glitches_dot_v1_dot_worker__pb2.ReleaseRequest.FromString,
                     response_serializer=glitches_dot_v1_dot_worker__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'RenewKvHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewKvHolds,
+                    request_deserializer=glitches_dot_v1_dot_worker__pb2.RenewKvHoldsRequest.FromString,
+                    response_serializer=glitches_dot_v1_dot_worker__pb2.RenewKvHoldsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +334,33 @@ class Worker:
             '/glitches.v1.Worker/Release',
             glitches_dot_v1_dot_worker__pb2.ReleaseRequest.SerializeToString,
             glitches_dot_v1_dot_worker__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewKvHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/glitches.v1.Worker/RenewKvHolds',
+            glitches_dot_v1_dot_worker__pb2.RenewKvHoldsRequest.SerializeToString,
+            glitches_dot_v1_dot_worker__pb2.RenewKvHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,
