@@ -15,7 +15,7 @@ import threading
 
 import torch
 
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
 from services.errors import ResourceExhausted
 from services.kv_holds import KvHolds
 
@@ -65,3 +65,15 @@ class HeldBackend(DecodeBackend):
 
     def modeled_step_s(self, context_tokens: int) -> float:
         return self.inner.modeled_step_s(context_tokens)
+
+    def kv_memory(self) -> KvMemory | None:
+        return self.inner.kv_memory()
+
+    def placement(self, request_id: str) -> KvPlacement:
+        return self.inner.placement(request_id)
+
+    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
+        self.inner.mark_written(request_id, layer, seq_start, tokens)
+
+    def layer_landed(self, request_id: str, layer: int, tokens: int) -> None:
+        self.inner.layer_landed(request_id, layer, tokens)
