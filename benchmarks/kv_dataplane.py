@@ -36,6 +36,7 @@ from gpu_worker.kv_sender import open_sender
 from services import models
 from services.channels import insecure_channel
 from services.kv_token import SECRET_ENV, KvTokenIssuer
+from services.request_auth import RequestAuthIssuer
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 A100_PREFILL_S = 0.17585  # Llama-2-7B, 1,536 tokens, one A100 (the paper's slides)
@@ -66,6 +67,7 @@ class LiveCard:
         self.address, self.worker_id = worker.address, worker.worker_id
         self.stub = worker_pb2_grpc.WorkerStub(insecure_channel(self.address))
         self.issuer = KvTokenIssuer(cluster.daemon_env[SECRET_ENV].encode())
+        self.auth = RequestAuthIssuer(cluster.daemon_env[SECRET_ENV].encode())  # the Release's authorisation
 
     def send(self, transport: str, request_id: str, key: torch.Tensor, layers: int,
              pace_s: float = 0.0) -> tuple[float, float]:
@@ -81,7 +83,8 @@ class LiveCard:
             sender.put_layer(layer, key, key)
         sender.finish()
         done = time.perf_counter()
-        self.stub.Release(worker_pb2.ReleaseRequest(request_id=request_id))
+        self.stub.Release(worker_pb2.ReleaseRequest(
+            request_id=request_id, auth_token=self.auth.issue("release", request_id, self.worker_id)))
         payload = 2 * key.numel() * key.element_size() * layers
         return payload / (done - started) / 1e9, max(0.0, done - (started + layers * pace_s))
 

@@ -26,6 +26,7 @@ from glitches.cluster import ClusterSpec, LocalCluster
 from services import kv_wire, models
 from services.channels import insecure_channel, open_channel
 from services.kv_token import SECRET_ENV, KvTokenIssuer
+from services.request_auth import RequestAuthIssuer
 from services.tls import PLAINTEXT, TlsConfig
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
@@ -61,8 +62,9 @@ def _kv_messages(request_id: str, tokens: int, layers: int, heads: int, dim: int
 
 
 def transfer_kv_gbps(address: str, tokens: int, layers: int, heads: int, dim: int, repeats: int,
-                     token_for=lambda request_id: "") -> tuple:
-    """TransferKV straight into the worker; token_for(request_id) is the KV token the worker requires."""
+                     token_for=lambda request_id: "", release_auth_for=lambda request_id: "") -> tuple:
+    """TransferKV straight into the worker; token_for(request_id) is the KV token the worker requires,
+    release_auth_for(request_id) the scheduler's authorisation of the Release that frees it."""
     stub = worker_pb2_grpc.WorkerStub(insecure_channel(address))
     rates = []
     for i in range(repeats):
@@ -70,7 +72,7 @@ def transfer_kv_gbps(address: str, tokens: int, layers: int, heads: int, dim: in
         started = time.perf_counter()
         stub.TransferKV(iter(messages))
         rates.append(payload / (time.perf_counter() - started) / 1e9)
-        stub.Release(worker_pb2.ReleaseRequest(request_id=f"bench-{i}"))
+        stub.Release(worker_pb2.ReleaseRequest(request_id=f"bench-{i}", auth_token=release_auth_for(f"bench-{i}")))
     return statistics.median(rates), payload, sizes
 
 
@@ -204,10 +206,13 @@ def main() -> None:
         overlap = kv_overlap(client, long_prompt(tokenizer, args.prompt_tokens), args.repeats)
         fpga = next(w for w in client.status().workers if w.kind == "fpga")
         cfg = AutoConfig.from_pretrained(source.path)
-        issuer = KvTokenIssuer(cluster.daemon_env[SECRET_ENV].encode())  # the worker requires the scheduler's tokens
-        grpc_gbps, payload, sizes = transfer_kv_gbps(fpga.address, args.prompt_tokens, cfg.num_hidden_layers,
-                                                     cfg.num_key_value_heads, cfg.head_dim, args.repeats,
-                                                     lambda request_id: issuer.issue(request_id, fpga.worker_id))
+        secret = cluster.daemon_env[SECRET_ENV].encode()
+        issuer = KvTokenIssuer(secret)  # the worker requires the scheduler's tokens
+        auth = RequestAuthIssuer(secret)  # and its authorisation of the Release
+        grpc_gbps, payload, sizes = transfer_kv_gbps(
+            fpga.address, args.prompt_tokens, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
+            args.repeats, lambda request_id: issuer.issue(request_id, fpga.worker_id),
+            lambda request_id: auth.issue("release", request_id, fpga.worker_id))
         tcp_gbps = raw_tcp_gbps(sizes, args.repeats)
         bare_grpc_gbps = raw_grpc_gbps(sizes, args.repeats)
         itl_s, device = service_itl(client, args.decode_tokens)
