@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test test-fast container-smoke stubs check-stubs bench clean docs
+.PHONY: setup demo test test-slow test-fast container-smoke stubs check-stubs bench clean docs
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,11 @@ demo: setup  ## a local cluster (own Redis, scheduler, 1 GPU + 2 emulated FPGA w
 	$(VENV)/bin/glitches up --gpu-workers 1 --fpga-workers 2 --port 0 \
 		--prompt "In one sentence, why do FPGAs suit LLM decoding?"
 
-test: setup
-	$(PY) -m pytest -q
+test: setup  ## the default suite (< 15 min on 2 cores)
+	$(PY) -m pytest -q -m "not slow" --durations=15
+
+test-slow: setup  ## the slow tier: benchmark short modes, a cluster per KV transport (.ci/run runs it too)
+	$(PY) -m pytest -q -m slow --durations=15
 
 test-fast: setup  ## everything but the end-to-end cluster tests
 	$(PY) -m pytest -q -m "not e2e"

@@ -31,7 +31,12 @@ def test_every_documented_benchmark_is_covered():
         assert f"benchmarks.{name}" in docs or f"benchmarks/{name}.py" in docs, name
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
+# these start clusters of their own (minutes each on 2 cores): the `slow` tier (make test-slow, run by .ci/run)
+CLUSTER_BENCHMARKS = {"request_path", "kv_dataplane", "validate_sim", "soak", "tls_cost"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in CLUSTER_BENCHMARKS else n
+                                  for n in COMMANDS])
 def test_benchmark_runs_in_short_mode(name):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -120,7 +120,7 @@ def _metric(http_address: str, name: str) -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
-@pytest.mark.parametrize("transport", ["shm", "nixl"])
+@pytest.mark.parametrize("transport", ["shm", pytest.param("nixl", marks=pytest.mark.slow)])
 def test_gpu_worker_killed_mid_transfer_frees_the_reservation(transport, redis_prefix):
     registry = Registry(REDIS_URL, redis_prefix)
     fpga_proc = _spawn(redis_prefix, "fpga-worker", "fpga-g")

@@ -14,7 +14,7 @@ from tests.conftest import REDIS_URL
 from tests.e2e.conftest import assert_idle
 from tests.e2e.test_correctness import LONG
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a cluster per transport; shm is the default cluster's
 
 
 @pytest.mark.parametrize("transport", ["nixl", "grpc"])
