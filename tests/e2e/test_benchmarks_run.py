@@ -5,6 +5,7 @@ they are measured in docs/benchmarks.md, not asserted here. Several of these sta
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -22,13 +23,29 @@ COMMANDS = {  # docs/benchmarks.md's command -> the same command, short
     "fpga_timing_table": ["benchmarks/fpga_timing_table.py"],
     "w4a8_quality": ["benchmarks/w4a8_quality.py", "--steps", "2"],
     "emu_speed": ["benchmarks/emu_speed.py", "--tokens", "4", "--rounds", "1", "--threads", "1"],
+    "gateway_huge_body": ["-m", "benchmarks.gateway_huge_body", "--runs", "1"],
+    "logprob_gap": ["benchmarks/logprob_gap.py", "--tokens", "4"],
 }
+LIVE_GATEWAY = {"json_mode"}  # benchmarks that talk to a running gateway: run against the session cluster's
 
 
 def test_every_documented_benchmark_is_covered():
+    """Both ways: each command here is one docs/benchmarks.md names, and each one it names runs here."""
     docs = open("docs/benchmarks.md").read()
     for name in COMMANDS:
         assert f"benchmarks.{name}" in docs or f"benchmarks/{name}.py" in docs, name
+    named = set(re.findall(r"benchmarks[./]([a-z0-9_]+)", docs)) - {"md"}
+    assert named <= set(COMMANDS) | LIVE_GATEWAY, f"documented but never run: {named - set(COMMANDS) - LIVE_GATEWAY}"
+
+
+def test_json_mode_benchmark_runs_against_a_live_gateway(cluster):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.json_mode", "--base-url",
+                           cluster["proc"].gateway_url + "/v1", "--prompts", "1", "--max-tokens", "48"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"json_mode failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert done.stdout.strip(), "json_mode printed nothing"
 
 
 # these start clusters of their own (minutes each on 2 cores): the `slow` tier (make test-slow, run by .ci/run)
