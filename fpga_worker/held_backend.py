@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import threading
 
-import torch
-
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
+from fpga_worker.backend import DecodeBackend
+from fpga_worker.forwarding_backend import ForwardingBackend
 from services.errors import ResourceExhausted
 from services.kv_holds import KvHolds
 
 
-class HeldBackend(DecodeBackend):
+class HeldBackend(ForwardingBackend):
     def __init__(self, inner: DecodeBackend, slots: int, holds: KvHolds):
-        self.inner, self.slots, self.holds = inner, slots, holds
+        super().__init__(inner)
+        self.slots, self.holds = slots, holds
         self._reserve_lock = threading.Lock()  # count + reserve as one step
 
     def reserve(self, request_id: str, max_tokens: int) -> None:
@@ -38,42 +38,6 @@ class HeldBackend(DecodeBackend):
         self.holds.forget(request_id)
         return self.inner.release(request_id)
 
-    def facts(self) -> DeviceFacts:
-        return self.inner.facts()
-
-    def geometry(self) -> KvGeometry:
-        return self.inner.geometry()
-
-    def kv_free_bytes(self) -> int:
-        return self.inner.kv_free_bytes()
-
-    def kv_granularity_tokens(self) -> int:
-        return self.inner.kv_granularity_tokens()
-
-    def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        self.inner.write_kv(request_id, layer, seq_start, key, value)
-
     def seal(self, request_id: str, prompt_tokens: int) -> None:
         self.inner.seal(request_id, prompt_tokens)
         self.holds.received(request_id)  # complete: from now on it expires unless renewed or decoding
-
-    def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
-        return self.inner.step(request_id, token_id, position)
-
-    def active_requests(self) -> list[str]:
-        return self.inner.active_requests()
-
-    def modeled_step_s(self, context_tokens: int) -> float:
-        return self.inner.modeled_step_s(context_tokens)
-
-    def kv_memory(self) -> KvMemory | None:
-        return self.inner.kv_memory()
-
-    def placement(self, request_id: str) -> KvPlacement:
-        return self.inner.placement(request_id)
-
-    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
-        self.inner.mark_written(request_id, layer, seq_start, tokens)
-
-    def layer_landed(self, request_id: str, layer: int, tokens: int) -> None:
-        self.inner.layer_landed(request_id, layer, tokens)
