@@ -49,7 +49,8 @@ def test_json_mode_benchmark_runs_against_a_live_gateway(cluster):
 
 
 # these start clusters of their own (minutes each on 2 cores): the `slow` tier (make test-slow, run by .ci/run)
-CLUSTER_BENCHMARKS = {"request_path", "kv_dataplane", "validate_sim", "soak", "tls_cost"}
+CLUSTER_BENCHMARKS = {"request_path", "kv_dataplane", "validate_sim", "soak", "tls_cost",
+                      "w4a8_quality"}  # the last builds the W4A8 weight image: over a minute
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in CLUSTER_BENCHMARKS else n

@@ -26,7 +26,7 @@ from services.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import assert_idle
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # SIGSTOP waits and a cluster of its own: minutes
 MAX_ACTIVE, MAX_QUEUED = 24, 8  # the scheduler's defaults (not given: the test runs what users get)
 DECODE_STALL_S = 2.0
 MAX_TOKENS = 64  # a decode of seconds on the emulator: time to find its worker and freeze it

@@ -24,7 +24,7 @@ from services.registry import Registry
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # kills and restarts: minutes
 PROMPT = [100 + (i * 37) % 40000 for i in range(1500)]  # ~3 s of prefill on this CPU: time to kill mid-transfer
 
 
@@ -120,7 +120,7 @@ def _metric(http_address: str, name: str) -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
-@pytest.mark.parametrize("transport", ["shm", pytest.param("nixl", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("transport", ["shm", "nixl"])
 def test_gpu_worker_killed_mid_transfer_frees_the_reservation(transport, redis_prefix):
     registry = Registry(REDIS_URL, redis_prefix)
     fpga_proc = _spawn(redis_prefix, "fpga-worker", "fpga-g")
