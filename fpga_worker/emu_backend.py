@@ -23,8 +23,8 @@ import torch
 from transformers import DynamicCache
 
 from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
-from fpga_worker.emu_kv import EmulatedKvStore
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+from fpga_worker.emu_kv import EmulatedKvCalls, EmulatedKvStore
 from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
 from services import models
 
@@ -42,7 +42,7 @@ class _Request:
     cache: DynamicCache | None = None  # built at seal()
 
 
-class EmulatedCard(DecodeBackend):
+class EmulatedCard(EmulatedKvCalls, DecodeBackend):
     def __init__(self, source: models.ModelSource, hbm_bytes: int, threads: int = 0, tag: str = "fpga"):
         if threads:
             torch.set_num_threads(threads)
@@ -81,20 +81,6 @@ class EmulatedCard(DecodeBackend):
 
     def _get(self, request_id: str) -> _Request:
         return lookup(self._requests, self._lock, request_id)
-
-    def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        self._get(request_id)
-        self.kv.write(request_id, layer, seq_start, key, value)
-
-    def kv_memory(self) -> KvMemory | None:
-        return self.kv.memory()
-
-    def placement(self, request_id: str) -> KvPlacement:
-        return self.kv.placement(request_id)
-
-    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
-        self._get(request_id)
-        self.kv.mark_written(request_id, layer, seq_start, tokens)
 
     def layer_landed(self, request_id: str, layer: int, tokens: int) -> None:
         request, held = self._get(request_id), self.kv.get(request_id)

@@ -118,3 +118,22 @@ class EmulatedKvStore:
 
     def close(self) -> None:
         self.segment.close()
+
+
+class EmulatedKvCalls:
+    """The DecodeBackend calls both emulated cards answer straight from their EmulatedKvStore (`self.kv`),
+    after `self._get(request_id)` has checked the request is reserved (NOT_FOUND otherwise)."""
+
+    def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        self._get(request_id)
+        self.kv.write(request_id, layer, seq_start, key, value)
+
+    def kv_memory(self) -> KvMemory | None:
+        return self.kv.memory()
+
+    def placement(self, request_id: str) -> KvPlacement:
+        return self.kv.placement(request_id)
+
+    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
+        self._get(request_id)
+        self.kv.mark_written(request_id, layer, seq_start, tokens)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
-from fpga_worker.emu_kv import EmulatedKvStore
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+from fpga_worker.emu_kv import EmulatedKvCalls, EmulatedKvStore
 from fpga_worker.w4a8_kernel import DecodeKernel
 from fpga_worker.weight_image import WeightImage, build_from_gguf, build_from_state_dict
 from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
@@ -29,7 +29,7 @@ class _Request:
     prompt_tokens: int | None = None  # set by seal()
 
 
-class W4A8EmulatedCard(DecodeBackend):
+class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
     def __init__(self, image: WeightImage, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4, tag: str = "fpga"):
         if hbm_bytes % HBM_CHANNELS:
             raise InvalidArgument(f"--hbm-bytes {hbm_bytes} must split evenly over {HBM_CHANNELS} pseudo-channels")
@@ -85,20 +85,6 @@ class W4A8EmulatedCard(DecodeBackend):
 
     def _get(self, request_id: str) -> _Request:
         return lookup(self._requests, self._lock, request_id)
-
-    def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        self._get(request_id)
-        self.kv.write(request_id, layer, seq_start, key, value)
-
-    def kv_memory(self) -> KvMemory | None:
-        return self.kv.memory()
-
-    def placement(self, request_id: str) -> KvPlacement:
-        return self.kv.placement(request_id)
-
-    def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
-        self._get(request_id)
-        self.kv.mark_written(request_id, layer, seq_start, tokens)
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
         request, held = self._get(request_id), self.kv.get(request_id)
