@@ -1,30 +1,36 @@
-"""The GPU worker's engine: prefill with layer-by-layer KV streaming, and GPU-assist decode.
+"""The GPU worker's engine: prefill with layer-by-layer KV streaming, and GPU-assist decode, batched.
 
-One forward pass runs at a time on the device (a lock); GPU-assist decode takes
-the lock per step, so other requests' prefills interleave with it.
+Every forward pass runs in the step loop (gpu_worker/step_loop.py), which batches the next token
+of every GPU-assist decode with new prefill chunks. RPC threads admit a request
+(gpu_worker/request_table.py: slots and KV blocks), hand it to the loop and wait for its tokens.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from gpu_worker.kv_budget import BLOCK_TOKENS, KvBudget
 from gpu_worker.kv_sender import KvTransferFailed, open_sender
+from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
+from gpu_worker.request_kv import RequestKv
+from gpu_worker.request_table import RequestTable
 from gpu_worker.settings import GpuWorkerSettings
-from gpu_worker.streaming_cache import LayerStreamingCache
+from gpu_worker.step_loop import DecodeJob, PrefillJob, StepLoop
 from services import grammar, models
-from services.decoding import Finish, Step, decode_loop, finish_reason
-from services.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from services.logprobs import TokenLogprob, prompt_logprobs
-from services.sampling import Sampling, sample
+from services.decoding import Finish, Step, finish_reason
+from services.errors import InvalidArgument, NotFound, Unavailable
+from services.logprobs import TokenLogprob
+from services.sampling import Sampling
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
+_POLL_S = 0.05  # how often an RPC thread waiting on the loop checks for its client's cancel
 
 
 @dataclass(frozen=True)
@@ -42,10 +48,17 @@ class PrefillResult:
     kv_transport: str = ""  # "grpc", "shm" or "nixl"; "" when decoding locally
 
 
-@dataclass
-class _LocalRequest:
-    cache: LayerStreamingCache
-    lock: threading.Lock  # one decode stream per request at a time
+def kv_budget_bytes(settings: GpuWorkerSettings, device: str) -> int:
+    """Bytes for KV: --kv-cache-gib, else --kv-memory-fraction of the memory free now (after the weights)."""
+    if settings.kv_cache_gib > 0:
+        return int(settings.kv_cache_gib * 2**30)
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return int(free * settings.kv_memory_fraction)
 
 
 class GpuEngine:
@@ -56,42 +69,54 @@ class GpuEngine:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.model = models.load_causal_lm(source, self.device, self.dtype)
+        self.model.set_attn_implementation(ATTN_IMPLEMENTATION)  # plain SDPA unless a packed batch is passed
         self.tokenizer = models.load_tokenizer(source)
         self.config = self.model.config
         self.num_layers = self.config.num_hidden_layers
-        head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
+        self.head_dim = getattr(self.config, "head_dim", None) or self.config.hidden_size // self.config.num_attention_heads
+        torch_dtype = getattr(torch, self.dtype)
         # K and V, all layers, all KV heads, in the model's dtype, bytes per token
-        self.kv_bytes_per_token = (2 * self.num_layers * self.config.num_key_value_heads * head_dim
-                                   * torch.finfo(getattr(torch, self.dtype)).bits // 8)
+        self.kv_bytes_per_token = (2 * self.num_layers * self.config.num_key_value_heads * self.head_dim
+                                   * torch.finfo(torch_dtype).bits // 8)
         self.max_context_tokens = self.config.max_position_embeddings
-        self._device_lock = threading.Lock()
-        self._local: dict[str, _LocalRequest] = {}
-        self._local_lock = threading.Lock()
+        block_bytes = BLOCK_TOKENS * self.kv_bytes_per_token
+        self.budget = KvBudget(max(1, kv_budget_bytes(settings, self.device) // block_bytes), block_bytes)
+        self.requests = RequestTable(self.budget, settings.slots, lambda blocks: RequestKv(
+            blocks, self.num_layers, self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device))
+        self.loop = StepLoop(self.model, self.device, settings.max_batch_tokens, self._compiled_decode(),
+                             threads=settings.threads)
+
+    def _compiled_decode(self):
+        """torch.compile of the model for decode-only steps (--compile-decode), or None.
+
+        Attention stays eager (a graph break: its per-request loop is data dependent); the
+        projections, norms, RoPE and MLP between are compiled with dynamic shapes, so a
+        batch size seen once is not recompiled. Written for CUDA and untested there.
+        """
+        if not self.settings.compile_decode:
+            return None
+        return torch.compile(self.model, dynamic=True)
+
+    def close(self) -> None:
+        self.loop.stop()
 
     # --- text --------------------------------------------------------------
     def text_of(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     # --- prefill -----------------------------------------------------------
-    def _forward(self, input_ids: list[int], position: int, cache, every_position: bool = False) -> torch.Tensor:
-        """Run the model over input_ids starting at `position`; logits of the last position [vocab] float32,
-        or with every_position those of every position [len(input_ids), vocab] (for prompt logprobs)."""
-        ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
-        positions = torch.arange(position, position + len(input_ids), device=self.device).unsqueeze(0)
-        with self._device_lock, torch.inference_mode():
-            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True,
-                             logits_to_keep=0 if every_position else 1)
-            return out.logits[0].float() if every_position else out.logits[0, -1].float()
-
     def prefill(self, request_id: str, prompt: list[int], sampling: Sampling,
                 target: worker_pb2_grpc.WorkerStub | None, generated: list[int] = (),
-                kv_token: str = "", kv_transport: str = "grpc") -> PrefillResult:
+                kv_token: str = "", kv_transport: str = "grpc",
+                cancelled: Callable[[], bool] = lambda: False) -> PrefillResult:
         """Prefill `prompt` + `generated`; stream its KV to `target`, or keep it here (GPU assist) when None.
 
         `generated` holds tokens the request produced before a migration; the returned
         token is generated token number len(generated). `kv_token` (the scheduler's
         authorisation of this transfer) is forwarded to the target in the KV header;
         `kv_transport` (gpu_worker/kv_transport.py) is how the KV bytes travel.
+        With sampling.prompt_logprobs the loop keeps every prompt position's logits and scores
+        prompt[1:]; with a response format the first token is sampled under its grammar. GPU assist is refused with RESOURCE_EXHAUSTED when no slot or KV is free.
         """
         generated = list(generated)
         if not prompt:
@@ -105,45 +130,40 @@ class GpuEngine:
         tokens = prompt + generated  # the forward pass covers both
         constraint = grammar.constraint_for(sampling, self.tokenizer, generated)  # None without response_format
         vocab = self.config.vocab_size
-        if max(tokens) >= vocab:
+        if max(tokens) >= vocab or min(tokens) < 0:
             raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {vocab})")
+        gpu_assist = target is None
+        held = self.requests.admit(request_id, len(prompt) + sampling.max_new_tokens if gpu_assist else len(tokens),
+                                   gpu_assist, wait_s=self.settings.kv_wait_s, cancelled=cancelled)
         sender = None
-        if target is not None:
-            header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=len(tokens),
-                                         reserve_tokens=len(prompt) + sampling.max_new_tokens,
-                                         num_layers=self.num_layers, kv_token=kv_token)
-            sender = open_sender(target, header, self.settings.kv_transfer_timeout_s, kv_transport)
-        elif request_id in self._local:
-            raise AlreadyExists(f"request {request_id} already holds KV on this worker")
-        cache = LayerStreamingCache(self.config, sender.put_layer if sender else None)
-        started = time.monotonic()
         try:
-            logits = self._forward(tokens, 0, cache, every_position=sampling.prompt_logprobs)
+            if not gpu_assist:
+                header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=len(tokens),
+                                             reserve_tokens=len(prompt) + sampling.max_new_tokens,
+                                             num_layers=self.num_layers, kv_token=kv_token)
+                sender = open_sender(target, header, self.settings.kv_transfer_timeout_s, kv_transport)
+            job = PrefillJob(held.kv, tokens, sampling, len(generated), sender.put_layer if sender else None,
+                             cancelled, prompt_len=len(prompt), constraint=constraint)
+            started = time.monotonic()
+            first, first_logprob, scored, prefill_end = self._wait(self.loop.submit_prefill(job), cancelled)
         except KvTransferFailed:
             error = sender.failure() or Unavailable("the decode worker ended the KV transfer early")
             sender.abort()
+            self.requests.release(request_id)
             raise error from None
         except BaseException:
             if sender:
                 sender.abort()
+            self.requests.release(request_id)
             raise
-        prefill_end = time.monotonic()
-        prefill_end_unix = time.time()
-        cache.stop_streaming()
-        scored: tuple[TokenLogprob, ...] = ()
-        if sampling.prompt_logprobs:  # logits [len(tokens), vocab]: row i scores token i + 1
-            scored = tuple(prompt_logprobs(logits, prompt, sampling.top_logprobs))
-            logits = logits[-1]
-        masked = constraint.mask(logits) if constraint is not None else logits
-        first, first_logprob = sample(masked, sampling, len(generated), raw_logits=logits)
-        if constraint is not None:
-            constraint.advance(first)
-        finish = finish_reason(generated + [first], sampling, self.text_of, constraint)
-        if sender is None:
-            with self._local_lock:
-                self._local[request_id] = _LocalRequest(cache, threading.Lock())
+        prefill_end_unix = time.time() - (time.monotonic() - prefill_end)
+        finish = finish_reason(generated + [first], sampling, self.text_of, constraint)  # constraint advanced
+        if gpu_assist:
+            if finish is not None:  # nothing left to decode: the KV is not needed
+                self.requests.release(request_id)
             return PrefillResult(first, prefill_end - started, 0, 0.0, 0.0, self.num_layers, self.num_layers, finish,
                                  first_logprob, scored)
+        self.requests.release(request_id)  # the sender holds copies of every layer
         transfer = sender.finish()
         received_in_time = sum(1 for t in transfer.layer_received_unix_s if t <= prefill_end_unix)
         return PrefillResult(
@@ -153,28 +173,60 @@ class GpuEngine:
             layers_received_before_prefill_end=received_in_time, num_layers=self.num_layers, finish=finish,
             first_logprob=first_logprob, prompt_logprobs=scored, kv_transport=sender.transport)
 
+    @staticmethod
+    def _wait(future, cancelled: Callable[[], bool]):
+        """The loop's result for one prefill; a cancelled client stops waiting (the loop drops the job)."""
+        while True:
+            try:
+                return future.result(timeout=_POLL_S)
+            except TimeoutError:
+                if cancelled():
+                    from services.errors import Cancelled
+
+                    raise Cancelled("the prefill was cancelled") from None
+
     # --- GPU-assist decode -------------------------------------------------
     def decode(self, request_id: str, generated: list[int], position: int, sampling: Sampling,
                cancelled: Callable[[], bool]) -> Iterator[Step]:
-        """Decode from KV kept here by a local prefill; the KV is freed when the stream ends."""
-        with self._local_lock:
-            local = self._local.get(request_id)
-        if local is None:
-            raise NotFound(f"request {request_id} holds no KV on this worker; run Prefill with an empty target first")
+        """Decode from KV kept here by a local prefill, batched with every other request in the loop.
+
+        The KV is freed when the stream ends, however it ends.
+        """
         constraint = grammar.constraint_for(sampling, self.tokenizer, generated)  # None without response_format
-        if not local.lock.acquire(blocking=False):
-            raise AlreadyExists(f"request {request_id} is already decoding on this worker")
+        held = self.requests.start_decode(request_id)
+        if held is None:
+            raise NotFound(f"request {request_id} holds no KV on this worker; run Prefill with an empty target first")
         try:
-            yield from decode_loop(lambda token, pos: self._forward([token], pos, local.cache), generated, position,
-                                   sampling, self.text_of, cancelled, constraint=constraint)
+            if position != held.kv.length:
+                raise InvalidArgument(f"position {position} does not follow the {held.kv.length} tokens of KV "
+                                      f"request {request_id} holds")
+            if position + sampling.max_new_tokens - len(generated) > held.kv.capacity:
+                raise InvalidArgument(f"max_new_tokens {sampling.max_new_tokens} needs more KV than the "
+                                      f"{held.kv.capacity} tokens reserved at prefill")
+            job = DecodeJob(held.kv, list(generated), position, sampling, self.text_of, cancelled, constraint)
+            self.loop.submit_decode(job)
+            try:
+                while True:
+                    try:
+                        item = job.out.get(timeout=_POLL_S)
+                    except queue.Empty:
+                        if cancelled():
+                            return
+                        continue
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    if item.finish is not None:
+                        return
+            finally:
+                job.dropped = True
         finally:
-            local.lock.release()
             self.release(request_id)
 
     def release(self, request_id: str) -> bool:
-        with self._local_lock:
-            return self._local.pop(request_id, None) is not None
+        """Free a held request's KV blocks (Release RPC, end of its Decode, or an expired KvHold); False when
+        it is not held, so calling it twice is safe."""
+        return self.requests.release(request_id)
 
     def active_requests(self) -> int:
-        with self._local_lock:
-            return len(self._local)
+        return self.requests.active()

@@ -7,6 +7,7 @@ import os
 
 
 from gpu_worker.engine import GpuEngine
+from gpu_worker.kv_budget import BLOCK_TOKENS
 from gpu_worker.kv_transport import TransportChooser, sender_transports
 from services.host_identity import host_identity
 from gpu_worker.settings import GpuWorkerSettings
@@ -56,6 +57,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
     def info(self) -> worker_pb2.InfoResponse:
         engine = self.engine
         held = self.holds.summary()
+        budget = engine.budget
         return worker_pb2.InfoResponse(
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
             emulated=engine.device == "cpu", device_name=_device_name(engine.device), model=self.model_name,
@@ -63,7 +65,10 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(), kv_transports=self._sends(),
             host_identity=host_identity(), kv_held_bytes=held.kv_bytes,
             expiring_requests=held.expiring, kv_hold_ttl_s=self.holds.ttl_s,
-            request_auth_required=isinstance(self.auth, RequestAuthVerifier))
+            request_auth_required=isinstance(self.auth, RequestAuthVerifier),
+            kv_capacity_bytes=budget.total_blocks * budget.block_bytes,
+            kv_free_bytes=budget.free_blocks * budget.block_bytes, kv_free_blocks=budget.free_blocks,
+            kv_block_tokens=BLOCK_TOKENS, gpu_assist_requests=engine.requests.assist_active())
 
     def _sends(self) -> list[str]:
         """What this worker sends KV with (its --kv-transport, or every one it can)."""
@@ -85,8 +90,8 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         transport = self.transports.choose(target) if target is not None else ""
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, target,
                                      list(request.generated_token_ids), kv_token=request.target.kv_token,
-                                     kv_transport=transport)
-        if target is None:  # GPU assist: the KV stays here, held until Decode or expiry
+                                     kv_transport=transport, cancelled=lambda: not context.is_active())
+        if target is None and result.finish is None:  # GPU assist: the KV stays here, held until Decode or expiry
             tokens = len(request.prompt_token_ids) + len(request.generated_token_ids)
             self.holds.hold(request.request_id, tokens * self.engine.kv_bytes_per_token)
         metrics.PREFILL.observe(result.prefill_s)
@@ -166,8 +171,11 @@ def serve(settings: GpuWorkerSettings) -> None:
         info = servicer.info()
         return WorkerRecord(worker_id=info.worker_id, kind="gpu", backend=info.backend, emulated=int(info.emulated),
                             device_name=info.device_name, address=address, pid=info.pid, model=info.model,
-                            slots=info.slots, kv_capacity_bytes=0, kv_free_bytes=0,
-                            kv_bytes_per_token=info.kv_bytes_per_token, http_address=http.address,
+                            slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
+                            kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
+                            http_address=http.address, kv_granularity_tokens=BLOCK_TOKENS,
+                            kv_block_bytes=engine.budget.block_bytes, kv_free_blocks=info.kv_free_blocks,
+                            assist_active=info.gpu_assist_requests,
                             kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
                             worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
                             expiring_requests=info.expiring_requests)
@@ -178,6 +186,9 @@ def serve(settings: GpuWorkerSettings) -> None:
         local_agent()
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
     heartbeat.start()
+    engine.requests.on_change = heartbeat.poke  # placement sees slots and KV change within a beat
+    metrics.GPU_KV_FREE_BLOCKS.set_function(lambda: engine.budget.free_blocks)
+    metrics.GPU_ASSIST_ACTIVE.set_function(engine.requests.assist_active)
     metrics.ACTIVE_REQUESTS.of("gpu-worker").set_function(engine.active_requests)
     metrics.SLOTS.of("gpu-worker").set(settings.slots)
     metrics.publish_holds("gpu-worker", holds, lambda: holds.summary().kv_bytes)

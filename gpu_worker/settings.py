@@ -15,11 +15,16 @@ _DTYPES = ("float32", "float16", "bfloat16")
 class GpuWorkerSettings(DaemonSettings):
     device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N"
     dtype: str = "auto"  # "auto" (float32 on CPU, float16 on CUDA) or one of _DTYPES
-    slots: int = 4  # concurrent GPU-assist decodes it accepts
+    slots: int = 4  # concurrent GPU-assist decodes it accepts (enforced: RESOURCE_EXHAUSTED beyond)
     kv_transfer_timeout_s: float = 120.0
     kv_transport: str = "auto"  # auto: shm on the target's host, else nixl, else grpc; or force one
     kv_token_secret: bytes = field(default=b"", repr=False)  # the cluster's secret: checks request auth; b"": open
     kv_hold_ttl_s: float = DEFAULT_HOLD_TTL_S  # GPU-assist KV not decoding is freed this long after its last renewal
+    kv_memory_fraction: float = 0.9  # of the device memory free after the weights (host RAM on CPU), for KV
+    kv_cache_gib: float = 0.0  # KV budget in GiB; 0 = from kv_memory_fraction
+    kv_wait_s: float = 60.0  # how long a prefill streaming to an FPGA waits for KV blocks, seconds
+    max_batch_tokens: int = 512  # tokens per forward pass: decodes + prefill chunks (long prompts are chunked)
+    compile_decode: bool = False  # torch.compile the decode-only steps (for CUDA; untested there)
 
     def __post_init__(self):
         super().__post_init__()
@@ -32,6 +37,12 @@ class GpuWorkerSettings(DaemonSettings):
         if not 2.0 <= self.kv_hold_ttl_s <= 3600.0:
             raise InvalidArgument(f"--kv-hold-ttl-s must be in [2, 3600] s (renewals come every second), "
                                   f"got {self.kv_hold_ttl_s}")
+        if not 0.0 < self.kv_memory_fraction <= 1.0:
+            raise InvalidArgument(f"--kv-memory-fraction must be in (0, 1], got {self.kv_memory_fraction}")
+        if self.kv_cache_gib < 0:
+            raise InvalidArgument(f"--kv-cache-gib must be >= 0 (0 = from --kv-memory-fraction), got {self.kv_cache_gib}")
+        if self.max_batch_tokens < 1:
+            raise InvalidArgument(f"--max-batch-tokens must be at least 1, got {self.max_batch_tokens}")
 
     def resolved_device(self) -> str:
         import torch

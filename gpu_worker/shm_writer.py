@@ -44,13 +44,6 @@ def mapped(path: str, size: int) -> torch.Tensor:
         return hit[1]
 
 
-def forget_stale(live_paths: set[str]) -> None:
-    """Unmap segments whose workers are gone (their files were unlinked)."""
-    with _maps_lock:
-        for key in [k for k in _maps if k[0] not in live_paths]:
-            _maps.pop(key)
-
-
 class ShmLayerWriter:
     def __init__(self, placement):
         dtype = DTYPES.get(placement.dtype)

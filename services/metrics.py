@@ -63,7 +63,7 @@ IN_FLIGHT = _Shared(_each(Gauge, "glitches_grpc_in_flight_requests",
 ACTIVE_REQUESTS = _Shared(_each(Gauge, "glitches_active_requests",
                                 "Requests this daemon holds now (scheduler: generating; worker: holding KV)", _ALL))
 MIGRATIONS = _Shared(_each(Counter, "glitches_migrations",
-                           "Requests moved between decode devices mid-generation (not implemented yet: stays 0)",
+                           "Requests moved to another decode device after theirs failed mid-generation (--max-migrations)",
                            _ALL))
 
 # --- scheduler ------------------------------------------------------------------
@@ -87,6 +87,20 @@ KV_EXPOSED = Histogram("glitches_kv_exposed_seconds",
 KV_REQUEST_BYTES = Histogram("glitches_kv_request_bytes", "KV bytes of one request", registry=_GPU[0],
                              buckets=_KV_BYTES)
 
+# Per step of the GPU worker's batching loop (gpu_worker/step_loop.py): one forward pass each.
+GPU_STEP = Histogram("glitches_gpu_step_seconds",
+                     "One batched forward pass of the GPU worker, seconds, by what it held: decode (GPU-assist "
+                     "tokens only), prefill (prompt chunks only) or mixed", ("phase",), registry=_GPU[0],
+                     buckets=_LATENCY_S)
+GPU_STEP_DECODES = Histogram("glitches_gpu_step_decode_requests", "GPU-assist requests decoded together in one step",
+                             registry=_GPU[0], buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256))
+GPU_STEP_PREFILL_TOKENS = Histogram("glitches_gpu_step_prefill_tokens", "Prompt tokens prefilled in one step",
+                                    registry=_GPU[0], buckets=(0, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192))
+GPU_KV_FREE_BLOCKS = Gauge("glitches_gpu_kv_free_blocks", "Free KV blocks of the GPU worker's budget (16 tokens each)",
+                           registry=_GPU[0])
+GPU_ASSIST_ACTIVE = Gauge("glitches_gpu_assist_requests", "GPU-assist requests held (KV kept on this GPU)",
+                          registry=_GPU[0])
+
 # --- FPGA worker ----------------------------------------------------------------
 KV_RECEIVED_BYTES = Counter("glitches_kv_received_bytes", "KV bytes received into device memory", registry=_FPGA[0])
 KV_STREAMS = Gauge("glitches_kv_streams", "KV streams (TransferKV, TransferKVPlaced) being received now",
@@ -98,12 +112,17 @@ KV_FREE_BYTES = Gauge("glitches_kv_free_bytes", "Device memory free for KV, byte
 KV_CAPACITY_BYTES = Gauge("glitches_kv_capacity_bytes", "Device memory for KV after the weights, bytes",
                           registry=_FPGA[0])
 
-# --- workers: device facts, set only where the device reports them (never for emu / cpu) ---
+# --- workers: device facts, set only where the device reports them (never for emu / cpu; an emulated
+# card's modeled power has its own name) ---
 SLOTS = _Shared(_each(Gauge, "glitches_slots", "Concurrent requests this worker accepts", _WORKERS))
 POWER = _Shared(_each(Gauge, "glitches_device_power_watts", "Device power draw, watts", _WORKERS,
                       labelnames=("device",)))
 TEMPERATURE = _Shared(_each(Gauge, "glitches_device_temperature_celsius", "Device temperature, degrees Celsius",
                             _WORKERS, labelnames=("device",)))
+EMULATED_POWER = Gauge("glitches_emulated_device_power_watts",
+                       "MODELED, not measured: the board power an emulated U280 would draw, watts (35 W idle, "
+                       "assumed, to 46 W decoding, the paper's, by the share of the last second spent stepping)",
+                       labelnames=("device",), registry=_FPGA[0])
 
 # --- workers: what they hold (services/kv_holds.py) -------------------------------
 KV_HELD_BYTES = _Shared(_each(Gauge, "glitches_kv_held_bytes", "KV bytes this worker holds for requests now",

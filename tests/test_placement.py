@@ -27,3 +27,22 @@ def test_least_loaded_gpu_and_free_fpgas_ranked():
 def test_all_fpgas_busy_leaves_gpu_assist():
     snap = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), WorkerView("f0", FPGA, 1, 1, 10**9)))
     assert place(snap, REQ).fpga_candidates == ()
+
+
+def test_gpu_assist_goes_to_a_gpu_with_a_free_slot_and_room_for_the_kv():
+    req = PlacementRequest(prompt_tokens=100, max_new_tokens=20, kv_bytes_needed=1000, gpu_kv_bytes_needed=5000)
+    snap = ClusterSnapshot((
+        WorkerView("g0", GPU, 2, 0, 10**9, assist_active=2),  # every GPU-assist slot taken
+        WorkerView("g1", GPU, 4, 3, 4000, assist_active=1),  # KV does not fit
+        WorkerView("g2", GPU, 4, 5, 10**6, assist_active=1),
+        WorkerView("f0", FPGA, 1, 1, 10**9),
+    ))
+    decision = place(snap, req)
+    assert decision.fpga_candidates == () and decision.gpu_assist_worker == "g2"
+
+
+def test_nothing_free_leaves_the_request_waiting():
+    req = PlacementRequest(prompt_tokens=100, max_new_tokens=20, kv_bytes_needed=1000, gpu_kv_bytes_needed=5000)
+    snap = ClusterSnapshot((WorkerView("g0", GPU, 1, 1, 10**9, assist_active=1), WorkerView("f0", FPGA, 1, 1, 10**9)))
+    decision = place(snap, req)
+    assert decision.fpga_candidates == () and decision.gpu_assist_worker is None

@@ -25,6 +25,8 @@ COMMANDS = {  # docs/benchmarks.md's command -> the same command, short
     "emu_speed": ["benchmarks/emu_speed.py", "--tokens", "4", "--rounds", "1", "--threads", "1"],
     "gateway_huge_body": ["-m", "benchmarks.gateway_huge_body", "--runs", "1"],
     "logprob_gap": ["benchmarks/logprob_gap.py", "--tokens", "4"],
+    "gpu_batching": ["benchmarks/gpu_batching.py", "--mode", "assist", "--concurrency", "2", "--new-tokens", "4",
+                     "--rounds", "1"],
 }
 LIVE_GATEWAY = {"json_mode"}  # benchmarks that talk to a running gateway: run against the session cluster's
 
@@ -49,7 +51,7 @@ def test_json_mode_benchmark_runs_against_a_live_gateway(cluster):
 
 
 # these start clusters of their own (minutes each on 2 cores): the `slow` tier (make test-slow, run by .ci/run)
-CLUSTER_BENCHMARKS = {"request_path", "kv_dataplane", "validate_sim", "soak", "tls_cost",
+CLUSTER_BENCHMARKS = {"request_path", "kv_dataplane", "validate_sim", "soak", "tls_cost", "gpu_batching",
                       "w4a8_quality"}  # the last builds the W4A8 weight image: over a minute
 
 

@@ -44,11 +44,6 @@ def test_a_client_deadline_stops_the_request_and_frees_its_slots(private):
 
 
 @pytest.mark.slow  # 200 requests through two schedulers: ~2 min
-@pytest.mark.xfail(strict=False, reason=(
-    "known, issue #11/#14: with 200 concurrent requests most go to GPU assist, which main does not admit by "
-    "--slots, so Prefill/Decode calls fill the GPU worker's thread pool and its RenewKvHolds queue behind them; "
-    "a GPU-assist KV hold can then expire before its Decode starts (NOT_FOUND). Worker-side GPU-assist admission "
-    "(branch gpu-merge) removes the pile-up"))
 def test_two_scheduler_replicas_share_one_redis_without_overfilling_a_card(private):
     port = free_port()
     second = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port),

@@ -1,0 +1,137 @@
+"""GPU worker batching: the cluster's output tokens/s beside transformers' batched generate, same run.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/gpu_batching.py --mode assist --concurrency 8 32
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/gpu_batching.py --mode mixed --concurrency 8
+    PYTHONPATH=/tmp/base .venv/bin/python benchmarks/gpu_batching.py --mode mixed --concurrency 8   # before
+
+- assist: `glitches up --fpga-workers 0 --gpu-slots N` (every request decodes on GPU assist); for each
+  concurrency C, C greedy requests of `--new-tokens` at once, wall-clock from the first send to the last
+  token, then transformers' own `generate` of the same C prompts as one left-padded batch, in this
+  process with as many threads as the GPU worker; `--rounds` such pairs back to back (each ratio is of one
+  pair, run under the same load), with the load average before and after each. Both count only real tokens (up to and with EOS).
+- mixed: `glitches up` (1 GPU + 2 emulated FPGA workers), C requests at once: tokens/s and TTFT p50/p99.
+
+It imports only the SDK, the cluster launcher and the model loader, so it runs unchanged against an
+older checkout (PYTHONPATH=/tmp/base: the code before batching) for the before/after figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from glitches import Client
+from glitches.cluster import ClusterSpec, LocalCluster
+from services import models
+
+TOPICS = ["rivers", "memory bandwidth", "the history of printing", "prime numbers", "a lighthouse keeper",
+          "compilers", "volcanoes", "the moon landing"]
+
+
+def prompts(n: int) -> list[str]:
+    """n prompts of different lengths (about 10 to 60 tokens)."""
+    out = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        out.append(f"Here is a long and detailed essay about {topic}. " * (1 + i % 5) + "It begins:")
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
+
+
+def run_cluster(client: Client, texts: list[str], new_tokens: int) -> dict:
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        results = list(pool.map(lambda p: client.generate(p, max_tokens=new_tokens), texts))
+    wall = time.monotonic() - started
+    tokens = sum(len(r.token_ids) for r in results)
+    ttft = [r.timings.ttft_s for r in results]
+    return dict(tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, ttft_p50_s=percentile(ttft, 50),
+                ttft_p99_s=percentile(ttft, 99), devices=sorted({r.decode_device for r in results}),
+                prompt_ids=[list(r.prompt_token_ids) for r in results])
+
+
+def run_reference(model, prompt_ids: list[list[int]], new_tokens: int, eos: set[int], pad: int) -> dict:
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    with torch.inference_mode():
+        model.generate(ids[:, :8], attention_mask=mask[:, :8], do_sample=False, max_new_tokens=4,
+                       pad_token_id=pad)  # warm up
+        started = time.monotonic()
+        out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens, pad_token_id=pad)
+        wall = time.monotonic() - started
+    tokens = 0
+    for row in out[:, width:].tolist():
+        ends = [i for i, t in enumerate(row) if t in eos]
+        tokens += ends[0] + 1 if ends else len(row)
+    return dict(tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("assist", "mixed"), default="assist")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="cluster/reference pairs per concurrency")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    source = models.resolve_model(models.DEFAULT_MODEL)
+    if args.mode == "assist":
+        spec = ClusterSpec(fpga_workers=0, port=0, gpu_slots=max(args.concurrency))
+    elif "gpu_slots" in ClusterSpec.__dataclass_fields__:  # with slot enforcement: room for every request
+        spec = ClusterSpec(port=0, gpu_slots=max(args.concurrency))
+    else:  # the code before batching: GPU assist was not limited
+        spec = ClusterSpec(port=0)
+    reference = None
+    if args.mode == "assist":  # loaded before the cluster starts, so both halves of a round run back to back
+        torch.set_num_threads(os.cpu_count() or 1)  # as many as the GPU worker uses (`up` gives it every CPU)
+        model = models.load_causal_lm(source, "cpu", "float32")
+        tokenizer = models.load_tokenizer(source)
+        eos = model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos))
+        reference = (model, eos, pad)
+    rows = []
+    with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=1800) as client:
+        client.generate("Warm up the workers.", max_tokens=4)
+        for c in args.concurrency:
+            for round_index in range(args.rounds):  # cluster then reference, alternating: same load for both halves
+                row = dict(concurrency=c, round=round_index, load_before=os.getloadavg()[0],
+                           cluster=run_cluster(client, prompts(c), args.new_tokens))
+                if reference is not None:
+                    model, eos, pad = reference
+                    row["transformers_generate"] = run_reference(model, row["cluster"]["prompt_ids"],
+                                                                 args.new_tokens, eos, pad)
+                    row["ratio"] = row["cluster"]["tokens_per_s"] / row["transformers_generate"]["tokens_per_s"]
+                row["load_after"] = os.getloadavg()[0]
+                rows.append(row)
+    for row in rows:
+        row["cluster"].pop("prompt_ids")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        c = row["cluster"]
+        line = (f"{args.mode} C={row['concurrency']} round {row['round']} (load {row['load_before']:.1f}"
+                f"->{row['load_after']:.1f}): cluster {c['tokens']} tokens in {c['wall_s']:.1f} s = "
+                f"{c['tokens_per_s']:.1f} tok/s, TTFT p50 {c['ttft_p50_s']:.2f} s p99 {c['ttft_p99_s']:.2f} s, "
+                f"decode on {c['devices']}")
+        if "ratio" in row:
+            t = row["transformers_generate"]
+            line += (f"; transformers generate {t['tokens']} tokens in {t['wall_s']:.1f} s = "
+                     f"{t['tokens_per_s']:.1f} tok/s; ratio {row['ratio']:.2f}x")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
