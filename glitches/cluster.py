@@ -2,7 +2,10 @@
 
 Redis (a bundled redis-server on a free loopback port unless a URL is given, with a random
 password set in a 0600 config file in the run directory; its URL reaches the daemons as
-GLITCHES_REDIS_URL in their environment, never in argv),
+GLITCHES_REDIS_URL in their environment, never in argv; with `redis_sentinels` N > 0, a primary
+("redis"), one replica ("redis-replica") and N sentinels ("sentinel-0"...) that fail over to the
+replica when the primary dies, all with that password, and the daemons get a redis+sentinel://
+URL: services/redis_connect.py),
 one scheduler, GPU workers and FPGA workers, each its own process with its log
 in the run directory. The scheduler and the workers share a KV token secret, random
 per cluster unless GLITCHES_KV_TOKEN_SECRET(_FILE) is already set, handed over in
@@ -24,8 +27,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.tls import PLAINTEXT, TlsConfig
 from services.kv_token import SECRET_ENV, new_secret
+from services.redis_connect import connect, redact, sentinel_url
+from services.tls import PLAINTEXT, TlsConfig
+
+SENTINEL_SERVICE = "glitches"  # the name the local sentinels monitor
+SENTINEL_DOWN_AFTER_MS = 1000  # a primary silent this long is down (Redis's default is 30 s)
+SENTINEL_FAILOVER_TIMEOUT_MS = 2000  # a failed election is tried again after twice this
+SENTINEL_RETRY_S = 10.0  # the daemons' Redis retry window: one failover, even after a split vote
+# A failover takes about down-after + 1-2 s (2.4 s measured on loopback); the registry's TTLs must outlast
+# it, or the promoted replica's copies of heartbeats and leases expire before they are renewed:
+SENTINEL_HEARTBEAT_TTL_S = 6.0
+SENTINEL_LEASE_TTL_S = 8.0
 
 
 def free_port() -> int:
@@ -47,16 +60,8 @@ def redis_server_binary() -> str:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """`url` with any password replaced by *** (either Redis URL form)."""
+    return redact(url)
 
 
 @dataclass
@@ -66,11 +71,13 @@ class ClusterSpec:
     model: str = "smollm2-135m-instruct"
     port: int = 50051  # scheduler port; 0 = any free port
     redis_url: str = ""  # empty: start a private redis-server
+    redis_sentinels: int = 0  # > 0 (and no redis_url): a private primary, one replica and this many sentinels
     redis_prefix: str = "glitches"
     fpga_numerics: str = "reference"
     fpga_hbm_bytes: int = 0  # 0 = the worker's default (8 GiB)
     fpga_slots: int = 1
     kv_transport: str = "auto"  # every worker's --kv-transport
+    gpu_slots: int = 4  # GPU-assist decodes each GPU worker accepts
     threads_per_worker: int = 0  # 0 = split the CPUs between workers
     gateway_port: int | None = None  # also start the OpenAI-compatible HTTP gateway (0 = any free port)
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -92,6 +99,18 @@ class LocalCluster:
         given = {**os.environ, **spec.extra_env}
         self.daemon_env = {} if given.get(SECRET_ENV) or given.get(SECRET_ENV + "_FILE") else {
             SECRET_ENV: new_secret()}  # environment of the daemons: their shared KV token secret, unless given
+        if spec.redis_sentinels < 0:
+            raise ValueError(f"redis_sentinels must be >= 0, got {spec.redis_sentinels}")
+        if spec.redis_sentinels and spec.redis_url:
+            raise ValueError("redis_sentinels starts a private Redis; it cannot be combined with redis_url")
+        if spec.redis_sentinels:  # TTLs that outlast a failover, unless given
+            for name, value in (("GLITCHES_HEARTBEAT_TTL_S", SENTINEL_HEARTBEAT_TTL_S),
+                                ("GLITCHES_LEASE_TTL_S", SENTINEL_LEASE_TTL_S)):
+                if name not in given:
+                    self.daemon_env[name] = str(value)
+        self.redis_nodes: dict[str, int] = {}  # private Redis data nodes: process name -> port
+        self.sentinel_ports: list[int] = []
+        self._redis_password = ""
 
     # --- processes -------------------------------------------------------------
     def role_tls(self, role: str) -> TlsConfig:
@@ -140,18 +159,57 @@ class LocalCluster:
         self._spawn(name, [sys.executable, "-m", "glitches", command, *common, *args], role=command,
                     env={**self.daemon_env, "GLITCHES_REDIS_URL": self.redis_url})
 
+    def _private_config(self, name: str, text: str) -> Path:
+        """run_dir/name.conf, 0600: passwords go in files only this user reads, never in argv."""
+        config = self.run_dir / f"{name}.conf"
+        config.touch(mode=0o600)
+        config.write_text(text)
+        return config
+
+    def _start_redis(self) -> None:
+        """A private Redis: one redis-server, or (redis_sentinels) a primary, a replica and the sentinels."""
+        password = secrets.token_hex(16)
+        self._redis_password = password
+        # masterauth too: the replica authenticates to the primary (and a demoted primary to the new one)
+        # diskless replication: the initial sync writes no dump.rdb into the run directory
+        auth = (f"requirepass {password}\nmasterauth {password}\nrepl-diskless-sync yes\n"
+                "repl-diskless-sync-delay 0\nrepl-diskless-load on-empty-db\n")
+        data_args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)]
+        port = free_port()
+        self.redis_nodes["redis"] = port
+        self._spawn("redis", [redis_server_binary(), str(self._private_config("redis", auth)), "--port", str(port),
+                              *data_args])
+        if not self.spec.redis_sentinels:
+            self.redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
+            self._wait_redis()
+            return
+        replica_port = free_port()
+        self.redis_nodes["redis-replica"] = replica_port
+        self._spawn("redis-replica", [redis_server_binary(), str(self._private_config("redis-replica", auth)),
+                                      "--port", str(replica_port), "--replicaof", "127.0.0.1", str(port), *data_args])
+        self._wait_redis()  # the replica in sync first: the sentinels then learn of it from the primary at once
+        quorum = self.spec.redis_sentinels // 2 + 1
+        for i in range(self.spec.redis_sentinels):
+            sentinel_port = free_port()
+            self.sentinel_ports.append(sentinel_port)
+            # the sentinel rewrites this file as it learns the topology (it must stay writable; a rewrite, like
+            # the promoted replica's CONFIG REWRITE, leaves it 0644: the run directory itself is 0700)
+            config = self._private_config(f"sentinel-{i}", (
+                f"port {sentinel_port}\nbind 127.0.0.1\ndir {self.run_dir}\nrequirepass {password}\n"
+                f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {port} {quorum}\n"
+                f"sentinel auth-pass {SENTINEL_SERVICE} {password}\n"
+                f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {SENTINEL_SERVICE} {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
+                f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"))
+            self._spawn(f"sentinel-{i}", [redis_server_binary(), str(config), "--sentinel"])
+        self.redis_url = sentinel_url([("127.0.0.1", p) for p in self.sentinel_ports], SENTINEL_SERVICE, 0,
+                                      password=password, sentinel_password=password, retry_s=SENTINEL_RETRY_S)
+        self._wait_redis()
+
     def start(self) -> None:
         """Start everything; returns once processes are spawned (see wait_ready)."""
         if not self.redis_url:
-            port = free_port()
-            password = secrets.token_hex(16)
-            config = self.run_dir / "redis.conf"  # the password in a file only this user reads, not in argv
-            config.touch(mode=0o600)
-            config.write_text(f"requirepass {password}\n")
-            self._spawn("redis", [redis_server_binary(), str(config), "--port", str(port), "--bind", "127.0.0.1",
-                                  "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)])
-            self.redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
-            self._wait_redis()
+            self._start_redis()
         cpus = os.cpu_count() or 1
         workers = self.spec.gpu_workers + self.spec.fpga_workers
         threads = self.spec.threads_per_worker or max(1, cpus // max(1, workers))
@@ -161,7 +219,8 @@ class LocalCluster:
         for i in range(self.spec.gpu_workers):
             # prefill is compute-bound: a GPU worker may use every core
             self._daemon(f"gpu-{i}", "gpu-worker", "--worker-id", f"gpu-{i}", "--threads",
-                         str(self.spec.threads_per_worker or cpus), "--kv-transport", self.spec.kv_transport)
+                         str(self.spec.threads_per_worker or cpus), "--kv-transport", self.spec.kv_transport,
+                         "--slots", str(self.spec.gpu_slots))
         for i in range(self.spec.fpga_workers):
             extra = ["--hbm-bytes", str(self.spec.fpga_hbm_bytes)] if self.spec.fpga_hbm_bytes else []
             self._daemon(f"fpga-{i}", "fpga-worker", "--worker-id", f"fpga-{i}", "--threads", str(threads),
@@ -179,19 +238,51 @@ class LocalCluster:
         """The Redis URL with its password masked, for printing."""
         return redact_url(self.redis_url)
 
+    def _node(self, port: int, timeout_s: float = 2.0):
+        """A plain client of one private Redis process (data node or sentinel), no retries."""
+        import redis
+        from redis.retry import Retry
+        from redis.backoff import NoBackoff
+
+        return redis.Redis(host="127.0.0.1", port=port, password=self._redis_password, socket_timeout=timeout_s,
+                           socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+
     def _wait_redis(self, timeout_s: float = 20.0) -> None:
+        """Until the private Redis answers; with sentinels, until they know the primary, its replica (in sync)
+        and each other, so that a failover can happen from then on."""
         import redis
 
-        client = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError(f"redis-server did not answer within {timeout_s} s; see {self.run_dir}/redis.log")
+                if self._redis_settled():
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"the private Redis did not settle within {timeout_s} s; see the redis*.log and "
+                           f"sentinel-*.log files in {self.run_dir}")
+
+    def _redis_settled(self) -> bool:
+        if "redis-replica" not in self.redis_nodes:
+            return bool(self._node(self.redis_nodes["redis"]).ping())
+        replica = self._node(self.redis_nodes["redis-replica"]).info("replication")
+        if replica.get("master_link_status") != "up":
+            return False
+        for port in self.sentinel_ports:
+            state = self._node(port).sentinel_master(SENTINEL_SERVICE)
+            if state["num-slaves"] < 1 or state["num-other-sentinels"] < len(self.sentinel_ports) - 1:
+                return False
+        return True
+
+    def redis_primary(self) -> str:
+        """host:port of the Redis primary now (with sentinels: the one they name)."""
+        link = connect(self.redis_url)
+        try:
+            return link.primary()
+        finally:
+            link.close()
 
     def _check_alive(self) -> None:
         for name, proc in self.processes.items():
@@ -230,11 +321,13 @@ class LocalCluster:
             return False
 
     def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM the daemons, then Redis once they have deregistered; SIGKILL what outlives grace_s."""
+        """SIGTERM the daemons, then the sentinels (no failover while Redis stops), then Redis once the daemons
+        have deregistered; SIGKILL what outlives grace_s."""
         deadline = time.monotonic() + grace_s
-        daemons = [p for n, p in self.processes.items() if n != "redis"]
-        redis_proc = [p for n, p in self.processes.items() if n == "redis"]
-        for group in (daemons, redis_proc):
+        sentinels = [p for n, p in self.processes.items() if n.startswith("sentinel-")]
+        redis_proc = [p for n, p in self.processes.items() if n in self.redis_nodes]
+        daemons = [p for p in self.processes.values() if p not in sentinels and p not in redis_proc]
+        for group in (daemons, sentinels, redis_proc):
             if group is redis_proc and group:
                 self._shutdown_redis()
             for proc in group:
@@ -251,10 +344,13 @@ class LocalCluster:
         """SHUTDOWN NOSAVE is immediate; redis-server can take seconds to act on SIGTERM."""
         import redis
 
-        try:
-            redis.Redis.from_url(self.redis_url, socket_timeout=2).shutdown(nosave=True)
-        except redis.exceptions.RedisError:
-            pass  # already gone, or it went while answering
+        for name, port in self.redis_nodes.items():
+            if self.processes[name].poll() is not None:
+                continue
+            try:
+                self._node(port).shutdown(nosave=True)
+            except redis.exceptions.RedisError:
+                pass  # already gone, or it went while answering
 
     def __enter__(self) -> LocalCluster:
         try:

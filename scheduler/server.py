@@ -11,6 +11,7 @@ from services import models
 from services.api_keys import ApiKeyInterceptor
 from services.rate_limit import KeyRateLimiter
 from services.daemon import configure_logging, run_until_signalled
+from services.errors import Unavailable
 from services.grpc_server import start_server
 from services.kv_token import SECRET_ENV
 from services.metrics import ACTIVE_REQUESTS, REGISTRIES
@@ -67,7 +68,19 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 expiring_requests=w.record.expiring_requests)
             for w in self.orchestrator.registry.workers()]
         return scheduler_pb2.StatusResponse(model=self.orchestrator.model.name, workers=workers,
-                                            scheduler_active_requests=self.orchestrator.active)
+                                            scheduler_active_requests=self.orchestrator.active,
+                                            redis=redis_status(self.orchestrator.registry))
+
+
+def redis_status(registry: Registry) -> scheduler_pb2.RedisStatus:
+    """Which Redis primary the registry writes to now (asked of the sentinels, with Sentinel)."""
+    link = registry.link
+    status = scheduler_pb2.RedisStatus(sentinel_service=link.sentinel_service, sentinels=link.sentinel_addresses)
+    try:
+        status.primary = registry.redis_primary()
+    except Unavailable as error:
+        status.error = str(error)
+    return status
 
 
 def load_model_info(spec: str) -> ModelInfo:

@@ -13,6 +13,15 @@ never over-fill a worker and a release is counted once however often it is calle
 Every claim is a lease: the scheduler running the request renews it; when that
 scheduler dies, the lease expires and the next sweep (by any scheduler or any
 worker's heartbeat) releases the slot.
+
+The client comes from services/redis_connect.py (one Redis, or a primary found through
+Sentinel), whose retries may run a command twice when a reply was lost (a failover, a
+timeout). So every command here is idempotent: register/deregister/renew write the same
+values again; reads are reads; release and sweep find nothing left to undo the second time;
+a claim finds its own field already held and returns where it is held, instead of claiming
+twice (claim fields are unique per attempt: "{request_id}:{role}", see scheduler/orchestrator.py).
+A script that meets a demoted primary (its writes fail READONLY inside Lua, which redis-py does
+not see as a failover) is retried here after dropping the pooled connections.
 """
 
 from __future__ import annotations
@@ -23,18 +32,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import redis
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from services.errors import Unavailable
+from services.redis_connect import connect, retry_policy
 
 log = logging.getLogger(__name__)
 
 # Claim the first candidate that is alive and below its slot count.
 # ARGV: prefix, claim field, lease ms, candidate ids...   Returns the claimed id or false.
+# Idempotent: a claim already held (this same call, retried after its reply was lost) returns its holder.
 _CLAIM_FIRST_FREE = """
 local prefix, field, lease_ms = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('HEXISTS', prefix .. ':claims', field) == 1 then
-  return redis.error_reply('claim ' .. field .. ' is already held')
-end
+local holder = redis.call('HGET', prefix .. ':claims', field)
+if holder then return holder end
 for i = 4, #ARGV do
   local id = ARGV[i]
   if redis.call('EXISTS', prefix .. ':alive:' .. id) == 1 then
@@ -52,13 +63,16 @@ return false
 """
 
 # Count a request on a worker regardless of slots (GPU prefill queues on the device).
-# ARGV: prefix, claim field, lease ms, worker id.
+# ARGV: prefix, claim field, lease ms, worker id.   Idempotent like _CLAIM_FIRST_FREE: held on this
+# worker already, it returns the id; held on another one, it is an error (a caller's bug).
 _CLAIM_ALIVE = """
 local prefix, field, lease_ms, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('EXISTS', prefix .. ':alive:' .. id) == 0 then return false end
-if redis.call('HEXISTS', prefix .. ':claims', field) == 1 then
-  return redis.error_reply('claim ' .. field .. ' is already held')
+local holder = redis.call('HGET', prefix .. ':claims', field)
+if holder == id then return id end
+if holder then
+  return redis.error_reply('claim ' .. field .. ' is already held on ' .. holder)
 end
+if redis.call('EXISTS', prefix .. ':alive:' .. id) == 0 then return false end
 redis.call('HINCRBY', prefix .. ':active', id, 1)
 redis.call('HSET', prefix .. ':claims', field, id)
 redis.call('SET', prefix .. ':lease:' .. field, id, 'PX', lease_ms)
@@ -97,6 +111,10 @@ return released
 """
 
 
+class _ScriptReadOnly(ReadOnlyError):
+    """A script's write refused READONLY (redis-py reports it as a plain ResponseError)."""
+
+
 @dataclass
 class WorkerRecord:
     """What a worker publishes about itself (strings and ints only: it is a Redis hash)."""
@@ -115,7 +133,7 @@ class WorkerRecord:
     kv_bytes_per_token: int
     http_address: str = ""
     kv_granularity_tokens: int = 1  # a reservation of n tokens takes KV for n rounded up to a multiple of this
-    kv_block_bytes: int = 0  # bytes of one KV block (16 tokens of one layer/head/K-or-V lane); 0 for GPUs
+    kv_block_bytes: int = 0  # bytes of one KV block (FPGA: 16 tokens of one layer/head/K-or-V lane; GPU: 16 tokens, all layers, K and V)
     kv_free_blocks: int = 0  # free KV blocks on the device (kv_free_bytes // kv_block_bytes)
     kv_tokens_required: int = 0  # 1 when the worker accepts KV only with a scheduler-issued token
     kv_transports: str = ""  # comma-separated, best first: FPGA workers what they accept, GPU workers what they send
@@ -125,6 +143,7 @@ class WorkerRecord:
     worker_active_requests: int = 0  # requests the worker itself holds KV for (its Info), whatever the claims say
     kv_held_bytes: int = 0  # KV bytes it holds for requests
     expiring_requests: int = 0  # held requests not decoding: freed unless renewed (services/kv_holds.py)
+    assist_active: int = 0  # GPU workers: GPU-assist requests held now (at most `slots`)
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerRecord:
@@ -150,7 +169,10 @@ class Registry:
         self.prefix = prefix
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.lease_ttl_s = lease_ttl_s
-        self.redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.link = connect(url)  # InvalidArgument for a bad URL
+        self.redis = self.link.client
+        # a Lua write on a demoted primary: drop the connections, ask again (redis_connect's window)
+        self._script_retry = retry_policy(self.link.retry_s, errors=(_ScriptReadOnly,))
         self._claim_first_free = self.redis.register_script(_CLAIM_FIRST_FREE)
         self._claim_alive = self.redis.register_script(_CLAIM_ALIVE)
         self._release = self.redis.register_script(_RELEASE)
@@ -160,12 +182,29 @@ class Registry:
         return ":".join((self.prefix, *parts))
 
     def _call(self, what: str, fn: Callable):
+        def attempt():
+            try:
+                return fn()
+            except ResponseError as error:
+                if "-READONLY" in str(error) and not isinstance(error, ReadOnlyError):
+                    raise _ScriptReadOnly(str(error)) from error
+                raise
+
         try:
-            return fn()
+            return self._script_retry.call_with_retry(attempt, lambda error: self.link.reconnect())
         except redis.exceptions.ConnectionError as error:
             raise Unavailable(f"Redis is unreachable ({what}): {error}") from error
         except redis.exceptions.TimeoutError as error:
             raise Unavailable(f"Redis timed out ({what}): {error}") from error
+        except ReadOnlyError as error:
+            raise Unavailable(f"Redis answers read-only ({what}): a replica, not the primary; {error}") from error
+
+    def redis_primary(self) -> str:
+        """host:port of the Redis primary in use now; raises Unavailable when no sentinel names one."""
+        return self._call("find the primary", self.link.primary)
+
+    def close(self) -> None:
+        self.link.close()
 
     # --- worker side -------------------------------------------------------
     def register(self, record: WorkerRecord) -> None:

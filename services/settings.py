@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from services.errors import InvalidArgument
 from services.models import DEFAULT_MODEL
+from services.redis_connect import check_url
 from services.tls import TlsConfig
 
 
@@ -19,11 +20,12 @@ class DaemonSettings:
     host: str = "127.0.0.1"  # interface the gRPC server binds
     port: int = 0  # 0 = any free port
     advertise_host: str = ""  # host others use to reach it; empty: host (or this machine's name for 0.0.0.0)
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # or redis+sentinel://... (services/redis_connect.py)
     redis_prefix: str = "glitches"  # every registry key starts with it
     model: str = DEFAULT_MODEL
     heartbeat_interval_s: float = 1.0
-    heartbeat_ttl_s: float = 3.0
+    heartbeat_ttl_s: float = 3.0  # a worker counts as dead this long after its last beat; with Redis Sentinel,
+    # keep it above the failover gap + one interval (the promoted replica's copy must not expire meanwhile)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     drain_grace_s: float = 30.0  # how long SIGTERM waits for in-flight requests
     http_port: int = 0  # HTTP side port (/healthz /readyz /metrics) on `host`; 0 = any free port
@@ -40,9 +42,11 @@ class DaemonSettings:
         if not 0 <= self.http_port <= 65535:
             raise InvalidArgument(f"--http-port must be in 0..65535 (0 = any free port), got {self.http_port}")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
-            raise InvalidArgument("the heartbeat TTL must be longer than the heartbeat interval")
+            raise InvalidArgument(f"--heartbeat-ttl-s must be longer than the heartbeat interval "
+                                  f"({self.heartbeat_interval_s} s), got {self.heartbeat_ttl_s}")
         if self.threads < 0:
             raise InvalidArgument(f"--threads must be >= 0, got {self.threads}")
+        check_url(self.redis_url)  # a bad --redis-url is refused here, naming the forms taken
         self.tls()  # refuses half-given TLS settings
 
     def tls(self) -> TlsConfig:

@@ -160,11 +160,25 @@ class WorkerStatus(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., worker_active_requests: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., expiring_requests: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("model", "workers", "scheduler_active_requests")
+    __slots__ = ("model", "workers", "scheduler_active_requests", "redis")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REDIS_FIELD_NUMBER: _ClassVar[int]
     model: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     scheduler_active_requests: int
-    def __init__(self, model: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., scheduler_active_requests: _Optional[int] = ...) -> None: ...
+    redis: RedisStatus
+    def __init__(self, model: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., scheduler_active_requests: _Optional[int] = ..., redis: _Optional[_Union[RedisStatus, _Mapping]] = ...) -> None: ...
+
+class RedisStatus(_message.Message):
+    __slots__ = ("primary", "sentinel_service", "sentinels", "error")
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    SENTINEL_SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SENTINELS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    primary: str
+    sentinel_service: str
+    sentinels: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    def __init__(self, primary: _Optional[str] = ..., sentinel_service: _Optional[str] = ..., sentinels: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
