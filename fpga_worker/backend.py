@@ -26,7 +26,19 @@ class DeviceFacts:
     device_name: str  # e.g. "software emulator of xilinx_u280 (no card)"
     hbm_bytes: int  # total device memory for weights + KV, bytes
     kv_capacity_bytes: int  # what is left for KV after the weight image, bytes
-    extra: dict[str, str] = field(default_factory=dict)  # power, temperature, BDF... where known
+    extra: dict[str, str] = field(default_factory=dict)  # BDF, numerics, memory... where known (static)
+
+
+@dataclass(frozen=True)
+class SensorReading:
+    """What the card's sensors say now (fpga_worker/sensors.py reads it live, cached about a second)."""
+
+    power_w: float | None = None  # board power, watts; None: not known
+    temperature_c: float | None = None  # the hottest sensor, degrees Celsius; None: not known
+    modeled: bool = False  # True: an emulated card's power model, not a measurement
+
+
+NO_READING = SensorReading()
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,11 @@ class DecodeBackend(ABC):
 
     @abstractmethod
     def geometry(self) -> KvGeometry: ...
+
+    def sensors(self) -> SensorReading:
+        """Power and temperature now (a real card's sensors, or an emulator's model); may take milliseconds,
+        so callers cache it (sensors.CachedSensors)."""
+        return NO_READING
 
     @abstractmethod
     def kv_free_bytes(self) -> int: ...

@@ -23,9 +23,10 @@ import torch
 from transformers import DynamicCache
 
 from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, SensorReading
 from fpga_worker.emu_kv import EmulatedKvCalls, EmulatedKvStore
 from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
+from fpga_worker.sensors import BusyMeter, modeled_reading
 from services import models
 
 KV_DTYPE_ON_CARD = torch.float32  # reference numerics: float32 elements in the ABI layout
@@ -58,12 +59,16 @@ class EmulatedCard(EmulatedKvCalls, DecodeBackend):
         self._requests: dict[str, _Request] = {}
         self._lock = threading.Lock()  # guards _requests
         self._compute_lock = threading.Lock()  # one kernel step at a time, like one card
+        self.meter = BusyMeter()  # time spent stepping, for the modeled power (sensors())
 
     def facts(self) -> DeviceFacts:
         return DeviceFacts(backend="emu", emulated=True,
                            device_name="software emulator of an Alveo U280 decode card (no card)",
                            hbm_bytes=self.hbm_bytes, kv_capacity_bytes=self.kv.capacity_bytes,
                            extra={"numerics": "reference", "kv_dtype": "float32"})
+
+    def sensors(self) -> SensorReading:
+        return modeled_reading(self.meter)  # modeled, labelled so: an emulator has no sensors
 
     def geometry(self) -> KvGeometry:
         return self._geometry
@@ -108,7 +113,7 @@ class EmulatedCard(EmulatedKvCalls, DecodeBackend):
         request = self._get(request_id)
         check_steppable(request_id, request.cache is not None, position, request.reserve_tokens)
         ids = torch.tensor([[token_id]], dtype=torch.long)
-        with self._compute_lock, torch.inference_mode():
+        with self._compute_lock, self.meter.busy(), torch.inference_mode():
             out = self.model(input_ids=ids, position_ids=torch.tensor([[position]]), cache=request.cache,
                              use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement, SensorReading
 
 
 class ForwardingBackend(DecodeBackend):
@@ -20,6 +20,9 @@ class ForwardingBackend(DecodeBackend):
 
     def facts(self) -> DeviceFacts:
         return self.inner.facts()
+
+    def sensors(self) -> SensorReading:
+        return self.inner.sensors()
 
     def geometry(self) -> KvGeometry:
         return self.inner.geometry()

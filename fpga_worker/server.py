@@ -10,6 +10,7 @@ from fpga_worker.backend import DecodeBackend
 from fpga_worker.held_backend import HeldBackend
 from fpga_worker.kv_notify import NotifyingBackend
 from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
+from fpga_worker.sensors import CachedSensors, publish_sensors
 from fpga_worker.settings import FpgaWorkerSettings
 from services import grammar, metrics, models, nixl_loader
 from services.daemon import configure_logging, run_until_signalled
@@ -20,7 +21,7 @@ from services.host_identity import host_identity
 from services.kv_holds import KvHolds, renew_rpc
 from services.kv_token import SECRET_ENV, KvTokenVerifier
 from services.request_auth import OpenAccess, RequestAuthVerifier
-from services.observability import DaemonHttp, publish_device_facts, worker_ready_check
+from services.observability import DaemonHttp, worker_ready_check
 from services.peer_roles import worker_role_check
 from services.proto_convert import step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
@@ -300,7 +301,7 @@ def serve(settings: FpgaWorkerSettings) -> None:
     metrics.KV_NIXL_REGISTRATIONS.set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)
     metrics.KV_CAPACITY_BYTES.set(facts.kv_capacity_bytes)
     metrics.publish_holds("fpga-worker", holds, lambda: facts.kv_capacity_bytes - backend.kv_free_bytes())
-    publish_device_facts("fpga-worker", settings.device, facts.extra)
+    publish_sensors("fpga-worker", settings.device, CachedSensors(backend.sensors))  # live, cached 1 s
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
     run_until_signalled(server, heartbeat, settings.drain_grace_s,
                         f"fpga-worker {servicer.worker_id} ready {address} backend={facts.backend} "

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, SensorReading
 from fpga_worker.emu_kv import EmulatedKvCalls, EmulatedKvStore
 from fpga_worker.w4a8_kernel import DecodeKernel
 from fpga_worker.weight_image import WeightImage, build_from_gguf, build_from_state_dict
 from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
+from fpga_worker.sensors import BusyMeter, modeled_reading
 from services.errors import InvalidArgument
 
 
@@ -46,6 +47,7 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
         self._requests: dict[str, _Request] = {}
         self._lock = threading.Lock()  # guards _requests
         self._compute_lock = threading.Lock()  # one kernel step at a time, like one card
+        self.meter = BusyMeter()  # time spent stepping, for the modeled power (sensors())
 
     @classmethod
     def from_source(cls, source, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4,
@@ -67,6 +69,9 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
                    "weight_image_bytes": str(self.image.weight_bytes),
                    "prefetch_ratio": str(self.kernel.prefetch_ratio)},
         )
+
+    def sensors(self) -> SensorReading:
+        return modeled_reading(self.meter)  # modeled, labelled so: an emulator has no sensors
 
     def geometry(self) -> KvGeometry:
         d = self.image.dims
@@ -94,7 +99,7 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
         request, held = self._get(request_id), self.kv.get(request_id)
         check_steppable(request_id, request.prompt_tokens is not None, position, held.region.plan.capacity_tokens)
-        with self._compute_lock:
+        with self._compute_lock, self.meter.busy():
             return self.kernel.step(held.region, token_id, position)
 
     def modeled_step_s(self, context_tokens: int) -> float:

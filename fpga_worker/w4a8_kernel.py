@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import grpc
 import torch
 import torch.nn.functional as F
 
@@ -32,9 +33,10 @@ class KernelError(GlitchesError):
     """A step the kernel refused, with the ABI status it returned; a caller's mistake maps to INVALID_ARGUMENT."""
 
     def __init__(self, status: KernelStatus, message: str):
-        super().__init__(f"decode kernel status {status.value} ({status.name}): {message}")
+        super().__init__(f"decode kernel status {status.value} ({status.name}): {message}",
+                         status_code=InvalidArgument.status_code if status != KernelStatus.NON_FINITE
+                         else grpc.StatusCode.INTERNAL)
         self.status = status
-        self.code = InvalidArgument.code if status != KernelStatus.NON_FINITE else GlitchesError.code
 
 
 @dataclass

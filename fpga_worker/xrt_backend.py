@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS, KernelStatus, OutputMode
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
+from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement, SensorReading
 from fpga_worker.hbm_segment import HbmSegment
 from fpga_worker.hbm_manager import KvSpace
 from fpga_worker.kv_layout import K_KIND, V_KIND, KvPlan
@@ -156,19 +156,21 @@ class XrtCard(DecodeBackend):
         name, bdf = self.device.get_info(info.name), self.device.get_info(info.bdf)
         extra = {"bdf": bdf, "numerics": "w4a8", "kv_dtype": "float16", "abi_version": "1",
                  "xclbin": self.xclbin_path, "weight_image_bytes": str(self.image.weight_bytes)}
-        power = _json_info(self.device, self.pyxrt, "electrical").get("power_consumption_watts")
-        if power not in (None, ""):
-            extra["power_w"] = str(float(power))
-        temps = [float(t["temp_C"]) for t in _json_info(self.device, self.pyxrt, "thermal").get("thermals", [])
-                 if str(t.get("is_present", "true")) == "true" and "temp_C" in t]
-        if temps:
-            extra["temperature_c"] = str(max(temps))  # the hottest sensor
         memory = _memory_summary(_json_info(self.device, self.pyxrt, "memory"))
         if memory:
             extra["memory"] = memory
         label = " (stand-in, not XRT)" if self.stand_in else ""
         return DeviceFacts(backend="xrt", emulated=self.stand_in, device_name=f"{name} [{bdf}]{label}",
                            hbm_bytes=self.hbm_bytes, kv_capacity_bytes=self.space.capacity_bytes, extra=extra)
+
+    def sensors(self) -> SensorReading:
+        """The card's own sensors, measured: pyxrt's electrical report (power_consumption_watts) and
+        thermal report (the hottest present sensor's temp_C); a report the platform lacks is None."""
+        power = _json_info(self.device, self.pyxrt, "electrical").get("power_consumption_watts")
+        temps = [float(t["temp_C"]) for t in _json_info(self.device, self.pyxrt, "thermal").get("thermals", [])
+                 if str(t.get("is_present", "true")) == "true" and "temp_C" in t]
+        return SensorReading(power_w=float(power) if power not in (None, "") else None,
+                             temperature_c=max(temps) if temps else None)
 
     def geometry(self) -> KvGeometry:
         return self._geometry

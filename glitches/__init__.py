@@ -6,9 +6,10 @@ from glitches.errors import (CancelledError, DeadlineExceededError, GlitchesErro
                              NotFoundError, PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError,
                              UnavailableError)
 from glitches.retry import NO_RETRY, RetryPolicy
-from glitches.types import ClusterStatus, Completion, Logprob, TextChunk, Timings, TokenLogprob, WorkerStatus
+from glitches.types import (ClusterStatus, Completion, Logprob, RedisStatus, TextChunk, Timings, TokenLogprob,
+                            WorkerStatus)
 
 __all__ = ["AsyncClient", "CancelledError", "Client", "ClusterStatus", "Completion", "DeadlineExceededError",
            "GlitchesError", "InvalidArgumentError", "Logprob", "NO_RETRY", "NotFoundError", "PermissionDeniedError",
-           "ResourceExhaustedError", "RetryPolicy", "TextChunk", "Timings", "TokenLogprob", "UnauthenticatedError",
+           "RedisStatus", "ResourceExhaustedError", "RetryPolicy", "TextChunk", "Timings", "TokenLogprob", "UnauthenticatedError",
            "UnavailableError", "WorkerStatus"]

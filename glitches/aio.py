@@ -8,15 +8,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
-
-import grpc
+from contextlib import aclosing
 
 from glitches import convert
-from glitches.client import DEFAULT_ADDRESS, _encode, auth_metadata, client_tls
-from glitches.errors import from_rpc_error
-from glitches.retry import Deadline, RetryPolicy, next_backoff_s
+from glitches.client import DEFAULT_ADDRESS, STATUS_TIMEOUT_S, _encode, auth_metadata, client_tls
+from glitches.retry import RetryPolicy, retrying_async
 from glitches.types import ClusterStatus, Completion, TextChunk
 from services.channels import open_aio_channel
 from services.tls import TlsConfig
@@ -48,24 +45,10 @@ class AsyncClient:
                           top_p=top_p, seed=seed, stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
                           prompt_logprobs=prompt_logprobs, ignore_eos=ignore_eos, min_tokens=min_tokens,
                           response_format=response_format)
-        deadline = Deadline(self.timeout_s)
-        attempt = 0
-        while True:
-            attempt += 1
-            call = self._stub.Generate(request, timeout=deadline.remaining_s(), metadata=self._metadata)
-            received = False
-            try:
-                async for message in call:
-                    received = True
-                    yield convert.event(message)
-                return
-            except grpc.RpcError as error:
-                wait_s = None if received else next_backoff_s(self.retry, error, attempt, deadline)
-                if wait_s is None:
-                    raise from_rpc_error(error) from None
-            finally:
-                call.cancel()
-            await asyncio.sleep(wait_s)
+        async with aclosing(retrying_async(self.retry, self.timeout_s, lambda timeout_s: self._stub.Generate(
+                request, timeout=timeout_s, metadata=self._metadata))) as messages:  # closing cancels the call
+            async for message in messages:
+                yield convert.event(message)
 
     async def generate(self, prompt: str | Sequence[int], **kwargs) -> Completion:
         """Run a request to the end (reading the stream to its very end) and return its Completion."""
@@ -78,18 +61,13 @@ class AsyncClient:
         return final
 
     async def status(self) -> ClusterStatus:
-        deadline = Deadline(self.timeout_s or 10)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return convert.status(await self._stub.Status(scheduler_pb2.StatusRequest(),
-                                                              timeout=deadline.remaining_s(), metadata=self._metadata))
-            except grpc.RpcError as error:
-                wait_s = next_backoff_s(self.retry, error, attempt, deadline)
-                if wait_s is None:
-                    raise from_rpc_error(error) from None
-            await asyncio.sleep(wait_s)
+        """As Client.status: every worker and its occupancy."""
+        async def one_status(timeout_s):
+            yield await self._stub.Status(scheduler_pb2.StatusRequest(), timeout=timeout_s, metadata=self._metadata)
+
+        (response,) = [message async for message in retrying_async(self.retry, self.timeout_s or STATUS_TIMEOUT_S,
+                                                                     one_status)]
+        return convert.status(response)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -13,22 +13,20 @@ UNAVAILABLE is retried with exponential backoff (RetryPolicy) until the first me
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator, Sequence
-
-import grpc
+from contextlib import closing
 
 from glitches import convert
-from glitches.errors import DeadlineExceededError, InvalidArgumentError, from_rpc_error, invalid_argument
-from glitches.retry import Deadline, RetryPolicy, next_backoff_s
+from glitches.errors import invalid_argument
+from glitches.retry import RetryPolicy, retrying
 from glitches.types import ClusterStatus, Completion, TextChunk
 from services.channels import open_channel
-from services.errors import GlitchesError as ServiceError
 from services.tls import TlsConfig
 from services.tls import from_env as tls_from_env
 from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+STATUS_TIMEOUT_S = 10.0  # Status's deadline (retries included) when the client has no timeout_s
 
 
 def _encode(prompt, chat: bool, model: str, **sampling):
@@ -45,15 +43,9 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
 
 
 def client_tls(tls: TlsConfig | None) -> TlsConfig:
-    """`tls`, or the GLITCHES_TLS_* environment's settings when None."""
-    try:
-        return tls_from_env(os.environ) if tls is None else tls
-    except ServiceError as error:  # a half-given or unreadable certificate setting
-        raise InvalidArgumentError("INVALID_ARGUMENT", str(error)) from None
-
-
-def _deadline_exceeded(timeout_s: float | None) -> DeadlineExceededError:
-    return DeadlineExceededError("DEADLINE_EXCEEDED", f"no answer within timeout_s={timeout_s} s")
+    """`tls`, or the GLITCHES_TLS_* environment's settings when None (InvalidArgumentError when they are
+    half-given or unreadable)."""
+    return tls_from_env(os.environ) if tls is None else tls
 
 
 class Client:
@@ -90,24 +82,10 @@ class Client:
                           top_p=top_p, seed=seed, stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
                           prompt_logprobs=prompt_logprobs, ignore_eos=ignore_eos, min_tokens=min_tokens,
                           response_format=response_format)
-        deadline = Deadline(self.timeout_s)
-        attempt = 0
-        while True:
-            attempt += 1
-            call = self._stub.Generate(request, timeout=deadline.remaining_s(), metadata=self._metadata)
-            received = False
-            try:
-                for message in call:
-                    received = True
-                    yield convert.event(message)
-                return
-            except grpc.RpcError as error:
-                wait_s = None if received else next_backoff_s(self.retry, error, attempt, deadline)
-                if wait_s is None:
-                    raise from_rpc_error(error) from None
-            finally:
-                call.cancel()
-            time.sleep(wait_s)
+        with closing(retrying(self.retry, self.timeout_s, lambda timeout_s: self._stub.Generate(
+                request, timeout=timeout_s, metadata=self._metadata))) as messages:  # closing cancels the call
+            for message in messages:
+                yield convert.event(message)
 
     def generate(self, prompt: str | Sequence[int], **kwargs) -> Completion:
         """Run a request to the end and return its Completion (same arguments as stream).
@@ -123,19 +101,10 @@ class Client:
         return final
 
     def status(self) -> ClusterStatus:
-        """Every worker and its occupancy (deadline: timeout_s, or 10 s when None)."""
-        deadline = Deadline(self.timeout_s or 10)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return convert.status(self._stub.Status(scheduler_pb2.StatusRequest(),
-                                                        timeout=deadline.remaining_s(), metadata=self._metadata))
-            except grpc.RpcError as error:
-                wait_s = next_backoff_s(self.retry, error, attempt, deadline)
-                if wait_s is None:
-                    raise from_rpc_error(error) from None
-            time.sleep(wait_s)
+        """Every worker and its occupancy (deadline: timeout_s, or STATUS_TIMEOUT_S when None)."""
+        (response,) = retrying(self.retry, self.timeout_s or STATUS_TIMEOUT_S, lambda timeout_s: (
+            self._stub.Status(scheduler_pb2.StatusRequest(), timeout=timeout_s, metadata=self._metadata),))
+        return convert.status(response)
 
     def close(self) -> None:
         self._channel.close()

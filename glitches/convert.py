@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from glitches.types import ClusterStatus, Completion, Logprob, TextChunk, Timings, TokenLogprob, WorkerStatus
+from glitches.types import (ClusterStatus, Completion, Logprob, RedisStatus, TextChunk, Timings, TokenLogprob,
+                            WorkerStatus)
 from services.stubs.glitches.v1 import common_pb2, scheduler_pb2
 
 _FINISH = {common_pb2.FINISH_REASON_LENGTH: "length", common_pb2.FINISH_REASON_EOS: "eos",
@@ -73,4 +74,7 @@ def status(message: scheduler_pb2.StatusResponse) -> ClusterStatus:
         worker_active_requests=w.worker_active_requests, kv_held_bytes=w.kv_held_bytes,
         expiring_requests=w.expiring_requests)
         for w in message.workers)
-    return ClusterStatus(message.model, workers, message.scheduler_active_requests)
+    r = message.redis
+    redis = RedisStatus(r.primary, r.sentinel_service, tuple(r.sentinels), r.error) if message.HasField("redis") \
+        else None
+    return ClusterStatus(message.model, workers, message.scheduler_active_requests, redis)

@@ -101,10 +101,21 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True)
+class RedisStatus:
+    """The Redis the scheduler's registry uses."""
+
+    primary: str  # host:port of the primary in use now; "" when no sentinel named one (see error)
+    sentinel_service: str = ""  # the service the sentinels monitor; "" for one Redis (no Sentinel)
+    sentinels: tuple[str, ...] = ()  # host:port of each sentinel in the registry URL
+    error: str = ""  # why primary is empty
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     model: str
     workers: tuple[WorkerStatus, ...]
     scheduler_active_requests: int
+    redis: RedisStatus | None = None  # None from a scheduler too old to say
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,7 +27,6 @@ class Detokenizer:
         self._text_of = text_of
         self._min_tokens = min_tokens
         self._stop = tuple(s for s in stop if s)
-        self._longest = max((len(s) for s in self._stop), default=0)
         self._tokens: list[int] = []
         self._sent = 0  # characters already released
         self.text = ""  # text released so far

@@ -26,7 +26,7 @@ from services import grammar, metrics
 from services.channels import WorkerStubs
 from services.decoding import Finish
 from services.errors import (REASON_CONTEXT_LENGTH_EXCEEDED, REASON_MODEL_NOT_FOUND, REASON_PROMPT_TOO_LONG,
-                             InvalidArgument, Unavailable, from_rpc_error)
+                             InvalidArgument, ResourceExhausted, Unavailable, from_rpc_error)
 from services.kv_token import KvTokenIssuer
 from services.logprobs import TokenLogprob
 from services.proto_convert import FINISH_FROM_PROTO, logprob_from_proto
@@ -55,6 +55,10 @@ class Delta:
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token id, with sampling.logprobs
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # first delta only, with prompt_logprobs
     prompt_token_ids: list[int] = field(default_factory=list)  # first delta only, with prompt_logprobs
+
+
+class _NoRoomYet(Exception):
+    """The GPU refused GPU assist (no slot or KV free there now): place the request again shortly."""
 
 
 class _WorkerLost(Exception):
@@ -90,6 +94,8 @@ class _Run:
     decode_device: str = ""
     decode_worker: str = ""
     prefill_worker: str = ""
+    cancelled: object = lambda: False  # the client went away
+    refused_since: float | None = None  # monotonic time a GPU first refused this request's GPU assist
 
 
 @dataclass
@@ -145,11 +151,14 @@ def _log_renewal(future, worker_id: str) -> None:
         log.warning("renewing KV holds on %s failed: %s", worker_id, getattr(error, "code", lambda: error)())
 
 
-def kv_bytes_needed(workers, tokens: int) -> int:
-    """KV bytes `tokens` take on the most demanding live FPGA, with its reservation rounding (block units)."""
+def kv_bytes_needed(workers, tokens: int, kind: str = "fpga") -> int:
+    """KV bytes `tokens` take on the most demanding live worker of `kind`, with its reservation rounding."""
     needs = [-(-tokens // w.record.kv_granularity_tokens) * w.record.kv_granularity_tokens
-             * w.record.kv_bytes_per_token for w in workers if w.record.kind == "fpga"]
+             * w.record.kv_bytes_per_token for w in workers if w.record.kind == kind]
     return max(needs, default=0)
+
+
+_PLACE_POLL_S = (0.02, 0.5)  # first and longest pause between placement tries while no device has room
 
 
 class Orchestrator:
@@ -259,28 +268,52 @@ class Orchestrator:
                 live[w.record.worker_id] = w
         return live
 
-    def _place(self, claim_id: str, prompt_ids: list[int], sampling: Sampling, excluded: set[str]):
-        """Claim a prefill GPU and, when one is free, an FPGA decode slot; returns (gpu, decoder)."""
-        for _ in range(3):  # a worker may vanish between reading the registry and claiming it
+    def _place(self, claim_id: str, prompt_ids: list[int], sampling: Sampling, excluded: set[str],
+               cancelled=lambda: False, wait_s: float | None = None):
+        """Claim a decode slot (an FPGA, else GPU assist) and the prefill GPU; returns (gpu, decoder).
+
+        A GPU-assist request holds one claim on its GPU (decode), so it counts once there. When
+        neither an FPGA nor a GPU has room, the request waits here (up to `wait_s`, by default
+        --queue-wait-s) instead of overfilling a device; then RESOURCE_EXHAUSTED with a retry hint.
+        """
+        wait_s = self.settings.queue_wait_s if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        pause, vanished = _PLACE_POLL_S[0], 0
+        tokens = len(prompt_ids) + sampling.max_new_tokens
+        while True:
             workers = self._live_workers(excluded)
             snapshot = ClusterSnapshot(tuple(
                 WorkerView(w.record.worker_id, DeviceKind(w.record.kind), w.record.slots, w.active,
-                           w.record.kv_free_bytes) for w in workers.values()))
-            need = kv_bytes_needed(workers.values(), len(prompt_ids) + sampling.max_new_tokens)
+                           w.record.kv_free_bytes, w.record.assist_active) for w in workers.values()))
+            request = PlacementRequest(len(prompt_ids), sampling.max_new_tokens,
+                                       kv_bytes_needed(workers.values(), tokens),
+                                       kv_bytes_needed(workers.values(), tokens, "gpu"))
             try:
-                decision = place(snapshot, PlacementRequest(len(prompt_ids), sampling.max_new_tokens, need))
+                decision = place(snapshot, request)
             except NoWorkerAvailable as error:
                 raise Unavailable(f"{error}; start a gpu-worker (glitches gpu-worker) or wait for one") from None
-            gpu = workers[decision.prefill_worker]
-            if not self.registry.claim_alive(claim_id, "prefill", gpu.record.worker_id):
-                continue
             fpga_id = self.registry.claim_first_free(claim_id, "decode", list(decision.fpga_candidates))
             if fpga_id is not None:
-                return gpu, workers[fpga_id]
-            if self.registry.claim_alive(claim_id, "decode", gpu.record.worker_id):
-                return gpu, gpu
-            self.registry.release(claim_id, "prefill")
-        raise Unavailable("workers kept disappearing while placing the request; retry")
+                gpu = workers[decision.prefill_worker]
+                if self.registry.claim_alive(claim_id, "prefill", gpu.record.worker_id):
+                    return gpu, workers[fpga_id]
+                self.registry.release(claim_id, "decode")
+                vanished += 1
+            elif decision.gpu_assist_worker is not None:
+                gpu = workers[decision.gpu_assist_worker]
+                if self.registry.claim_alive(claim_id, "decode", gpu.record.worker_id):
+                    return gpu, gpu
+                vanished += 1
+            if vanished >= 3:  # a worker may vanish between reading the registry and claiming it
+                raise Unavailable("workers kept disappearing while placing the request; retry")
+            if decision.gpu_assist_worker is None and not decision.fpga_candidates:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or cancelled():
+                    hint = max(1.0, wait_s / 2)
+                    raise ResourceExhausted(f"no FPGA and no GPU-assist slot had room for this request within "
+                                            f"{wait_s:.0f} s; retry in about {hint:.0f} s", retry_after_s=hint)
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 2, _PLACE_POLL_S[1])
 
     # --- the request -----------------------------------------------------------
     def generate(self, request: GenerateInput, cancelled=lambda: False,
@@ -290,7 +323,7 @@ class Orchestrator:
         time_remaining() -> seconds left of the caller's deadline (None: none); a queued request gives up
         in time to answer RESOURCE_EXHAUSTED rather than run into it.
         """
-        run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic())
+        run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic(), cancelled=cancelled)
         run.detok = Detokenizer(self.model.text_of, run.sampling.stop, run.sampling.min_tokens)
         with self.admission.slot(cancelled, time_remaining):
             yield from self._run(run)
@@ -309,6 +342,8 @@ class Orchestrator:
                 except _WorkerLost as lost:
                     attempt.lost = True
                     self._on_lost(run, lost)
+                except _NoRoomYet:  # another replica took the GPU's last slot first: place again
+                    time.sleep(_PLACE_POLL_S[0])
                 finally:
                     self._end_attempt(attempt)
             tail = run.detok.finish()
@@ -334,14 +369,19 @@ class Orchestrator:
 
     def _attempt(self, run: _Run, attempt: _Attempt) -> Iterator[Delta]:
         """Place, prefill (prompt + tokens so far), then stream decode until the end or a worker loss."""
-        gpu, decoder = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded)
+        wait_s = self.settings.queue_wait_s
+        if run.refused_since is not None:  # the GPU refused GPU assist before: the wait counts from then
+            wait_s = max(0.0, wait_s - (time.monotonic() - run.refused_since))
+        gpu, decoder = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded, run.cancelled,
+                                   wait_s)
         attempt.decoder = decoder
         on_fpga = decoder is not gpu
         self.leases.hold_on(attempt.claim_id, decoder.record.address, decoder.record.worker_id)
         log.info("request %s: %d prompt + %d generated tokens, prefill on %s, decode on %s", attempt.claim_id,
                  len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
         prefill = self._prefill(gpu, decoder if on_fpga else None, attempt.claim_id, run)
-        self.registry.release(attempt.claim_id, "prefill")
+        run.refused_since = None
+        self._release_claim(attempt.claim_id, "prefill")
         run.prefills.append(prefill)
         run.decode_device, run.decode_worker, run.prefill_worker = (
             "fpga" if on_fpga else "gpu", decoder.record.worker_id, gpu.record.worker_id)
@@ -361,7 +401,9 @@ class Orchestrator:
                                      auth_token=self._auth("decode", attempt.claim_id, decoder.record.worker_id)),
             timeout=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
         # GPU assist is not watched: its steps queue behind other requests' prefills, of any length
-        ticket = self.watchdog.watch(attempt.decode_call, self.settings.decode_stall_s) if on_fpga else None
+        ticket = (self.watchdog.watch(attempt.decode_call, self.settings.decode_stall_s,
+                                      alive=lambda: self.registry.is_registered(decoder.record.worker_id))
+                  if on_fpga else None)
         try:
             for step in attempt.decode_call:
                 if ticket is not None:
@@ -404,6 +446,14 @@ class Orchestrator:
         if prompt_logprobs is None:
             return Delta(run.detok.add(token), [token], logprobs)
         return Delta(run.detok.add(token), [token], logprobs, prompt_logprobs, run.prompt_ids)
+
+    def _release_claim(self, claim_id: str, role: str) -> None:
+        """Best effort: the request goes on without Redis (a failover, an outage); a claim not released
+        now is released again at the attempt's end, or its lease expires and a sweep frees it."""
+        try:
+            self.registry.release(claim_id, role)
+        except Unavailable as error:
+            log.warning("could not release the %s claim of %s now: %s", role, claim_id, error)
 
     def _end_attempt(self, attempt: _Attempt) -> None:
         if attempt.decode_call is not None:
@@ -453,6 +503,10 @@ class Orchestrator:
                 timeout=self.settings.prefill_timeout_s)
         except grpc.RpcError as error:
             code = error.code()
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and fpga is None:  # GPU assist refused by the GPU
+                run.refused_since = run.refused_since or time.monotonic()
+                if time.monotonic() - run.refused_since < self.settings.queue_wait_s and not run.cancelled():
+                    raise _NoRoomYet() from error
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED and fpga is not None:
                 raise _WorkerLost(fpga.record.worker_id, f"{fpga.record.worker_id} had no room for the KV "
                                   f"({error.details()})", counts_as_migration=False) from error

@@ -23,11 +23,11 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str):
     if context.code() is not None:  # the handler already aborted with its own status
         raise error
     if isinstance(error, GlitchesError):
-        log.info("%s -> %s: %s", method, error.code.name, error)
-        trailing = retry_after_metadata(getattr(error, "retry_after_s", None)) + error_metadata(error)
+        log.info("%s -> %s: %s", method, error.code, error.message)
+        trailing = retry_after_metadata(error.retry_after_s) + error_metadata(error)
         if trailing:
             context.set_trailing_metadata(trailing)
-        context.abort(error.code, str(error))
+        context.abort(error.status_code, error.message)
     if not context.is_active():  # the caller cancelled or went away (e.g. a TransferKV sender that gave up)
         log.info("%s: the caller cancelled (%s)", method, type(error).__name__)
         context.abort(grpc.StatusCode.CANCELLED, f"{method}: cancelled by the caller")

@@ -1,7 +1,8 @@
-"""Domain errors and the one place that maps them to gRPC status codes.
+"""Domain errors and the one place that maps them to and from gRPC status codes.
 
-Engines raise these; servicers never build status codes by hand. Each message
-says what to change, because it reaches the user verbatim.
+Engines raise these; servicers never build status codes by hand (services.error_interceptor does).
+The SDK raises the same classes from a failed call (from_rpc_error) and exports them under its public
+names in glitches.errors. Each message says what to change, because it reaches the user verbatim.
 """
 
 from __future__ import annotations
@@ -10,20 +11,35 @@ import grpc
 
 
 class GlitchesError(Exception):
-    """Base of every error that should reach a client with a specific status.
+    """Base of every GLITCHES error: raised by servers (mapped to its status by the error interceptor)
+    and by the SDK (glitches.errors re-exports these classes under its public names).
 
+    `status_code` is the gRPC status (a class attribute of each subclass; the base's instances may carry
+    any other code, e.g. INTERNAL or UNIMPLEMENTED from a server); `code` is its name ("INVALID_ARGUMENT").
+    `message` says what to change and is `str(error)`; it reaches the user verbatim as the status details.
     `field` names the request field at fault (a SamplingParams/GenerateRequest field name such as
     "max_new_tokens", "prompt", "model", "response_format") and `reason` is a machine-readable
     cause (one of the REASON_* below); both travel as trailing metadata (ERROR_FIELD_KEY,
-    ERROR_REASON_KEY) so clients map them without parsing the message.
+    ERROR_REASON_KEY) so clients map them without parsing the message. `retry_after_s` (seconds, mostly
+    on RESOURCE_EXHAUSTED) says when a retry may succeed; it travels as RETRY_AFTER_KEY.
     """
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str = "", field: str | None = None, reason: str | None = None):
+    def __init__(self, message: str = "", field: str | None = None, reason: str | None = None,
+                 retry_after_s: float | None = None, status_code: grpc.StatusCode | None = None):
         super().__init__(message)
+        self.message = message
         self.field = field
         self.reason = reason
+        self.retry_after_s = retry_after_s
+        if status_code is not None:
+            self.status_code = status_code
+
+    @property
+    def code(self) -> str:
+        """The gRPC status name, e.g. "UNAVAILABLE"."""
+        return self.status_code.name
 
 
 ERROR_FIELD_KEY = "glitches-error-field"  # trailing metadata: the request field at fault
@@ -53,31 +69,30 @@ def metadata_value(metadata, key: str) -> str | None:
 
 
 class InvalidArgument(GlitchesError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class NotFound(GlitchesError):
-    code = grpc.StatusCode.NOT_FOUND
+    status_code = grpc.StatusCode.NOT_FOUND
 
 
 class AlreadyExists(GlitchesError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    status_code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class FailedPrecondition(GlitchesError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class PermissionDenied(GlitchesError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    status_code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class ResourceExhausted(GlitchesError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def __init__(self, message: str, retry_after_s: float | None = None, **kwargs):
-        super().__init__(message, **kwargs)
-        self.retry_after_s = retry_after_s  # when a retry may succeed; sent as trailing metadata RETRY_AFTER_KEY
+        super().__init__(message, retry_after_s=retry_after_s, **kwargs)
 
 
 RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata of RESOURCE_EXHAUSTED: milliseconds until a retry may succeed
@@ -91,28 +106,59 @@ def retry_after_metadata(retry_after_s: float | None) -> tuple[tuple[str, str], 
 
 
 class Unavailable(GlitchesError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status_code = grpc.StatusCode.UNAVAILABLE
 
 
 class DeadlineExceeded(GlitchesError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Cancelled(GlitchesError):
-    code = grpc.StatusCode.CANCELLED
+    status_code = grpc.StatusCode.CANCELLED
 
 
-def from_rpc_error(error: grpc.RpcError, context: str) -> GlitchesError:
-    """Re-raise a downstream RpcError as the same-coded domain error, with where it came from."""
+class Unauthenticated(GlitchesError):
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+# The one table from a status code to its error class; codes not here become the base class.
+_CLASS_OF_CODE: dict[grpc.StatusCode, type[GlitchesError]] = {cls.status_code: cls for cls in (
+    InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, PermissionDenied, ResourceExhausted,
+    Unavailable, DeadlineExceeded, Cancelled, Unauthenticated)}
+
+
+def error_for(status_code: grpc.StatusCode, message: str, **details) -> GlitchesError:
+    """The error of `status_code`, of its class (InvalidArgument for INVALID_ARGUMENT...) or else of the
+    base class carrying the code; `details`: field, reason, retry_after_s."""
+    cls = _CLASS_OF_CODE.get(status_code)
+    return cls(message, **details) if cls else GlitchesError(message, status_code=status_code, **details)
+
+
+def from_rpc_error(error: grpc.RpcError, context: str = "") -> GlitchesError:
+    """The domain error of a failed gRPC call, with its field, reason and retry-after from the trailing metadata.
+
+    Without `context` (the SDK: the caller's own call failed) the code is kept as is. With `context`
+    (a server re-raising a downstream call's failure, e.g. "decode on fpga-0 failed") the message is
+    prefixed with it, and a downstream DEADLINE_EXCEEDED becomes Unavailable: the worker was too slow,
+    which is not the caller's own deadline running out."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
-    by_code = {cls.code: cls for cls in GlitchesError.__subclasses__()}
-    cls = by_code.get(code, GlitchesError)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        cls = Unavailable
+    details = (error.details() if hasattr(error, "details") else str(error)) or ""
     try:
         trailing = error.trailing_metadata() or ()
     except Exception:  # noqa: BLE001 - an error raised before any call carries no metadata
         trailing = ()
-    return cls(f"{context}: {details}", field=metadata_value(trailing, ERROR_FIELD_KEY),
-               reason=metadata_value(trailing, ERROR_REASON_KEY))
+    if context:
+        details = f"{context}: {details}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            code = grpc.StatusCode.UNAVAILABLE
+    return error_for(code, details, field=metadata_value(trailing, ERROR_FIELD_KEY),
+                     reason=metadata_value(trailing, ERROR_REASON_KEY),
+                     retry_after_s=_retry_after_s(metadata_value(trailing, RETRY_AFTER_KEY)))
+
+
+def _retry_after_s(milliseconds: str | None) -> float | None:
+    """RETRY_AFTER_KEY's value in seconds (None when absent or not a number)."""
+    try:
+        return None if milliseconds is None else int(milliseconds) / 1000
+    except ValueError:
+        return None

@@ -101,11 +101,3 @@ def watch_cuda_device(role: str, device: str) -> None:
     metrics.POWER.of(role).labels(device=device).set_function(lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1e3)
     metrics.TEMPERATURE.of(role).labels(device=device).set_function(
         lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
-
-
-def publish_device_facts(role: str, device: str, extra: dict[str, str]) -> None:
-    """An FPGA backend's reported power_w / temperature_c (DeviceFacts.extra); the emulator reports none."""
-    if "power_w" in extra:
-        metrics.POWER.of(role).labels(device=device).set(float(extra["power_w"]))
-    if "temperature_c" in extra:
-        metrics.TEMPERATURE.of(role).labels(device=device).set(float(extra["temperature_c"]))

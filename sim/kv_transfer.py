@@ -12,7 +12,6 @@ Layers are assumed to take equal time (prefill_s / layers) and equal bytes.
 from __future__ import annotations
 
 PCIE_GEN3_X16_GB_PER_S = 12.0  # effective, of ~15.8 GB/s raw; V100S is Gen3 x16
-PCIE_GEN4_X8_GB_PER_S = 12.0  # effective, of ~15.8 GB/s raw; the U280's link
 
 
 def kv_transfer_s(prompt_tokens: int, kv_bytes_per_token: float, link_gb_per_s: float) -> float:

@@ -133,9 +133,3 @@ def _efficiencies(device: str, spec: dict) -> tuple[float, float]:
     ctx = cal["decode_context_tokens"]
     achieved_bytes = shape.decode_bytes(ctx, spec["weight_bits"], spec["kv_bits"]) / cal["decode_s_per_token"]
     return achieved_flops / (spec["peak_tflops"] * 1e12), achieved_bytes / (spec["bandwidth_gb_per_s"] * 1e9)
-
-
-def known_devices(path: Path = DEVICES_FILE) -> dict[str, str]:
-    """name -> kind, for help texts and sweeps."""
-    table = json.loads(path.read_text())
-    return {k: v["kind"] for k, v in table.items() if not k.startswith("_")}

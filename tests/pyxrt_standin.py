@@ -78,6 +78,7 @@ class device:
         else:
             raise RuntimeError(f"No device with BDF '{which}'")
         self.calls: list[tuple] = []  # every call made on this device and its objects, in order
+        self.power_w, self.temperature_c = 23.5, 41  # what its sensors report (a test may change them)
         self.xclbin: xclbin | None = None
         self.lock = threading.Lock()
 
@@ -91,9 +92,10 @@ class device:
         return {
             xrt_info_device.bdf: self.bdf,
             xrt_info_device.name: "xilinx_u280 stand-in",
-            xrt_info_device.electrical: json.dumps({"power_consumption_watts": "23.5"}),
+            xrt_info_device.electrical: json.dumps({"power_consumption_watts": str(self.power_w)}),
             xrt_info_device.thermal: json.dumps({"thermals": [
-                {"location_id": "fpga0", "description": "FPGA", "is_present": "true", "temp_C": "41"}]}),
+                {"location_id": "fpga0", "description": "FPGA", "is_present": "true",
+                 "temp_C": str(self.temperature_c)}]}),
             xrt_info_device.memory: json.dumps({"board": {"memory": {"memories": [
                 {"type": "MEM_HBM", "tag": f"HBM[{i}]", "range_bytes": hex(256 << 20)} for i in range(32)]}}}),
         }[key]

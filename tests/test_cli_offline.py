@@ -35,3 +35,37 @@ def test_generate_json_schema_flags_are_checked_before_connecting(tmp_path):
     assert both.exit_code == 2 and "not both" in both.output
     not_object = CliRunner().invoke(main, ["generate", "x", "--json-schema", str(schema)])
     assert not_object.exit_code == 2 and "JSON object" in not_object.output
+
+
+def test_up_flags_become_one_options_object_around_the_cluster_spec():
+    from dataclasses import fields
+
+    from glitches.cli_up import UpOptions, up_cmd
+    from glitches.cluster import ClusterSpec
+
+    params = up_cmd.make_context("up", ["--gpu-workers", "2", "--fpga-slots", "3", "--kv-transport", "grpc",
+                                        "--prompt", "hi", "--tls"]).params
+    options = UpOptions.from_flags(params)
+    assert (options.cluster.gpu_workers, options.cluster.fpga_slots, options.cluster.kv_transport) == (2, 3, "grpc")
+    assert (options.prompt, options.max_tokens, options.tls_on) == ("hi", 48, True)
+    own = {f.name for f in fields(UpOptions)} - {"cluster"}
+    spec = {f.name for f in fields(ClusterSpec)}
+    assert set(params) <= own | spec and not own & spec  # every flag lands in exactly one place
+
+
+def test_up_refuses_impossible_worker_counts_before_starting_anything():
+    for flags, message in ((["--gpu-workers", "0"], "--gpu-workers must be at least 1"),
+                           (["--fpga-workers", "-1"], "--fpga-workers must be >= 0")):
+        result = CliRunner().invoke(main, ["up", *flags])
+        assert result.exit_code == 2 and message in result.output
+
+
+def test_python_dash_m_glitches_lists_every_command():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "glitches", "--help"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    for command in ("scheduler", "gpu-worker", "fpga-worker", "up", "generate", "status", "certs", "fpga-timing",
+                    "simulate", "deploy", "bench", "profile", "gateway"):
+        assert f"  {command} " in run.stdout

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 from starlette.testclient import TestClient
 
-from glitches.errors import GlitchesError
+from glitches.errors import error_for
 from glitches.gateway.app import Gateway, create_app
 from glitches.gateway.chat import ChatTemplate
 from glitches.types import ClusterStatus, Completion, TextChunk, Timings
@@ -118,7 +119,7 @@ def test_chat_stream_is_sse_with_usage_last(app):
 
 def test_error_after_the_first_token_is_an_error_event(app):
     gateway, http = app
-    gateway.client.items = [TextChunk("Hel", (1,)), GlitchesError("UNAVAILABLE", "decode worker went away")]
+    gateway.client.items = [TextChunk("Hel", (1,)), error_for(grpc.StatusCode.UNAVAILABLE, "decode worker went away")]
     reply = http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "stream": True})
     assert reply.status_code == 200
     events = _events(reply.text)
@@ -134,7 +135,7 @@ def test_error_after_the_first_token_is_an_error_event(app):
 @pytest.mark.parametrize("stream", [False, True])
 def test_grpc_status_maps_to_http_status(app, code, status, stream):
     gateway, http = app
-    gateway.client.items = [GlitchesError(code, "what to change")]
+    gateway.client.items = [error_for(grpc.StatusCode[code], "what to change")]
     reply = http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "stream": stream})
     assert reply.status_code == status
     assert reply.json()["error"]["message"] == "what to change"
@@ -202,7 +203,7 @@ def test_models(app):
     assert http.get("/v1/models").json()["data"][0]["id"] == "tiny"
     assert http.get("/v1/models/tiny").json()["id"] == "tiny"
     assert http.get("/v1/models/other").status_code == 404
-    gateway.client.status_error = GlitchesError("UNAVAILABLE", "no scheduler")
+    gateway.client.status_error = error_for(grpc.StatusCode.UNAVAILABLE, "no scheduler")
     assert http.get("/v1/models").status_code == 503
 
 
@@ -284,13 +285,13 @@ def test_scheduler_reasons_become_openai_codes_and_params(app, route, prompt_par
     body = {"model": "tiny"}
     body.update({"prompt": "Hi"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "Hi"}]})
     cases = [
-        (GlitchesError("INVALID_ARGUMENT", "unknown model", field="model", reason="model_not_found"),
+        (error_for(grpc.StatusCode.INVALID_ARGUMENT, "unknown model", field="model", reason="model_not_found"),
          404, "model_not_found", "model"),
-        (GlitchesError("INVALID_ARGUMENT", "too long", field="prompt", reason="context_length_exceeded"),
+        (error_for(grpc.StatusCode.INVALID_ARGUMENT, "too long", field="prompt", reason="context_length_exceeded"),
          400, "context_length_exceeded", prompt_param),
-        (GlitchesError("INVALID_ARGUMENT", "over the limit", field="max_new_tokens"), 400, "invalid_argument",
+        (error_for(grpc.StatusCode.INVALID_ARGUMENT, "over the limit", field="max_new_tokens"), 400, "invalid_argument",
          "max_tokens"),
-        (GlitchesError("INVALID_ARGUMENT", "bad schema", field="response_format"), 400, "invalid_argument",
+        (error_for(grpc.StatusCode.INVALID_ARGUMENT, "bad schema", field="response_format"), 400, "invalid_argument",
          "response_format"),
     ]
     for stream in (False, True):

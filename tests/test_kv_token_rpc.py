@@ -50,6 +50,7 @@ def workers(tiny_source):
                tokenizer=models.load_tokenizer(tiny_source))
     gpu_server.stop(0)
     fpga_server.stop(0)
+    engine.close()  # the step loop's thread
 
 
 def _kv_stream(rid: str, token: str, prompt: int = 4):

@@ -162,3 +162,32 @@ def test_async_client_retries_deadline_and_cancellation(fake):
                 await task
     asyncio.run(main())
     assert fake.cancelled.wait(5)
+
+
+def test_async_client_shares_the_retry_policy(fake):
+    """The async client's Generate and Status retry the first N UNAVAILABLE failures, stop at max_attempts,
+    and never retry a stream that has streamed, exactly as the sync client (one policy, glitches.retry)."""
+    async def main():
+        async with AsyncClient(fake.address, retry=FAST) as client:
+            fake.calls, fake.fail_first = 0, 2
+            assert (await client.status()).model == "fake" and fake.calls == 3
+            fake.calls, fake.fail_first = 0, 10
+            with pytest.raises(glitches.UnavailableError, match="try 3"):
+                await client.generate("x")
+            assert fake.calls == 3
+            fake.calls, fake.fail_first = 0, 10
+            with pytest.raises(glitches.UnavailableError, match="not yet"):
+                await client.status()
+            assert fake.calls == 3
+            fake.calls, fake.fail_first, fake.fail_after_first = 0, 0, True
+            pieces = []
+            with pytest.raises(glitches.UnavailableError, match="went away"):
+                async for piece in client.stream("x"):
+                    pieces.append(piece.text)
+            assert fake.calls == 1 and pieces == ["Hi"]
+        async with AsyncClient(fake.address, retry=glitches.NO_RETRY) as client:
+            fake.calls, fake.fail_first, fake.fail_after_first = 0, 1, False
+            with pytest.raises(glitches.UnavailableError):
+                await client.status()
+            assert fake.calls == 1
+    asyncio.run(main())

@@ -8,7 +8,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from glitches.cli import _up_access, main
+from glitches.cli import main
+from glitches.cli_up import _up_access
 from glitches.cluster import ClusterSpec, LocalCluster
 from services.kv_token import SECRET_ENV
 

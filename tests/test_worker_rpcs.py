@@ -34,6 +34,7 @@ def cluster(tiny_source):
                fpga_server=fpga_server)
     gpu_server.stop(0)
     fpga_server.stop(0)
+    engine.close()  # the step loop's thread
 
 
 def _sampling(n):

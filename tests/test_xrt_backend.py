@@ -100,7 +100,7 @@ def test_host_protocol_and_numerics_match_the_w4a8_card(image, xclbin):
 
     facts = card.facts()
     assert facts.backend == "xrt" and facts.emulated and "stand-in, not XRT" in facts.device_name
-    assert facts.extra["power_w"] == "23.5" and facts.extra["temperature_c"] == "41.0"
+    assert "power_w" not in facts.extra  # a live reading, not a fact: card.sensors() (tests/test_fpga_sensors.py)
     assert facts.extra["bdf"] == "0000:3b:00.1" and "32 x MEM_HBM" in facts.extra["memory"]
     assert card.kv_free_bytes() < facts.kv_capacity_bytes == emu.facts().kv_capacity_bytes
     assert card.release("r") and not card.release("r")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from glitches.deploy.plan import FPGA_BACKENDS
 from services.errors import GlitchesError as ServiceError
 
 
@@ -54,6 +55,10 @@ def tls_dir_problem(folder: Path) -> str:
               help="Address the daemons use for each other (host network).")
 @click.option("--cpu-gpu-workers", default=0, type=int, help="Prefill workers on the CPU when no GPU is found.")
 @click.option("--emulated-fpgas", default=0, type=int, help="Emulated FPGA workers when no Alveo card is found.")
+@click.option("--fpga-backend", type=click.Choice(FPGA_BACKENDS), default="xrt", show_default=True,
+              help="What runs each detected Alveo card: xrt drives it (needs --xclbin); emu emulates it.")
+@click.option("--xclbin", default="", help="Host path of the decode bitstream for the xrt FPGA workers "
+              "(mounted read-only).")
 @click.option("--tls-dir", default="", help="`glitches certs` output: mounted read-only, mTLS on every gRPC link "
               "(make it with --host for --advertise-host).")
 @click.option("--docker-host", default="", envvar="DOCKER_HOST", help="Docker Engine API (default: DOCKER_HOST).")
@@ -73,6 +78,10 @@ def deploy_cmd(dry_run, as_json, down, docker_host, **options) -> None:
         problem = tls_dir_problem(Path(options["tls_dir"]))
         if problem:
             raise click.UsageError(problem)
+    if options["xclbin"]:
+        if not Path(options["xclbin"]).is_file():
+            raise click.UsageError(f"--xclbin {options['xclbin']}: no such file")
+        options["xclbin"] = str(Path(options["xclbin"]).resolve())  # bind mounts need absolute paths
     from services.kv_token import SECRET_ENV, new_secret
 
     # one KV-transfer token secret per deploy (or the operator's), handed to containers in their environment

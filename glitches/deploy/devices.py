@@ -9,7 +9,7 @@ management function, which is the user function's BDF with function 0.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,3 @@ def discover_alveo(sys_root: Path = Path("/sys"), dev_root: Path = Path("/dev"))
         cards.append(AlveoCard(function.name, str(dev_root / "dri" / renders[0].name),
                                str(mgmt) if mgmt.exists() else "", device_id))
     return cards
-
-
-def as_dicts(items) -> list[dict]:
-    return [asdict(item) for item in items]

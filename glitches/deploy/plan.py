@@ -15,6 +15,8 @@ from services.errors import InvalidArgument
 from services.kv_token import SECRET_ENV
 
 TLS_MOUNT = "/etc/glitches/tls"  # where --tls-dir appears inside every daemon container
+XCLBIN_MOUNT = "/etc/glitches/decode.xclbin"  # where --xclbin appears inside each xrt FPGA worker container
+FPGA_BACKENDS = ("xrt", "emu")  # --fpga-backend: what runs a detected Alveo card (fpga_worker.settings.BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -34,13 +36,18 @@ class DeployOptions:
     emulated_fpgas: int = 0  # add this many emulated FPGA workers (cpu image) when no card is found
     cpu_gpu_workers: int = 0  # add this many CPU prefill workers (cpu image) when no GPU is found
     image_override: str = ""  # run every daemon from this one image (e.g. the cpu image, or in tests)
-    fpga_backend: str = "emu"  # the FPGA workers' --backend for real cards (only emu exists so far)
+    fpga_backend: str = "xrt"  # detected Alveo cards: "xrt" drives them; "emu" runs the emulator in their place
+    xclbin: str = ""  # host path of the decode bitstream, mounted read-only into each xrt FPGA worker
+    xilinx_xrt: str = "/opt/xilinx/xrt"  # where XRT lives inside the fpga-worker image (its XILINX_XRT)
     tls_dir: str = ""  # host directory from `glitches certs`: mounted read-only, mTLS on every gRPC link
     kv_token_secret: str = field(default="", repr=False)  # shared by the scheduler and FPGA workers; "": none
 
     def __post_init__(self):
         if self.emulated_fpgas < 0 or self.cpu_gpu_workers < 0:
             raise InvalidArgument("--emulated-fpgas and --cpu-gpu-workers must be >= 0")
+        if self.fpga_backend not in FPGA_BACKENDS:
+            raise InvalidArgument(f"--fpga-backend must be one of {', '.join(FPGA_BACKENDS)}, "
+                                  f"got {self.fpga_backend!r}")
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,8 @@ def make_plan(gpus: list[Gpu], cards: list[AlveoCard], options: DeployOptions) -
         raise InvalidArgument("no NVIDIA GPU found (NVML) and --cpu-gpu-workers is 0: prefill needs a GPU worker; "
                               "pass --cpu-gpu-workers 1 to prefill on the CPU")
 
-    def daemon(name, role, device, image, grpc_port, http_port, args, **extra) -> ContainerSpec:
+    def daemon(name, role, device, image, grpc_port, http_port, args, more_env=None, more_volumes=None,
+               **extra) -> ContainerSpec:
         env = {"GLITCHES_REDIS_URL": redis_url, "GLITCHES_REDIS_PREFIX": o.redis_prefix, "GLITCHES_MODEL": o.model,
                "GLITCHES_HOST": "0.0.0.0", "GLITCHES_ADVERTISE_HOST": o.advertise_host,
                "GLITCHES_PORT": str(grpc_port), "GLITCHES_HTTP_PORT": str(http_port),
@@ -104,6 +112,8 @@ def make_plan(gpus: list[Gpu], cards: list[AlveoCard], options: DeployOptions) -
             volumes[o.tls_dir] = f"{TLS_MOUNT}:ro"
             env.update(GLITCHES_TLS_CA=f"{TLS_MOUNT}/ca.pem", GLITCHES_TLS_CERT=f"{TLS_MOUNT}/{role}.pem",
                        GLITCHES_TLS_KEY=f"{TLS_MOUNT}/{role}-key.pem")
+        env.update(more_env or {})
+        volumes.update(more_volumes or {})
         return ContainerSpec(f"{o.project}-{name}", role, device, image, [role, *args], env,
                              volumes=volumes, http_port=http_port, grpc_port=grpc_port, **extra)
 
@@ -117,12 +127,19 @@ def make_plan(gpus: list[Gpu], cards: list[AlveoCard], options: DeployOptions) -
         containers.append(daemon(f"cpu-prefill{i}", "gpu-worker", "cpu", _image(o, "cpu"),
                                  o.grpc_base_port + 100 + i, o.http_base_port + 100 + i,
                                  ["--worker-id", f"cpu-prefill{i}", "--device", "cpu"]))
+    if cards and o.fpga_backend == "xrt" and not o.xclbin:
+        raise InvalidArgument(f"{len(cards)} Alveo card(s) found: give --xclbin PATH (the decode bitstream) to "
+                              "drive them with the xrt backend, or --fpga-backend emu to emulate them instead")
     for j, card in enumerate(cards):
         slug = card.bdf.replace(":", "-").replace(".", "-")
         nodes = [n for n in (card.render_node, card.mgmt_node) if n]
+        xrt = o.fpga_backend == "xrt"
         containers.append(daemon(f"fpga-{slug}", "fpga-worker", f"fpga {card.bdf}", _image(o, "fpga-worker"),
                                  o.grpc_base_port + 200 + j, o.http_base_port + 200 + j,
-                                 ["--worker-id", f"fpga-{slug}", "--device", card.bdf, "--backend", o.fpga_backend],
+                                 ["--worker-id", f"fpga-{slug}", "--device", card.bdf, "--backend", o.fpga_backend,
+                                  *(["--xclbin", XCLBIN_MOUNT] if xrt else [])],
+                                 more_env={"XILINX_XRT": o.xilinx_xrt} if xrt else None,
+                                 more_volumes={o.xclbin: f"{XCLBIN_MOUNT}:ro"} if xrt else None,
                                  devices=[f"{n}:{n}:rwm" for n in nodes]))
     for j in range(0 if cards else o.emulated_fpgas):
         containers.append(daemon(f"fpga-emu{j}", "fpga-worker", "emu", _image(o, "cpu"),

@@ -69,9 +69,6 @@ class Shapes:
         choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         return {**self._head("text_completion"), "choices": [choice]}
 
-    def usage_chunk(self, completion: Completion) -> dict:
-        return self.usage_body_chunk(usage(completion))
-
     def usage_body_chunk(self, usage_body: dict) -> dict:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return {**self._head(obj), "choices": [], "usage": usage_body}

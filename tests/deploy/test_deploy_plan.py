@@ -44,7 +44,7 @@ def test_no_sysfs_means_no_cards(tmp_path):
 def test_plan_has_one_container_per_device_named_by_device():
     gpus = [Gpu(0, "NVIDIA H100", "GPU-a"), Gpu(1, "NVIDIA H100", "GPU-b")]
     cards = [AlveoCard("0000:3b:00.1", "/dev/dri/renderD128", "/dev/xclmgmt15104", "0x500d")]
-    plan = make_plan(gpus, cards, DeployOptions())
+    plan = make_plan(gpus, cards, DeployOptions(xclbin="/opt/bitstreams/decode.xclbin"))
     by_name = {c.name: c for c in plan.containers}
     assert list(by_name) == ["glitches-redis", "glitches-scheduler", "glitches-gpu0", "glitches-gpu1",
                              "glitches-fpga-0000-3b-00-1"]
@@ -55,6 +55,24 @@ def test_plan_has_one_container_per_device_named_by_device():
     assert len({p for pair in ports for p in pair}) == 2 * len(ports)  # host network: no port is shared
     assert all(c.environment["GLITCHES_REDIS_URL"] == "redis://127.0.0.1:6379/0"
                for c in plan.containers if c.role != "redis")
+
+
+def test_detected_cards_run_the_xrt_backend_unless_emu_is_asked_for():
+    gpus = [Gpu(0, "NVIDIA H100", "GPU-a")]
+    cards = [AlveoCard("0000:3b:00.1", "/dev/dri/renderD128", "", "0x500d")]
+    with pytest.raises(InvalidArgument, match="--xclbin PATH.*--fpga-backend emu"):
+        make_plan(gpus, cards, DeployOptions())
+    (fpga,) = [c for c in make_plan(gpus, cards, DeployOptions(xclbin="/bits/decode.xclbin")).containers
+               if c.role == "fpga-worker"]
+    assert fpga.command == ["fpga-worker", "--worker-id", "fpga-0000-3b-00-1", "--device", "0000:3b:00.1",
+                            "--backend", "xrt", "--xclbin", "/etc/glitches/decode.xclbin"]
+    assert fpga.volumes["/bits/decode.xclbin"] == "/etc/glitches/decode.xclbin:ro"
+    assert fpga.environment["XILINX_XRT"] == "/opt/xilinx/xrt" and fpga.image == "glitches-fpga-worker:latest"
+    (emulated,) = [c for c in make_plan(gpus, cards, DeployOptions(fpga_backend="emu")).containers
+                   if c.role == "fpga-worker"]
+    assert emulated.command[-2:] == ["--backend", "emu"] and "XILINX_XRT" not in emulated.environment
+    with pytest.raises(InvalidArgument, match="--fpga-backend must be one of xrt, emu"):
+        DeployOptions(fpga_backend="hls")
 
 
 def test_plan_without_devices_needs_cpu_workers():

@@ -24,6 +24,7 @@ from services.registry import Registry
 from tests.conftest import REDIS_URL
 
 FPGA_WORKERS = 2
+GPU_SLOTS = 8  # GPU-assist slots: the concurrent tests' requests never wait for one (a slow CI runner might time out)
 KV_TOKEN_ENV = {SECRET_ENV: new_secret()}  # the session cluster's KV token secret (`up` passes it on)
 KV_HOLD_TTL_S = 5.0  # the session cluster's workers free KV nobody renewed for this long (every test renews it)
 CLUSTER_ENV = {**KV_TOKEN_ENV, "GLITCHES_KV_HOLD_TTL_S": str(KV_HOLD_TTL_S)}
@@ -66,8 +67,8 @@ def cluster():
     prefix = f"glitches-e2e-{uuid.uuid4().hex[:8]}"
     models.resolve_model(models.DEFAULT_MODEL)
     proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix,
-                              "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS), "--gateway-port", "0"],
-                             env=CLUSTER_ENV)
+                              "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS), "--gateway-port", "0",
+                              "--gpu-slots", str(GPU_SLOTS)], env=CLUSTER_ENV)
     client = Client(address, timeout_s=600)
     pids = [w.pid for w in client.status().workers]
     yield dict(address=address, client=client, registry=Registry(REDIS_URL, prefix), prefix=prefix, proc=proc,
@@ -80,15 +81,22 @@ def cluster():
 
 @pytest.fixture(scope="session")
 def reference():
-    """transformers' own model and tokenizer, float32 on CPU, for greedy reference tokens."""
+    """transformers' own model and tokenizer, float32 on CPU, for greedy reference tokens.
+
+    GLITCHES_E2E_REFERENCE=cuda:float16 (scripts/gpu_check.sh) loads it on CUDA in float16 instead, to check a
+    GPU worker running there in that precision; `tolerance` is the near-tie bound for that precision."""
+    from tests.greedy_reference import TOLERANCE_FP16, TOLERANCE_FP32
+
     source = models.resolve_model(models.DEFAULT_MODEL)
-    model = models.load_causal_lm(source, "cpu", "float32")
+    device, dtype = os.environ.get("GLITCHES_E2E_REFERENCE", "cpu:float32").rsplit(":", 1)
+    model = models.load_causal_lm(source, device, dtype)
     tokenizer = models.load_tokenizer(source)
 
     def generate(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         with torch.inference_mode():
-            out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids),
-                                 dtype=torch.long), do_sample=False, max_new_tokens=max_new_tokens)
+            out = model.generate(torch.tensor([prompt_ids], device=model.device),
+                                 attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=model.device),
+                                 do_sample=False, max_new_tokens=max_new_tokens)
         new = out[0, len(prompt_ids):].tolist()
         eos = model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
@@ -97,7 +105,8 @@ def reference():
                 return new[: i + 1]
         return new
 
-    return dict(model=model, tokenizer=tokenizer, generate=generate)
+    return dict(model=model, tokenizer=tokenizer, generate=generate,
+                tolerance=TOLERANCE_FP32 if dtype == "float32" else TOLERANCE_FP16)
 
 
 def assert_idle(registry: Registry, timeout_s: float = 5.0) -> None:

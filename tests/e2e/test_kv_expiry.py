@@ -78,22 +78,29 @@ def test_sigkill_of_the_scheduler_during_a_long_prefill_frees_every_workers_kv(c
         for t in threads[1:]:
             t.start()
         deadline = time.monotonic() + 60
-        while len(cluster["registry"].claims()) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)  # each request: a prefill claim and a decode claim
-        assert len(cluster["registry"].claims()) == 6, cluster["registry"].claims()
+        # each FPGA request: a prefill claim and a decode claim; the GPU-assist one: its decode claim on the GPU
+        while len(cluster["registry"].claims()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        claims = cluster["registry"].claims()
+        assert len(claims) == 5 and sum(k.endswith(":decode") for k in claims) == 3, claims
         assert _prefills_done(gpu_http) == prefills_before, "the long prefill should still be running"
         time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        # the GPU worker does not know: it finishes all three prefills, the KV lands on the cards / stays for assist
-        deadline = time.monotonic() + 300
-        while _prefills_done(gpu_http) < prefills_before + 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # The GPU worker's step loop sees each prefill's RPC cancelled when the scheduler dies: a queued one is
+        # dropped, and the RPC thread of a running one stops waiting and aborts its KV stream, so the card frees
+        # its reservation. A prefill that still completes leaves KV (card or GPU assist) that nobody renews.
+        # Either way, within the hold TTL nothing may be held anywhere.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            gpu_info = [w for w in cluster["client"].status().workers if w.worker_id == "gpu-0"]
+            if gpu_info and gpu_info[0].worker_active_requests == 0:
+                break
+            time.sleep(0.2)
         prefills_ended = time.monotonic()
-        assert _prefills_done(gpu_http) == prefills_before + 3
         held = _holdings(workers)
-        assert any(map(any, held.values())), f"nothing held right after the prefills: {held}"
-        while any(map(any, held.values())) and time.monotonic() < prefills_ended + KV_HOLD_TTL_S + 3.0:
+        print(f"after the kill: {_prefills_done(gpu_http) - prefills_before} prefills completed, held {held}")
+        while any(map(any, held.values())) and time.monotonic() < prefills_ended + KV_HOLD_TTL_S + 6.0:
             time.sleep(0.2)
             held = _holdings(workers)
         freed_after = time.monotonic() - prefills_ended

@@ -68,6 +68,10 @@ def test_metrics_follow_a_request(cluster):
 
     gpu = samples(get(f"http://{cluster['http']['gpu-0']}/metrics")[1])
     assert _value(gpu, "glitches_prefill_seconds_count") >= 1
+    steps = sum(_value(gpu, "glitches_gpu_step_seconds_count", phase=p) for p in ("prefill", "decode", "mixed"))
+    assert steps >= 1  # the step loop's per-batch timings
+    assert _value(gpu, "glitches_gpu_step_prefill_tokens_sum") >= len(result.prompt_token_ids)
+    assert _value(gpu, "glitches_gpu_kv_free_blocks") > 0
     if result.decode_device == "fpga":
         assert _value(gpu, "glitches_kv_sent_bytes_total") >= result.timings.kv_bytes > 0
         assert _value(gpu, "glitches_kv_transfer_seconds_count") >= 1

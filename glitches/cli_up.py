@@ -1,0 +1,185 @@
+"""`glitches up`: start a local cluster (glitches.cluster.LocalCluster) from the command line.
+
+Its flags become one UpOptions: the ClusterSpec to start (flags named as ClusterSpec's fields go there
+unchanged, so a new cluster setting is a field plus a flag) and what `up` itself does around it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import click
+
+from glitches.cli_client import print_stream
+from glitches.client import Client
+from glitches.cluster import ClusterSpec, LocalCluster
+from services.errors import GlitchesError as ServiceError
+from services.models import DEFAULT_MODEL
+
+_SPEC_FIELDS = frozenset(f.name for f in fields(ClusterSpec))
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """Everything `glitches up` was told, checked on construction (click.UsageError)."""
+
+    cluster: ClusterSpec  # what to start
+    prompt: str | None = None  # answer it once the cluster is ready, then stop; None: run until a signal
+    max_tokens: int = 48  # with prompt
+    api_keys_file: str = ""  # the scheduler requires a key from this file
+    gateway_api_keys_file: str = ""  # the gateway requires a key from this file
+    gateway_requests_per_minute_per_client: float = 0.0  # 0: no limit
+    gateway_requests_per_minute_per_user: float = 0.0  # 0: no limit
+    tls_on: bool = False  # TLS with a fresh CA when cluster.tls_dir is empty
+
+    def __post_init__(self):
+        if self.cluster.gpu_workers < 1:
+            raise click.UsageError("--gpu-workers must be at least 1 (prefill runs on GPU workers)")
+        if self.cluster.fpga_workers < 0:
+            raise click.UsageError("--fpga-workers must be >= 0")
+        if self.cluster.redis_sentinels < 0:
+            raise click.UsageError(f"--redis-sentinels must be >= 1 (0: no sentinels), got {self.cluster.redis_sentinels}")
+        if self.cluster.redis_sentinels and self.cluster.redis_url:
+            raise click.UsageError("--redis-sentinels starts a private Redis with sentinels; it cannot be combined with "
+                                   "--redis-url (give a redis+sentinel:// URL there instead)")
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> UpOptions:
+        """Flags named as ClusterSpec fields build the cluster; the others are up's own."""
+        return cls(ClusterSpec(**{k: v for k, v in flags.items() if k in _SPEC_FIELDS}),
+                   **{k: v for k, v in flags.items() if k not in _SPEC_FIELDS})
+
+
+@click.command("up")
+@click.option("--gpu-workers", default=1, type=int, show_default=True)
+@click.option("--fpga-workers", default=2, type=int, show_default=True)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--port", default=50051, type=int, show_default=True, help="Scheduler port (0: any free port).")
+@click.option("--redis-url", default="", help="Use this Redis instead of starting a private redis-server.")
+@click.option("--redis-sentinels", default=0, type=int, show_default=True,
+              help="Start a private Redis primary, one replica and this many Redis Sentinels (typically 3) that "
+                   "promote the replica when the primary dies; the daemons find the primary through them.")
+@click.option("--redis-prefix", default="glitches", show_default=True)
+@click.option("--fpga-numerics", default="reference", show_default=True)
+@click.option("--fpga-hbm-bytes", default=0, type=int, help="HBM per emulated card, bytes (0: 8 GiB).")
+@click.option("--fpga-slots", default=1, type=int, show_default=True)
+@click.option("--kv-transport", default="auto", show_default=True, type=click.Choice(["auto", "shm", "nixl", "grpc"]),
+              help="Every worker's --kv-transport.")
+@click.option("--gpu-slots", default=4, type=int, show_default=True, help="GPU-assist decodes per GPU worker.")
+@click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
+@click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
+@click.option("--gateway-port", default=None, type=int,
+              help="Also start the OpenAI-compatible HTTP gateway on this port (0: any free port).")
+@click.option("--api-keys-file", default="",
+              help="The scheduler requires a key from this file; `up` and the gateway send GLITCHES_API_KEY, "
+                   "else the file's first key.")
+@click.option("--gateway-api-keys-file", default="", help="The gateway requires a key from this file.")
+@click.option("--gateway-requests-per-minute-per-client", default=0.0, type=float,
+              help="The gateway's limit per API key, or per client IP without keys (0: none).")
+@click.option("--gateway-requests-per-minute-per-user", default=0.0, type=float,
+              help="The gateway's limit per OpenAI `user` field within each client (0: none).")
+@click.option("--tls", "tls_on", is_flag=True,
+              help="TLS on every gRPC link and mTLS between daemons, with a fresh CA (see --tls-dir).")
+@click.option("--tls-dir", default="", help="Certificates from `glitches certs` to use (implies --tls).")
+def up_cmd(**flags) -> None:
+    """Start a local cluster (Redis, scheduler, workers) as separate processes.
+
+    Prints `ready <address>` once the scheduler answers with every worker
+    registered; Ctrl-C or SIGTERM stops everything it started. The scheduler and the
+    workers share a random KV token secret (GLITCHES_KV_TOKEN_SECRET in their
+    environment) unless GLITCHES_KV_TOKEN_SECRET or GLITCHES_KV_TOKEN_SECRET_FILE is set.
+    """
+    run_up(UpOptions.from_flags(flags))
+
+
+def run_up(options: UpOptions) -> None:
+    """Start options.cluster, print its addresses, answer options.prompt or wait for a signal, stop it all."""
+    from services.models import resolve_model
+
+    spec = options.cluster
+    if spec.tls_dir:
+        _check_tls_dir(Path(spec.tls_dir), spec.gateway_port is not None)
+    access = _up_access(options.api_keys_file, options.gateway_api_keys_file,
+                        options.gateway_requests_per_minute_per_client, options.gateway_requests_per_minute_per_user)
+    try:
+        click.echo(f"preparing model {spec.model} ...", err=True)
+        resolve_model(spec.model)  # convert once here, not in every daemon at the same time
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+    run_dir = Path(tempfile.mkdtemp(prefix="glitches-up-"))
+    tls_dir = spec.tls_dir
+    if options.tls_on and not tls_dir:
+        from glitches.certs import make_certs
+
+        tls_dir = str(run_dir / "tls")
+        make_certs(Path(tls_dir))
+        click.echo(f"TLS: a fresh CA and certificates in {tls_dir} (client: client.pem, client-key.pem)", err=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    cluster = LocalCluster(replace(spec, tls_dir=tls_dir, **access), run_dir)
+    try:
+        click.echo(f"starting: logs in {cluster.run_dir}", err=True)
+        cluster.start()
+        click.echo(f"redis {cluster.shown_redis_url} prefix {spec.redis_prefix}", err=True)
+        if spec.redis_sentinels:
+            click.echo(f"redis primary {cluster.redis_primary()}, replica 127.0.0.1:"
+                       f"{cluster.redis_nodes['redis-replica']}, {spec.redis_sentinels} sentinel(s)", err=True)
+        for name, http_address in cluster.http_addresses.items():
+            click.echo(f"http {name} {http_address}")  # /healthz /readyz /metrics
+        cluster.wait_ready()
+        if cluster.gateway_url:
+            click.echo(f"gateway {cluster.gateway_url}")  # OpenAI-compatible: base_url = this + /v1
+        click.echo(f"ready {cluster.address}" + (" tls" if tls_dir else ""), err=False)
+        sys.stdout.flush()
+        if options.prompt is not None:
+            with Client(cluster.address, api_key=cluster.spec.api_key or None, tls=cluster.client_tls()) as client:
+                print_stream(client, options.prompt, dict(max_tokens=options.max_tokens, chat=True))
+        else:
+            stop.wait()
+    finally:
+        click.echo("stopping ...", err=True)
+        cluster.stop()
+        click.echo("stopped", err=True)
+
+
+def _up_access(api_keys_file: str, gateway_api_keys_file: str, per_client: float, per_user: float) -> dict:
+    """ClusterSpec fields for `up`'s API keys and gateway limits; key files are passed by path, keys never in argv."""
+    from services.api_keys import load_api_keys
+
+    if per_client < 0 or per_user < 0:
+        raise click.UsageError("--gateway-requests-per-minute-per-client/-per-user must be >= 0 (0: no limit)")
+    try:
+        for path in (api_keys_file, gateway_api_keys_file):
+            load_api_keys(path)  # readable and not empty, or a usage error now rather than in a child's log
+        keys = load_api_keys(api_keys_file) if api_keys_file else ()
+    except ServiceError as error:
+        raise click.UsageError(str(error)) from None
+    api_key = os.environ.get("GLITCHES_API_KEY", "") or (keys[0] if keys else "")
+    scheduler_args = ("--api-keys-file", os.path.abspath(api_keys_file)) if api_keys_file else ()
+    gateway_args = ("--api-keys-file", os.path.abspath(gateway_api_keys_file)) if gateway_api_keys_file else ()
+    if per_client:
+        gateway_args += ("--requests-per-minute-per-client", str(per_client))
+    if per_user:
+        gateway_args += ("--requests-per-minute-per-user", str(per_user))
+    return dict(scheduler_args=scheduler_args, gateway_args=gateway_args, api_key=api_key)
+
+
+def _check_tls_dir(folder: Path, with_gateway: bool) -> None:
+    from glitches.certs import DEFAULT_ROLES, missing_files
+
+    problem = missing_files(folder, tuple(r for r in DEFAULT_ROLES if r != "gateway" or with_gateway))
+    if problem:
+        raise click.UsageError(problem)
+
+
+
+def register(group: click.Group) -> None:
+    """Add `up` to `group`."""
+    group.add_command(up_cmd)
