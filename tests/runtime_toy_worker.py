@@ -1,0 +1,110 @@
+"""A trivial device for services/worker_runtime.py: no model, no engine; it "decodes" by counting.
+
+Used by tests/test_worker_runtime.py in-process and, as `python -m tests.runtime_toy_worker PREFIX`,
+as a real daemon process that is sent SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services import worker_runtime
+from services.kv_holds import KvHolds
+from services.request_auth import OpenAccess, RequestAuthVerifier
+from services.settings import DaemonSettings
+from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from services.worker_record import KvBlocks
+
+TOY_BLOCK_BYTES = 1024  # bytes of one toy KV block
+TOY_BLOCKS = 64  # blocks the toy device has
+
+
+@dataclass(frozen=True)
+class ToySettings(DaemonSettings):
+    slots: int = 2
+    kv_token_secret: bytes = field(default=b"", repr=False)
+    kv_hold_ttl_s: float = 20.0
+    decode_step_s: float = 0.2  # how long one toy decode step takes, seconds
+
+
+class ToyServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, auth: RequestAuthVerifier | OpenAccess, slots: int, step_s: float):
+        self.auth = auth
+        self.slots = slots
+        self.step_s = step_s
+        self.free_blocks = TOY_BLOCKS
+        self.on_change: Callable[[], None] = lambda: None
+        self.worker_id = ""
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    @worker_id.setter
+    def worker_id(self, value: str) -> None:
+        self._worker_id = value
+        self.auth.worker_id = value
+
+    def info(self) -> worker_pb2.InfoResponse:
+        return worker_pb2.InfoResponse(worker_id=self.worker_id, backend="toy", emulated=True,
+                                       device_name="a counting toy", model="none", slots=self.slots,
+                                       kv_capacity_bytes=TOY_BLOCKS * TOY_BLOCK_BYTES,
+                                       kv_free_bytes=self.free_blocks * TOY_BLOCK_BYTES, kv_bytes_per_token=8,
+                                       kv_transports=["grpc"])
+
+    def Info(self, request, context):
+        return self.info()
+
+    def Decode(self, request, context):
+        """max_new_tokens steps of step_s each, token ids 0, 1, 2, ..."""
+        self.auth.check(request.auth_token, "decode", request.request_id)
+        for token in range(request.sampling.max_new_tokens):
+            time.sleep(self.step_s)
+            yield worker_pb2.DecodeToken(token_id=token)
+
+    def Release(self, request, context):
+        self.auth.check(request.auth_token, "release", request.request_id)
+        return worker_pb2.ReleaseResponse(released=False)
+
+    def take_blocks(self, blocks: int) -> None:
+        self.free_blocks -= blocks
+        self.on_change()
+
+
+class ToyDevice(worker_runtime.WorkerDevice):
+    kind = "toy"
+    role = "gpu-worker"  # services.metrics has registries for the known roles only; the toy borrows one
+    authorised_rpcs = ("Decode", "Release")
+    settings: ToySettings
+
+    def build(self, auth: RequestAuthVerifier | OpenAccess) -> ToyServicer:
+        self.auth = auth
+        self.servicer = ToyServicer(auth, self.settings.slots, self.settings.decode_step_s)
+        self.released: list[str] = []
+        return self.servicer
+
+    def attach(self, poke: Callable[[], None]) -> KvHolds:
+        self.servicer.on_change = poke
+        self.holds = KvHolds(self.settings.kv_hold_ttl_s, self.released.append).start()
+        return self.holds
+
+    def kv_blocks(self, info: worker_pb2.InfoResponse) -> KvBlocks:
+        return KvBlocks(16, TOY_BLOCK_BYTES, info.kv_free_bytes // TOY_BLOCK_BYTES)
+
+    def active_requests(self) -> int:
+        return 0
+
+    def held_kv_bytes(self) -> int:
+        return (TOY_BLOCKS - self.servicer.free_blocks) * TOY_BLOCK_BYTES
+
+    def ready_details(self) -> str:
+        return "toy=yes"
+
+
+if __name__ == "__main__":  # python -m tests.runtime_toy_worker PREFIX: serve until SIGTERM
+    worker_runtime.serve(ToyDevice(ToySettings(redis_prefix=sys.argv[1], drain_grace_s=10.0)))
+    print(f"exited cleanly, threads left: {sorted(t.name for t in threading.enumerate())}", flush=True)
