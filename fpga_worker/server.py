@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
-from fpga_worker.held_backend import HeldBackend
-from fpga_worker.kv_notify import NotifyingBackend
 from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
-from fpga_worker.sensors import CachedSensors, publish_sensors
 from fpga_worker.settings import FpgaWorkerSettings
 from services import grammar, metrics, models, nixl_loader
-from services.daemon import configure_logging, run_until_signalled
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
-from services.grpc_server import start_server
 from services.host_identity import host_identity
 from services.kv_holds import KvHolds, renew_rpc
-from services.kv_token import SECRET_ENV, KvTokenVerifier
+from services.kv_token import KvTokenVerifier
 from services.request_auth import OpenAccess, RequestAuthVerifier
-from services.observability import DaemonHttp, worker_ready_check
-from services.peer_roles import worker_role_check
 from services.proto_convert import step_to_proto
-from services.registry import Heartbeat, Registry, WorkerRecord
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-
-log = logging.getLogger(__name__)
-SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
 class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -243,67 +231,3 @@ def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> D
     from fpga_worker.emu_backend import EmulatedCard
 
     return EmulatedCard(source, settings.hbm_bytes, settings.threads, tag=settings.worker_id or "fpga")
-
-
-def serve(settings: FpgaWorkerSettings) -> None:
-    configure_logging("fpga-worker")
-    http = DaemonHttp(settings, "fpga-worker")
-    source = models.resolve_model(settings.model)
-    backend = build_backend(settings, source)
-    registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
-    kv_tokens = KvTokenVerifier(settings.kv_token_secret) if settings.kv_token_secret else None
-    if kv_tokens is None:
-        log.warning("KV transfers are UNAUTHENTICATED: no KV token secret is set, so this worker accepts KV from "
-                    "anyone who reaches its port; give it and the scheduler the same %s (or "
-                    "--kv-token-secret-file)", SECRET_ENV)
-    auth = RequestAuthVerifier(settings.kv_token_secret) if settings.kv_token_secret else OpenAccess()
-    if kv_tokens is None:
-        log.warning("Decode, Release and RenewKvHolds are UNAUTHENTICATED: without a secret anyone who reaches this "
-                    "port can decode or free any request's KV")
-    tokenizer = models.load_tokenizer(source)
-    servicer = FpgaWorkerServicer(backend, tokenizer, "", source.name, settings.slots, kv_tokens,
-                                  settings.kv_transport,
-                                  (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams),
-                                  auth=auth, vocab_size=backend_vocab(backend, tokenizer))
-    server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,), max_workers=32 + settings.max_kv_streams,
-                          metrics_role="fpga-worker", tls=settings.tls(),
-                          auth=worker_role_check(settings.tls(), settings.tls_peer_roles))
-    servicer.worker_id = settings.id_for("fpga", server.port)
-    address = settings.address_for(server.port)
-
-    def record() -> WorkerRecord:
-        info = servicer.info()
-        return WorkerRecord(worker_id=info.worker_id, kind="fpga", backend=info.backend, emulated=int(info.emulated),
-                            device_name=info.device_name, address=address, pid=info.pid, model=info.model,
-                            slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
-                            kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
-                            http_address=http.address, kv_granularity_tokens=backend.kv_granularity_tokens(),
-                            kv_block_bytes=block_bytes, kv_free_blocks=info.kv_free_bytes // block_bytes,
-                            kv_tokens_required=int(info.kv_tokens_required),
-                            kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
-                            shm_segment=info.shm_segment, nixl_agent=info.nixl_agent,
-                            worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
-                            expiring_requests=info.expiring_requests)
-
-    block_bytes = backend.geometry().block_bytes
-    heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
-    notifying = NotifyingBackend(backend, heartbeat.poke)  # reserve/release re-publish the record at once
-    holds = KvHolds(settings.kv_hold_ttl_s, notifying.release).start()  # the reaper frees what nobody renews
-    servicer.holds = holds
-    servicer.backend = HeldBackend(notifying, settings.slots, holds)  # slot limit + expiry of every reservation
-    heartbeat.start()
-    facts = backend.facts()
-    metrics.ACTIVE_REQUESTS.of("fpga-worker").set_function(lambda: len(backend.active_requests()))
-    metrics.SLOTS.of("fpga-worker").set(settings.slots)
-    metrics.KV_FREE_BYTES.set_function(backend.kv_free_bytes)
-    metrics.KV_STREAMS.set_function(lambda: servicer.kv_streams.active)
-    metrics.KV_NIXL_REGISTRATIONS.set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)
-    metrics.KV_CAPACITY_BYTES.set(facts.kv_capacity_bytes)
-    metrics.publish_holds("fpga-worker", holds, lambda: facts.kv_capacity_bytes - backend.kv_free_bytes())
-    publish_sensors("fpga-worker", settings.device, CachedSensors(backend.sensors))  # live, cached 1 s
-    http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
-    run_until_signalled(server, heartbeat, settings.drain_grace_s,
-                        f"fpga-worker {servicer.worker_id} ready {address} backend={facts.backend} "
-                        f"emulated={facts.emulated} device={facts.device_name!r} http={http.address} "
-                        f"kv_tokens={'required' if kv_tokens else 'OFF'} kv_hold_ttl_s={settings.kv_hold_ttl_s:g}")

@@ -150,7 +150,7 @@ def scheduler_cmd(**kwargs) -> None:
               help="torch.compile the decode steps (meant for CUDA; untested there).")
 def gpu_worker_cmd(**kwargs) -> None:
     """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode."""
-    from gpu_worker.server import serve
+    from gpu_worker.daemon import serve
     from gpu_worker.settings import GpuWorkerSettings
 
     _kv_token_secret(kwargs)
@@ -182,7 +182,7 @@ def gpu_worker_cmd(**kwargs) -> None:
 @kv_hold_option
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
-    from fpga_worker.server import serve
+    from fpga_worker.daemon import serve
     from fpga_worker.settings import FpgaWorkerSettings
 
     kwargs["xilinx_xrt"] = os.environ.get("XILINX_XRT", "")  # XRT's own variable, read here at the edge

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import os
-
 
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_budget import BLOCK_TOKENS
 from gpu_worker.kv_transport import TransportChooser, sender_transports
 from services.host_identity import host_identity
-from gpu_worker.settings import GpuWorkerSettings
-from services import metrics, models
+from services import metrics
 from services.channels import WorkerStubs
-from services.peer_roles import worker_role_check
 from services.tls import PLAINTEXT, TlsConfig
-from services.daemon import configure_logging, run_until_signalled
 from services.errors import FailedPrecondition, InvalidArgument
-from services.grpc_server import start_server
 from services.kv_holds import KvHolds, renew_rpc
 from services.request_auth import OpenAccess, RequestAuthVerifier
-from services.observability import DaemonHttp, watch_cuda_device, worker_ready_check
 from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
-from services.registry import Heartbeat, Registry, WorkerRecord
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-
-log = logging.getLogger(__name__)
-SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 
 
 class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -146,56 +135,3 @@ def _device_name(device: str) -> str:
 
         return torch.cuda.get_device_name(torch.device(device))
     return "host CPU standing in for a GPU (no CUDA device)"
-
-
-def serve(settings: GpuWorkerSettings) -> None:
-    configure_logging("gpu-worker")
-    http = DaemonHttp(settings, "gpu-worker")
-    source = models.resolve_model(settings.model)
-    engine = GpuEngine(settings, source)
-    registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
-    holds = KvHolds(settings.kv_hold_ttl_s, engine.release).start()  # frees GPU-assist KV nobody renews
-    auth = RequestAuthVerifier(settings.kv_token_secret) if settings.kv_token_secret else OpenAccess()
-    if not settings.kv_token_secret:
-        log.warning("Prefill, Decode, Release and RenewKvHolds are UNAUTHENTICATED: no secret is set (%s or "
-                    "--kv-token-secret-file), so anyone who reaches this port can run prefills and decode or free "
-                    "any request's KV", "GLITCHES_KV_TOKEN_SECRET")
-    servicer = GpuWorkerServicer(engine, "", source.name, settings.tls(), holds, auth)
-    server = start_server(settings.host, settings.port, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          (SERVICE_NAME,), metrics_role="gpu-worker", tls=settings.tls(),
-                          auth=worker_role_check(settings.tls(), settings.tls_peer_roles))
-    servicer.worker_id = settings.id_for("gpu", server.port)
-    address = settings.address_for(server.port)
-
-    def record() -> WorkerRecord:
-        info = servicer.info()
-        return WorkerRecord(worker_id=info.worker_id, kind="gpu", backend=info.backend, emulated=int(info.emulated),
-                            device_name=info.device_name, address=address, pid=info.pid, model=info.model,
-                            slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
-                            kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
-                            http_address=http.address, kv_granularity_tokens=BLOCK_TOKENS,
-                            kv_block_bytes=engine.budget.block_bytes, kv_free_blocks=info.kv_free_blocks,
-                            assist_active=info.gpu_assist_requests,
-                            kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
-                            worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
-                            expiring_requests=info.expiring_requests)
-
-    if "nixl" in servicer._sends():  # start the NIXL agent now, not during the first transfer
-        from gpu_worker.nixl_writer import local_agent
-
-        local_agent()
-    heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
-    heartbeat.start()
-    engine.requests.on_change = heartbeat.poke  # placement sees slots and KV change within a beat
-    metrics.GPU_KV_FREE_BLOCKS.set_function(lambda: engine.budget.free_blocks)
-    metrics.GPU_ASSIST_ACTIVE.set_function(engine.requests.assist_active)
-    metrics.ACTIVE_REQUESTS.of("gpu-worker").set_function(engine.active_requests)
-    metrics.SLOTS.of("gpu-worker").set(settings.slots)
-    metrics.publish_holds("gpu-worker", holds, lambda: holds.summary().kv_bytes)
-    watch_cuda_device("gpu-worker", engine.device)
-    http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
-    log.info("gpu worker %s on %s: %s, %s, model %s", servicer.worker_id, address, engine.device, engine.dtype,
-             source.name)
-    run_until_signalled(server, heartbeat, settings.drain_grace_s,
-                        f"gpu-worker {servicer.worker_id} ready {address} device={engine.device} dtype={engine.dtype} "
-                        f"http={http.address}")

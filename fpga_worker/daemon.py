@@ -1,0 +1,81 @@
+"""The FPGA worker daemon: its card (or the emulator) and servicer, plugged into services/worker_runtime.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from fpga_worker.held_backend import HeldBackend
+from fpga_worker.kv_notify import NotifyingBackend
+from fpga_worker.sensors import CachedSensors, publish_sensors
+from fpga_worker.server import FpgaWorkerServicer, backend_vocab, build_backend
+from fpga_worker.settings import FpgaWorkerSettings
+from services import metrics, models, worker_runtime
+from services.kv_holds import KvHolds
+from services.kv_token import SECRET_ENV, KvTokenVerifier
+from services.request_auth import OpenAccess, RequestAuthVerifier
+from services.stubs.glitches.v1 import worker_pb2
+from services.worker_record import KvBlocks
+
+log = logging.getLogger(__name__)
+
+
+class FpgaDevice(worker_runtime.WorkerDevice):
+    kind = "fpga"
+    role = "fpga-worker"
+    authorised_rpcs = ("Decode", "Release", "RenewKvHolds")  # TransferKV is checked by its own KV token
+    settings: FpgaWorkerSettings
+
+    def grpc_threads(self) -> int:
+        return 32 + self.settings.max_kv_streams  # KV streams beside decodes and the rest
+
+    def build(self, auth: RequestAuthVerifier | OpenAccess) -> FpgaWorkerServicer:
+        settings = self.settings
+        source = models.resolve_model(settings.model)
+        self.backend = backend = build_backend(settings, source)
+        self.kv_tokens = KvTokenVerifier(settings.kv_token_secret) if settings.kv_token_secret else None
+        if self.kv_tokens is None:
+            log.warning("KV transfers are UNAUTHENTICATED: no KV token secret is set, so this worker accepts KV "
+                        "from anyone who reaches its port; give it and the scheduler the same %s (or "
+                        "--kv-token-secret-file)", SECRET_ENV)
+        tokenizer = models.load_tokenizer(source)
+        self.servicer = FpgaWorkerServicer(
+            backend, tokenizer, "", source.name, settings.slots, self.kv_tokens, settings.kv_transport,
+            (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams),
+            auth=auth, vocab_size=backend_vocab(backend, tokenizer))
+        self.block_bytes = backend.geometry().block_bytes
+        self.facts = backend.facts()
+        return self.servicer
+
+    def attach(self, poke: Callable[[], None]) -> KvHolds:
+        notifying = NotifyingBackend(self.backend, poke)  # reserve/release re-publish the record at once
+        holds = KvHolds(self.settings.kv_hold_ttl_s, notifying.release).start()  # frees what nobody renews
+        self.servicer.holds = holds
+        self.servicer.backend = HeldBackend(notifying, self.settings.slots, holds)  # slot limit + expiry
+        return holds
+
+    def kv_blocks(self, info: worker_pb2.InfoResponse) -> KvBlocks:
+        return KvBlocks(self.backend.kv_granularity_tokens(), self.block_bytes, info.kv_free_bytes // self.block_bytes)
+
+    def active_requests(self) -> int:
+        return len(self.backend.active_requests())
+
+    def held_kv_bytes(self) -> int:
+        return self.facts.kv_capacity_bytes - self.backend.kv_free_bytes()
+
+    def publish_metrics(self) -> None:
+        backend, servicer = self.backend, self.servicer
+        metrics.KV_FREE_BYTES.set_function(backend.kv_free_bytes)
+        metrics.KV_STREAMS.set_function(lambda: servicer.kv_streams.active)
+        metrics.KV_NIXL_REGISTRATIONS.set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)
+        metrics.KV_CAPACITY_BYTES.set(self.facts.kv_capacity_bytes)
+        publish_sensors(self.role, self.settings.device, CachedSensors(backend.sensors))  # live, cached 1 s
+
+    def ready_details(self) -> str:
+        facts = self.facts
+        return (f"backend={facts.backend} emulated={facts.emulated} device={facts.device_name!r} "
+                f"kv_tokens={'required' if self.kv_tokens else 'OFF'} kv_hold_ttl_s={self.settings.kv_hold_ttl_s:g}")
+
+
+def serve(settings: FpgaWorkerSettings) -> None:
+    worker_runtime.serve(FpgaDevice(settings))
