@@ -51,7 +51,7 @@ def cluster(tiny_source):
         servicer.transports = TransportChooser(transport)
         others[transport] = _serve(servicer)
     fpga = FpgaWorkerServicer(card, tokenizer, "fpga-dp", tiny_source.name, 1, limits=(2.0, 3.0, 64))
-    fpga_server, fpga_stub = _serve(fpga, max_workers=32 + 64)  # as fpga_worker.server sizes its pool
+    fpga_server, fpga_stub = _serve(fpga, max_workers=32 + 64)  # as fpga_worker.daemon sizes its pool
     yield dict(engine=engine, card=card, gpu=gpu, fpga=fpga_stub, servicer=fpga, tokenizer=tokenizer,
                fpga_address=f"127.0.0.1:{fpga_server.port}", shm=gpu, **{t: stub for t, (_, stub) in others.items()})
     gpu_server.stop(0)
