@@ -6,9 +6,13 @@ which covers exactly the request's registered region) is loaded with add_remote_
 - the layer is scattered at the ABI's offsets (kv_layout.KvRegion.write) into a staging buffer that
   holds ONE layer's slots of all 32 PCs (a layer's slots are one contiguous run per PC), taken from a
   per-process pool and registered with NIXL once, not per transfer;
-- the 32 runs are WRITTEN in one transfer with the notification "<request id>:<layer>";
-- write() returns when the WRITE is DONE, polling its state without a fixed sleep (a yield per poll,
-  bounded by timeout_s).
+- the 32 runs are WRITTEN in one transfer with the notification "<request id>:<layer>", by the
+  writer's own poster thread, polling its state without a fixed sleep (a yield per poll, bounded by
+  timeout_s);
+- two staging buffers alternate, so the relayout of layer i + 1 (the caller's thread) overlaps the
+  WRITE of layer i (the poster; UCX copies a host WRITE inside transfer(), with the GIL released).
+write() returns the layers whose WRITE is DONE by then (their notices may go), flush() waits for
+the rest; close() ends the poster and gives the buffers back to the pool, whatever happened.
 The staging buffer is a one-layer KvRegion whose PCs are rotated: the layer's lane u lands in PC
 (u + b) % 32, a one-layer plan puts it in PC (u - first_lane + b) % 32, so staging PC q is region PC
 (q + first_lane) % 32.
@@ -24,6 +28,7 @@ first (registering GPU memory with NIXL directly is possible but not done here: 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 import uuid
@@ -38,7 +43,8 @@ from services.kv_wire import DTYPES
 
 SPIN_S = 0.002  # seconds a WRITE's state is polled back to back (a GIL yield each) before polls sleep
 POLL_S = 0.00005  # seconds slept per poll after that
-POOL_IDLE = 2  # staging buffers of one size kept registered while unused
+POOL_IDLE = 4  # staging buffers of one size kept registered while unused (a writer uses 2)
+_STOP = object()
 
 _agent = None
 _agent_lock = threading.Lock()
@@ -87,46 +93,102 @@ class NixlLayerWriter:
         one_layer = KvPlan(1, placement.kv_heads, placement.head_dim, placement.capacity_tokens, element)
         self._run_bytes = one_layer.region_bytes_per_channel  # one layer's slots in one PC
         self._size = HBM_CHANNELS * self._run_bytes
-        self.staging, self._registered = _take_staging(self._size)
-        self.region = KvRegion(one_layer, dtype, region_view(self.staging, self._run_bytes, 0, one_layer, dtype))
-        self.remote = self.agent.add_remote_agent(placement.nixl_agent_metadata)
+        self._staging = [_take_staging(self._size) for _ in range(2)]  # (uint8 buffer, its registration)
+        try:
+            self._regions = [KvRegion(one_layer, dtype, region_view(buffer, self._run_bytes, 0, one_layer, dtype))
+                             for buffer, _ in self._staging]
+            self.remote = self.agent.add_remote_agent(placement.nixl_agent_metadata)
+        except BaseException:
+            for buffer, registration in self._staging:
+                _give_staging(self._size, buffer, registration)
+            raise
+        self.region = self._regions[0]
+        self._free: queue.Queue = queue.Queue()  # staging indices no WRITE is using
+        for index in range(2):
+            self._free.put(index)
+        self._posts: queue.Queue = queue.Queue()  # (layer, staging index), then _STOP
+        self._done: queue.Queue = queue.Queue()  # layers whose WRITE is DONE
+        self._error: BaseException | None = None
+        self._poster = threading.Thread(target=self._post_loop, name="kv-nixl-poster", daemon=True)
+        self._poster.start()
 
-    def _descriptors(self, layer: int):
+    def _descriptors(self, layer: int, index: int):
         """(local, remote) transfer lists: staging PC q's run -> region PC (q + first lane) % 32."""
         first, _ = self.plan.layer_slots(layer)
         shift = self.plan.lane(layer, 0, K_KIND) % HBM_CHANNELS
-        p, run, start = self.placement, self._run_bytes, self.staging.data_ptr()
+        p, run, start = self.placement, self._run_bytes, self._staging[index][0].data_ptr()
         local = [(start + q * run, run, 0) for q in range(HBM_CHANNELS)]
         remote = [(p.nixl_base_address + (q + shift) % HBM_CHANNELS * p.channel_bytes + p.kv_offset
                    + first * self.plan.block_bytes, run, 0) for q in range(HBM_CHANNELS)]
         return self.agent.get_xfer_descs(local, "DRAM"), self.agent.get_xfer_descs(remote, "DRAM")
 
-    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None) -> None:
+    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None) -> list[int]:
+        """Relayout one layer and queue its WRITE; returns the layers whose WRITE is DONE so far."""
         if not 0 <= layer < self.plan.num_layers:
             raise InvalidArgument(f"layer {layer} out of range 0..{self.plan.num_layers - 1}")
         if key.is_cuda:
             if ready is not None:
                 ready.synchronize()
             key, value = key.cpu(), value.cpu()
-        self.region.write(0, 0, key, value)  # the layer at the ABI's offsets, PCs rotated (see the docstring)
-        local, remote = self._descriptors(layer)
+        index = self._free.get()  # the poster always gives a buffer back, error or not
+        self._raise()
+        self._regions[index].write(0, 0, key, value)  # the layer at the ABI's offsets, PCs rotated
+        self._posts.put((layer, index))
+        return self._finished()
+
+    def flush(self) -> list[int]:
+        """Wait for every queued WRITE; returns the layers finished since the last call."""
+        self._posts.put(_STOP)
+        self._poster.join()
+        return self._finished()
+
+    def _finished(self) -> list[int]:
+        self._raise()
+        layers = []
+        while not self._done.empty():
+            layers.append(self._done.get())
+        return layers
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _post_loop(self) -> None:
+        while True:
+            item = self._posts.get()
+            if item is _STOP:
+                return
+            layer, index = item
+            try:
+                if self._error is None:
+                    self._write(layer, index)
+                    self._done.put(layer)
+            except BaseException as error:  # noqa: BLE001 - raised to the sender by write()/flush()
+                self._error = error if isinstance(error, Unavailable) else Unavailable(
+                    f"NIXL WRITE of layer {layer} failed: {error}")
+            finally:
+                self._free.put(index)
+
+    def _write(self, layer: int, index: int) -> None:
+        local, remote = self._descriptors(layer, index)
         handle = self.agent.initialize_xfer("WRITE", local, remote, self.remote, f"{self.request_id}:{layer}".encode())
         try:
-            self._wait(handle, layer)
+            state = self.agent.transfer(handle)  # UCX cma: the bytes are copied inside this call
+            started = time.monotonic()
+            while state != "DONE":
+                waited = time.monotonic() - started
+                if state == "ERR" or waited > self.timeout_s:
+                    raise Unavailable(f"NIXL WRITE of layer {layer} failed ({state} after {waited:.3f} s)")
+                time.sleep(0 if waited < SPIN_S else POLL_S)
+                state = self.agent.check_xfer_state(handle)
         finally:
             self.agent.release_xfer_handle(handle)
 
-    def _wait(self, handle, layer: int) -> None:
-        state = self.agent.transfer(handle)  # UCX cma: the bytes are copied inside this call
-        started = time.monotonic()
-        while state != "DONE":
-            waited = time.monotonic() - started
-            if state == "ERR" or waited > self.timeout_s:
-                raise Unavailable(f"NIXL WRITE of layer {layer} failed ({state} after {waited:.3f} s)")
-            time.sleep(0 if waited < SPIN_S else POLL_S)
-            state = self.agent.check_xfer_state(handle)
-
     def close(self) -> None:
-        if self.staging is not None:
-            _give_staging(self._size, self.staging, self._registered)
-            self.staging = None
+        """End the poster (after the WRITE in flight, if any) and give the staging buffers back."""
+        if self._poster.is_alive():
+            self._posts.put(_STOP)
+            self._poster.join()
+        for buffer, registration in self._staging:
+            _give_staging(self._size, buffer, registration)
+        self._staging = []
