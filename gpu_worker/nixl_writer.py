@@ -19,8 +19,10 @@ The staging buffer is a one-layer KvRegion whose PCs are rotated: the layer's la
 
 Why a staging copy rather than WRITEs straight from the model's K/V: a 16-token block is the unit the
 ABI rotates over PCs, so a direct WRITE needs one 4 KiB descriptor per block (6,144 per Llama-2-7B
-layer); measured here that ran at 0.23 of NIXL's own one-descriptor rate, the staged path at ~0.3
-(docs/benchmarks.md, KV data plane Run 3). NIXL refuses a WRITE outside what the receiver registered,
+layer); measured here that ran at 0.23 of NIXL's own one-descriptor rate, the staged, pipelined path
+at 0.42-0.62 (docs/benchmarks.md, KV data plane Run 3). The staged runs also carry the region's unused
+slots (room for decode's tokens): stale bytes of an earlier layer land there, which no reader sees
+(reads stop at the tokens written, KvRegion.read) before decode writes those tokens. NIXL refuses a WRITE outside what the receiver registered,
 so the sender cannot reach past its reservation even by mistake. CUDA tensors are copied to the host
 first (registering GPU memory with NIXL directly is possible but not done here: untested, no GPU).
 """
