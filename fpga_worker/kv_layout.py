@@ -86,6 +86,22 @@ def region_view(memory: torch.Tensor, channel_bytes: int, kv_offset: int, plan: 
     return per_pc.view(dtype).view(HBM_CHANNELS, plan.lanes * plan.slots_per_lane, KV_BLOCK_TOKENS, plan.head_dim)
 
 
+def _wide(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same bytes with 16-byte elements (complex128) along the last dim, where every tensor's bytes allow.
+
+    index_put_ copies element by element; moving a 4 KiB block as 256 elements of 16 bytes instead of
+    2,048 of 2 bytes made the relayout of Llama-2-7B-shaped layers about 2x faster here
+    (docs/benchmarks.md, KV data plane Run 3). A pure reinterpretation: the bits are moved, never
+    computed on. All or none are widened, so their last dims keep matching.
+    """
+    def fits(t: torch.Tensor) -> bool:
+        return t.stride(-1) == 1 and t.shape[-1] * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+
+    if all(fits(t) for t in tensors):
+        return tuple(t.view(torch.complex128) for t in tensors)
+    return tensors
+
+
 class KvRegion:
     """One request's KV region, emulated: PC bytes [kv_offset, kv_offset + region) as a typed tensor.
 
@@ -118,8 +134,9 @@ class KvRegion:
     def write(self, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
         """Relayout a prefill chunk: key, value [1, kv_heads, seq, head_dim] for tokens from seq_start.
 
-        Whole 16-token blocks go in block by block, straight from K and V (one copy per byte; a
-        dtype conversion, when needed, is the one extra); a partial block's tokens go row by row.
+        Whole 16-token blocks go in with one index_put_ per kind, straight from K and V (one copy per
+        byte; a dtype conversion, when needed, is the one extra), moving 16-byte elements (_wide);
+        a partial block's tokens go row by row.
         """
         want = (1, self.plan.kv_heads, key.shape[2], self.plan.head_dim)
         if tuple(key.shape) != want or tuple(value.shape) != want:
@@ -129,11 +146,13 @@ class KvRegion:
         full = seq // KV_BLOCK_TOKENS if seq_start % KV_BLOCK_TOKENS == 0 else 0
         if full:
             first = seq_start // KV_BLOCK_TOKENS
-            heads, dim, n = self.plan.kv_heads, self.plan.head_dim, full * KV_BLOCK_TOKENS
+            heads, n = self.plan.kv_heads, full * KV_BLOCK_TOKENS
             for kind, src in ((K_KIND, key), (V_KIND, value)):
-                blocks = src[0, :, :n].to(self.data.dtype).reshape(heads, full, KV_BLOCK_TOKENS, dim)
+                blocks = src[0, :, :n].to(self.data.dtype)
+                data, blocks = _wide(self.data, blocks if blocks.stride(-1) == 1 else blocks.contiguous())
+                blocks = blocks.reshape(heads, full, KV_BLOCK_TOKENS, data.shape[-1])
                 where = (self._pc[layer][kind, :, first:first + full], self._slot[layer][kind, :, first:first + full])
-                self.data.index_put_(where, blocks)
+                data.index_put_(where, blocks)
             if n == seq:
                 return
             seq_start, key, value, seq = seq_start + n, key[:, :, n:], value[:, :, n:], seq - n

@@ -4,7 +4,9 @@ Same interface as kv_sender.KvSender (put_layer / finish / failure / abort), so 
 not care which transport runs. Threads:
 - the model thread calls put_layer(layer, key, value) from the cache hook and goes on computing;
 - the writer thread waits for the receiver's placement, writes each layer into the card's memory
-  (gpu_worker/shm_writer.py or gpu_worker/nixl_writer.py), then queues a KvWritten notice for it, and the end marker last;
+  (gpu_worker/shm_writer.py or gpu_worker/nixl_writer.py) and queues a KvWritten notice for each layer
+  the writer reports finished (nixl: its WRITE is DONE, which may be after the next layer's relayout),
+  then, after flush(), the end marker;
 - gRPC's own thread sends the control messages as they are queued.
 Layer i's write and notice thus overlap the computation of layer i + 1.
 """
@@ -92,6 +94,7 @@ class PlacedKvSender:
             self._control.put(_END)
 
     def _write_layers(self, writer) -> None:
+        tokens: dict[int, int] = {}  # layer -> tokens written, until its notice went
         while True:
             item = self._layers.get()
             if item is _END:
@@ -99,12 +102,17 @@ class PlacedKvSender:
             layer, key, value, ready = item
             if self._first_write is None:
                 self._first_write = time.monotonic()
-            writer.write(layer, key, value, ready)
+            tokens[layer] = key.shape[2]
+            self._notice(writer.write(layer, key, value, ready), tokens)  # the layers whose bytes are there
             self._bytes += 2 * key.shape[1] * key.shape[2] * key.shape[3] * writer.region.data.element_size()
-            self._control.put(worker_pb2.KvPlacedControl(
-                written=worker_pb2.KvWritten(layer=layer, seq_start=0, tokens=key.shape[2])))
+        self._notice(writer.flush(), tokens)
         self._control.put(worker_pb2.KvPlacedControl(end=worker_pb2.KvEnd(num_layers=self._num_layers)))
         self._control.put(_END)
+
+    def _notice(self, layers: list[int], tokens: dict[int, int]) -> None:
+        for layer in layers:
+            self._control.put(worker_pb2.KvPlacedControl(
+                written=worker_pb2.KvWritten(layer=layer, seq_start=0, tokens=tokens.pop(layer))))
 
     def put_layer(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
         """Queue one layer's KV; raises KvTransferFailed if the transfer already failed."""

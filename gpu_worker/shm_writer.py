@@ -62,8 +62,9 @@ class ShmLayerWriter:
                                                         plan, dtype))
         self._stream = None
 
-    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None) -> None:
-        """Write tokens [0, seq) of one layer (K, V [1, kv_heads, seq, head_dim]); returns when the bytes are there.
+    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None) -> list[int]:
+        """Write tokens [0, seq) of one layer (K, V [1, kv_heads, seq, head_dim]); returns [layer] once the bytes
+        are there (the layers whose notice may go, as NixlLayerWriter.write).
 
         ready: a torch.cuda.Event recorded on the stream that produced key/value (CUDA only).
         """
@@ -71,6 +72,11 @@ class ShmLayerWriter:
             self._write_cuda(layer, key, value, ready)
         else:
             self.region.write(layer, 0, key, value)  # one scatter: the only copy of these bytes
+        return [layer]
+
+    def flush(self) -> list[int]:
+        """Nothing is in flight: every write() finished before it returned."""
+        return []
 
     # --- CUDA (untested here: no GPU in this session) ---------------------------------------------
     def _pin(self) -> None:

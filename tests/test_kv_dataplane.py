@@ -100,6 +100,33 @@ def test_each_transport_then_fpga_decode_equals_transformers(cluster, transport,
     assert cluster["servicer"].nixl.registrations() == 0  # nothing stays registered with NIXL
 
 
+def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkeypatch):
+    from gpu_worker import nixl_writer
+
+    real = nixl_writer.NixlLayerWriter._write
+
+    def fail_layer_1(self, layer, index):
+        if layer == 1:
+            raise nixl_writer.Unavailable("NIXL WRITE of layer 1 failed (test)")
+        real(self, layer, index)
+
+    monkeypatch.setattr(nixl_writer.NixlLayerWriter, "_write", fail_layer_1)
+    with pytest.raises(grpc.RpcError) as info:
+        _generate(cluster, "nixl-fails", list(range(10, 50)), 4, "nixl")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "layer 1" in info.value.details()
+    card = cluster["card"]
+    deadline = time.monotonic() + 10
+    while card.active_requests() and time.monotonic() < deadline:  # the receiver frees once the stream ends
+        time.sleep(0.05)
+    assert card.active_requests() == [] and card.kv_free_bytes() == card.kv.capacity_bytes
+    assert cluster["servicer"].nixl.registrations() == 0
+    assert not [t for t in threading.enumerate() if t.name == "kv-nixl-poster"]  # the writer's poster ended
+    assert all(len(idle) <= nixl_writer.POOL_IDLE for idle in nixl_writer._pool.values())
+    monkeypatch.undo()
+    prompt = [5, 6, 7, 8, 9]
+    assert _generate(cluster, "nixl-after-fail", prompt, 4, "nixl")[1] == _reference(cluster["engine"], prompt, 4)
+
+
 def _header(rid="bad", prompt=4, reserve=8, layers=2, transport="shm", identity=None, token=""):
     return worker_pb2.KvPlacedControl(header=worker_pb2.KvHeader(
         request_id=rid, prompt_tokens=prompt, reserve_tokens=reserve, num_layers=layers, kv_token=token,
