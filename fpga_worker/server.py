@@ -25,6 +25,7 @@ from services.observability import DaemonHttp, worker_ready_check
 from services.peer_roles import worker_role_check
 from services.proto_convert import step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
+from services.worker_caps import DECODE_CLASS_DEDICATED, ROLE_DECODE
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -74,6 +75,7 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
         facts = self.backend.facts()
         return worker_pb2.InfoResponse(
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_FPGA, backend=facts.backend,
+            kind_name="fpga", roles=[ROLE_DECODE], decode_class=DECODE_CLASS_DEDICATED,
             emulated=facts.emulated, device_name=facts.device_name, model=self.model_name, slots=self.slots,
             active_requests=len(self.backend.active_requests()), kv_capacity_bytes=facts.kv_capacity_bytes,
             kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,
@@ -284,7 +286,8 @@ def serve(settings: FpgaWorkerSettings) -> None:
                             kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
                             shm_segment=info.shm_segment, nixl_agent=info.nixl_agent,
                             worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
-                            expiring_requests=info.expiring_requests)
+                            expiring_requests=info.expiring_requests, roles=",".join(info.roles),
+                            decode_class=info.decode_class)
 
     block_bytes = backend.geometry().block_bytes
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)

@@ -23,6 +23,7 @@ from services.request_auth import OpenAccess, RequestAuthVerifier
 from services.observability import DaemonHttp, watch_cuda_device, worker_ready_check
 from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
 from services.registry import Heartbeat, Registry, WorkerRecord
+from services.worker_caps import ROLE_ASSIST, ROLE_PREFILL
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -60,6 +61,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         budget = engine.budget
         return worker_pb2.InfoResponse(
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
+            kind_name="gpu", roles=[ROLE_PREFILL, ROLE_ASSIST],
             emulated=engine.device == "cpu", device_name=_device_name(engine.device), model=self.model_name,
             slots=engine.settings.slots, active_requests=engine.active_requests(),
             kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(), kv_transports=self._sends(),
@@ -178,7 +180,8 @@ def serve(settings: GpuWorkerSettings) -> None:
                             assist_active=info.gpu_assist_requests,
                             kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
                             worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
-                            expiring_requests=info.expiring_requests)
+                            expiring_requests=info.expiring_requests, roles=",".join(info.roles),
+                            decode_class=info.decode_class)
 
     if "nixl" in servicer._sends():  # start the NIXL agent now, not during the first transfer
         from gpu_worker.nixl_writer import local_agent

@@ -20,7 +20,7 @@ from scheduler.admission import Admission
 from scheduler.detokenizer import Detokenizer
 from scheduler.leases import LeaseKeeper
 from scheduler.progress_watchdog import ProgressWatchdog
-from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
+from scheduler.placement import ClusterSnapshot, NoWorkerAvailable, PlacementRequest, WorkerView, place
 from scheduler.settings import SchedulerSettings
 from services import grammar, metrics
 from services.channels import WorkerStubs
@@ -34,6 +34,7 @@ from services.request_auth import RequestAuthIssuer
 from services.registry import Registry, WorkerState
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from services.worker_caps import ROLE_ASSIST, ROLE_DECODE, SkipLog, unusable_reason
 
 log = logging.getLogger(__name__)
 MAX_STOP_CHARS = 1000  # characters of one stop string
@@ -113,7 +114,7 @@ class Final:
     token_ids: list[int]
     text: str
     finish: Finish
-    decode_device: str  # "fpga" or "gpu"
+    decode_device: str  # the decoder's kind: "fpga", "gpu" (GPU assist), or another kind's name
     decode_worker: str
     prefill_worker: str
     timings: dict[str, float] = field(default_factory=dict)
@@ -151,10 +152,10 @@ def _log_renewal(future, worker_id: str) -> None:
         log.warning("renewing KV holds on %s failed: %s", worker_id, getattr(error, "code", lambda: error)())
 
 
-def kv_bytes_needed(workers, tokens: int, kind: str = "fpga") -> int:
-    """KV bytes `tokens` take on the most demanding live worker of `kind`, with its reservation rounding."""
+def kv_bytes_needed(workers, tokens: int, role: str = ROLE_DECODE) -> int:
+    """KV bytes `tokens` take on the most demanding live worker with `role`, with its reservation rounding."""
     needs = [-(-tokens // w.record.kv_granularity_tokens) * w.record.kv_granularity_tokens
-             * w.record.kv_bytes_per_token for w in workers if w.record.kind == kind]
+             * w.record.kv_bytes_per_token for w in workers if role in w.record.capabilities.roles]
     return max(needs, default=0)
 
 
@@ -180,6 +181,7 @@ class Orchestrator:
         self.watchdog = ProgressWatchdog()  # FPGA decode streams without progress count as a dead worker
         self.active = 0
         self._active_lock = threading.Lock()
+        self._unusable = SkipLog(log, "worker")  # records placement cannot use, logged once per worker
 
     def _auth(self, purpose: str, request_id: str, worker_id: str) -> str:
         return self.request_auth.issue(purpose, request_id, worker_id) if self.request_auth else ""
@@ -258,13 +260,15 @@ class Orchestrator:
 
     # --- placement -------------------------------------------------------------
     def _live_workers(self, excluded: set[str]) -> dict[str, WorkerState]:
-        """Healthy workers of this model, by id; a record of a kind placement does not know is skipped (logged)."""
-        known = {kind.value for kind in DeviceKind}
+        """Healthy workers of this model, by id; a record that does not say what it can do is skipped (logged once)."""
         live = {}
         for w in self.registry.workers():
-            if w.record.kind not in known:
-                log.warning("skipping worker %s of unknown kind %r", w.record.worker_id, w.record.kind)
-            elif w.healthy and w.record.model == self.model.name and w.record.worker_id not in excluded:
+            reason = unusable_reason(w.record)
+            if reason:
+                self._unusable.skip(w.record.worker_id, reason)
+                continue
+            self._unusable.usable(w.record.worker_id)
+            if w.healthy and w.record.model == self.model.name and w.record.worker_id not in excluded:
                 live[w.record.worker_id] = w
         return live
 
@@ -283,16 +287,17 @@ class Orchestrator:
         while True:
             workers = self._live_workers(excluded)
             snapshot = ClusterSnapshot(tuple(
-                WorkerView(w.record.worker_id, DeviceKind(w.record.kind), w.record.slots, w.active,
-                           w.record.kv_free_bytes, w.record.assist_active) for w in workers.values()))
+                WorkerView(w.record.worker_id, w.record.kind, w.record.slots, w.active, w.record.kv_free_bytes,
+                           w.record.assist_active, w.record.capabilities.roles, w.record.capabilities.decode_class)
+                for w in workers.values()))
             request = PlacementRequest(len(prompt_ids), sampling.max_new_tokens,
                                        kv_bytes_needed(workers.values(), tokens),
-                                       kv_bytes_needed(workers.values(), tokens, "gpu"))
+                                       kv_bytes_needed(workers.values(), tokens, ROLE_ASSIST))
             try:
                 decision = place(snapshot, request)
             except NoWorkerAvailable as error:
                 raise Unavailable(f"{error}; start a gpu-worker (glitches gpu-worker) or wait for one") from None
-            fpga_id = self.registry.claim_first_free(claim_id, "decode", list(decision.fpga_candidates))
+            fpga_id = self.registry.claim_first_free(claim_id, "decode", list(decision.decode_candidates))
             if fpga_id is not None:
                 gpu = workers[decision.prefill_worker]
                 if self.registry.claim_alive(claim_id, "prefill", gpu.record.worker_id):
@@ -306,7 +311,7 @@ class Orchestrator:
                 vanished += 1
             if vanished >= 3:  # a worker may vanish between reading the registry and claiming it
                 raise Unavailable("workers kept disappearing while placing the request; retry")
-            if decision.gpu_assist_worker is None and not decision.fpga_candidates:
+            if decision.gpu_assist_worker is None and not decision.decode_candidates:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or cancelled():
                     hint = max(1.0, wait_s / 2)
@@ -384,7 +389,7 @@ class Orchestrator:
         self._release_claim(attempt.claim_id, "prefill")
         run.prefills.append(prefill)
         run.decode_device, run.decode_worker, run.prefill_worker = (
-            "fpga" if on_fpga else "gpu", decoder.record.worker_id, gpu.record.worker_id)
+            decoder.record.kind, decoder.record.worker_id, gpu.record.worker_id)
         first_logprob = prefill.first_token_logprobs if prefill.HasField("first_token_logprobs") else None
         prompt_logprobs = None
         if run.prompt_logprobs is None and run.sampling.prompt_logprobs:  # the first prefill's scores
