@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from scheduler.leases import LeaseKeeper
-from scheduler.orchestrator import Delta, GenerateInput, ModelInfo, Orchestrator
+from scheduler.orchestrator import Delta, Orchestrator
 from scheduler.settings import SchedulerSettings
+from scheduler.validation import GenerateInput, ModelInfo
 from services import models
 from services.api_keys import ApiKeyInterceptor
 from services.rate_limit import KeyRateLimiter
