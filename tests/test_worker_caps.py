@@ -88,3 +88,19 @@ def test_a_prefill_role_of_another_kind_prefills():
     decision = place(snap, REQ)
     assert decision.prefill_worker == "t0" and decision.decode_candidates == ("f0",)
     assert decision.gpu_assist_worker is None  # it has no assist role
+
+
+def test_the_scheduler_skips_a_record_it_cannot_place_and_says_so_once(redis_prefix, caplog):
+    from scheduler.orchestrator import ModelInfo, Orchestrator
+    from scheduler.settings import SchedulerSettings
+
+    registry = Registry(REDIS_URL, redis_prefix)
+    registry.register(_record("f0"))
+    registry.register(_record("npu-0", kind="npu-x"))  # no roles
+    registry.register(_record("f1", kv_granularity_tokens=0))  # would divide by zero in the KV estimate
+    orchestrator = Orchestrator(SchedulerSettings(), registry, ModelInfo("m", None, (2,), 512, vocab_size=100))
+    with caplog.at_level(logging.WARNING, logger="scheduler.orchestrator"):
+        for _ in range(3):
+            assert list(orchestrator._live_workers(set())) == ["f0"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("npu-0" in m for m in warnings) == 1 and sum("f1" in m for m in warnings) == 1, warnings
