@@ -16,6 +16,7 @@ from services.kv_holds import KvHolds, renew_rpc
 from services.kv_token import KvTokenVerifier
 from services.request_auth import OpenAccess, RequestAuthVerifier
 from services.proto_convert import step_to_proto
+from services.worker_caps import DECODE_CLASS_DEDICATED, ROLE_DECODE
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -62,6 +63,7 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
         facts = self.backend.facts()
         return worker_pb2.InfoResponse(
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_FPGA, backend=facts.backend,
+            kind_name="fpga", roles=[ROLE_DECODE], decode_class=DECODE_CLASS_DEDICATED,
             emulated=facts.emulated, device_name=facts.device_name, model=self.model_name, slots=self.slots,
             active_requests=len(self.backend.active_requests()), kv_capacity_bytes=facts.kv_capacity_bytes,
             kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,

@@ -10,6 +10,7 @@ from services.stubs.glitches.v1 import common_pb2, scheduler_pb2
 
 _FINISH = {common_pb2.FINISH_REASON_LENGTH: "length", common_pb2.FINISH_REASON_EOS: "eos",
            common_pb2.FINISH_REASON_STOP: "stop"}
+# kinds as the enum names them, for schedulers older than WorkerStatus.kind_name
 _KIND = {common_pb2.DEVICE_KIND_GPU: "gpu", common_pb2.DEVICE_KIND_FPGA: "fpga"}
 
 
@@ -66,7 +67,8 @@ def event(message: scheduler_pb2.GenerateResponse) -> TextChunk | Completion:
 
 def status(message: scheduler_pb2.StatusResponse) -> ClusterStatus:
     workers = tuple(WorkerStatus(
-        worker_id=w.worker_id, kind=_KIND.get(w.kind, "unknown"), backend=w.backend, emulated=w.emulated,
+        worker_id=w.worker_id, kind=w.kind_name or _KIND.get(w.kind, "unknown"), backend=w.backend,
+        emulated=w.emulated, roles=tuple(w.roles), decode_class=w.decode_class,
         device_name=w.device_name, address=w.address, pid=w.pid, healthy=w.healthy, slots=w.slots,
         active_requests=w.active_requests, kv_capacity_bytes=w.kv_capacity_bytes, kv_free_bytes=w.kv_free_bytes,
         model=w.model, http_address=w.http_address, kv_tokens_required=w.kv_tokens_required,

@@ -80,7 +80,7 @@ class Completion:
 @dataclass(frozen=True)
 class WorkerStatus:
     worker_id: str
-    kind: str  # "gpu" or "fpga"
+    kind: str  # free-form: "gpu", "fpga", or another device package's name
     backend: str  # "cuda", "cpu", "emu" (software emulator, no card), "xrt"
     emulated: bool
     device_name: str
@@ -98,6 +98,8 @@ class WorkerStatus:
     worker_active_requests: int = 0  # requests the worker itself holds KV for (as of its last heartbeat)
     kv_held_bytes: int = 0  # KV bytes the worker holds
     expiring_requests: int = 0  # held requests not decoding, freed unless the scheduler renews them
+    roles: tuple[str, ...] = ()  # "prefill", "decode" (takes KV from a prefill), "assist" (GPU assist)
+    decode_class: int = 0  # with the decode role: placement's preference, lower first (0 without it)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from services.errors import FailedPrecondition, InvalidArgument
 from services.kv_holds import KvHolds, renew_rpc
 from services.request_auth import OpenAccess, RequestAuthVerifier
 from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
+from services.worker_caps import ROLE_ASSIST, ROLE_PREFILL
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -49,6 +50,7 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         budget = engine.budget
         return worker_pb2.InfoResponse(
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
+            kind_name="gpu", roles=[ROLE_PREFILL, ROLE_ASSIST],
             emulated=engine.device == "cpu", device_name=_device_name(engine.device), model=self.model_name,
             slots=engine.settings.slots, active_requests=engine.active_requests(),
             kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(), kv_transports=self._sends(),

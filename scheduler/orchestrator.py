@@ -1,12 +1,14 @@
 """One request from prompt to last token: validate, place, prefill, decode, release.
 
 The scheduler holds no state that Redis does not also hold: slots are claims in
-the registry, released on finish, on error and when the client goes away.
+the registry, released on finish, on error and when the client goes away. This module
+is the attempt/migration state machine; it talks to workers only through
+services.worker_client (domain calls, domain errors) and leaves request checks and
+tokenization to scheduler/validation.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -14,38 +16,26 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import grpc
-
 from scheduler.admission import Admission
 from scheduler.detokenizer import Detokenizer
 from scheduler.leases import LeaseKeeper
 from scheduler.progress_watchdog import ProgressWatchdog
-from scheduler.placement import ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView, place
+from scheduler.placement import ClusterSnapshot, NoWorkerAvailable, PlacementRequest, WorkerView, place
 from scheduler.settings import SchedulerSettings
-from services import grammar, metrics
-from services.channels import WorkerStubs
+from scheduler.validation import MAX_STOP_CHARS, GenerateInput, ModelInfo, validate
+from services import metrics
 from services.decoding import Finish
-from services.errors import (REASON_CONTEXT_LENGTH_EXCEEDED, REASON_MODEL_NOT_FOUND, REASON_PROMPT_TOO_LONG,
-                             InvalidArgument, ResourceExhausted, Unavailable, from_rpc_error)
+from services.errors import GlitchesError, KvRefused, ResourceExhausted, Unavailable, WorkerFull, WorkerLost
 from services.kv_token import KvTokenIssuer
 from services.logprobs import TokenLogprob
-from services.proto_convert import FINISH_FROM_PROTO, logprob_from_proto
 from services.request_auth import RequestAuthIssuer
 from services.registry import Registry, WorkerState
-from services.sampling import Sampling, check_sampling
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from services.sampling import Sampling
+from services.worker_caps import ROLE_ASSIST, ROLE_DECODE, SkipLog, unusable_reason
+from services.worker_client import DecodeStream, PrefillResult, WorkerClient
 
+__all__ = ["MAX_STOP_CHARS", "Delta", "Final", "GenerateInput", "ModelInfo", "Orchestrator", "kv_bytes_needed"]
 log = logging.getLogger(__name__)
-MAX_STOP_CHARS = 1000  # characters of one stop string
-
-
-@dataclass(frozen=True)
-class GenerateInput:
-    prompt: str
-    chat: bool
-    sampling: Sampling
-    model: str = ""
-    prompt_token_ids: tuple[int, ...] = ()  # the prompt as token ids (then `prompt` is empty, `chat` ignored)
 
 
 @dataclass(frozen=True)
@@ -59,15 +49,6 @@ class Delta:
 
 class _NoRoomYet(Exception):
     """The GPU refused GPU assist (no slot or KV free there now): place the request again shortly."""
-
-
-class _WorkerLost(Exception):
-    """A worker died (or refused the KV) mid-request; the request can continue elsewhere."""
-
-    def __init__(self, worker_id: str, message: str, counts_as_migration: bool = True):
-        super().__init__(message)
-        self.worker_id = worker_id
-        self.counts_as_migration = counts_as_migration
 
 
 @dataclass
@@ -86,7 +67,7 @@ class _Run:
     attempts: int = 0
     migrations: int = 0
     excluded: set[str] = field(default_factory=set)  # workers lost during this request
-    prefills: list = field(default_factory=list)  # PrefillResponse of each attempt
+    prefills: list[PrefillResult] = field(default_factory=list)  # one per attempt
     first_out: float | None = None
     last_out: float = 0.0
     device_decode_s: float = 0.0
@@ -102,7 +83,7 @@ class _Run:
 class _Attempt:
     claim_id: str  # request id + attempt number: names the claims and the KV on the workers
     decoder: WorkerState | None = None
-    decode_call: object = None
+    decode_call: DecodeStream | None = None
     lost: bool = False  # the decoder died or froze: release there without waiting for it
 
 
@@ -113,7 +94,7 @@ class Final:
     token_ids: list[int]
     text: str
     finish: Finish
-    decode_device: str  # "fpga" or "gpu"
+    decode_device: str  # the decoder's kind: "fpga", "gpu" (GPU assist), or another kind's name
     decode_worker: str
     prefill_worker: str
     timings: dict[str, float] = field(default_factory=dict)
@@ -122,39 +103,10 @@ class Final:
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
-class ModelInfo:
-    """What the scheduler needs of the model: tokenizer, EOS ids, context length."""
-
-    def __init__(self, name: str, tokenizer, eos_token_ids: tuple[int, ...], max_context_tokens: int,
-                 vocab_size: int = 0):
-        self.name = name
-        self.tokenizer = tokenizer
-        self.eos_token_ids = eos_token_ids
-        self.max_context_tokens = max_context_tokens
-        self.vocab_size = vocab_size or len(tokenizer)  # token ids must be below it
-
-    def text_of(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
-
-    def encode(self, prompt: str, chat: bool) -> list[int]:
-        if chat:
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-            return [int(i) for i in ids]
-        return list(self.tokenizer(prompt)["input_ids"])
-
-
-def _log_renewal(future, worker_id: str) -> None:
-    error = future.exception()
-    if error is not None:
-        log.warning("renewing KV holds on %s failed: %s", worker_id, getattr(error, "code", lambda: error)())
-
-
-def kv_bytes_needed(workers, tokens: int, kind: str = "fpga") -> int:
-    """KV bytes `tokens` take on the most demanding live worker of `kind`, with its reservation rounding."""
+def kv_bytes_needed(workers, tokens: int, role: str = ROLE_DECODE) -> int:
+    """KV bytes `tokens` take on the most demanding live worker with `role`, with its reservation rounding."""
     needs = [-(-tokens // w.record.kv_granularity_tokens) * w.record.kv_granularity_tokens
-             * w.record.kv_bytes_per_token for w in workers if w.record.kind == kind]
+             * w.record.kv_bytes_per_token for w in workers if role in w.record.capabilities.roles]
     return max(needs, default=0)
 
 
@@ -169,108 +121,44 @@ class Orchestrator:
         self.leases = leases or LeaseKeeper(registry)
         self.admission = Admission(settings.max_active, settings.max_queued, settings.queue_wait_s)
         self.model = model
-        self._stubs = WorkerStubs(settings.tls())
         # one token per KV transfer (per attempt: migrations get fresh ones); None: transfers carry none
         self.kv_tokens = (KvTokenIssuer(settings.kv_token_secret, settings.kv_token_ttl_s)
                           if settings.kv_token_secret else None)
         # per-call authorisation of Prefill, Decode, Release, RenewKvHolds (same secret); None: calls carry none
         self.request_auth = (RequestAuthIssuer(settings.kv_token_secret, settings.kv_token_ttl_s)
                              if settings.kv_token_secret else None)
-        self.leases.renew_holds = self._renew_holds
+        self.workers = WorkerClient(settings.tls(), self._auth, settings.prefill_timeout_s, settings.release_timeout_s)
+        self.leases.renew_holds = self.workers.renew_holds
         self.watchdog = ProgressWatchdog()  # FPGA decode streams without progress count as a dead worker
         self.active = 0
         self._active_lock = threading.Lock()
+        self._unusable = SkipLog(log, "worker")  # records placement cannot use, logged once per worker
 
     def _auth(self, purpose: str, request_id: str, worker_id: str) -> str:
         return self.request_auth.issue(purpose, request_id, worker_id) if self.request_auth else ""
 
-    def _renew_holds(self, groups: dict[tuple[str, str], list[str]]) -> None:
-        """One RenewKvHolds per worker, not waited for (a frozen worker must not hold up the others)."""
-        for (address, worker_id), request_ids in groups.items():
-            renewals = [worker_pb2.KvHoldRenewal(request_id=r, auth_token=self._auth("renew", r, worker_id))
-                        for r in request_ids]
-            future = self._stub(address).RenewKvHolds.future(worker_pb2.RenewKvHoldsRequest(renewals=renewals),
-                                                              timeout=self.settings.release_timeout_s)
-            future.add_done_callback(lambda f, w=worker_id: _log_renewal(f, w))
-
-    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        return self._stubs.get(address)
-
-    # --- validation ----------------------------------------------------------
     def validate(self, request: GenerateInput) -> tuple[list[int], Sampling]:
-        """The prompt's token ids and the request's sampling with EOS filled in; INVALID_ARGUMENT otherwise.
-
-        Each error names its field (GenerateRequest/SamplingParams field names) and, where a client
-        acts on it, a reason (services.errors.REASON_*), as trailing metadata.
-        """
-        s = request.sampling
-        if request.model and request.model != self.model.name:
-            raise InvalidArgument(f"unknown model {request.model!r}: this cluster serves {self.model.name!r}",
-                                  field="model", reason=REASON_MODEL_NOT_FOUND)
-        if request.prompt and request.prompt_token_ids:
-            raise InvalidArgument("give the prompt as text or as token ids, not both", field="prompt")
-        if not request.prompt and not request.prompt_token_ids:
-            raise InvalidArgument("the prompt is empty; give some text", field="prompt")
-        if s.max_new_tokens < 1:
-            raise InvalidArgument(f"max_new_tokens must be at least 1, got {s.max_new_tokens}", field="max_new_tokens")
-        if s.max_new_tokens > self.settings.max_new_tokens_limit:
-            raise InvalidArgument(f"max_new_tokens {s.max_new_tokens} is above this cluster's limit of "
-                                  f"{self.settings.max_new_tokens_limit}", field="max_new_tokens")
-        if not s.temperature >= 0.0:  # also rejects NaN
-            raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {s.temperature}", field="temperature")
-        if not 0.0 < s.top_p <= 1.0:
-            raise InvalidArgument(f"top_p must be in (0, 1], got {s.top_p}", field="top_p")
-        if s.top_logprobs > self.settings.max_top_logprobs:
-            raise InvalidArgument(f"top_logprobs {s.top_logprobs} is above this cluster's limit of "
-                                  f"{self.settings.max_top_logprobs} (--max-top-logprobs)", field="top_logprobs")
-        if len(s.stop) > self.settings.max_stop_strings:
-            raise InvalidArgument(f"{len(s.stop)} stop strings are more than this cluster's limit of "
-                                  f"{self.settings.max_stop_strings} (--max-stop-strings)", field="stop")
-        if any(len(x) > MAX_STOP_CHARS for x in s.stop):
-            raise InvalidArgument(f"stop strings have at most {MAX_STOP_CHARS} characters each, got one of "
-                                  f"{max(map(len, s.stop))}", field="stop")
-        if s.min_tokens > s.max_new_tokens:
-            raise InvalidArgument(f"min_tokens ({s.min_tokens}) must not be above max_new_tokens "
-                                  f"({s.max_new_tokens})", field="min_tokens")
-        check_sampling(s)
-        grammar.check_format(s)  # a schema the grammar compiler refuses: field response_format
-        if request.prompt_token_ids:
-            prompt_ids = list(request.prompt_token_ids)
-            if max(prompt_ids) >= self.model.vocab_size:
-                raise InvalidArgument(f"prompt token id {max(prompt_ids)} is outside the vocabulary "
-                                      f"(ids 0..{self.model.vocab_size - 1})", field="prompt")
-        else:
-            prompt_ids = self.model.encode(request.prompt, request.chat)
-        if not prompt_ids:
-            raise InvalidArgument("the prompt tokenizes to nothing; give some text", field="prompt")
-        limit = self.settings.max_prompt_tokens
-        if limit and len(prompt_ids) > limit:
-            raise InvalidArgument(f"the prompt has {len(prompt_ids)} tokens, above this cluster's limit of {limit} "
-                                  "(--max-prompt-tokens); shorten it", field="prompt", reason=REASON_PROMPT_TOO_LONG)
-        context = self.model.max_context_tokens
-        if len(prompt_ids) + s.max_new_tokens > context:
-            raise InvalidArgument(f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({s.max_new_tokens}) exceeds "
-                                  f"the model's context of {context} tokens; shorten the prompt or ask for fewer tokens",
-                                  field="prompt", reason=REASON_CONTEXT_LENGTH_EXCEEDED)
-        eos = s.eos_token_ids or self.model.eos_token_ids
-        sampling = dataclasses.replace(s, eos_token_ids=tuple(eos))
-        return prompt_ids, sampling
+        """scheduler.validation.validate against this cluster's model and limits."""
+        return validate(request, self.model, self.settings)
 
     # --- placement -------------------------------------------------------------
     def _live_workers(self, excluded: set[str]) -> dict[str, WorkerState]:
-        """Healthy workers of this model, by id; a record of a kind placement does not know is skipped (logged)."""
-        known = {kind.value for kind in DeviceKind}
+        """Healthy workers of this model, by id; a record that does not say what it can do is skipped (logged once)."""
         live = {}
         for w in self.registry.workers():
-            if w.record.kind not in known:
-                log.warning("skipping worker %s of unknown kind %r", w.record.worker_id, w.record.kind)
-            elif w.healthy and w.record.model == self.model.name and w.record.worker_id not in excluded:
+            reason = unusable_reason(w.record)
+            if reason:
+                self._unusable.skip(w.record.worker_id, reason)
+                continue
+            self._unusable.usable(w.record.worker_id)
+            if w.healthy and w.record.model == self.model.name and w.record.worker_id not in excluded:
                 live[w.record.worker_id] = w
         return live
 
     def _place(self, claim_id: str, prompt_ids: list[int], sampling: Sampling, excluded: set[str],
                cancelled=lambda: False, wait_s: float | None = None):
-        """Claim a decode slot (an FPGA, else GPU assist) and the prefill GPU; returns (gpu, decoder).
+        """Claim a decode slot (a decode-role worker such as an FPGA, else GPU assist) and the prefill GPU;
+        returns (gpu, decoder).
 
         A GPU-assist request holds one claim on its GPU (decode), so it counts once there. When
         neither an FPGA nor a GPU has room, the request waits here (up to `wait_s`, by default
@@ -283,20 +171,21 @@ class Orchestrator:
         while True:
             workers = self._live_workers(excluded)
             snapshot = ClusterSnapshot(tuple(
-                WorkerView(w.record.worker_id, DeviceKind(w.record.kind), w.record.slots, w.active,
-                           w.record.kv_free_bytes, w.record.assist_active) for w in workers.values()))
+                WorkerView(w.record.worker_id, w.record.kind, w.record.slots, w.active, w.record.kv_free_bytes,
+                           w.record.assist_active, w.record.capabilities.roles, w.record.capabilities.decode_class)
+                for w in workers.values()))
             request = PlacementRequest(len(prompt_ids), sampling.max_new_tokens,
                                        kv_bytes_needed(workers.values(), tokens),
-                                       kv_bytes_needed(workers.values(), tokens, "gpu"))
+                                       kv_bytes_needed(workers.values(), tokens, ROLE_ASSIST))
             try:
                 decision = place(snapshot, request)
             except NoWorkerAvailable as error:
                 raise Unavailable(f"{error}; start a gpu-worker (glitches gpu-worker) or wait for one") from None
-            fpga_id = self.registry.claim_first_free(claim_id, "decode", list(decision.fpga_candidates))
-            if fpga_id is not None:
+            decoder_id = self.registry.claim_first_free(claim_id, "decode", list(decision.decode_candidates))
+            if decoder_id is not None:
                 gpu = workers[decision.prefill_worker]
                 if self.registry.claim_alive(claim_id, "prefill", gpu.record.worker_id):
-                    return gpu, workers[fpga_id]
+                    return gpu, workers[decoder_id]
                 self.registry.release(claim_id, "decode")
                 vanished += 1
             elif decision.gpu_assist_worker is not None:
@@ -306,7 +195,7 @@ class Orchestrator:
                 vanished += 1
             if vanished >= 3:  # a worker may vanish between reading the registry and claiming it
                 raise Unavailable("workers kept disappearing while placing the request; retry")
-            if decision.gpu_assist_worker is None and not decision.fpga_candidates:
+            if decision.gpu_assist_worker is None and not decision.decode_candidates:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or cancelled():
                     hint = max(1.0, wait_s / 2)
@@ -339,7 +228,7 @@ class Orchestrator:
                 attempt = _Attempt(attempt_id)
                 try:
                     yield from self._attempt(run, attempt)
-                except _WorkerLost as lost:
+                except (WorkerLost, KvRefused) as lost:
                     attempt.lost = True
                     self._on_lost(run, lost)
                 except _NoRoomYet:  # another replica took the GPU's last slot first: place again
@@ -354,9 +243,9 @@ class Orchestrator:
             with self._active_lock:
                 self.active -= 1
 
-    def _on_lost(self, run: _Run, lost: _WorkerLost) -> None:
+    def _on_lost(self, run: _Run, lost: WorkerLost | KvRefused) -> None:
         run.excluded.add(lost.worker_id)
-        if not lost.counts_as_migration:  # a card refused the KV: try elsewhere, nothing moved
+        if isinstance(lost, KvRefused):  # a card refused the KV: try elsewhere, nothing moved
             log.info("request %s: %s", run.request_id, lost)
             return
         run.migrations += 1
@@ -375,62 +264,55 @@ class Orchestrator:
         gpu, decoder = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded, run.cancelled,
                                    wait_s)
         attempt.decoder = decoder
-        on_fpga = decoder is not gpu
+        remote = decoder is not gpu  # the KV goes to a decode-role worker (else GPU assist: it stays on the GPU)
         self.leases.hold_on(attempt.claim_id, decoder.record.address, decoder.record.worker_id)
         log.info("request %s: %d prompt + %d generated tokens, prefill on %s, decode on %s", attempt.claim_id,
                  len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
-        prefill = self._prefill(gpu, decoder if on_fpga else None, attempt.claim_id, run)
+        prefill = self._prefill(gpu, decoder if remote else None, attempt.claim_id, run)
         run.refused_since = None
         self._release_claim(attempt.claim_id, "prefill")
         run.prefills.append(prefill)
         run.decode_device, run.decode_worker, run.prefill_worker = (
-            "fpga" if on_fpga else "gpu", decoder.record.worker_id, gpu.record.worker_id)
-        first_logprob = prefill.first_token_logprobs if prefill.HasField("first_token_logprobs") else None
+            decoder.record.kind, decoder.record.worker_id, gpu.record.worker_id)
         prompt_logprobs = None
         if run.prompt_logprobs is None and run.sampling.prompt_logprobs:  # the first prefill's scores
-            run.prompt_logprobs = prompt_logprobs = [logprob_from_proto(m) for m in prefill.prompt_logprobs]
-        yield self._emit(run, prefill.first_token_id, first_logprob, prompt_logprobs)
-        run.finish = FINISH_FROM_PROTO[prefill.finish_reason]
+            run.prompt_logprobs = prompt_logprobs = prefill.prompt_logprobs
+        yield self._emit(run, prefill.first_token_id, prefill.first_logprob, prompt_logprobs)
+        run.finish = prefill.finish
         if run.finish is not None:
             return
-        attempt.decode_call = self._stub(decoder.record.address).Decode(
-            worker_pb2.DecodeRequest(request_id=attempt.claim_id, first_token_id=run.tokens[-1],
-                                     position=len(run.prompt_ids) + len(run.tokens) - 1,
-                                     sampling=run.sampling.to_proto(common_pb2.SamplingParams),
-                                     generated_token_ids=run.tokens,
-                                     auth_token=self._auth("decode", attempt.claim_id, decoder.record.worker_id)),
-            timeout=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
+        attempt.decode_call = self.workers.decode(
+            decoder.record, attempt.claim_id, run.tokens[-1], len(run.prompt_ids) + len(run.tokens) - 1, run.sampling,
+            run.tokens, timeout_s=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
         # GPU assist is not watched: its steps queue behind other requests' prefills, of any length
         ticket = (self.watchdog.watch(attempt.decode_call, self.settings.decode_stall_s,
                                       alive=lambda: self.registry.is_registered(decoder.record.worker_id))
-                  if on_fpga else None)
+                  if remote else None)
         try:
             for step in attempt.decode_call:
                 if ticket is not None:
                     self.watchdog.progress(ticket, step.step_s)
                 run.device_decode_s += step.step_s
                 run.modeled_s += step.modeled_step_s
-                yield self._emit(run, step.token_id, step.logprobs if step.HasField("logprobs") else None)
+                yield self._emit(run, step.token_id, step.logprob)
                 if ticket is not None:  # a slow client reading the stream is no stall of the worker
                     self.watchdog.progress(ticket)
-                run.finish = FINISH_FROM_PROTO[step.finish_reason]
-        except grpc.RpcError as error:
+                run.finish = step.finish
+        except GlitchesError as error:  # WorkerLost, or the failure the worker answered
             if ticket is not None and ticket.stalled:
-                raise _WorkerLost(decoder.record.worker_id, f"decode on {decoder.record.worker_id} made no progress "
-                                  f"for {ticket.limit_s():.1f} s (--decode-stall-s); treating the worker as "
-                                  "dead") from error
-            if error.code() == grpc.StatusCode.UNAVAILABLE:
-                raise _WorkerLost(decoder.record.worker_id, f"decode worker {decoder.record.worker_id} was lost "
-                                  f"({error.details()})") from error
-            raise from_rpc_error(error, f"decode on {decoder.record.worker_id} failed") from error
+                raise WorkerLost(f"decode on {decoder.record.worker_id} made no progress for {ticket.limit_s():.1f} s "
+                                 "(--decode-stall-s); treating the worker as dead",
+                                 worker_id=decoder.record.worker_id) from error
+            raise
         finally:
             if ticket is not None:
                 self.watchdog.unwatch(ticket)
         if run.finish is None:
-            raise _WorkerLost(decoder.record.worker_id, f"decode on {decoder.record.worker_id} ended early")
+            raise WorkerLost(f"decode on {decoder.record.worker_id} ended early", worker_id=decoder.record.worker_id)
 
-    def _emit(self, run: _Run, token: int, logprob=None, prompt_logprobs: list[TokenLogprob] | None = None) -> Delta:
-        """Record one generated token (and its common_pb2.TokenLogprobs, if any) and return its Delta."""
+    def _emit(self, run: _Run, token: int, logprob: TokenLogprob | None = None,
+              prompt_logprobs: list[TokenLogprob] | None = None) -> Delta:
+        """Record one generated token (and its log-probability, if any) and return its Delta."""
         now = time.monotonic()
         if run.first_out is None:
             run.first_out = now
@@ -441,7 +323,7 @@ class Orchestrator:
         run.tokens.append(token)
         logprobs = []
         if logprob is not None:
-            run.logprobs.append(logprob_from_proto(logprob))
+            run.logprobs.append(logprob)
             logprobs = [run.logprobs[-1]]
         if prompt_logprobs is None:
             return Delta(run.detok.add(token), [token], logprobs)
@@ -459,7 +341,7 @@ class Orchestrator:
         if attempt.decode_call is not None:
             attempt.decode_call.cancel()
         if attempt.decoder is not None:
-            self._release_on_worker(attempt.decoder, attempt.claim_id, wait=not attempt.lost)
+            self.workers.release(attempt.decoder.record, attempt.claim_id, wait=not attempt.lost)
         self.leases.discard(attempt.claim_id)
         try:
             self.registry.release(attempt.claim_id, "prefill")
@@ -485,63 +367,22 @@ class Orchestrator:
                      run.decode_worker, run.prefill_worker, timings, run.migrations, run.logprobs,
                      run.prompt_logprobs or [])
 
-    def _prefill(self, gpu: WorkerState, fpga: WorkerState | None, claim_id: str,
-                 run: _Run) -> worker_pb2.PrefillResponse:
-        target = worker_pb2.DecodeTarget()
+    def _prefill(self, gpu: WorkerState, decoder: WorkerState | None, claim_id: str, run: _Run) -> PrefillResult:
+        """Prefill on `gpu`, the KV streaming to `decoder` (None: GPU assist). A GPU refusing GPU assist is
+        asked again (_NoRoomYet) until --queue-wait-s has passed since its first refusal."""
         # prompt logprobs come from the first prefill only: a re-prefill after a migration need not score again
         sampling = replace(run.sampling, prompt_logprobs=run.sampling.prompt_logprobs and run.prompt_logprobs is None)
-        if fpga is not None:
-            token = self.kv_tokens.issue(claim_id, fpga.record.worker_id) if self.kv_tokens else ""
-            target = worker_pb2.DecodeTarget(address=fpga.record.address, worker_id=fpga.record.worker_id,
-                                             kv_token=token)
+        token = ""
+        if decoder is not None and self.kv_tokens:
+            token = self.kv_tokens.issue(claim_id, decoder.record.worker_id)
         try:
-            return self._stub(gpu.record.address).Prefill(
-                worker_pb2.PrefillRequest(request_id=claim_id, prompt_token_ids=run.prompt_ids,
-                                          sampling=sampling.to_proto(common_pb2.SamplingParams), target=target,
-                                          generated_token_ids=run.tokens,
-                                          auth_token=self._auth("prefill", claim_id, gpu.record.worker_id)),
-                timeout=self.settings.prefill_timeout_s)
-        except grpc.RpcError as error:
-            code = error.code()
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and fpga is None:  # GPU assist refused by the GPU
-                run.refused_since = run.refused_since or time.monotonic()
-                if time.monotonic() - run.refused_since < self.settings.queue_wait_s and not run.cancelled():
-                    raise _NoRoomYet() from error
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and fpga is not None:
-                raise _WorkerLost(fpga.record.worker_id, f"{fpga.record.worker_id} had no room for the KV "
-                                  f"({error.details()})", counts_as_migration=False) from error
-            if code == grpc.StatusCode.PERMISSION_DENIED and fpga is not None:  # a KV token it would not take
-                log.error("request %s: %s refused the KV transfer (%s); give the scheduler and every FPGA worker "
-                          "the same KV token secret", claim_id, fpga.record.worker_id, error.details())
-                raise _WorkerLost(fpga.record.worker_id, f"{fpga.record.worker_id} refused the KV transfer "
-                                  f"({error.details()})", counts_as_migration=False) from error
-            if code == grpc.StatusCode.UNAVAILABLE:
-                lost = gpu if not self._answers(gpu) or fpga is None else fpga
-                raise _WorkerLost(lost.record.worker_id, f"worker {lost.record.worker_id} was lost during "
-                                  f"prefill ({error.details()})") from error
-            raise from_rpc_error(error, f"prefill on {gpu.record.worker_id} failed") from error
-
-    def _answers(self, worker: WorkerState) -> bool:
-        """Whether a worker still answers Info within a second (tells a dead GPU from a dead FPGA)."""
-        try:
-            self._stub(worker.record.address).Info(worker_pb2.InfoRequest(), timeout=1.0)
-            return True
-        except grpc.RpcError:
-            return False
-
-    def _release_on_worker(self, worker: WorkerState, request_id: str, wait: bool = True) -> None:
-        """Release on the worker; wait=False (a lost worker) sends it without waiting: a frozen worker must not
-        hold up the migration, and its KV hold expires anyway."""
-        message = worker_pb2.ReleaseRequest(request_id=request_id,
-                                            auth_token=self._auth("release", request_id, worker.record.worker_id))
-        release = self._stub(worker.record.address).Release
-        if not wait:
-            release.future(message, timeout=self.settings.release_timeout_s)
-            return
-        try:
-            release(message, timeout=self.settings.release_timeout_s)
-        except grpc.RpcError as error:
-            log.warning("release of %s on %s failed: %s", request_id, worker.record.worker_id, error.code())
+            return self.workers.prefill(gpu.record, claim_id, run.prompt_ids, sampling, run.tokens,
+                                        target=decoder.record if decoder is not None else None, kv_token=token)
+        except WorkerFull as error:  # GPU assist refused by the GPU
+            run.refused_since = run.refused_since or time.monotonic()
+            if time.monotonic() - run.refused_since < self.settings.queue_wait_s and not run.cancelled():
+                raise _NoRoomYet() from error
+            raise
 
 
 def _gbps(kv_bytes: int, seconds: float) -> float:

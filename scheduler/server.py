@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from scheduler.leases import LeaseKeeper
-from scheduler.orchestrator import Delta, GenerateInput, ModelInfo, Orchestrator
+from scheduler.orchestrator import Delta, Orchestrator
 from scheduler.settings import SchedulerSettings
+from scheduler.validation import GenerateInput, ModelInfo
 from services import models
 from services.api_keys import ApiKeyInterceptor
 from services.rate_limit import KeyRateLimiter
@@ -17,12 +18,14 @@ from services.kv_token import SECRET_ENV
 from services.metrics import ACTIVE_REQUESTS, REGISTRIES
 from services.observability import DaemonHttp, OccupancyCollector, scheduler_ready_check
 from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto
-from services.registry import Registry
+from services.registry import Registry, WorkerState
 from services.sampling import Sampling
 from services.stubs.glitches.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.worker_caps import ordered_roles
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+# The wire enum of the built-in kinds, for clients older than WorkerStatus.kind_name; other kinds send UNSPECIFIED.
 _KINDS = {"gpu": common_pb2.DEVICE_KIND_GPU, "fpga": common_pb2.DEVICE_KIND_FPGA}
 
 
@@ -54,22 +57,32 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 prompt_logprobs=[logprob_to_proto(r) for r in event.prompt_logprobs]))
 
     def Status(self, request, context):
-        workers = [
-            scheduler_pb2.WorkerStatus(
-                worker_id=w.record.worker_id, kind=_KINDS.get(w.record.kind, common_pb2.DEVICE_KIND_UNSPECIFIED),
-                backend=w.record.backend, emulated=bool(w.record.emulated), device_name=w.record.device_name,
-                address=w.record.address, pid=w.record.pid, healthy=w.healthy, slots=w.record.slots,
-                active_requests=w.active, kv_capacity_bytes=w.record.kv_capacity_bytes,
-                kv_free_bytes=w.record.kv_free_bytes, model=w.record.model, http_address=w.record.http_address,
-                kv_tokens_required=bool(w.record.kv_tokens_required),
-                kv_transports=[t for t in w.record.kv_transports.split(",") if t],
-                host_identity=w.record.host_identity,
-                worker_active_requests=w.record.worker_active_requests, kv_held_bytes=w.record.kv_held_bytes,
-                expiring_requests=w.record.expiring_requests)
-            for w in self.orchestrator.registry.workers()]
+        workers = []
+        for w in self.orchestrator.registry.workers():
+            try:
+                workers.append(worker_status(w))
+            except ValueError as error:  # a hand-written record with negative or huge numbers
+                log.debug("status leaves out worker %s: %s", w.record.worker_id, error)
         return scheduler_pb2.StatusResponse(model=self.orchestrator.model.name, workers=workers,
                                             scheduler_active_requests=self.orchestrator.active,
                                             redis=redis_status(self.orchestrator.registry))
+
+
+def worker_status(w: WorkerState) -> scheduler_pb2.WorkerStatus:
+    """One worker's registry record and occupancy as Status reports them; ValueError for out-of-range numbers."""
+    caps = w.record.capabilities
+    return scheduler_pb2.WorkerStatus(
+        worker_id=w.record.worker_id, kind=_KINDS.get(w.record.kind, common_pb2.DEVICE_KIND_UNSPECIFIED),
+        kind_name=w.record.kind, roles=ordered_roles(caps.roles), decode_class=caps.decode_class,
+        backend=w.record.backend, emulated=bool(w.record.emulated), device_name=w.record.device_name,
+        address=w.record.address, pid=w.record.pid, healthy=w.healthy, slots=w.record.slots,
+        active_requests=w.active, kv_capacity_bytes=w.record.kv_capacity_bytes,
+        kv_free_bytes=w.record.kv_free_bytes, model=w.record.model, http_address=w.record.http_address,
+        kv_tokens_required=bool(w.record.kv_tokens_required),
+        kv_transports=[t for t in w.record.kv_transports.split(",") if t],
+        host_identity=w.record.host_identity,
+        worker_active_requests=w.record.worker_active_requests, kv_held_bytes=w.record.kv_held_bytes,
+        expiring_requests=w.record.expiring_requests)
 
 
 def redis_status(registry: Registry) -> scheduler_pb2.RedisStatus:

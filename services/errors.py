@@ -121,6 +121,28 @@ class Unauthenticated(GlitchesError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class WorkerLost(Unavailable):
+    """A worker died, froze or vanished during a request (its call failed UNAVAILABLE, its stream stalled or
+    ended early): the request can continue on another worker. `worker_id` names the one lost."""
+
+    def __init__(self, message: str, worker_id: str = "", **kwargs):
+        super().__init__(message, **kwargs)
+        self.worker_id = worker_id
+
+
+class KvRefused(GlitchesError):
+    """A decode worker refused a request's KV: no room for it now (RESOURCE_EXHAUSTED) or a KV token it would
+    not take (PERMISSION_DENIED). Nothing moved: the request can try another decode worker."""
+
+    def __init__(self, message: str, worker_id: str = "", **kwargs):
+        super().__init__(message, **kwargs)
+        self.worker_id = worker_id
+
+
+class WorkerFull(ResourceExhausted):
+    """A worker has no slot or KV free for the request now (a GPU refusing GPU assist): place it again shortly."""
+
+
 # The one table from a status code to its error class; codes not here become the base class.
 _CLASS_OF_CODE: dict[grpc.StatusCode, type[GlitchesError]] = {cls.status_code: cls for cls in (
     InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, PermissionDenied, ResourceExhausted,

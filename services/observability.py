@@ -14,6 +14,7 @@ from services.errors import Unavailable
 from services.http_side import HttpSide, Readiness
 from services.registry import Registry
 from services.settings import DaemonSettings
+from services.worker_caps import ROLE_DECODE
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class OccupancyCollector:
             active.add_metric(values, w.active)
             slots.add_metric(values, w.record.slots)
             healthy.add_metric(values, 1 if w.healthy else 0)
-            if w.record.kind == "fpga":
+            if ROLE_DECODE in w.record.capabilities.roles:  # the workers KV is sent to
                 kv_free.add_metric(values, w.record.kv_free_bytes)
         return [active, slots, healthy, kv_free]
 

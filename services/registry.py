@@ -36,6 +36,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 
 from services.errors import Unavailable
 from services.redis_connect import connect, retry_policy
+from services.worker_caps import Capabilities, SkipLog, capabilities_of
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,14 @@ class _ScriptReadOnly(ReadOnlyError):
 
 @dataclass
 class WorkerRecord:
-    """What a worker publishes about itself (strings and ints only: it is a Redis hash)."""
+    """What a worker publishes about itself (strings and ints only: it is a Redis hash).
+
+    `kind` is a free-form name; what the worker can do is in `roles` and `decode_class`
+    (services/worker_caps.py), with slots, KV geometry, free KV and the KV transports.
+    """
 
     worker_id: str
-    kind: str  # "gpu" or "fpga"
+    kind: str  # free-form: "gpu", "fpga", or another device package's name
     backend: str  # "cuda", "cpu", "emu", "xrt"
     emulated: int  # 1 when no real accelerator is behind it
     device_name: str
@@ -144,9 +149,16 @@ class WorkerRecord:
     kv_held_bytes: int = 0  # KV bytes it holds for requests
     expiring_requests: int = 0  # held requests not decoding: freed unless renewed (services/kv_holds.py)
     assist_active: int = 0  # GPU workers: GPU-assist requests held now (at most `slots`)
+    roles: str = ""  # comma-separated, services.worker_caps.ROLES; "" (an older worker): its built-in kind's
+    decode_class: int = 0  # with the decode role: preference, lower first (worker_caps.DECODE_CLASS_*); else 0
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return capabilities_of(self.kind, self.roles, self.decode_class)
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> WorkerRecord:
+        """The record of a registry hash; ValueError, TypeError or UnicodeDecodeError for a malformed one."""
         values = {k.decode(): v.decode() for k, v in raw.items()}
         kwargs = {}
         for f in fields(cls):
@@ -177,6 +189,7 @@ class Registry:
         self._claim_alive = self.redis.register_script(_CLAIM_ALIVE)
         self._release = self.redis.register_script(_RELEASE)
         self._sweep_expired = self.redis.register_script(_SWEEP_EXPIRED)
+        self._malformed = SkipLog(log, "malformed registry record")
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -250,21 +263,37 @@ class Registry:
                 pipe.hgetall(self._key("worker", worker_id))
                 pipe.exists(self._key("alive", worker_id))
             pipe.hgetall(self._key("active"))
-            results = pipe.execute()
-            active = {k.decode(): int(v) for k, v in results[-1].items()}
+            results = pipe.execute(raise_on_error=False)  # a key of the wrong type fails its command only
+            active = self._active_counts(results[-1])
             states = []
             for i, worker_id in enumerate(ids):
                 raw, alive = results[2 * i], results[2 * i + 1]
                 if not raw:
                     continue
                 try:
+                    if isinstance(raw, Exception):  # e.g. WRONGTYPE: a string where the hash should be
+                        raise ValueError(str(raw))
                     record = WorkerRecord.from_hash(raw)
                 except (ValueError, TypeError, UnicodeDecodeError) as error:  # a stray or half-written record
-                    log.warning("skipping malformed registry record %s: %s", worker_id, error)
+                    self._malformed.skip(worker_id, str(error))
                     continue
-                states.append(WorkerState(record, bool(alive), active.get(worker_id, 0)))
+                self._malformed.usable(worker_id)
+                states.append(WorkerState(record, alive is True or alive == 1, active.get(worker_id, 0)))
             return states
         return self._call("list workers", read)
+
+    def _active_counts(self, raw) -> dict[str, int]:
+        """P:active as id -> count; a malformed entry (or hash) counts as 0, logged once."""
+        if isinstance(raw, Exception):
+            self._malformed.skip("P:active", str(raw))
+            return {}
+        counts = {}
+        for key, value in raw.items():
+            try:
+                counts[key.decode()] = int(value)
+            except (ValueError, UnicodeDecodeError) as error:
+                self._malformed.skip(f"P:active[{key!r}]", str(error))
+        return counts
 
     def claim_first_free(self, request_id: str, role: str, candidates: list[str]) -> str | None:
         """Atomically take a slot on the first alive candidate below its slot count."""

@@ -140,7 +140,7 @@ class Node:
         snapshot = ClusterSnapshot(tuple(d.view() for d in self.gpus + self.fpgas))
         placement = place(snapshot, PlacementRequest(rec.prompt_tokens, rec.output_tokens, int(kv)))
         prefill = self.devices[placement.prefill_worker]
-        decoder = self.devices[placement.fpga_candidates[0]] if placement.fpga_candidates else prefill
+        decoder = self.devices[placement.decode_candidates[0]] if placement.decode_candidates else prefill
         self._start(rec, done, prefill, decoder, kv)
         return True
 

@@ -116,9 +116,12 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "kind", "backend", "emulated", "device_name", "address", "pid", "healthy", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "model", "http_address", "kv_tokens_required", "kv_transports", "host_identity", "worker_active_requests", "kv_held_bytes", "expiring_requests")
+    __slots__ = ("worker_id", "kind", "kind_name", "roles", "decode_class", "backend", "emulated", "device_name", "address", "pid", "healthy", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "model", "http_address", "kv_tokens_required", "kv_transports", "host_identity", "worker_active_requests", "kv_held_bytes", "expiring_requests")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    KIND_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_CLASS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     EMULATED_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +142,9 @@ class WorkerStatus(_message.Message):
     EXPIRING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kind: _common_pb2.DeviceKind
+    kind_name: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    decode_class: int
     backend: str
     emulated: bool
     device_name: str
@@ -157,7 +163,7 @@ class WorkerStatus(_message.Message):
     worker_active_requests: int
     kv_held_bytes: int
     expiring_requests: int
-    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., worker_active_requests: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., expiring_requests: _Optional[int] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., kind_name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., decode_class: _Optional[int] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., worker_active_requests: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., expiring_requests: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("model", "workers", "scheduler_active_requests", "redis")
