@@ -69,3 +69,13 @@ def test_python_dash_m_glitches_lists_every_command():
     for command in ("scheduler", "gpu-worker", "fpga-worker", "up", "generate", "status", "certs", "fpga-timing",
                     "simulate", "deploy", "bench", "profile", "gateway"):
         assert f"  {command} " in run.stdout
+
+
+def test_status_table_names_each_workers_roles_and_decode_class():
+    from types import SimpleNamespace
+
+    from glitches.cli_client import _roles
+
+    assert _roles(SimpleNamespace(roles=("prefill", "assist"), decode_class=0)) == "prefill,assist"
+    assert _roles(SimpleNamespace(roles=("decode",), decode_class=10)) == "decode(class 10)"
+    assert _roles(SimpleNamespace(roles=(), decode_class=0)) == "-"
