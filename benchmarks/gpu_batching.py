@@ -86,10 +86,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     source = models.resolve_model(models.DEFAULT_MODEL)
+    # the scheduler admits --max-active requests at once (default 24): let every request of the largest
+    # concurrency run, so no request waits in the scheduler's queue for another to finish
+    admit = ("--max-active", str(max(args.concurrency)))
     if args.mode == "assist":
-        spec = ClusterSpec(fpga_workers=0, port=0, gpu_slots=max(args.concurrency))
+        spec = ClusterSpec(fpga_workers=0, port=0, gpu_slots=max(args.concurrency), scheduler_args=admit)
     elif "gpu_slots" in ClusterSpec.__dataclass_fields__:  # with slot enforcement: room for every request
-        spec = ClusterSpec(port=0, gpu_slots=max(args.concurrency))
+        spec = ClusterSpec(port=0, gpu_slots=max(args.concurrency), scheduler_args=admit)
     else:  # the code before batching: GPU assist was not limited
         spec = ClusterSpec(port=0)
     reference = None

@@ -85,7 +85,11 @@ def test_echo_scores_token_id_prompts_with_max_tokens_zero(gateway_cluster, refe
     assert reply.usage.completion_tokens == 0 and reply.usage.prompt_tokens == sum(map(len, prompts))
     one = gateway_cluster["oai"].completions.create(model=MODEL, prompt=prompts[0], max_tokens=1, echo=True,
                                                     logprobs=1, temperature=0)
-    assert one.choices[0].logprobs.token_logprobs[:-1] == reply.choices[0].logprobs.token_logprobs
+    # the same prompt scored alone and packed beside another one in the GPU worker's step: the same values up
+    # to float summation order (batching), well inside TOLERANCE
+    alone, packed = one.choices[0].logprobs.token_logprobs[:-1], reply.choices[0].logprobs.token_logprobs
+    assert alone[0] is None and packed[0] is None and len(alone) == len(packed)
+    assert all(abs(a - b) < TOLERANCE for a, b in zip(alone[1:], packed[1:]))
     assert len(one.choices[0].logprobs.tokens) == len(prompts[0]) + 1 and one.usage.completion_tokens == 1
     streamed = list(gateway_cluster["oai"].completions.create(model=MODEL, prompt=prompts[1], max_tokens=0,
                                                               echo=True, logprobs=1, stream=True))
