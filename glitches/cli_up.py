@@ -136,6 +136,8 @@ def run_up(options: UpOptions) -> None:
         cluster.wait_ready()
         if cluster.gateway_url:
             click.echo(f"gateway {cluster.gateway_url}")  # OpenAI-compatible: base_url = this + /v1
+        with Client(cluster.address, api_key=cluster.spec.api_key or None, tls=cluster.client_tls()) as client:
+            _show_workers(client)
         click.echo(f"ready {cluster.address}" + (" tls" if tls_dir else ""), err=False)
         sys.stdout.flush()
         if options.prompt is not None:
@@ -147,6 +149,19 @@ def run_up(options: UpOptions) -> None:
         click.echo("stopping ...", err=True)
         cluster.stop()
         click.echo("stopped", err=True)
+
+
+def _show_workers(client: Client) -> None:
+    """One line per worker: what it is and whether a software stand-in plays the device (no card, no GPU)."""
+    try:
+        workers = client.status().workers
+    except ServiceError as error:  # the cluster is ready; a failed listing must not stop it
+        click.echo(f"workers: not listed ({error})", err=True)
+        return
+    for w in workers:
+        stand_in = " EMULATED: a software stand-in, not the device" if w.emulated else ""
+        click.echo(f"worker {w.worker_id} {w.kind} backend={w.backend} roles={','.join(w.roles) or '-'}{stand_in}",
+                   err=True)
 
 
 def _up_access(api_keys_file: str, gateway_api_keys_file: str, per_client: float, per_user: float) -> dict:
