@@ -105,7 +105,6 @@ def status_cmd(as_json, address, **tls) -> None:
             click.echo(f"warning: {w.worker_id} accepts KV transfers without a token (no KV token secret set)")
 
 
-
 def _roles(worker) -> str:
     """e.g. "prefill,assist" or "decode(class 10)": what placement may use the worker for."""
     roles = ",".join(worker.roles) or "-"

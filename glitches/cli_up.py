@@ -138,12 +138,11 @@ def run_up(options: UpOptions) -> None:
             click.echo(f"gateway {cluster.gateway_url}")  # OpenAI-compatible: base_url = this + /v1
         with Client(cluster.address, api_key=cluster.spec.api_key or None, tls=cluster.client_tls()) as client:
             _show_workers(client)
-        click.echo(f"ready {cluster.address}" + (" tls" if tls_dir else ""), err=False)
-        sys.stdout.flush()
-        if options.prompt is not None:
-            with Client(cluster.address, api_key=cluster.spec.api_key or None, tls=cluster.client_tls()) as client:
+            click.echo(f"ready {cluster.address}" + (" tls" if tls_dir else ""), err=False)
+            sys.stdout.flush()
+            if options.prompt is not None:
                 print_stream(client, options.prompt, dict(max_tokens=options.max_tokens, chat=True))
-        else:
+        if options.prompt is None:
             stop.wait()
     finally:
         click.echo("stopping ...", err=True)
