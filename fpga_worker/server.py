@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
-from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
+from fpga_worker.kv_intake_rpcs import KvIntakeRpcs
+from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S
 from fpga_worker.settings import FpgaWorkerSettings
-from services import grammar, metrics, models, nixl_loader
+from services import grammar, models
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
 from services.host_identity import host_identity
@@ -21,7 +21,7 @@ from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 
-class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
+class FpgaWorkerServicer(KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
     def __init__(self, backend: DecodeBackend, tokenizer, worker_id: str, model_name: str, slots: int,
                  kv_tokens: KvTokenVerifier | None = None, kv_transport: str = "auto",
                  limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64),
@@ -30,15 +30,7 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
         """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream."""
         self.holds = holds or KvHolds(3600.0, lambda request_id: None)  # the worker's record of what it holds
         self.backend = backend
-        self.header_s, self.stall_s, max_streams = limits
-        self.kv_streams = StreamBudget(max_streams)
-        self.kv_transports = accepted_transports(backend, kv_transport)
-        self.nixl = None  # fpga_worker.kv_nixl.NixlKvReceiver when nixl is accepted
-        if "nixl" in self.kv_transports:
-            from fpga_worker.kv_nixl import NixlKvReceiver
-
-            self.nixl = NixlKvReceiver(backend.kv_memory(), worker_id or "fpga")
-        self._placed_via: dict[str, str] = {}  # request id -> transport, while its TransferKVPlaced runs
+        self.setup_kv_intake(backend, worker_id or "fpga", kv_transport, limits)
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.slots = slots
@@ -68,82 +60,20 @@ class FpgaWorkerServicer(worker_pb2_grpc.WorkerServicer):
             active_requests=len(self.backend.active_requests()), kv_capacity_bytes=facts.kv_capacity_bytes,
             kv_free_bytes=self.backend.kv_free_bytes(), kv_bytes_per_token=self.backend.geometry().bytes_per_token,
             pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None, kv_transports=self.kv_transports,
-            host_identity=host_identity(), shm_segment=self._shm_path(),
+            host_identity=host_identity(), shm_segment=self.shm_path(),
             nixl_agent=self.nixl.name if self.nixl is not None else "",
             kv_held_bytes=facts.kv_capacity_bytes - self.backend.kv_free_bytes(),
             expiring_requests=self.holds.summary().expiring, kv_hold_ttl_s=self.holds.ttl_s,
             request_auth_required=isinstance(self.auth, RequestAuthVerifier))
 
-    def _shm_path(self) -> str:
-        memory = self.backend.kv_memory() if "shm" in self.kv_transports else None
-        return memory.shm_path if memory is not None else ""
+    def _intake(self) -> DecodeBackend:
+        return self.backend  # the daemon wraps it (slots, holds, notices) after construction
 
     def Info(self, request, context):
         return self.info()
 
     def Prefill(self, request, context):
         raise FailedPrecondition("FPGA workers do not run prefill; send Prefill to a GPU worker")
-
-    def _authorize(self, header: worker_pb2.KvHeader) -> None:
-        if self.kv_tokens is not None:
-            self.kv_tokens.check(header.kv_token, header.request_id, self.worker_id)
-
-    def TransferKV(self, request_iterator, context):
-        with self.kv_streams.slot():  # RESOURCE_EXHAUSTED at once beyond the budget
-            messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
-            received = kv_receiver.receive(self.backend, messages, self._authorize)
-        metrics.KV_RECEIVED_BYTES.inc(received.kv_bytes)
-        return worker_pb2.TransferKVResponse(kv_bytes=received.kv_bytes,
-                                             layer_received_unix_s=received.layer_received_unix_s)
-
-    def _place(self, header: worker_pb2.KvHeader, request_id: str) -> worker_pb2.KvPlacement:
-        transport = header.kv_transport
-        if transport not in self.kv_transports or transport == "grpc":
-            raise FailedPrecondition(f"this worker takes KV by {', '.join(self.kv_transports)}; "
-                                     f"TransferKVPlaced needs shm or nixl, got {transport or 'none'!r}")
-        if transport == "shm" and header.host_identity != host_identity():
-            raise FailedPrecondition("transport shm needs the sender on this worker's host (and /dev/shm); "
-                                     "the sender's host identity differs: use nixl or grpc")
-        memory, where = self.backend.kv_memory(), self.backend.placement(request_id)
-        plan = where.plan
-        placement = worker_pb2.KvPlacement(
-            kv_transport=transport, kv_offset=where.kv_offset, channel_bytes=memory.channel_bytes,
-            region_bytes_per_channel=plan.region_bytes_per_channel, capacity_tokens=plan.capacity_tokens,
-            num_layers=plan.num_layers, kv_heads=plan.kv_heads, head_dim=plan.head_dim,
-            dtype=str(where.dtype).removeprefix("torch."), shm_path=memory.shm_path,
-            shm_bytes=memory.memory.numel())
-        self._placed_via[request_id] = transport
-        if transport == "nixl":  # exactly the request's region: NIXL refuses WRITEs anywhere else
-            placement.nixl_agent_metadata = self.nixl.register(request_id, where.kv_offset,
-                                                               plan.region_bytes_per_channel)
-            placement.nixl_agent_name, placement.nixl_base_address = self.nixl.name, self.nixl.base_address
-        return placement
-
-    def _landed(self, request_id: str, layer: int, tokens: int) -> None:
-        if self._placed_via.get(request_id) == "nixl":
-            self.nixl.wait_written(request_id, layer)  # its WRITE's notification, or INVALID_ARGUMENT
-
-    def TransferKVPlaced(self, request_iterator, context):
-        with self.kv_streams.slot():
-            placed: list[str] = []  # the request id, once reserved and placed
-
-            def place(header: worker_pb2.KvHeader, request_id: str) -> worker_pb2.KvPlacement:
-                placed.append(request_id)
-                return self._place(header, request_id)
-
-            messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
-            replies = kv_receiver.receive_placed(self.backend, messages, self._authorize, place, self._landed)
-            try:
-                for reply in replies:
-                    if reply.WhichOneof("body") == "done":
-                        metrics.KV_RECEIVED_BYTES.inc(reply.done.kv_bytes)
-                    yield reply
-            finally:
-                replies.close()  # a sender that went away: the receiver releases the reservation
-                for request_id in placed:  # whatever the outcome, no NIXL registration outlives its stream
-                    self._placed_via.pop(request_id, None)
-                    if self.nixl is not None:
-                        self.nixl.deregister(request_id)
 
     def Decode(self, request, context):
         self.auth.check(request.auth_token, "decode", request.request_id)
@@ -198,21 +128,6 @@ def backend_vocab(backend: DecodeBackend, tokenizer) -> int:
     if image is not None:
         return int(image.dims.vocab)
     return len(tokenizer)
-
-
-def accepted_transports(backend: DecodeBackend, wanted: str) -> list[str]:
-    """The KV transports this worker takes, best first: grpc always; shm where the card's memory is a
-    shared segment; nixl where the card exposes its KV memory and NIXL imports."""
-    memory = backend.kv_memory()
-    available = ["shm"] if memory is not None and memory.shm_path else []
-    if memory is not None and nixl_loader.available():
-        available.append("nixl")
-    if wanted == "auto":
-        return available + ["grpc"]
-    if wanted != "grpc" and wanted not in available:
-        raise FailedPrecondition(f"--kv-transport {wanted}: this backend cannot take KV that way "
-                                 f"(available: {', '.join(available + ['grpc'])})")
-    return ([wanted] if wanted != "grpc" else []) + ["grpc"]
 
 
 def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> DecodeBackend:
