@@ -148,8 +148,20 @@ def scheduler_cmd(**kwargs) -> None:
               help="Tokens per batched forward pass (decodes + prefill chunks; longer prompts are chunked).")
 @click.option("--compile-decode", is_flag=True, envvar=env_var("compile-decode"),
               help="torch.compile the decode steps (meant for CUDA; untested there).")
+@click.option("--roles", default="prefill,assist", envvar=env_var("gpu-roles"), show_default=True,
+              help="What it does, comma-separated: prefill, assist (decode what it prefilled), decode (take KV "
+                   "from another GPU worker's prefill and decode it, as an FPGA does).")
+@click.option("--kv-staging-gib", default=2.0, type=float, envvar=env_var("kv-staging-gib"), show_default=True,
+              help="Decode role: host staging for KV arriving, GiB (a sparse shared-memory segment).")
+@click.option("--kv-header-timeout-s", default=2.0, type=float, envvar=env_var("kv-header-timeout-s"),
+              show_default=True, help="Decode role: a KV stream's header must arrive within this (at most 2 s).")
+@click.option("--kv-stall-timeout-s", default=30.0, type=float, envvar=env_var("kv-stall-timeout-s"),
+              show_default=True, help="Decode role: longest gap between two messages of one KV stream, seconds.")
+@click.option("--max-kv-streams", default=64, type=int, envvar=env_var("max-kv-streams"), show_default=True,
+              help="Decode role: KV streams received at once (more: RESOURCE_EXHAUSTED at once).")
 def gpu_worker_cmd(**kwargs) -> None:
-    """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode."""
+    """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode; with --roles
+    decode, also (or only) a decode target for other GPU workers' prefills."""
     from gpu_worker.daemon import serve
     from gpu_worker.settings import GpuWorkerSettings
 

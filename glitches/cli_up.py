@@ -43,6 +43,8 @@ class UpOptions:
             raise click.UsageError("--gpu-workers must be at least 1 (prefill runs on GPU workers)")
         if self.cluster.fpga_workers < 0:
             raise click.UsageError("--fpga-workers must be >= 0")
+        if self.cluster.gpu_decode_workers < 0:
+            raise click.UsageError("--gpu-decode-workers must be >= 0")
         if self.cluster.redis_sentinels < 0:
             raise click.UsageError(f"--redis-sentinels must be >= 1 (0: no sentinels), got {self.cluster.redis_sentinels}")
         if self.cluster.redis_sentinels and self.cluster.redis_url:
@@ -59,6 +61,9 @@ class UpOptions:
 @click.command("up")
 @click.option("--gpu-workers", default=1, type=int, show_default=True)
 @click.option("--fpga-workers", default=2, type=int, show_default=True)
+@click.option("--gpu-decode-workers", default=0, type=int, show_default=True,
+              help="GPU workers started with --roles decode: decode targets for the prefilling GPUs, as FPGAs are "
+                   "(placement prefers FPGAs, then these, then GPU assist).")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
 @click.option("--port", default=50051, type=int, show_default=True, help="Scheduler port (0: any free port).")
 @click.option("--redis-url", default="", help="Use this Redis instead of starting a private redis-server.")

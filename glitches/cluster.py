@@ -78,6 +78,7 @@ class ClusterSpec:
     fpga_slots: int = 1
     kv_transport: str = "auto"  # every worker's --kv-transport
     gpu_slots: int = 4  # GPU-assist decodes each GPU worker accepts
+    gpu_decode_workers: int = 0  # GPU workers started with --roles decode (decode targets, as FPGAs; no prefill)
     threads_per_worker: int = 0  # 0 = split the CPUs between workers
     gateway_port: int | None = None  # also start the OpenAI-compatible HTTP gateway (0 = any free port)
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -211,7 +212,7 @@ class LocalCluster:
         if not self.redis_url:
             self._start_redis()
         cpus = os.cpu_count() or 1
-        workers = self.spec.gpu_workers + self.spec.fpga_workers
+        workers = self.spec.gpu_workers + self.spec.fpga_workers + self.spec.gpu_decode_workers
         threads = self.spec.threads_per_worker or max(1, cpus // max(1, workers))
         scheduler_port = self.spec.port or free_port()
         self.address = f"127.0.0.1:{scheduler_port}"
@@ -220,6 +221,10 @@ class LocalCluster:
             # prefill is compute-bound: a GPU worker may use every core
             self._daemon(f"gpu-{i}", "gpu-worker", "--worker-id", f"gpu-{i}", "--threads",
                          str(self.spec.threads_per_worker or cpus), "--kv-transport", self.spec.kv_transport,
+                         "--slots", str(self.spec.gpu_slots))
+        for i in range(self.spec.gpu_decode_workers):
+            self._daemon(f"gpu-decode-{i}", "gpu-worker", "--worker-id", f"gpu-decode-{i}", "--roles", "decode",
+                         "--threads", str(threads), "--kv-transport", self.spec.kv_transport,
                          "--slots", str(self.spec.gpu_slots))
         for i in range(self.spec.fpga_workers):
             extra = ["--hbm-bytes", str(self.spec.fpga_hbm_bytes)] if self.spec.fpga_hbm_bytes else []
@@ -295,7 +300,7 @@ class LocalCluster:
         from glitches.client import Client
         from glitches.errors import GlitchesError
 
-        expected = self.spec.gpu_workers + self.spec.fpga_workers
+        expected = self.spec.gpu_workers + self.spec.fpga_workers + self.spec.gpu_decode_workers
         deadline = time.monotonic() + timeout_s
         with Client(self.address, timeout_s=5, api_key=self.spec.api_key or None, tls=self.client_tls()) as client:
             while time.monotonic() < deadline:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fpga_worker.held_backend import HeldBackend
 from gpu_worker.engine import GpuEngine
+from gpu_worker.kv_intake import GpuKvIntake
 from gpu_worker.kv_budget import BLOCK_TOKENS
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
 from services import metrics, models, worker_runtime
 from services.kv_holds import KvHolds
+from services.kv_token import KvTokenVerifier
 from services.observability import watch_cuda_device
 from services.request_auth import OpenAccess, RequestAuthVerifier
 from services.stubs.glitches.v1 import worker_pb2
+from services.worker_caps import ROLE_DECODE
 from services.worker_record import KvBlocks
 
 
@@ -26,9 +30,22 @@ class GpuDevice(worker_runtime.WorkerDevice):
         settings = self.settings
         source = models.resolve_model(settings.model)
         self.engine = GpuEngine(settings, source)
-        self.holds = KvHolds(settings.kv_hold_ttl_s, self.engine.release).start()  # frees GPU-assist KV nobody renews
-        self.servicer = GpuWorkerServicer(self.engine, "", source.name, settings.tls(), self.holds, auth)
+        roles = settings.role_set()
+        self.intake = None
+        release = self.engine.release
+        if ROLE_DECODE in roles:  # KV from other GPU workers' prefills lands in a staging segment, then our blocks
+            self.intake = GpuKvIntake(self.engine, int(settings.kv_staging_gib * 2**30), settings.worker_id or "gpu")
+            release = self.intake.release
+        self.holds = KvHolds(settings.kv_hold_ttl_s, release).start()  # frees held KV nobody renews
+        # received KV is held from its header on, and expires once complete unless renewed (as on an FPGA)
+        intake = HeldBackend(self.intake, 1 << 30, self.holds) if self.intake is not None else None
+        kv_tokens = KvTokenVerifier(settings.kv_token_secret) if settings.kv_token_secret else None
+        self.servicer = GpuWorkerServicer(self.engine, "", source.name, settings.tls(), self.holds, auth, roles,
+                                          intake, kv_tokens)
         return self.servicer
+
+    def grpc_threads(self) -> int:
+        return 32 + (self.settings.max_kv_streams if self.intake is not None else 0)
 
     def attach(self, poke: Callable[[], None]) -> KvHolds:
         if "nixl" in self.servicer._sends():  # start the NIXL agent now, not during the first transfer
@@ -53,8 +70,10 @@ class GpuDevice(worker_runtime.WorkerDevice):
         metrics.GPU_ASSIST_ACTIVE.set_function(engine.requests.assist_active)
         watch_cuda_device(self.role, engine.device)
 
+
     def ready_details(self) -> str:
-        return f"device={self.engine.device} dtype={self.engine.dtype}"
+        return (f"device={self.engine.device} dtype={self.engine.dtype} roles={self.settings.roles}"
+                + (f" kv_transports={','.join(self.servicer.kv_transports)}" if self.intake is not None else ""))
 
 
 def serve(settings: GpuWorkerSettings) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from fpga_worker.backend import DecodeBackend
+from fpga_worker.kv_intake_rpcs import KvIntakeRpcs
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_budget import BLOCK_TOKENS
 from gpu_worker.kv_transport import TransportChooser, sender_transports
@@ -15,15 +17,32 @@ from services.errors import FailedPrecondition, InvalidArgument
 from services.kv_holds import KvHolds, renew_rpc
 from services.request_auth import OpenAccess, RequestAuthVerifier
 from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
-from services.worker_caps import ROLE_ASSIST, ROLE_PREFILL
+from services.kv_token import KvTokenVerifier
+from services.worker_caps import DECODE_CLASS_GPU, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL, ordered_roles
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 
-class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
+class GpuWorkerServicer(KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
+    """roles (services.worker_caps): prefill, assist (GPU assist) and decode (KV from another worker's prefill,
+    through `intake`, gpu_worker/kv_intake.py, which the decode role needs)."""
+
     def __init__(self, engine: GpuEngine, worker_id: str, model_name: str, tls: TlsConfig = PLAINTEXT,
-                 holds: KvHolds | None = None, auth: RequestAuthVerifier | OpenAccess | None = None):
+                 holds: KvHolds | None = None, auth: RequestAuthVerifier | OpenAccess | None = None,
+                 roles: frozenset[str] = frozenset({ROLE_PREFILL, ROLE_ASSIST}), intake: DecodeBackend | None = None,
+                 kv_tokens: KvTokenVerifier | None = None):
         self.engine = engine
+        self.roles = roles
+        self.intake = intake  # with ROLE_DECODE: where received KV lands (may be wrapped for holds by the daemon)
+        self.kv_tokens = kv_tokens  # None: KV transfers into this worker are unauthenticated
+        if ROLE_DECODE in roles and intake is None:
+            raise FailedPrecondition("a GPU worker with the decode role needs a KV intake")
+        if intake is not None:
+            settings = engine.settings
+            self.setup_kv_intake(intake, "gpu", settings.kv_transport,
+                                 (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams))
+        else:
+            self.kv_transports, self.nixl = [], None
         # GPU-assist KV: freed when no scheduler renews it; the reaper releases through the engine
         self.holds = holds or KvHolds(3600.0, engine.release)
         self.auth = auth or OpenAccess()  # per-request authorisation of Prefill, Decode, Release, RenewKvHolds
@@ -50,11 +69,14 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         budget = engine.budget
         return worker_pb2.InfoResponse(
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
-            kind_name="gpu", roles=[ROLE_PREFILL, ROLE_ASSIST],
+            kind_name="gpu", roles=ordered_roles(self.roles),
+            decode_class=DECODE_CLASS_GPU if ROLE_DECODE in self.roles else 0,
             emulated=engine.device == "cpu", device_name=_device_name(engine.device), model=self.model_name,
             slots=engine.settings.slots, active_requests=engine.active_requests(),
-            kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(), kv_transports=self._sends(),
-            host_identity=host_identity(), kv_held_bytes=held.kv_bytes,
+            kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(), kv_transports=self.kv_transports or self._sends(),
+            host_identity=host_identity(), shm_segment=self.shm_path() if self.intake is not None else "",
+            nixl_agent=self.nixl.name if self.nixl is not None else "",
+            kv_tokens_required=self.intake is not None and self.kv_tokens is not None, kv_held_bytes=held.kv_bytes,
             expiring_requests=held.expiring, kv_hold_ttl_s=self.holds.ttl_s,
             request_auth_required=isinstance(self.auth, RequestAuthVerifier),
             kv_capacity_bytes=budget.total_blocks * budget.block_bytes,
@@ -62,7 +84,8 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             kv_block_tokens=BLOCK_TOKENS, gpu_assist_requests=engine.requests.assist_active())
 
     def _sends(self) -> list[str]:
-        """What this worker sends KV with (its --kv-transport, or every one it can)."""
+        """What this worker sends KV with (its --kv-transport, or every one it can); Info lists it when the
+        worker takes no KV (with the decode role Info lists what it accepts, which senders read)."""
         wanted = self.engine.settings.kv_transport
         return list(sender_transports()) if wanted == "auto" else [wanted]
 
@@ -73,6 +96,12 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
         if not request.request_id:
             raise InvalidArgument("request_id is empty")
         self.auth.check(request.auth_token, "prefill", request.request_id)
+        if ROLE_PREFILL not in self.roles:
+            raise FailedPrecondition(f"worker {self.worker_id} runs without the prefill role (--roles "
+                                     f"{','.join(ordered_roles(self.roles))}); send Prefill to another GPU worker")
+        if not request.target.address and ROLE_ASSIST not in self.roles:
+            raise FailedPrecondition(f"worker {self.worker_id} runs without the assist role: it prefills only for "
+                                     "a decode target (Prefill needs target.address)")
         sampling = Sampling.from_proto(request.sampling)
         check_sampling(sampling)
         if sampling.max_new_tokens < 1:
@@ -100,8 +129,11 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
             prompt_logprobs=[logprob_to_proto(r) for r in result.prompt_logprobs],
             kv_transport=result.kv_transport)
 
-    def TransferKV(self, request_iterator, context):
-        raise FailedPrecondition("GPU workers do not receive KV; send it to an FPGA worker")
+    def _intake(self) -> DecodeBackend:
+        if self.intake is None:
+            raise FailedPrecondition(f"worker {self.worker_id} runs without the decode role, so it takes no KV; "
+                                     "send it to a decode worker (an FPGA, or a GPU worker with --roles decode)")
+        return self.intake
 
     def Decode(self, request, context):
         self.auth.check(request.auth_token, "decode", request.request_id)
@@ -125,7 +157,8 @@ class GpuWorkerServicer(worker_pb2_grpc.WorkerServicer):
     def Release(self, request, context):
         self.auth.check(request.auth_token, "release", request.request_id)
         self.holds.forget(request.request_id)
-        return worker_pb2.ReleaseResponse(released=self.engine.release(request.request_id))
+        released = self.intake.release(request.request_id) if self.intake is not None else False
+        return worker_pb2.ReleaseResponse(released=self.engine.release(request.request_id) or released)
 
     def RenewKvHolds(self, request, context):
         return renew_rpc(self.holds, self.auth, request)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from services.errors import InvalidArgument
 from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
 from services.settings import DaemonSettings
+from services.worker_caps import ROLE_ASSIST, ROLE_PREFILL, ROLES
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -25,6 +26,11 @@ class GpuWorkerSettings(DaemonSettings):
     kv_wait_s: float = 60.0  # how long a prefill streaming to an FPGA waits for KV blocks, seconds
     max_batch_tokens: int = 512  # tokens per forward pass: decodes + prefill chunks (long prompts are chunked)
     compile_decode: bool = False  # torch.compile the decode-only steps (for CUDA; untested there)
+    roles: str = "prefill,assist"  # comma-separated services.worker_caps roles; "decode": takes KV from other GPUs
+    kv_staging_gib: float = 2.0  # decode role: host staging segment for KV arriving, GiB (sparse: only what is written)
+    kv_header_timeout_s: float = 2.0  # decode role: a KV stream's header must arrive within this, seconds
+    kv_stall_timeout_s: float = 30.0  # decode role: longest gap between two messages of one KV stream, seconds
+    max_kv_streams: int = 64  # decode role: KV streams served at once
 
     def __post_init__(self):
         super().__post_init__()
@@ -41,8 +47,25 @@ class GpuWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--kv-memory-fraction must be in (0, 1], got {self.kv_memory_fraction}")
         if self.kv_cache_gib < 0:
             raise InvalidArgument(f"--kv-cache-gib must be >= 0 (0 = from --kv-memory-fraction), got {self.kv_cache_gib}")
+        roles = [r.strip() for r in self.roles.split(",") if r.strip()]
+        unknown = [r for r in roles if r not in ROLES]
+        if not roles or unknown:
+            raise InvalidArgument(f"--roles must be a comma-separated subset of {', '.join(ROLES)}, got {self.roles!r}")
+        if ROLE_ASSIST in roles and ROLE_PREFILL not in roles:
+            raise InvalidArgument("--roles: assist (decoding what this worker prefilled) needs prefill too")
+        if self.kv_staging_gib <= 0:
+            raise InvalidArgument(f"--kv-staging-gib must be positive, got {self.kv_staging_gib}")
+        if not 0 < self.kv_header_timeout_s <= 2.0:
+            raise InvalidArgument(f"--kv-header-timeout-s must be in (0, 2], got {self.kv_header_timeout_s}")
+        if self.kv_stall_timeout_s <= 0:
+            raise InvalidArgument(f"--kv-stall-timeout-s must be positive, got {self.kv_stall_timeout_s}")
+        if self.max_kv_streams < 1:
+            raise InvalidArgument(f"--max-kv-streams must be at least 1, got {self.max_kv_streams}")
         if self.max_batch_tokens < 1:
             raise InvalidArgument(f"--max-batch-tokens must be at least 1, got {self.max_batch_tokens}")
+
+    def role_set(self) -> frozenset[str]:
+        return frozenset(r.strip() for r in self.roles.split(",") if r.strip())
 
     def resolved_device(self) -> str:
         import torch

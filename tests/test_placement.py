@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from scheduler.placement import (ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView,
@@ -46,3 +48,20 @@ def test_nothing_free_leaves_the_request_waiting():
     snap = ClusterSnapshot((WorkerView("g0", GPU, 1, 1, 10**9, assist_active=1), WorkerView("f0", FPGA, 1, 1, 10**9)))
     decision = place(snap, req)
     assert decision.fpga_candidates == () and decision.gpu_assist_worker is None
+
+
+def test_fpga_first_then_decode_role_gpus_then_gpu_assist():
+    """The paper's order (issue #12 item 4): FPGAs, then GPUs started with --roles decode, then GPU assist."""
+    from services.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
+
+    decode_gpu = WorkerView("gd0", GPU, 4, 0, 10**9, roles=frozenset({ROLE_DECODE}), decode_class=DECODE_CLASS_GPU)
+    free = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 10**9), decode_gpu, WorkerView("f0", FPGA, 1, 0, 10**9)))
+    decision = place(free, REQ)
+    assert decision.prefill_worker == "g0"  # a decode-only GPU never prefills
+    assert decision.decode_candidates == ("f0", "gd0") and decision.gpu_assist_worker == "g0"
+    busy_fpga = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 10**9), decode_gpu, WorkerView("f0", FPGA, 1, 1, 10**9)))
+    assert place(busy_fpga, REQ).decode_candidates == ("gd0",)
+    full = replace(decode_gpu, active=4)
+    both_busy = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 10**9), full, WorkerView("f0", FPGA, 1, 1, 10**9)))
+    decision = place(both_busy, REQ)
+    assert decision.decode_candidates == () and decision.gpu_assist_worker == "g0"

@@ -1,0 +1,39 @@
+"""GPU->GPU disaggregation (issue #12 item 4) through the whole path: a cluster of one prefill GPU worker and one
+GPU worker started with --roles decode (`glitches up --gpu-decode-workers 1`), no FPGA. Every request prefills on
+gpu-0, its KV travels to gpu-decode-0 by the transport under test, and decodes there; the greedy tokens equal
+transformers' generate, a prompt >= 1,024 tokens included. shm (auto) runs in the default suite, nixl and grpc in
+the slow tier (a cluster each)."""
+
+from __future__ import annotations
+
+import pytest
+
+from glitches import Client
+from glitches.cluster import ClusterSpec, LocalCluster
+from services import models
+from services.registry import Registry
+from tests.conftest import REDIS_URL
+from tests.e2e.conftest import assert_idle
+from tests.e2e.test_correctness import LONG
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("transport", ["auto", pytest.param("nixl", marks=pytest.mark.slow),
+                                       pytest.param("grpc", marks=pytest.mark.slow)])
+def test_gpu_to_gpu_decode_equals_transformers(transport, reference, redis_prefix, tmp_path):
+    spec = ClusterSpec(gpu_workers=1, gpu_decode_workers=1, fpga_workers=0, model=models.DEFAULT_MODEL, port=0,
+                       redis_url=REDIS_URL, redis_prefix=redis_prefix, kv_transport=transport)
+    expected = "shm" if transport == "auto" else transport
+    with LocalCluster(spec, tmp_path) as cluster, Client(cluster.address, timeout_s=600) as client:
+        workers = {w.worker_id: w for w in client.status().workers}
+        assert set(workers["gpu-decode-0"].roles) == {"decode"} and "decode" not in workers["gpu-0"].roles
+        for prompt, max_tokens in (("The capital of France is", 12), ("Write a haiku about the sea.", 16),
+                                   (LONG, 6)):
+            result = client.generate(prompt, max_tokens=max_tokens)
+            assert list(result.token_ids) == reference["generate"](list(result.prompt_token_ids), max_tokens)
+            assert (result.decode_device, result.decode_worker, result.prefill_worker) == ("gpu", "gpu-decode-0",
+                                                                                          "gpu-0")
+            assert result.timings.kv_transport == expected and result.timings.kv_gbps > 0
+        assert len(result.prompt_token_ids) >= 1024
+        assert_idle(Registry(REDIS_URL, redis_prefix))
