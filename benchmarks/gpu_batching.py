@@ -48,16 +48,43 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
 
 
-def run_cluster(client: Client, texts: list[str], new_tokens: int) -> dict:
+def step_counters(http_address: str) -> dict[str, float]:
+    """The GPU worker's step-loop counters from its /metrics: seconds inside forward passes (all phases),
+    steps, and decode rows over all steps."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://{http_address}/metrics", timeout=10).read().decode()
+    out = dict(step_s=0.0, steps=0.0, decode_rows=0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "glitches_gpu_step_seconds_sum":
+                out["step_s"] += sample.value
+            elif sample.name == "glitches_gpu_step_seconds_count":
+                out["steps"] += sample.value
+            elif sample.name == "glitches_gpu_step_decode_requests_sum":
+                out["decode_rows"] += sample.value
+    return out
+
+
+def run_cluster(client: Client, texts: list[str], new_tokens: int, gpu_http: str = "") -> dict:
+    before = step_counters(gpu_http) if gpu_http else None
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
         results = list(pool.map(lambda p: client.generate(p, max_tokens=new_tokens), texts))
     wall = time.monotonic() - started
     tokens = sum(len(r.token_ids) for r in results)
     ttft = [r.timings.ttft_s for r in results]
-    return dict(tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, ttft_p50_s=percentile(ttft, 50),
-                ttft_p99_s=percentile(ttft, 99), devices=sorted({r.decode_device for r in results}),
-                prompt_ids=[list(r.prompt_token_ids) for r in results])
+    row = dict(tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, ttft_p50_s=percentile(ttft, 50),
+               ttft_p99_s=percentile(ttft, 99), devices=sorted({r.decode_device for r in results}),
+               prompt_ids=[list(r.prompt_token_ids) for r in results])
+    if before is not None:  # how much of the wall time the GPU worker spent in forward passes
+        after = step_counters(gpu_http)
+        steps = after["steps"] - before["steps"]
+        row.update(step_busy=(after["step_s"] - before["step_s"]) / wall, steps=int(steps),
+                   decodes_per_step=(after["decode_rows"] - before["decode_rows"]) / steps if steps else 0.0)
+    return row
 
 
 def run_reference(model, prompt_ids: list[list[int]], new_tokens: int, eos: set[int], pad: int) -> dict:
@@ -110,7 +137,8 @@ def main() -> None:
         for c in args.concurrency:
             for round_index in range(args.rounds):  # cluster then reference, alternating: same load for both halves
                 row = dict(concurrency=c, round=round_index, load_before=os.getloadavg()[0],
-                           cluster=run_cluster(client, prompts(c), args.new_tokens))
+                           cluster=run_cluster(client, prompts(c), args.new_tokens,
+                                                   cluster.http_addresses.get("gpu-0", "")))
                 if reference is not None:
                     model, eos, pad = reference
                     row["transformers_generate"] = run_reference(model, row["cluster"]["prompt_ids"],
@@ -129,6 +157,9 @@ def main() -> None:
                 f"->{row['load_after']:.1f}): cluster {c['tokens']} tokens in {c['wall_s']:.1f} s = "
                 f"{c['tokens_per_s']:.1f} tok/s, TTFT p50 {c['ttft_p50_s']:.2f} s p99 {c['ttft_p99_s']:.2f} s, "
                 f"decode on {c['devices']}")
+        if "step_busy" in c:
+            line += (f", GPU worker in forward passes {c['step_busy']:.0%} of the wall time, {c['steps']} steps, "
+                     f"{c['decodes_per_step']:.1f} decodes per step")
         if "ratio" in row:
             t = row["transformers_generate"]
             line += (f"; transformers generate {t['tokens']} tokens in {t['wall_s']:.1f} s = "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from gpu_worker.kv_budget import BLOCK_TOKENS, KvBudget
+from gpu_worker.kv_pool import KvPool
 from gpu_worker.kv_sender import KvTransferFailed, open_sender
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
 from gpu_worker.request_kv import RequestKv
@@ -81,8 +82,13 @@ class GpuEngine:
         self.max_context_tokens = self.config.max_position_embeddings
         block_bytes = BLOCK_TOKENS * self.kv_bytes_per_token
         self.budget = KvBudget(max(1, kv_budget_bytes(settings, self.device) // block_bytes), block_bytes)
+        # every request's KV in one tensor of the budget's blocks (allocated once; on the CPU stand-in only
+        # the pages written are backed), so a step's decodes read and write it with one op per layer
+        self.pool = KvPool(self.budget.total_blocks, self.num_layers, self.config.num_key_value_heads, self.head_dim,
+                           torch_dtype, self.device)
         self.requests = RequestTable(self.budget, settings.slots, lambda blocks: RequestKv(
-            blocks, self.num_layers, self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device))
+            blocks, self.num_layers, self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device,
+            self.pool))
         self.loop = StepLoop(self.model, self.device, settings.max_batch_tokens, self._compiled_decode(),
                              threads=settings.threads)
 

@@ -1,17 +1,21 @@
 """Attention over a packed batch: many requests' new tokens in one forward pass.
 
 The step loop runs the model on input_ids [1, T]: the new tokens of every request in the step
-laid end to end (a decode contributes 1 token, a prefill chunk n). Everything but attention is
-per token, so it batches as is; attention is per request. This module registers an attention
-implementation with transformers (ATTN_IMPLEMENTATION) that, given `glitches_batch` (a
-PackedBatch) in the forward's kwargs, for each segment:
+laid end to end (a decode contributes 1 token, a prefill chunk n), decodes first. Everything but
+attention is per token, so it batches as is; attention is per request. This module registers an
+attention implementation with transformers (ATTN_IMPLEMENTATION) that, given `glitches_batch` (a
+PackedBatch) in the forward's kwargs:
 
-1. writes the segment's fresh K/V into its request's own buffer (gpu_worker/request_kv.py);
-2. when the segment is the last chunk of a prefill with a layer hook, calls
-   hook(layer, key [1, H_kv, S, D], value [1, H_kv, S, D]) with the request's whole prompt KV
-   of that layer, the moment the layer is computed (the KV sender's put_layer); a hook that
-   raises stops streaming for that request only and is recorded on the segment;
-3. runs torch SDPA of its queries against its K/V so far (causal inside the chunk).
+- the leading decodes, when two or more share one KvPool (the worker's: gpu_worker/kv_pool.py), run
+  as one batch (DecodePlan, built once per step): one scatter of their new K/V into the pool, one
+  gather of every row's K/V padded to the longest, one SDPA with a length mask, per layer;
+- every other segment (a prefill chunk, or a decode outside such a batch):
+  1. writes the segment's fresh K/V into its request's blocks (gpu_worker/request_kv.py);
+  2. when the segment is the last chunk of a prefill with a layer hook, calls
+     hook(layer, key [1, H_kv, S, D], value [1, H_kv, S, D]) with the request's whole prompt KV
+     of that layer, the moment the layer is computed (the KV sender's put_layer); a hook that
+     raises stops streaming for that request only and is recorded on the segment;
+  3. runs torch SDPA of its queries against its K/V so far (causal inside the chunk).
 
 Without `glitches_batch` it is transformers' own SDPA attention, so the same model object still
 serves `generate` (the tests' reference) unchanged.
@@ -59,7 +63,71 @@ class Segment:
 
 @dataclass
 class PackedBatch:
+    """One step's segments, decodes (q_len 1) first. When at least two decodes lead and all of them share one
+    KvPool, their attention runs batched (`decode_plan`, built once per step and used by every layer)."""
+
     segments: list[Segment]
+    _plan: object = field(default=None, repr=False)
+
+    def decode_plan(self) -> DecodePlan | None:
+        if self._plan is None:
+            self._plan = DecodePlan.of(self.segments) or False
+        return self._plan or None
+
+
+@dataclass
+class DecodePlan:
+    """The leading decode segments of a step as one batch over their pool.
+
+    write_slots [B]: the pool slot of each decode's new token; gather_slots [B, L]: each request's slots of
+    tokens 0..L (L = the longest past + 1; shorter rows padded with the slot of their token 0);
+    mask [B, 1, 1, L] bool (True = attend), None when every row has L tokens.
+    """
+
+    count: int  # B: segments[:count] are the decodes, their queries at packed tokens 0..B
+    pool: object  # gpu_worker.kv_pool.KvPool
+    write_slots: torch.Tensor
+    gather_slots: torch.Tensor
+    mask: torch.Tensor | None
+
+    @staticmethod
+    def of(segments: list[Segment]) -> DecodePlan | None:
+        decodes = []
+        for i, seg in enumerate(segments):
+            if seg.q_len != 1 or seg.q_start != i or seg.hook is not None:
+                break
+            decodes.append(seg)
+        if len(decodes) < 2 or any(seg.kv.pool is not decodes[0].kv.pool for seg in decodes):
+            return None
+        lengths = [seg.past + 1 for seg in decodes]
+        width = max(lengths)
+        device = decodes[0].kv.slots.device
+        # padding repeats the row's token 0 (written, so finite): a masked position still multiplies its V by 0,
+        # and 0 x NaN of an unwritten slot would be NaN
+        positions = torch.arange(width, device=device)
+        gather = torch.stack([
+            torch.where(positions < seg.past + 1, seg.kv.slots[positions.clamp(max=seg.kv.capacity - 1)],
+                        seg.kv.slots[0]) for seg in decodes])  # [B, width]
+        write = torch.stack([seg.kv.slots[seg.past] for seg in decodes])  # [B]
+        mask = None
+        if min(lengths) != width:
+            mask = (torch.arange(width, device=device)[None, :]
+                    < torch.tensor(lengths, device=device)[:, None]).view(len(decodes), 1, 1, width)
+        return DecodePlan(len(decodes), decodes[0].kv.pool, write, gather, mask)
+
+    def attend(self, layer: int, query, key, value, scaling, gqa: bool) -> torch.Tensor:
+        """query [1, H, T, D], key/value [1, H_kv, T, D]: store the decodes' K/V, return their output [1, H, B, D]."""
+        b = self.count
+        keys, values = self.pool.keys(layer), self.pool.values(layer)  # [H_kv, slots, D]
+        keys.index_copy_(1, self.write_slots, key[0, :, :b])
+        values.index_copy_(1, self.write_slots, value[0, :, :b])
+        b_, width = self.gather_slots.shape
+        flat = self.gather_slots.view(-1)  # index_select: several times faster than advanced indexing here
+        k = keys.index_select(1, flat).view(keys.shape[0], b_, width, -1).transpose(0, 1)  # [B, H_kv, L, D]
+        v = values.index_select(1, flat).view(values.shape[0], b_, width, -1).transpose(0, 1)
+        q = query[0, :, :b].transpose(0, 1).unsqueeze(2)  # [B, H, 1, D]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=scaling, enable_gqa=gqa)
+        return out.squeeze(2).transpose(0, 1).unsqueeze(0)  # [1, H, B, D]
 
 
 def _packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, glitches_batch=None,
@@ -71,11 +139,16 @@ def _packed_attention(module, query, key, value, attention_mask, scaling=None, d
     layer = module.layer_idx
     out = torch.empty_like(query)
     gqa = query.shape[1] != key.shape[1]
-    for seg in glitches_batch.segments:
+    segments = glitches_batch.segments
+    plan = glitches_batch.decode_plan()
+    if plan is not None:
+        out[:, :, :plan.count] = plan.attend(layer, query, key, value, scaling, gqa)
+        segments = segments[plan.count:]
+    for seg in segments:
         end = seg.q_start + seg.q_len
         total = seg.past + seg.q_len
         seg.kv.write(layer, seg.past, key[:, :, seg.q_start:end], value[:, :, seg.q_start:end])
-        keys, values = seg.kv.keys(layer)[:, :, :total], seg.kv.values(layer)[:, :, :total]
+        keys, values = seg.kv.read(layer, total)
         if seg.hook is not None:
             try:
                 seg.hook(layer, keys.contiguous(), values.contiguous())

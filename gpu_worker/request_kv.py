@@ -1,9 +1,10 @@
-"""One request's KV on the GPU worker: a buffer for every layer's K and V, filled in place.
+"""One request's KV on the GPU worker: its blocks of the worker's KvPool (gpu_worker/kv_pool.py).
 
-Layout: one tensor [layers, 2 (K, V), 1, kv_heads, capacity, head_dim] in the model's dtype on
-the model's device, so layer i's keys are `keys(i)[:, :, :length]` ([1, H_kv, length, D]) with
-no concatenation per step (transformers' DynamicCache re-allocates on every token).
-`capacity` is the request's reserved blocks x BLOCK_TOKENS.
+`slots` [capacity] (long, on the device) maps the request's token t to its slot in the pool's rows;
+`capacity` is its blocks x BLOCK_TOKENS tokens, `length` the tokens written and complete in every layer.
+write() scatters a chunk into the pool; read() returns the first `length` tokens of a layer as
+[1, H_kv, length, D] (a view when the request's blocks are consecutive, else a gathered copy).
+A RequestKv made without a pool gets a private one of exactly its blocks (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -11,25 +12,46 @@ from __future__ import annotations
 import torch
 
 from gpu_worker.kv_budget import BLOCK_TOKENS
+from gpu_worker.kv_pool import KvPool
 
 
 class RequestKv:
     def __init__(self, blocks: int, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: str):
+                 device: str, pool: KvPool | None = None):
+        self.pool = pool or KvPool(blocks, num_layers, kv_heads, head_dim, dtype, device)
+        self.block_ids = self.pool.take(blocks)
         self.capacity = blocks * BLOCK_TOKENS  # tokens
-        self.buffer = torch.empty(num_layers, 2, 1, kv_heads, self.capacity, head_dim, dtype=dtype, device=device)
+        ids = torch.tensor(self.block_ids, dtype=torch.long)
+        self.slots = (ids.repeat_interleave(BLOCK_TOKENS) * BLOCK_TOKENS
+                      + torch.arange(BLOCK_TOKENS).repeat(blocks)).to(device)  # [capacity]
+        consecutive = self.block_ids == list(range(self.block_ids[0], self.block_ids[0] + blocks)) if blocks else True
+        self._base = self.block_ids[0] * BLOCK_TOKENS if consecutive and blocks else None  # first slot, if one run
         self.length = 0  # tokens written and complete in every layer
 
-    def keys(self, layer: int) -> torch.Tensor:
-        return self.buffer[layer, 0]
-
-    def values(self, layer: int) -> torch.Tensor:
-        return self.buffer[layer, 1]
+    def free(self) -> None:
+        """Give the blocks back to the pool (the request is released); the object must not be used after."""
+        if self.block_ids:
+            self.pool.give(self.block_ids)
+            self.block_ids = []
 
     def write(self, layer: int, start: int, key: torch.Tensor, value: torch.Tensor) -> None:
         """Store key/value [1, H_kv, n, D] at token positions start..start+n of `layer`."""
         end = start + key.shape[2]
         if end > self.capacity:
             raise RuntimeError(f"KV write up to token {end} past the reserved {self.capacity}")
-        self.buffer[layer, 0, :, :, start:end] = key
-        self.buffer[layer, 1, :, :, start:end] = value
+        if self._base is not None:
+            self.pool.keys(layer)[:, self._base + start:self._base + end] = key[0]
+            self.pool.values(layer)[:, self._base + start:self._base + end] = value[0]
+            return
+        slots = self.slots[start:end]
+        self.pool.keys(layer).index_copy_(1, slots, key[0])
+        self.pool.values(layer).index_copy_(1, slots, value[0])
+
+    def read(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [1, H_kv, length, D] of tokens 0..length of `layer`."""
+        if self._base is not None:
+            span = slice(self._base, self._base + length)
+            return self.pool.keys(layer)[:, span].unsqueeze(0), self.pool.values(layer)[:, span].unsqueeze(0)
+        slots = self.slots[:length]
+        return (self.pool.keys(layer).index_select(1, slots).unsqueeze(0),
+                self.pool.values(layer).index_select(1, slots).unsqueeze(0))

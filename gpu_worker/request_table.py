@@ -100,6 +100,7 @@ class RequestTable:
         with self._cond:
             held = self._held.pop(request_id, None)
             if held is not None:
+                held.kv.free()
                 self.budget.give_back(held.blocks)
                 self._cond.notify_all()
         if held is not None:

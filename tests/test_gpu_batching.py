@@ -14,6 +14,7 @@ from fpga_worker.emu_backend import EmulatedCard
 from fpga_worker.server import FpgaWorkerServicer
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_budget import BLOCK_TOKENS
+from gpu_worker.kv_pool import KvPool
 from gpu_worker.packed_attention import PackedBatch, Segment
 from gpu_worker.request_kv import RequestKv
 from gpu_worker.server import GpuWorkerServicer
@@ -102,8 +103,12 @@ def test_batched_logits_stay_within_the_tolerance(node):
     config = engine.config
     prompts = [list(range(3, 3 + n)) for n in (5, 11, 23, 40, 7, 64)]
 
+    shared = KvPool(8 * 2 * len(prompts), engine.num_layers, config.num_key_value_heads, engine.head_dim,
+                    torch.float32, "cpu")  # one pool, as the worker's: the decodes of a step attend batched
+
     def kv():
-        return RequestKv(8, engine.num_layers, config.num_key_value_heads, engine.head_dim, torch.float32, "cpu")
+        return RequestKv(8, engine.num_layers, config.num_key_value_heads, engine.head_dim, torch.float32, "cpu",
+                         shared)
 
     def step(items):
         ids, pos, segments, keep = [], [], [], []
@@ -125,6 +130,8 @@ def test_batched_logits_stay_within_the_tolerance(node):
         alone.append(step([(cache, [7], len(p))])[0])
     batched_caches = [kv() for _ in prompts]
     step([(c, p, 0) for c, p in zip(batched_caches, prompts)])
+    batch = PackedBatch([Segment(c, i, 1, len(p)) for i, (c, p) in enumerate(zip(batched_caches, prompts))])
+    assert batch.decode_plan() is not None  # the batched decode attention (DecodePlan) runs, not the loop
     together = step([(c, [7], len(p)) for c, p in zip(batched_caches, prompts)])
     worst = max(float((a - b).abs().max()) for a, b in zip(alone, together))
     assert worst < TOLERANCE_FP32 / 10, worst

@@ -25,6 +25,7 @@ COMMANDS = {  # docs/benchmarks.md's command -> the same command, short
     "emu_speed": ["benchmarks/emu_speed.py", "--tokens", "4", "--rounds", "1", "--threads", "1"],
     "gateway_huge_body": ["-m", "benchmarks.gateway_huge_body", "--runs", "1"],
     "logprob_gap": ["benchmarks/logprob_gap.py", "--tokens", "4"],
+    "gpu_step": ["benchmarks/gpu_step.py", "--batch", "2", "--context", "16", "--repeats", "1", "--threads", "1"],
     "gpu_batching": ["benchmarks/gpu_batching.py", "--mode", "assist", "--concurrency", "2", "--new-tokens", "4",
                      "--rounds", "1"],
 }
