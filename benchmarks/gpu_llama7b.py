@@ -21,6 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from gpu_worker.kv_budget import blocks_for
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
+from gpu_worker.kv_pool import KvPool
 from gpu_worker.request_kv import RequestKv
 from gpu_worker.step_loop import DecodeJob, PrefillJob, StepLoop
 from services.sampling import Sampling
@@ -51,9 +52,14 @@ def main() -> None:
     n = args.prompt_tokens
     tokens = torch.randint(0, config.vocab_size, (n,)).tolist()
 
+    # one pool for every request, as the worker's (so a step's decodes attend as one batch)
+    most = max(args.batches) + 1
+    pool = KvPool(most * blocks_for(n + args.decode_steps + 2), config.num_hidden_layers, config.num_key_value_heads,
+                  128, dtype, device)
+
     def new_kv(extra: int) -> RequestKv:
         return RequestKv(blocks_for(n + extra), config.num_hidden_layers, config.num_key_value_heads, 128, dtype,
-                         device)
+                         device, pool)
 
     def prefill(kv) -> tuple[int, float]:
         job = PrefillJob(kv, tokens, Sampling(max_new_tokens=args.decode_steps + 2), 0, None, lambda: False)
@@ -61,8 +67,14 @@ def main() -> None:
         first, _ = loop.submit_prefill(job).result()
         return first, time.perf_counter() - started
 
-    prefill(new_kv(0))  # warm-up
-    times = [prefill(new_kv(0))[1] for _ in range(3)]
+    def timed_prefill() -> float:
+        kv = new_kv(0)
+        seconds = prefill(kv)[1]
+        kv.free()
+        return seconds
+
+    timed_prefill()  # warm-up
+    times = [timed_prefill() for _ in range(3)]
     result = dict(model="Llama-2-7B-shaped, random weights, float16", device=torch.cuda.get_device_name(),
                   weights_gb=weight_bytes / 1e9, prefill_tokens=n, prefill_ms=1000 * statistics.median(times),
                   paper_a100=PAPER_A100, decode=[])
@@ -81,8 +93,9 @@ def main() -> None:
         result["decode"].append(dict(batch=batch, ms_per_step=1000 * step_s,
                                      tokens_per_s=batch / step_s,
                                      hbm_utilisation=read_bytes / step_s / (args.hbm_tb_per_s * 1e12)))
+        for job in jobs:
+            job.kv.free()
         del jobs, steps
-        torch.cuda.empty_cache()
     loop.stop()
     print(json.dumps(result, indent=2))
 
