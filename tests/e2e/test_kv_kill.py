@@ -153,3 +153,52 @@ def test_gpu_worker_killed_mid_transfer_frees_the_reservation(transport, redis_p
         assert fpga.Release(worker_pb2.ReleaseRequest(request_id="after")).released
     finally:
         _stop(fpga_proc, *([second] if second else []))
+
+
+def test_decode_gpu_killed_mid_transfer_and_prefill_gpu_killed_mid_transfer(redis_prefix):
+    """A GPU worker with the decode role (issue #12 item 4) under both kills: SIGKILLed mid-transfer, its staging
+    segment stays until the next decode worker starts (which removes it); a prefill GPU SIGKILLed mid-transfer
+    into it leaves nothing reserved there (no request, every KV block free, no staging region)."""
+    registry = Registry(REDIS_URL, redis_prefix)
+    sender = _spawn(redis_prefix, "gpu-worker", "gpu-s", "--kv-transport", "shm")
+    decoder = _spawn(redis_prefix, "gpu-worker", "gpu-d1", "--roles", "decode")
+    procs = [sender, decoder]
+    try:
+        send_rec, dec_rec = _record(registry, "gpu-s", sender), _record(registry, "gpu-d1", decoder)
+        segment = Path(dec_rec.shm_segment)
+        assert segment.exists() and str(decoder.pid) in segment.name
+        outcome = _prefill_in_background(_stub(send_rec.address), dec_rec, "killed-decoder")
+        _wait_reserved(_stub(dec_rec.address))
+        decoder.send_signal(signal.SIGKILL)
+        decoder.wait(10)
+        outcome["thread"].join(60)
+        assert outcome.get("error") is not None, "the prefill cannot succeed once its decode target died"
+        assert segment.exists()  # SIGKILL leaves it: only the next worker can clean up
+        decoder = _spawn(redis_prefix, "gpu-worker", "gpu-d2", "--roles", "decode")
+        procs.append(decoder)
+        dec_rec = _record(registry, "gpu-d2", decoder)
+        assert not segment.exists(), "the new decode GPU removes the dead one's staging segment at start"
+        dec = _stub(dec_rec.address)
+        full = dec.Info(worker_pb2.InfoRequest()).kv_free_bytes
+        outcome = _prefill_in_background(_stub(send_rec.address), dec_rec, "killed-sender")
+        _wait_reserved(dec)
+        sender.send_signal(signal.SIGKILL)
+        sender.wait(10)
+        outcome["thread"].join(60)
+        deadline = time.monotonic() + 10
+        while True:
+            info = dec.Info(worker_pb2.InfoRequest(), timeout=2)
+            if info.active_requests == 0 and info.kv_free_bytes == full:
+                break
+            assert time.monotonic() < deadline, f"the reservation was not freed: {info}"
+            time.sleep(0.1)
+        sender = _spawn(redis_prefix, "gpu-worker", "gpu-s2", "--kv-transport", "shm")
+        procs.append(sender)
+        rec = _record(registry, "gpu-s2", sender)
+        done = _stub(rec.address).Prefill(worker_pb2.PrefillRequest(
+            request_id="after", prompt_token_ids=PROMPT[:64], sampling=common_pb2.SamplingParams(max_new_tokens=4),
+            target=worker_pb2.DecodeTarget(address=dec_rec.address, worker_id="gpu-d2")), timeout=120)
+        assert done.kv_transport == "shm"
+        assert dec.Release(worker_pb2.ReleaseRequest(request_id="after")).released
+    finally:
+        _stop(*procs)
