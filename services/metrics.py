@@ -2,7 +2,10 @@
 
 Each role has its own CollectorRegistry, so a worker's /metrics carries no empty
 scheduler histograms and vice versa; COMMON metrics (gRPC status codes, requests
-in flight, migrations) are registered in every role's registry. Daemons record a
+in flight, migrations) are registered in every role's registry, the workers' common ones
+(slots, held KV, power) in every worker's. A device package's own role (any name but
+the three built in, e.g. "npu-worker") gets its registry on first use, `registry(role)`,
+with every common and worker metric in it: a new kind of worker needs nothing here. Daemons record a
 metric where the thing happens (e.g. TTFT in scheduler/orchestrator.py); gauges
 that mirror state read it at scrape time (Gauge.set_function or a collector).
 
@@ -33,38 +36,59 @@ def _registry() -> CollectorRegistry:
 
 
 REGISTRIES = {role: _registry() for role in ROLES}
-_ALL = tuple(REGISTRIES.values())
 _SCHEDULER = (REGISTRIES["scheduler"],)
 _GPU = (REGISTRIES["gpu-worker"],)
 _FPGA = (REGISTRIES["fpga-worker"],)
-_WORKERS = (*_GPU, *_FPGA)
 
 
-def _each(kind, name: str, doc: str, registries, **kwargs) -> dict[CollectorRegistry, object]:
-    return {r: kind(name, doc, registry=r, **kwargs) for r in registries}
+_SCOPE_ALL, _SCOPE_WORKERS = "all", "workers"
 
 
 class _Shared:
-    """One metric name in several role registries; a daemon records into its own role's."""
+    """One metric name in several role registries; a daemon records into its own role's.
 
-    def __init__(self, per_registry: dict):
-        self._per_registry = per_registry
+    scope "all": every role's registry; "workers": every role but the scheduler's. A role first named
+    by `of` or `registry` (a device package's own) gets an instance of every _Shared of its scope."""
+
+    instances: list[_Shared] = []
+
+    def __init__(self, kind, name: str, doc: str, scope: str, **kwargs):
+        self._make = lambda registry: kind(name, doc, registry=registry, **kwargs)
+        self.scope = scope
+        self._per_registry = {r: self._make(r) for role, r in REGISTRIES.items() if self._covers(role)}
+        _Shared.instances.append(self)
+
+    def _covers(self, role: str) -> bool:
+        return self.scope == _SCOPE_ALL or role != "scheduler"
+
+    def add(self, role: str, registry: CollectorRegistry) -> None:
+        if self._covers(role):
+            self._per_registry[registry] = self._make(registry)
 
     def of(self, role: str):
-        return self._per_registry[REGISTRIES[role]]
+        return self._per_registry[registry(role)]
+
+
+def registry(role: str) -> CollectorRegistry:
+    """The registry of `role`, made (with every shared metric of its scope) the first time a new role asks."""
+    if role not in REGISTRIES:
+        REGISTRIES[role] = new = _registry()
+        for shared in _Shared.instances:
+            shared.add(role, new)
+    return REGISTRIES[role]
 
 
 # --- every daemon ---------------------------------------------------------------
-GRPC_REQUESTS = _Shared(_each(Counter, "glitches_grpc_requests", "gRPC calls handled, by method and status code",
-                              _ALL, labelnames=("method", "code")))
-IN_FLIGHT = _Shared(_each(Gauge, "glitches_grpc_in_flight_requests",
-                          "gRPC calls received and not yet answered (queued or running): the queue depth",
-                          _ALL, labelnames=("method",)))
-ACTIVE_REQUESTS = _Shared(_each(Gauge, "glitches_active_requests",
-                                "Requests this daemon holds now (scheduler: generating; worker: holding KV)", _ALL))
-MIGRATIONS = _Shared(_each(Counter, "glitches_migrations",
-                           "Requests moved to another decode device after theirs failed mid-generation (--max-migrations)",
-                           _ALL))
+GRPC_REQUESTS = _Shared(Counter, "glitches_grpc_requests", "gRPC calls handled, by method and status code",
+                        _SCOPE_ALL, labelnames=("method", "code"))
+IN_FLIGHT = _Shared(Gauge, "glitches_grpc_in_flight_requests",
+                    "gRPC calls received and not yet answered (queued or running): the queue depth",
+                    _SCOPE_ALL, labelnames=("method",))
+ACTIVE_REQUESTS = _Shared(Gauge, "glitches_active_requests",
+                          "Requests this daemon holds now (scheduler: generating; worker: holding KV)", _SCOPE_ALL)
+MIGRATIONS = _Shared(Counter, "glitches_migrations",
+                     "Requests moved to another decode device after theirs failed mid-generation (--max-migrations)",
+                     _SCOPE_ALL)
 
 # --- scheduler ------------------------------------------------------------------
 TTFT = Histogram("glitches_ttft_seconds", "Time to first token: request arrival to the first token sent, seconds",
@@ -114,25 +138,25 @@ KV_CAPACITY_BYTES = Gauge("glitches_kv_capacity_bytes", "Device memory for KV af
 
 # --- workers: device facts, set only where the device reports them (never for emu / cpu; an emulated
 # card's modeled power has its own name) ---
-SLOTS = _Shared(_each(Gauge, "glitches_slots", "Concurrent requests this worker accepts", _WORKERS))
-POWER = _Shared(_each(Gauge, "glitches_device_power_watts", "Device power draw, watts", _WORKERS,
-                      labelnames=("device",)))
-TEMPERATURE = _Shared(_each(Gauge, "glitches_device_temperature_celsius", "Device temperature, degrees Celsius",
-                            _WORKERS, labelnames=("device",)))
+SLOTS = _Shared(Gauge, "glitches_slots", "Concurrent requests this worker accepts", _SCOPE_WORKERS)
+POWER = _Shared(Gauge, "glitches_device_power_watts", "Device power draw, watts", _SCOPE_WORKERS,
+                labelnames=("device",))
+TEMPERATURE = _Shared(Gauge, "glitches_device_temperature_celsius", "Device temperature, degrees Celsius",
+                      _SCOPE_WORKERS, labelnames=("device",))
 EMULATED_POWER = Gauge("glitches_emulated_device_power_watts",
                        "MODELED, not measured: the board power an emulated U280 would draw, watts (35 W idle, "
                        "assumed, to 46 W decoding, the paper's, by the share of the last second spent stepping)",
                        labelnames=("device",), registry=_FPGA[0])
 
 # --- workers: what they hold (services/kv_holds.py) -------------------------------
-KV_HELD_BYTES = _Shared(_each(Gauge, "glitches_kv_held_bytes", "KV bytes this worker holds for requests now",
-                              _WORKERS))
-KV_EXPIRING = _Shared(_each(Gauge, "glitches_kv_expiring_requests",
-                            "Requests holding KV here that are not decoding (freed unless the scheduler renews them)",
-                            _WORKERS))
-KV_EXPIRED = _Shared(_each(Gauge, "glitches_kv_holds_expired",
-                           "Requests whose KV this worker freed because no scheduler renewed it (since start)",
-                           _WORKERS))
+KV_HELD_BYTES = _Shared(Gauge, "glitches_kv_held_bytes", "KV bytes this worker holds for requests now",
+                        _SCOPE_WORKERS)
+KV_EXPIRING = _Shared(Gauge, "glitches_kv_expiring_requests",
+                      "Requests holding KV here that are not decoding (freed unless the scheduler renews them)",
+                      _SCOPE_WORKERS)
+KV_EXPIRED = _Shared(Gauge, "glitches_kv_holds_expired",
+                     "Requests whose KV this worker freed because no scheduler renewed it (since start)",
+                     _SCOPE_WORKERS)
 
 
 def publish_holds(role: str, holds, held_bytes) -> None:

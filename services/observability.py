@@ -25,7 +25,7 @@ class DaemonHttp:
     def __init__(self, settings: DaemonSettings, role: str):
         self.role = role
         self.readiness = Readiness("loading the model")
-        self.side = HttpSide(settings.host, settings.http_port, metrics.REGISTRIES[role], self.readiness)
+        self.side = HttpSide(settings.host, settings.http_port, metrics.registry(role), self.readiness)
         self.address = settings.address_for(self.side.port)
 
     def stop(self) -> None:

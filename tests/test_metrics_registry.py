@@ -1,0 +1,27 @@
+"""A device package's own metrics role (issue #12 item 5): its registry appears on first use with every common
+and worker metric, and the built-in roles are unchanged."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from services import metrics
+
+
+def test_a_new_role_gets_every_common_and_worker_metric():
+    registry = metrics.registry("toy-test-worker")
+    assert metrics.registry("toy-test-worker") is registry  # made once
+    metrics.SLOTS.of("toy-test-worker").set(3)
+    metrics.GRPC_REQUESTS.of("toy-test-worker").labels(method="Decode", code="OK").inc()
+    text = generate_latest(registry).decode()
+    for name in ("glitches_slots 3.0", "glitches_grpc_requests_total", "glitches_active_requests",
+                 "glitches_kv_held_bytes", "glitches_device_power_watts", "process_cpu_seconds_total"):
+        assert name in text, name
+    assert "glitches_ttft_seconds" not in text and "glitches_gpu_step_seconds" not in text  # others' own
+
+
+def test_builtin_roles_keep_their_metrics():
+    scheduler = generate_latest(metrics.registry("scheduler")).decode()
+    assert "glitches_ttft_seconds" in scheduler and "glitches_slots" not in scheduler
+    gpu = generate_latest(metrics.registry("gpu-worker")).decode()
+    assert "glitches_gpu_step_seconds" in gpu and "glitches_slots" in gpu
