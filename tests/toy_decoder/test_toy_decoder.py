@@ -1,0 +1,78 @@
+"""The toy decode device (this package) started beside the real daemons decodes requests, greedy-identical to
+transformers' generate, with nothing outside this package knowing its kind (issue #12 item 5)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import redis
+import torch
+
+from glitches import Client
+from glitches.cluster import ClusterSpec, LocalCluster
+from services import models
+from services.registry import Registry
+from tests.conftest import REDIS_URL
+
+pytestmark = pytest.mark.e2e
+PROMPTS = (("The capital of France is", 12), ("Write a haiku about the sea.", 16), ("Count: one, two,", 8))
+
+
+def _greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=max_new_tokens)
+    new = out[0, len(prompt_ids):].tolist()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for i, token in enumerate(new):  # generate pads after EOS; the service stops at it
+        if token in eos:
+            return new[: i + 1]
+    return new
+
+
+def _wait_listed(client: Client, worker_id: str, proc: subprocess.Popen, timeout_s: float = 180.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        listed = {w.worker_id: w for w in client.status().workers if w.healthy}
+        if worker_id in listed:
+            return listed[worker_id]
+        assert proc.poll() is None, f"the toy device exited {proc.returncode}"
+        time.sleep(0.2)
+    raise TimeoutError("the toy device never registered")
+
+
+def test_toy_device_decodes_beside_the_real_daemons(redis_prefix, tmp_path):
+    source = models.resolve_model(models.DEFAULT_MODEL)
+    reference = models.load_causal_lm(source, "cpu", "float32")
+    spec = ClusterSpec(gpu_workers=1, fpga_workers=0, model=models.DEFAULT_MODEL, port=0, redis_url=REDIS_URL,
+                       redis_prefix=redis_prefix)
+    with LocalCluster(spec, tmp_path) as cluster, Client(cluster.address, timeout_s=600) as client:
+        env = {**os.environ, **cluster.daemon_env, "PYTHONPATH": os.getcwd()}  # the cluster's KV token secret
+        toy = subprocess.Popen([sys.executable, "-m", "tests.toy_decoder", "--redis-url", REDIS_URL, "--redis-prefix",
+                                redis_prefix, "--worker-id", "toy-0", "--model", models.DEFAULT_MODEL],
+                               env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "toy.log", "wb"))
+        try:
+            listed = _wait_listed(client, "toy-0", toy)
+            assert listed.kind == "toy-npu" and tuple(listed.roles) == ("decode",) and listed.emulated
+            for prompt, max_tokens in PROMPTS:
+                result = client.generate(prompt, max_tokens=max_tokens)
+                assert (result.decode_device, result.decode_worker) == ("toy-npu", "toy-0")
+                assert list(result.token_ids) == _greedy(reference, list(result.prompt_token_ids), max_tokens)
+                assert result.timings.kv_transport == "grpc"
+            registry = Registry(REDIS_URL, redis_prefix)
+            deadline = time.monotonic() + 5
+            while (registry.occupancy() or registry.claims()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert registry.occupancy() == {} and registry.claims() == {}
+        finally:
+            toy.terminate()
+            assert toy.wait(timeout=30) == 0, (tmp_path / "toy.log").read_text()[-3000:]
+    time.sleep(0.2)
+    assert not psutil.pid_exists(toy.pid) or psutil.Process(toy.pid).status() == psutil.STATUS_ZOMBIE
+    assert list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{redis_prefix}:*")) == []
