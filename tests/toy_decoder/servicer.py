@@ -44,7 +44,8 @@ class ToyServicer(worker_pb2_grpc.WorkerServicer):
             worker_id=self.worker_id, kind_name=KIND, roles=["decode"], decode_class=DECODE_CLASS, backend="toy",
             emulated=True, device_name="a test toy decode device (transformers on the host CPU, no accelerator)",
             model=self.model_name, slots=self.store.slots, active_requests=len(self.store.active_requests()),
-            kv_capacity_bytes=self.store.capacity_tokens * per_token, kv_free_bytes=self.store.free_tokens() * per_token,
+            kv_capacity_bytes=self.store.capacity_tokens * per_token,
+            kv_free_bytes=self.store.free_tokens() * per_token,
             kv_bytes_per_token=per_token, pid=os.getpid(), kv_tokens_required=self.kv_tokens is not None,
             kv_transports=["grpc"], host_identity=host_identity(), kv_hold_ttl_s=self.holds.ttl_s,
             kv_held_bytes=self.holds.summary().kv_bytes, expiring_requests=self.holds.summary().expiring)

@@ -25,8 +25,8 @@ PROMPTS = (("The capital of France is", 12), ("Write a haiku about the sea.", 16
 
 def _greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                             do_sample=False, max_new_tokens=max_new_tokens)
+        out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=max_new_tokens,
+                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long))
     new = out[0, len(prompt_ids):].tolist()
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
