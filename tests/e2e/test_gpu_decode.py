@@ -37,3 +37,31 @@ def test_gpu_to_gpu_decode_equals_transformers(transport, reference, redis_prefi
             assert result.timings.kv_transport == expected and result.timings.kv_gbps > 0
         assert len(result.prompt_token_ids) >= 1024
         assert_idle(Registry(REDIS_URL, redis_prefix))
+
+
+@pytest.mark.slow
+def test_decode_gpu_killed_mid_decode_migrates_with_identical_tokens(reference, redis_prefix, tmp_path):
+    """SIGKILL of the decode-role GPU mid-decode: the request moves (to the other decode GPU) and its greedy
+    tokens do not change; nothing stays claimed."""
+    import os
+    import signal
+
+    from glitches import Completion, TextChunk
+
+    spec = ClusterSpec(gpu_workers=1, gpu_decode_workers=2, fpga_workers=0, model=models.DEFAULT_MODEL, port=0,
+                       redis_url=REDIS_URL, redis_prefix=redis_prefix, threads_per_worker=1)
+    with LocalCluster(spec, tmp_path) as cluster, Client(cluster.address, timeout_s=600) as client:
+        stream = client.stream("Write a long list of fruits, one per line:", max_tokens=40)
+        seen = 0
+        for item in stream:
+            if isinstance(item, TextChunk):
+                seen += len(item.token_ids)
+                if seen >= 5:
+                    break
+        busy = [w for w in client.status().workers if "decode" in w.roles and w.active_requests]
+        assert len(busy) == 1, busy
+        os.kill(busy[0].pid, signal.SIGKILL)
+        final = next(item for item in stream if isinstance(item, Completion))
+        assert final.migrations == 1 and final.decode_worker != busy[0].worker_id
+        assert list(final.token_ids) == reference["generate"](list(final.prompt_token_ids), 40)
+        assert_idle(Registry(REDIS_URL, redis_prefix), timeout_s=15)
