@@ -79,11 +79,11 @@ def run_cluster(client: Client, texts: list[str], new_tokens: int, gpu_http: str
     row = dict(tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, ttft_p50_s=percentile(ttft, 50),
                ttft_p99_s=percentile(ttft, 99), devices=sorted({r.decode_device for r in results}),
                prompt_ids=[list(r.prompt_token_ids) for r in results])
-    if before is not None:  # how much of the wall time the GPU worker spent in forward passes
-        after = step_counters(gpu_http)
-        steps = after["steps"] - before["steps"]
+    after = step_counters(gpu_http) if before is not None else None
+    steps = after["steps"] - before["steps"] if after is not None else 0
+    if steps:  # how much of the wall time the GPU worker spent in forward passes (code with a step loop only)
         row.update(step_busy=(after["step_s"] - before["step_s"]) / wall, steps=int(steps),
-                   decodes_per_step=(after["decode_rows"] - before["decode_rows"]) / steps if steps else 0.0)
+                   decodes_per_step=(after["decode_rows"] - before["decode_rows"]) / steps)
     return row
 
 
@@ -138,7 +138,7 @@ def main() -> None:
             for round_index in range(args.rounds):  # cluster then reference, alternating: same load for both halves
                 row = dict(concurrency=c, round=round_index, load_before=os.getloadavg()[0],
                            cluster=run_cluster(client, prompts(c), args.new_tokens,
-                                                   cluster.http_addresses.get("gpu-0", "")))
+                                                   getattr(cluster, "http_addresses", {}).get("gpu-0", "")))
                 if reference is not None:
                     model, eos, pad = reference
                     row["transformers_generate"] = run_reference(model, row["cluster"]["prompt_ids"],
