@@ -91,14 +91,18 @@ def test_gpu_to_gpu_decode_equals_transformers(pair, transport, length):
     _nothing_held(pair)
 
 
-def test_concurrent_received_requests_decode_batched(pair):
-    """Two requests received by the same decode GPU decode at once in its step loop, each still exact."""
+@pytest.mark.parametrize("transport", ["shm", "nixl", "grpc"])
+def test_concurrent_received_requests_decode_batched(pair, transport):
+    """Two requests sent by one GPU to the same decode GPU at once (their transfers overlap; with nixl, two regions
+    of one receiving agent), decoded together in its step loop, each still exact."""
     import threading
 
-    prompts = {f"g2g-both-{i}": [(13 * j + i) % 49000 + 10 for j in range(20 + 30 * i)] for i in range(2)}
+    prompts = {f"g2g-both-{transport}-{i}": [(13 * j + i) % 49000 + 10 for j in range(200 + 30 * i)]
+               for i in range(2)}
     results = {}
+
     def run(rid, prompt):
-        results[rid] = _generate(pair, rid, prompt, 10, "shm")
+        results[rid] = _generate(pair, rid, prompt, 10, transport)
 
     threads = [threading.Thread(target=run, args=item) for item in prompts.items()]
     for thread in threads:
