@@ -14,6 +14,8 @@ Units are in the names, Prometheus style: *_seconds, *_bytes, *_watts, *_celsius
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
@@ -69,13 +71,17 @@ class _Shared:
         return self._per_registry[registry(role)]
 
 
+_NEW_ROLE = threading.Lock()  # two threads naming a new role at once make one registry, not two
+
+
 def registry(role: str) -> CollectorRegistry:
     """The registry of `role`, made (with every shared metric of its scope) the first time a new role asks."""
-    if role not in REGISTRIES:
-        REGISTRIES[role] = new = _registry()
-        for shared in _Shared.instances:
-            shared.add(role, new)
-    return REGISTRIES[role]
+    with _NEW_ROLE:
+        if role not in REGISTRIES:
+            REGISTRIES[role] = new = _registry()
+            for shared in _Shared.instances:
+                shared.add(role, new)
+        return REGISTRIES[role]
 
 
 # --- every daemon ---------------------------------------------------------------

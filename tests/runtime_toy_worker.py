@@ -77,7 +77,7 @@ class ToyServicer(worker_pb2_grpc.WorkerServicer):
 
 class ToyDevice(worker_runtime.WorkerDevice):
     kind = "toy"
-    role = "gpu-worker"  # services.metrics has registries for the known roles only; the toy borrows one
+    role = "toy-worker"  # its own metrics registry, made on first use (services.metrics.registry)
     authorised_rpcs = ("Decode", "Release")
     settings: ToySettings
 

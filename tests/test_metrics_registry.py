@@ -3,6 +3,8 @@ and worker metric, and the built-in roles are unchanged."""
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import generate_latest
 
 from services import metrics
@@ -25,3 +27,20 @@ def test_builtin_roles_keep_their_metrics():
     assert "glitches_ttft_seconds" in scheduler and "glitches_slots" not in scheduler
     gpu = generate_latest(metrics.registry("gpu-worker")).decode()
     assert "glitches_gpu_step_seconds" in gpu and "glitches_slots" in gpu
+
+
+def test_threads_naming_a_new_role_at_once_get_one_registry():
+    start, got = threading.Barrier(8), []
+
+    def name_it():
+        start.wait()
+        got.append(metrics.SLOTS.of("toy-race-worker"))
+
+    threads = [threading.Thread(target=name_it) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(gauge) for gauge in got}) == 1  # every thread records into the registry /metrics serves
+    got[0].set(5)
+    assert "glitches_slots 5.0" in generate_latest(metrics.registry("toy-race-worker")).decode()

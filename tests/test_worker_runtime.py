@@ -71,7 +71,7 @@ def test_it_registers_with_the_record_built_from_info(toy):
         (2, TOY_BLOCKS, 1024, 16)
     assert record.kv_transports == "grpc" and record.emulated == 1
     assert isinstance(running.device.auth, OpenAccess)  # no secret: request auth is off (with a warning)
-    assert running.ready_line().startswith(f"gpu-worker {running.worker_id} ready {running.address} toy=yes http=")
+    assert running.ready_line().startswith(f"toy-worker {running.worker_id} ready {running.address} toy=yes http=")
 
 
 def test_it_beats_and_a_poke_republishes_at_once(toy):
@@ -173,7 +173,7 @@ def test_sigterm_drains_deregisters_and_exits_0(redis_prefix):
             if " ready " in line:
                 break
         ready = lines[-1].split()
-        assert ready[0] == "gpu-worker" and ready[2] == "ready", "".join(lines)
+        assert ready[0] == "toy-worker" and ready[2] == "ready", "".join(lines)
         worker_id = ready[1]
         assert registry.is_registered(worker_id)
         process.terminate()  # SIGTERM

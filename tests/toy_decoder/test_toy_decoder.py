@@ -3,23 +3,28 @@ transformers' generate, with nothing outside this package knowing its kind (issu
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import redis
 import torch
+from click.testing import CliRunner
 
 from glitches import Client
+from glitches.cli import main as glitches_cli
 from glitches.cluster import ClusterSpec, LocalCluster
 from services import models
 from services.registry import Registry
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]  # on the toy's PYTHONPATH, wherever pytest runs from
 PROMPTS = (("The capital of France is", 12), ("Write a haiku about the sea.", 16), ("Count: one, two,", 8))
 
 
@@ -53,13 +58,20 @@ def test_toy_device_decodes_beside_the_real_daemons(redis_prefix, tmp_path):
     spec = ClusterSpec(gpu_workers=1, fpga_workers=0, model=models.DEFAULT_MODEL, port=0, redis_url=REDIS_URL,
                        redis_prefix=redis_prefix)
     with LocalCluster(spec, tmp_path) as cluster, Client(cluster.address, timeout_s=600) as client:
-        env = {**os.environ, **cluster.daemon_env, "PYTHONPATH": os.getcwd()}  # the cluster's KV token secret
+        env = {**os.environ, **cluster.daemon_env, "PYTHONPATH": str(REPO)}  # the cluster's KV token secret
         toy = subprocess.Popen([sys.executable, "-m", "tests.toy_decoder", "--redis-url", REDIS_URL, "--redis-prefix",
                                 redis_prefix, "--worker-id", "toy-0", "--model", models.DEFAULT_MODEL],
                                env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "toy.log", "wb"))
         try:
             listed = _wait_listed(client, "toy-0", toy)
             assert listed.kind == "toy-npu" and tuple(listed.roles) == ("decode",) and listed.emulated
+            assert listed.decode_class == 15 and listed.kv_tokens_required  # the cluster's secret reached it
+            table = CliRunner().invoke(glitches_cli, ["status", "--address", cluster.address])
+            assert table.exit_code == 0 and "toy-npu" in table.output and "decode(class 15)" in table.output, \
+                table.output
+            shown = CliRunner().invoke(glitches_cli, ["status", "--address", cluster.address, "--json"])
+            row = {w["worker_id"]: w for w in json.loads(shown.output)["workers"]}["toy-0"]
+            assert (row["kind"], row["roles"], row["kv_transports"]) == ("toy-npu", ["decode"], ["grpc"])
             for prompt, max_tokens in PROMPTS:
                 result = client.generate(prompt, max_tokens=max_tokens)
                 assert (result.decode_device, result.decode_worker) == ("toy-npu", "toy-0")
