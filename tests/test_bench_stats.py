@@ -104,3 +104,10 @@ def test_timeline_intervals_from_client_times_and_timings():
     assert spans[("gpu-0", "prefill")] == pytest.approx((0.4, 0.9))
     assert spans[("fpga-0", "kv")] == pytest.approx((0.4, 1.0))
     assert spans[("fpga-0", "decode")] == (1.0, 3.0)
+
+
+def test_a_gpu_decoding_another_gpus_prefill_is_not_gpu_assist():
+    """A GPU worker with the decode role reports decode_device "gpu" too; GPU assist is decoding where it prefilled."""
+    moved = request(0, 0.0, [1.0, 2.0], decode_worker="gpu-decode-0")
+    assist = request(1, 0.0, [1.0, 2.0], decode_worker="gpu-0", kv_bytes=0)
+    assert summarise([moved, assist])["gpu_assist_requests"] == 1

@@ -24,7 +24,7 @@ class RequestResult:
     finish_reason: str = ""  # "length", "eos", "stop"
     prefill_worker: str = ""
     decode_worker: str = ""
-    decode_device: str = ""  # "fpga" or "gpu" (GPU assist)
+    decode_device: str = ""  # the decoder's kind: "fpga", "gpu" (GPU assist, or a GPU with the decode role), ...
     timings: Timings | None = None
     error: str = ""  # non-empty: the request failed with this message
 

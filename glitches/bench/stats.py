@@ -139,7 +139,8 @@ def summarise(results: Sequence[RequestResult], devices: dict[str, DevicePower] 
         "good_requests": len(good),
         "goodput_requests_per_s": per_s(len(good)),
         "goodput_tokens_per_s": per_s(sum(r.output_tokens for r in good)),
-        "gpu_assist_requests": sum(1 for r in ok if r.decode_device == "gpu"),
+        # GPU assist: decoded where it was prefilled (a GPU with the decode role decodes another GPU's prefill)
+        "gpu_assist_requests": sum(1 for r in ok if r.decode_worker and r.decode_worker == r.prefill_worker),
         "kv": kv_figures(ok),
         "workers": workers,
         **efficiency(throughput, devices or {}),
