@@ -37,7 +37,7 @@ from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory
 from fpga_worker.emu_kv import EmulatedKvStore
 from fpga_worker.request_checks import check_sealable
 from gpu_worker.kv_budget import BLOCK_TOKENS
-from services.errors import FailedPrecondition, NotFound
+from services.errors import FailedPrecondition, NotFound, ResourceExhausted
 
 
 class GpuKvIntake(DecodeBackend):
@@ -79,6 +79,11 @@ class GpuKvIntake(DecodeBackend):
         self.engine.requests.admit(request_id, max_tokens, gpu_assist=True)  # RESOURCE_EXHAUSTED / ALREADY_EXISTS
         try:
             self.staging.reserve(request_id, max_tokens)
+        except ResourceExhausted as full:
+            self.engine.requests.release(request_id)
+            raise ResourceExhausted(f"the staging segment for KV arriving (--kv-staging-gib) has no room for "
+                                    f"{max_tokens} tokens now ({full}); it frees as transfers finish",
+                                    retry_after_s=1.0) from None
         except BaseException:
             self.engine.requests.release(request_id)
             raise

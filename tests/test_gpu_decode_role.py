@@ -170,3 +170,24 @@ def test_staging_is_released_after_seal(pair):
     assert torch.isfinite(pair["engine"].requests.get(rid).kv.read(0, len(prompt))[0]).all()
     pair["stub"].Release(worker_pb2.ReleaseRequest(request_id=rid))
     _nothing_held(pair)
+
+
+def test_full_staging_refuses_the_transfer_and_rolls_back_its_admission(pair):
+    """Staging holds only transfers in flight; when it has no room the header is RESOURCE_EXHAUSTED and the
+    request's KV blocks and slot are given back at once."""
+    from services.errors import ResourceExhausted
+
+    small = GpuKvIntake(pair["engine"], 256 * 1024, "gpu-decode-small")  # 8 KiB per pseudo-channel
+    try:
+        taken = []
+        with pytest.raises(ResourceExhausted) as refused:
+            for i in range(2):  # the decode GPU has 2 slots: the second is refused by staging, not by slots
+                small.reserve(f"staged-{i}", 400)
+                taken.append(f"staged-{i}")
+        assert len(taken) == 1 and "staging segment" in str(refused.value), refused.value
+        assert pair["engine"].requests.active() == len(taken)  # the refused one holds nothing
+        for rid in taken:
+            assert small.release(rid)
+    finally:
+        small.close()
+    _nothing_held(pair)
