@@ -54,6 +54,8 @@ def tls_dir_problem(folder: Path) -> str:
 @click.option("--advertise-host", default="127.0.0.1", show_default=True,
               help="Address the daemons use for each other (host network).")
 @click.option("--cpu-gpu-workers", default=0, type=int, help="Prefill workers on the CPU when no GPU is found.")
+@click.option("--decode-gpus", default=0, type=int, show_default=True,
+              help="The last N GPU workers run --roles decode (GPU->GPU disaggregation; FPGAs are still preferred).")
 @click.option("--emulated-fpgas", default=0, type=int, help="Emulated FPGA workers when no Alveo card is found.")
 @click.option("--fpga-backend", type=click.Choice(FPGA_BACKENDS), default="xrt", show_default=True,
               help="What runs each detected Alveo card: xrt drives it (needs --xclbin); emu emulates it.")

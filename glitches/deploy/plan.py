@@ -35,6 +35,7 @@ class DeployOptions:
     advertise_host: str = "127.0.0.1"  # how daemons on this node reach each other (host network)
     emulated_fpgas: int = 0  # add this many emulated FPGA workers (cpu image) when no card is found
     cpu_gpu_workers: int = 0  # add this many CPU prefill workers (cpu image) when no GPU is found
+    decode_gpus: int = 0  # the last N GPU workers run --roles decode: decode targets for the others' prefills
     image_override: str = ""  # run every daemon from this one image (e.g. the cpu image, or in tests)
     fpga_backend: str = "xrt"  # detected Alveo cards: "xrt" drives them; "emu" runs the emulator in their place
     xclbin: str = ""  # host path of the decode bitstream, mounted read-only into each xrt FPGA worker
@@ -43,8 +44,8 @@ class DeployOptions:
     kv_token_secret: str = field(default="", repr=False)  # shared by the scheduler and FPGA workers; "": none
 
     def __post_init__(self):
-        if self.emulated_fpgas < 0 or self.cpu_gpu_workers < 0:
-            raise InvalidArgument("--emulated-fpgas and --cpu-gpu-workers must be >= 0")
+        if self.emulated_fpgas < 0 or self.cpu_gpu_workers < 0 or self.decode_gpus < 0:
+            raise InvalidArgument("--emulated-fpgas, --cpu-gpu-workers and --decode-gpus must be >= 0")
         if self.fpga_backend not in FPGA_BACKENDS:
             raise InvalidArgument(f"--fpga-backend must be one of {', '.join(FPGA_BACKENDS)}, "
                                   f"got {self.fpga_backend!r}")
@@ -117,16 +118,26 @@ def make_plan(gpus: list[Gpu], cards: list[AlveoCard], options: DeployOptions) -
         return ContainerSpec(f"{o.project}-{name}", role, device, image, [role, *args], env,
                              volumes=volumes, http_port=http_port, grpc_port=grpc_port, **extra)
 
+    gpu_workers = len(gpus) or o.cpu_gpu_workers
+    if o.decode_gpus >= gpu_workers:
+        raise InvalidArgument(f"--decode-gpus {o.decode_gpus}: {gpu_workers} GPU worker(s) on this node, and at least "
+                              "one must keep the prefill role")
+
+    def roles(i: int) -> list[str]:  # the last decode_gpus GPU workers take KV from the others' prefills
+        return ["--roles", "decode"] if i >= gpu_workers - o.decode_gpus else []
+
     containers.append(daemon("scheduler", "scheduler", "", _image(o, "scheduler"), o.grpc_base_port,
                              o.http_base_port, []))
     for i, gpu in enumerate(gpus):
         containers.append(daemon(f"gpu{gpu.index}", "gpu-worker", f"gpu{gpu.index} {gpu.name}",
                                  _image(o, "gpu-worker"), o.grpc_base_port + 100 + i, o.http_base_port + 100 + i,
-                                 ["--worker-id", f"gpu{gpu.index}", "--device", "cuda"], gpu_ids=[str(gpu.index)]))
+                                 ["--worker-id", f"gpu{gpu.index}", "--device", "cuda", *roles(i)],
+                                 gpu_ids=[str(gpu.index)]))
     for i in range(0 if gpus else o.cpu_gpu_workers):
-        containers.append(daemon(f"cpu-prefill{i}", "gpu-worker", "cpu", _image(o, "cpu"),
+        name = f"cpu-decode{i}" if roles(i) else f"cpu-prefill{i}"
+        containers.append(daemon(name, "gpu-worker", "cpu", _image(o, "cpu"),
                                  o.grpc_base_port + 100 + i, o.http_base_port + 100 + i,
-                                 ["--worker-id", f"cpu-prefill{i}", "--device", "cpu"]))
+                                 ["--worker-id", name, "--device", "cpu", *roles(i)]))
     if cards and o.fpga_backend == "xrt" and not o.xclbin:
         raise InvalidArgument(f"{len(cards)} Alveo card(s) found: give --xclbin PATH (the decode bitstream) to "
                               "drive them with the xrt backend, or --fpga-backend emu to emulate them instead")

@@ -135,3 +135,16 @@ def test_scheduler_and_fpga_workers_get_one_kv_token_secret_that_the_printed_pla
                           "--emulated-fpgas", "1"], capture_output=True, text=True, timeout=60)
     shown = {c["role"]: c["environment"].get(SECRET_ENV) for c in json.loads(run.stdout)["containers"]}
     assert shown["scheduler"] == "<hidden>" and shown["fpga-worker"] == "<hidden>"
+
+
+def test_decode_gpus_give_the_last_gpu_workers_the_decode_role():
+    gpus = [Gpu(i, "NVIDIA H100", f"GPU-{i}") for i in range(4)]
+    plan = make_plan(gpus, [], DeployOptions(decode_gpus=2, redis_url="redis://r:1/0"))
+    args = {c.name: c.command for c in plan.containers if c.role == "gpu-worker"}
+    assert [name for name, cmd in args.items() if "--roles" in cmd] == ["glitches-gpu2", "glitches-gpu3"]
+    assert args["glitches-gpu3"][-2:] == ["--roles", "decode"]
+    cpu = make_plan([], [], DeployOptions(cpu_gpu_workers=2, decode_gpus=1, redis_url="redis://r:1/0"))
+    names = [c.name for c in cpu.containers if c.role == "gpu-worker"]
+    assert names == ["glitches-cpu-prefill0", "glitches-cpu-decode1"]
+    with pytest.raises(InvalidArgument, match="prefill role"):
+        make_plan(gpus, [], DeployOptions(decode_gpus=4, redis_url="redis://r:1/0"))
