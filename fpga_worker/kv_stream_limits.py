@@ -19,11 +19,21 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from services.errors import DeadlineExceeded, ResourceExhausted
+from services.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
 HEADER_TIMEOUT_S = 2.0  # a KV stream's header must arrive within this, seconds
 STALL_TIMEOUT_S = 30.0  # default gap allowed between two messages of one stream, seconds
 _DONE = object()
+
+
+def check_limits(header_s: float, stall_s: float, max_streams: int) -> None:
+    """The flags --kv-header-timeout-s, --kv-stall-timeout-s and --max-kv-streams of any worker that takes KV."""
+    if not 0 < header_s <= HEADER_TIMEOUT_S:
+        raise InvalidArgument(f"--kv-header-timeout-s must be in (0, {HEADER_TIMEOUT_S:g}], got {header_s}")
+    if stall_s <= 0:
+        raise InvalidArgument(f"--kv-stall-timeout-s must be positive, got {stall_s}")
+    if max_streams < 1:
+        raise InvalidArgument(f"--max-kv-streams must be at least 1, got {max_streams}")
 
 
 def deadline_messages(messages: Iterable, header_s: float = HEADER_TIMEOUT_S,

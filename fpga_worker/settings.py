@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fpga_worker.kv_stream_limits import check_limits
 from services.errors import InvalidArgument
 from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
 from services.settings import DaemonSettings
@@ -44,12 +45,7 @@ class FpgaWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--slots must be at least 1, got {self.slots}")
         if self.kv_transport not in KV_TRANSPORTS:
             raise InvalidArgument(f"--kv-transport must be one of {', '.join(KV_TRANSPORTS)}, got {self.kv_transport!r}")
-        if not 0 < self.kv_header_timeout_s <= 2.0:
-            raise InvalidArgument(f"--kv-header-timeout-s must be in (0, 2], got {self.kv_header_timeout_s}")
-        if self.kv_stall_timeout_s <= 0:
-            raise InvalidArgument(f"--kv-stall-timeout-s must be positive, got {self.kv_stall_timeout_s}")
-        if self.max_kv_streams < 1:
-            raise InvalidArgument(f"--max-kv-streams must be at least 1, got {self.max_kv_streams}")
+        check_limits(self.kv_header_timeout_s, self.kv_stall_timeout_s, self.max_kv_streams)
         if not 2.0 <= self.kv_hold_ttl_s <= 3600.0:
             raise InvalidArgument(f"--kv-hold-ttl-s must be in [2, 3600] s (renewals come every second), "
                                   f"got {self.kv_hold_ttl_s}")

@@ -51,6 +51,22 @@ def kv_token_option(fn):
                              "transfers are unauthenticated.")(fn)
 
 
+def kv_intake_options(fn):
+    """The bounds on KV streams a worker receives (fpga_worker/kv_stream_limits.py): FPGA workers, and GPU
+    workers with the decode role."""
+    options = [
+        click.option("--kv-header-timeout-s", default=2.0, type=float, envvar=env_var("kv-header-timeout-s"),
+                     show_default=True, help="A received KV stream's header must arrive within this (at most 2 s)."),
+        click.option("--kv-stall-timeout-s", default=30.0, type=float, envvar=env_var("kv-stall-timeout-s"),
+                     show_default=True, help="Longest gap between two messages of one received KV stream, seconds."),
+        click.option("--max-kv-streams", default=64, type=int, envvar=env_var("max-kv-streams"), show_default=True,
+                     help="KV streams received at once (more: RESOURCE_EXHAUSTED at once)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def kv_hold_option(fn):
     """How long a worker keeps KV nobody renews (services.kv_holds)."""
     return click.option("--kv-hold-ttl-s", default=20.0, type=float, envvar=env_var("kv-hold-ttl-s"), show_default=True,
@@ -153,12 +169,7 @@ def scheduler_cmd(**kwargs) -> None:
                    "from another GPU worker's prefill and decode it, as an FPGA does).")
 @click.option("--kv-staging-gib", default=2.0, type=float, envvar=env_var("kv-staging-gib"), show_default=True,
               help="Decode role: host staging for KV arriving, GiB (a sparse shared-memory segment).")
-@click.option("--kv-header-timeout-s", default=2.0, type=float, envvar=env_var("kv-header-timeout-s"),
-              show_default=True, help="Decode role: a KV stream's header must arrive within this (at most 2 s).")
-@click.option("--kv-stall-timeout-s", default=30.0, type=float, envvar=env_var("kv-stall-timeout-s"),
-              show_default=True, help="Decode role: longest gap between two messages of one KV stream, seconds.")
-@click.option("--max-kv-streams", default=64, type=int, envvar=env_var("max-kv-streams"), show_default=True,
-              help="Decode role: KV streams received at once (more: RESOURCE_EXHAUSTED at once).")
+@kv_intake_options
 def gpu_worker_cmd(**kwargs) -> None:
     """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode; with --roles
     decode, also (or only) a decode target for other GPU workers' prefills."""
@@ -184,12 +195,7 @@ def gpu_worker_cmd(**kwargs) -> None:
 @click.option("--kv-transport", default="auto", envvar=env_var("kv-transport"), show_default=True,
               type=click.Choice(["auto", "shm", "nixl", "grpc"]),
               help="KV data planes accepted besides grpc (always accepted): auto = every one available.")
-@click.option("--kv-header-timeout-s", default=2.0, type=float, envvar=env_var("kv-header-timeout-s"),
-              show_default=True, help="A KV stream's header must arrive within this (at most 2 s).")
-@click.option("--kv-stall-timeout-s", default=30.0, type=float, envvar=env_var("kv-stall-timeout-s"),
-              show_default=True, help="Longest gap between two messages of one KV stream, seconds.")
-@click.option("--max-kv-streams", default=64, type=int, envvar=env_var("max-kv-streams"), show_default=True,
-              help="KV streams served at once (more: RESOURCE_EXHAUSTED at once).")
+@kv_intake_options
 @kv_token_option
 @kv_hold_option
 def fpga_worker_cmd(**kwargs) -> None:

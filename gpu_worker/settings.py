@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fpga_worker.kv_stream_limits import check_limits
 from services.errors import InvalidArgument
 from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
 from services.settings import DaemonSettings
@@ -47,20 +48,14 @@ class GpuWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--kv-memory-fraction must be in (0, 1], got {self.kv_memory_fraction}")
         if self.kv_cache_gib < 0:
             raise InvalidArgument(f"--kv-cache-gib must be >= 0 (0 = from --kv-memory-fraction), got {self.kv_cache_gib}")
-        roles = [r.strip() for r in self.roles.split(",") if r.strip()]
-        unknown = [r for r in roles if r not in ROLES]
-        if not roles or unknown:
+        roles = self.role_set()
+        if not roles or roles - set(ROLES):
             raise InvalidArgument(f"--roles must be a comma-separated subset of {', '.join(ROLES)}, got {self.roles!r}")
         if ROLE_ASSIST in roles and ROLE_PREFILL not in roles:
             raise InvalidArgument("--roles: assist (decoding what this worker prefilled) needs prefill too")
         if self.kv_staging_gib <= 0:
             raise InvalidArgument(f"--kv-staging-gib must be positive, got {self.kv_staging_gib}")
-        if not 0 < self.kv_header_timeout_s <= 2.0:
-            raise InvalidArgument(f"--kv-header-timeout-s must be in (0, 2], got {self.kv_header_timeout_s}")
-        if self.kv_stall_timeout_s <= 0:
-            raise InvalidArgument(f"--kv-stall-timeout-s must be positive, got {self.kv_stall_timeout_s}")
-        if self.max_kv_streams < 1:
-            raise InvalidArgument(f"--max-kv-streams must be at least 1, got {self.max_kv_streams}")
+        check_limits(self.kv_header_timeout_s, self.kv_stall_timeout_s, self.max_kv_streams)
         if self.max_batch_tokens < 1:
             raise InvalidArgument(f"--max-batch-tokens must be at least 1, got {self.max_batch_tokens}")
 
