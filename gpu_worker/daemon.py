@@ -70,7 +70,6 @@ class GpuDevice(worker_runtime.WorkerDevice):
         metrics.GPU_ASSIST_ACTIVE.set_function(engine.requests.assist_active)
         watch_cuda_device(self.role, engine.device)
 
-
     def ready_details(self) -> str:
         return (f"device={self.engine.device} dtype={self.engine.dtype} roles={self.settings.roles}"
                 + (f" kv_transports={','.join(self.servicer.kv_transports)}" if self.intake is not None else ""))

@@ -106,13 +106,12 @@ class DecodePlan:
         # and 0 x NaN of an unwritten slot would be NaN
         positions = torch.arange(width, device=device)
         gather = torch.stack([
-            torch.where(positions < seg.past + 1, seg.kv.slots[positions.clamp(max=seg.kv.capacity - 1)],
-                        seg.kv.slots[0]) for seg in decodes])  # [B, width]
+            torch.where(positions < length, seg.kv.slots[positions.clamp(max=seg.kv.capacity - 1)], seg.kv.slots[0])
+            for seg, length in zip(decodes, lengths)])  # [B, width]
         write = torch.stack([seg.kv.slots[seg.past] for seg in decodes])  # [B]
         mask = None
         if min(lengths) != width:
-            mask = (torch.arange(width, device=device)[None, :]
-                    < torch.tensor(lengths, device=device)[:, None]).view(len(decodes), 1, 1, width)
+            mask = (positions[None, :] < torch.tensor(lengths, device=device)[:, None]).view(len(decodes), 1, 1, width)
         return DecodePlan(len(decodes), decodes[0].kv.pool, write, gather, mask)
 
     def attend(self, layer: int, query, key, value, scaling, gqa: bool) -> torch.Tensor:
@@ -121,10 +120,10 @@ class DecodePlan:
         keys, values = self.pool.keys(layer), self.pool.values(layer)  # [H_kv, slots, D]
         keys.index_copy_(1, self.write_slots, key[0, :, :b])
         values.index_copy_(1, self.write_slots, value[0, :, :b])
-        b_, width = self.gather_slots.shape
+        width = self.gather_slots.shape[1]
         flat = self.gather_slots.view(-1)  # index_select: several times faster than advanced indexing here
-        k = keys.index_select(1, flat).view(keys.shape[0], b_, width, -1).transpose(0, 1)  # [B, H_kv, L, D]
-        v = values.index_select(1, flat).view(values.shape[0], b_, width, -1).transpose(0, 1)
+        k = keys.index_select(1, flat).view(keys.shape[0], b, width, -1).transpose(0, 1)  # [B, H_kv, L, D]
+        v = values.index_select(1, flat).view(values.shape[0], b, width, -1).transpose(0, 1)
         q = query[0, :, :b].transpose(0, 1).unsqueeze(2)  # [B, H, 1, D]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=scaling, enable_gqa=gqa)
         return out.squeeze(2).transpose(0, 1).unsqueeze(0)  # [1, H, B, D]

@@ -24,8 +24,9 @@ class RequestKv:
         ids = torch.tensor(self.block_ids, dtype=torch.long)
         self.slots = (ids.repeat_interleave(BLOCK_TOKENS) * BLOCK_TOKENS
                       + torch.arange(BLOCK_TOKENS).repeat(blocks)).to(device)  # [capacity]
-        consecutive = self.block_ids == list(range(self.block_ids[0], self.block_ids[0] + blocks)) if blocks else True
-        self._base = self.block_ids[0] * BLOCK_TOKENS if consecutive and blocks else None  # first slot, if one run
+        # the pool hands out ascending distinct ids, so they are one run when the last is first + blocks - 1
+        one_run = blocks > 0 and self.block_ids[-1] - self.block_ids[0] == blocks - 1
+        self._base = self.block_ids[0] * BLOCK_TOKENS if one_run else None  # first slot, when reads can be views
         self.length = 0  # tokens written and complete in every layer
 
     def free(self) -> None:

@@ -75,7 +75,7 @@ class GpuWorkerServicer(KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
             slots=engine.settings.slots, active_requests=engine.active_requests(),
             kv_bytes_per_token=engine.kv_bytes_per_token, pid=os.getpid(),
             kv_transports=self.kv_transports or self._sends(),
-            host_identity=host_identity(), shm_segment=self.shm_path() if self.intake is not None else "",
+            host_identity=host_identity(), shm_segment=self.shm_path(),
             nixl_agent=self.nixl.name if self.nixl is not None else "",
             kv_tokens_required=self.intake is not None and self.kv_tokens is not None, kv_held_bytes=held.kv_bytes,
             expiring_requests=held.expiring, kv_hold_ttl_s=self.holds.ttl_s,
@@ -158,8 +158,9 @@ class GpuWorkerServicer(KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
     def Release(self, request, context):
         self.auth.check(request.auth_token, "release", request.request_id)
         self.holds.forget(request.request_id)
-        released = self.intake.release(request.request_id) if self.intake is not None else False
-        return worker_pb2.ReleaseResponse(released=self.engine.release(request.request_id) or released)
+        # the intake frees what a transfer staged and the request's blocks; without it, the blocks alone
+        release = self.intake.release if self.intake is not None else self.engine.release
+        return worker_pb2.ReleaseResponse(released=release(request.request_id))
 
     def RenewKvHolds(self, request, context):
         return renew_rpc(self.holds, self.auth, request)
