@@ -13,7 +13,6 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-import torch
 from click.testing import CliRunner
 
 from glitches import Client
@@ -22,23 +21,11 @@ from glitches.cluster import ClusterSpec, LocalCluster
 from services import models
 from services.registry import Registry
 from tests.conftest import REDIS_URL
+from tests.greedy_reference import greedy
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]  # on the toy's PYTHONPATH, wherever pytest runs from
 PROMPTS = (("The capital of France is", 12), ("Write a haiku about the sea.", 16), ("Count: one, two,", 8))
-
-
-def _greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=max_new_tokens,
-                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long))
-    new = out[0, len(prompt_ids):].tolist()
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos])
-    for i, token in enumerate(new):  # generate pads after EOS; the service stops at it
-        if token in eos:
-            return new[: i + 1]
-    return new
 
 
 def _wait_listed(client: Client, worker_id: str, proc: subprocess.Popen, timeout_s: float = 180.0):
@@ -55,6 +42,8 @@ def _wait_listed(client: Client, worker_id: str, proc: subprocess.Popen, timeout
 def test_toy_device_decodes_beside_the_real_daemons(redis_prefix, tmp_path):
     source = models.resolve_model(models.DEFAULT_MODEL)
     reference = models.load_causal_lm(source, "cpu", "float32")
+    eos = reference.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
     spec = ClusterSpec(gpu_workers=1, fpga_workers=0, model=models.DEFAULT_MODEL, port=0, redis_url=REDIS_URL,
                        redis_prefix=redis_prefix)
     with LocalCluster(spec, tmp_path) as cluster, Client(cluster.address, timeout_s=600) as client:
@@ -75,7 +64,8 @@ def test_toy_device_decodes_beside_the_real_daemons(redis_prefix, tmp_path):
             for prompt, max_tokens in PROMPTS:
                 result = client.generate(prompt, max_tokens=max_tokens)
                 assert (result.decode_device, result.decode_worker) == ("toy-npu", "toy-0")
-                assert list(result.token_ids) == _greedy(reference, list(result.prompt_token_ids), max_tokens)
+                expected = greedy(reference, list(result.prompt_token_ids), max_tokens, eos).tokens
+                assert list(result.token_ids) == expected
                 assert result.timings.kv_transport == "grpc"
             registry = Registry(REDIS_URL, redis_prefix)
             deadline = time.monotonic() + 5
