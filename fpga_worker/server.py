@@ -14,14 +14,14 @@ from services.errors import FailedPrecondition, InvalidArgument
 from services.host_identity import host_identity
 from services.kv_holds import KvHolds, renew_rpc
 from services.kv_token import KvTokenVerifier
-from services.request_auth import OpenAccess, RequestAuthVerifier
+from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
 from services.proto_convert import step_to_proto
 from services.worker_caps import DECODE_CLASS_DEDICATED, ROLE_DECODE
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 
-class FpgaWorkerServicer(KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
+class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
     def __init__(self, backend: DecodeBackend, tokenizer, worker_id: str, model_name: str, slots: int,
                  kv_tokens: KvTokenVerifier | None = None, kv_transport: str = "auto",
                  limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64),
@@ -39,14 +39,6 @@ class FpgaWorkerServicer(KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
         self.vocab_size = vocab_size or len(tokenizer)  # token ids a Decode may name: [0, vocab_size)
         self.worker_id = worker_id
 
-    @property
-    def worker_id(self) -> str:
-        return self._worker_id
-
-    @worker_id.setter
-    def worker_id(self, value: str) -> None:
-        self._worker_id = value
-        self.auth.worker_id = value  # tokens are bound to this id
 
     def text_of(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -15,7 +15,7 @@ from services.channels import WorkerStubs
 from services.tls import PLAINTEXT, TlsConfig
 from services.errors import FailedPrecondition, InvalidArgument
 from services.kv_holds import KvHolds, renew_rpc
-from services.request_auth import OpenAccess, RequestAuthVerifier
+from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
 from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
 from services.kv_token import KvTokenVerifier
 from services.worker_caps import DECODE_CLASS_GPU, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL, ordered_roles
@@ -23,7 +23,7 @@ from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 
-class GpuWorkerServicer(KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
+class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
     """roles (services.worker_caps): prefill, assist (GPU assist) and decode (KV from another worker's prefill,
     through `intake`, gpu_worker/kv_intake.py, which the decode role needs)."""
 
@@ -51,14 +51,6 @@ class GpuWorkerServicer(KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
         self._stubs = WorkerStubs(tls)  # to decode targets: mTLS when the worker has a certificate
         self.transports = TransportChooser(engine.settings.kv_transport, tls=tls.enabled)
 
-    @property
-    def worker_id(self) -> str:
-        return self._worker_id
-
-    @worker_id.setter
-    def worker_id(self, value: str) -> None:
-        self._worker_id = value
-        self.auth.worker_id = value  # tokens are bound to this id
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         return self._stubs.get(address)

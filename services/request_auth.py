@@ -93,3 +93,18 @@ class OpenAccess:
 
     def check(self, token: str, purpose: str, request_id: str) -> None:
         return None
+
+
+class AuthBoundWorkerId:
+    """A worker servicer's `worker_id`, bound to its request auth (`self.auth`, a RequestAuthVerifier or
+    OpenAccess): the runtime sets the id once the server's port is known, and the tokens the verifier
+    accepts name that id, so setting one sets both."""
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    @worker_id.setter
+    def worker_id(self, value: str) -> None:
+        self._worker_id = value
+        self.auth.worker_id = value

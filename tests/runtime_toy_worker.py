@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from services import worker_runtime
 from services.kv_holds import KvHolds
-from services.request_auth import OpenAccess, RequestAuthVerifier
+from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
 from services.settings import DaemonSettings
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from services.worker_record import KvBlocks
@@ -31,7 +31,7 @@ class ToySettings(DaemonSettings):
     decode_step_s: float = 0.2  # how long one toy decode step takes, seconds
 
 
-class ToyServicer(worker_pb2_grpc.WorkerServicer):
+class ToyServicer(AuthBoundWorkerId, worker_pb2_grpc.WorkerServicer):
     def __init__(self, auth: RequestAuthVerifier | OpenAccess, slots: int, step_s: float):
         self.auth = auth
         self.slots = slots
@@ -40,14 +40,6 @@ class ToyServicer(worker_pb2_grpc.WorkerServicer):
         self.on_change: Callable[[], None] = lambda: None
         self.worker_id = ""
 
-    @property
-    def worker_id(self) -> str:
-        return self._worker_id
-
-    @worker_id.setter
-    def worker_id(self, value: str) -> None:
-        self._worker_id = value
-        self.auth.worker_id = value
 
     def info(self) -> worker_pb2.InfoResponse:
         return worker_pb2.InfoResponse(worker_id=self.worker_id, backend="toy", emulated=True,

@@ -12,6 +12,7 @@ from services.host_identity import host_identity
 from services.kv_holds import KvHolds, renew_rpc
 from services.proto_convert import step_to_proto
 from services.sampling import Sampling, check_sampling
+from services.request_auth import AuthBoundWorkerId
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from tests.toy_decoder.store import ToyStore
 
@@ -20,7 +21,7 @@ DECODE_CLASS = 15  # after a dedicated decode card (10), before a GPU with the d
 HEADER_S, STALL_S = 2.0, 30.0  # a KV stream's header deadline and longest gap, seconds
 
 
-class ToyServicer(worker_pb2_grpc.WorkerServicer):
+class ToyServicer(AuthBoundWorkerId, worker_pb2_grpc.WorkerServicer):
     def __init__(self, store: ToyStore, tokenizer, model_name: str, kv_tokens, auth):
         self.store, self.tokenizer, self.model_name = store, tokenizer, model_name
         self.kv_tokens = kv_tokens  # services.kv_token.KvTokenVerifier, or None (transfers unauthenticated)
@@ -28,14 +29,6 @@ class ToyServicer(worker_pb2_grpc.WorkerServicer):
         self.holds = KvHolds(3600.0, store.release)  # replaced by the device's started one (attach)
         self.worker_id = ""
 
-    @property
-    def worker_id(self) -> str:
-        return self._worker_id
-
-    @worker_id.setter
-    def worker_id(self, value: str) -> None:
-        self._worker_id = value
-        self.auth.worker_id = value
 
     def info(self) -> worker_pb2.InfoResponse:
         g = self.store.geometry()
