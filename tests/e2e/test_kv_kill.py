@@ -75,6 +75,17 @@ def _wait_reserved(fpga, timeout_s: float = 60.0) -> None:
     time.sleep(0.3)  # a few layers in
 
 
+def _wait_freed(worker, free_bytes: int, timeout_s: float = 10.0) -> None:
+    """The worker holds no request and `free_bytes` of KV are free again (its receiver released the reservation)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = worker.Info(worker_pb2.InfoRequest(), timeout=2)
+        if info.active_requests == 0 and info.kv_free_bytes == free_bytes:
+            return
+        assert time.monotonic() < deadline, f"the reservation was not freed: {info}"
+        time.sleep(0.1)
+
+
 def _stop(*procs: subprocess.Popen) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -135,13 +146,7 @@ def test_gpu_worker_killed_mid_transfer_frees_the_reservation(transport, redis_p
         gpu_proc.send_signal(signal.SIGKILL)
         gpu_proc.wait(10)
         outcome["thread"].join(60)
-        deadline = time.monotonic() + 10
-        while True:
-            info = fpga.Info(worker_pb2.InfoRequest(), timeout=2)
-            if info.active_requests == 0 and info.kv_free_bytes == capacity:
-                break
-            assert time.monotonic() < deadline, f"the reservation was not freed: {info}"
-            time.sleep(0.1)
+        _wait_freed(fpga, capacity)
         assert _metric(fpga_rec.http_address, "glitches_kv_nixl_registrations") == 0
         assert _metric(fpga_rec.http_address, "glitches_kv_streams") == 0
         second = _spawn(redis_prefix, "gpu-worker", "gpu-g2", "--kv-transport", transport)
@@ -185,13 +190,7 @@ def test_decode_gpu_killed_mid_transfer_and_prefill_gpu_killed_mid_transfer(redi
         sender.send_signal(signal.SIGKILL)
         sender.wait(10)
         outcome["thread"].join(60)
-        deadline = time.monotonic() + 10
-        while True:
-            info = dec.Info(worker_pb2.InfoRequest(), timeout=2)
-            if info.active_requests == 0 and info.kv_free_bytes == full:
-                break
-            assert time.monotonic() < deadline, f"the reservation was not freed: {info}"
-            time.sleep(0.1)
+        _wait_freed(dec, full)
         sender = _spawn(redis_prefix, "gpu-worker", "gpu-s2", "--kv-transport", "shm")
         procs.append(sender)
         rec = _record(registry, "gpu-s2", sender)
