@@ -34,6 +34,7 @@ import torch
 from benchmarks.request_path import kv_overlap, long_prompt, raw_tcp_gbps
 from glitches import Client
 from glitches.cluster import ClusterSpec, LocalCluster
+from fpga_worker import kv_copy_threads
 from gpu_worker.kv_sender import open_sender
 from services import models
 from services.channels import insecure_channel
@@ -91,15 +92,18 @@ class LiveCard:
         return payload / (done - started) / 1e9, max(0.0, done - (started + layers * pace_s))
 
 
-def memcpy_gbps(key: torch.Tensor, layers: int, repeats: int) -> list[float]:
-    """The same bytes copied by one plain memcpy per layer into a buffer already faulted in."""
+def memcpy_gbps(key: torch.Tensor, layers: int, repeats: int, threads: int = 1) -> list[float]:
+    """The same bytes copied by one plain memcpy per layer's K and V into a buffer already faulted in; with
+    threads=2, K and V side by side as the relayout runs them (fpga_worker/kv_copy_threads.run_pair)."""
     dst = torch.empty(layers * 2, *key.shape[1:], dtype=key.dtype)
     dst.zero_()
+    nbytes = 2 * key.numel() * key.element_size()
     rates = []
+    kv_copy_threads.configure(threads)
     for _ in range(repeats + 1):
         started = time.perf_counter()
-        for i in range(2 * layers):
-            dst[i].copy_(key[0])
+        for i in range(layers):
+            kv_copy_threads.run_pair(lambda: dst[2 * i].copy_(key[0]), lambda: dst[2 * i + 1].copy_(key[0]), nbytes)
         rates.append(dst.numel() * dst.element_size() / (time.perf_counter() - started) / 1e9)
     return rates[1:]
 
@@ -170,7 +174,10 @@ def baselines(samples: dict[str, list[float]], key: torch.Tensor, layers: int, r
     """Add one round of every baseline's samples (GB/s); run before and after the transports, so that the
     load other processes put on the machine weighs on both sides of each ratio alike."""
     layer_bytes = 2 * key.numel() * key.element_size()
-    samples.setdefault("memcpy", []).extend(memcpy_gbps(key, layers, repeats))
+    threads = kv_copy_threads.threads()
+    samples.setdefault("memcpy", []).extend(memcpy_gbps(key, layers, repeats, 1))
+    samples.setdefault("memcpy-2", []).extend(memcpy_gbps(key, layers, repeats, 2))
+    kv_copy_threads.configure(threads)
     samples.setdefault("relayout", []).extend(relayout_gbps(key, layers, repeats))
     samples.setdefault("tcp", []).append(raw_tcp_gbps([layer_bytes] * layers, repeats))
     for thread in (False, True) if nixl else ():
@@ -183,12 +190,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--transports", default="shm,nixl,grpc")
     parser.add_argument("--prompt-tokens", type=int, default=1536)
+    parser.add_argument("--copy-threads", type=int, default=kv_copy_threads.DEFAULT_THREADS,
+                        help="threads of the senders' relayout (the workers' --kv-copy-threads), 1 or 2")
     parser.add_argument("--no-smollm", action="store_true", help="skip part 3 (one SmolLM2 cluster per transport)")
     args = parser.parse_args()
     # One intra-op thread, as the senders' writer threads effectively run: with two, every large copy on this
     # thread is split over an OpenMP team, and on 2 cores shared with other load that team waits on its
     # preempted half (measured: memcpy 1.0-1.1 GB/s with two threads on the main thread, 6.8-7.2 with one).
     torch.set_num_threads(1)
+    kv_copy_threads.configure(args.copy_threads)
     transports = args.transports.split(",")
     layers, tokens, repeats = (4, 256, 1) if args.quick else (32, 1536, args.repeats)
     prompt_tokens = 128 if args.quick else args.prompt_tokens
@@ -198,7 +208,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kv-bench-") as tmp:
         model_dir = llama7b_kv_model(Path(tmp) / "llama7b-kv", layers)
         spec = ClusterSpec(gpu_workers=0, fpga_workers=1, model=str(model_dir), port=0, fpga_numerics="w4a8",
-                           fpga_hbm_bytes=8 * 1024**3)
+                           fpga_hbm_bytes=8 * 1024**3,
+                           extra_env={"GLITCHES_KV_COPY_THREADS": str(args.copy_threads)})
         with LocalCluster(spec) as cluster:
             card = LiveCard(cluster)
             samples: dict[str, list[float]] = {}  # baseline -> GB/s, measured before and after the transports
@@ -212,14 +223,16 @@ def main() -> None:
                 replay[transport] = statistics.median(
                     card.send(transport, f"paced-{transport}-{i}", key, layers, pace)[1] for i in range(repeats))
             baselines(samples, key, layers, repeats, "nixl" in transports)
-        copy, relayout, tcp = (statistics.median(samples[name]) for name in ("memcpy", "relayout", "tcp"))
+        copy, copy2, relayout, tcp = (statistics.median(samples[name])
+                                      for name in ("memcpy", "memcpy-2", "relayout", "tcp"))
         own = {thread: statistics.median(samples[f"nixl-{thread}"]) for thread in (False, True)
                if f"nixl-{thread}" in samples}
         nixl_own = max(own.values(), default=0.0)  # the goal is measured against NIXL's better configuration
     size = f"{layers} layers x {layer_bytes / 1e6:.1f} MB"
-    rows.append(f"| plain memcpy, same bytes ({size}) | {copy:.2f} GB/s | - |")
-    rows.append(f"| ABI relayout alone (KvRegion.write, one process) | {relayout:.2f} GB/s = {relayout / copy:.2f} "
-                f"of memcpy | - |")
+    rows.append(f"| plain memcpy, same bytes ({size}), one thread | {copy:.2f} GB/s | - |")
+    rows.append(f"| plain memcpy, K and V on two threads | {copy2:.2f} GB/s = {copy2 / copy:.2f} of memcpy | - |")
+    rows.append(f"| ABI relayout alone (KvRegion.write, one process, {args.copy_threads} thread(s)) | {relayout:.2f} GB/s "
+                f"= {relayout / copy:.2f} of memcpy, {relayout / copy2:.2f} of two-thread memcpy | - |")
     rows.append(f"| raw loopback TCP to another process, same bytes | {tcp:.2f} GB/s = {tcp / copy:.2f} of memcpy | - |")
     for thread, rate in own.items():
         rows.append(f"| NIXL's own two-process WRITE (UCX), same bytes, progress thread {'on' if thread else 'off'} "
@@ -229,6 +242,7 @@ def main() -> None:
         extra = f"; {rate / nixl_own:.2f} of NIXL's own (faster config)" if transport == "nixl" and nixl_own else ""
         goal = {"shm": ">= 0.5 of memcpy", "nixl": ">= 0.8 of NIXL's own"}.get(transport, "-")
         rows.append(f"| bulk `{transport}` into a live FPGA worker | {rate:.2f} GB/s = {rate / copy:.2f} of memcpy, "
+                    f"{rate / copy2:.2f} of two-thread memcpy, "
                     f"{rate / relayout:.2f} of the relayout, {rate / tcp:.2f} of raw TCP{extra} | {goal} |")
     for transport in transports:
         exposed = replay[transport]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from fpga_worker import kv_copy_threads
 from fpga_worker.held_backend import HeldBackend
 from fpga_worker.kv_notify import NotifyingBackend
 from fpga_worker.sensors import CachedSensors, publish_sensors
@@ -32,6 +33,7 @@ class FpgaDevice(worker_runtime.WorkerDevice):
     def build(self, auth: RequestAuthVerifier | OpenAccess) -> FpgaWorkerServicer:
         settings = self.settings
         source = models.resolve_model(settings.model)
+        kv_copy_threads.configure(settings.kv_copy_threads)
         self.backend = backend = build_backend(settings, source)
         self.kv_tokens = KvTokenVerifier(settings.kv_token_secret) if settings.kv_token_secret else None
         if self.kv_tokens is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fpga_worker import kv_copy_threads
 from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS, KV_ELEMENT_BYTES, ModelDims
 from services.errors import InvalidArgument
 
@@ -135,8 +136,8 @@ class KvRegion:
         """Relayout a prefill chunk: key, value [1, kv_heads, seq, head_dim] for tokens from seq_start.
 
         Whole 16-token blocks go in with one index_put_ per kind, straight from K and V (one copy per
-        byte; a dtype conversion, when needed, is the one extra), moving 16-byte elements (_wide);
-        a partial block's tokens go row by row.
+        byte; a dtype conversion, when needed, is the one extra), moving 16-byte elements (_wide), K and V
+        on two threads when large (fpga_worker/kv_copy_threads.py); a partial block's tokens go row by row.
         """
         want = (1, self.plan.kv_heads, key.shape[2], self.plan.head_dim)
         if tuple(key.shape) != want or tuple(value.shape) != want:
@@ -147,12 +148,16 @@ class KvRegion:
         if full:
             first = seq_start // KV_BLOCK_TOKENS
             heads, n = self.plan.kv_heads, full * KV_BLOCK_TOKENS
-            for kind, src in ((K_KIND, key), (V_KIND, value)):
+
+            def scatter(kind: int, src: torch.Tensor) -> None:
                 blocks = src[0, :, :n].to(self.data.dtype)
                 data, blocks = _wide(self.data, blocks if blocks.stride(-1) == 1 else blocks.contiguous())
                 blocks = blocks.reshape(heads, full, KV_BLOCK_TOKENS, data.shape[-1])
                 where = (self._pc[layer][kind, :, first:first + full], self._slot[layer][kind, :, first:first + full])
                 data.index_put_(where, blocks)
+
+            nbytes = 2 * heads * n * self.plan.head_dim * self.plan.element_bytes
+            kv_copy_threads.run_pair(lambda: scatter(K_KIND, key), lambda: scatter(V_KIND, value), nbytes)
             if n == seq:
                 return
             seq_start, key, value, seq = seq_start + n, key[:, :, n:], value[:, :, n:], seq - n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fpga_worker import kv_copy_threads
 from fpga_worker.kv_stream_limits import check_limits
 from services.errors import InvalidArgument
 from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
@@ -30,6 +31,7 @@ class FpgaWorkerSettings(DaemonSettings):
     kv_stall_timeout_s: float = 30.0  # longest gap between two messages of one KV stream, seconds
     max_kv_streams: int = 64  # KV streams served at once; the gRPC pool gets this many threads on top of 32
     kv_hold_ttl_s: float = DEFAULT_HOLD_TTL_S  # KV of a request not decoding is freed this long after its last renewal
+    kv_copy_threads: int = kv_copy_threads.DEFAULT_THREADS  # threads of one KV relayout (K and V side by side)
 
     def __post_init__(self):
         super().__post_init__()
@@ -46,6 +48,7 @@ class FpgaWorkerSettings(DaemonSettings):
         if self.kv_transport not in KV_TRANSPORTS:
             raise InvalidArgument(f"--kv-transport must be one of {', '.join(KV_TRANSPORTS)}, got {self.kv_transport!r}")
         check_limits(self.kv_header_timeout_s, self.kv_stall_timeout_s, self.max_kv_streams)
+        kv_copy_threads.check(self.kv_copy_threads)
         if not 2.0 <= self.kv_hold_ttl_s <= 3600.0:
             raise InvalidArgument(f"--kv-hold-ttl-s must be in [2, 3600] s (renewals come every second), "
                                   f"got {self.kv_hold_ttl_s}")

@@ -67,6 +67,14 @@ def kv_intake_options(fn):
     return fn
 
 
+def kv_copy_threads_option(fn):
+    """Threads of one KV relayout (fpga_worker/kv_copy_threads.py): GPU and FPGA workers."""
+    return click.option("--kv-copy-threads", default=2, type=click.IntRange(1, 2), envvar=env_var("kv-copy-threads"),
+                        show_default=True,
+                        help="Threads that write one layer's KV at the card's addresses: 2 = K and V side by side "
+                             "(CPU copies only: shm on the CPU, nixl staging, grpc receive).")(fn)
+
+
 def kv_hold_option(fn):
     """How long a worker keeps KV nobody renews (services.kv_holds)."""
     return click.option("--kv-hold-ttl-s", default=20.0, type=float, envvar=env_var("kv-hold-ttl-s"), show_default=True,
@@ -170,6 +178,7 @@ def scheduler_cmd(**kwargs) -> None:
 @click.option("--kv-staging-gib", default=2.0, type=float, envvar=env_var("kv-staging-gib"), show_default=True,
               help="Decode role: host staging for KV arriving, GiB (a sparse shared-memory segment).")
 @kv_intake_options
+@kv_copy_threads_option
 def gpu_worker_cmd(**kwargs) -> None:
     """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode; with --roles
     decode, also (or only) a decode target for other GPU workers' prefills."""
@@ -198,6 +207,7 @@ def gpu_worker_cmd(**kwargs) -> None:
 @kv_intake_options
 @kv_token_option
 @kv_hold_option
+@kv_copy_threads_option
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
     from fpga_worker.daemon import serve

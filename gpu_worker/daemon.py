@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fpga_worker import kv_copy_threads
 from fpga_worker.held_backend import HeldBackend
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_intake import GpuKvIntake
@@ -29,6 +30,7 @@ class GpuDevice(worker_runtime.WorkerDevice):
     def build(self, auth: RequestAuthVerifier | OpenAccess) -> GpuWorkerServicer:
         settings = self.settings
         source = models.resolve_model(settings.model)
+        kv_copy_threads.configure(settings.kv_copy_threads)
         self.engine = GpuEngine(settings, source)
         roles = settings.role_set()
         self.intake = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fpga_worker import kv_copy_threads
 from fpga_worker.kv_stream_limits import check_limits
 from services.errors import InvalidArgument
 from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
@@ -32,6 +33,7 @@ class GpuWorkerSettings(DaemonSettings):
     kv_header_timeout_s: float = 2.0  # decode role: a KV stream's header must arrive within this, seconds
     kv_stall_timeout_s: float = 30.0  # decode role: longest gap between two messages of one KV stream, seconds
     max_kv_streams: int = 64  # decode role: KV streams served at once
+    kv_copy_threads: int = kv_copy_threads.DEFAULT_THREADS  # threads of one KV relayout (K and V side by side)
 
     def __post_init__(self):
         super().__post_init__()
@@ -56,6 +58,7 @@ class GpuWorkerSettings(DaemonSettings):
         if self.kv_staging_gib <= 0:
             raise InvalidArgument(f"--kv-staging-gib must be positive, got {self.kv_staging_gib}")
         check_limits(self.kv_header_timeout_s, self.kv_stall_timeout_s, self.max_kv_streams)
+        kv_copy_threads.check(self.kv_copy_threads)
         if self.max_batch_tokens < 1:
             raise InvalidArgument(f"--max-batch-tokens must be at least 1, got {self.max_batch_tokens}")
 

@@ -5,7 +5,18 @@ import random
 import pytest
 import torch
 
+from fpga_worker import kv_copy_threads
 from fpga_worker.kv_layout import KV_BLOCK_TOKENS, KvPlan, KvRegion
+
+
+@pytest.fixture(params=[1, 2], ids=["one-thread", "k-and-v-on-two-threads"])
+def copy_threads(request, monkeypatch):
+    """Every write either on the caller's thread or split K / V over two, whatever its size."""
+    monkeypatch.setattr(kv_copy_threads, "MIN_SPLIT_BYTES", 0)
+    before = kv_copy_threads.threads()
+    kv_copy_threads.configure(request.param)
+    yield request.param
+    kv_copy_threads.configure(before)
 
 
 def _reference_write(region: KvRegion, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -21,7 +32,7 @@ def _reference_write(region: KvRegion, layer: int, seq_start: int, key: torch.Te
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_write_puts_every_token_where_the_abi_says(seed):
+def test_write_puts_every_token_where_the_abi_says(seed, copy_threads):
     rng = random.Random(seed)
     heads, dim, capacity = rng.choice([1, 3, 5, 8]), rng.choice([4, 8, 16]), rng.randint(1, 300)
     plan = KvPlan(rng.randint(1, 3), heads, dim, capacity, 2)
@@ -41,7 +52,7 @@ def test_write_puts_every_token_where_the_abi_says(seed):
     assert torch.equal(fast.data, slow.data)
 
 
-def test_write_moves_float16_bits_unchanged_even_from_a_misaligned_source():
+def test_write_moves_float16_bits_unchanged_even_from_a_misaligned_source(copy_threads):
     plan = KvPlan(1, 2, 64, 64, 2)
     raw = torch.randint(-32768, 32767, (1 + 2 * 2 * 64 * 64,), dtype=torch.int16)  # NaNs, subnormals, all
     for offset in (0, 1):  # 1: the source starts 2 bytes off 16-byte alignment (no widening)
@@ -50,3 +61,26 @@ def test_write_moves_float16_bits_unchanged_even_from_a_misaligned_source():
         fast.write(0, 0, bits[0], bits[1])
         _reference_write(slow, 0, 0, bits[0], bits[1])
         assert torch.equal(fast.data.view(torch.int16), slow.data.view(torch.int16))
+
+
+def test_run_pair_finishes_both_halves_and_raises_the_first_error(monkeypatch):
+    monkeypatch.setattr(kv_copy_threads, "MIN_SPLIT_BYTES", 0)
+    kv_copy_threads.configure(2)
+    ran = []
+
+    def failing():
+        ran.append("k")
+        raise ValueError("K half failed")
+
+    with pytest.raises(ValueError, match="K half failed"):
+        kv_copy_threads.run_pair(failing, lambda: ran.append("v"), 1)
+    assert sorted(ran) == ["k", "v"]  # V still ran, and K had finished before run_pair returned
+
+
+def test_copy_threads_setting_is_checked():
+    from services.errors import InvalidArgument
+
+    for bad in (0, 3):
+        with pytest.raises(InvalidArgument, match="--kv-copy-threads"):
+            kv_copy_threads.configure(bad)
+    assert kv_copy_threads.threads() in (1, 2)
