@@ -118,8 +118,11 @@ class KvIntakeRpcs:
                         metrics.KV_RECEIVED_BYTES.inc(reply.done.kv_bytes)
                     yield reply
             finally:
-                replies.close()  # a sender that went away: the receiver releases the reservation
-                for request_id in placed:  # whatever the outcome, no NIXL registration outlives its stream
+                # Whatever the outcome, no NIXL registration outlives its stream, and it goes first: once the
+                # reservation is released its blocks can be reserved again, and a late WRITE of this sender
+                # must not reach another request's KV.
+                for request_id in placed:
                     self._placed_via.pop(request_id, None)
                     if self.nixl is not None:
                         self.nixl.deregister(request_id)
+                replies.close()  # a sender that went away: the receiver releases the reservation
