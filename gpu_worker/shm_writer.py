@@ -88,30 +88,41 @@ class ShmLayerWriter:
             raise FailedPrecondition(f"cudaHostRegister of the KV segment failed (cudaError {int(status)})")
         _pinned.add(key)
 
-    def _write_cuda(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready) -> None:
+    def arranged(self, layer: int, key: torch.Tensor, value: torch.Tensor):
+        """One layer's blocks in the order they lie in each PC, on key's device: yields (pc, blocks
+        [2 * kv_heads * slots_per_lane, 16, head_dim]) for the PC's run of slots layer_slots(layer).
+
+        Device-agnostic (the CUDA path copies each to the host; tests check it on the CPU). Slots past
+        the tokens written get zeros, which no reader sees (reads stop at the tokens written).
+        """
         plan, spl = self.plan, self.plan.slots_per_lane
+        seq, heads, dim = key.shape[2], plan.kv_heads, plan.head_dim
+        blocks = spl * HBM_CHANNELS  # block indices the capacity allows per lane
+        lanes = torch.zeros(heads, 2, blocks * 16, dim, dtype=self.dtype, device=key.device)
+        lanes[:, 0, :seq] = key[0].to(self.dtype)
+        lanes[:, 1, :seq] = value[0].to(self.dtype)
+        lanes = lanes.view(2 * heads, blocks, 16, dim)  # local lane (h * 2 + kind), block, row, dim
+        first, _ = plan.layer_slots(layer)
+        local = torch.arange(2 * heads, device=key.device)
+        u = local + first // spl  # global lane index
+        j = torch.arange(spl, device=key.device)
+        for pc in range(HBM_CHANNELS):
+            b = ((pc - u) % HBM_CHANNELS).unsqueeze(1) + HBM_CHANNELS * j  # [2H, spl]: block in this PC
+            yield pc, lanes[local.unsqueeze(1), b].reshape(-1, 16, dim)  # [2H * spl, 16, D]
+
+    def _write_cuda(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready) -> None:
         self._pin()
         if self._stream is None:
             self._stream = torch.cuda.Stream(device=key.device)
         stream = self._stream
+        first, stop = self.plan.layer_slots(layer)
         with torch.cuda.stream(stream):
             if ready is not None:
                 stream.wait_event(ready)
             key.record_stream(stream)
             value.record_stream(stream)
-            seq, heads, dim = key.shape[2], plan.kv_heads, plan.head_dim
-            blocks = spl * HBM_CHANNELS  # block indices the capacity allows per lane
-            lanes = torch.zeros(heads, 2, blocks * 16, dim, dtype=self.dtype, device=key.device)
-            lanes[:, 0, :seq] = key[0].to(self.dtype)
-            lanes[:, 1, :seq] = value[0].to(self.dtype)
-            lanes = lanes.view(2 * heads, blocks, 16, dim)  # local lane (h * 2 + kind), block, row, dim
-            first, stop = plan.layer_slots(layer)
-            u = torch.arange(2 * heads, device=key.device) + first // spl  # global lane index
-            j = torch.arange(spl, device=key.device)
             done = torch.cuda.Event()
-            for pc in range(HBM_CHANNELS):
-                b = ((pc - u) % HBM_CHANNELS).unsqueeze(1) + HBM_CHANNELS * j  # [2H, spl]: block in this PC
-                arranged = lanes[torch.arange(2 * heads, device=key.device).unsqueeze(1), b]  # [2H, spl, 16, D]
-                self.region.data[pc, first:stop].copy_(arranged.reshape(-1, 16, dim), non_blocking=True)
+            for pc, blocks in self.arranged(layer, key, value):
+                self.region.data[pc, first:stop].copy_(blocks, non_blocking=True)
             done.record(stream)
         done.synchronize()

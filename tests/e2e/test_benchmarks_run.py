@@ -25,11 +25,14 @@ COMMANDS = {  # docs/benchmarks.md's command -> the same command, short
     "emu_speed": ["benchmarks/emu_speed.py", "--tokens", "4", "--rounds", "1", "--threads", "1"],
     "gateway_huge_body": ["-m", "benchmarks.gateway_huge_body", "--runs", "1"],
     "logprob_gap": ["benchmarks/logprob_gap.py", "--tokens", "4"],
+    "kv_cuda_replay": ["benchmarks/kv_cuda_replay.py", "--device", "cpu", "--layers", "2", "--tokens", "64",
+                       "--repeats", "1"],
     "gpu_step": ["benchmarks/gpu_step.py", "--batch", "2", "--context", "16", "--repeats", "1", "--threads", "1"],
     "gpu_batching": ["benchmarks/gpu_batching.py", "--mode", "assist", "--concurrency", "2", "--new-tokens", "4",
                      "--rounds", "1"],
 }
 LIVE_GATEWAY = {"json_mode"}  # benchmarks that talk to a running gateway: run against the session cluster's
+CUDA_ONLY = {"gpu_llama7b": ["benchmarks/gpu_llama7b.py", "--batches", "1", "--decode-steps", "2"]}  # scripts/gpu_check.sh
 
 
 def test_every_documented_benchmark_is_covered():
@@ -38,7 +41,8 @@ def test_every_documented_benchmark_is_covered():
     for name in COMMANDS:
         assert f"benchmarks.{name}" in docs or f"benchmarks/{name}.py" in docs, name
     named = set(re.findall(r"benchmarks[./]([a-z0-9_]+)", docs)) - {"md"}
-    assert named <= set(COMMANDS) | LIVE_GATEWAY, f"documented but never run: {named - set(COMMANDS) - LIVE_GATEWAY}"
+    known = set(COMMANDS) | LIVE_GATEWAY | set(CUDA_ONLY)
+    assert named <= known, f"documented but never run: {named - known}"
 
 
 def test_json_mode_benchmark_runs_against_a_live_gateway(cluster):
@@ -65,3 +69,18 @@ def test_benchmark_runs_in_short_mode(name):
                           timeout=900)
     assert done.returncode == 0, f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     assert done.stdout.strip(), f"{name} printed nothing"
+
+
+@pytest.mark.parametrize("name", list(CUDA_ONLY))
+def test_cuda_benchmark_runs_or_says_it_needs_cuda(name):
+    """Without a GPU a CUDA-only benchmark must still import and parse its flags, then refuse plainly."""
+    import torch
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, *CUDA_ONLY[name]], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=900)
+    if torch.cuda.is_available():
+        assert done.returncode == 0, f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    else:
+        assert done.returncode != 0 and "needs CUDA" in done.stderr, done.stderr[-2000:]
