@@ -68,8 +68,7 @@ class FpgaDevice(worker_runtime.WorkerDevice):
     def publish_metrics(self) -> None:
         backend, servicer = self.backend, self.servicer
         metrics.KV_FREE_BYTES.set_function(backend.kv_free_bytes)
-        metrics.KV_STREAMS.set_function(lambda: servicer.kv_streams.active)
-        metrics.KV_NIXL_REGISTRATIONS.set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)
+        metrics.publish_kv_intake(self.role, servicer)
         metrics.KV_CAPACITY_BYTES.set(self.facts.kv_capacity_bytes)
         publish_sensors(self.role, self.settings.device, CachedSensors(backend.sensors))  # live, cached 1 s
 

@@ -40,9 +40,12 @@ def accepted_transports(backend: DecodeBackend, wanted: str) -> list[str]:
 
 class KvIntakeRpcs:
     def setup_kv_intake(self, backend: DecodeBackend, nixl_tag: str, kv_transport: str = "auto",
-                        limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64)) -> None:
-        """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream."""
+                        limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64),
+                        metrics_role: str = "fpga-worker") -> None:
+        """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream; metrics_role: the
+        services.metrics registry its KV gauges go to (the daemon's own, which its /metrics serves)."""
         self.header_s, self.stall_s, max_streams = limits
+        self._kv_received = metrics.KV_RECEIVED_BYTES.of(metrics_role)
         self.kv_streams = StreamBudget(max_streams)
         self.kv_transports = accepted_transports(backend, kv_transport)
         self.nixl = None  # fpga_worker.kv_nixl.NixlKvReceiver when nixl is accepted
@@ -69,7 +72,7 @@ class KvIntakeRpcs:
         with self.kv_streams.slot():  # RESOURCE_EXHAUSTED at once beyond the budget
             messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
             received = kv_receiver.receive(backend, messages, self._authorize)
-        metrics.KV_RECEIVED_BYTES.inc(received.kv_bytes)
+        self._kv_received.inc(received.kv_bytes)
         return worker_pb2.TransferKVResponse(kv_bytes=received.kv_bytes,
                                              layer_received_unix_s=received.layer_received_unix_s)
 
@@ -115,7 +118,7 @@ class KvIntakeRpcs:
             try:
                 for reply in replies:
                     if reply.WhichOneof("body") == "done":
-                        metrics.KV_RECEIVED_BYTES.inc(reply.done.kv_bytes)
+                        self._kv_received.inc(reply.done.kv_bytes)
                     yield reply
             finally:
                 # Whatever the outcome, no NIXL registration outlives its stream, and it goes first: once the

@@ -71,6 +71,8 @@ class GpuDevice(worker_runtime.WorkerDevice):
         metrics.GPU_KV_FREE_BLOCKS.set_function(lambda: engine.budget.free_blocks)
         metrics.GPU_ASSIST_ACTIVE.set_function(engine.requests.assist_active)
         watch_cuda_device(self.role, engine.device)
+        if self.intake is not None:  # decode role: the KV streams it receives
+            metrics.publish_kv_intake(self.role, self.servicer)
 
     def ready_details(self) -> str:
         return (f"device={self.engine.device} dtype={self.engine.dtype} roles={self.settings.roles}"

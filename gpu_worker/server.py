@@ -40,7 +40,8 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
         if intake is not None:
             settings = engine.settings
             self.setup_kv_intake(intake, "gpu", settings.kv_transport,
-                                 (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams))
+                                 (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams),
+                                 "gpu-worker")
         else:
             self.kv_transports, self.nixl = [], None
         # GPU-assist KV: freed when no scheduler renews it; the reaper releases through the engine

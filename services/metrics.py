@@ -131,13 +131,16 @@ GPU_KV_FREE_BLOCKS = Gauge("glitches_gpu_kv_free_blocks", "Free KV blocks of the
 GPU_ASSIST_ACTIVE = Gauge("glitches_gpu_assist_requests", "GPU-assist requests held (KV kept on this GPU)",
                           registry=_GPU[0])
 
+# --- every worker that receives KV (FPGA workers, decode-role GPU workers: fpga_worker/kv_intake_rpcs.py) ---
+KV_RECEIVED_BYTES = _Shared(Counter, "glitches_kv_received_bytes", "KV bytes received into device memory",
+                            _SCOPE_WORKERS)
+KV_STREAMS = _Shared(Gauge, "glitches_kv_streams", "KV streams (TransferKV, TransferKVPlaced) being received now",
+                     _SCOPE_WORKERS)
+KV_NIXL_REGISTRATIONS = _Shared(Gauge, "glitches_kv_nixl_registrations",
+                                "KV regions registered with this worker's NIXL agent now (one per transfer in flight)",
+                                _SCOPE_WORKERS)
+
 # --- FPGA worker ----------------------------------------------------------------
-KV_RECEIVED_BYTES = Counter("glitches_kv_received_bytes", "KV bytes received into device memory", registry=_FPGA[0])
-KV_STREAMS = Gauge("glitches_kv_streams", "KV streams (TransferKV, TransferKVPlaced) being received now",
-                   registry=_FPGA[0])
-KV_NIXL_REGISTRATIONS = Gauge("glitches_kv_nixl_registrations",
-                              "KV regions registered with this worker's NIXL agent now (one per transfer in flight)",
-                              registry=_FPGA[0])
 KV_FREE_BYTES = Gauge("glitches_kv_free_bytes", "Device memory free for KV, bytes", registry=_FPGA[0])
 KV_CAPACITY_BYTES = Gauge("glitches_kv_capacity_bytes", "Device memory for KV after the weights, bytes",
                           registry=_FPGA[0])
@@ -170,3 +173,10 @@ def publish_holds(role: str, holds, held_bytes) -> None:
     KV_HELD_BYTES.of(role).set_function(held_bytes)
     KV_EXPIRING.of(role).set_function(lambda: holds.summary().expiring)
     KV_EXPIRED.of(role).set_function(lambda: holds.expired_total)
+
+
+def publish_kv_intake(role: str, servicer) -> None:
+    """Read a KV-receiving servicer's (fpga_worker/kv_intake_rpcs.KvIntakeRpcs) streams and NIXL
+    registrations into `role`'s gauges at scrape time."""
+    KV_STREAMS.of(role).set_function(lambda: servicer.kv_streams.active)
+    KV_NIXL_REGISTRATIONS.of(role).set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)
