@@ -15,12 +15,13 @@ import httpx
 import pytest
 
 from glitches.cluster import free_port
+from tests.dies_with_pytest import dies_with_pytest
 
 
 @pytest.fixture(scope="module")
 def gateway():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "glitches", "gateway", "--scheduler", "127.0.0.1:1",
+    proc = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", "gateway", "--scheduler", "127.0.0.1:1",
                              "--port", str(port), "--header-timeout-s", "1.5", "--max-body-bytes", str(8 * 1024**2),
                              "--timeout-s", "5"],
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,

@@ -25,6 +25,7 @@ from services.tls import TlsConfig
 from services.worker_runtime import start_worker
 from tests.conftest import REDIS_URL
 from tests.runtime_toy_worker import TOY_BLOCKS, ToyDevice, ToySettings
+from tests.dies_with_pytest import dies_with_pytest
 
 
 def _record(registry: Registry, worker_id: str):
@@ -163,7 +164,7 @@ def test_request_auth_and_mtls_roles(redis_prefix, tmp_path):
 
 
 def test_sigterm_drains_deregisters_and_exits_0(redis_prefix):
-    process = subprocess.Popen([sys.executable, "-m", "tests.runtime_toy_worker", redis_prefix],
+    process = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "tests.runtime_toy_worker", redis_prefix],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     registry = Registry(REDIS_URL, redis_prefix)
     try:

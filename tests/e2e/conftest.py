@@ -22,6 +22,7 @@ from services import models
 from services.kv_token import SECRET_ENV, new_secret
 from services.registry import Registry
 from tests.conftest import REDIS_URL
+from tests.dies_with_pytest import dies_with_pytest
 
 FPGA_WORKERS = 2
 GPU_SLOTS = 8  # GPU-assist slots: the concurrent tests' requests never wait for one (a slow CI runner might time out)
@@ -33,7 +34,7 @@ CLUSTER_ENV = {**KV_TOKEN_ENV, "GLITCHES_KV_HOLD_TTL_S": str(KV_HOLD_TTL_S)}
 def start_up(args: list[str], timeout_s: float = 300.0, env: dict[str, str] | None = None
              ) -> tuple[subprocess.Popen, str]:
     """Run `glitches up ARGS` (with `env` added to this environment) and wait for its `ready <address>` line."""
-    proc = subprocess.Popen([sys.executable, "-m", "glitches", "up", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", "up", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.monotonic() + timeout_s

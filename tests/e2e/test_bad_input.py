@@ -11,6 +11,7 @@ import pytest
 from glitches import Client, GlitchesError
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import assert_idle
+from tests.dies_with_pytest import dies_with_pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +75,7 @@ def free_scheduler():
     from glitches.cluster import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
+    proc = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
                              REDIS_URL, "--redis-prefix", f"empty-{uuid.uuid4().hex[:8]}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:

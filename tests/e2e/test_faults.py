@@ -19,6 +19,7 @@ from glitches import Client, GlitchesError, TextChunk
 from glitches.cluster import ClusterSpec, LocalCluster, free_port
 from services.registry import Registry
 from tests.e2e.conftest import assert_idle
+from tests.dies_with_pytest import dies_with_pytest
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +47,7 @@ def test_a_client_deadline_stops_the_request_and_frees_its_slots(private):
 @pytest.mark.slow  # 200 requests through two schedulers: ~2 min
 def test_two_scheduler_replicas_share_one_redis_without_overfilling_a_card(private):
     port = free_port()
-    second = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port),
+    second = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", "scheduler", "--port", str(port),
                                "--redis-prefix", "glitches", *PLACES],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, **private["cluster"].daemon_env,  # the cluster's KV token secret

@@ -18,6 +18,7 @@ import pytest
 from glitches.cluster import free_port
 from services import models
 from tests.e2e.conftest import assert_idle
+from tests.dies_with_pytest import dies_with_pytest
 
 pytestmark = pytest.mark.e2e
 MODEL = models.DEFAULT_MODEL
@@ -26,7 +27,7 @@ MODEL = models.DEFAULT_MODEL
 @pytest.fixture(scope="module")
 def gw(cluster):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "glitches", "gateway", "--scheduler", cluster["address"],
+    proc = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", "gateway", "--scheduler", cluster["address"],
                              "--port", str(port)], env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -22,6 +22,7 @@ from services.channels import insecure_channel
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import KV_TOKEN_ENV, assert_idle
+from tests.dies_with_pytest import dies_with_pytest
 
 pytestmark = pytest.mark.e2e
 KV_HOLD_TTL_S = 5.0  # the session cluster's (tests/e2e/conftest.py CLUSTER_ENV)
@@ -45,7 +46,7 @@ def _holdings(workers) -> dict[str, tuple[int, int]]:
 
 def _start_replica(prefix: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
+    proc = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
                              REDIS_URL, "--redis-prefix", prefix, "--lease-ttl-s", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **KV_TOKEN_ENV})

@@ -23,6 +23,7 @@ from services.kv_token import SECRET_ENV
 from services.registry import Registry
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
+from tests.dies_with_pytest import dies_with_pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # kills and restarts: minutes
 PROMPT = [100 + (i * 37) % 40000 for i in range(1500)]  # ~3 s of prefill on this CPU: time to kill mid-transfer
@@ -30,7 +31,7 @@ PROMPT = [100 + (i * 37) % 40000 for i in range(1500)]  # ~3 s of prefill on thi
 
 def _spawn(prefix: str, kind: str, worker_id: str, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}  # no KV tokens: direct calls
-    return subprocess.Popen([sys.executable, "-m", "glitches", kind, "--redis-url", REDIS_URL, "--redis-prefix",
+    return subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", kind, "--redis-url", REDIS_URL, "--redis-prefix",
                              prefix, "--port", "0", "--worker-id", worker_id, "--threads", "1", *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

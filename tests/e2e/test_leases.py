@@ -14,6 +14,7 @@ from glitches import Client, TextChunk
 from glitches.cluster import free_port
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import KV_TOKEN_ENV, assert_idle
+from tests.dies_with_pytest import dies_with_pytest
 
 pytestmark = pytest.mark.e2e
 LEASE_TTL_S = 2.0
@@ -21,7 +22,7 @@ LEASE_TTL_S = 2.0
 
 def test_sigkill_of_the_scheduler_mid_decode_frees_everything(cluster):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
+    proc = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", "scheduler", "--port", str(port), "--redis-url",
                              REDIS_URL, "--redis-prefix", cluster["prefix"], "--lease-ttl-s", str(LEASE_TTL_S)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **KV_TOKEN_ENV})  # a replica of the cluster: its KV token secret

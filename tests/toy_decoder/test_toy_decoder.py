@@ -22,6 +22,7 @@ from services import models
 from services.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.greedy_reference import greedy
+from tests.dies_with_pytest import dies_with_pytest
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]  # on the toy's PYTHONPATH, wherever pytest runs from
@@ -48,7 +49,7 @@ def test_toy_device_decodes_beside_the_real_daemons(redis_prefix, tmp_path):
                        redis_prefix=redis_prefix)
     with LocalCluster(spec, tmp_path) as cluster, Client(cluster.address, timeout_s=600) as client:
         env = {**os.environ, **cluster.daemon_env, "PYTHONPATH": str(REPO)}  # the cluster's KV token secret
-        toy = subprocess.Popen([sys.executable, "-m", "tests.toy_decoder", "--redis-url", REDIS_URL, "--redis-prefix",
+        toy = subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "tests.toy_decoder", "--redis-url", REDIS_URL, "--redis-prefix",
                                 redis_prefix, "--worker-id", "toy-0", "--model", models.DEFAULT_MODEL],
                                env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "toy.log", "wb"))
         try:
