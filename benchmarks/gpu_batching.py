@@ -9,6 +9,9 @@
   token, then transformers' own `generate` of the same C prompts as one left-padded batch, in this
   process with as many threads as the GPU worker; `--rounds` such pairs back to back (each ratio is of one
   pair, run under the same load), with the load average before and after each. Both count only real tokens (up to and with EOS).
+  `--threads N` gives the GPU worker and the reference N model threads each (default: every CPU, as `up`
+  does); with fewer model threads than CPUs the cluster's serving processes (scheduler, client, gRPC)
+  run beside the model instead of taking CPU from its thread team, as they would beside a real GPU.
 - mixed: `glitches up` (1 GPU + 2 emulated FPGA workers), C requests at once: tokens/s and TTFT p50/p99.
 
 It imports only the SDK, the cluster launcher and the model loader, so it runs unchanged against an
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import os
 import statistics
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="cluster/reference pairs per concurrency")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="model threads of the GPU worker and of the reference (0: every CPU, as `up` gives it)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     source = models.resolve_model(models.DEFAULT_MODEL)
@@ -122,9 +128,12 @@ def main() -> None:
         spec = ClusterSpec(port=0, gpu_slots=max(args.concurrency), scheduler_args=admit)
     else:  # the code before batching: GPU assist was not limited
         spec = ClusterSpec(port=0)
+    threads = args.threads or os.cpu_count() or 1
+    if args.threads:
+        spec = dataclasses.replace(spec, threads_per_worker=args.threads)
     reference = None
     if args.mode == "assist":  # loaded before the cluster starts, so both halves of a round run back to back
-        torch.set_num_threads(os.cpu_count() or 1)  # as many as the GPU worker uses (`up` gives it every CPU)
+        torch.set_num_threads(threads)  # as many as the GPU worker uses
         model = models.load_causal_lm(source, "cpu", "float32")
         tokenizer = models.load_tokenizer(source)
         eos = model.generation_config.eos_token_id
