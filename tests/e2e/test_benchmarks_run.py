@@ -29,7 +29,7 @@ COMMANDS = {  # docs/benchmarks.md's command -> the same command, short
                        "--repeats", "1"],
     "gpu_step": ["benchmarks/gpu_step.py", "--batch", "2", "--context", "16", "--repeats", "1", "--threads", "1"],
     "gpu_batching": ["benchmarks/gpu_batching.py", "--mode", "assist", "--concurrency", "2", "--new-tokens", "4",
-                     "--rounds", "1"],
+                     "--rounds", "1", "--threads", "1"],
 }
 LIVE_GATEWAY = {"json_mode"}  # benchmarks that talk to a running gateway: run against the session cluster's
 CUDA_ONLY = {"gpu_llama7b": ["benchmarks/gpu_llama7b.py", "--batches", "1", "--decode-steps", "2"]}  # scripts/gpu_check.sh
