@@ -74,10 +74,10 @@ class PlacedKvSender:
             writer = _writer(first.placement, self._request_id)
             try:
                 self._write_layers(writer)
-                last = next(self._call)  # the receiver's done: it has taken every notice
             finally:
-                if hasattr(writer, "close"):  # nixl: after the done, so no notification is cut off
+                if hasattr(writer, "close"):
                     writer.close()
+            last = next(self._call)
             done = time.monotonic()
             next(self._call, None)  # the call's status: the stream ends cleanly on both sides
             self._result = TransferResult(last.done.kv_bytes, self._first_write or done, done,

@@ -22,9 +22,8 @@ ABI rotates over PCs, so a direct WRITE needs one 4 KiB descriptor per block (6,
 layer); measured here that ran at 0.23 of NIXL's own one-descriptor rate, the staged, pipelined path
 at 0.42-0.62 (docs/benchmarks.md, KV data plane Run 3). The staged runs also carry the region's unused
 slots (room for decode's tokens): stale bytes of an earlier layer land there, which no reader sees
-(reads stop at the tokens written, KvRegion.read) before decode writes those tokens. NIXL refuses a WRITE outside what the receiver registered
-and this side loaded (the metadata is dropped when the last writer using it closes, _load_remote), so the
-sender cannot reach past the open reservations even by mistake. CUDA tensors are copied to the host
+(reads stop at the tokens written, KvRegion.read) before decode writes those tokens. NIXL refuses a WRITE outside what the receiver registered,
+so the sender cannot reach past its reservation even by mistake. CUDA tensors are copied to the host
 first (registering GPU memory with NIXL directly is possible but not done here: untested, no GPU).
 """
 
@@ -52,7 +51,6 @@ _STOP = object()
 _agent = None
 _agent_lock = threading.Lock()
 _pool: dict[int, list[tuple[torch.Tensor, object]]] = {}  # bytes -> idle (buffer, its registration)
-_remote_users: dict[str, int] = {}  # remote agent name -> open writers that loaded its metadata
 
 
 def local_agent():
@@ -71,39 +69,6 @@ def _take_staging(size: int) -> tuple[torch.Tensor, object]:
             return idle.pop()
     buffer = torch.zeros(size, dtype=torch.uint8)  # zeros: its pages exist before the first WRITE
     return buffer, local_agent().register_memory(buffer)
-
-
-def _load_remote(metadata: bytes) -> str:
-    """Load a receiver's metadata and count this writer as one of its users; returns the agent's name.
-
-    NIXL merges a reload into what it holds for that agent: a region the receiver has since
-    deregistered stays writable from this side (measured: a WRITE into it returned DONE) until the
-    remote agent is removed. So the remote is removed when its last open writer closes
-    (_drop_remote): this process then holds the metadata of live reservations only, and it does
-    not grow with the requests served. Removing it disconnects; the next transfer reconnects
-    (about 1 ms here).
-    """
-    agent = local_agent()
-    with _agent_lock:
-        name = agent.add_remote_agent(metadata)
-        _remote_users[name] = _remote_users.get(name, 0) + 1
-        return name
-
-
-def _drop_remote(name: str) -> None:
-    with _agent_lock:
-        left = _remote_users.get(name, 0) - 1
-        if left > 0:
-            _remote_users[name] = left
-            return
-        _remote_users.pop(name, None)
-        _agent.remove_remote_agent(name)
-
-
-def remote_agents() -> dict[str, int]:
-    """Remote agent name -> open writers using it (empty when no transfer is open)."""
-    with _agent_lock:
-        return dict(_remote_users)
 
 
 def _give_staging(size: int, buffer: torch.Tensor, registration) -> None:
@@ -130,12 +95,11 @@ class NixlLayerWriter:
         one_layer = KvPlan(1, placement.kv_heads, placement.head_dim, placement.capacity_tokens, element)
         self._run_bytes = one_layer.region_bytes_per_channel  # one layer's slots in one PC
         self._size = HBM_CHANNELS * self._run_bytes
-        self.remote = None
         self._staging = [_take_staging(self._size) for _ in range(2)]  # (uint8 buffer, its registration)
         try:
             self._regions = [KvRegion(one_layer, dtype, region_view(buffer, self._run_bytes, 0, one_layer, dtype))
                              for buffer, _ in self._staging]
-            self.remote = _load_remote(placement.nixl_agent_metadata)
+            self.remote = self.agent.add_remote_agent(placement.nixl_agent_metadata)
         except BaseException:
             for buffer, registration in self._staging:
                 _give_staging(self._size, buffer, registration)
@@ -223,15 +187,10 @@ class NixlLayerWriter:
             self.agent.release_xfer_handle(handle)
 
     def close(self) -> None:
-        """End the poster (after the WRITE in flight, if any), give the staging buffers back and drop
-        this writer's hold on the receiver's metadata. Call it after the receiver answered the end
-        (it has seen every notification then): dropping the last hold disconnects from the receiver."""
+        """End the poster (after the WRITE in flight, if any) and give the staging buffers back."""
         if self._poster.is_alive():
             self._posts.put(_STOP)
             self._poster.join()
         for buffer, registration in self._staging:
             _give_staging(self._size, buffer, registration)
         self._staging = []
-        if self.remote is not None:
-            remote, self.remote = self.remote, None
-            _drop_remote(remote)
