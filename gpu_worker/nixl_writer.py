@@ -22,8 +22,14 @@ ABI rotates over PCs, so a direct WRITE needs one 4 KiB descriptor per block (6,
 layer); measured here that ran at 0.23 of NIXL's own one-descriptor rate, the staged, pipelined path
 at 0.42-0.62 (docs/benchmarks.md, KV data plane Run 3). The staged runs also carry the region's unused
 slots (room for decode's tokens): stale bytes of an earlier layer land there, which no reader sees
-(reads stop at the tokens written, KvRegion.read) before decode writes those tokens. NIXL refuses a WRITE outside what the receiver registered,
-so the sender cannot reach past its reservation even by mistake. CUDA tensors are copied to the host
+(reads stop at the tokens written, KvRegion.read) before decode writes those tokens. NIXL refuses a WRITE outside what the receiver had
+registered when its metadata was loaded; loading it again for a later request merges the new regions into
+what this agent holds (measured with nixl-cu12 1.5.1: a region the receiver deregistered still took a WRITE
+afterwards), so NIXL bounds this sender by every region it was ever shown, not by the current reservation:
+the descriptors come from the placement alone (_descriptors), and the receiver checks each notice against the
+reservation. The receiver's metadata is loaded once per transfer and never removed: remove_remote_agent +
+add_remote_agent left 2 sockets open per reconnect here (measured; nixl issue #2025 reports that
+remove_remote_agent does not free UCX resources), so one connection per receiver lives as long as this process. CUDA tensors are copied to the host
 first (registering GPU memory with NIXL directly is possible but not done here: untested, no GPU).
 """
 

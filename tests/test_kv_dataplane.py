@@ -100,6 +100,27 @@ def test_each_transport_then_fpga_decode_equals_transformers(cluster, transport,
     assert cluster["servicer"].nixl.registrations() == 0  # nothing stays registered with NIXL
 
 
+def _open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
+def test_many_nixl_transfers_leave_no_socket_thread_or_registration_behind(cluster):
+    """The sender keeps one connection per receiver (a reconnect per transfer left 2 sockets open each time)."""
+    _generate(cluster, "nixl-warm", list(range(10, 60)), 2, "nixl")
+    sockets, threads = _open_sockets(), threading.active_count()
+    for i in range(12):
+        prompt = list(range(10, 40 + 7 * i))
+        assert _generate(cluster, f"nixl-many-{i}", prompt, 2, "nixl")[1] == _reference(cluster["engine"], prompt, 2)
+    assert _open_sockets() <= sockets and threading.active_count() <= threads
+    assert cluster["servicer"].nixl.registrations() == 0 and cluster["card"].active_requests() == []
+
+
 def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkeypatch):
     from gpu_worker import nixl_writer
 
