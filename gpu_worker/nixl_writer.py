@@ -105,7 +105,8 @@ class NixlLayerWriter:
         try:
             self._regions = [KvRegion(one_layer, dtype, region_view(buffer, self._run_bytes, 0, one_layer, dtype))
                              for buffer, _ in self._staging]
-            self.remote = self.agent.add_remote_agent(placement.nixl_agent_metadata)
+            with _agent_lock:  # one load at a time: concurrent loads of one peer have crashed UCX (LightLLM #1470)
+                self.remote = self.agent.add_remote_agent(placement.nixl_agent_metadata)
         except BaseException:
             for buffer, registration in self._staging:
                 _give_staging(self._size, buffer, registration)

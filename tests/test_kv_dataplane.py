@@ -121,6 +121,23 @@ def test_many_nixl_transfers_leave_no_socket_thread_or_registration_behind(clust
     assert cluster["servicer"].nixl.registrations() == 0 and cluster["card"].active_requests() == []
 
 
+def test_concurrent_nixl_transfers_to_one_card_equal_transformers(cluster):
+    """Four prefills stream to the same card at once, each loading the card's metadata for its own region."""
+    prompts = [[(11 * i + j) % 400 + 10 for i in range(60 + 30 * j)] for j in range(4)]
+    results: dict[int, list[int]] = {}
+
+    def run(j):
+        results[j] = _generate(cluster, f"nixl-concurrent-{j}", prompts[j], 4, "nixl")[1]
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [results.get(j) for j in range(4)] == [_reference(cluster["engine"], p, 4) for p in prompts]
+    assert cluster["servicer"].nixl.registrations() == 0 and cluster["card"].active_requests() == []
+
+
 def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkeypatch):
     from gpu_worker import nixl_writer
 
