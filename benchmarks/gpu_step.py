@@ -47,7 +47,7 @@ def static_step(model, caches: list[tuple[torch.Tensor, torch.Tensor]], context:
     started = time.perf_counter()
     with torch.inference_mode():
         model(input_ids=torch.full((batch, 1), 5), position_ids=torch.full((batch, 1), context),
-              past_key_values=cache, use_cache=True, logits_to_keep=1)
+              use_cache=True, logits_to_keep=1, **models.cache_kwargs(model, cache))
     return time.perf_counter() - started
 
 

@@ -174,7 +174,8 @@ def in_process_step_s(source: models.ModelSource, threads: int, n_tokens: int) -
     prompt = list(range(1000, 1040))
     cache = DynamicCache(config=card.model.config)
     with torch.inference_mode():
-        logits = card.model(input_ids=torch.tensor([prompt]), cache=cache, use_cache=True).logits[0, -1]
+        logits = card.model(input_ids=torch.tensor([prompt]), use_cache=True,
+                            **models.cache_kwargs(card.model, cache)).logits[0, -1]
     card.reserve("r", len(prompt) + n_tokens + 1)
     for layer in range(card.geometry().num_layers):
         card.write_kv("r", layer, 0, cache.layers[layer].keys, cache.layers[layer].values)

@@ -114,8 +114,8 @@ class EmulatedCard(EmulatedKvCalls, DecodeBackend):
         check_steppable(request_id, request.cache is not None, position, request.reserve_tokens)
         ids = torch.tensor([[token_id]], dtype=torch.long)
         with self._compute_lock, self.meter.busy(), torch.inference_mode():
-            out = self.model(input_ids=ids, position_ids=torch.tensor([[position]]), cache=request.cache,
-                             use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=ids, position_ids=torch.tensor([[position]]), use_cache=True,
+                             logits_to_keep=1, **models.cache_kwargs(self.model, request.cache))
         return out.logits[0, -1].float()
 
     def release(self, request_id: str) -> bool:

@@ -111,3 +111,20 @@ def load_causal_lm(source: ModelSource, device: str, dtype_name: str):
     dtype = getattr(torch, dtype_name)
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
     return model.to(device).eval()
+
+
+def cache_kwargs(model, cache) -> dict:
+    """The keyword argument that hands `cache` (a transformers Cache) to model(...).
+
+    transformers 5.24 calls it `cache` ("past_key_values" is a deprecated alias there, warned about and due
+    to go in 5.40); releases before it call it `past_key_values` and silently ignore `cache`, which runs the
+    step without the past (measured with 5.17, the GPU device image's version: wrong logits from the first
+    decode step). The name is read from the model's forward() signature.
+    """
+    return {_cache_keyword(type(model)): cache}
+
+
+def _cache_keyword(model_class) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"

@@ -20,3 +20,15 @@ def test_a_gguf_file_is_converted_once_into_the_cache(tmp_path):
     source = models.resolve_model(str(gguf), cache_dir=tmp_path)
     assert source.gguf_file == gguf and (source.path / "model.safetensors").is_file()
     assert models.resolve_model(str(gguf), cache_dir=tmp_path).path == source.path  # cached, no second conversion
+
+
+def test_cache_kwargs_follows_the_forward_signature():
+    """transformers 5.24 takes `cache`; earlier releases take `past_key_values` and ignore `cache`."""
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    class New:
+        def forward(self, input_ids=None, cache=None, **kwargs): ...
+
+    assert models.cache_kwargs(Old(), "c") == {"past_key_values": "c"}
+    assert models.cache_kwargs(New(), "c") == {"cache": "c"}

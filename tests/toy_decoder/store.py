@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from fpga_worker.backend import KvGeometry
+from services import models
 from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 
@@ -105,7 +106,7 @@ class ToyStore:
             raise ResourceExhausted(f"position {position} is beyond the {held.reserve_tokens} tokens reserved")
         with held.lock, torch.inference_mode():
             out = self.model(input_ids=torch.tensor([[token_id]]), position_ids=torch.tensor([[position]]),
-                             past_key_values=held.cache, use_cache=True, logits_to_keep=1)
+                             use_cache=True, logits_to_keep=1, **models.cache_kwargs(self.model, held.cache))
         return out.logits[0, -1].float()
 
     def release(self, request_id: str) -> bool:
