@@ -9,7 +9,9 @@
 #      correctness test with the GPU worker on CUDA in float16 against transformers on CUDA in float16.
 # The device machines are bare: their python3 has torch, transformers, grpcio, protobuf, click, psutil,
 # prometheus-client and pytest, not this repo's .venv; 1 and 2 need nothing else but the generated stubs,
-# so carry them:  run(command="bash scripts/gpu_check.sh", carry=["services/stubs"], timeout_s=480)
+# so carry them, with the protobuf and grpcio wheels they were generated for (scripts/gpu_wheels.sh, run here
+# first: the image's own versions are not known, and stubs refuse an older runtime when imported):
+#   run(command="bash scripts/gpu_check.sh", carry=["services/stubs", ".whl"], timeout_s=480)
 # Output: $OUT (or ./gpu_check_out) gets gpu.txt, kv_cuda_replay.json, llama7b.json and e2e.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,11 @@ PY=${PY:-}
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then  # scripts/gpu_wheels.sh's wheels, carried: they shadow the image's versions
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=$PWD:/tmp/site
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 "$PY" -c "import torch, transformers; assert torch.cuda.is_available(), 'no CUDA in this torch'; \
 print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt" || exit 1
