@@ -4,6 +4,7 @@ completions and chat, streamed and not (token texts from SmolLM2's real tokenize
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -133,3 +134,44 @@ def test_ignore_eos_and_min_tokens_reach_the_sdk(app):
     http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 9, "ignore_eos": True,
                                        "min_tokens": 4})
     assert gateway.client.calls[0][1]["ignore_eos"] is True and gateway.client.calls[0][1]["min_tokens"] == 4
+
+
+class _CountingClient(FakeClient):
+    """FakeClient whose streams take a moment, counting how many are open at once."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.open = self.most_open = 0
+
+    def stream(self, prompt, **kwargs):
+        inner = super().stream(prompt, **kwargs)
+
+        async def gen():
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+            try:
+                async for item in inner:
+                    await asyncio.sleep(0.002)
+                    yield item
+            finally:
+                self.open -= 1
+        return gen()
+
+
+def test_more_choices_than_run_at_once_wait_for_each_other(tokenizer):
+    """n above the scheduler's admission used to be refused on an idle cluster; now at most
+    --max-choices-in-flight run at once and the response has every choice."""
+    gateway = Gateway("127.0.0.1:1", ChatTemplate(tokenizer), "tiny", limits=Limits(max_choices_in_flight=4))
+    with TestClient(create_app(gateway), raise_server_exceptions=False) as http:
+        gateway.client = _CountingClient(ITEMS)
+        reply = http.post("/v1/completions", json={"model": "tiny", "prompt": [504, 3575], "n": 40, "max_tokens": 2})
+        assert reply.status_code == 200, reply.text
+        assert [c["index"] for c in reply.json()["choices"]] == list(range(40))
+        assert len(gateway.client.calls) == 40 and gateway.client.most_open == 4 and gateway.client.open == 0
+        streamed = http.post("/v1/chat/completions", json={"model": "tiny", "n": 5, "stream": True, "max_tokens": 2,
+                                                           "messages": [{"role": "user", "content": "hi"}]})
+        assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "n"
+        assert "--max-choices-in-flight" in streamed.json()["error"]["message"] and len(gateway.client.calls) == 40
+        within = http.post("/v1/chat/completions", json={"model": "tiny", "n": 4, "stream": True, "max_tokens": 2,
+                                                         "messages": [{"role": "user", "content": "hi"}]})
+        assert within.status_code == 200 and within.text.rstrip().endswith("data: [DONE]")

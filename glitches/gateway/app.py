@@ -238,10 +238,17 @@ class Gateway:
                       params: dict[str, str], route: str, arrived: float) -> Response:
         """Run every choice; until the response starts, a client that disconnects cancels them all on the
         scheduler (closing a stream cancels its gRPC call, and the scheduler releases the request's claims)."""
+        in_flight = self.limits.max_choices_in_flight
+        if body.stream and len(specs) > in_flight:
+            return from_request_error(RequestError(
+                f"a streamed response runs every choice at once, and this gateway runs at most {in_flight} of one "
+                f"request at once (--max-choices-in-flight); this one asks for {len(specs)} (prompts x n): ask for "
+                "fewer or leave stream out", param="n"))
         streams = [self.client.stream(spec.prompt, chat=False, **spec.kwargs) for spec in specs]
         renders = [ChoiceRender(spec, shapes.chat, self._strings, self._decode_prompt) for spec in specs]
         clocks = [TokenClock(self.metrics, route, arrived) for _ in specs]
-        work = asyncio.ensure_future(_all(_first_or_final(stream, body.stream, clock)
+        gate = asyncio.Semaphore(in_flight)  # a choice's scheduler request starts inside it (the stream is lazy)
+        work = asyncio.ensure_future(_all(_gated(gate, stream, body.stream, clock)
                                           for stream, clock in zip(streams, clocks)))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
@@ -332,6 +339,15 @@ async def _first_or_final(stream: AsyncIterator, streaming: bool, clock: TokenCl
         if not isinstance(item, Completion):
             clock.token()
     return item
+
+
+async def _gated(gate: asyncio.Semaphore, stream: AsyncIterator, streaming: bool, clock: TokenClock):
+    """_first_or_final inside `gate`; not streaming, the stream is closed before the gate opens for the next."""
+    async with gate:
+        item = await _first_or_final(stream, streaming, clock)
+        if not streaming:
+            await stream.aclose()
+        return item
 
 
 async def _all(awaitables) -> list:

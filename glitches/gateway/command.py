@@ -41,6 +41,9 @@ from services.models import DEFAULT_MODEL
               show_default=True, help="Largest top_logprobs on /v1/chat/completions.")
 @click.option("--max-completion-logprobs", default=5, type=int, envvar="GLITCHES_GATEWAY_MAX_COMPLETION_LOGPROBS",
               show_default=True, help="Largest logprobs on /v1/completions.")
+@click.option("--max-choices-in-flight", default=16, type=int, envvar="GLITCHES_GATEWAY_MAX_CHOICES_IN_FLIGHT",
+              show_default=True, help="Choices (prompts x n) of one request running at once; the rest wait for "
+              "them. A streamed response may ask for at most this many.")
 @click.option("--https-cert", default="", envvar="GLITCHES_GATEWAY_HTTPS_CERT",
               help="PEM certificate: serve HTTPS instead of HTTP (with --https-key).")
 @click.option("--https-key", default="", envvar="GLITCHES_GATEWAY_HTTPS_KEY", help="PEM private key of --https-cert.")
@@ -55,7 +58,7 @@ from services.models import DEFAULT_MODEL
 @client_tls_options
 def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
                 scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, max_stop_strings,
-                max_top_logprobs, max_completion_logprobs, https_cert, https_key,
+                max_top_logprobs, max_completion_logprobs, max_choices_in_flight, https_cert, https_key,
                 max_body_bytes, header_timeout_s, keep_alive_s, max_concurrency, **tls) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
     import uvicorn
@@ -79,6 +82,8 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
                                "must be positive")
     if min(max_stop_strings, max_top_logprobs, max_completion_logprobs) < 0:
         raise click.UsageError("--max-stop-strings, --max-top-logprobs and --max-completion-logprobs must be >= 0")
+    if max_choices_in_flight < 1:
+        raise click.UsageError("--max-choices-in-flight must be at least 1")
     if bool(https_cert) != bool(https_key):
         raise click.UsageError("give --https-cert and --https-key together")
     scheduler_tls = client_tls(tls)  # the link to the scheduler: TLS/mTLS with --tls-*
@@ -95,7 +100,8 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
                       scheduler_tls=scheduler_tls, requests_per_minute_per_client=requests_per_minute_per_client,
                       requests_per_minute_per_user=requests_per_minute_per_user, max_body_bytes=max_body_bytes,
                       context_tokens=context_tokens, max_token_chars=max_token_chars,
-                      limits=Limits(max_stop_strings, max_top_logprobs, max_completion_logprobs))
+                      limits=Limits(max_stop_strings, max_top_logprobs, max_completion_logprobs,
+                                    max_choices_in_flight))
     limits = ServerLimits(header_timeout_s, keep_alive_s, max_concurrency=max_concurrency)
     scheme = "https" if https_cert else "http"
     link = "mTLS" if scheduler_tls.cert else "TLS" if scheduler_tls.enabled else "plaintext"

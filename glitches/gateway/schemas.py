@@ -23,10 +23,16 @@ MAX_CHOICES = 256  # prompts x n in one request: each choice is one scheduler re
 class Limits:
     """The gateway's configurable limits (glitches gateway --max-stop-strings, ...)."""
 
-    def __init__(self, max_stop_strings: int = 16, max_top_logprobs: int = 20, max_completion_logprobs: int = 5):
+    def __init__(self, max_stop_strings: int = 16, max_top_logprobs: int = 20, max_completion_logprobs: int = 5,
+                 max_choices_in_flight: int = 16):
         self.max_stop_strings = max_stop_strings  # OpenAI allows 4; lm-eval sends more
         self.max_top_logprobs = max_top_logprobs  # chat's top_logprobs (OpenAI: 20)
         self.max_completion_logprobs = max_completion_logprobs  # legacy completions' logprobs (OpenAI: 5)
+        # choices (prompts x n) of one request running on the scheduler at once; the others start as those end.
+        # Without a bound, n above the scheduler's admission (--max-active + --max-queued, 32 by default) was
+        # refused RESOURCE_EXHAUSTED on an idle cluster, every time. A streamed response streams every choice
+        # from its start, so a stream may ask for at most this many.
+        self.max_choices_in_flight = max_choices_in_flight
 
 
 class _Strict(BaseModel):
