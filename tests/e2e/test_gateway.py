@@ -67,6 +67,15 @@ def test_completion_matches_the_sdk_streaming_and_not(gw):
     assert_idle(gw["registry"])
 
 
+def test_n_above_the_schedulers_admission_is_answered(gw):
+    """40 choices: more than the scheduler admits at once (24 running + 8 queued); they run 16 at a time."""
+    reply = gw["oai"].chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}],
+                                              max_tokens=2, n=40, temperature=0.8, seed=1)
+    assert sorted(c.index for c in reply.choices) == list(range(40))
+    assert all(c.finish_reason in ("stop", "length") for c in reply.choices) and reply.usage.completion_tokens <= 80
+    assert_idle(gw["registry"])
+
+
 def test_chat_renders_the_whole_conversation(gw):
     tokenizer = models.load_tokenizer(models.resolve_model(MODEL))
     messages = [{"role": "system", "content": "You answer in one word."},
