@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glitches import die_with_parent
 from services.kv_token import SECRET_ENV, new_secret
 from services.redis_connect import connect, redact, sentinel_url
 from services.tls import PLAINTEXT, TlsConfig
@@ -138,8 +139,7 @@ class LocalCluster:
         log = open(self.run_dir / f"{name}.log", "wb")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("GLITCHES_TLS_")}  # the spec decides
         env = {**inherited, "PYTHONUNBUFFERED": "1", **self._tls_env(role), **self.spec.extra_env, **(env or {})}
-        shim = [sys.executable, "-m", "glitches.die_with_parent", str(os.getpid())]
-        proc = subprocess.Popen([*shim, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*die_with_parent.command_prefix(), *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env)
         proc.command = argv  # what runs after the shim's exec (to start the same daemon again)
         proc.spawn_args = (list(argv), role, dict(env or {}))  # restart(): the same argv, certificate and env

@@ -17,6 +17,11 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
+def command_prefix() -> list[str]:
+    """The argv to put before a command so that it gets SIGTERM when the calling thread's process dies."""
+    return [sys.executable, "-m", "glitches.die_with_parent", str(os.getpid())]
+
+
 def main() -> None:
     parent, argv = int(sys.argv[1]), sys.argv[2:]
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -7,6 +7,7 @@ No weights are ever fetched from a hub.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -124,6 +125,7 @@ def cache_kwargs(model, cache) -> dict:
     return {_cache_keyword(type(model)): cache}
 
 
+@functools.lru_cache(maxsize=None)  # per model class: the emulated decode asks on every token
 def _cache_keyword(model_class) -> str:
     import inspect
 

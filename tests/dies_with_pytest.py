@@ -9,9 +9,4 @@ fires when the thread that started the process ends, which for pytest's main thr
 
 from __future__ import annotations
 
-import os
-import sys
-
-
-def dies_with_pytest() -> list[str]:
-    return [sys.executable, "-m", "glitches.die_with_parent", str(os.getpid())]
+from glitches.die_with_parent import command_prefix as dies_with_pytest  # noqa: F401 - the tests' name for it
