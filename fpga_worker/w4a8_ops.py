@@ -1,135 +1,164 @@
-"""Numerics of one decode step: W4A8 / W8A8 group matmul, RMSNorm, RoPE, GQA attention.
+"""The W4A8 kernel's arithmetic, ABI v2 (docs/fpga-kernel-abi.md, "Numerics"): the readable specification.
 
-W4A8 matmul of x [cols] with q [rows, cols] (uint4 stored as int8 0..15), scale d and
-min m [rows, groups]:
-    x_q = round(x / s) in -127..127, s = max|x| / 127           (per token, symmetric)
-    acc[r, g] = sum_j q[r, g*32+j] * x_q[g*32+j]                 (int32, exact)
-    xsum[g]   = sum_j x_q[g*32+j]                                (int32, exact)
-    y[r]      = s * sum_g (d[r, g] * acc[r, g] + m[r, g] * xsum[g])   (float32)
-The per-group integer dot products run as one int8 GEMM against a block-diagonal
-matrix holding x_q (column g holds group g's 32 values), so there is no Python loop.
+Every float operation is IEEE float32 with round-to-nearest-even, one rounding per + - * /
+and sqrt (numpy's elementwise float32 ops: no fused multiply-add, no reassociation), in an
+order the C++ kernel (fpga_worker/kernel/glitches_numerics.h) repeats exactly, so the two
+produce the same bits:
+
+- sum16: every float sum. Lane l = i mod 16 accumulates elements i in index order starting
+  from +0.0; then lanes are folded by halves: l += l + 8, then l += l + 4, + 2, + 1; lane 0.
+- exp_f32: a fixed polynomial (no libm): x clamped to [-86, 88], k = rint(x * log2 e),
+  r = (x - k ln2_hi) - k ln2_lo, p = Horner over 1/720 .. 1 (degree 6), times 2^k built from bits.
+- W4A8 group matmul with one activation scale per group of 32 (llama.cpp's Q8 blocks, in float32):
+    s_g    = max_j |x[32g+j]| / 127                      float32 division
+    x_q    = rint(x / s_g), 0 where s_g == 0             int8, -127..127
+    acc    = sum_j q[r, 32g+j] * x_q[32g+j]              int32, exact
+    xsum_g = sum_j x_q[32g+j]                            int32, exact
+    term   = ((d[r,g] * acc) + (m[r,g] * xsum_g)) * s_g  float32, W8G32 has no m term
+    y[r]   = sum16 over g of term
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fpga_worker.abi import GROUP_SIZE
 
+F32 = np.float32
+LANES = 16  # partial sums per float reduction
 _INT_MM_COLS = 8  # torch._int_mm wants the output width to be a multiple of 8
 
+# exp_f32 constants (float32 values; bit patterns in the ABI doc)
+_LOG2E = F32(1.44269502)  # 0x3fb8aa3b
+_LN2_HI = F32(0.693145751953125)  # 0x3f317200: few mantissa bits, so k * _LN2_HI is exact for |k| < 256
+_LN2_LO = F32(1.42860677e-06)  # 0x35bfbe8e
+_EXP_POLY = tuple(F32(c) for c in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 0.5, 1.0, 1.0))  # Horner, highest degree first
+_EXP_MIN, _EXP_MAX = F32(-86.0), F32(88.0)  # 2^k stays a normal float32 and the result finite
 
-_TINY = 1e-30  # keeps an all-zero activation from dividing by zero (it quantizes to zeros)
+
+def sum16(a: np.ndarray) -> np.ndarray:
+    """float32 [n, ...] -> [...]: the kernel's one float reduction order (see module doc)."""
+    n = a.shape[0]
+    lanes = np.zeros((LANES,) + a.shape[1:], F32)
+    full = n - n % LANES
+    for i in range(0, full, LANES):
+        lanes += a[i: i + LANES]
+    if n > full:
+        lanes[: n - full] += a[full:]
+    width = LANES // 2
+    while width:
+        lanes[:width] += lanes[width: 2 * width]
+        width //= 2
+    return lanes[0]
 
 
-def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x float32 [cols] -> (x_q int8 [cols], scale float32 []), symmetric per token."""
-    scale = x.abs().amax().clamp_(min=_TINY) / 127.0
-    # |x / scale| <= 127 up to one rounding step, so round() never leaves -127..127
-    return torch.round(x / scale).to(torch.int8), scale
+def exp_f32(x: np.ndarray) -> np.ndarray:
+    """float32 exp by the ABI's polynomial (about 2 ulp from the true value; bit-equal to the kernel's)."""
+    x = np.where(x < _EXP_MIN, _EXP_MIN, np.where(x > _EXP_MAX, _EXP_MAX, x)).astype(F32)
+    k = np.rint(x * _LOG2E)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = np.full_like(r, _EXP_POLY[0])
+    for c in _EXP_POLY[1:]:
+        p = p * r + c
+    two_k = ((k.astype(np.int32) + 127) << 23).astype(np.int32).view(F32)
+    return p * two_k
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: F32) -> np.ndarray:
+    """x, weight float32 [n] -> weight * (x * (1 / sqrt(sum16(x * x) / n + eps)))."""
+    mean = sum16(x * x) / F32(x.shape[0])
+    inv = F32(1.0) / np.sqrt(mean + eps)
+    return weight * (x * inv)
+
+
+def quantize_groups(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x float32 [cols] -> (x_q int8 [cols], s float32 [cols / 32]), symmetric, one scale per 32 values."""
+    groups = x.reshape(-1, GROUP_SIZE)
+    scale = np.abs(groups).max(axis=1) / F32(127.0)
+    safe = np.where(scale > 0, scale, F32(1.0))
+    q = np.where(scale[:, None] > 0, np.rint(groups / safe[:, None]), F32(0.0))
+    return np.clip(q, -127, 127).astype(np.int8).reshape(-1), scale.astype(F32)
+
+
+def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """(gate / (1 + exp_f32(-gate))) * up, float32."""
+    return (gate / (F32(1.0) + exp_f32(-gate))) * up
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x float32 [heads, head_dim]; cos, sin [head_dim / 2] from the image's table; rotate-half:
+    out[i] = x[i] cos[i] - x[i+h] sin[i], out[i+h] = x[i+h] cos[i] + x[i] sin[i]."""
+    half = x.shape[-1] // 2
+    a, b = x[:, :half], x[:, half:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=1)
+
+
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """q float32 [heads, D]; keys, values float32 [kv_heads, tokens, D] (float16 values widened) -> [heads * D].
+
+    score = sum16_e(q[e] * k[t, e]) * (1 / sqrt(D)); p = exp_f32(score - max_t score);
+    out[e] = sum16_t(p[t] * v[t, e]) / sum16_t(p[t]), tokens in position order.
+    """
+    kv_heads, _, dim = keys.shape
+    grouped = q.reshape(kv_heads, -1, dim)  # [kv_heads, G, D]
+    dots = sum16(np.moveaxis(grouped[:, :, None, :] * keys[:, None, :, :], -1, 0))  # [kv_heads, G, tokens]
+    scores = dots * (F32(1.0) / np.sqrt(F32(dim)))
+    p = exp_f32(scores - scores.max(axis=-1, keepdims=True))
+    denom = sum16(np.moveaxis(p, -1, 0))  # [kv_heads, G]
+    out = sum16(np.moveaxis(p[..., None] * values[:, None, :, :], 2, 0))  # [kv_heads, G, D]
+    return (out / denom[..., None]).reshape(-1)
 
 
 class GroupQuantLinear:
-    """y = W x with group-quantized W (W4G32 with min, or W8G32 without) and INT8 activations."""
+    """y = W x with group-quantized W (W4G32 with min, or W8G32 without) and per-group INT8 activations."""
 
     def __init__(self, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, int8_activations: bool = True):
         # q: int8 [rows, cols]; d, m: float32 [rows, groups]
-        self.q, self.d, self.m = q.contiguous(), d.contiguous(), None if m is None else m.contiguous()
-        # False only for diagnosis: float activations times the dequantized weights (slow, not the kernel)
+        self.q = q.contiguous()
+        self.d = d.float().numpy().astype(F32)
+        self.m = None if m is None else m.float().numpy().astype(F32)
+        # False only for diagnosis: float activations times the dequantized weights (not the kernel)
         self.int8_activations = int8_activations
-        self._float_weight: torch.Tensor | None = None  # diagnostic path's cached dequantized weight
+        self._float_weight: np.ndarray | None = None
         self.rows, self.cols = q.shape
         self.groups = self.cols // GROUP_SIZE
         padded = -(-self.groups // _INT_MM_COLS) * _INT_MM_COLS
         self._blockdiag = torch.zeros(self.cols, padded, dtype=torch.int8)  # reused buffer [cols, groups padded]
         # view of the block diagonal: [32, groups], element (j, g) is row g*32+j, column g
         self._diagonal = self._blockdiag.view(self.groups, GROUP_SIZE, padded).diagonal(dim1=0, dim2=2)
-        # d with zero columns for the padding: [rows, groups padded, 1]
-        self._d_padded = torch.zeros(self.rows, padded, 1)
-        self._d_padded[:, : self.groups, 0] = self.d
 
     @classmethod
     def concat(cls, parts: list["GroupQuantLinear"]) -> "GroupQuantLinear":
-        """Stack row-wise the linears that read the same input (Q/K/V, gate/up): one GEMM instead of several."""
-        m = None if parts[0].m is None else torch.cat([p.m for p in parts])
-        return cls(torch.cat([p.q for p in parts]), torch.cat([p.d for p in parts]), m, parts[0].int8_activations)
+        """Stack row-wise the linears that read the same input (Q/K/V, gate/up): rows are independent."""
+        m = None if parts[0].m is None else torch.from_numpy(np.concatenate([p.m for p in parts]))
+        return cls(torch.cat([p.q for p in parts]), torch.from_numpy(np.concatenate([p.d for p in parts])), m,
+                   parts[0].int8_activations)
 
-    def _integer_parts(self, x_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # acc int32 [rows, groups padded] (padding columns are 0), xsum int32 [groups]
-        self._diagonal.copy_(x_q.view(self.groups, GROUP_SIZE).t())
-        acc = torch._int_mm(self.q, self._blockdiag)
-        return acc, x_q.view(self.groups, GROUP_SIZE).sum(dim=1, dtype=torch.int32)
+    def integer_parts(self, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(acc int32 [rows, groups], xsum int32 [groups]): the exact integer work (one int8 GEMM)."""
+        xq = torch.from_numpy(x_q)
+        self._diagonal.copy_(xq.view(self.groups, GROUP_SIZE).t())
+        acc = torch._int_mm(self.q, self._blockdiag)[:, : self.groups]
+        return acc.numpy(), xq.view(self.groups, GROUP_SIZE).sum(dim=1, dtype=torch.int32).numpy()
 
-    def integer_parts(self, x_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(acc int32 [rows, groups], xsum int32 [groups]): the exact integer work of the kernel."""
-        acc, xsum = self._integer_parts(x_q)
-        return acc[:, : self.groups], xsum
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         """x float32 [cols] -> y float32 [rows]."""
         if not self.int8_activations:
             if self._float_weight is None:
                 self._float_weight = self.dequantized()
             return self._float_weight @ x
-        x_q, scale = quantize_activation(x)
-        acc, xsum = self._integer_parts(x_q)
-        y = torch.bmm(acc.float().unsqueeze(1), self._d_padded).view(-1)  # sum_g d * acc, per row
+        x_q, scale = quantize_groups(x)
+        acc, xsum = self.integer_parts(x_q)
+        terms = self.d * acc.astype(F32)  # [rows, groups]
         if self.m is not None:
-            y.addmv_(self.m, xsum.float())  # + sum_g m * xsum
-        return y.mul_(scale)
+            terms = terms + self.m * xsum.astype(F32)
+        terms = terms * scale
+        return sum16(np.ascontiguousarray(terms.T))
 
-
-    def dequantized(self) -> torch.Tensor:
+    def dequantized(self) -> np.ndarray:
         """float32 [rows, cols]: d*q (+ m) per group."""
-        w = self.q.float().view(self.rows, self.groups, GROUP_SIZE) * self.d.unsqueeze(-1)
+        w = self.q.numpy().astype(F32).reshape(self.rows, self.groups, GROUP_SIZE) * self.d[:, :, None]
         if self.m is not None:
-            w = w + self.m.unsqueeze(-1)
-        return w.view(self.rows, self.cols)
-
-
-class FloatLinear:
-    """Reference numerics: float32 y = W x."""
-
-    def __init__(self, weight: torch.Tensor):
-        self.weight = weight.float().contiguous()  # [rows, cols]
-        self.rows, self.cols = self.weight.shape
-
-    @classmethod
-    def concat(cls, parts: list["FloatLinear"]) -> "FloatLinear":
-        return cls(torch.cat([p.weight for p in parts]))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x, weight float32 [hidden] -> float32 [hidden], in transformers' LlamaRMSNorm order."""
-    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-
-def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
-    """float32 [head_dim / 2], as transformers' default RoPE computes it."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-
-
-def rope_cos_sin(position: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin float32 [head_dim] for one position."""
-    freqs = float(position) * inv_freq
-    emb = torch.cat([freqs, freqs])
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x float32 [heads, head_dim] at one position; rotate-half convention (transformers order)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
-def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """q [heads, head_dim]; k, v [kv_heads, tokens, head_dim] -> float32 [heads * head_dim]."""
-    kv_heads, _, head_dim = k.shape
-    grouped = q.view(kv_heads, -1, head_dim)  # [kv_heads, heads per kv head, head_dim]
-    scores = grouped @ k.transpose(1, 2) * head_dim**-0.5  # [kv_heads, group, tokens]
-    return (scores.softmax(dim=-1) @ v).reshape(-1)
+            w = w + self.m[:, :, None]
+        return w.reshape(self.rows, self.cols)

@@ -19,7 +19,8 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, quants
 
 from fpga_worker.abi import (
-    HBM_CHANNELS, HEADER_BYTES, ModelDims, TensorEntry, TensorFormat, pack_header, place_tensors, tensor_plan, unpack_header,
+    HBM_CHANNELS, HEADER_BYTES, KV_PAGE_TOKENS, MAX_KV_PAGES, VECTOR_COLS, ModelDims, TensorEntry, TensorFormat, as_f32,
+    pack_header, place_tensors, tensor_plan, unpack_header,
 )
 from fpga_worker.quant import dequantize, quantize_rtn, split_gguf_blocks
 from services.errors import InvalidArgument
@@ -53,15 +54,16 @@ class WeightImage:
         return self.entries[name]
 
     def planes(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(value plane, scale plane) of one tensor, uint8 [rows, row bytes], gathered from the 32 PCs."""
+        """(value plane, scale plane) of one tensor, uint8 [rows, row bytes] without the 64-byte row padding,
+        gathered from the 32 PCs."""
         e = self.entry(name)
         s = e.spec
-        values = _gather(self.channels, e.offset, s.rows_per_channel, s.qs_row_bytes, s.rows)
-        scales = _gather(self.channels, e.scale_offset, s.rows_per_channel, s.scale_row_bytes, s.rows)
+        values = _gather(self.channels, e.offset, s.rows_per_channel, s.value_stride, s.qs_row_bytes, s.rows)
+        scales = _gather(self.channels, e.scale_offset, s.rows_per_channel, s.scale_stride, s.scale_row_bytes, s.rows)
         return values, scales
 
     def vector(self, name: str) -> torch.Tensor:
-        """An F32 tensor as float32 [rows]."""
+        """An F32 tensor flattened: float32 [rows * cols] (a norm vector [hidden], the RoPE table row-major)."""
         values, _ = self.planes(name)
         return torch.from_numpy(values.copy()).view(torch.float32).reshape(-1)
 
@@ -72,20 +74,29 @@ class WeightImage:
         return dequantize(values, scales, e.spec.fmt)
 
 
-def _gather(channels: np.ndarray, offset: int, rows_per_channel: int, row_bytes: int, rows: int) -> np.ndarray:
-    # row r lives in PC r % 32 at slot r // 32
+def _gather(channels: np.ndarray, offset: int, rows_per_channel: int, stride: int, row_bytes: int,
+            rows: int) -> np.ndarray:
+    # row r lives in PC r % 32 at slot r // 32, slots `stride` bytes apart (the row padded to 64 bytes)
     if row_bytes == 0:
         return np.zeros((rows, 0), dtype=np.uint8)
-    block = channels[:, offset: offset + rows_per_channel * row_bytes].reshape(HBM_CHANNELS, rows_per_channel, row_bytes)
-    return block.transpose(1, 0, 2).reshape(-1, row_bytes)[:rows]
+    block = channels[:, offset: offset + rows_per_channel * stride].reshape(HBM_CHANNELS, rows_per_channel, stride)
+    return block[:, :, :row_bytes].transpose(1, 0, 2).reshape(-1, row_bytes)[:rows]
 
 
-def _scatter(channels: np.ndarray, offset: int, rows_per_channel: int, plane: np.ndarray) -> None:
+def _scatter(channels: np.ndarray, offset: int, rows_per_channel: int, stride: int, plane: np.ndarray) -> None:
     rows, row_bytes = plane.shape
-    padded = np.zeros((rows_per_channel * HBM_CHANNELS, row_bytes), dtype=np.uint8)
-    padded[:rows] = plane
-    block = padded.reshape(rows_per_channel, HBM_CHANNELS, row_bytes).transpose(1, 0, 2)
-    channels[:, offset: offset + rows_per_channel * row_bytes] = block.reshape(HBM_CHANNELS, -1)
+    padded = np.zeros((rows_per_channel * HBM_CHANNELS, stride), dtype=np.uint8)  # padding bytes are zero
+    padded[:rows, :row_bytes] = plane
+    block = padded.reshape(rows_per_channel, HBM_CHANNELS, stride).transpose(1, 0, 2)
+    channels[:, offset: offset + rows_per_channel * stride] = block.reshape(HBM_CHANNELS, -1)
+
+
+def rope_table(dims: ModelDims) -> np.ndarray:
+    """float32 [max_positions, head_dim]: row p = cos(p * inv_freq) then sin(p * inv_freq), computed as
+    transformers' default RoPE does (inv_freq and the products in float32, torch's float32 cos / sin)."""
+    inv_freq = 1.0 / (dims.rope_theta ** (torch.arange(0, dims.head_dim, 2, dtype=torch.int64).float() / dims.head_dim))
+    freqs = torch.arange(dims.max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [positions, D/2]
+    return torch.cat([freqs.cos(), freqs.sin()], dim=1).numpy()
 
 
 def _assemble(dims: ModelDims, embed_format: TensorFormat, planes_for) -> WeightImage:
@@ -100,15 +111,16 @@ def _assemble(dims: ModelDims, embed_format: TensorFormat, planes_for) -> Weight
         if values.shape != (e.spec.rows, e.spec.qs_row_bytes):
             raise InvalidArgument(f"tensor {e.spec.name}: value plane {values.shape}, ABI wants "
                                   f"{(e.spec.rows, e.spec.qs_row_bytes)}")
-        _scatter(channels, e.offset, e.spec.rows_per_channel, values)
+        _scatter(channels, e.offset, e.spec.rows_per_channel, e.spec.value_stride, values)
         if e.spec.scale_row_bytes:
-            _scatter(channels, e.scale_offset, e.spec.rows_per_channel, scales)
+            _scatter(channels, e.scale_offset, e.spec.rows_per_channel, e.spec.scale_stride, scales)
     return WeightImage(dims, {e.spec.name: e for e in entries}, kv_base, channels, provenance)
 
 
 def _float_planes(weight: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
-    if spec.fmt == TensorFormat.F32:
-        return np.ascontiguousarray(weight, dtype=np.float32).reshape(-1, 1).view(np.uint8), np.zeros((spec.rows, 0), np.uint8)
+    if spec.fmt == TensorFormat.F32:  # [rows, cols] float32 (a vector of n as [n / 16, 16])
+        plane = np.ascontiguousarray(weight, dtype=np.float32).reshape(spec.rows, spec.cols).view(np.uint8)
+        return plane, np.zeros((spec.rows, 0), np.uint8)
     return quantize_rtn(weight.reshape(spec.rows, spec.cols), spec.fmt)
 
 
@@ -143,9 +155,10 @@ def dims_from_gguf(reader: GGUFReader) -> ModelDims:
         kv_heads=int(field("llama.attention.head_count_kv", heads)),
         head_dim=int(field("llama.rope.dimension_count", hidden // heads)),
         intermediate=int(field("llama.feed_forward_length")), vocab=vocab,
-        rope_theta=float(field("llama.rope.freq_base", 10000.0)),
-        rms_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+        rope_theta=as_f32(float(field("llama.rope.freq_base", 10000.0))),
+        rms_eps=as_f32(float(field("llama.attention.layer_norm_rms_epsilon"))),
         tied_embeddings="output.weight" not in names,
+        max_positions=min(int(field("llama.context_length", 4096)), MAX_KV_PAGES * KV_PAGE_TOKENS),
     )
     dims.check()
     return dims
@@ -158,6 +171,8 @@ def build_from_gguf(path: str | Path, embed_format: TensorFormat = TensorFormat.
     tensors = {t.name.removesuffix(".weight"): t for t in reader.tensors}
 
     def planes_for(spec):
+        if spec.name == "rope_cos_sin":
+            return *_float_planes(rope_table(dims), spec), "computed (float32, transformers' default RoPE)"
         if spec.name not in tensors:
             raise InvalidArgument(f"GGUF file {path} has no tensor {spec.name}.weight")
         t = tensors[spec.name]
@@ -184,6 +199,8 @@ def build_from_state_dict(config, state_dict: dict[str, torch.Tensor],
     dims = ModelDims.from_config(config)
 
     def planes_for(spec):
+        if spec.name == "rope_cos_sin":
+            return *_float_planes(rope_table(dims), spec), "computed (float32, transformers' default RoPE)"
         parts = spec.name.split(".")
         if parts[0] == "blk":
             key = f"model.layers.{parts[1]}.{_HF_LAYER_NAMES[parts[2]]}.weight"

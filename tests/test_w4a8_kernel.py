@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from fpga_worker.abi import KernelStatus
-from fpga_worker.kv_layout import K_KIND, V_KIND, KvPlan, KvRegion
+from kv_plane.kv_layout import K_KIND, V_KIND, KvPlan, KvRegion
 from fpga_worker.w4a8_kernel import DecodeKernel, KernelError
-from fpga_worker.w4a8_ops import GroupQuantLinear, quantize_activation
+import numpy as np
+
+from fpga_worker.w4a8_ops import GroupQuantLinear, exp_f32, quantize_groups, sum16
 from fpga_worker.weight_image import build_from_state_dict
 from services.errors import InvalidArgument
 from tests.fpga_helpers import one_torch_thread, prefill_cache, smollm2_image, tiny_llama
@@ -37,19 +39,36 @@ def test_reference_numerics_match_transformers(tied):
     assert (got - expected).abs().max().item() < 1e-4
 
 
-def test_w4a8_integer_parts_are_exact():
+def test_w4a8_integer_parts_are_exact_with_one_scale_per_group():
     gen = torch.Generator().manual_seed(2)
     q = torch.randint(0, 16, (40, 96), dtype=torch.int8, generator=gen)
     d, m = torch.rand(40, 3, generator=gen), torch.randn(40, 3, generator=gen)
     linear = GroupQuantLinear(q, d, m)
-    x = torch.randn(96, generator=gen)
-    x_q, scale = quantize_activation(x)
-    assert x_q.abs().max().item() == 127
+    x = (torch.randn(96, generator=gen) * torch.tensor([1.0, 30.0, 0.01]).repeat_interleave(32)).numpy()
+    x_q, scale = quantize_groups(x)
+    assert scale.shape == (3,) and (np.abs(x_q.reshape(3, 32)).max(1) == 127).all()  # each group uses its range
     acc, xsum = linear.integer_parts(x_q)
-    want = (q.long().view(40, 3, 32) * x_q.long().view(1, 3, 32)).sum(-1)
-    assert torch.equal(acc.long(), want) and torch.equal(xsum.long(), x_q.long().view(3, 32).sum(-1))
-    exact = scale.double() * ((d.double() * want.double()).sum(1) + m.double() @ xsum.double())
-    assert torch.allclose(linear(x).double(), exact, rtol=1e-5, atol=1e-5)
+    want = (q.long().view(40, 3, 32) * torch.from_numpy(x_q).long().view(1, 3, 32)).sum(-1)
+    assert torch.equal(torch.from_numpy(acc).long(), want)
+    assert torch.equal(torch.from_numpy(xsum).long(), torch.from_numpy(x_q).long().view(3, 32).sum(-1))
+    exact = ((d.double() * want.double() + m.double() * torch.from_numpy(xsum).double()) *
+             torch.from_numpy(scale).double()).sum(1)
+    assert torch.allclose(torch.from_numpy(linear(x)).double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_sum16_order_and_exp_polynomial():
+    """sum16 is lanes by index mod 16 then a halving fold; exp_f32 stays within 3 ulp of exp on its range."""
+    values = np.array([1e8, 1.0, -1e8] + [0.0] * 13 + [1.0], dtype=np.float32)
+    # a plain left-to-right sum gives 0 here, sum16 gives 1; the lane order is what both kernels must follow
+    lanes = np.zeros(16, np.float32)
+    for i, v in enumerate(values):
+        lanes[i % 16] += v
+    for width in (8, 4, 2, 1):
+        lanes[:width] += lanes[width: 2 * width]
+    assert sum16(values) == lanes[0]
+    x = np.linspace(-86, 88, 20001, dtype=np.float32)
+    got, want = exp_f32(x).astype(np.float64), np.exp(x.astype(np.float64))
+    assert (np.abs(got - want) / want).max() < 3 * 2.0**-23
 
 
 def test_w4a8_tracks_reference_on_the_same_weights():

@@ -31,9 +31,10 @@ def test_row_r_lives_in_channel_r_mod_32_at_the_documented_offset():
     spec = entry.spec
     for row in (0, 1, 31, 32, 77, spec.rows - 1):
         pc, slot = row % HBM_CHANNELS, row // HBM_CHANNELS
-        start = entry.offset + slot * spec.qs_row_bytes
+        start = entry.offset + slot * spec.value_stride  # rows padded to 64 bytes (ABI v2)
+        assert spec.value_stride % 64 == 0 and spec.scale_stride % 64 == 0
         assert np.array_equal(image.channels[pc, start: start + spec.qs_row_bytes], values[row])
-        start = entry.scale_offset + slot * spec.scale_row_bytes
+        start = entry.scale_offset + slot * spec.scale_stride
         assert np.array_equal(image.channels[pc, start: start + spec.scale_row_bytes], scales[row])
 
 
@@ -59,6 +60,26 @@ def test_foreign_bytes_are_refused_with_a_clear_error():
         load_image(channels)
 
 
+def test_a_version_1_image_is_refused_naming_its_version():
+    model = tiny_llama()
+    channels = build_from_state_dict(model.config, model.state_dict()).channels.copy()
+    channels[0, 4:8] = np.frombuffer(np.uint32(1).tobytes(), dtype=np.uint8)  # the v1 header's version field
+    with pytest.raises(InvalidArgument, match="ABI version 1; .* version 2 only"):
+        load_image(channels)
+
+
+def test_header_fields_sit_at_their_natural_alignment():
+    """The v2 header: f32 eps at 56, u64 kv_base at 64, records at 128 + 64 i (docs/fpga-kernel-abi.md)."""
+    model = tiny_llama()
+    image = build_from_state_dict(model.config, model.state_dict())
+    head = image.channels[0, :HEADER_BYTES].tobytes()
+    assert np.frombuffer(head, "<f4", 1, 56)[0] == np.float32(model.config.rms_norm_eps)
+    assert np.frombuffer(head, "<u8", 1, 64)[0] == image.kv_base
+    assert head[128:128 + 12] == b"rope_cos_sin"
+    rope = image.vector("rope_cos_sin").view(image.dims.max_positions, image.dims.head_dim)
+    assert rope[0, :8].eq(1).all() and rope[0, 8:].eq(0).all()
+
+
 def test_smollm2_image_holds_the_gguf_weights_exactly():
     """Every tensor of the image dequantizes bit for bit to transformers' float32 weights of the same GGUF."""
     from safetensors import safe_open
@@ -67,12 +88,14 @@ def test_smollm2_image_holds_the_gguf_weights_exactly():
     from services.models import DEFAULT_MODEL, resolve_model
 
     image = smollm2_image()
-    kinds = sorted(set(image.provenance.values()))
+    kinds = sorted(set(v for k, v in image.provenance.items() if k != "rope_cos_sin"))
     assert kinds == ["exact F32", "exact Q4_1", "exact Q8_0"], kinds  # nothing was re-rounded
     path = resolve_model(DEFAULT_MODEL).path / "model.safetensors"
     worst = 0.0
     with safe_open(str(path), framework="pt") as tensors:
         for name, entry in image.entries.items():
+            if name == "rope_cos_sin":  # computed by the host, not a GGUF tensor
+                continue
             parts = name.split(".")
             key = (f"model.layers.{parts[1]}.{_HF_LAYER_NAMES[parts[2]]}.weight" if parts[0] == "blk"
                    else {"output_norm": "model.norm.weight", "token_embd": "model.embed_tokens.weight"}[name])
