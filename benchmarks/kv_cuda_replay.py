@@ -27,9 +27,9 @@ import time
 import torch
 
 from fpga_worker.abi import HBM_CHANNELS
-from fpga_worker.hbm_segment import HbmSegment
-from fpga_worker.kv_layout import KvPlan, KvRegion, region_view
-from gpu_worker.shm_writer import ShmLayerWriter
+from kv_plane.hbm_segment import HbmSegment
+from kv_plane.kv_layout import KvPlan, KvRegion, region_view
+from kv_plane.shm_writer import ShmLayerWriter
 from services.stubs.glitches.v1 import worker_pb2
 
 A100_PREFILL_S = 0.17585  # Llama-2-7B, 1,536 tokens, one A100 (the paper's slides)

@@ -4,7 +4,7 @@
 
 1. Bulk rate per transport into a live FPGA worker (emulated card, W4A8 numerics: float16 KV at the ABI's
    offsets) with Llama-2-7B-shaped layers (32 layers x 32 KV heads x 128 x 1,536 tokens, float16: 25.2 MB of
-   K + V per layer, 805 MB per request), sent by the GPU worker's own senders (gpu_worker/kv_sender.py),
+   K + V per layer, 805 MB per request), sent by the GPU worker's own senders (kv_plane/transport.py open_sender),
    beside a plain memcpy of the same bytes, the ABI relayout alone (KvRegion.write in one process), raw
    loopback TCP to another process, and NIXL's own two-process WRITE rate (UCX, host memory; both agents
    with and without NIXL's progress thread; the goal is against the faster), all in this run: each
@@ -34,8 +34,8 @@ import torch
 from benchmarks.request_path import kv_overlap, long_prompt, raw_tcp_gbps
 from glitches import Client
 from glitches.cluster import ClusterSpec, LocalCluster
-from fpga_worker import kv_copy_threads
-from gpu_worker.kv_sender import open_sender
+from kv_plane import kv_copy_threads
+from kv_plane.transport import open_sender
 from services import models
 from services.channels import insecure_channel
 from services.kv_token import SECRET_ENV, KvTokenIssuer
@@ -110,7 +110,7 @@ def memcpy_gbps(key: torch.Tensor, layers: int, repeats: int, threads: int = 1) 
 
 def relayout_gbps(key: torch.Tensor, layers: int, repeats: int) -> list[float]:
     """The ABI relayout alone: every layer written by KvRegion.write into a private region (faulted in)."""
-    from fpga_worker.kv_layout import KvPlan, KvRegion
+    from kv_plane.kv_layout import KvPlan, KvRegion
 
     region = KvRegion(KvPlan(layers, key.shape[1], key.shape[3], key.shape[2] + 1, key.element_size()), key.dtype)
     rates = []
@@ -123,7 +123,7 @@ def relayout_gbps(key: torch.Tensor, layers: int, repeats: int) -> list[float]:
 
 
 def _nixl_target(queue, size: int, count: int, progress_thread: bool) -> None:
-    from services import nixl_loader
+    from kv_plane import nixl_loader
 
     agent = nixl_loader.new_agent("bench-target", progress_thread)
     buf = torch.zeros(size, dtype=torch.uint8)
@@ -139,7 +139,7 @@ def _nixl_target(queue, size: int, count: int, progress_thread: bool) -> None:
 def nixl_two_process_gbps(layer_bytes: int, layers: int, repeats: int, progress_thread: bool) -> list[float]:
     """NIXL's own WRITE rate between two processes here: one registered buffer, one WRITE per layer, a spinning
     poll; both agents with or without NIXL's progress thread."""
-    from services import nixl_loader
+    from kv_plane import nixl_loader
 
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()

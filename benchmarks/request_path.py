@@ -23,7 +23,8 @@ from transformers import AutoConfig
 
 from glitches import Client, Completion
 from glitches.cluster import ClusterSpec, LocalCluster
-from services import kv_wire, models
+from kv_plane import kv_wire
+from services import models
 from services.channels import insecure_channel, open_channel
 from services.kv_token import SECRET_ENV, KvTokenIssuer
 from services.request_auth import RequestAuthIssuer

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from fpga_worker.kv_layout import KvRegion
+from kv_plane.kv_layout import KvRegion
 from fpga_worker.w4a8_kernel import DecodeKernel
 from fpga_worker.weight_image import build_from_gguf
 from services.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model

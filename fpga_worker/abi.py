@@ -39,7 +39,7 @@ FIXED_HEADER_BYTES = 128  # the header's fixed part; tensor records follow at th
 RECORD_BYTES = 64  # one tensor record
 VECTOR_COLS = 16  # an F32 vector of n elements is stored as rows of 16 (64 bytes): [n / 16, 16]
 KV_PAGE_TOKENS = HBM_CHANNELS * KV_BLOCK_TOKENS  # one block-table entry: 512 tokens of every lane
-MAX_KV_PAGES = 112  # block-table entries in the step arguments: up to 57,344 tokens
+MAX_KV_PAGES = 16  # block-table entries in the step arguments: up to 8,192 tokens (the kernel's score buffer)
 
 
 class TensorFormat(IntEnum):

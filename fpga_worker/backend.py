@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kv_plane.kv_types import KvGeometry, KvMemory, KvPlacement
 from services.errors import FailedPrecondition
 
 
@@ -39,44 +40,6 @@ class SensorReading:
 
 
 NO_READING = SensorReading()
-
-
-@dataclass(frozen=True)
-class KvMemory:
-    """The card's memory as the KV data plane sees it: PC p is bytes [p * channel_bytes, (p + 1) * channel_bytes)."""
-
-    memory: torch.Tensor  # uint8 [32 * channel_bytes], the bytes the card decodes from (or its host staging)
-    channel_bytes: int
-    shm_path: str = ""  # a file on /dev/shm a sender on this host may map; "" when not shared
-
-
-@dataclass(frozen=True)
-class KvPlacement:
-    """Where one request's KV region lies (docs/fpga-kernel-abi.md, "KV region")."""
-
-    kv_offset: int  # bytes from the start of every PC
-    plan: "object"  # fpga_worker.kv_layout.KvPlan
-    dtype: torch.dtype  # element type stored in the region
-
-
-@dataclass(frozen=True)
-class KvGeometry:
-    """What one token of KV costs on the device."""
-
-    num_layers: int
-    kv_heads: int
-    head_dim: int
-    dtype: torch.dtype
-
-    @property
-    def bytes_per_token(self) -> int:
-        # K and V, every layer, every KV head
-        return 2 * self.num_layers * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
-
-    @property
-    def block_bytes(self) -> int:
-        # one ABI KV block: 16 tokens of one (layer, head, K or V) lane
-        return 16 * self.head_dim * torch.finfo(self.dtype).bits // 8
 
 
 class DecodeBackend(ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fpga_worker import kv_copy_threads
+from kv_plane import kv_copy_threads
 from fpga_worker.held_backend import HeldBackend
 from fpga_worker.kv_notify import NotifyingBackend
 from fpga_worker.sensors import CachedSensors, publish_sensors

@@ -18,9 +18,9 @@ import torch
 
 from fpga_worker.abi import HBM_CHANNELS, KV_ALIGN
 from fpga_worker.backend import KvMemory, KvPlacement
-from fpga_worker.hbm_manager import KvSpace
-from fpga_worker.hbm_segment import HbmSegment
-from fpga_worker.kv_layout import KvPlan, KvRegion, region_view
+from kv_plane.hbm_manager import KvSpace
+from kv_plane.hbm_segment import HbmSegment
+from kv_plane.kv_layout import KvPlan, KvRegion, region_view
 from fpga_worker.request_checks import lookup
 from services.errors import InvalidArgument
 

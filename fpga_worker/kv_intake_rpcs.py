@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from fpga_worker import kv_receiver
 from fpga_worker.backend import DecodeBackend
-from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
-from services import metrics, nixl_loader
+from kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
+from services import metrics
+from kv_plane import nixl_loader
 from services.errors import FailedPrecondition
-from services.host_identity import host_identity
+from kv_plane.host_identity import host_identity
 from services.stubs.glitches.v1 import worker_pb2
 
 
@@ -48,9 +49,9 @@ class KvIntakeRpcs:
         self._kv_received = metrics.KV_RECEIVED_BYTES.of(metrics_role)
         self.kv_streams = StreamBudget(max_streams)
         self.kv_transports = accepted_transports(backend, kv_transport)
-        self.nixl = None  # fpga_worker.kv_nixl.NixlKvReceiver when nixl is accepted
+        self.nixl = None  # kv_plane.nixl_receiver.NixlKvReceiver when nixl is accepted
         if "nixl" in self.kv_transports:
-            from fpga_worker.kv_nixl import NixlKvReceiver
+            from kv_plane.nixl_receiver import NixlKvReceiver
 
             self.nixl = NixlKvReceiver(backend.kv_memory(), nixl_tag)
         self._placed_via: dict[str, str] = {}  # request id -> transport, while its TransferKVPlaced runs

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from fpga_worker.backend import DecodeBackend
-from services import kv_wire
+from kv_plane import kv_wire
 from services.errors import InvalidArgument
 from services.stubs.glitches.v1 import worker_pb2
 

@@ -6,12 +6,12 @@ import os
 
 from fpga_worker.backend import DecodeBackend
 from fpga_worker.kv_intake_rpcs import KvIntakeRpcs
-from fpga_worker.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S
+from kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S
 from fpga_worker.settings import FpgaWorkerSettings
 from services import grammar, models
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
-from services.host_identity import host_identity
+from kv_plane.host_identity import host_identity
 from services.kv_holds import KvHolds, renew_rpc
 from services.kv_token import KvTokenVerifier
 from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier

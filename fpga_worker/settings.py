@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fpga_worker import kv_copy_threads
-from fpga_worker.kv_stream_limits import check_limits
+from kv_plane import kv_copy_threads
+from kv_plane.kv_stream_limits import check_limits
 from services.errors import InvalidArgument
 from services.kv_holds import DEFAULT_TTL_S as DEFAULT_HOLD_TTL_S
 from services.settings import DaemonSettings

@@ -52,7 +52,7 @@ def kv_token_option(fn):
 
 
 def kv_intake_options(fn):
-    """The bounds on KV streams a worker receives (fpga_worker/kv_stream_limits.py): FPGA workers, and GPU
+    """The bounds on KV streams a worker receives (kv_plane/kv_stream_limits.py): FPGA workers, and GPU
     workers with the decode role."""
     options = [
         click.option("--kv-header-timeout-s", default=2.0, type=float, envvar=env_var("kv-header-timeout-s"),
@@ -68,7 +68,7 @@ def kv_intake_options(fn):
 
 
 def kv_copy_threads_option(fn):
-    """Threads of one KV relayout (fpga_worker/kv_copy_threads.py): GPU and FPGA workers."""
+    """Threads of one KV relayout (kv_plane/kv_copy_threads.py): GPU and FPGA workers."""
     return click.option("--kv-copy-threads", default=2, type=click.IntRange(1, 2), envvar=env_var("kv-copy-threads"),
                         show_default=True,
                         help="Threads that write one layer's KV at the card's addresses: 2 = K and V side by side "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fpga_worker import kv_copy_threads
+from kv_plane import kv_copy_threads
 from fpga_worker.held_backend import HeldBackend
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_intake import GpuKvIntake
@@ -51,7 +51,7 @@ class GpuDevice(worker_runtime.WorkerDevice):
 
     def attach(self, poke: Callable[[], None]) -> KvHolds:
         if "nixl" in self.servicer._sends():  # start the NIXL agent now, not during the first transfer
-            from gpu_worker.nixl_writer import local_agent
+            from kv_plane.nixl_writer import local_agent
 
             local_agent()
         self.engine.requests.on_change = poke  # placement sees slots and KV change within a beat

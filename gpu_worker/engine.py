@@ -17,7 +17,7 @@ import torch
 
 from gpu_worker.kv_budget import BLOCK_TOKENS, KvBudget
 from gpu_worker.kv_pool import KvPool
-from gpu_worker.kv_sender import KvTransferFailed, open_sender
+from kv_plane.sender import KvTransferFailed, LayerSender
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
 from gpu_worker.request_kv import RequestKv
 from gpu_worker.request_table import RequestTable
@@ -28,7 +28,6 @@ from services.decoding import Finish, Step, finish_reason
 from services.errors import InvalidArgument, NotFound, Unavailable
 from services.logprobs import TokenLogprob
 from services.sampling import Sampling
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.05  # how often an RPC thread waiting on the loop checks for its client's cancel
@@ -112,15 +111,14 @@ class GpuEngine:
 
     # --- prefill -----------------------------------------------------------
     def prefill(self, request_id: str, prompt: list[int], sampling: Sampling,
-                target: worker_pb2_grpc.WorkerStub | None, generated: list[int] = (),
-                kv_token: str = "", kv_transport: str = "grpc",
+                open_kv: Callable[[int, int], LayerSender] | None, generated: list[int] = (),
                 cancelled: Callable[[], bool] = lambda: False) -> PrefillResult:
-        """Prefill `prompt` + `generated`; stream its KV to `target`, or keep it here (GPU assist) when None.
+        """Prefill `prompt` + `generated`; stream its KV out through `open_kv`, or keep it here (GPU assist) when None.
 
         `generated` holds tokens the request produced before a migration; the returned
-        token is generated token number len(generated). `kv_token` (the scheduler's
-        authorisation of this transfer) is forwarded to the target in the KV header;
-        `kv_transport` (gpu_worker/kv_transport.py) is how the KV bytes travel.
+        token is generated token number len(generated). `open_kv(prompt_tokens, reserve_tokens)`
+        (built by the servicer with kv_plane.transport.kv_target) starts the transfer once this
+        worker has admitted the request; its sender's put_layer runs in the cache hook.
         With sampling.prompt_logprobs the loop keeps every prompt position's logits and scores
         prompt[1:]; with a response format the first token is sampled under its grammar. GPU assist is refused with RESOURCE_EXHAUSTED when no slot or KV is free.
         """
@@ -138,16 +136,13 @@ class GpuEngine:
         vocab = self.config.vocab_size
         if max(tokens) >= vocab or min(tokens) < 0:
             raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {vocab})")
-        gpu_assist = target is None
+        gpu_assist = open_kv is None
         held = self.requests.admit(request_id, len(prompt) + sampling.max_new_tokens if gpu_assist else len(tokens),
                                    gpu_assist, wait_s=self.settings.kv_wait_s, cancelled=cancelled)
         sender = None
         try:
             if not gpu_assist:
-                header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=len(tokens),
-                                             reserve_tokens=len(prompt) + sampling.max_new_tokens,
-                                             num_layers=self.num_layers, kv_token=kv_token)
-                sender = open_sender(target, header, self.settings.kv_transfer_timeout_s, kv_transport)
+                sender = open_kv(len(tokens), len(prompt) + sampling.max_new_tokens)
             job = PrefillJob(held.kv, tokens, sampling, len(generated), sender.put_layer if sender else None,
                              cancelled, prompt_len=len(prompt), constraint=constraint)
             started = time.monotonic()

@@ -8,8 +8,8 @@ from fpga_worker.backend import DecodeBackend
 from fpga_worker.kv_intake_rpcs import KvIntakeRpcs
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_budget import BLOCK_TOKENS
-from gpu_worker.kv_transport import TransportChooser, sender_transports
-from services.host_identity import host_identity
+from kv_plane.transport import TransportChooser, kv_target, sender_transports
+from kv_plane.host_identity import host_identity
 from services import metrics
 from services.channels import WorkerStubs
 from services.tls import PLAINTEXT, TlsConfig
@@ -101,10 +101,12 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
         if sampling.max_new_tokens < 1:
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         target = self._stub(request.target.address) if request.target.address else None
-        transport = self.transports.choose(target) if target is not None else ""
-        result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, target,
-                                     list(request.generated_token_ids), kv_token=request.target.kv_token,
-                                     kv_transport=transport, cancelled=lambda: not context.is_active())
+        open_kv = None
+        if target is not None:
+            open_kv = kv_target(target, request.request_id, self.engine.num_layers, request.target.kv_token,
+                                self.transports.choose(target), self.engine.settings.kv_transfer_timeout_s)
+        result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, open_kv,
+                                     list(request.generated_token_ids), cancelled=lambda: not context.is_active())
         if target is None and result.finish is None:  # GPU assist: the KV stays here, held until Decode or expiry
             tokens = len(request.prompt_token_ids) + len(request.generated_token_ids)
             self.holds.hold(request.request_id, tokens * self.engine.kv_bytes_per_token)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from fpga_worker.abi import HBM_CHANNELS
+from kv_plane.kv_abi import HBM_CHANNELS
 from services.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 
 

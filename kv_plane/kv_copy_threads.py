@@ -1,6 +1,6 @@
 """Threads for the KV relayout: a layer's K scatter and V scatter run side by side.
 
-The relayout (fpga_worker/kv_layout.py) puts every 4 KiB block on another page 256 MiB away, so one
+The relayout (kv_plane/kv_layout.py) puts every 4 KiB block on another page 256 MiB away, so one
 thread is bound by the memory system's latency, not its bandwidth: on this project's 2-core VM it moved
 ~0.5 of a sequential memcpy's bytes/s on one thread, and 1.5-1.7x that with K and V on two
 (docs/benchmarks.md, KV data plane Run 5). Both halves are still one copy per byte.

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fpga_worker import kv_copy_threads
-from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS, KV_ELEMENT_BYTES, ModelDims
+from kv_plane import kv_copy_threads
+from kv_plane.kv_abi import HBM_CHANNELS, KV_BLOCK_TOKENS, KV_ELEMENT_BYTES
 from services.errors import InvalidArgument
 
 K_KIND, V_KIND = 0, 1
@@ -32,7 +32,8 @@ class KvPlan:
     element_bytes: int = KV_ELEMENT_BYTES  # 2 (float16, the ABI); 4 only for float32 reference numerics
 
     @classmethod
-    def for_model(cls, dims: ModelDims, capacity_tokens: int, element_bytes: int = KV_ELEMENT_BYTES) -> "KvPlan":
+    def for_model(cls, dims, capacity_tokens: int, element_bytes: int = KV_ELEMENT_BYTES) -> "KvPlan":
+        """dims: anything with num_layers, kv_heads and head_dim (fpga_worker.abi.ModelDims, a KvGeometry)."""
         if capacity_tokens < 1:
             raise InvalidArgument(f"KV capacity must be at least 1 token, got {capacity_tokens}")
         return cls(dims.num_layers, dims.kv_heads, dims.head_dim, capacity_tokens, element_bytes)
@@ -137,7 +138,7 @@ class KvRegion:
 
         Whole 16-token blocks go in with one index_put_ per kind, straight from K and V (one copy per
         byte; a dtype conversion, when needed, is the one extra), moving 16-byte elements (_wide), K and V
-        on two threads when large (fpga_worker/kv_copy_threads.py); a partial block's tokens go row by row.
+        on two threads when large (kv_plane/kv_copy_threads.py); a partial block's tokens go row by row.
         """
         want = (1, self.plan.kv_heads, key.shape[2], self.plan.head_dim)
         if tuple(key.shape) != want or tuple(value.shape) != want:

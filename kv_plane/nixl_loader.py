@@ -43,7 +43,7 @@ def new_agent(name: str, progress_thread: bool = False):
     NIXL's progress thread spins: an idle agent with it used 2.9 s of CPU per 3 s here, a whole core
     for as long as the worker lives. Without it nothing is lost on this path: a host-memory WRITE
     between processes (UCX cma) is copied by the initiator inside transfer()/check_xfer_state(), and
-    notifications arrive when the target polls get_new_notifs (fpga_worker/kv_nixl.py polls while
+    notifications arrive when the target polls get_new_notifs (kv_plane/nixl_receiver.py polls while
     a registration exists).
     """
     api = load()

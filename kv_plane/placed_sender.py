@@ -1,10 +1,10 @@
 """Sends one request's prefill KV through a data plane (TransferKVPlaced: transport shm or nixl).
 
-Same interface as kv_sender.KvSender (put_layer / finish / failure / abort), so the engine does
-not care which transport runs. Threads:
+A `kv_plane.sender.LayerSender` like grpc_sender.KvSender, so the engine does not care which
+transport runs; the layer writer for the placement is made by `make_writer` (kv_plane/transport.py). Threads:
 - the model thread calls put_layer(layer, key, value) from the cache hook and goes on computing;
 - the writer thread waits for the receiver's placement, writes each layer into the card's memory
-  (gpu_worker/shm_writer.py or gpu_worker/nixl_writer.py) and queues a KvWritten notice for each layer
+  (kv_plane/shm_writer.py or kv_plane/nixl_writer.py) and queues a KvWritten notice for each layer
   the writer reports finished (nixl: its WRITE is DONE, which may be after the next layer's relayout),
   then, after flush(), the end marker;
 - gRPC's own thread sends the control messages as they are queued.
@@ -16,34 +16,27 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 import torch
 
-from gpu_worker.kv_sender import KvTransferFailed, TransferResult
-from gpu_worker.shm_writer import ShmLayerWriter
+from kv_plane.sender import KvTransferFailed, TransferResult
 from services.errors import GlitchesError, Unavailable, from_rpc_error
-from services.host_identity import host_identity
+from kv_plane.host_identity import host_identity
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 _END = object()
-
-
-def _writer(placement, request_id: str):
-    """The layer writer of the placement's transport: write(layer, K, V, ready) returns once the bytes are there."""
-    if placement.kv_transport == "nixl":
-        from gpu_worker.nixl_writer import NixlLayerWriter
-
-        return NixlLayerWriter(placement, request_id)
-    return ShmLayerWriter(placement)
 
 
 class PlacedKvSender:
     transport = "shm"
 
     def __init__(self, stub: worker_pb2_grpc.WorkerStub, header: worker_pb2.KvHeader, timeout_s: float,
-                 transport: str = "shm"):
-        self.transport = transport
+                 transport: str, make_writer: Callable[[worker_pb2.KvPlacement, str], object]):
+        """make_writer(placement, request_id): the layer writer (write(layer, K, V, ready) -> layers done,
+        flush(), optional close()) once the receiver has answered where the region lies."""
+        self.transport, self._make_writer = transport, make_writer
         self._num_layers, self._request_id = header.num_layers, header.request_id
         self._control: queue.Queue = queue.Queue()
         self._layers: queue.Queue = queue.Queue()
@@ -71,7 +64,7 @@ class PlacedKvSender:
             first = next(self._call)
             if first.WhichOneof("body") != "placement":
                 raise Unavailable("the decode worker answered TransferKVPlaced without a placement")
-            writer = _writer(first.placement, self._request_id)
+            writer = self._make_writer(first.placement, self._request_id)
             try:
                 self._write_layers(writer)
             finally:

@@ -3,7 +3,7 @@
 The placement (worker.proto KvPlacement) says where: the segment file, its per-PC size, the
 request's `kv_offset` and the region's plan. The segment is mapped once per path and kept (a
 worker's segment lives as long as the worker). Each layer is written at the ABI's addresses
-(fpga_worker/kv_layout.py):
+(kv_plane/kv_layout.py):
 - CPU tensors: one scatter from the model's K/V into the mapped region (one copy per byte);
 - CUDA tensors: the layer's blocks are arranged on the device in the order they lie in each
   pseudo-channel (a layer's slots are one contiguous run per PC), then copied device-to-host
@@ -20,11 +20,11 @@ import threading
 
 import torch
 
-from fpga_worker.abi import HBM_CHANNELS
-from fpga_worker.hbm_segment import map_segment
-from fpga_worker.kv_layout import KvPlan, KvRegion, region_view
+from kv_plane.kv_abi import HBM_CHANNELS
+from kv_plane.hbm_segment import map_segment
+from kv_plane.kv_layout import KvPlan, KvRegion, region_view
 from services.errors import FailedPrecondition, InvalidArgument
-from services.kv_wire import DTYPES
+from kv_plane.kv_wire import DTYPES
 
 _maps: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}  # (path, size) -> (mmap, uint8 tensor)
 _maps_lock = threading.Lock()

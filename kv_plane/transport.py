@@ -1,4 +1,6 @@
-"""Which KV transport a GPU worker uses for one decode target.
+"""The one place that decides how KV travels: which transport a GPU worker uses for a decode target
+(`TransportChooser`), which sender and layer writer run it (`open_sender`), and the callable the
+engine is handed (`kv_target`: it opens a sender for one request; the engine sees no stub or token).
 
 The target's Info says what it accepts (InfoResponse.kv_transports, host_identity); answers are
 kept for CACHE_S per target. `auto`: shm when the target is on this host (equal host identity and
@@ -12,17 +14,24 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 
+from kv_plane.grpc_sender import KvSender
+from kv_plane.host_identity import host_identity
+from kv_plane.placed_sender import PlacedKvSender
+from kv_plane.sender import LayerSender
+from kv_plane.shm_writer import ShmLayerWriter
 from services.errors import FailedPrecondition, from_rpc_error
-from services.host_identity import host_identity
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 CACHE_S = 5.0  # how long a target's Info answer is trusted, seconds
+
+
 def sender_transports() -> tuple[str, ...]:
     """What this GPU worker can send with: shm and grpc always, nixl where NIXL imports."""
-    from services import nixl_loader
+    from kv_plane import nixl_loader
 
     return ("shm", "nixl", "grpc") if nixl_loader.available() else ("shm", "grpc")
 
@@ -65,3 +74,32 @@ class TransportChooser:
                                      f"{', '.join(offered)}{why}; this GPU worker can send "
                                      f"{', '.join(sender_transports())}")
         return self.wanted
+
+
+def layer_writer(placement: worker_pb2.KvPlacement, request_id: str):
+    """The layer writer of the placement's transport: write(layer, K, V, ready) returns the layers whose bytes are there."""
+    if placement.kv_transport == "nixl":
+        from kv_plane.nixl_writer import NixlLayerWriter  # NIXL imports only where it is installed
+
+        return NixlLayerWriter(placement, request_id)
+    return ShmLayerWriter(placement)
+
+
+def open_sender(stub: worker_pb2_grpc.WorkerStub, header: worker_pb2.KvHeader, timeout_s: float,
+                transport: str = "grpc") -> LayerSender:
+    """A sender for `transport` ("grpc", "shm", "nixl"): put_layer(i, K, V) per layer, then finish(), or abort()."""
+    if transport == "grpc":
+        return KvSender(stub, header, timeout_s)
+    return PlacedKvSender(stub, header, timeout_s, transport, layer_writer)
+
+
+def kv_target(stub: worker_pb2_grpc.WorkerStub, request_id: str, num_layers: int, kv_token: str, transport: str,
+              timeout_s: float) -> Callable[[int, int], LayerSender]:
+    """What the engine is handed for a prefill whose KV goes to a decode target: open(prompt_tokens,
+    reserve_tokens) starts the transfer (the receiver checks `kv_token`, then reserves reserve_tokens)."""
+    def open_kv(prompt_tokens: int, reserve_tokens: int) -> LayerSender:
+        header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=prompt_tokens,
+                                     reserve_tokens=reserve_tokens, num_layers=num_layers, kv_token=kv_token)
+        return open_sender(stub, header, timeout_s, transport)
+
+    return open_kv

@@ -142,7 +142,7 @@ class WorkerRecord:
     kv_free_blocks: int = 0  # free KV blocks on the device (kv_free_bytes // kv_block_bytes)
     kv_tokens_required: int = 0  # 1 when the worker accepts KV only with a scheduler-issued token
     kv_transports: str = ""  # comma-separated, best first: FPGA workers what they accept, GPU workers what they send
-    host_identity: str = ""  # services.host_identity: transport shm needs the sender's to be equal
+    host_identity: str = ""  # kv_plane.host_identity: transport shm needs the sender's to be equal
     shm_segment: str = ""  # the card's HBM segment on that host (transport shm), "" without one
     nixl_agent: str = ""  # the worker's NIXL agent name (transport nixl), "" without one
     worker_active_requests: int = 0  # requests the worker itself holds KV for (its Info), whatever the claims say

@@ -234,7 +234,7 @@ class kernel:
 
     def _execute(self, args_bo: bo, hbm, result_bo: bo) -> None:
         from fpga_worker.abi import KernelStatus, OutputMode
-        from fpga_worker.kv_layout import KvPlan, KvRegion
+        from kv_plane.kv_layout import KvPlan, KvRegion
         from fpga_worker.step_args import StepArgs, StepResult
         from fpga_worker.w4a8_kernel import KernelError
 

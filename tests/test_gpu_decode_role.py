@@ -12,7 +12,7 @@ import torch
 from fpga_worker.held_backend import HeldBackend
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_intake import GpuKvIntake
-from gpu_worker.kv_transport import TransportChooser
+from kv_plane.transport import TransportChooser
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
 from services.kv_holds import KvHolds

@@ -16,17 +16,17 @@ import grpc
 import pytest
 import torch
 
-from fpga_worker import hbm_segment
+from kv_plane import hbm_segment
 from fpga_worker.emu_backend import EmulatedCard
 from fpga_worker.server import FpgaWorkerServicer
 from gpu_worker.engine import GpuEngine
-from gpu_worker.kv_transport import TransportChooser
+from kv_plane.transport import TransportChooser
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
 from services import models
 from services.channels import insecure_channel
 from services.grpc_server import start_server
-from services.host_identity import host_identity
+from kv_plane.host_identity import host_identity
 from services.kv_token import KvTokenIssuer, KvTokenVerifier
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -139,7 +139,7 @@ def test_concurrent_nixl_transfers_to_one_card_equal_transformers(cluster):
 
 
 def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkeypatch):
-    from gpu_worker import nixl_writer
+    from kv_plane import nixl_writer
 
     real = nixl_writer.NixlLayerWriter._write
 

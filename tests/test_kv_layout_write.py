@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from fpga_worker import kv_copy_threads
-from fpga_worker.kv_layout import KV_BLOCK_TOKENS, KvPlan, KvRegion
+from kv_plane import kv_copy_threads
+from kv_plane.kv_layout import KV_BLOCK_TOKENS, KvPlan, KvRegion
 
 
 @pytest.fixture(params=[1, 2], ids=["one-thread", "k-and-v-on-two-threads"])

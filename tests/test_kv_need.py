@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fpga_worker.kv_layout import KvPlan
+from kv_plane.kv_layout import KvPlan
 from scheduler.orchestrator import kv_bytes_needed
 from services.registry import WorkerRecord, WorkerState
 from tests.fpga_helpers import tiny_llama

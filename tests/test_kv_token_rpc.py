@@ -16,7 +16,8 @@ from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
 from scheduler.orchestrator import Final, GenerateInput, ModelInfo, Orchestrator
 from scheduler.settings import SchedulerSettings
-from services import kv_wire, models
+from kv_plane import kv_wire
+from services import models
 from services.channels import insecure_channel
 from services.grpc_server import start_server
 from services.kv_token import KvTokenIssuer, KvTokenVerifier

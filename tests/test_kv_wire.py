@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from services import kv_wire
+from kv_plane import kv_wire
 from services.errors import InvalidArgument
 
 

@@ -9,9 +9,9 @@ import torch
 
 from benchmarks.kv_cuda_replay import placement
 from fpga_worker.abi import HBM_CHANNELS
-from fpga_worker.hbm_segment import HbmSegment
-from fpga_worker.kv_layout import KvPlan, KvRegion
-from gpu_worker.shm_writer import ShmLayerWriter
+from kv_plane.hbm_segment import HbmSegment
+from kv_plane.kv_layout import KvPlan, KvRegion
+from kv_plane.shm_writer import ShmLayerWriter
 
 
 @pytest.mark.parametrize("layers,heads,dim,tokens,capacity", [

@@ -17,7 +17,8 @@ from fpga_worker.server import FpgaWorkerServicer
 from scheduler.detokenizer import Detokenizer
 from scheduler.orchestrator import MAX_STOP_CHARS, GenerateInput, ModelInfo, Orchestrator
 from scheduler.settings import SchedulerSettings
-from services import kv_wire, models
+from kv_plane import kv_wire
+from services import models
 from services.channels import insecure_channel
 from services.decoding import decode_loop
 from services.errors import InvalidArgument

@@ -11,7 +11,8 @@ from fpga_worker.server import FpgaWorkerServicer
 from gpu_worker.engine import GpuEngine
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
-from services import kv_wire, models
+from kv_plane import kv_wire
+from services import models
 from services.channels import insecure_channel
 from services.grpc_server import start_server
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc

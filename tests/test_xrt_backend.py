@@ -14,8 +14,8 @@ import torch
 
 import tests.pyxrt_standin as standin
 from fpga_worker.abi import HBM_CHANNELS
-from fpga_worker.hbm_manager import KvSpace
-from fpga_worker.kv_layout import KvPlan
+from kv_plane.hbm_manager import KvSpace
+from kv_plane.kv_layout import KvPlan
 from fpga_worker.settings import FpgaWorkerSettings
 from fpga_worker.w4a8_backend import W4A8EmulatedCard
 from fpga_worker.weight_image import build_from_state_dict
@@ -169,7 +169,7 @@ def test_kv_space_counts_whole_blocks_and_reuses_them():
 def test_shm_notices_sync_exactly_the_written_bytes_and_match_the_w4a8_card(image, xclbin):
     """Transport shm into an xrt card: the sender writes the host staging segment, each notice makes the worker
     bo.write + bo.sync exactly those bytes (inside the request's region), and decode equals the W4A8 card."""
-    from fpga_worker.kv_layout import KvRegion, region_view
+    from kv_plane.kv_layout import KvRegion, region_view
 
     card = XrtCard(image, standin, "0", xclbin, HBM, tag="xrt-test")
     try:

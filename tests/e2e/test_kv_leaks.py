@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fpga_worker.abi import HBM_CHANNELS
-from fpga_worker.kv_layout import KvPlan
+from kv_plane.kv_layout import KvPlan
 from fpga_worker.xrt_backend import weight_image_for
 from glitches import Client, Completion
 from glitches.cluster import ClusterSpec, LocalCluster

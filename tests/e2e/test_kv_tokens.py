@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from services import kv_wire
+from kv_plane import kv_wire
 from services.channels import insecure_channel
 from services.kv_token import SECRET_ENV, KvTokenIssuer
 from services.request_auth import RequestAuthIssuer

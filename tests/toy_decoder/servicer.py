@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 from fpga_worker import kv_receiver
-from fpga_worker.kv_stream_limits import deadline_messages
+from kv_plane.kv_stream_limits import deadline_messages
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
-from services.host_identity import host_identity
+from kv_plane.host_identity import host_identity
 from services.kv_holds import KvHolds, renew_rpc
 from services.proto_convert import step_to_proto
 from services.sampling import Sampling, check_sampling

@@ -1,5 +1,6 @@
-"""Streams one request's prefill KV to a decode worker's TransferKV, layer by layer.
+"""Transport grpc: streams one request's prefill KV to a decode worker's TransferKV, layer by layer.
 
+A `kv_plane.sender.LayerSender`.
 The model thread calls put_layer() from the cache hook; gRPC's own request
 thread pulls from the queue, so serialising and sending layer i overlaps the
 computation of layer i + 1.
@@ -9,28 +10,16 @@ from __future__ import annotations
 
 import queue
 import time
-from dataclasses import dataclass
 
 import grpc
 import torch
 
-from services import kv_wire
+from kv_plane import kv_wire
+from kv_plane.sender import KvTransferFailed, TransferResult
 from services.errors import from_rpc_error
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 _END = object()
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    kv_bytes: int
-    first_send_monotonic: float  # when the first chunk was handed to gRPC
-    done_monotonic: float  # when the receiver's reply arrived
-    layer_received_unix_s: tuple[float, ...]  # per layer, on the receiver's clock
-
-
-class KvTransferFailed(Exception):
-    """Raised inside the forward pass to abort prefill when the receiver has failed."""
 
 
 class KvSender:
@@ -84,13 +73,3 @@ class KvSender:
         """Cancel the transfer (the receiver frees what it reserved) and unblock the send thread."""
         self._future.cancel()
         self._queue.put(_END)
-
-
-def open_sender(stub: worker_pb2_grpc.WorkerStub, header: worker_pb2.KvHeader, timeout_s: float,
-                transport: str = "grpc"):
-    """A sender for `transport` ("grpc", "shm"): put_layer(i, K, V) per layer, then finish(), or abort()."""
-    if transport == "grpc":
-        return KvSender(stub, header, timeout_s)
-    from gpu_worker.kv_placed_sender import PlacedKvSender
-
-    return PlacedKvSender(stub, header, timeout_s, transport)
