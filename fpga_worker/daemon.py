@@ -6,8 +6,7 @@ import logging
 from collections.abc import Callable
 
 from kv_plane import kv_copy_threads
-from fpga_worker.held_backend import HeldBackend
-from fpga_worker.kv_notify import NotifyingBackend
+from decode_contract.wrappers import KvHeld, Notifying, SlotLimit
 from fpga_worker.sensors import CachedSensors, publish_sensors
 from fpga_worker.server import FpgaWorkerServicer, backend_vocab, build_backend
 from fpga_worker.settings import FpgaWorkerSettings
@@ -35,6 +34,10 @@ class FpgaDevice(worker_runtime.WorkerDevice):
         source = models.resolve_model(settings.model)
         kv_copy_threads.configure(settings.kv_copy_threads)
         self.backend = backend = build_backend(settings, source)
+        # reserve/release re-publish the record at once (on_change is the heartbeat's poke, set by attach)
+        self.notifying = Notifying(backend)
+        self.holds = KvHolds(settings.kv_hold_ttl_s, self.notifying.release)  # frees what nobody renews
+        held = KvHeld(SlotLimit(self.notifying, settings.slots), self.holds)  # slot limit + expiry
         self.kv_tokens = KvTokenVerifier(settings.kv_token_secret) if settings.kv_token_secret else None
         if self.kv_tokens is None:
             log.warning("KV transfers are UNAUTHENTICATED: no KV token secret is set, so this worker accepts KV "
@@ -42,19 +45,16 @@ class FpgaDevice(worker_runtime.WorkerDevice):
                         "--kv-token-secret-file)", SECRET_ENV)
         tokenizer = models.load_tokenizer(source)
         self.servicer = FpgaWorkerServicer(
-            backend, tokenizer, "", source.name, settings.slots, self.kv_tokens, settings.kv_transport,
+            held, tokenizer, "", source.name, settings.slots, self.kv_tokens, settings.kv_transport,
             (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams),
-            auth=auth, vocab_size=backend_vocab(backend, tokenizer))
+            holds=self.holds, auth=auth, vocab_size=backend_vocab(backend, tokenizer))
         self.block_bytes = backend.geometry().block_bytes
         self.facts = backend.facts()
         return self.servicer
 
     def attach(self, poke: Callable[[], None]) -> KvHolds:
-        notifying = NotifyingBackend(self.backend, poke)  # reserve/release re-publish the record at once
-        holds = KvHolds(self.settings.kv_hold_ttl_s, notifying.release).start()  # frees what nobody renews
-        self.servicer.holds = holds
-        self.servicer.backend = HeldBackend(notifying, self.settings.slots, holds)  # slot limit + expiry
-        return holds
+        self.notifying.on_change = poke
+        return self.holds.start()
 
     def kv_blocks(self, info: worker_pb2.InfoResponse) -> KvBlocks:
         return KvBlocks(self.backend.kv_granularity_tokens(), self.block_bytes, info.kv_free_bytes // self.block_bytes)

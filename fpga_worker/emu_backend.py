@@ -1,6 +1,6 @@
 """The `emu` backend: a software emulator of an FPGA decode card (no card involved).
 
-HBM is the emulated card's memory (fpga_worker/emu_kv.py): a shared-memory segment with the
+HBM is the emulated card's memory (decode_contract/emu_kv.py): a shared-memory segment with the
 ABI's layout, the weight image's share [0, kv_base) of every pseudo-channel, and one KV space
 of whole blocks above it. Each request reserves a region for prompt + max_new_tokens there
 (rounded up to 512-token units, as on the card); a reservation that does not fit is refused
@@ -23,9 +23,10 @@ import torch
 from transformers import DynamicCache
 
 from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, SensorReading
-from fpga_worker.emu_kv import EmulatedKvCalls, EmulatedKvStore
-from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
+from decode_contract.device import DecodeBackend, DeviceFacts, SensorReading
+from kv_plane.kv_types import KvGeometry
+from decode_contract.emu_kv import EmulatedKvCalls, EmulatedKvStore
+from decode_contract.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
 from fpga_worker.sensors import BusyMeter, modeled_reading
 from services import models
 

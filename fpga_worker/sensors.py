@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from fpga_worker.backend import NO_READING, SensorReading
+from decode_contract.device import NO_READING, SensorReading
 from services import metrics
 
 DECODE_POWER_W = 46.0  # GLITCHES slides: an Alveo U280 running FlightLLM decode, watts

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from fpga_worker.backend import DecodeBackend
-from fpga_worker.kv_intake_rpcs import KvIntakeRpcs
+from decode_contract.device import DecodeBackend
+from decode_contract.kv_intake_rpcs import KvIntakeRpcs
 from kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S
 from fpga_worker.settings import FpgaWorkerSettings
 from services import grammar, models
@@ -59,7 +59,7 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
             request_auth_required=isinstance(self.auth, RequestAuthVerifier))
 
     def _intake(self) -> DecodeBackend:
-        return self.backend  # the daemon wraps it (slots, holds, notices) after construction
+        return self.backend  # already wrapped by the daemon (decode_contract/wrappers.py) before construction
 
     def Info(self, request, context):
         return self.info()

@@ -1,6 +1,6 @@
 """An emulated decode card running the W4A8 kernel: the DecodeBackend interface over DecodeKernel.
 
-HBM is modelled by its ABI layout (fpga_worker/emu_kv.py, the same KV store as the reference
+HBM is modelled by its ABI layout (decode_contract/emu_kv.py, the same KV store as the reference
 emulator): the weight image takes [0, kv_base) of every pseudo-channel (PC), and each request
 gets one KV region at the same offset in every PC, placed first-fit in [kv_base, PC size) by
 the one KV space (hbm_manager.KvSpace), inside a shared-memory segment a same-host sender can
@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, SensorReading
-from fpga_worker.emu_kv import EmulatedKvCalls, EmulatedKvStore
+from decode_contract.device import DecodeBackend, DeviceFacts, SensorReading
+from kv_plane.kv_types import KvGeometry
+from decode_contract.emu_kv import EmulatedKvCalls, EmulatedKvStore
 from fpga_worker.w4a8_kernel import DecodeKernel
 from fpga_worker.weight_image import WeightImage, build_from_gguf, build_from_state_dict
-from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
+from decode_contract.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
 from fpga_worker.sensors import BusyMeter, modeled_reading
 from services.errors import InvalidArgument
 

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 
 from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS, KernelStatus, OutputMode
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement, SensorReading
+from decode_contract.device import DecodeBackend, DeviceFacts, SensorReading
+from kv_plane.kv_types import KvGeometry, KvMemory, KvPlacement
 from kv_plane.hbm_segment import HbmSegment
 from kv_plane.hbm_manager import KvSpace
 from kv_plane.kv_layout import K_KIND, V_KIND, KvPlan
 from fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
 from fpga_worker.weight_image import WeightImage
-from fpga_worker.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
+from decode_contract.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
 from services.errors import (
     FailedPrecondition, GlitchesError, InvalidArgument, Unavailable,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kv_plane import kv_copy_threads
-from fpga_worker.held_backend import HeldBackend
+from decode_contract.wrappers import KvHeld
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_intake import GpuKvIntake
 from gpu_worker.kv_budget import BLOCK_TOKENS
@@ -40,7 +40,7 @@ class GpuDevice(worker_runtime.WorkerDevice):
             release = self.intake.release
         self.holds = KvHolds(settings.kv_hold_ttl_s, release).start()  # frees held KV nobody renews
         # received KV is held from its header on, and expires once complete unless renewed (as on an FPGA)
-        intake = HeldBackend(self.intake, 1 << 30, self.holds) if self.intake is not None else None
+        intake = KvHeld(self.intake, self.holds) if self.intake is not None else None
         kv_tokens = KvTokenVerifier(settings.kv_token_secret) if settings.kv_token_secret else None
         self.servicer = GpuWorkerServicer(self.engine, "", source.name, settings.tls(), self.holds, auth, roles,
                                           intake, kv_tokens)

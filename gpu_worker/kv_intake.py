@@ -1,7 +1,7 @@
 """The decode role's KV intake: KV another GPU worker's prefill sends this one, landed in its own KV blocks.
 
 A GPU worker started with the decode role serves TransferKV / TransferKVPlaced through the same
-mixin as an FPGA worker (fpga_worker/kv_intake_rpcs.py), with this object as the backend the
+mixin as an FPGA worker (decode_contract/kv_intake_rpcs.py), with this object as the backend the
 KV lands in. Per request:
 
     reserve(id, prompt + max_new_tokens)  admits it in the worker's RequestTable as a request that
@@ -20,7 +20,7 @@ KV lands in. Per request:
                                           the step loop, batched with every other decode
     release(id)                           frees both, whichever exist (idempotent)
 
-Staging is host memory (an fpga_worker.emu_kv.EmulatedKvStore: a 0600 shared-memory segment,
+Staging is host memory (an decode_contract.emu_kv.EmulatedKvStore: a 0600 shared-memory segment,
 sparse, of --kv-staging-gib) so shm senders on this host and NIXL can write it; only transfers in
 flight hold staging. The one copy staging -> KV blocks is the price of a GPU's KV living in its own
 paged layout rather than the ABI's.
@@ -32,15 +32,18 @@ import threading
 
 import torch
 
-from fpga_worker.abi import HBM_CHANNELS
-from fpga_worker.backend import DecodeBackend, DeviceFacts, KvGeometry, KvMemory, KvPlacement
-from fpga_worker.emu_kv import EmulatedKvStore
-from fpga_worker.request_checks import check_sealable
+from kv_plane.kv_abi import HBM_CHANNELS
+from decode_contract.sink import KvSink
+from kv_plane.kv_types import KvGeometry, KvMemory, KvPlacement
+from decode_contract.emu_kv import EmulatedKvStore
+from decode_contract.request_checks import check_sealable
 from gpu_worker.kv_budget import BLOCK_TOKENS
-from services.errors import FailedPrecondition, NotFound, ResourceExhausted
+from services.errors import NotFound, ResourceExhausted
 
 
-class GpuKvIntake(DecodeBackend):
+class GpuKvIntake(KvSink):
+    """The decode role's KV sink (a sink only: the step loop decodes, not a step() here)."""
+
     def __init__(self, engine, staging_bytes: int, tag: str = "gpu"):
         """engine: gpu_worker.engine.GpuEngine; staging_bytes: size of the staging segment, bytes."""
         self.engine = engine
@@ -53,14 +56,7 @@ class GpuKvIntake(DecodeBackend):
         self._landed: dict[str, set[int]] = {}  # request id -> layers already copied into its KV blocks
         self._lock = threading.Lock()
 
-    # --- what the device is ---------------------------------------------------------------
-    def facts(self) -> DeviceFacts:
-        engine = self.engine
-        budget = engine.budget
-        return DeviceFacts(backend=engine.device.split(":")[0], emulated=engine.device == "cpu",
-                           device_name=engine.device, hbm_bytes=budget.total_blocks * budget.block_bytes,
-                           kv_capacity_bytes=budget.total_blocks * budget.block_bytes)
-
+    # --- what one token costs here ---------------------------------------------------------
     def geometry(self) -> KvGeometry:
         return self._geometry
 
@@ -132,9 +128,6 @@ class GpuKvIntake(DecodeBackend):
         self.staging.release(request_id)  # the KV lives in its blocks now
         with self._lock:
             self._landed.pop(request_id, None)
-
-    def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
-        raise FailedPrecondition("a GPU worker decodes received KV in its step loop (Decode), not step by step")
 
     def release(self, request_id: str) -> bool:
         with self._lock:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from fpga_worker.backend import DecodeBackend
-from fpga_worker.kv_intake_rpcs import KvIntakeRpcs
+from decode_contract.device import DecodeBackend
+from decode_contract.kv_intake_rpcs import KvIntakeRpcs
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_budget import BLOCK_TOKENS
 from kv_plane.transport import TransportChooser, kv_target, sender_transports

@@ -131,7 +131,7 @@ GPU_KV_FREE_BLOCKS = Gauge("glitches_gpu_kv_free_blocks", "Free KV blocks of the
 GPU_ASSIST_ACTIVE = Gauge("glitches_gpu_assist_requests", "GPU-assist requests held (KV kept on this GPU)",
                           registry=_GPU[0])
 
-# --- every worker that receives KV (FPGA workers, decode-role GPU workers: fpga_worker/kv_intake_rpcs.py) ---
+# --- every worker that receives KV (FPGA workers, decode-role GPU workers: decode_contract/kv_intake_rpcs.py) ---
 KV_RECEIVED_BYTES = _Shared(Counter, "glitches_kv_received_bytes", "KV bytes received into device memory",
                             _SCOPE_WORKERS)
 KV_STREAMS = _Shared(Gauge, "glitches_kv_streams", "KV streams (TransferKV, TransferKVPlaced) being received now",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tests.pyxrt_standin as standin
-from fpga_worker.backend import SensorReading
+from decode_contract.device import SensorReading
 from fpga_worker.sensors import (DECODE_POWER_W, IDLE_POWER_W, BusyMeter, CachedSensors, modeled_power_w,
                                  publish_sensors)
 from fpga_worker.w4a8_backend import W4A8EmulatedCard

@@ -1,6 +1,6 @@
 """A GPU worker with the decode role (issue #12 item 4) on real in-process gRPC servers with a tiny random Llama:
 another GPU worker's prefill streams the KV to it by shm, nixl or grpc (the FPGA worker's own RPCs,
-fpga_worker/kv_intake_rpcs.py), it decodes in its step loop, and the tokens equal transformers' greedy
+decode_contract/kv_intake_rpcs.py), it decodes in its step loop, and the tokens equal transformers' greedy
 generate; bad transfers are refused with nothing held afterwards; roles are enforced."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import grpc
 import pytest
 import torch
 
-from fpga_worker.held_backend import HeldBackend
+from decode_contract.wrappers import KvHeld
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_intake import GpuKvIntake
 from kv_plane.transport import TransportChooser
@@ -33,7 +33,7 @@ def pair(tiny_source):
     intake = GpuKvIntake(decode_engine, 64 * 2**20, "gpu-decode-test")
     holds = KvHolds(30.0, intake.release).start()
     decoder = GpuWorkerServicer(decode_engine, "gpu-decode", tiny_source.name, holds=holds,
-                                roles=decode_settings.role_set(), intake=HeldBackend(intake, 1 << 30, holds),
+                                roles=decode_settings.role_set(), intake=KvHeld(intake, holds),
                                 kv_tokens=KvTokenVerifier(SECRET))
     decode_server, decode_stub = _serve(decoder, max_workers=32 + 64)
     senders = {}

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from fpga_worker.emu_backend import EmulatedCard
-from fpga_worker.held_backend import HeldBackend
+from decode_contract.wrappers import KvHeld, SlotLimit
 from fpga_worker.server import FpgaWorkerServicer
 from gpu_worker.engine import GpuEngine
 from gpu_worker.server import GpuWorkerServicer
@@ -50,7 +50,7 @@ def workers(tiny_source):
     card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2)
     holds = KvHolds(60.0, card.release)
     gpu = GpuWorkerServicer(engine, "gpu-a", tiny_source.name, auth=RequestAuthVerifier(SECRET))
-    fpga = FpgaWorkerServicer(HeldBackend(card, 1, holds), models.load_tokenizer(tiny_source), "fpga-a",
+    fpga = FpgaWorkerServicer(KvHeld(SlotLimit(card, 1), holds), models.load_tokenizer(tiny_source), "fpga-a",
                               tiny_source.name, 1, holds=holds, auth=RequestAuthVerifier(SECRET))
     servers = [start_server("127.0.0.1", 0, [(worker_pb2_grpc.add_WorkerServicer_to_server, s)],
                             ("glitches.v1.Worker",)) for s in (gpu, fpga)]
@@ -118,7 +118,7 @@ def test_two_concurrent_decodes_of_one_request_the_second_is_refused(workers):
 
 def test_an_fpga_worker_takes_no_more_reservations_than_slots(tiny_source):
     card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2)
-    held = HeldBackend(card, 1, KvHolds(60.0, card.release))
+    held = KvHeld(SlotLimit(card, 1), KvHolds(60.0, card.release))
     held.reserve("s0", 16)
     for i in range(1, 20):
         with pytest.raises(ResourceExhausted, match="slot"):

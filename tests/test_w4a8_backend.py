@@ -91,7 +91,7 @@ def test_step_args_and_result_round_trip_through_bytes():
 def test_modeled_step_time_is_the_timing_models_and_grows_with_context():
     from fpga_worker.timing_model import calibrate, modeled_step_s
     from fpga_worker.w4a8_backend import W4A8EmulatedCard
-    from fpga_worker.backend import DecodeBackend
+    from decode_contract.device import DecodeBackend
 
     assert DecodeBackend.modeled_step_s(None, 100) == 0.0
     card = W4A8EmulatedCard.__new__(W4A8EmulatedCard)  # only the attributes modeled_step_s reads

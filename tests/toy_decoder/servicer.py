@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from fpga_worker import kv_receiver
+from decode_contract import kv_receiver
 from kv_plane.kv_stream_limits import deadline_messages
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument

@@ -4,18 +4,18 @@ The FPGA worker and a GPU worker with the decode role serve the same two RPCs th
 mixin, so every decode target takes KV by the same transports (grpc, shm, nixl) under the same
 checks. The servicer supplies:
 
-    self._intake()        the fpga_worker.backend.DecodeBackend the KV lands in (reserve, write_kv,
+    self._intake()        the decode_contract.sink.KvSink the KV lands in (reserve, write_kv,
                           mark_written, layer_landed, seal, release, kv_memory, placement, geometry)
     self.kv_tokens        services.kv_token.KvTokenVerifier, or None (transfers unauthenticated)
     self.worker_id        what KV tokens are bound to
 
-and calls `setup_kv_intake` once in its constructor. Protocols: fpga_worker/kv_receiver.py.
+and calls `setup_kv_intake` once in its constructor. Protocols: decode_contract/kv_receiver.py.
 """
 
 from __future__ import annotations
 
-from fpga_worker import kv_receiver
-from fpga_worker.backend import DecodeBackend
+from decode_contract import kv_receiver
+from decode_contract.sink import KvSink
 from kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
 from services import metrics
 from kv_plane import nixl_loader
@@ -24,7 +24,7 @@ from kv_plane.host_identity import host_identity
 from services.stubs.glitches.v1 import worker_pb2
 
 
-def accepted_transports(backend: DecodeBackend, wanted: str) -> list[str]:
+def accepted_transports(backend: KvSink, wanted: str) -> list[str]:
     """The KV transports a decode target takes, best first: grpc always; shm where its KV memory is a
     shared segment; nixl where it exposes its KV memory and NIXL imports."""
     memory = backend.kv_memory()
@@ -40,7 +40,7 @@ def accepted_transports(backend: DecodeBackend, wanted: str) -> list[str]:
 
 
 class KvIntakeRpcs:
-    def setup_kv_intake(self, backend: DecodeBackend, nixl_tag: str, kv_transport: str = "auto",
+    def setup_kv_intake(self, backend: KvSink, nixl_tag: str, kv_transport: str = "auto",
                         limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64),
                         metrics_role: str = "fpga-worker") -> None:
         """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream; metrics_role: the
@@ -56,7 +56,7 @@ class KvIntakeRpcs:
             self.nixl = NixlKvReceiver(backend.kv_memory(), nixl_tag)
         self._placed_via: dict[str, str] = {}  # request id -> transport, while its TransferKVPlaced runs
 
-    def _intake(self) -> DecodeBackend:
+    def _intake(self) -> KvSink:
         raise NotImplementedError
 
     def shm_path(self) -> str:

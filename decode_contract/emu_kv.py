@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fpga_worker.abi import HBM_CHANNELS, KV_ALIGN
-from fpga_worker.backend import KvMemory, KvPlacement
+from kv_plane.kv_abi import HBM_CHANNELS, KV_ALIGN
+from kv_plane.kv_types import KvMemory, KvPlacement
 from kv_plane.hbm_manager import KvSpace
 from kv_plane.hbm_segment import HbmSegment
 from kv_plane.kv_layout import KvPlan, KvRegion, region_view
-from fpga_worker.request_checks import lookup
+from decode_contract.request_checks import lookup
 from services.errors import InvalidArgument
 
 
@@ -121,7 +121,7 @@ class EmulatedKvStore:
 
 
 class EmulatedKvCalls:
-    """The DecodeBackend calls both emulated cards answer straight from their EmulatedKvStore (`self.kv`),
+    """The KvSink calls both emulated cards answer straight from their EmulatedKvStore (`self.kv`),
     after `self._get(request_id)` has checked the request is reserved (NOT_FOUND otherwise)."""
 
     def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:

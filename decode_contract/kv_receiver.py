@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from fpga_worker.backend import DecodeBackend
+from decode_contract.sink import KvSink
 from kv_plane import kv_wire
 from services.errors import InvalidArgument
 from services.stubs.glitches.v1 import worker_pb2
@@ -33,7 +33,7 @@ class Received:
     layer_received_unix_s: list[float]  # when each layer's last token arrived
 
 
-def _checked_header(backend: DecodeBackend, first, authorize, rpc: str) -> worker_pb2.KvHeader:
+def _checked_header(backend: KvSink, first, authorize, rpc: str) -> worker_pb2.KvHeader:
     if first is None or first.WhichOneof("body") != "header":
         raise InvalidArgument(f"a {rpc} stream must start with a header")
     header = first.header
@@ -50,7 +50,7 @@ def _checked_header(backend: DecodeBackend, first, authorize, rpc: str) -> worke
     return header
 
 
-def receive(backend: DecodeBackend, messages: Iterable[worker_pb2.KvChunk],
+def receive(backend: KvSink, messages: Iterable[worker_pb2.KvChunk],
             authorize: Callable[[worker_pb2.KvHeader], None] | None = None) -> Received:
     """Receive one stream; `authorize(header)` raises (PERMISSION_DENIED) to refuse it before any reservation."""
     messages = iter(messages)
@@ -63,7 +63,7 @@ def receive(backend: DecodeBackend, messages: Iterable[worker_pb2.KvChunk],
         raise
 
 
-def _receive_layers(backend: DecodeBackend, header: worker_pb2.KvHeader, messages) -> Received:
+def _receive_layers(backend: KvSink, header: worker_pb2.KvHeader, messages) -> Received:
     layers = header.num_layers
     tokens_seen = [0] * layers
     received_at = [0.0] * layers
@@ -99,7 +99,7 @@ def _expect_no_more(messages) -> None:
         raise InvalidArgument(f"a {extra.WhichOneof('body')} chunk after the end marker; the end marker comes last")
 
 
-def receive_placed(backend: DecodeBackend, messages: Iterable[worker_pb2.KvPlacedControl],
+def receive_placed(backend: KvSink, messages: Iterable[worker_pb2.KvPlacedControl],
                    authorize: Callable[[worker_pb2.KvHeader], None] | None,
                    place: Callable[[worker_pb2.KvHeader, str], worker_pb2.KvPlacement],
                    landed: Callable[[str, int, int], None] | None = None) -> Iterator[worker_pb2.KvPlacedReply]:
@@ -124,7 +124,7 @@ def receive_placed(backend: DecodeBackend, messages: Iterable[worker_pb2.KvPlace
         kv_bytes=received.kv_bytes, layer_received_unix_s=received.layer_received_unix_s))
 
 
-def _receive_notices(backend: DecodeBackend, header: worker_pb2.KvHeader, messages, landed) -> Received:
+def _receive_notices(backend: KvSink, header: worker_pb2.KvHeader, messages, landed) -> Received:
     layers, prompt = header.num_layers, header.prompt_tokens
     tokens_seen = [0] * layers
     received_at = [0.0] * layers
