@@ -4,9 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test test-slow test-fast container-smoke stubs check-stubs bench clean docs
+.PHONY: setup kernel-csim demo test test-slow test-fast container-smoke stubs check-stubs bench clean docs
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed kernel-csim
+
+kernel-csim:  ## the decode kernel's C simulation (g++; rebuilt when its sources change): fpga_worker/kernel/build/
+	$(MAKE) -C fpga_worker/kernel csim
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -6,7 +6,7 @@ Arguments, 512 bytes, little-endian, every field naturally aligned:
     0 u32 ABI version (2) | 4 u32 token_id | 8 u32 position | 12 u32 kv_capacity_tokens
     16 u32 mode (0 = LOGITS) | 20 u32 kv_lane_stride (bytes between lane u and u + 1 inside a page)
     24 u32 kv_pages (block-table entries in use) | 28 u32 pc_bytes (bytes of each PC buffer the host allocated)
-    32..63 zero | 64 u32 block_table[112]: page c (tokens 512c .. 512c + 511 of every lane) starts at this
+    32..63 zero | 64 u32 block_table[16]: page c (tokens 512c .. 512c + 511 of every lane) starts at this
     byte offset in every PC
 Result, 64 + 4 * vocab bytes:
     0 u32 status | 4 u32 argmax token (lowest index on a tie) | 8 u32 vocab | 12..63 zero | 64 f32 logits [vocab]
@@ -57,7 +57,7 @@ class StepArgs:
                           self.kv_lane_stride, len(self.block_table), self.pc_bytes)
         table = np.zeros(MAX_KV_PAGES, dtype="<u4")
         table[: len(self.block_table)] = self.block_table
-        return body.ljust(BLOCK_TABLE_OFFSET, b"\0") + table.tobytes()
+        return (body.ljust(BLOCK_TABLE_OFFSET, b"\0") + table.tobytes()).ljust(STEP_ARGS_BYTES, b"\0")
 
     @classmethod
     def unpack(cls, blob: bytes) -> "StepArgs":
