@@ -19,7 +19,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gpu_worker.kv_budget import blocks_for
+from gpu_worker.kv_pool import blocks_for
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
 from gpu_worker.kv_pool import KvPool
 from gpu_worker.request_kv import RequestKv

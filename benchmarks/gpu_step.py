@@ -21,7 +21,8 @@ import time
 import torch
 from transformers import DynamicCache
 
-from gpu_worker.kv_budget import BLOCK_TOKENS, blocks_for
+from gpu_worker.kv_pool import blocks_for
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from gpu_worker.kv_pool import KvPool
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION, PackedBatch, Segment
 from gpu_worker.request_kv import RequestKv
@@ -88,7 +89,7 @@ def main() -> None:
         p_ms, s_ms = statistics.median(packed) * 1e3, statistics.median(static) * 1e3
         print(f"B={batch} context={args.context} threads={args.threads}: packed step {p_ms:.1f} ms, "
               f"static step {s_ms:.1f} ms, static/packed {s_ms / p_ms:.2f}x "
-              f"(KV blocks of {BLOCK_TOKENS} tokens; median of {args.repeats})", flush=True)
+              f"(KV blocks of {KV_BLOCK_TOKENS} tokens; median of {args.repeats})", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from kv_plane import kv_copy_threads
 from decode_contract.wrappers import KvHeld
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_intake import GpuKvIntake
-from gpu_worker.kv_budget import BLOCK_TOKENS
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
 from services import metrics, models, worker_runtime
@@ -58,7 +58,7 @@ class GpuDevice(worker_runtime.WorkerDevice):
         return self.holds
 
     def kv_blocks(self, info: worker_pb2.InfoResponse) -> KvBlocks:
-        return KvBlocks(BLOCK_TOKENS, self.engine.budget.block_bytes, info.kv_free_blocks)
+        return KvBlocks(KV_BLOCK_TOKENS, self.engine.pool.block_bytes, info.kv_free_blocks)
 
     def active_requests(self) -> int:
         return self.engine.active_requests()
@@ -68,7 +68,7 @@ class GpuDevice(worker_runtime.WorkerDevice):
 
     def publish_metrics(self) -> None:
         engine = self.engine
-        metrics.GPU_KV_FREE_BLOCKS.set_function(lambda: engine.budget.free_blocks)
+        metrics.GPU_KV_FREE_BLOCKS.set_function(lambda: engine.pool.free_blocks)
         metrics.GPU_ASSIST_ACTIVE.set_function(engine.requests.assist_active)
         watch_cuda_device(self.role, engine.device)
         if self.intake is not None:  # decode role: the KV streams it receives

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gpu_worker.kv_budget import BLOCK_TOKENS, KvBudget
 from gpu_worker.kv_pool import KvPool
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from kv_plane.sender import KvTransferFailed, LayerSender
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
 from gpu_worker.request_kv import RequestKv
@@ -79,15 +79,14 @@ class GpuEngine:
         self.kv_bytes_per_token = (2 * self.num_layers * self.config.num_key_value_heads * self.head_dim
                                    * torch.finfo(torch_dtype).bits // 8)
         self.max_context_tokens = self.config.max_position_embeddings
-        block_bytes = BLOCK_TOKENS * self.kv_bytes_per_token
-        self.budget = KvBudget(max(1, kv_budget_bytes(settings, self.device) // block_bytes), block_bytes)
-        # every request's KV in one tensor of the budget's blocks (allocated once; on the CPU stand-in only
-        # the pages written are backed), so a step's decodes read and write it with one op per layer
-        self.pool = KvPool(self.budget.total_blocks, self.num_layers, self.config.num_key_value_heads, self.head_dim,
-                           torch_dtype, self.device)
-        self.requests = RequestTable(self.budget, settings.slots, lambda blocks: RequestKv(
-            blocks, self.num_layers, self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device,
-            self.pool))
+        block_bytes = KV_BLOCK_TOKENS * self.kv_bytes_per_token
+        # every request's KV in one tensor of blocks, and the one allocator of them (allocated once; on the
+        # CPU stand-in only the pages written are backed), so a step's decodes read and write it with one op per layer
+        self.pool = KvPool(max(1, kv_budget_bytes(settings, self.device) // block_bytes), self.num_layers,
+                           self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device)
+        self.requests = RequestTable(self.pool, settings.slots, lambda block_ids: RequestKv(
+            len(block_ids), self.num_layers, self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device,
+            self.pool, block_ids))
         self.loop = StepLoop(self.model, self.device, settings.max_batch_tokens, self._compiled_decode(),
                              threads=settings.threads)
 

@@ -37,7 +37,7 @@ from decode_contract.sink import KvSink
 from kv_plane.kv_types import KvGeometry, KvMemory, KvPlacement
 from decode_contract.emu_kv import EmulatedKvStore
 from decode_contract.request_checks import check_sealable
-from gpu_worker.kv_budget import BLOCK_TOKENS
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from services.errors import NotFound, ResourceExhausted
 
 
@@ -61,11 +61,11 @@ class GpuKvIntake(KvSink):
         return self._geometry
 
     def kv_free_bytes(self) -> int:
-        budget = self.engine.budget
-        return budget.free_blocks * budget.block_bytes
+        pool = self.engine.pool
+        return pool.free_blocks * pool.block_bytes
 
     def kv_granularity_tokens(self) -> int:
-        return BLOCK_TOKENS
+        return KV_BLOCK_TOKENS
 
     def active_requests(self) -> list[str]:
         return [r.request_id for r in self.engine.requests.snapshot() if r.gpu_assist]

@@ -1,7 +1,7 @@
 """One request's KV on the GPU worker: its blocks of the worker's KvPool (gpu_worker/kv_pool.py).
 
 `slots` [capacity] (long, on the device) maps the request's token t to its slot in the pool's rows;
-`capacity` is its blocks x BLOCK_TOKENS tokens, `length` the tokens written and complete in every layer.
+`capacity` is its blocks x KV_BLOCK_TOKENS tokens, `length` the tokens written and complete in every layer.
 write() scatters a chunk into the pool; read() returns the first `length` tokens of a layer as
 [1, H_kv, length, D] (a view when the request's blocks are consecutive, else a gathered copy).
 A RequestKv made without a pool gets a private one of exactly its blocks (tests, benchmarks).
@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import torch
 
-from gpu_worker.kv_budget import BLOCK_TOKENS
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from gpu_worker.kv_pool import KvPool
 
 
 class RequestKv:
     def __init__(self, blocks: int, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: str, pool: KvPool | None = None):
+                 device: str, pool: KvPool | None = None, block_ids: list[int] | None = None):
+        """block_ids: `blocks` ids admission already took from `pool` (ascending); None takes them here."""
         self.pool = pool or KvPool(blocks, num_layers, kv_heads, head_dim, dtype, device)
-        self.block_ids = self.pool.take(blocks)
-        self.capacity = blocks * BLOCK_TOKENS  # tokens
+        self.block_ids = block_ids if block_ids is not None else self.pool.take(blocks)
+        self.capacity = blocks * KV_BLOCK_TOKENS  # tokens
         ids = torch.tensor(self.block_ids, dtype=torch.long)
-        self.slots = (ids.repeat_interleave(BLOCK_TOKENS) * BLOCK_TOKENS
-                      + torch.arange(BLOCK_TOKENS).repeat(blocks)).to(device)  # [capacity]
+        self.slots = (ids.repeat_interleave(KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
+                      + torch.arange(KV_BLOCK_TOKENS).repeat(blocks)).to(device)  # [capacity]
         # the pool hands out ascending distinct ids, so they are one run when the last is first + blocks - 1
         one_run = blocks > 0 and self.block_ids[-1] - self.block_ids[0] == blocks - 1
-        self._base = self.block_ids[0] * BLOCK_TOKENS if one_run else None  # first slot, when reads can be views
+        self._base = self.block_ids[0] * KV_BLOCK_TOKENS if one_run else None  # first slot, when reads can be views
         self.length = 0  # tokens written and complete in every layer
 
     def free(self) -> None:

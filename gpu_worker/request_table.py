@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gpu_worker.kv_budget import BLOCK_TOKENS, KvBudget, blocks_for
+from gpu_worker.kv_pool import KvPool, blocks_for
 from gpu_worker.request_kv import RequestKv
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from services.errors import AlreadyExists, ResourceExhausted
 
 RETRY_AFTER_S = 1.0  # hint sent with RESOURCE_EXHAUSTED: GPU-assist decodes end within seconds
@@ -38,11 +39,11 @@ class HeldRequest:
 
 
 class RequestTable:
-    def __init__(self, budget: KvBudget, slots: int, kv_factory: Callable[[int], RequestKv],
+    def __init__(self, pool: KvPool, slots: int, kv_factory: Callable[[list[int]], RequestKv],
                  on_change: Callable[[], None] = lambda: None):
-        self.budget = budget
+        self.pool = pool  # the one allocator of the worker's KV blocks
         self.slots = slots
-        self._kv_factory = kv_factory  # blocks -> an allocated RequestKv
+        self._kv_factory = kv_factory  # block ids taken from the pool -> the request's RequestKv over them
         self.on_change = on_change
         self._held: dict[str, HeldRequest] = {}
         self._cond = threading.Condition()
@@ -51,9 +52,9 @@ class RequestTable:
               cancelled: Callable[[], bool] = lambda: False) -> HeldRequest:
         """Hold `request_id` with KV for `tokens` tokens, or raise (see the module docstring)."""
         blocks = blocks_for(tokens)
-        if blocks > self.budget.total_blocks:
-            raise ResourceExhausted(f"{tokens} tokens of KV ({blocks} blocks of {BLOCK_TOKENS}) exceed this GPU "
-                                    f"worker's whole KV budget of {self.budget.total_blocks} blocks")
+        if blocks > self.pool.total_blocks:
+            raise ResourceExhausted(f"{tokens} tokens of KV ({blocks} blocks of {KV_BLOCK_TOKENS}) exceed this GPU "
+                                    f"worker's whole KV budget of {self.pool.total_blocks} blocks")
         deadline = time.monotonic() + wait_s
         with self._cond:
             while True:
@@ -63,18 +64,19 @@ class RequestTable:
                 if gpu_assist and assists >= self.slots:
                     raise ResourceExhausted(f"all {self.slots} GPU-assist slots of this worker are taken; retry in "
                                             f"about {RETRY_AFTER_S:.0f} s", retry_after_s=RETRY_AFTER_S)
-                if self.budget.try_take(blocks):
+                block_ids = self.pool.try_take(blocks)
+                if block_ids is not None:
                     break
                 remaining = deadline - time.monotonic()
                 if gpu_assist or remaining <= 0 or cancelled():
-                    raise ResourceExhausted(f"{blocks} KV blocks needed, {self.budget.free_blocks} of "
-                                            f"{self.budget.total_blocks} free on this GPU worker; retry in about "
+                    raise ResourceExhausted(f"{blocks} KV blocks needed, {self.pool.free_blocks} of "
+                                            f"{self.pool.total_blocks} free on this GPU worker; retry in about "
                                             f"{RETRY_AFTER_S:.0f} s", retry_after_s=RETRY_AFTER_S)
                 self._cond.wait(timeout=min(remaining, 0.1))
             try:
-                held = HeldRequest(request_id, gpu_assist, blocks, self._kv_factory(blocks))
+                held = HeldRequest(request_id, gpu_assist, blocks, self._kv_factory(block_ids))
             except BaseException:
-                self.budget.give_back(blocks)
+                self.pool.give(block_ids)
                 raise
             self._held[request_id] = held
         self.on_change()
@@ -100,8 +102,7 @@ class RequestTable:
         with self._cond:
             held = self._held.pop(request_id, None)
             if held is not None:
-                held.kv.free()
-                self.budget.give_back(held.blocks)
+                held.kv.free()  # its block ids go back to the pool
                 self._cond.notify_all()
         if held is not None:
             self.on_change()

@@ -7,7 +7,7 @@ import os
 from decode_contract.device import DecodeBackend
 from decode_contract.kv_intake_rpcs import KvIntakeRpcs
 from gpu_worker.engine import GpuEngine
-from gpu_worker.kv_budget import BLOCK_TOKENS
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from kv_plane.transport import TransportChooser, kv_target, sender_transports
 from kv_plane.host_identity import host_identity
 from services import metrics
@@ -59,7 +59,7 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
     def info(self) -> worker_pb2.InfoResponse:
         engine = self.engine
         held = self.holds.summary()
-        budget = engine.budget
+        pool = engine.pool
         return worker_pb2.InfoResponse(
             worker_id=self.worker_id, kind=common_pb2.DEVICE_KIND_GPU, backend=engine.device.split(":")[0],
             kind_name="gpu", roles=ordered_roles(self.roles),
@@ -73,9 +73,9 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
             kv_tokens_required=self.intake is not None and self.kv_tokens is not None, kv_held_bytes=held.kv_bytes,
             expiring_requests=held.expiring, kv_hold_ttl_s=self.holds.ttl_s,
             request_auth_required=isinstance(self.auth, RequestAuthVerifier),
-            kv_capacity_bytes=budget.total_blocks * budget.block_bytes,
-            kv_free_bytes=budget.free_blocks * budget.block_bytes, kv_free_blocks=budget.free_blocks,
-            kv_block_tokens=BLOCK_TOKENS, gpu_assist_requests=engine.requests.assist_active())
+            kv_capacity_bytes=pool.total_blocks * pool.block_bytes,
+            kv_free_bytes=pool.free_blocks * pool.block_bytes, kv_free_blocks=pool.free_blocks,
+            kv_block_tokens=KV_BLOCK_TOKENS, gpu_assist_requests=engine.requests.assist_active())
 
     def _sends(self) -> list[str]:
         """What this worker sends KV with (its --kv-transport, or every one it can); Info lists it when the

@@ -13,7 +13,7 @@ import torch
 from fpga_worker.emu_backend import EmulatedCard
 from fpga_worker.server import FpgaWorkerServicer
 from gpu_worker.engine import GpuEngine
-from gpu_worker.kv_budget import BLOCK_TOKENS
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from gpu_worker.kv_pool import KvPool
 from gpu_worker.packed_attention import PackedBatch, Segment
 from gpu_worker.request_kv import RequestKv
@@ -92,7 +92,7 @@ def test_concurrent_requests_of_different_lengths_match_generate(node):
     assert verdicts.count("exact") >= 8, verdicts
     assert _batched_steps() > before, "some steps should have decoded several requests together"
     assert node["engine"].active_requests() == 0
-    assert node["engine"].budget.free_blocks == node["engine"].budget.total_blocks
+    assert node["engine"].pool.free_blocks == node["engine"].pool.total_blocks
     assert node["card"].active_requests() == []
 
 
@@ -184,14 +184,14 @@ def test_cancelling_one_decode_leaves_the_others_alone(node):
     while engine.active_requests() and __import__("time").monotonic() < deadline:
         __import__("time").sleep(0.02)
     assert engine.active_requests() == 0
-    assert engine.budget.free_blocks == engine.budget.total_blocks
+    assert engine.pool.free_blocks == engine.pool.total_blocks
 
 
 def test_gpu_assist_admission_enforces_slots_and_kv_blocks(tiny_source):
-    block_bytes = BLOCK_TOKENS * 2 * 2 * 2 * 16 * 4  # 16 tokens x K+V x 2 layers x 2 kv heads x 16 x float32
+    block_bytes = KV_BLOCK_TOKENS * 2 * 2 * 2 * 16 * 4  # 16 tokens x K+V x 2 layers x 2 kv heads x 16 x float32
     engine, server, gpu = _node(tiny_source, slots=2, kv_cache_gib=10 * block_bytes / 2**30)
     try:
-        assert engine.budget.total_blocks == 10
+        assert engine.pool.total_blocks == 10
         for rid in ("a", "b"):
             gpu.Prefill(worker_pb2.PrefillRequest(request_id=rid, prompt_token_ids=[5] * 10, sampling=_sampling(6)))
         info = gpu.Info(worker_pb2.InfoRequest())
@@ -210,7 +210,7 @@ def test_gpu_assist_admission_enforces_slots_and_kv_blocks(tiny_source):
         assert gpu.Info(worker_pb2.InfoRequest()).kv_free_blocks == 0
         for rid in ("b", "e"):
             gpu.Release(worker_pb2.ReleaseRequest(request_id=rid))
-        assert engine.budget.free_blocks == 10 and engine.active_requests() == 0
+        assert engine.pool.free_blocks == 10 and engine.active_requests() == 0
     finally:
         server.stop(0)
         engine.close()
@@ -279,12 +279,12 @@ def test_an_expired_kv_hold_frees_the_step_loops_blocks(tiny_source):
     holds = KvHolds(5.0, engine.release, clock)
     server, gpu = _serve(GpuWorkerServicer(engine, "gpu-h", tiny_source.name, holds=holds))
     try:
-        total = engine.budget.total_blocks
+        total = engine.pool.total_blocks
         pre = gpu.Prefill(worker_pb2.PrefillRequest(request_id="h", prompt_token_ids=[5] * 20, sampling=_sampling(12)))
-        assert engine.budget.free_blocks == total - 2 and holds.summary().requests == 1
+        assert engine.pool.free_blocks == total - 2 and holds.summary().requests == 1
         clock.now += 6.0
         assert holds.expire() == ["h"]
-        assert engine.budget.free_blocks == total and engine.active_requests() == 0
+        assert engine.pool.free_blocks == total and engine.active_requests() == 0
         assert engine.release("h") is False  # twice is safe
         with pytest.raises(grpc.RpcError) as gone:
             list(gpu.Decode(worker_pb2.DecodeRequest(request_id="h", first_token_id=pre.first_token_id,

@@ -69,7 +69,7 @@ def _generate(pair, rid, prompt, n, transport):
 
 def _nothing_held(pair):
     engine = pair["engine"]
-    assert engine.requests.active() == 0 and engine.budget.free_blocks == engine.budget.total_blocks
+    assert engine.requests.active() == 0 and engine.pool.free_blocks == engine.pool.total_blocks
     assert pair["intake"].staging.ids() == [] and pair["decoder"].holds.summary().requests == 0
     assert pair["decoder"].nixl is None or pair["decoder"].nixl.registrations() == 0
 
