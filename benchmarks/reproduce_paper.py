@@ -1,7 +1,7 @@
 """Regenerate the tables of docs/reproduction.md: the paper's figures beside the simulator's.
 
-    /tmp/v/bin/python benchmarks/reproduce_paper.py            # print the tables
-    /tmp/v/bin/python benchmarks/reproduce_paper.py --write    # also replace them in docs/reproduction.md
+    .venv/bin/python benchmarks/reproduce_paper.py            # print the tables
+    .venv/bin/python benchmarks/reproduce_paper.py --write    # also replace them in docs/reproduction.md
 
 Deterministic (all-at-once / closed-loop loads, no random arrivals); ~1 min on one core.
 """

@@ -1,6 +1,6 @@
 """Recommend a device mix for a budget and an SLO, and plot every mix.
 
-    /tmp/v/bin/python benchmarks/sweep_mix.py --gpu v100s --fpga u280 --budget-usd 68000 \
+    .venv/bin/python benchmarks/sweep_mix.py --gpu v100s --fpga u280 --budget-usd 68000 \
         --input 512 --output 128 --ttft-p90 2.0 --tpot-p90 0.025 --png docs/sweep_v100s_u280.png
 """
 

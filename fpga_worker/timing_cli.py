@@ -1,4 +1,8 @@
-"""Text / JSON report for `glitches fpga-timing` (the lead wires it into the click CLI)."""
+"""`glitches fpga-timing`: the U280 timing model's modeled decode step (ms/token, the busiest pseudo-channel's HBM
+loads, a per-part breakdown) for one model, context length and prefetch ratio, as text or JSON (labelled modeled).
+
+`timing_report` computes the figures (timing_model.py over instruction_stream.py's program); `timing_cli` formats
+them; glitches/cli_tools.py is the click command that calls it."""
 
 from __future__ import annotations
 
