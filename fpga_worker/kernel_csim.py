@@ -98,3 +98,36 @@ def bursts() -> tuple[np.ndarray, np.ndarray]:
     with _lock:
         lib.glitches_csim_bursts(counts.ctypes.data, sizes.ctypes.data)
     return counts, sizes
+
+
+class CsimDecoder:
+    """The C-simulated kernel bound to an emulated card's memory: the weight image is copied into bytes
+    [0, kv_base) of every PC of `memory` (uint8 [32 * channel_bytes], PC p at p * channel_bytes), where the
+    KV data plane also writes, and each step runs the kernel on that memory."""
+
+    numerics = "csim"
+
+    def __init__(self, image, memory, channel_bytes: int):
+        if memory.numel() != HBM_CHANNELS * channel_bytes or image.kv_base > channel_bytes:
+            raise InvalidArgument(f"{memory.numel()}-byte memory cannot hold a {image.kv_base}-byte-per-PC image "
+                                  f"in {HBM_CHANNELS} PCs of {channel_bytes} bytes")
+        library()  # FailedPrecondition now, not at the first step, when it was not built
+        self.image, self.memory, self.channel_bytes = image, memory, channel_bytes
+        import torch
+
+        memory.view(HBM_CHANNELS, channel_bytes)[:, : image.kv_base] = torch.from_numpy(image.channels)
+        self.prefetch_ratio = constants()["prefetch_ratio"]
+
+    def step(self, kv_offset: int, plan, token_id: int, position: int):
+        """Logits float32 [vocab] (torch) of one step; KernelError with the kernel's status otherwise."""
+        import torch
+
+        from fpga_worker.abi import KernelStatus
+        from fpga_worker.w4a8_kernel import KernelError
+
+        args = StepArgs.for_region(token_id, position, plan, kv_offset, self.channel_bytes)
+        result = step_on_memory(self.memory.data_ptr(), self.channel_bytes, args, self.image.dims.vocab)
+        if result.status != KernelStatus.OK:
+            raise KernelError(result.status, f"C-simulated kernel refused token {token_id} at position {position} "
+                                             f"(KV capacity {plan.capacity_tokens} tokens)")
+        return torch.from_numpy(result.logits)

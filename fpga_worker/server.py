@@ -113,7 +113,7 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
 
 
 def backend_vocab(backend: DecodeBackend, tokenizer) -> int:
-    """Token ids the card's logits cover: the model's vocab_size (emu: its config; w4a8/xrt: the weight image)."""
+    """Token ids the card's logits cover: the model's vocab_size (emu: its config; w4a8/csim/xrt: the weight image)."""
     model, image = getattr(backend, "model", None), getattr(backend, "image", None)
     if model is not None:
         return int(model.config.vocab_size)
@@ -129,14 +129,15 @@ def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> D
         pyxrt = open_pyxrt(settings.xilinx_xrt or None)
         return XrtCard(weight_image_for(source), pyxrt, settings.device, settings.xclbin, settings.hbm_bytes,
                        tag=settings.worker_id or "xrt")
-    if settings.numerics == "w4a8":
+    if settings.numerics in ("w4a8", "csim"):
         import torch
 
         from fpga_worker.w4a8_backend import W4A8EmulatedCard
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        return W4A8EmulatedCard.from_source(source, settings.hbm_bytes, tag=settings.worker_id or "fpga")
+        return W4A8EmulatedCard.from_source(source, settings.hbm_bytes, tag=settings.worker_id or "fpga",
+                                            numerics=settings.numerics)
     from fpga_worker.emu_backend import EmulatedCard
 
     return EmulatedCard(source, settings.hbm_bytes, settings.threads, tag=settings.worker_id or "fpga")

@@ -12,14 +12,15 @@ from services.settings import DaemonSettings
 
 U280_HBM_BYTES = 8 * 1024**3  # 8 GiB of HBM2 on an Alveo U280
 BACKENDS = ("emu", "xrt")
-NUMERICS = ("reference", "w4a8")
+NUMERICS = ("reference", "w4a8", "csim")  # csim: the kernel source compiled with g++ (make setup)
 KV_TRANSPORTS = ("auto", "shm", "nixl", "grpc")  # what --kv-transport accepts (gpu and fpga workers)
 
 
 @dataclass(frozen=True)
 class FpgaWorkerSettings(DaemonSettings):
     backend: str = "emu"  # "emu": software kernel emulator (no card); "xrt": an Alveo card through pyxrt
-    numerics: str = "reference"  # emu only: "reference" = the model's own precision, "w4a8" = the kernel's
+    numerics: str = "reference"  # emu only: "reference" = the model's own precision; "w4a8" = the kernel's in Python;
+    # "csim" = the kernel source C-simulated (same bits as "w4a8")
     hbm_bytes: int = U280_HBM_BYTES  # device memory for weights + KV, bytes
     slots: int = 1  # concurrent decode requests; 1 = the paper's batch size 1
     device: str = "0"  # card index or PCI BDF (xrt backend)

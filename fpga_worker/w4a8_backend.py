@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS
+from fpga_worker.abi import ABI_VERSION, HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS
 from decode_contract.device import DecodeBackend, DeviceFacts, SensorReading
 from kv_plane.kv_types import KvGeometry
 from decode_contract.emu_kv import EmulatedKvCalls, EmulatedKvStore
@@ -26,13 +26,21 @@ from fpga_worker.sensors import BusyMeter, modeled_reading
 from services.errors import InvalidArgument
 
 
+KERNEL_NUMERICS = ("w4a8", "csim")  # the Python kernel, or the kernel source C-simulated
+
+
 @dataclass
 class _Request:
     prompt_tokens: int | None = None  # set by seal()
 
 
 class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
-    def __init__(self, image: WeightImage, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4, tag: str = "fpga"):
+    def __init__(self, image: WeightImage, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4, tag: str = "fpga",
+                 numerics: str = "w4a8"):
+        """numerics: "w4a8" runs the Python kernel (the readable specification), "csim" the kernel source
+        compiled with g++ (fpga_worker/kernel_csim.py) on the emulated HBM; the two give the same bits."""
+        if numerics not in KERNEL_NUMERICS:
+            raise InvalidArgument(f"W4A8 card numerics must be one of {', '.join(KERNEL_NUMERICS)}, got {numerics!r}")
         if hbm_bytes % HBM_CHANNELS:
             raise InvalidArgument(f"--hbm-bytes {hbm_bytes} must split evenly over {HBM_CHANNELS} pseudo-channels")
         self.channel_bytes = hbm_bytes // HBM_CHANNELS
@@ -41,7 +49,13 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
         self.image, self.hbm_bytes = image, hbm_bytes
         d = image.dims
         self.kv = EmulatedKvStore(hbm_bytes, image.kv_base, d.num_layers, d.kv_heads, d.head_dim, torch.float16, tag)
-        self.kernel = DecodeKernel.from_image(image, prefetch_ratio)
+        self.numerics = numerics
+        if numerics == "csim":
+            from fpga_worker.kernel_csim import CsimDecoder
+
+            self.kernel = CsimDecoder(image, self.kv.segment.memory, self.channel_bytes)
+        else:
+            self.kernel = DecodeKernel.from_image(image, prefetch_ratio)
         from fpga_worker.timing_model import calibrate
 
         calibrate()  # fit the timing model once (~1 s) now rather than on the first decode step
@@ -52,21 +66,22 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
 
     @classmethod
     def from_source(cls, source, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4,
-                    tag: str = "fpga") -> "W4A8EmulatedCard":
+                    tag: str = "fpga", numerics: str = "w4a8") -> "W4A8EmulatedCard":
         """From a services.models.ModelSource: its GGUF when it has one (exact blocks), else its float weights."""
         if source.gguf_file is not None:
-            return cls(build_from_gguf(source.gguf_file), hbm_bytes, prefetch_ratio, tag)
+            return cls(build_from_gguf(source.gguf_file), hbm_bytes, prefetch_ratio, tag, numerics)
         from services.models import load_causal_lm
 
         model = load_causal_lm(source, "cpu", "float32")
-        return cls(build_from_state_dict(model.config, model.state_dict()), hbm_bytes, prefetch_ratio, tag)
+        return cls(build_from_state_dict(model.config, model.state_dict()), hbm_bytes, prefetch_ratio, tag, numerics)
 
     def facts(self) -> DeviceFacts:
         return DeviceFacts(
             backend="emu", emulated=True,
-            device_name="software emulator of an Alveo U280 decode card (no card), W4A8 kernel",
+            device_name="software emulator of an Alveo U280 decode card (no card), W4A8 kernel"
+                        + (" C-simulated with g++ (never synthesised)" if self.numerics == "csim" else " in Python"),
             hbm_bytes=self.hbm_bytes, kv_capacity_bytes=self.kv.capacity_bytes,
-            extra={"numerics": "w4a8", "kv_dtype": "float16", "abi_version": "1",
+            extra={"numerics": self.numerics, "kv_dtype": "float16", "abi_version": str(ABI_VERSION),
                    "weight_image_bytes": str(self.image.weight_bytes),
                    "prefetch_ratio": str(self.kernel.prefetch_ratio)},
         )
@@ -101,6 +116,8 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
         request, held = self._get(request_id), self.kv.get(request_id)
         check_steppable(request_id, request.prompt_tokens is not None, position, held.region.plan.capacity_tokens)
         with self._compute_lock, self.meter.busy():
+            if self.numerics == "csim":
+                return self.kernel.step(held.kv_offset, held.region.plan, token_id, position)
             return self.kernel.step(held.region, token_id, position)
 
     def modeled_step_s(self, context_tokens: int) -> float:

@@ -194,7 +194,8 @@ def gpu_worker_cmd(**kwargs) -> None:
 @click.option("--backend", default="emu", envvar=env_var("backend"), show_default=True,
               help="emu: the software kernel emulator (no card); xrt: an Alveo card through pyxrt.")
 @click.option("--numerics", default="reference", envvar=env_var("numerics"), show_default=True,
-              help="emu numerics: reference (the model's own precision) or w4a8 (the kernel's INT4 x INT8).")
+              help="emu numerics: reference (the model's own precision), w4a8 (the kernel's INT4 x INT8, Python) "
+                   "or csim (the kernel's HLS source compiled with g++ by make setup: same bits as w4a8).")
 @click.option("--hbm-bytes", default=8 * 1024**3, type=int, envvar=env_var("hbm-bytes"), show_default=True,
               help="Device memory for weights + KV, bytes (a U280 has 8 GiB of HBM).")
 @click.option("--slots", default=1, type=int, envvar=env_var("fpga-slots"), show_default=True,

@@ -71,7 +71,9 @@ class UpOptions:
               help="Start a private Redis primary, one replica and this many Redis Sentinels (typically 3) that "
                    "promote the replica when the primary dies; the daemons find the primary through them.")
 @click.option("--redis-prefix", default="glitches", show_default=True)
-@click.option("--fpga-numerics", default="reference", show_default=True)
+@click.option("--fpga-numerics", default="reference", show_default=True,
+              help="emulated FPGA workers' numerics: reference, w4a8 (the kernel in Python) or csim (the kernel's "
+                   "source C-simulated; same bits as w4a8).")
 @click.option("--fpga-hbm-bytes", default=0, type=int, help="HBM per emulated card, bytes (0: 8 GiB).")
 @click.option("--fpga-slots", default=1, type=int, show_default=True)
 @click.option("--kv-transport", default="auto", show_default=True, type=click.Choice(["auto", "shm", "nixl", "grpc"]),
