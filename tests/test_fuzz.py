@@ -32,11 +32,11 @@ from scheduler.server import SchedulerServicer
 from scheduler.settings import SchedulerSettings
 from services import models
 from services.channels import insecure_channel
-from services.grpc_server import start_server
 from services.kv_token import KvTokenIssuer, KvTokenVerifier
 from services.registry import Heartbeat, Registry, WorkerRecord
 from services.stubs.glitches.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
+from tests.worker_helpers import serve
 
 CASES: Counter = Counter()  # property -> examples run
 OUTCOMES: Counter = Counter()  # notable outcomes among those examples
@@ -62,10 +62,6 @@ def _with_token(request_id: str, token: str) -> str:
     return TOKENS.issue(request_id, "fpga-f") if token == VALID else token
 
 
-def _serve(add, servicer, name):
-    return start_server("127.0.0.1", 0, [(add, servicer)], (name,))
-
-
 @pytest.fixture(scope="module")
 def daemons(tiny_source):
     prefix = f"glitches-fuzz-{time.monotonic_ns()}"
@@ -74,8 +70,8 @@ def daemons(tiny_source):
     tokenizer = models.load_tokenizer(tiny_source)
     gpu_servicer = GpuWorkerServicer(engine, "gpu-f", tiny_source.name)
     fpga_servicer = FpgaWorkerServicer(card, tokenizer, "fpga-f", tiny_source.name, 1, KvTokenVerifier(KV_SECRET))
-    gpu_server = _serve(worker_pb2_grpc.add_WorkerServicer_to_server, gpu_servicer, "glitches.v1.Worker")
-    fpga_server = _serve(worker_pb2_grpc.add_WorkerServicer_to_server, fpga_servicer, "glitches.v1.Worker")
+    gpu_server = serve(gpu_servicer)
+    fpga_server = serve(fpga_servicer)
     registry = Registry(REDIS_URL, prefix)
     beats = []
     for servicer, server, kind in ((gpu_servicer, gpu_server, "gpu"), (fpga_servicer, fpga_server, "fpga")):
@@ -90,8 +86,8 @@ def daemons(tiny_source):
     settings_ = SchedulerSettings(redis_prefix=prefix, model=str(tiny_source.path), max_new_tokens_limit=32,
                                   kv_token_secret=KV_SECRET)
     orchestrator = Orchestrator(settings_, registry, ModelInfo(tiny_source.name, tokenizer, (2,), 512))
-    scheduler_server = _serve(scheduler_pb2_grpc.add_SchedulerServicer_to_server, SchedulerServicer(orchestrator),
-                              "glitches.v1.Scheduler")
+    scheduler_server = serve(SchedulerServicer(orchestrator), scheduler_pb2_grpc.add_SchedulerServicer_to_server,
+                             "glitches.v1.Scheduler")
     scheduler_address = f"127.0.0.1:{scheduler_server.port}"
     gateway = Gateway(scheduler_address, ChatTemplate(tokenizer), tiny_source.name)
     with TestClient(create_app(gateway), raise_server_exceptions=False) as http:

@@ -22,20 +22,14 @@ from gpu_worker.settings import GpuWorkerSettings
 from services import metrics, models
 from services.channels import insecure_channel
 from services.errors import RETRY_AFTER_KEY
-from services.grpc_server import start_server
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.greedy_reference import TOLERANCE_FP32, compare, greedy
-
-
-def _serve(servicer):
-    server = start_server("127.0.0.1", 0, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          ("glitches.v1.Worker",))
-    return server, worker_pb2_grpc.WorkerStub(insecure_channel(f"127.0.0.1:{server.port}"))
+from tests.worker_helpers import serve_worker
 
 
 def _node(tiny_source, **settings):
     engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path), **settings), tiny_source)
-    server, stub = _serve(GpuWorkerServicer(engine, "gpu-b", tiny_source.name))
+    server, stub = serve_worker(GpuWorkerServicer(engine, "gpu-b", tiny_source.name))
     return engine, server, stub
 
 
@@ -44,7 +38,7 @@ def node(tiny_source):
     """A GPU worker that chunks prompts past 24 tokens, with 8 GPU-assist slots, and an emulated card."""
     engine, gpu_server, gpu = _node(tiny_source, slots=8, max_batch_tokens=24, kv_cache_gib=0.01)
     card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2)
-    fpga_server, _ = _serve(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), "fpga-b",
+    fpga_server, _ = serve_worker(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), "fpga-b",
                                                tiny_source.name, 4))
     fpga = worker_pb2_grpc.WorkerStub(insecure_channel(f"127.0.0.1:{fpga_server.port}"))
     yield dict(engine=engine, gpu=gpu, fpga=fpga, fpga_address=f"127.0.0.1:{fpga_server.port}", card=card)
@@ -277,7 +271,7 @@ def test_an_expired_kv_hold_frees_the_step_loops_blocks(tiny_source):
     engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path), kv_cache_gib=0.001), tiny_source)
     clock = Clock()
     holds = KvHolds(5.0, engine.release, clock)
-    server, gpu = _serve(GpuWorkerServicer(engine, "gpu-h", tiny_source.name, holds=holds))
+    server, gpu = serve_worker(GpuWorkerServicer(engine, "gpu-h", tiny_source.name, holds=holds))
     try:
         total = engine.pool.total_blocks
         pre = gpu.Prefill(worker_pb2.PrefillRequest(request_id="h", prompt_token_ids=[5] * 20, sampling=_sampling(12)))

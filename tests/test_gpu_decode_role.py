@@ -19,7 +19,7 @@ from services.kv_holds import KvHolds
 from services.kv_token import KvTokenIssuer, KvTokenVerifier
 from services.stubs.glitches.v1 import common_pb2, worker_pb2
 from services.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
-from tests.test_kv_dataplane import _reference, _serve
+from tests.worker_helpers import greedy_tokens, serve_worker
 
 SECRET = b"d" * 32
 
@@ -35,12 +35,12 @@ def pair(tiny_source):
     decoder = GpuWorkerServicer(decode_engine, "gpu-decode", tiny_source.name, holds=holds,
                                 roles=decode_settings.role_set(), intake=KvHeld(intake, holds),
                                 kv_tokens=KvTokenVerifier(SECRET))
-    decode_server, decode_stub = _serve(decoder, max_workers=32 + 64)
+    decode_server, decode_stub = serve_worker(decoder, max_workers=32 + 64)
     senders = {}
     for transport in ("shm", "nixl", "grpc"):
         servicer = GpuWorkerServicer(prefill_engine, f"gpu-prefill-{transport}", tiny_source.name)
         servicer.transports = TransportChooser(transport)
-        senders[transport] = _serve(servicer)
+        senders[transport] = serve_worker(servicer)
     yield dict(decoder=decoder, stub=decode_stub, address=f"127.0.0.1:{decode_server.port}", intake=intake,
                engine=decode_engine, prefill_engine=prefill_engine, **{t: stub for t, (_, stub) in senders.items()})
     for server, _ in senders.values():
@@ -87,7 +87,7 @@ def test_gpu_to_gpu_decode_equals_transformers(pair, transport, length):
     pre, tokens = _generate(pair, f"g2g-{transport}-{length}", prompt, 8, transport)
     assert pre.kv_transport == transport
     assert pre.kv_bytes == 2 * 2 * 2 * 16 * 4 * length  # K+V, 2 layers, 2 kv heads, head_dim 16, float32
-    assert tokens == _reference(pair["prefill_engine"], prompt, 8)
+    assert tokens == greedy_tokens(pair["prefill_engine"], prompt, 8)
     _nothing_held(pair)
 
 
@@ -110,7 +110,7 @@ def test_concurrent_received_requests_decode_batched(pair, transport):
     for thread in threads:
         thread.join(120)
     for rid, prompt in prompts.items():
-        assert results[rid][1] == _reference(pair["prefill_engine"], prompt, 10)
+        assert results[rid][1] == greedy_tokens(pair["prefill_engine"], prompt, 10)
     _nothing_held(pair)
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
 
 from kv_plane import hbm_segment
 from fpga_worker.emu_backend import EmulatedCard
@@ -24,19 +23,12 @@ from kv_plane.transport import TransportChooser
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
 from services import models
-from services.channels import insecure_channel
-from services.grpc_server import start_server
 from kv_plane.host_identity import host_identity
 from services.kv_token import KvTokenIssuer, KvTokenVerifier
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from services.stubs.glitches.v1 import common_pb2, worker_pb2
+from tests.worker_helpers import greedy_tokens, serve_worker
 
 SECRET = b"k" * 32
-
-
-def _serve(servicer, max_workers=32):
-    server = start_server("127.0.0.1", 0, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          ("glitches.v1.Worker",), max_workers=max_workers)
-    return server, worker_pb2_grpc.WorkerStub(insecure_channel(f"127.0.0.1:{server.port}"))
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +36,14 @@ def cluster(tiny_source):
     engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path), kv_transport="shm"), tiny_source)
     card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2, tag="fpga-dp")
     tokenizer = models.load_tokenizer(tiny_source)
-    gpu_server, gpu = _serve(GpuWorkerServicer(engine, "gpu-dp", tiny_source.name))
+    gpu_server, gpu = serve_worker(GpuWorkerServicer(engine, "gpu-dp", tiny_source.name))
     others = {}  # the same engine behind servicers that force the other transports
     for transport in ("nixl", "grpc"):
         servicer = GpuWorkerServicer(engine, f"gpu-{transport}", tiny_source.name)
         servicer.transports = TransportChooser(transport)
-        others[transport] = _serve(servicer)
+        others[transport] = serve_worker(servicer)
     fpga = FpgaWorkerServicer(card, tokenizer, "fpga-dp", tiny_source.name, 1, limits=(2.0, 3.0, 64))
-    fpga_server, fpga_stub = _serve(fpga, max_workers=32 + 64)  # as fpga_worker.daemon sizes its pool
+    fpga_server, fpga_stub = serve_worker(fpga, max_workers=32 + 64)  # as fpga_worker.daemon sizes its pool
     yield dict(engine=engine, card=card, gpu=gpu, fpga=fpga_stub, servicer=fpga, tokenizer=tokenizer,
                fpga_address=f"127.0.0.1:{fpga_server.port}", shm=gpu, **{t: stub for t, (_, stub) in others.items()})
     gpu_server.stop(0)
@@ -59,13 +51,6 @@ def cluster(tiny_source):
         server.stop(0)
     fpga_server.stop(0)
     card.kv.close()
-
-
-def _reference(engine, prompt, n):
-    with torch.inference_mode():
-        out = engine.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-    return out[0, len(prompt):].tolist()
 
 
 def _generate(cluster, rid, prompt, n, transport="shm"):
@@ -95,7 +80,7 @@ def test_each_transport_then_fpga_decode_equals_transformers(cluster, transport,
     pre, tokens = _generate(cluster, f"{transport}-{length}", prompt, 8, transport)
     assert pre.kv_transport == transport
     assert pre.kv_bytes == 2 * 2 * 2 * 16 * 4 * length  # K+V, 2 layers, 2 kv heads, head_dim 16, float32 on card
-    assert tokens == _reference(cluster["engine"], prompt, 8)
+    assert tokens == greedy_tokens(cluster["engine"], prompt, 8)
     assert cluster["card"].active_requests() == [] and cluster["card"].kv_free_bytes() == cluster["card"].kv.capacity_bytes
     assert cluster["servicer"].nixl.registrations() == 0  # nothing stays registered with NIXL
 
@@ -116,7 +101,7 @@ def test_many_nixl_transfers_leave_no_socket_thread_or_registration_behind(clust
     sockets, threads = _open_sockets(), threading.active_count()
     for i in range(12):
         prompt = list(range(10, 40 + 7 * i))
-        assert _generate(cluster, f"nixl-many-{i}", prompt, 2, "nixl")[1] == _reference(cluster["engine"], prompt, 2)
+        assert _generate(cluster, f"nixl-many-{i}", prompt, 2, "nixl")[1] == greedy_tokens(cluster["engine"], prompt, 2)
     assert _open_sockets() <= sockets and threading.active_count() <= threads
     assert cluster["servicer"].nixl.registrations() == 0 and cluster["card"].active_requests() == []
 
@@ -134,7 +119,7 @@ def test_concurrent_nixl_transfers_to_one_card_equal_transformers(cluster):
         thread.start()
     for thread in threads:
         thread.join()
-    assert [results.get(j) for j in range(4)] == [_reference(cluster["engine"], p, 4) for p in prompts]
+    assert [results.get(j) for j in range(4)] == [greedy_tokens(cluster["engine"], p, 4) for p in prompts]
     assert cluster["servicer"].nixl.registrations() == 0 and cluster["card"].active_requests() == []
 
 
@@ -162,7 +147,7 @@ def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkey
     assert all(len(idle) <= nixl_writer.POOL_IDLE for idle in nixl_writer._pool.values())
     monkeypatch.undo()
     prompt = [5, 6, 7, 8, 9]
-    assert _generate(cluster, "nixl-after-fail", prompt, 4, "nixl")[1] == _reference(cluster["engine"], prompt, 4)
+    assert _generate(cluster, "nixl-after-fail", prompt, 4, "nixl")[1] == greedy_tokens(cluster["engine"], prompt, 4)
 
 
 def _header(rid="bad", prompt=4, reserve=8, layers=2, transport="shm", identity=None, token=""):
@@ -204,14 +189,14 @@ def test_bad_placed_streams_get_their_status_and_free_the_reservation(cluster, m
     assert card.active_requests() == [] and card.kv_free_bytes() == card.kv.capacity_bytes
     assert cluster["servicer"].nixl.registrations() == 0
     _, tokens = _generate(cluster, "after-bad", [5, 6, 7, 8, 9], 4)  # the card serves the next request
-    assert tokens == _reference(cluster["engine"], [5, 6, 7, 8, 9], 4)
+    assert tokens == greedy_tokens(cluster["engine"], [5, 6, 7, 8, 9], 4)
 
 
 def test_a_wrong_token_is_refused_before_anything_is_reserved(tiny_source):
     card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2, tag="fpga-tok")
     servicer = FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), "fpga-tok", tiny_source.name, 1,
                                   KvTokenVerifier(SECRET))
-    server, stub = _serve(servicer)
+    server, stub = serve_worker(servicer)
     try:
         forged = KvTokenIssuer(b"x" * 32).issue("t1", "fpga-tok")
         for token in ("", forged, KvTokenIssuer(SECRET).issue("t1", "another-worker")):
@@ -258,7 +243,7 @@ def test_idle_streams_end_at_the_header_deadline_and_info_keeps_answering(cluste
     stub.Info(worker_pb2.InfoRequest(), timeout=5)
     assert time.monotonic() - t0 < 1.0
     pre, tokens = _generate(cluster, "beside-idle", [11, 12, 13, 14], 4)  # may wait out the budget, then runs
-    assert tokens == _reference(cluster["engine"], [11, 12, 13, 14], 4)
+    assert tokens == greedy_tokens(cluster["engine"], [11, 12, 13, 14], 4)
     for thread in threads:
         thread.join(10)
     stop.set()
@@ -270,7 +255,7 @@ def test_idle_streams_end_at_the_header_deadline_and_info_keeps_answering(cluste
 def test_streams_beyond_the_budget_are_refused_at_once(cluster, tiny_source):
     small = FpgaWorkerServicer(cluster["card"], cluster["tokenizer"], "fpga-dp", tiny_source.name, 1,
                                limits=(2.0, 0.5, 2))
-    server, stub = _serve(small, max_workers=34)
+    server, stub = serve_worker(small, max_workers=34)
     stop = threading.Event()
     try:
         holders = [threading.Thread(target=_idle_stream, args=(stub, "TransferKV", stop)) for _ in range(2)]

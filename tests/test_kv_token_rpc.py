@@ -19,21 +19,15 @@ from scheduler.settings import SchedulerSettings
 from kv_plane import kv_wire
 from services import models
 from services.channels import insecure_channel
-from services.grpc_server import start_server
 from services.kv_token import KvTokenIssuer, KvTokenVerifier
 from services.registry import Heartbeat, Registry, WorkerRecord
 from services.sampling import Sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
+from tests.worker_helpers import serve
 
 SECRET = b"kv-token-test-secret-0123456789abcdef"
 FPGA_ID = "fpga-k"
-
-
-def _serve(servicer):
-    server = start_server("127.0.0.1", 0, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          ("glitches.v1.Worker",))
-    return server, f"127.0.0.1:{server.port}"
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +37,8 @@ def workers(tiny_source):
     gpu = GpuWorkerServicer(engine, "gpu-k", tiny_source.name)
     fpga = FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), FPGA_ID, tiny_source.name, 1,
                               KvTokenVerifier(SECRET))
-    gpu_server, gpu_address = _serve(gpu)
-    fpga_server, fpga_address = _serve(fpga)
+    gpu_server, fpga_server = serve(gpu), serve(fpga)
+    gpu_address, fpga_address = f"127.0.0.1:{gpu_server.port}", f"127.0.0.1:{fpga_server.port}"
     yield dict(engine=engine, card=card, servicers=(gpu, fpga), addresses=(gpu_address, fpga_address),
                gpu=worker_pb2_grpc.WorkerStub(insecure_channel(gpu_address)),
                fpga=worker_pb2_grpc.WorkerStub(insecure_channel(fpga_address)), model=tiny_source.name,

@@ -11,25 +11,18 @@ from fpga_worker.server import FpgaWorkerServicer
 from gpu_worker.engine import GpuEngine
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
-from kv_plane import kv_wire
 from services import models
 from services.channels import insecure_channel
-from services.grpc_server import start_server
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-
-
-def _serve(servicer):
-    server = start_server("127.0.0.1", 0, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
-                          ("glitches.v1.Worker",))
-    return server, worker_pb2_grpc.WorkerStub(insecure_channel(f"127.0.0.1:{server.port}"))
+from services.stubs.glitches.v1 import common_pb2, worker_pb2
+from tests.worker_helpers import KV_END, greedy_tokens, kv_header, kv_layer, serve_worker, transfer
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_source):
     engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path)), tiny_source)
     card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2)
-    gpu_server, gpu = _serve(GpuWorkerServicer(engine, "gpu-t", tiny_source.name))
-    fpga_server, fpga = _serve(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), "fpga-t",
+    gpu_server, gpu = serve_worker(GpuWorkerServicer(engine, "gpu-t", tiny_source.name))
+    fpga_server, fpga = serve_worker(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), "fpga-t",
                                                   tiny_source.name, 1))
     yield dict(engine=engine, card=card, gpu=gpu, fpga=fpga, fpga_address=f"127.0.0.1:{fpga_server.port}",
                fpga_server=fpga_server)
@@ -42,13 +35,6 @@ def _sampling(n):
     return common_pb2.SamplingParams(max_new_tokens=n)
 
 
-def _reference(engine, prompt, n):
-    with torch.inference_mode():
-        out = engine.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-    return out[0, len(prompt):].tolist()
-
-
 def test_prefill_streams_kv_and_fpga_decode_matches_transformers(cluster):
     prompt = list(range(100, 140))
     target = worker_pb2.DecodeTarget(address=cluster["fpga_address"], worker_id="fpga-t")
@@ -58,7 +44,7 @@ def test_prefill_streams_kv_and_fpga_decode_matches_transformers(cluster):
     assert pre.num_layers == 2
     tokens = [pre.first_token_id] + [t.token_id for t in cluster["fpga"].Decode(worker_pb2.DecodeRequest(
         request_id="r1", first_token_id=pre.first_token_id, position=len(prompt), sampling=_sampling(12)))]
-    assert tokens == _reference(cluster["engine"], prompt, 12)
+    assert tokens == greedy_tokens(cluster["engine"], prompt, 12)
     assert cluster["card"].active_requests() == []  # decode end frees the KV
 
 
@@ -70,7 +56,7 @@ def test_gpu_assist_decode_matches_transformers(cluster):
     steps = cluster["gpu"].Decode(worker_pb2.DecodeRequest(request_id="r2", first_token_id=pre.first_token_id,
                                                            position=len(prompt), sampling=_sampling(10)))
     tokens = [pre.first_token_id] + [s.token_id for s in steps]
-    assert tokens == _reference(cluster["engine"], prompt, 10)
+    assert tokens == greedy_tokens(cluster["engine"], prompt, 10)
     assert cluster["engine"].active_requests() == 0
 
 
@@ -140,50 +126,31 @@ def test_a_bad_schema_is_invalid_argument_at_the_worker(cluster):
     assert ("glitches-error-field", "response_format") in caught.value.trailing_metadata()
 
 
-def _transfer(stub, messages):
-    return stub.TransferKV(iter(messages))
-
-
-def _header(rid="bad", prompt=4, reserve=8, layers=2):
-    return worker_pb2.KvChunk(header=worker_pb2.KvHeader(request_id=rid, prompt_tokens=prompt,
-                                                         reserve_tokens=reserve, num_layers=layers))
-
-
-def _layer(layer, seq=4, start=0, heads=2, dim=16, dtype=torch.float32):
-    k = torch.zeros(1, heads, seq, dim, dtype=dtype)
-    chunk = next(kv_wire.layer_chunks(layer, k, k))
-    chunk.seq_start = start
-    return worker_pb2.KvChunk(layer=chunk)
-
-
-END = worker_pb2.KvChunk(end=worker_pb2.KvEnd(num_layers=2))
-
-
 @pytest.mark.parametrize("messages, code", [
-    ([_layer(0)], grpc.StatusCode.INVALID_ARGUMENT),  # no header
-    ([_header(layers=3)], grpc.StatusCode.INVALID_ARGUMENT),  # wrong layer count
-    ([_header(), _layer(5)], grpc.StatusCode.INVALID_ARGUMENT),  # layer out of range
-    ([_header(), _layer(0, heads=3)], grpc.StatusCode.INVALID_ARGUMENT),  # wrong shape
-    ([_header(), _layer(0, dtype=torch.float16)], grpc.StatusCode.OK),  # float16 is accepted and converted
-    ([_header(), _layer(0, start=6)], grpc.StatusCode.INVALID_ARGUMENT),  # beyond the reserved tokens
-    ([_header(), _layer(0), _layer(1), END, END], grpc.StatusCode.INVALID_ARGUMENT),  # second end marker
-    ([_header(), _layer(0), END], grpc.StatusCode.INVALID_ARGUMENT),  # layer 1 missing
-    ([_header(), _header()], grpc.StatusCode.INVALID_ARGUMENT),  # second header
-    ([_header(), _layer(0), _layer(1)], grpc.StatusCode.INVALID_ARGUMENT),  # no end marker
-    ([_header(reserve=10**9)], grpc.StatusCode.RESOURCE_EXHAUSTED),  # does not fit in HBM
+    ([kv_layer(0)], grpc.StatusCode.INVALID_ARGUMENT),  # no header
+    ([kv_header(layers=3)], grpc.StatusCode.INVALID_ARGUMENT),  # wrong layer count
+    ([kv_header(), kv_layer(5)], grpc.StatusCode.INVALID_ARGUMENT),  # layer out of range
+    ([kv_header(), kv_layer(0, heads=3)], grpc.StatusCode.INVALID_ARGUMENT),  # wrong shape
+    ([kv_header(), kv_layer(0, dtype=torch.float16)], grpc.StatusCode.OK),  # float16 is accepted and converted
+    ([kv_header(), kv_layer(0, start=6)], grpc.StatusCode.INVALID_ARGUMENT),  # beyond the reserved tokens
+    ([kv_header(), kv_layer(0), kv_layer(1), KV_END, KV_END], grpc.StatusCode.INVALID_ARGUMENT),  # second end marker
+    ([kv_header(), kv_layer(0), KV_END], grpc.StatusCode.INVALID_ARGUMENT),  # layer 1 missing
+    ([kv_header(), kv_header()], grpc.StatusCode.INVALID_ARGUMENT),  # second header
+    ([kv_header(), kv_layer(0), kv_layer(1)], grpc.StatusCode.INVALID_ARGUMENT),  # no end marker
+    ([kv_header(reserve=10**9)], grpc.StatusCode.RESOURCE_EXHAUSTED),  # does not fit in HBM
 ])
 def test_bad_kv_streams_get_their_status_and_leak_nothing(cluster, messages, code):
     if code == grpc.StatusCode.OK:
-        messages = messages + [_layer(1), END]
-        assert _transfer(cluster["fpga"], messages).kv_bytes > 0
+        messages = messages + [kv_layer(1), KV_END]
+        assert transfer(cluster["fpga"], messages).kv_bytes > 0
         assert cluster["fpga"].Release(worker_pb2.ReleaseRequest(request_id="bad")).released
     else:
         with pytest.raises(grpc.RpcError) as info:
-            _transfer(cluster["fpga"], messages)
+            transfer(cluster["fpga"], messages)
         assert info.value.code() == code, info.value.details()
     assert cluster["card"].active_requests() == []
     # the card still serves a good stream afterwards
-    _transfer(cluster["fpga"], [_header(rid="good"), _layer(0), _layer(1), END])
+    transfer(cluster["fpga"], [kv_header(rid="good"), kv_layer(0), kv_layer(1), KV_END])
     assert cluster["fpga"].Release(worker_pb2.ReleaseRequest(request_id="good")).released
 
 

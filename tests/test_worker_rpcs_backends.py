@@ -13,7 +13,7 @@ from fpga_worker.w4a8_backend import W4A8EmulatedCard
 from fpga_worker.xrt_backend import XrtCard, weight_image_for
 from services import models
 from services.stubs.glitches.v1 import worker_pb2
-from tests.test_worker_rpcs import END, _header, _layer, _serve, _transfer
+from tests.worker_helpers import KV_END, kv_header, kv_layer, serve_worker, transfer
 
 HBM = 32 * 1024 * 1024
 INVALID, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -28,39 +28,39 @@ def card(request, tiny_source, tmp_path_factory):
         xclbin = tmp_path_factory.mktemp("xclbin") / "decode.xclbin"
         xclbin.write_bytes(b"stand-in xclbin for tests")
         backend = XrtCard(image, standin, "0", str(xclbin), HBM)
-    server, stub = _serve(FpgaWorkerServicer(backend, models.load_tokenizer(tiny_source), "fpga-t",
+    server, stub = serve_worker(FpgaWorkerServicer(backend, models.load_tokenizer(tiny_source), "fpga-t",
                                              tiny_source.name, 1))
     yield dict(backend=backend, stub=stub)
     server.stop(0)
 
 
 def _raw_layer(layer, dtype="float64"):
-    chunk = _layer(layer)
+    chunk = kv_layer(layer)
     chunk.layer.dtype = dtype
     return chunk
 
 
 @pytest.mark.parametrize("messages, code", [
-    ([_layer(0)], INVALID),  # a chunk for no (unknown) request: no header
-    ([_header(layers=3)], INVALID),  # wrong layer count
-    ([_header(), _layer(5)], INVALID),  # layer out of range
-    ([_header(), _layer(0, heads=3)], INVALID),  # wrong shape
-    ([_header(), _raw_layer(0)], INVALID),  # wrong dtype
-    ([_header(), _layer(0, start=6)], INVALID),  # beyond the reserved tokens
-    ([_header(), _layer(0), _layer(1), END, END], INVALID),  # second end marker
-    ([_header(), _layer(0), END], INVALID),  # layer 1 missing
-    ([_header(), _header()], INVALID),  # second header
-    ([_header(), _layer(0), _layer(1)], INVALID),  # no end marker
-    ([_header(reserve=10**9)], EXHAUSTED),  # does not fit in HBM
+    ([kv_layer(0)], INVALID),  # a chunk for no (unknown) request: no header
+    ([kv_header(layers=3)], INVALID),  # wrong layer count
+    ([kv_header(), kv_layer(5)], INVALID),  # layer out of range
+    ([kv_header(), kv_layer(0, heads=3)], INVALID),  # wrong shape
+    ([kv_header(), _raw_layer(0)], INVALID),  # wrong dtype
+    ([kv_header(), kv_layer(0, start=6)], INVALID),  # beyond the reserved tokens
+    ([kv_header(), kv_layer(0), kv_layer(1), KV_END, KV_END], INVALID),  # second end marker
+    ([kv_header(), kv_layer(0), KV_END], INVALID),  # layer 1 missing
+    ([kv_header(), kv_header()], INVALID),  # second header
+    ([kv_header(), kv_layer(0), kv_layer(1)], INVALID),  # no end marker
+    ([kv_header(reserve=10**9)], EXHAUSTED),  # does not fit in HBM
 ])
 def test_bad_kv_streams_get_their_status_and_free_their_blocks(card, messages, code):
     backend, stub = card["backend"], card["stub"]
     capacity = backend.facts().kv_capacity_bytes
     with pytest.raises(grpc.RpcError) as info:
-        _transfer(stub, messages)
+        transfer(stub, messages)
     assert info.value.code() == code, info.value.details()
     assert backend.active_requests() == [] and backend.kv_free_bytes() == capacity
-    _transfer(stub, [_header(rid="good"), _layer(0), _layer(1), END])  # still serving
+    transfer(stub, [kv_header(rid="good"), kv_layer(0), kv_layer(1), KV_END])  # still serving
     assert backend.kv_free_bytes() < capacity
     assert stub.Release(worker_pb2.ReleaseRequest(request_id="good")).released
     assert backend.kv_free_bytes() == capacity

@@ -1,0 +1,56 @@
+"""What the worker tests share (instead of importing private helpers from one another's files):
+an in-process gRPC server around a servicer (port 0), TransferKV messages, and transformers'
+greedy tokens as the reference a distributed path must equal."""
+
+from __future__ import annotations
+
+import torch
+
+from kv_plane import kv_wire
+from services.channels import insecure_channel
+from services.grpc_server import RunningServer, start_server
+from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+
+WORKER_SERVICE = "glitches.v1.Worker"
+
+
+def serve(servicer, add=worker_pb2_grpc.add_WorkerServicer_to_server, service: str = WORKER_SERVICE,
+          max_workers: int = 32) -> RunningServer:
+    """`servicer` on 127.0.0.1 at a free port (server.port); the caller stops it (server.stop(0))."""
+    return start_server("127.0.0.1", 0, [(add, servicer)], (service,), max_workers=max_workers)
+
+
+def serve_worker(servicer, max_workers: int = 32) -> tuple[RunningServer, worker_pb2_grpc.WorkerStub]:
+    """A Worker servicer served as by serve(), and a stub on a plaintext channel to it."""
+    server = serve(servicer, max_workers=max_workers)
+    return server, worker_pb2_grpc.WorkerStub(insecure_channel(f"127.0.0.1:{server.port}"))
+
+
+def kv_header(rid: str = "bad", prompt: int = 4, reserve: int = 8, layers: int = 2) -> worker_pb2.KvChunk:
+    """A TransferKV header (no KV token) for `prompt` tokens, reserving `reserve`."""
+    return worker_pb2.KvChunk(header=worker_pb2.KvHeader(request_id=rid, prompt_tokens=prompt,
+                                                         reserve_tokens=reserve, num_layers=layers))
+
+
+def kv_layer(layer: int, seq: int = 4, start: int = 0, heads: int = 2, dim: int = 16,
+             dtype: torch.dtype = torch.float32) -> worker_pb2.KvChunk:
+    """One TransferKV chunk of zero K and V [1, heads, seq, dim] for `layer`, at token `start`."""
+    k = torch.zeros(1, heads, seq, dim, dtype=dtype)
+    chunk = next(kv_wire.layer_chunks(layer, k, k))
+    chunk.seq_start = start
+    return worker_pb2.KvChunk(layer=chunk)
+
+
+KV_END = worker_pb2.KvChunk(end=worker_pb2.KvEnd(num_layers=2))  # the end marker of a 2-layer model's stream
+
+
+def transfer(stub: worker_pb2_grpc.WorkerStub, messages) -> worker_pb2.TransferKVResponse:
+    return stub.TransferKV(iter(messages))
+
+
+def greedy_tokens(engine, prompt: list[int], n: int) -> list[int]:
+    """Exactly `n` tokens of transformers' greedy generate on the engine's own model (the reference)."""
+    with torch.inference_mode():
+        out = engine.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    return out[0, len(prompt):].tolist()
