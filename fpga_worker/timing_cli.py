@@ -34,7 +34,9 @@ def timing_report(model: str, context: int, prefetch_ratio: int = 4) -> dict:
         "modeled": True,
         "device": DEVICE,
         "assumptions": "HBM 460 GB/s over 32 PCs, 6.91 TOPS INT8, exact-length merged loads, "
-                       "32 KiB per-PC prefetch buffer, W4G32 weights, float16 KV; 2 constants fitted on the paper",
+                       "32 KiB per-PC prefetch buffer, W4G32 weights, float16 KV; 2 constants fitted on the paper; "
+                       "the loads are the bursts of the kernel source (fpga_worker/kernel, ABI v2), "
+                       "which was never synthesised",
         "loads_per_step_busiest_pc": program.load_count,
         "hbm_bytes_per_step_busiest_pc": program.load_bytes,
         "load_size_histogram": {str(k): v for k, v in program.histogram().items()},
@@ -54,6 +56,7 @@ def timing_cli(model: str, context: int, prefetch_ratio: int, as_json: bool) -> 
         f"model {model}, context {context} tokens, prefetch ratio {prefetch_ratio}",
         f"modeled decode step: {report['ms_per_token']:.2f} ms/token ({report['tokens_per_s']:.1f} tokens/s, modeled)",
         f"modeled breakdown, ms: {parts}",
+        "loads: the bursts fpga_worker/kernel's source issues (ABI v2; the kernel was never synthesised)",
         f"HBM loads per step in the busiest pseudo-channel: {report['loads_per_step_busiest_pc']} "
         f"({report['hbm_bytes_per_step_busiest_pc'] / 1e6:.1f} MB)",
         f"fitted constants: {report['calibration']['instr_overhead_ns']:.1f} ns per load instruction, "

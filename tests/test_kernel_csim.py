@@ -188,3 +188,37 @@ def test_cpp_testbench_matches_golden_vectors(tmp_path):
     run = subprocess.run([str(kernel_csim.KERNEL_DIR / "build" / "testbench"), str(tmp_path)], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.startswith("PASS 16 steps"), run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "smollm2"])
+def test_timing_model_counts_the_bursts_the_kernel_source_issues(model_name):
+    """fpga_worker/instruction_stream.kernel_bursts == the C-simulated kernel's own burst counters, per stream and
+    PC, and step_program's busiest-PC totals are what those bursts give (the timing model describes this kernel)."""
+    from fpga_worker.instruction_stream import STREAMS, kernel_bursts, step_program
+
+    if model_name == "tiny":
+        model, image, card = _tiny_csim_card()
+        position = 20
+    else:
+        from tests.fpga_helpers import smollm2_image
+
+        image = smollm2_image()
+        card = W4A8EmulatedCard(image, HBM_CHANNELS * (image.kv_base + 4 * 1024 * 1024), numerics="csim")
+        card.reserve("r", 700)
+        card.kv.mark_written("r", 0, 0, 1)  # zero KV is fine for counting; only the addresses matter
+        position = 600
+    held = card.kv.get("r")
+    kernel_csim.bursts()  # zero the counters
+    args = StepArgs.for_region(77, position, held.region.plan, held.kv_offset, card.channel_bytes)
+    assert _raw_step(card, args).status == KernelStatus.OK
+    counts, sizes = kernel_csim.bursts()
+    want_counts, want_sizes = kernel_bursts(image.dims, position + 1, 77, kernel_csim.constants()["prefetch_ratio"])
+    for row, stream in enumerate(STREAMS):
+        assert np.array_equal(counts[row], want_counts[row]), stream
+        assert np.array_equal(sizes[row], want_sizes[row]), stream
+    program = step_program(image.dims, position + 1, kernel_csim.constants()["prefetch_ratio"])
+    other_pc = (77 + 1) % HBM_CHANNELS  # neither the embedding row's PC (77 % 32) nor the RoPE row's
+    for stream in ("values", "scales", "vector"):  # every PC issues these alike; step_program lists one PC's
+        modeled = sum(ld.count for op in program.operators for ld in op.loads
+                      if ld.stream == stream and op.name != "embedding")
+        assert counts[STREAMS.index(stream), other_pc] == modeled, stream

@@ -74,18 +74,19 @@ def test_step_args_and_result_round_trip_through_bytes():
     from fpga_worker.abi import KernelStatus, OutputMode
     from fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
 
-    args = StepArgs(token_id=42, position=1000, kv_capacity_tokens=2048, kv_offset=3 << 20,
-                    mode=OutputMode.TOP_P, temperature=0.7, top_p=0.9, seed=7)
+    args = StepArgs(token_id=42, position=1000, kv_capacity_tokens=2048, kv_lane_stride=4 * 2048,
+                    block_table=(3 << 20, (3 << 20) + 2048, 5 << 20, 6 << 20), pc_bytes=256 << 20)
     blob = args.pack()
-    assert len(blob) == STEP_ARGS_BYTES and StepArgs.unpack(blob) == StepArgs(42, 1000, 2048, 3 << 20,
-                                                                              OutputMode.TOP_P, np.float32(0.7),
-                                                                              np.float32(0.9), 7)
-    with pytest.raises(InvalidArgument, match="top_p"):
-        StepArgs(1, 0, 8, 0, OutputMode.TOP_P, top_p=0.0).pack()
+    assert len(blob) == STEP_ARGS_BYTES and StepArgs.unpack(blob) == args
+    assert np.frombuffer(blob, "<u4", 4, 64).tolist() == list(args.block_table)  # the table at byte 64
+    assert StepArgs.unpack(blob).mode == OutputMode.LOGITS
+    with pytest.raises(InvalidArgument, match="ABI version 1, expected 2"):
+        StepArgs.unpack(b"\1" + blob[1:])
     logits = np.arange(5, dtype=np.float32)
     raw = StepResult(KernelStatus.OK, 0, logits).pack(5)
     assert len(raw) == result_bytes(5)
     assert np.array_equal(StepResult.unpack(raw, OutputMode.LOGITS).logits, logits)
+    assert raw[64:68] == logits[:1].tobytes()  # ABI v2: logits at byte 64 of the result
 
 
 def test_modeled_step_time_is_the_timing_models_and_grows_with_context():
@@ -104,6 +105,6 @@ def test_modeled_step_time_is_the_timing_models_and_grows_with_context():
     class _Image:
         dims = resolve_dims("smollm2-135m-instruct")
 
-    card.kernel, card.image = _Kernel(), _Image()
+    card.kernel, card.image, card.prefetch_ratio = _Kernel(), _Image(), 4
     assert card.modeled_step_s(128) == modeled_step_s(_Image.dims, 128, 4, calibrate())
     assert card.modeled_step_s(2048) > card.modeled_step_s(128) > 0
