@@ -2,8 +2,8 @@
 
     PYTHONPATH=$PWD python3 benchmarks/kv_cuda_replay.py [--device cuda|cpu] [--repeats 3]
 
-gpu_worker/shm_writer.ShmLayerWriter as the GPU worker runs it, against a real segment
-(fpga_worker/hbm_segment.HbmSegment in /dev/shm, as an emulated card makes it), no cluster:
+kv_plane/shm_writer.ShmLayerWriter as the GPU worker runs it, against a real segment
+(kv_plane/hbm_segment.HbmSegment in /dev/shm, as an emulated card makes it), no cluster:
 1. correctness: small layers (odd token counts, partial blocks) and one Llama-2-7B-shaped layer are
    written from `--device` tensors; every token read back from the segment (KvRegion.read) equals the
    source bit for bit;

@@ -94,7 +94,7 @@ class LiveCard:
 
 def memcpy_gbps(key: torch.Tensor, layers: int, repeats: int, threads: int = 1) -> list[float]:
     """The same bytes copied by one plain memcpy per layer's K and V into a buffer already faulted in; with
-    threads=2, K and V side by side as the relayout runs them (fpga_worker/kv_copy_threads.run_pair)."""
+    threads=2, K and V side by side as the relayout runs them (kv_plane/kv_copy_threads.run_pair)."""
     dst = torch.empty(layers * 2, *key.shape[1:], dtype=key.dtype)
     dst.zero_()
     nbytes = 2 * key.numel() * key.element_size()

@@ -8,7 +8,7 @@ A KvWritten notice is accepted only once that notification arrived (`wait_writte
 notice for bytes that were never written is refused. `deregister` runs when the stream ends,
 whatever the outcome: no registration outlives its transfer.
 
-The agent has no progress thread (services/nixl_loader.new_agent: it would spin a core forever).
+The agent has no progress thread (kv_plane/nixl_loader.new_agent: it would spin a core forever).
 Instead, while at least one region is registered, one poller thread calls get_new_notifs every
 POLL_S and wakes the waiters of what arrived (a condition, no sleep-and-retry in wait_written);
 it also keeps UCX's connection set-up moving, which a sender's first WRITE waits for. With no

@@ -1,7 +1,7 @@
 """Writes one request's K/V into a card's KV region with NIXL (transport nixl, any host the UCX backend reaches).
 
 One NIXL agent per GPU-worker process (created on first use, no progress thread: see
-services/nixl_loader.new_agent). Per transfer: the receiver's metadata (KvPlacement.nixl_agent_metadata,
+kv_plane/nixl_loader.new_agent). Per transfer: the receiver's metadata (KvPlacement.nixl_agent_metadata,
 which covers exactly the request's registered region) is loaded with add_remote_agent. Per layer:
 - the layer is scattered at the ABI's offsets (kv_layout.KvRegion.write) into a staging buffer that
   holds ONE layer's slots of all 32 PCs (a layer's slots are one contiguous run per PC), taken from a

@@ -176,7 +176,7 @@ def publish_holds(role: str, holds, held_bytes) -> None:
 
 
 def publish_kv_intake(role: str, servicer) -> None:
-    """Read a KV-receiving servicer's (fpga_worker/kv_intake_rpcs.KvIntakeRpcs) streams and NIXL
+    """Read a KV-receiving servicer's (decode_contract/kv_intake_rpcs.KvIntakeRpcs) streams and NIXL
     registrations into `role`'s gauges at scrape time."""
     KV_STREAMS.of(role).set_function(lambda: servicer.kv_streams.active)
     KV_NIXL_REGISTRATIONS.of(role).set_function(lambda: servicer.nixl.registrations() if servicer.nixl else 0)

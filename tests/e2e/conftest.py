@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 
 import psutil
@@ -29,6 +30,15 @@ GPU_SLOTS = 8  # GPU-assist slots: the concurrent tests' requests never wait for
 KV_TOKEN_ENV = {SECRET_ENV: new_secret()}  # the session cluster's KV token secret (`up` passes it on)
 KV_HOLD_TTL_S = 5.0  # the session cluster's workers free KV nobody renewed for this long (every test renews it)
 CLUSTER_ENV = {**KV_TOKEN_ENV, "GLITCHES_KV_HOLD_TTL_S": str(KV_HOLD_TTL_S)}
+# a prompt of ~1,000 tokens: long enough that KV streams while prefill runs
+LONG = ("GLITCHES splits inference across devices: GPUs run prefill, FPGAs with HBM run decode, and the "
+        "KV cache streams from one to the other while prefill is still running. ") * 40
+
+
+def metric(http_address: str, name: str) -> float:
+    """The value of an unlabelled sample `name` on a daemon's /metrics (its HTTP side port)."""
+    text = urllib.request.urlopen(f"http://{http_address}/metrics", timeout=5).read().decode()
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 def start_up(args: list[str], timeout_s: float = 300.0, env: dict[str, str] | None = None

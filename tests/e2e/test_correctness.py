@@ -6,13 +6,10 @@ import concurrent.futures
 
 import pytest
 
-from tests.e2e.conftest import FPGA_WORKERS, assert_idle
+from tests.e2e.conftest import FPGA_WORKERS, LONG, assert_idle
 from tests.greedy_reference import TOLERANCE_FP32, compare, greedy
 
 pytestmark = pytest.mark.e2e
-
-LONG = ("GLITCHES splits inference across devices: GPUs run prefill, FPGAs with HBM run decode, and the "
-        "KV cache streams from one to the other while prefill is still running. ") * 40
 
 PROMPTS = [
     ("The capital of France is", False, 16),

@@ -13,9 +13,7 @@ from glitches.cluster import ClusterSpec, LocalCluster
 from services import models
 from services.registry import Registry
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import assert_idle
-from tests.e2e.test_kv_kill import _metric
-from tests.e2e.test_correctness import LONG
+from tests.e2e.conftest import LONG, assert_idle, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -39,9 +37,9 @@ def test_gpu_to_gpu_decode_equals_transformers(transport, reference, redis_prefi
         assert len(result.prompt_token_ids) >= 1024
         assert_idle(Registry(REDIS_URL, redis_prefix))
         decode_metrics = cluster.http_addresses["gpu-decode-0"]  # its own /metrics shows the KV it received
-        assert _metric(decode_metrics, "glitches_kv_received_bytes_total") > 0
-        assert _metric(decode_metrics, "glitches_kv_streams") == 0
-        assert _metric(decode_metrics, "glitches_kv_nixl_registrations") == 0
+        assert metric(decode_metrics, "glitches_kv_received_bytes_total") > 0
+        assert metric(decode_metrics, "glitches_kv_streams") == 0
+        assert metric(decode_metrics, "glitches_kv_nixl_registrations") == 0
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -24,6 +23,7 @@ from services.registry import Registry
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 from tests.dies_with_pytest import dies_with_pytest
+from tests.e2e.conftest import metric
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # kills and restarts: minutes
 PROMPT = [100 + (i * 37) % 40000 for i in range(1500)]  # ~3 s of prefill on this CPU: time to kill mid-transfer
@@ -127,11 +127,6 @@ def test_fpga_worker_killed_mid_transfer_leaves_no_segment_after_restart(redis_p
         _stop(gpu_proc, *([again] if again else []))
 
 
-def _metric(http_address: str, name: str) -> float:
-    text = urllib.request.urlopen(f"http://{http_address}/metrics", timeout=5).read().decode()
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
-
-
 @pytest.mark.parametrize("transport", ["shm", "nixl"])
 def test_gpu_worker_killed_mid_transfer_frees_the_reservation(transport, redis_prefix):
     registry = Registry(REDIS_URL, redis_prefix)
@@ -148,8 +143,8 @@ def test_gpu_worker_killed_mid_transfer_frees_the_reservation(transport, redis_p
         gpu_proc.wait(10)
         outcome["thread"].join(60)
         _wait_freed(fpga, capacity)
-        assert _metric(fpga_rec.http_address, "glitches_kv_nixl_registrations") == 0
-        assert _metric(fpga_rec.http_address, "glitches_kv_streams") == 0
+        assert metric(fpga_rec.http_address, "glitches_kv_nixl_registrations") == 0
+        assert metric(fpga_rec.http_address, "glitches_kv_streams") == 0
         second = _spawn(redis_prefix, "gpu-worker", "gpu-g2", "--kv-transport", transport)
         rec2 = _record(registry, "gpu-g2", second)
         done = _stub(rec2.address).Prefill(worker_pb2.PrefillRequest(

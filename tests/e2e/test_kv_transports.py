@@ -11,8 +11,7 @@ from glitches.cluster import ClusterSpec, LocalCluster
 from services import models
 from services.registry import Registry
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import assert_idle
-from tests.e2e.test_correctness import LONG
+from tests.e2e.conftest import LONG, assert_idle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a cluster per transport; shm is the default cluster's
 
