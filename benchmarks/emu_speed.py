@@ -1,9 +1,11 @@
-"""Decode tokens/s of the software W4A8 kernel (both numerics) beside transformers' generate, same CPU, same run.
+"""Decode tokens/s of the emulated kernels beside transformers' generate, same CPU, same run.
 
 Usage: python benchmarks/emu_speed.py [--tokens 32] [--rounds 3] [--threads N]
-All three run on the host CPU: the kernel figures are for the EMULATOR (no card),
-not for a U280. Rounds interleave the three so a busy machine slows all alike; the
-ratio kernel/transformers is taken within each round and the median reported.
+Kernels: the W4A8 kernel in Python (the specification), the kernel source C-simulated
+(g++, `make setup`; same bits), both stepped through the emulated card (W4A8EmulatedCard),
+and the float32 reference kernel. All run on the host CPU: the figures are for the EMULATOR
+(no card), not for a U280. Rounds interleave them so a busy machine slows all alike; ratios
+(kernel / transformers, csim / Python W4A8) are taken within each round and the median reported.
 Rates are given on wall time and on this process's CPU time (the latter is less
 disturbed when other jobs share the cores; with 1 thread it is the better figure).
 """
@@ -23,6 +25,13 @@ import torch  # noqa: E402
 from benchmarks.smollm2_setup import PROMPTS, load_all, prefill_into  # noqa: E402
 
 
+def w4a8_image():
+    from fpga_worker.weight_image import build_from_gguf
+    from services.models import default_gguf_path
+
+    return build_from_gguf(default_gguf_path())
+
+
 def _clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
@@ -30,6 +39,23 @@ def _clocks() -> tuple[float, float]:
 def _rates(tokens: int, start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
     """(tokens per wall second, tokens per CPU second)."""
     return tokens / (end[0] - start[0]), tokens / (end[1] - start[1])
+
+
+@torch.inference_mode()
+def card_tokens_per_s(model, card, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
+    """Greedy decode through an emulated card (reserve, prefill KV written in, seal, step); steps only are timed."""
+    prompt = ids.shape[1]
+    card.reserve("bench", prompt + tokens)
+    out = model(ids[:, :-1], use_cache=True)
+    for layer, cached in enumerate(out.past_key_values.layers):
+        card.write_kv("bench", layer, 0, cached.keys, cached.values)
+    card.seal("bench", prompt - 1)
+    token, start = int(ids[0, -1]), _clocks()
+    for i in range(tokens):
+        token = int(card.step("bench", token, prompt - 1 + i).argmax())
+    end = _clocks()
+    card.release("bench")
+    return _rates(tokens, start, end)
 
 
 def kernel_tokens_per_s(model, kernel, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
@@ -62,13 +88,21 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from fpga_worker.abi import HBM_CHANNELS
+    from fpga_worker.w4a8_backend import W4A8EmulatedCard
+
     model, tokenizer, w4a8, reference, _ = load_all()
+    image = w4a8_image()
+    hbm = HBM_CHANNELS * (image.kv_base + 8 * 1024 * 1024)
+    cards = {numerics: W4A8EmulatedCard(image, hbm, numerics=numerics) for numerics in ("w4a8", "csim")}
     ids = tokenizer(PROMPTS[0], return_tensors="pt").input_ids
-    names = ("transformers generate (float32)", "emu kernel w4a8", "emu kernel reference (float32)")
+    names = ("transformers generate (float32)", "emu card w4a8 (Python kernel)", "emu card csim (kernel source, g++)",
+             "emu kernel reference (float32)")
     rates = {clock: {name: [] for name in names} for clock in ("wall", "cpu")}
     for _ in range(args.rounds):
         results = (transformers_tokens_per_s(model, ids, args.tokens),
-                   kernel_tokens_per_s(model, w4a8, ids, args.tokens),
+                   card_tokens_per_s(model, cards["w4a8"], ids, args.tokens),
+                   card_tokens_per_s(model, cards["csim"], ids, args.tokens),
                    kernel_tokens_per_s(model, reference, ids, args.tokens))
         for name, (wall, cpu) in zip(names, results):
             rates["wall"][name].append(wall)
@@ -84,6 +118,9 @@ def main() -> None:
             ratios = [a / b for a, b in zip(table[name], base)]
             print(f"  [{clock:4s}] {name} / transformers: {statistics.median(ratios):.2f}x (per round: "
                   + ", ".join(f"{r:.2f}" for r in ratios) + ")")
+        ratios = [a / b for a, b in zip(table[names[2]], table[names[1]])]
+        print(f"  [{clock:4s}] csim step / Python W4A8 step speed: {statistics.median(ratios):.2f}x (per round: "
+              + ", ".join(f"{r:.2f}" for r in ratios) + ")")
     print("  (emulated: software kernel on the CPU, not a U280; see benchmarks/fpga_timing_table.py for modeled card time)")
 
 

@@ -35,6 +35,25 @@ static inline void gl_read(GL_HBM_PARAMS, int pc, uint32_t offset, uint8_t *dst,
     }
 }
 
+// The bytes of one burst, for reading only: in C simulation a pointer into the PC (the burst is counted, not
+// copied: a speed measure of the simulation, same bytes); in synthesis a copy into `buffer` (on-chip).
+static inline const uint8_t *gl_burst(GL_HBM_PARAMS, int pc, uint32_t offset, uint8_t *buffer, uint32_t bytes,
+                                      int stream) {
+#ifndef __SYNTHESIS__
+    GL_COUNT_BURST(stream, pc, bytes);
+    (void)buffer;
+    switch (pc) {
+#define GL_VIEW_CASE(i) case i: return hbm##i + offset;
+        GL_FOR_PCS(GL_VIEW_CASE)
+#undef GL_VIEW_CASE
+    }
+    return buffer;
+#else
+    gl_read(GL_HBM_ARGS, pc, offset, buffer, bytes, stream);
+    return buffer;
+#endif
+}
+
 // PC pc bytes [offset, offset + bytes) <- src: one burst.
 static inline void gl_write(GL_HBM_PARAMS, int pc, uint32_t offset, const uint8_t *src, uint32_t bytes, int stream) {
     GL_COUNT_BURST(stream, pc, bytes);

@@ -91,12 +91,13 @@ static void gl_matvec_chunk(GL_HBM_PARAMS, const GlTensor &t, const GlActs *a, u
     static uint8_t values[GL_BUFFER_BYTES], scales[GL_BUFFER_BYTES];
     uint32_t groups = t.cols / GL_GROUP;
     for (int pc = 0; pc < GL_PCS; pc++) {
-        gl_read(GL_HBM_ARGS, pc, t.offset + slot0 * t.value_stride, values, n * t.value_stride, GL_S_VALUES);
-        gl_read(GL_HBM_ARGS, pc, t.scale_offset + slot0 * t.scale_stride, scales, n * t.scale_stride, GL_S_SCALES);
+        const uint8_t *v = gl_burst(GL_HBM_ARGS, pc, t.offset + slot0 * t.value_stride, values, n * t.value_stride,
+                                    GL_S_VALUES);
+        const uint8_t *s = gl_burst(GL_HBM_ARGS, pc, t.scale_offset + slot0 * t.scale_stride, scales,
+                                    n * t.scale_stride, GL_S_SCALES);
         for (uint32_t i = 0; i < n; i++) {
             uint32_t r = (slot0 + i) * GL_PCS + pc;
-            if (r < t.rows)
-                y[i * GL_PCS + pc] = gl_row(t.fmt, groups, values + i * t.value_stride, scales + i * t.scale_stride, a);
+            if (r < t.rows) y[i * GL_PCS + pc] = gl_row(t.fmt, groups, v + i * t.value_stride, s + i * t.scale_stride, a);
         }
     }
 }
