@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from kv_plane.kv_abi import HBM_CHANNELS, KV_ALIGN
-from kv_plane.kv_types import KvMemory, KvPlacement
+from decode_contract.request_checks import lookup
 from kv_plane.hbm_manager import KvSpace
 from kv_plane.hbm_segment import HbmSegment
+from kv_plane.kv_abi import HBM_CHANNELS, KV_ALIGN
 from kv_plane.kv_layout import KvPlan, KvRegion, region_view
-from decode_contract.request_checks import lookup
+from kv_plane.kv_types import KvMemory, KvPlacement
 from services.errors import InvalidArgument
 
 

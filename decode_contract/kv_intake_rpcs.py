@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from decode_contract import kv_receiver
 from decode_contract.sink import KvSink
+from kv_plane import nixl_loader
+from kv_plane.host_identity import host_identity
 from kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
 from services import metrics
-from kv_plane import nixl_loader
 from services.errors import FailedPrecondition
-from kv_plane.host_identity import host_identity
 from services.stubs.glitches.v1 import worker_pb2
 
 

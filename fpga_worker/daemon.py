@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from kv_plane import kv_copy_threads
 from decode_contract.wrappers import KvHeld, Notifying, SlotLimit
 from fpga_worker.sensors import CachedSensors, publish_sensors
 from fpga_worker.server import FpgaWorkerServicer, backend_vocab, build_backend
 from fpga_worker.settings import FpgaWorkerSettings
+from kv_plane import kv_copy_threads
 from services import metrics, models, worker_runtime
 from services.kv_holds import KvHolds
 from services.kv_token import SECRET_ENV, KvTokenVerifier

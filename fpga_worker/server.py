@@ -6,19 +6,19 @@ import os
 
 from decode_contract.device import DecodeBackend
 from decode_contract.kv_intake_rpcs import KvIntakeRpcs
-from kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S
 from fpga_worker.settings import FpgaWorkerSettings
+from kv_plane.host_identity import host_identity
+from kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S
 from services import grammar, models
 from services.decoding import decode_loop
 from services.errors import FailedPrecondition, InvalidArgument
-from kv_plane.host_identity import host_identity
 from services.kv_holds import KvHolds, renew_rpc
 from services.kv_token import KvTokenVerifier
-from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
 from services.proto_convert import step_to_proto
-from services.worker_caps import DECODE_CLASS_DEDICATED, ROLE_DECODE
+from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from services.worker_caps import DECODE_CLASS_DEDICATED, ROLE_DECODE
 
 
 class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):

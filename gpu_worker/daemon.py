@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kv_plane import kv_copy_threads
 from decode_contract.wrappers import KvHeld
 from gpu_worker.engine import GpuEngine
 from gpu_worker.kv_intake import GpuKvIntake
-from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
+from kv_plane import kv_copy_threads
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from services import metrics, models, worker_runtime
 from services.kv_holds import KvHolds
 from services.kv_token import KvTokenVerifier

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from gpu_worker.kv_pool import KvPool
-from kv_plane.kv_abi import KV_BLOCK_TOKENS
-from kv_plane.sender import KvTransferFailed, LayerSender
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
 from gpu_worker.request_kv import RequestKv
 from gpu_worker.request_table import RequestTable
 from gpu_worker.settings import GpuWorkerSettings
 from gpu_worker.step_loop import DecodeJob, PrefillJob, StepLoop
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
+from kv_plane.sender import KvTransferFailed, LayerSender
 from services import grammar, models
 from services.decoding import Finish, Step, finish_reason
 from services.errors import InvalidArgument, NotFound, Unavailable

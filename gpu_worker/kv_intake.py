@@ -32,12 +32,12 @@ import threading
 
 import torch
 
-from kv_plane.kv_abi import HBM_CHANNELS
-from decode_contract.sink import KvSink
-from kv_plane.kv_types import KvGeometry, KvMemory, KvPlacement
 from decode_contract.emu_kv import EmulatedKvStore
 from decode_contract.request_checks import check_sealable
+from decode_contract.sink import KvSink
+from kv_plane.kv_abi import HBM_CHANNELS
 from kv_plane.kv_abi import KV_BLOCK_TOKENS
+from kv_plane.kv_types import KvGeometry, KvMemory, KvPlacement
 from services.errors import NotFound, ResourceExhausted
 
 

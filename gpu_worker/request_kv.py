@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from gpu_worker.kv_pool import KvPool
+from kv_plane.kv_abi import KV_BLOCK_TOKENS
 
 
 class RequestKv:

@@ -7,20 +7,20 @@ import os
 from decode_contract.device import DecodeBackend
 from decode_contract.kv_intake_rpcs import KvIntakeRpcs
 from gpu_worker.engine import GpuEngine
+from kv_plane.host_identity import host_identity
 from kv_plane.kv_abi import KV_BLOCK_TOKENS
 from kv_plane.transport import TransportChooser, kv_target, sender_transports
-from kv_plane.host_identity import host_identity
 from services import metrics
 from services.channels import WorkerStubs
-from services.tls import PLAINTEXT, TlsConfig
 from services.errors import FailedPrecondition, InvalidArgument
 from services.kv_holds import KvHolds, renew_rpc
-from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
-from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
 from services.kv_token import KvTokenVerifier
-from services.worker_caps import DECODE_CLASS_GPU, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL, ordered_roles
+from services.proto_convert import FINISH_TO_PROTO, logprob_to_proto, step_to_proto
+from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
 from services.sampling import Sampling, check_sampling
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from services.tls import PLAINTEXT, TlsConfig
+from services.worker_caps import DECODE_CLASS_GPU, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL, ordered_roles
 
 
 class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):

@@ -21,9 +21,9 @@ import os
 import threading
 import time
 
+from kv_plane import nixl_loader
 from kv_plane.kv_abi import HBM_CHANNELS
 from kv_plane.kv_types import KvMemory
-from kv_plane import nixl_loader
 from services.errors import InvalidArgument
 
 POLL_S = 0.0001  # seconds between two get_new_notifs while a transfer is registered

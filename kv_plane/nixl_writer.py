@@ -43,11 +43,11 @@ import uuid
 
 import torch
 
+from kv_plane import nixl_loader
 from kv_plane.kv_abi import HBM_CHANNELS
 from kv_plane.kv_layout import K_KIND, KvPlan, KvRegion, region_view
-from kv_plane import nixl_loader
-from services.errors import InvalidArgument, Unavailable
 from kv_plane.kv_wire import DTYPES
+from services.errors import InvalidArgument, Unavailable
 
 SPIN_S = 0.002  # seconds a WRITE's state is polled back to back (a GIL yield each) before polls sleep
 POLL_S = 0.00005  # seconds slept per poll after that

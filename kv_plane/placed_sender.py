@@ -21,9 +21,9 @@ from collections.abc import Callable
 import grpc
 import torch
 
+from kv_plane.host_identity import host_identity
 from kv_plane.sender import KvTransferFailed, TransferResult
 from services.errors import GlitchesError, Unavailable, from_rpc_error
-from kv_plane.host_identity import host_identity
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 _END = object()

@@ -20,11 +20,11 @@ import threading
 
 import torch
 
-from kv_plane.kv_abi import HBM_CHANNELS
 from kv_plane.hbm_segment import map_segment
+from kv_plane.kv_abi import HBM_CHANNELS
 from kv_plane.kv_layout import KvPlan, KvRegion, region_view
-from services.errors import FailedPrecondition, InvalidArgument
 from kv_plane.kv_wire import DTYPES
+from services.errors import FailedPrecondition, InvalidArgument
 
 _maps: dict[tuple[str, int], tuple[object, torch.Tensor]] = {}  # (path, size) -> (mmap, uint8 tensor)
 _maps_lock = threading.Lock()
