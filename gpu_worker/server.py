@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from decode_contract.device import DecodeBackend
+from decode_contract.sink import KvSink
 from decode_contract.kv_intake_rpcs import KvIntakeRpcs
 from gpu_worker.engine import GpuEngine
 from kv_plane.host_identity import host_identity
@@ -29,7 +29,7 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
 
     def __init__(self, engine: GpuEngine, worker_id: str, model_name: str, tls: TlsConfig = PLAINTEXT,
                  holds: KvHolds | None = None, auth: RequestAuthVerifier | OpenAccess | None = None,
-                 roles: frozenset[str] = frozenset({ROLE_PREFILL, ROLE_ASSIST}), intake: DecodeBackend | None = None,
+                 roles: frozenset[str] = frozenset({ROLE_PREFILL, ROLE_ASSIST}), intake: KvSink | None = None,
                  kv_tokens: KvTokenVerifier | None = None):
         self.engine = engine
         self.roles = roles
@@ -125,7 +125,7 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
             prompt_logprobs=[logprob_to_proto(r) for r in result.prompt_logprobs],
             kv_transport=result.kv_transport)
 
-    def _intake(self) -> DecodeBackend:
+    def _intake(self) -> KvSink:
         if self.intake is None:
             raise FailedPrecondition(f"worker {self.worker_id} runs without the decode role, so it takes no KV; "
                                      "send it to a decode worker (an FPGA, or a GPU worker with --roles decode)")
