@@ -36,9 +36,10 @@ class _Request:
 
 class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
     def __init__(self, image: WeightImage, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4, tag: str = "fpga",
-                 numerics: str = "w4a8"):
-        """numerics: "w4a8" runs the Python kernel (the readable specification), "csim" the kernel source
-        compiled with g++ (fpga_worker/kernel_csim.py) on the emulated HBM; the two give the same bits."""
+                 numerics: str = "csim"):
+        """numerics: "csim" (the default) runs the kernel source compiled with g++ (fpga_worker/kernel_csim.py)
+        on the emulated HBM; "w4a8" the Python kernel (the readable specification). Same bits; csim measured
+        2.3x faster per step (docs/benchmarks.md, "Emulator speed")."""
         if numerics not in KERNEL_NUMERICS:
             raise InvalidArgument(f"W4A8 card numerics must be one of {', '.join(KERNEL_NUMERICS)}, got {numerics!r}")
         if hbm_bytes % HBM_CHANNELS:
@@ -66,7 +67,7 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
 
     @classmethod
     def from_source(cls, source, hbm_bytes: int = HBM_BYTES, prefetch_ratio: int = 4,
-                    tag: str = "fpga", numerics: str = "w4a8") -> "W4A8EmulatedCard":
+                    tag: str = "fpga", numerics: str = "csim") -> "W4A8EmulatedCard":
         """From a services.models.ModelSource: its GGUF when it has one (exact blocks), else its float weights."""
         if source.gguf_file is not None:
             return cls(build_from_gguf(source.gguf_file), hbm_bytes, prefetch_ratio, tag, numerics)
