@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.parser import text_string_to_metric_families
 
 from services import metrics
 from services.channels import insecure_channel
@@ -18,19 +14,7 @@ from services.grpc_server import start_server
 from services.http_side import HttpSide, Readiness
 from services.settings import DaemonSettings
 from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+from tests.worker_helpers import get, samples
 
 
 def test_healthz_readyz_metrics_and_404():

@@ -1,10 +1,14 @@
 """What the worker tests share (instead of importing private helpers from one another's files):
-an in-process gRPC server around a servicer (port 0), TransferKV messages, and transformers'
-greedy tokens as the reference a distributed path must equal."""
+an in-process gRPC server around a servicer (port 0), TransferKV messages, transformers' greedy
+tokens as the reference a distributed path must equal, and reading a daemon's HTTP side port."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from kv_plane import kv_wire
 from services.channels import insecure_channel
@@ -54,3 +58,18 @@ def greedy_tokens(engine, prompt: list[int], n: int) -> list[int]:
         out = engine.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
                                     attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
     return out[0, len(prompt):].tolist()
+
+
+def get(url: str) -> tuple[int, str]:
+    """(HTTP status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Prometheus text -> {(sample name, sorted label pairs): value}."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

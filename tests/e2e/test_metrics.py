@@ -11,7 +11,7 @@ import time
 import pytest
 
 from glitches import GlitchesError
-from tests.test_http_side import get, samples
+from tests.worker_helpers import get, samples
 
 pytestmark = pytest.mark.e2e
 
