@@ -71,11 +71,11 @@ class DecodeKernel:
         int8_activations=False is a diagnostic (float activations on the same weights), not the kernel.
         """
 
-        def linear(name):
+        def linear(name, qmax=ops.INT8_MAX):
             values, scales = image.planes(name)
             fmt = image.entry(name).spec.fmt
             d, m = unpack_scales(scales, fmt)
-            return ops.GroupQuantLinear(unpack_values(values, fmt), d, m, int8_activations)
+            return ops.GroupQuantLinear(unpack_values(values, fmt), d, m, int8_activations, qmax)
 
         vec = lambda name: image.vector(name).numpy()  # float32 [hidden]
         layers = []
@@ -83,7 +83,7 @@ class DecodeKernel:
             p = f"blk.{i}."
             layers.append(_Layer(
                 attn_norm=vec(p + "attn_norm"),
-                qkv=ops.GroupQuantLinear.concat([linear(p + n) for n in ("attn_q", "attn_k", "attn_v")]),
+                qkv=ops.GroupQuantLinear.concat([linear(p + n, ops.INT16_MAX) for n in ("attn_q", "attn_k", "attn_v")]),
                 attn_output=linear(p + "attn_output"),
                 ffn_norm=vec(p + "ffn_norm"),
                 gate_up=ops.GroupQuantLinear.concat([linear(p + "ffn_gate"), linear(p + "ffn_up")]),

@@ -9,9 +9,10 @@ produce the same bits:
   from +0.0; then lanes are folded by halves: l += l + 8, then l += l + 4, + 2, + 1; lane 0.
 - exp_f32: a fixed polynomial (no libm): x clamped to [-86, 88], k = rint(x * log2 e),
   r = (x - k ln2_hi) - k ln2_lo, p = Horner over 1/720 .. 1 (degree 6), times 2^k built from bits.
-- W4A8 group matmul with one activation scale per group of 32 (llama.cpp's Q8 blocks, in float32):
-    s_g    = max_j |x[32g+j]| / 127                      float32 division
-    x_q    = rint(x / s_g), 0 where s_g == 0             int8, -127..127
+- W4A8 group matmul with one activation scale per group of 32 (llama.cpp's Q8 blocks, in float32);
+  qmax = 127 (INT8), except the Q/K/V projection's input: qmax = 32767 (INT16):
+    s_g    = max_j |x[32g+j]| / qmax                     float32 division
+    x_q    = rint(x / s_g), 0 where s_g == 0             -qmax..qmax
     acc    = sum_j q[r, 32g+j] * x_q[32g+j]              int32, exact
     xsum_g = sum_j x_q[32g+j]                            int32, exact
     term   = ((d[r,g] * acc) + (m[r,g] * xsum_g)) * s_g  float32, W8G32 has no m term
@@ -72,13 +73,18 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: F32) -> np.ndarray:
     return weight * (x * inv)
 
 
-def quantize_groups(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x float32 [cols] -> (x_q int8 [cols], s float32 [cols / 32]), symmetric, one scale per 32 values."""
+INT8_MAX, INT16_MAX = 127, 32767  # activation ranges: 8 bits everywhere but the Q/K/V input (16 bits)
+
+
+def quantize_groups(x: np.ndarray, qmax: int = INT8_MAX) -> tuple[np.ndarray, np.ndarray]:
+    """x float32 [cols] -> (x_q [cols], s float32 [cols / 32]), symmetric, one scale per 32 values:
+    s = max|x| / qmax, x_q = rint(x / s) in -qmax..qmax (int8 for 127, int16 for 32767)."""
     groups = x.reshape(-1, GROUP_SIZE)
-    scale = np.abs(groups).max(axis=1) / F32(127.0)
+    scale = np.abs(groups).max(axis=1) / F32(qmax)
     safe = np.where(scale > 0, scale, F32(1.0))
     q = np.where(scale[:, None] > 0, np.rint(groups / safe[:, None]), F32(0.0))
-    return np.clip(q, -127, 127).astype(np.int8).reshape(-1), scale.astype(F32)
+    dtype = np.int8 if qmax == INT8_MAX else np.int16
+    return np.clip(q, -qmax, qmax).astype(dtype).reshape(-1), scale.astype(F32)
 
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -111,15 +117,18 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray
 
 
 class GroupQuantLinear:
-    """y = W x with group-quantized W (W4G32 with min, or W8G32 without) and per-group INT8 activations."""
+    """y = W x with group-quantized W (W4G32 with min, or W8G32 without) and per-group integer activations:
+    INT8 (qmax 127), or INT16 (qmax 32767) for the Q/K/V projection, whose input has the worst outliers."""
 
-    def __init__(self, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, int8_activations: bool = True):
+    def __init__(self, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, int8_activations: bool = True,
+                 qmax: int = INT8_MAX):
         # q: int8 [rows, cols]; d, m: float32 [rows, groups]
         self.q = q.contiguous()
         self.d = d.float().numpy().astype(F32)
         self.m = None if m is None else m.float().numpy().astype(F32)
         # False only for diagnosis: float activations times the dequantized weights (not the kernel)
         self.int8_activations = int8_activations
+        self.qmax = qmax
         self._float_weight: np.ndarray | None = None
         self.rows, self.cols = q.shape
         self.groups = self.cols // GROUP_SIZE
@@ -133,10 +142,15 @@ class GroupQuantLinear:
         """Stack row-wise the linears that read the same input (Q/K/V, gate/up): rows are independent."""
         m = None if parts[0].m is None else torch.from_numpy(np.concatenate([p.m for p in parts]))
         return cls(torch.cat([p.q for p in parts]), torch.from_numpy(np.concatenate([p.d for p in parts])), m,
-                   parts[0].int8_activations)
+                   parts[0].int8_activations, parts[0].qmax)
 
     def integer_parts(self, x_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(acc int32 [rows, groups], xsum int32 [groups]): the exact integer work (one int8 GEMM)."""
+        """(acc int32 [rows, groups], xsum int32 [groups]): the exact integer work (one int8 GEMM; for 16-bit
+        activations a numpy int32 product, |acc| <= 15 * 32767 * 32 < 2^24)."""
+        if x_q.dtype == np.int16:
+            groups = x_q.reshape(self.groups, GROUP_SIZE).astype(np.int32)
+            weights = self.q.numpy().reshape(self.rows, self.groups, GROUP_SIZE).astype(np.int32)
+            return (weights * groups).sum(axis=2, dtype=np.int32), groups.sum(axis=1, dtype=np.int32)
         xq = torch.from_numpy(x_q)
         self._diagonal.copy_(xq.view(self.groups, GROUP_SIZE).t())
         acc = torch._int_mm(self.q, self._blockdiag)[:, : self.groups]
@@ -148,7 +162,7 @@ class GroupQuantLinear:
             if self._float_weight is None:
                 self._float_weight = self.dequantized()
             return self._float_weight @ x
-        x_q, scale = quantize_groups(x)
+        x_q, scale = quantize_groups(x, self.qmax)
         acc, xsum = self.integer_parts(x_q)
         terms = self.d * acc.astype(F32)  # [rows, groups]
         if self.m is not None:

@@ -215,7 +215,7 @@ extern "C" void glitches_decode(const uint8_t *args, GL_HBM_PARAMS, uint8_t *res
         const GlTensor *t = &m.tensors[GL_T_LAYER(l, 0)];
         gl_vector(GL_HBM_ARGS, t[GL_K_ATTN_NORM], norm);
         gl_rms_norm(x, norm, H, m.rms_eps, h);
-        gl_quantize(h, H, &acts);
+        gl_quantize(h, H, &acts, GL_INT16_MAX);  // the Q/K/V input: 16 bits (its outliers cost 8 bits most)
         gl_matvec(GL_HBM_ARGS, t[GL_K_Q], &acts, q);
         gl_matvec(GL_HBM_ARGS, t[GL_K_K], &acts, k);
         gl_matvec(GL_HBM_ARGS, t[GL_K_V], &acts, v);
@@ -239,22 +239,22 @@ extern "C" void glitches_decode(const uint8_t *args, GL_HBM_PARAMS, uint8_t *res
                 gl_write(GL_HBM_ARGS, (int)((lane + b) % GL_PCS), offset, (const uint8_t *)kv16, D * 2, GL_S_KV_STORE);
             }
         }
-        gl_quantize(attn, m.heads * D, &acts);
+        gl_quantize(attn, m.heads * D, &acts, GL_INT8_MAX);
         gl_matvec(GL_HBM_ARGS, t[GL_K_O], &acts, h);
         for (uint32_t i = 0; i < H; i++) x[i] = x[i] + h[i];
         gl_vector(GL_HBM_ARGS, t[GL_K_FFN_NORM], norm);
         gl_rms_norm(x, norm, H, m.rms_eps, h);
-        gl_quantize(h, H, &acts);
+        gl_quantize(h, H, &acts, GL_INT8_MAX);
         gl_matvec(GL_HBM_ARGS, t[GL_K_GATE], &acts, gate);
         gl_matvec(GL_HBM_ARGS, t[GL_K_UP], &acts, up);
         for (uint32_t i = 0; i < m.inter; i++) gate[i] = (gate[i] / (1.0f + gl_exp(-gate[i]))) * up[i];
-        gl_quantize(gate, m.inter, &acts);
+        gl_quantize(gate, m.inter, &acts, GL_INT8_MAX);
         gl_matvec(GL_HBM_ARGS, t[GL_K_DOWN], &acts, h);
         for (uint32_t i = 0; i < H; i++) x[i] = x[i] + h[i];
     }
     gl_vector(GL_HBM_ARGS, m.tensors[GL_T_LAYER(L, 0)], norm);
     gl_rms_norm(x, norm, H, m.rms_eps, h);
-    gl_quantize(h, H, &acts);
+    gl_quantize(h, H, &acts, GL_INT8_MAX);
     // LM head: chunks of per * 32 rows, each stored to the result with one burst; argmax lowest index on ties.
     const GlTensor &lm = m.tied ? embd : m.tensors[GL_T_LAYER(L, 2)];
     uint32_t per = gl_merge(lm.value_stride), best = 0;

@@ -12,12 +12,17 @@ struct GlTensor {
     uint32_t fmt, rows, cols, rows_per_pc, value_stride, scale_stride, offset, scale_offset;
 };
 
-// INT8 activations of one vector x [n]: one scale per group of 32 (ABI "Numerics").
+// Integer activations of one vector x [n]: one scale per group of 32 (ABI "Numerics"). INT8 (qmax 127) for
+// every matrix input but Q/K/V's, which is INT16 (qmax 32767, in q16; `wide` set).
+#define GL_INT8_MAX 127
+#define GL_INT16_MAX 32767
 struct GlActs {
-    int8_t q[GL_MAX_INTER];             // x_q [n], -127..127
-    float scale[GL_MAX_INTER / GL_GROUP];  // s_g = max |x| / 127 over group g
+    int8_t q[GL_MAX_INTER];                // x_q [n], -127..127 (INT8)
+    int16_t q16[GL_MAX_HIDDEN];            // x_q [n], -32767..32767 (INT16, the Q/K/V input)
+    float scale[GL_MAX_INTER / GL_GROUP];  // s_g = max |x| / qmax over group g
     int32_t xsum[GL_MAX_INTER / GL_GROUP]; // sum of the group's x_q
     uint32_t n;
+    bool wide;                             // q16 holds the values (qmax 32767)
 };
 
 // Consecutive slots of one stream merged into one burst: the prefetch ratio, capped by the buffer.
@@ -27,9 +32,11 @@ static inline uint32_t gl_merge(uint32_t unit_bytes) {
     return per ? per : 1;
 }
 
-// s_g = max|x|/127, x_q = rint(x / s_g) (0 where s_g == 0), xsum_g = sum of x_q.
-static void gl_quantize(const float *x, uint32_t n, GlActs *a) {
+// s_g = max|x|/qmax, x_q = rint(x / s_g) (0 where s_g == 0), xsum_g = sum of x_q; qmax 127 or 32767 (n <= hidden).
+static void gl_quantize(const float *x, uint32_t n, GlActs *a, int32_t qmax) {
     a->n = n;
+    a->wide = qmax == GL_INT16_MAX;
+    const float limit = (float)qmax;
     for (uint32_t g = 0; g < n / GL_GROUP; g++) {
 #pragma HLS LOOP_TRIPCOUNT min=2 max=448
         float amax = 0.0f;
@@ -37,16 +44,17 @@ static void gl_quantize(const float *x, uint32_t n, GlActs *a) {
             float v = fabsf(x[g * GL_GROUP + j]);
             if (v > amax) amax = v;
         }
-        float s = amax / 127.0f;
+        float s = amax / limit;
         int32_t sum = 0;
         for (int j = 0; j < GL_GROUP; j++) {
 #pragma HLS PIPELINE II=1
             int32_t q = 0;
             if (s > 0.0f) {
                 float r = gl_rint(x[g * GL_GROUP + j] / s);
-                q = r > 127.0f ? 127 : (r < -127.0f ? -127 : (int32_t)r);
+                q = r > limit ? qmax : (r < -limit ? -qmax : (int32_t)r);
             }
-            a->q[g * GL_GROUP + j] = (int8_t)q;
+            if (a->wide) a->q16[g * GL_GROUP + j] = (int16_t)q;
+            else a->q[g * GL_GROUP + j] = (int8_t)q;
             sum += q;
         }
         a->scale[g] = s;
@@ -63,7 +71,17 @@ static float gl_row(uint32_t fmt, uint32_t groups, const uint8_t *values, const 
         const int8_t *xq = a->q + g * GL_GROUP;
         int32_t acc = 0;
         float term;
-        if (fmt == GL_FMT_W4G32) {
+        if (fmt == GL_FMT_W4G32 && a->wide) {  // INT16 activations: |acc| <= 15 * 32767 * 32 < 2^24
+            const uint8_t *qb = values + g * (GL_GROUP / 2);
+            const int16_t *xw = a->q16 + g * GL_GROUP;
+            for (int j = 0; j < GL_GROUP / 2; j++) {
+#pragma HLS UNROLL
+                acc += (int32_t)(qb[j] & 15) * xw[j] + (int32_t)(qb[j] >> 4) * xw[j + GL_GROUP / 2];
+            }
+            float d = gl_half_to_f32(gl_rd16(scales + 4 * g)), m = gl_half_to_f32(gl_rd16(scales + 4 * g + 2));
+            term = d * (float)acc;
+            term = term + m * (float)a->xsum[g];
+        } else if (fmt == GL_FMT_W4G32) {
             const uint8_t *qb = values + g * (GL_GROUP / 2);
             for (int j = 0; j < GL_GROUP / 2; j++) {
 #pragma HLS UNROLL
