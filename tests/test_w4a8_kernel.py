@@ -56,6 +56,27 @@ def test_w4a8_integer_parts_are_exact_with_one_scale_per_group():
     assert torch.allclose(torch.from_numpy(linear(x)).double(), exact, rtol=1e-5, atol=1e-5)
 
 
+def test_int16_activations_for_qkv_are_exact_integers():
+    """The Q/K/V input is quantized to -32767..32767 per group; the integer parts stay exact in int32."""
+    from fpga_worker.w4a8_ops import INT16_MAX
+
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randint(0, 16, (24, 64), dtype=torch.int8, generator=gen)
+    linear = GroupQuantLinear(q, torch.rand(24, 2, generator=gen), torch.randn(24, 2, generator=gen), qmax=INT16_MAX)
+    x = torch.randn(64, generator=gen).numpy()
+    x_q, scale = quantize_groups(x, INT16_MAX)
+    assert x_q.dtype == np.int16 and (np.abs(x_q.reshape(2, 32)).max(1) == INT16_MAX).all()
+    acc, xsum = linear.integer_parts(x_q)
+    want = (q.long().view(24, 2, 32) * torch.from_numpy(x_q).long().view(1, 2, 32)).sum(-1)
+    assert torch.equal(torch.from_numpy(acc).long(), want)
+    # 16 bits track float activations closer than 8 bits do
+    exact = linear.dequantized() @ x
+    err16 = np.abs(linear(x) - exact).max()
+    int8 = GroupQuantLinear(q, torch.from_numpy(linear.d), torch.from_numpy(linear.m))
+    err8 = np.abs(int8(x) - exact).max()
+    assert err16 < err8 / 20, (err16, err8)
+
+
 def test_sum16_order_and_exp_polynomial():
     """sum16 is lanes by index mod 16 then a halving fold; exp_f32 stays within 3 ulp of exp on its range."""
     values = np.array([1e8, 1.0, -1e8] + [0.0] * 13 + [1.0], dtype=np.float32)
