@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--float-activations", action="store_true",
                         help="diagnostic: run the image's W4 weights with float activations instead of INT8")
+    parser.add_argument("--float-input", choices=("qkv", "attn_output", "gate_up", "down", "lm_head"),
+                        help="diagnostic: leave one operator family's input in float32, the rest of the kernel as is")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads; 1 avoids thread thrash on a shared machine, numerics do not change")
     args = parser.parse_args()
@@ -61,6 +63,12 @@ def main() -> None:
 
         w4a8, label = DecodeKernel.from_image(build_from_gguf(default_gguf_path()), int8_activations=False), \
             "W4 + float activations (diagnostic)"
+    if args.float_input:
+        linears = [w4a8.lm_head] if args.float_input == "lm_head" else \
+            [getattr(layer, "down" if args.float_input == "down" else args.float_input) for layer in w4a8.layers]
+        for linear in linears:
+            linear.int8_activations = False
+        label = f"W4A8 with float input to {args.float_input} (diagnostic)"
     agree, abs_err, ref_err, match_prompts, first_diverge = [], [], 0.0, 0, []
     for text in PROMPTS:
         prompt = tokenizer(text, return_tensors="pt").input_ids
