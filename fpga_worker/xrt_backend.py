@@ -265,7 +265,7 @@ class XrtCard(DecodeBackend):
         """One kernel run: write the step arguments, run, read back float32 logits [vocab]."""
         request = self._get(request_id)
         check_steppable(request_id, request.prompt_tokens is not None, position, request.plan.capacity_tokens)
-        args = StepArgs(token_id, position, request.plan.capacity_tokens, request.kv_offset, OutputMode.LOGITS)
+        args = StepArgs.for_region(token_id, position, request.plan, request.kv_offset, self.channel_bytes)
         with self._run_lock:
             self.args_bo.write(args.pack(), 0)
             self.args_bo.sync(self._to_device, STEP_ARGS_BYTES, 0)

@@ -206,8 +206,6 @@ class kernel:
     def __init__(self, context: hw_context, name: str):
         self.device, self.name = context.device, name
         self.device.calls.append(("kernel", name))
-        self._emulator = None  # DecodeKernel built from the image bytes at the first run
-        self._image_bytes: bytes | None = None
 
     def group_id(self, arg: int) -> int:
         return _GROUP_OF_ARG[arg]
@@ -220,51 +218,12 @@ class kernel:
             self._execute(args[0], args[1:-1], args[-1])
         return run(ert_cmd_state.ERT_CMD_STATE_COMPLETED)
 
-    def _emulator_for(self, hbm) -> "object":
-        from fpga_worker.abi import HEADER_BYTES, unpack_header
-        from fpga_worker.w4a8_kernel import DecodeKernel
-        from fpga_worker.weight_image import load_image
-
-        _, _, kv_base = unpack_header(hbm[0].device_memory[:HEADER_BYTES].tobytes())
-        image_bytes = b"".join(pc.device_memory[:kv_base].tobytes() for pc in hbm)
-        if image_bytes != self._image_bytes:  # first run, or the image was rewritten
-            channels = np.stack([pc.device_memory[:kv_base] for pc in hbm])
-            self._emulator, self._image_bytes = DecodeKernel.from_image(load_image(channels)), image_bytes
-        return self._emulator
-
     def _execute(self, args_bo: bo, hbm, result_bo: bo) -> None:
-        from fpga_worker.abi import KernelStatus, OutputMode
-        from kv_plane.kv_layout import KvPlan, KvRegion
-        from fpga_worker.step_args import StepArgs, StepResult
-        from fpga_worker.w4a8_kernel import KernelError
+        """The kernel source, C-simulated (fpga_worker/kernel_csim.py), on the buffers' own bytes (ABI v2)."""
+        from fpga_worker import kernel_csim
 
-        emulator = self._emulator_for(hbm)
-        vocab = emulator.dims.vocab
-        args = StepArgs.unpack(args_bo.device_memory.tobytes())
-
-        def finish(status, token=0, logits=None):
-            blob = StepResult(status, token, logits).pack(vocab)
-            result_bo.device_memory[: len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-
-        plan = KvPlan.for_model(emulator.dims, args.kv_capacity_tokens)
-        start, stop = args.kv_offset, args.kv_offset + plan.region_bytes_per_channel
-        if start < len(self._image_bytes) // 32 or stop > hbm[0].size():
-            return finish(KernelStatus.KV_OUT_OF_BOUNDS)
-        if args.mode == OutputMode.TOP_P:
-            return finish(KernelStatus.BAD_MODE)
-        region = KvRegion(plan, torch.float16)
-        region.data.view(32, -1).view(torch.uint8).copy_(
-            torch.from_numpy(np.stack([pc.device_memory[start:stop] for pc in hbm])))
-        try:
-            logits = emulator.step(region, args.token_id, args.position)
-        except KernelError as error:
-            return finish(error.status)
-        raw = region.channel_bytes().numpy()
-        for pc, memory in enumerate(hbm):  # the step's K and V land in HBM
-            memory.device_memory[start:stop] = raw[pc]
-        if args.mode == OutputMode.GREEDY:
-            return finish(KernelStatus.OK, int(torch.argmax(logits)))
-        finish(KernelStatus.OK, 0, logits.numpy())
+        kernel_csim.step_raw(args_bo.device_memory.tobytes(), [pc.device_memory.ctypes.data for pc in hbm],
+                             result_bo.device_memory)
 
     def __repr__(self):
         return f"<pyxrt stand-in kernel {self.name} (stand-in, not XRT)>"

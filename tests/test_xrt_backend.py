@@ -45,7 +45,7 @@ def test_host_protocol_and_numerics_match_the_w4a8_card(image, xclbin):
     calls = card.device.calls
     bos = [c for c in calls if c[0] == "bo"]
     assert [c[4] for c in bos] == [card.kernel.group_id(i) for i in range(2 + HBM_CHANNELS)]  # by group_id
-    assert [c[2] for c in bos] == [64] + [HBM // HBM_CHANNELS] * HBM_CHANNELS + [16 + 4 * image.dims.vocab]
+    assert [c[2] for c in bos] == [512] + [HBM // HBM_CHANNELS] * HBM_CHANNELS + [64 + 4 * image.dims.vocab]  # ABI v2
     hbm_index = {bo.index: pc for pc, bo in enumerate(card.hbm)}
     start = [c for c in calls if c[0] in ("write", "sync")]
     assert start == [c for pc in range(HBM_CHANNELS) for c in (
@@ -93,9 +93,9 @@ def test_host_protocol_and_numerics_match_the_w4a8_card(image, xclbin):
     assert runs == [("run", order)] * (24 - prompt)  # one kernel run per token, arguments in ABI order
     step_calls = calls[mark:mark + 5]
     result = card.result_bo.index
-    assert step_calls == [("write", card.args_bo.index, 0, 64), ("sync", card.args_bo.index, TO, 64, 0),
-                          ("run", order), ("sync", result, FROM, 16 + 4 * image.dims.vocab, 0),
-                          ("read", result, 0, 16 + 4 * image.dims.vocab)]
+    assert step_calls == [("write", card.args_bo.index, 0, 512), ("sync", card.args_bo.index, TO, 512, 0),
+                          ("run", order), ("sync", result, FROM, 64 + 4 * image.dims.vocab, 0),
+                          ("read", result, 0, 64 + 4 * image.dims.vocab)]  # ABI v2 buffer sizes
     assert sum(1 for c in calls if c[0] == "write" and c[2] == 0 and c[1] in hbm_index) == HBM_CHANNELS  # image once
 
     facts = card.facts()
