@@ -4,16 +4,14 @@ It implements the part of pyxrt's API surface the `xrt` backend uses (device, xc
 hw_context, kernel with group_id, bo with write/read/sync/map/size/address, run with
 wait/state, xclBOSyncDirection, ert_cmd_state, xrt_info_device, enumerate_devices),
 records every call on the device object (`device.calls`), and executes a kernel run by
-running the software emulator's W4A8 kernel (fpga_worker/w4a8_kernel.py) on the bytes
-in the "HBM" buffers, per docs/fpga-kernel-abi.md:
+running the kernel source, C-simulated (fpga_worker/kernel_csim.py, built by `make setup`),
+on the bytes of the "HBM" buffers, per docs/fpga-kernel-abi.md (ABI v2):
 
 - every bo has host memory (write/read/map) and device memory; only `sync` copies
   between them, so a missing or mis-sized sync shows up as wrong results;
 - a run takes (args bo, 32 PC bos, result bo) and checks each bo's memory group
-  against `kernel.group_id(arg)`; it reads the weight image from PC bytes [0, kv_base)
-  and the request's KV region at `kv_offset` of every PC, writes the step's K/V back
-  into the region, and the result (status, token, vocab, logits) into the result bo.
-Only LOGITS and GREEDY modes are implemented (TOP_P returns BAD_MODE).
+  against `kernel.group_id(arg)`; the kernel reads the image and the KV pages from the
+  PC bytes, writes the step's K/V into them, and the result into the result bo.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import torch
 
 STAND_IN = True  # the xrt backend reports emulated=True when it runs on this module
 XCL_BO_FLAGS_NONE = 0
