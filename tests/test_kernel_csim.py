@@ -222,3 +222,12 @@ def test_timing_model_counts_the_bursts_the_kernel_source_issues(model_name):
         modeled = sum(ld.count for op in program.operators for ld in op.loads
                       if ld.stream == stream and op.name != "embedding")
         assert counts[STREAMS.index(stream), other_pc] == modeled, stream
+
+
+def test_a_missing_library_is_a_clear_failed_precondition(monkeypatch, tmp_path):
+    from services.errors import FailedPrecondition
+
+    monkeypatch.setattr(kernel_csim, "LIBRARY", tmp_path / "libglitches_csim.so")
+    monkeypatch.setattr(kernel_csim, "_library", None)
+    with pytest.raises(FailedPrecondition, match="run `make setup`"):
+        kernel_csim.library()
