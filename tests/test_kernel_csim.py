@@ -155,6 +155,14 @@ def test_a_paged_block_table_gives_the_same_logits_as_the_contiguous_region():
     paged = _raw_step(card, StepArgs(7, 20, plan.capacity_tokens, block, tuple(pages[:1]), pc_bytes))
     assert contiguous.status == paged.status == KernelStatus.OK
     assert np.array_equal(contiguous.logits.view(np.uint32), paged.logits.view(np.uint32))
+    # and the new token's K/V went to the same bytes of each layout: block 1 of every lane, row 4 (position 20)
+    row = (20 % 16) * plan.head_dim * 2
+    for lane in range(lanes):
+        pc = (lane + 1) % HBM_CHANNELS
+        src = held.kv_offset + lane * plan.slots_per_lane * block + row
+        dst = pages[0] + lane * block + row
+        written = memory[pc, src: src + 2 * plan.head_dim]
+        assert written.any() and torch.equal(written, memory[pc, dst: dst + 2 * plan.head_dim]), lane
 
 
 def test_step_args_refuse_a_table_longer_than_the_abi():
