@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from fpga_worker import reference_ops as ref
 from fpga_worker import w4a8_ops as ops
-from fpga_worker.abi import GROUP_SIZE, KernelStatus, ModelDims, TensorFormat
+from fpga_worker.abi import GROUP_SIZE, KernelStatus, ModelDims
 from fpga_worker.instruction_stream import StepProgram, step_program
 from kv_plane.kv_layout import KvPlan, KvRegion
 from fpga_worker.quant import unpack_scales, unpack_values

@@ -19,7 +19,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, quants
 
 from fpga_worker.abi import (
-    HBM_CHANNELS, HEADER_BYTES, KV_PAGE_TOKENS, MAX_KV_PAGES, VECTOR_COLS, ModelDims, TensorEntry, TensorFormat, as_f32,
+    HBM_CHANNELS, HEADER_BYTES, KV_PAGE_TOKENS, MAX_KV_PAGES, ModelDims, TensorEntry, TensorFormat, as_f32,
     pack_header, place_tensors, tensor_plan, unpack_header,
 )
 from fpga_worker.quant import dequantize, quantize_rtn, split_gguf_blocks
