@@ -177,6 +177,9 @@ def scheduler_cmd(**kwargs) -> None:
                    "from another GPU worker's prefill and decode it, as an FPGA does).")
 @click.option("--kv-staging-gib", default=2.0, type=float, envvar=env_var("kv-staging-gib"), show_default=True,
               help="Decode role: host staging for KV arriving, GiB (a sparse shared-memory segment).")
+@click.option("--prefix-cache/--no-prefix-cache", default=True, envvar=env_var("prefix-cache"), show_default=True,
+              help="Keep finished requests' full KV blocks as evictable cache (per tenant) and reuse them for "
+                   "prompts that start the same way.")
 @kv_intake_options
 @kv_copy_threads_option
 def gpu_worker_cmd(**kwargs) -> None:

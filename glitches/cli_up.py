@@ -79,6 +79,8 @@ class UpOptions:
 @click.option("--kv-transport", default="auto", show_default=True, type=click.Choice(["auto", "shm", "nixl", "grpc"]),
               help="Every worker's --kv-transport.")
 @click.option("--gpu-slots", default=4, type=int, show_default=True, help="GPU-assist decodes per GPU worker.")
+@click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
+              help="GPU workers keep finished requests' full KV blocks as cache and reuse them (per tenant).")
 @click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
 @click.option("--gateway-port", default=None, type=int,

@@ -79,6 +79,8 @@ class ClusterSpec:
     fpga_slots: int = 1
     kv_transport: str = "auto"  # every worker's --kv-transport
     gpu_slots: int = 4  # GPU-assist decodes each GPU worker accepts
+    prefix_cache: bool = True  # GPU workers keep and reuse finished requests' full KV blocks (--prefix-cache)
+    gpu_worker_args: tuple[str, ...] = ()  # extra `glitches gpu-worker` flags for the prefill workers
     gpu_decode_workers: int = 0  # GPU workers started with --roles decode (decode targets, as FPGAs; no prefill)
     threads_per_worker: int = 0  # 0 = split the CPUs between workers
     gateway_port: int | None = None  # also start the OpenAI-compatible HTTP gateway (0 = any free port)
@@ -221,7 +223,8 @@ class LocalCluster:
             # prefill is compute-bound: a GPU worker may use every core
             self._daemon(f"gpu-{i}", "gpu-worker", "--worker-id", f"gpu-{i}", "--threads",
                          str(self.spec.threads_per_worker or cpus), "--kv-transport", self.spec.kv_transport,
-                         "--slots", str(self.spec.gpu_slots))
+                         "--slots", str(self.spec.gpu_slots),
+                         "--prefix-cache" if self.spec.prefix_cache else "--no-prefix-cache", *self.spec.gpu_worker_args)
         for i in range(self.spec.gpu_decode_workers):
             self._daemon(f"gpu-decode-{i}", "gpu-worker", "--worker-id", f"gpu-decode-{i}", "--roles", "decode",
                          "--threads", str(threads), "--kv-transport", self.spec.kv_transport,

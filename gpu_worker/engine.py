@@ -17,6 +17,7 @@ import torch
 
 from gpu_worker.kv_pool import KvPool
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
+from gpu_worker.prefix_index import DEFAULT_SALT, block_hashes, root_hash
 from gpu_worker.request_kv import RequestKv
 from gpu_worker.request_table import RequestTable
 from gpu_worker.settings import GpuWorkerSettings
@@ -46,6 +47,7 @@ class PrefillResult:
     first_logprob: TokenLogprob | None = None  # with sampling.logprobs
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # with sampling.prompt_logprobs: prompt[1:], in order
     kv_transport: str = ""  # "grpc", "shm" or "nixl"; "" when decoding locally
+    cached_tokens: int = 0  # leading prompt tokens whose KV came from the prefix cache (not computed)
 
 
 def kv_budget_bytes(settings: GpuWorkerSettings, device: str) -> int:
@@ -83,7 +85,9 @@ class GpuEngine:
         # every request's KV in one tensor of blocks, and the one allocator of them (allocated once; on the
         # CPU stand-in only the pages written are backed), so a step's decodes read and write it with one op per layer
         self.pool = KvPool(max(1, kv_budget_bytes(settings, self.device) // block_bytes), self.num_layers,
-                           self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device)
+                           self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device,
+                           prefix_cache=settings.prefix_cache)
+        self._model_key = f"{source.name}|{source.path}|{self.dtype}"  # what KV depends on, for the hash chain
         self.requests = RequestTable(self.pool, settings.slots, lambda block_ids: RequestKv(
             len(block_ids), self.num_layers, self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device,
             self.pool, block_ids))
@@ -111,7 +115,7 @@ class GpuEngine:
     # --- prefill -----------------------------------------------------------
     def prefill(self, request_id: str, prompt: list[int], sampling: Sampling,
                 open_kv: Callable[[int, int], LayerSender] | None, generated: list[int] = (),
-                cancelled: Callable[[], bool] = lambda: False) -> PrefillResult:
+                cancelled: Callable[[], bool] = lambda: False, cache_salt: bytes = b"") -> PrefillResult:
         """Prefill `prompt` + `generated`; stream its KV out through `open_kv`, or keep it here (GPU assist) when None.
 
         `generated` holds tokens the request produced before a migration; the returned
@@ -120,6 +124,12 @@ class GpuEngine:
         worker has admitted the request; its sender's put_layer runs in the cache hook.
         With sampling.prompt_logprobs the loop keeps every prompt position's logits and scores
         prompt[1:]; with a response format the first token is sampled under its grammar. GPU assist is refused with RESOURCE_EXHAUSTED when no slot or KV is free.
+
+        Prefix cache (--prefix-cache): the cached full blocks of `prompt` + `generated` under `cache_salt`
+        (the tenant, set by the scheduler from the authenticated API key; b"": the default tenant) are
+        reused and only the rest is computed (never the last token, whose logits are needed); a prefill
+        asking for prompt logprobs reads nothing from the cache. A streaming prefill still sends every
+        layer's whole KV (cached + computed), so the decode target sees no difference.
         """
         generated = list(generated)
         if not prompt:
@@ -136,14 +146,19 @@ class GpuEngine:
         if max(tokens) >= vocab or min(tokens) < 0:
             raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {vocab})")
         gpu_assist = open_kv is None
+        root = root_hash(self._model_key, cache_salt or DEFAULT_SALT) if self.settings.prefix_cache else None
+        # names of the full blocks before the last token (that one is always computed, for its logits)
+        reusable = block_hashes(tokens[:-1], root) if root is not None and not sampling.prompt_logprobs else []
         held = self.requests.admit(request_id, len(prompt) + sampling.max_new_tokens if gpu_assist else len(tokens),
-                                   gpu_assist, wait_s=self.settings.kv_wait_s, cancelled=cancelled)
+                                   gpu_assist, wait_s=self.settings.kv_wait_s, cancelled=cancelled, prefix=reusable)
+        held.kv.root, held.kv.tokens = root, list(tokens)
+        cached = held.kv.cached_tokens
         sender = None
         try:
             if not gpu_assist:
                 sender = open_kv(len(tokens), len(prompt) + sampling.max_new_tokens)
             job = PrefillJob(held.kv, tokens, sampling, len(generated), sender.put_layer if sender else None,
-                             cancelled, prompt_len=len(prompt), constraint=constraint)
+                             cancelled, prompt_len=len(prompt), constraint=constraint, done_tokens=cached)
             started = time.monotonic()
             first, first_logprob, scored, prefill_end = self._wait(self.loop.submit_prefill(job), cancelled)
         except KvTransferFailed:
@@ -162,7 +177,7 @@ class GpuEngine:
             if finish is not None:  # nothing left to decode: the KV is not needed
                 self.requests.release(request_id)
             return PrefillResult(first, prefill_end - started, 0, 0.0, 0.0, self.num_layers, self.num_layers, finish,
-                                 first_logprob, scored)
+                                 first_logprob, scored, cached_tokens=cached)
         self.requests.release(request_id)  # the sender holds copies of every layer
         transfer = sender.finish()
         received_in_time = sum(1 for t in transfer.layer_received_unix_s if t <= prefill_end_unix)
@@ -171,7 +186,7 @@ class GpuEngine:
             kv_transfer_s=transfer.done_monotonic - transfer.first_send_monotonic,
             kv_exposed_s=max(0.0, transfer.done_monotonic - prefill_end),
             layers_received_before_prefill_end=received_in_time, num_layers=self.num_layers, finish=finish,
-            first_logprob=first_logprob, prompt_logprobs=scored, kv_transport=sender.transport)
+            first_logprob=first_logprob, prompt_logprobs=scored, kv_transport=sender.transport, cached_tokens=cached)
 
     @staticmethod
     def _wait(future, cancelled: Callable[[], bool]):

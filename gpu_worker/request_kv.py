@@ -5,6 +5,12 @@
 write() scatters a chunk into the pool; read() returns the first `length` tokens of a layer as
 [1, H_kv, length, D] (a view when the request's blocks are consecutive, else a gathered copy).
 A RequestKv made without a pool gets a private one of exactly its blocks (tests, benchmarks).
+
+Prefix cache: `cached_tokens` leading tokens came from cached blocks (already written: `length`
+starts there); `tokens` are the ids whose KV sits at positions 0.. (the prefill's tokens, then each
+decoded token fed); with a chain `root` (gpu_worker/prefix_index.py), free() names the full blocks
+of tokens[:length] so the pool keeps them as cache. Without a root nothing is named (KV that arrived
+from elsewhere, or reuse off).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from gpu_worker.kv_pool import KvPool
+from gpu_worker.prefix_index import block_hashes
 from kv_plane.kv_abi import KV_BLOCK_TOKENS
 
 
@@ -25,15 +32,19 @@ class RequestKv:
         ids = torch.tensor(self.block_ids, dtype=torch.long)
         self.slots = (ids.repeat_interleave(KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS
                       + torch.arange(KV_BLOCK_TOKENS).repeat(blocks)).to(device)  # [capacity]
-        # the pool hands out ascending distinct ids, so they are one run when the last is first + blocks - 1
-        one_run = blocks > 0 and self.block_ids[-1] - self.block_ids[0] == blocks - 1
+        # one run of consecutive ids (cached blocks then fresh ones need not be): reads can be views
+        one_run = blocks > 0 and self.block_ids == list(range(self.block_ids[0], self.block_ids[0] + blocks))
         self._base = self.block_ids[0] * KV_BLOCK_TOKENS if one_run else None  # first slot, when reads can be views
         self.length = 0  # tokens written and complete in every layer
+        self.cached_tokens = 0  # leading tokens whose KV came from the prefix cache (a multiple of 16)
+        self.tokens: list[int] = []  # token ids at positions 0.. (for naming blocks at free)
+        self.root: bytes | None = None  # chain start (model, tenant salt); None: publish nothing
 
     def free(self) -> None:
         """Give the blocks back to the pool (the request is released); the object must not be used after."""
         if self.block_ids:
-            self.pool.give(self.block_ids)
+            names = block_hashes(self.tokens[:self.length], self.root) if self.root is not None else []
+            self.pool.give(self.block_ids, names)
             self.block_ids = []
 
     def write(self, layer: int, start: int, key: torch.Tensor, value: torch.Tensor) -> None:

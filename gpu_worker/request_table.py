@@ -49,8 +49,11 @@ class RequestTable:
         self._cond = threading.Condition()
 
     def admit(self, request_id: str, tokens: int, gpu_assist: bool, wait_s: float = 0.0,
-              cancelled: Callable[[], bool] = lambda: False) -> HeldRequest:
-        """Hold `request_id` with KV for `tokens` tokens, or raise (see the module docstring)."""
+              cancelled: Callable[[], bool] = lambda: False, prefix: list[bytes] = ()) -> HeldRequest:
+        """Hold `request_id` with KV for `tokens` tokens, or raise (see the module docstring).
+
+        prefix: chain names of the prompt's full blocks that may be reused (gpu_worker/prefix_index.py);
+        the held kv's cached_tokens (and length) then cover the cached ones, which need no computing."""
         blocks = blocks_for(tokens)
         if blocks > self.pool.total_blocks:
             raise ResourceExhausted(f"{tokens} tokens of KV ({blocks} blocks of {KV_BLOCK_TOKENS}) exceed this GPU "
@@ -64,8 +67,9 @@ class RequestTable:
                 if gpu_assist and assists >= self.slots:
                     raise ResourceExhausted(f"all {self.slots} GPU-assist slots of this worker are taken; retry in "
                                             f"about {RETRY_AFTER_S:.0f} s", retry_after_s=RETRY_AFTER_S)
-                block_ids = self.pool.try_take(blocks)
-                if block_ids is not None:
+                taken = self.pool.take_prefixed(list(prefix), blocks)
+                if taken is not None:
+                    block_ids, hits = taken
                     break
                 remaining = deadline - time.monotonic()
                 if gpu_assist or remaining <= 0 or cancelled():
@@ -75,6 +79,7 @@ class RequestTable:
                 self._cond.wait(timeout=min(remaining, 0.1))
             try:
                 held = HeldRequest(request_id, gpu_assist, blocks, self._kv_factory(block_ids))
+                held.kv.cached_tokens = held.kv.length = hits * KV_BLOCK_TOKENS
             except BaseException:
                 self.pool.give(block_ids)
                 raise

@@ -34,6 +34,7 @@ class GpuWorkerSettings(DaemonSettings):
     kv_stall_timeout_s: float = 30.0  # decode role: longest gap between two messages of one KV stream, seconds
     max_kv_streams: int = 64  # decode role: KV streams served at once
     kv_copy_threads: int = kv_copy_threads.DEFAULT_THREADS  # threads of one KV relayout (K and V side by side)
+    prefix_cache: bool = True  # keep finished requests' full KV blocks as evictable cache and reuse them
 
     def __post_init__(self):
         super().__post_init__()

@@ -215,6 +215,8 @@ class StepLoop:
         row = 0
         done = []
         for job in decodes:
+            if len(job.kv.tokens) == job.position:  # the fed token's KV is now at `position` (names cache blocks)
+                job.kv.tokens.append(job.generated[-1])
             job.kv.length = job.position + 1
             row_logits = logits[row]  # [vocab]
             row += 1
