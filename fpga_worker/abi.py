@@ -19,19 +19,18 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+from kv_plane.kv_abi import HBM_CHANNELS, KV_ALIGN, KV_BLOCK_TOKENS, KV_ELEMENT_BYTES
 from services.errors import InvalidArgument
 
 ABI_VERSION = 2
 MAGIC = b"GLWI"  # "GLITCHES weight image"
-HBM_CHANNELS = 32  # U280 HBM2 pseudo-channels
+# HBM_CHANNELS (32 PCs), KV_BLOCK_TOKENS (16), KV_ELEMENT_BYTES (2, float16) and KV_ALIGN (4 KiB) come from
+# kv_plane.kv_abi: the KV region is the part of this ABI that every sender and decode device shares.
 CHANNEL_BYTES = 256 * 1024 * 1024  # bytes per pseudo-channel (8 GiB / 32)
 HBM_BYTES = HBM_CHANNELS * CHANNEL_BYTES
 GROUP_SIZE = 32  # weights per quantization group (along the input dimension)
-KV_BLOCK_TOKENS = 16  # tokens per KV block (the unit of one KV load)
-KV_ELEMENT_BYTES = 2  # KV is IEEE float16, little-endian
 HEADER_BYTES = 64 * 1024  # header area at the start of every PC (only PC 0's is written)
 TENSOR_ALIGN = 256  # every tensor slice starts on a 256-byte boundary inside a PC
-KV_ALIGN = 4096  # the KV region starts on a 4 KiB boundary inside a PC
 PLANE_ALIGN = 64  # the scale plane starts on a 64-byte boundary after the nibble plane
 ROW_ALIGN = 64  # every row of every plane is padded to a multiple of 64 bytes (one AXI beat of 512 bits)
 NAME_BYTES = 32  # tensor name field in the header table, ASCII, NUL padded

@@ -1,8 +1,8 @@
 """The KV region's part of the card ABI (docs/fpga-kernel-abi.md, "KV region").
 
 Every sender lays KV out by these numbers and every decode device that takes placed KV
-reads by them, so they live below the device packages. `fpga_worker/abi.py` states the same
-values for the whole card; tests/test_import_rules.py checks that the two agree.
+reads by them, so they live below the device packages. `fpga_worker/abi.py` (the whole card's
+ABI) imports them from here, so they are stated once.
 """
 
 HBM_CHANNELS = 32  # U280 HBM2 pseudo-channels (PCs); a lane's blocks rotate over all of them
