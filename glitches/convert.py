@@ -62,7 +62,7 @@ def event(message: scheduler_pb2.GenerateResponse) -> TextChunk | Completion:
                       decode_device=f.decode_device, decode_worker=f.decode_worker, prefill_worker=f.prefill_worker,
                       prompt_tokens=f.usage.prompt_tokens, completion_tokens=f.usage.completion_tokens,
                       timings=timings, migrations=f.migrations, logprobs=logprobs(f.logprobs),
-                      prompt_logprobs=logprobs(f.prompt_logprobs))
+                      prompt_logprobs=logprobs(f.prompt_logprobs), cached_tokens=f.usage.cached_tokens)
 
 
 def status(message: scheduler_pb2.StatusResponse) -> ClusterStatus:

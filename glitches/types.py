@@ -69,6 +69,7 @@ class Completion:
     logprobs: tuple[TokenLogprob, ...] = ()  # one per generated token, with logprobs=True
     # one per prompt token after the first (the first has no score), with prompt_logprobs=True
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    cached_tokens: int = 0  # of prompt_tokens, those whose KV the GPU reused from its prefix cache
 
     def to_dict(self) -> dict:
         out = asdict(self)

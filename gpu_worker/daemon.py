@@ -70,6 +70,14 @@ class GpuDevice(worker_runtime.WorkerDevice):
         engine = self.engine
         metrics.GPU_KV_FREE_BLOCKS.set_function(lambda: engine.pool.free_blocks)
         metrics.GPU_ASSIST_ACTIVE.set_function(engine.requests.assist_active)
+        pool = engine.pool
+        metrics.GPU_PREFIX_CACHED_BLOCKS.set_function(lambda: pool.cached_blocks)
+        metrics.GPU_PREFIX_EVICTABLE_BLOCKS.set_function(lambda: pool.evictable_blocks)
+        metrics.GPU_PREFIX_EVICTIONS.set_function(lambda: pool.evictions)
+        metrics.GPU_PREFIX_LOOKUP_BLOCKS.set_function(lambda: pool.lookup_blocks)
+        metrics.GPU_PREFIX_HIT_BLOCKS.set_function(lambda: pool.hit_blocks)
+        metrics.GPU_PREFIX_HIT_RATE.set_function(lambda: pool.hit_blocks / pool.lookup_blocks if pool.lookup_blocks
+                                                 else 0.0)
         watch_cuda_device(self.role, engine.device)
         if self.intake is not None:  # decode role: the KV streams it receives
             metrics.publish_kv_intake(self.role, self.servicer)

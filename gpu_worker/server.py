@@ -123,7 +123,7 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
             num_layers=result.num_layers, finish_reason=FINISH_TO_PROTO[result.finish],
             first_token_logprobs=logprob_to_proto(result.first_logprob) if result.first_logprob else None,
             prompt_logprobs=[logprob_to_proto(r) for r in result.prompt_logprobs],
-            kv_transport=result.kv_transport)
+            kv_transport=result.kv_transport, cached_tokens=result.cached_tokens)
 
     def _intake(self) -> KvSink:
         if self.intake is None:

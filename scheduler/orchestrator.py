@@ -101,6 +101,7 @@ class Final:
     migrations: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens whose KV the first prefill reused from the GPU's prefix cache
 
 
 def kv_bytes_needed(workers, tokens: int, role: str = ROLE_DECODE) -> int:
@@ -365,7 +366,7 @@ class Orchestrator:
         metrics.REQUESTS_FINISHED.labels(run.decode_device).inc()
         return Final(run.request_id, run.prompt_ids, run.tokens, run.detok.text, run.finish, run.decode_device,
                      run.decode_worker, run.prefill_worker, timings, run.migrations, run.logprobs,
-                     run.prompt_logprobs or [])
+                     run.prompt_logprobs or [], min(run.prefills[0].cached_tokens, len(run.prompt_ids)))
 
     def _prefill(self, gpu: WorkerState, decoder: WorkerState | None, claim_id: str, run: _Run) -> PrefillResult:
         """Prefill on `gpu`, the KV streaming to `decoder` (None: GPU assist). A GPU refusing GPU assist is

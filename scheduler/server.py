@@ -51,7 +51,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 text=event.text, finish_reason=FINISH_TO_PROTO[event.finish], decode_device=event.decode_device,
                 decode_worker=event.decode_worker, prefill_worker=event.prefill_worker,
                 usage=scheduler_pb2.Usage(prompt_tokens=len(event.prompt_token_ids),
-                                          completion_tokens=len(event.token_ids)),
+                                          completion_tokens=len(event.token_ids),
+                                          cached_tokens=event.cached_tokens),
                 timings=scheduler_pb2.Timings(**t), migrations=event.migrations,
                 logprobs=[logprob_to_proto(r) for r in event.logprobs],
                 prompt_logprobs=[logprob_to_proto(r) for r in event.prompt_logprobs]))

@@ -130,6 +130,23 @@ GPU_KV_FREE_BLOCKS = Gauge("glitches_gpu_kv_free_blocks", "Free KV blocks of the
                            registry=_GPU[0])
 GPU_ASSIST_ACTIVE = Gauge("glitches_gpu_assist_requests", "GPU-assist requests held (KV kept on this GPU)",
                           registry=_GPU[0])
+# The GPU worker's prefix cache (gpu_worker/prefix_index.py); all 0 with --no-prefix-cache
+GPU_PREFIX_CACHED_BLOCKS = Gauge("glitches_gpu_prefix_cached_blocks",
+                                 "KV blocks named in the prefix cache (16 tokens each), used by requests or evictable",
+                                 registry=_GPU[0])
+GPU_PREFIX_EVICTABLE_BLOCKS = Gauge("glitches_gpu_prefix_evictable_blocks",
+                                    "Prefix-cache blocks no request uses (counted as free: evicted when needed)",
+                                    registry=_GPU[0])
+GPU_PREFIX_EVICTIONS = Gauge("glitches_gpu_prefix_evictions", "Prefix-cache blocks evicted since the worker started",
+                             registry=_GPU[0])
+GPU_PREFIX_LOOKUP_BLOCKS = Gauge("glitches_gpu_prefix_lookup_blocks",
+                                 "Full prompt blocks looked up in the prefix cache since the worker started",
+                                 registry=_GPU[0])
+GPU_PREFIX_HIT_BLOCKS = Gauge("glitches_gpu_prefix_hit_blocks",
+                              "Of the blocks looked up, those found cached (reused, not computed)", registry=_GPU[0])
+GPU_PREFIX_HIT_RATE = Gauge("glitches_gpu_prefix_hit_rate",
+                            "Prefix-cache hit rate since the worker started: hit blocks / looked-up blocks (0 before "
+                            "any lookup)", registry=_GPU[0])
 
 # --- every worker that receives KV (FPGA workers, decode-role GPU workers: decode_contract/kv_intake_rpcs.py) ---
 KV_RECEIVED_BYTES = _Shared(Counter, "glitches_kv_received_bytes", "KV bytes received into device memory",

@@ -58,6 +58,7 @@ class PrefillResult:
     kv_transport: str = ""  # "shm", "nixl", "grpc"; "" for GPU assist
     layers_received_before_prefill_end: int = 0
     num_layers: int = 0
+    cached_tokens: int = 0  # leading prompt tokens the GPU reused from its prefix cache (not computed)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class WorkerClient:
             prompt_logprobs=[logprob_from_proto(m) for m in done.prompt_logprobs], prefill_s=done.prefill_s,
             kv_bytes=done.kv_bytes, kv_exposed_s=done.kv_exposed_s, kv_transfer_s=done.kv_transfer_s,
             kv_transport=done.kv_transport, layers_received_before_prefill_end=done.layers_received_before_prefill_end,
-            num_layers=done.num_layers)
+            num_layers=done.num_layers, cached_tokens=done.cached_tokens)
 
     def _prefill_error(self, error: grpc.RpcError, worker: WorkerRecord, target: WorkerRecord | None,
                        request_id: str) -> Exception:

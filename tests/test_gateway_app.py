@@ -78,7 +78,8 @@ def test_completion_shape_and_sampling_arguments(app):
     body = reply.json()
     assert body["object"] == "text_completion" and body["choices"][0]["text"] == "Hello world"
     assert body["choices"][0]["finish_reason"] == "length"
-    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     prompt, kwargs = gateway.client.calls[0]
     assert prompt == "Hi" and kwargs == dict(chat=False, max_tokens=5, temperature=0.0, top_p=1.0, seed=3,
                                              stop=("x",), model="tiny", ignore_eos=False, min_tokens=0,

@@ -60,7 +60,8 @@ def test_lists_of_prompts_times_n_are_indexed_seeded_and_summed(app):
     assert [(p, k["seed"]) for p, k in gateway.client.calls] == [([504, 3575], 7), ([504, 3575], 8), ([504], 7),
                                                                  ([504], 8)]
     # prompt tokens once per prompt (the fake reports 2 for each), completion tokens of every choice
-    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 8, "total_tokens": 12}
+    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 8, "total_tokens": 12,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert gateway.client.closed == 4
 
 

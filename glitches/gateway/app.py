@@ -373,7 +373,9 @@ async def _close(streams) -> None:
 def _usage(renders: list[ChoiceRender], finals: list[Completion]) -> dict:
     """Prompt tokens once per prompt (not per choice, as OpenAI counts n), completion tokens of every choice."""
     prompt_tokens = {r.spec.prompt_index: f.prompt_tokens for r, f in zip(renders, finals)}
-    return usage_of(sum(prompt_tokens.values()), sum(r.completion_tokens(f) for r, f in zip(renders, finals)))
+    cached = {r.spec.prompt_index: f.cached_tokens for r, f in zip(renders, finals)}  # once per prompt
+    return usage_of(sum(prompt_tokens.values()), sum(r.completion_tokens(f) for r, f in zip(renders, finals)),
+                    sum(cached.values()))
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:

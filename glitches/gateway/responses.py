@@ -17,12 +17,14 @@ def finish_reason(completion: Completion) -> str:
 
 
 def usage(completion: Completion) -> dict:
-    return usage_of(completion.prompt_tokens, completion.completion_tokens)
+    return usage_of(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens)
 
 
-def usage_of(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage; cached_tokens: prompt tokens the GPU reused from its prefix cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def sse(data: dict | str) -> bytes:
