@@ -22,6 +22,8 @@ from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from services.tls import PLAINTEXT, TlsConfig
 from services.worker_caps import DECODE_CLASS_GPU, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL, ordered_roles
 
+MAX_CACHE_SALT_BYTES = 64  # PrefillRequest.cache_salt: the scheduler sends a 32-byte digest
+
 
 class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerServicer):
     """roles (services.worker_caps): prefill, assist (GPU assist) and decode (KV from another worker's prefill,
@@ -96,6 +98,8 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
         if not request.target.address and ROLE_ASSIST not in self.roles:
             raise FailedPrecondition(f"worker {self.worker_id} runs without the assist role: it prefills only for "
                                      "a decode target (Prefill needs target.address)")
+        if len(request.cache_salt) > MAX_CACHE_SALT_BYTES:
+            raise InvalidArgument(f"cache_salt is {len(request.cache_salt)} bytes; at most {MAX_CACHE_SALT_BYTES}")
         sampling = Sampling.from_proto(request.sampling)
         check_sampling(sampling)
         if sampling.max_new_tokens < 1:
@@ -106,7 +110,8 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
             open_kv = kv_target(target, request.request_id, self.engine.num_layers, request.target.kv_token,
                                 self.transports.choose(target), self.engine.settings.kv_transfer_timeout_s)
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, open_kv,
-                                     list(request.generated_token_ids), cancelled=lambda: not context.is_active())
+                                     list(request.generated_token_ids), cancelled=lambda: not context.is_active(),
+                                     cache_salt=request.cache_salt)
         if target is None and result.finish is None:  # GPU assist: the KV stays here, held until Decode or expiry
             tokens = len(request.prompt_token_ids) + len(request.generated_token_ids)
             self.holds.hold(request.request_id, tokens * self.engine.kv_bytes_per_token)

@@ -77,6 +77,7 @@ class _Run:
     prefill_worker: str = ""
     cancelled: object = lambda: False  # the client went away
     refused_since: float | None = None  # monotonic time a GPU first refused this request's GPU assist
+    cache_salt: bytes = b""  # the tenant's prefix-cache salt (GenerateInput.cache_salt)
 
 
 @dataclass
@@ -213,7 +214,8 @@ class Orchestrator:
         time_remaining() -> seconds left of the caller's deadline (None: none); a queued request gives up
         in time to answer RESOURCE_EXHAUSTED rather than run into it.
         """
-        run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic(), cancelled=cancelled)
+        run = _Run(uuid.uuid4().hex, *self.validate(request), arrived=time.monotonic(), cancelled=cancelled,
+                   cache_salt=request.cache_salt)
         run.detok = Detokenizer(self.model.text_of, run.sampling.stop, run.sampling.min_tokens)
         with self.admission.slot(cancelled, time_remaining):
             yield from self._run(run)
@@ -378,7 +380,8 @@ class Orchestrator:
             token = self.kv_tokens.issue(claim_id, decoder.record.worker_id)
         try:
             return self.workers.prefill(gpu.record, claim_id, run.prompt_ids, sampling, run.tokens,
-                                        target=decoder.record if decoder is not None else None, kv_token=token)
+                                        target=decoder.record if decoder is not None else None, kv_token=token,
+                                        cache_salt=run.cache_salt)
         except WorkerFull as error:  # GPU assist refused by the GPU
             run.refused_since = run.refused_since or time.monotonic()
             if time.monotonic() - run.refused_since < self.settings.queue_wait_s and not run.cancelled():

@@ -9,7 +9,7 @@ from scheduler.orchestrator import Delta, Orchestrator
 from scheduler.settings import SchedulerSettings
 from scheduler.validation import GenerateInput, ModelInfo
 from services import models
-from services.api_keys import ApiKeyInterceptor
+from services.api_keys import METADATA_KEY, ApiKeyInterceptor, bearer_key, tenant_salt
 from services.rate_limit import KeyRateLimiter
 from services.daemon import configure_logging, run_until_signalled
 from services.errors import Unavailable
@@ -34,9 +34,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         self.orchestrator = orchestrator
 
     def Generate(self, request, context):
+        key = bearer_key(dict(context.invocation_metadata() or ()).get(METADATA_KEY))
         generate = GenerateInput(prompt=request.prompt, chat=request.chat,
                                  sampling=Sampling.from_proto(request.sampling), model=request.model,
-                                 prompt_token_ids=tuple(request.prompt_token_ids))
+                                 prompt_token_ids=tuple(request.prompt_token_ids),
+                                 cache_salt=tenant_salt(key, self.orchestrator.settings.api_keys))
         for event in self.orchestrator.generate(generate, cancelled=lambda: not context.is_active(),
                                                 time_remaining=context.time_remaining):
             if isinstance(event, Delta):

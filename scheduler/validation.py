@@ -26,6 +26,7 @@ class GenerateInput:
     sampling: Sampling
     model: str = ""
     prompt_token_ids: tuple[int, ...] = ()  # the prompt as token ids (then `prompt` is empty, `chat` ignored)
+    cache_salt: bytes = b""  # the tenant's prefix-cache salt, from the authenticated API key (scheduler/server.py)
 
 
 class ModelInfo:

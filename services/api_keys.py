@@ -8,6 +8,7 @@ open so probes need no key. Keys are compared in constant time.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def load_api_keys(path: str = "", listed: str = "") -> tuple[str, ...]:
         if not keys:
             raise InvalidArgument(f"the API keys file {path!r} holds no key; put one key per line")
     return tuple(dict.fromkeys(keys))
+
+
+def tenant_salt(key: str | None, keys: tuple[str, ...]) -> bytes:
+    """The prefix-cache salt of the tenant that authenticated with `key` (SHA-256 of it, 32 bytes), so two
+    keys never share cached KV; b"" (the default tenant) when no keys are configured or `key` is not one."""
+    if not keys or not is_valid(key, keys):
+        return b""
+    return hashlib.sha256(b"glitches-tenant\0" + key.encode()).digest()
 
 
 def bearer_key(value: str | None) -> str | None:

@@ -122,15 +122,17 @@ class WorkerClient:
         return self._stubs.get(address)
 
     def prefill(self, worker: WorkerRecord, request_id: str, prompt_ids: list[int], sampling: Sampling,
-                generated: list[int], target: WorkerRecord | None = None, kv_token: str = "") -> PrefillResult:
-        """Prefill prompt + `generated` on `worker`, streaming the KV to `target` (None: GPU assist, the KV stays)."""
+                generated: list[int], target: WorkerRecord | None = None, kv_token: str = "",
+                cache_salt: bytes = b"") -> PrefillResult:
+        """Prefill prompt + `generated` on `worker`, streaming the KV to `target` (None: GPU assist, the KV stays);
+        cache_salt: the tenant's prefix-cache salt (b"": the default tenant)."""
         decode_target = worker_pb2.DecodeTarget()
         if target is not None:
             decode_target = worker_pb2.DecodeTarget(address=target.address, worker_id=target.worker_id,
                                                     kv_token=kv_token)
         request = worker_pb2.PrefillRequest(request_id=request_id, prompt_token_ids=prompt_ids,
                                             sampling=sampling.to_proto(common_pb2.SamplingParams),
-                                            target=decode_target, generated_token_ids=generated,
+                                            target=decode_target, generated_token_ids=generated, cache_salt=cache_salt,
                                             auth_token=self._auth("prefill", request_id, worker.worker_id))
         try:
             done = self._stub(worker.address).Prefill(request, timeout=self.prefill_timeout_s)

@@ -5,6 +5,7 @@ tokens are reported; prompt logprobs read nothing from the cache; nothing leaks.
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from fpga_worker.emu_backend import EmulatedCard
@@ -13,6 +14,7 @@ from gpu_worker.engine import GpuEngine
 from gpu_worker.server import GpuWorkerServicer
 from gpu_worker.settings import GpuWorkerSettings
 from services import models
+from services.api_keys import tenant_salt
 from services.channels import insecure_channel
 from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.greedy_reference import TOLERANCE_FP32, compare, greedy
@@ -110,3 +112,26 @@ def test_prompt_logprobs_read_nothing_from_the_cache(node):
     assert cached == 0
     again, cached_again = _generate(node, "on", "lp-plain", prompt, False)
     assert cached_again == 48 and again == tokens
+
+
+def test_tenants_never_share_cached_blocks(node):
+    """The scheduler's salt (from the API key) separates tenants; the same salt hits; a huge salt is refused."""
+    prompt = list(range(500, 560))
+
+    def cached(rid: str, salt: bytes) -> int:
+        params = common_pb2.SamplingParams(max_new_tokens=1)
+        return node["on_stub"].Prefill(worker_pb2.PrefillRequest(request_id=rid, prompt_token_ids=prompt,
+                                                                  sampling=params, cache_salt=salt)).cached_tokens
+
+    alice, bob = tenant_salt("key-of-alice", ("key-of-alice", "key-of-bob")), tenant_salt("key-of-bob",
+                                                                                          ("key-of-alice", "key-of-bob"))
+    assert len(alice) == 32 and alice != bob
+    assert tenant_salt("key-of-eve", ("key-of-alice",)) == b"" == tenant_salt("key-of-alice", ())
+    assert cached("t-alice-1", alice) == 0
+    assert cached("t-bob-1", bob) == 0
+    assert cached("t-default-1", b"") == 0
+    assert cached("t-alice-2", alice) == 48
+    with pytest.raises(grpc.RpcError) as refused:
+        cached("t-huge", b"x" * 65)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert node["on"].pool.free_blocks == node["on"].pool.total_blocks

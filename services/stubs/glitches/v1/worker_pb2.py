@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.stubs.glitches.v1 import common_pb2 as glitches_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18glitches/v1/worker.proto\x12\x0bglitches.v1\x1a\x18glitches/v1/common.proto\"\r\n\x0bInfoRequest\"\x89\x05\n\x0cInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.glitches.v1.DeviceKind\x12\x11\n\tkind_name\x18\x0f \x01(\t\x12\r\n\x05roles\x18\x10 \x03(\t\x12\x14\n\x0c\x64\x65\x63ode_class\x18\x11 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x65mulated\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\r\n\x05slots\x18\x07 \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x08 \x01(\r\x12\x19\n\x11kv_capacity_bytes\x18\t \x01(\x04\x12\x15\n\rkv_free_bytes\x18\n \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x0b \x01(\x04\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x14\n\x0chttp_address\x18\r \x01(\t\x12\x1a\n\x12kv_tokens_required\x18\x0e \x01(\x08\x12\x15\n\rkv_transports\x18( \x03(\t\x12\x15\n\rhost_identity\x18) \x01(\t\x12\x13\n\x0bshm_segment\x18* \x01(\t\x12\x12\n\nnixl_agent\x18+ \x01(\t\x12\x15\n\rkv_held_bytes\x18< \x01(\x04\x12\x19\n\x11\x65xpiring_requests\x18= \x01(\r\x12\x15\n\rkv_hold_ttl_s\x18> \x01(\x01\x12\x1d\n\x15request_auth_required\x18? \x01(\x08\x12\x1b\n\x13gpu_assist_requests\x18\x32 \x01(\r\x12\x16\n\x0ekv_free_blocks\x18\x33 \x01(\x04\x12\x17\n\x0fkv_block_tokens\x18\x34 \x01(\r\"D\n\x0c\x44\x65\x63odeTarget\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08kv_token\x18\x03 \x01(\t\"\xc9\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12)\n\x06target\x18\x04 \x01(\x0b\x32\x19.glitches.v1.DecodeTarget\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\x12\x12\n\nauth_token\x18< \x01(\t\"\x89\x03\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\x12\x14\n\x0ckv_exposed_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\x12*\n\"layers_received_before_prefill_end\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x30\n\rfinish_reason\x18\x08 \x01(\x0e\x32\x19.glitches.v1.FinishReason\x12\x38\n\x14\x66irst_token_logprobs\x18\x14 \x01(\x0b\x32\x1a.glitches.v1.TokenLogprobs\x12\x33\n\x0fprompt_logprobs\x18\x15 \x03(\x0b\x32\x1a.glitches.v1.TokenLogprobs\x12\x14\n\x0ckv_transport\x18( \x01(\t\x12\x15\n\rcached_tokens\x18) \x01(\r\"\x89\x01\n\x07KvChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.glitches.v1.KvHeaderH\x00\x12*\n\x05layer\x18\x02 \x01(\x0b\x32\x19.glitches.v1.KvLayerChunkH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.glitches.v1.KvEndH\x00\x42\x06\n\x04\x62ody\"\xa0\x01\n\x08KvHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x16\n\x0ereserve_tokens\x18\x03 \x01(\r\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x10\n\x08kv_token\x18\x05 \x01(\t\x12\x14\n\x0ckv_transport\x18( \x01(\t\x12\x15\n\rhost_identity\x18) \x01(\t\"\x90\x01\n\x0fKvPlacedControl\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.glitches.v1.KvHeaderH\x00\x12)\n\x07written\x18\x02 \x01(\x0b\x32\x16.glitches.v1.KvWrittenH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.glitches.v1.KvEndH\x00\x42\x06\n\x04\x62ody\"=\n\tKvWritten\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x11\n\tseq_start\x18\x02 \x01(\r\x12\x0e\n\x06tokens\x18\x03 \x01(\r\"w\n\rKvPlacedReply\x12-\n\tplacement\x18\x01 \x01(\x0b\x32\x18.glitches.v1.KvPlacementH\x00\x12/\n\x04\x64one\x18\x02 \x01(\x0b\x32\x1f.glitches.v1.TransferKVResponseH\x00\x42\x06\n\x04\x62ody\"\xc5\x02\n\x0bKvPlacement\x12\x14\n\x0ckv_transport\x18\x01 \x01(\t\x12\x11\n\tkv_offset\x18\x02 \x01(\x04\x12\x15\n\rchannel_bytes\x18\x03 \x01(\x04\x12 \n\x18region_bytes_per_channel\x18\x04 \x01(\x04\x12\x17\n\x0f\x63\x61pacity_tokens\x18\x05 \x01(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x10\n\x08kv_heads\x18\x07 \x01(\r\x12\x10\n\x08head_dim\x18\x08 \x01(\r\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x10\n\x08shm_path\x18\n \x01(\t\x12\x11\n\tshm_bytes\x18\x0b \x01(\x04\x12\x1b\n\x13nixl_agent_metadata\x18\x0c \x01(\x0c\x12\x17\n\x0fnixl_agent_name\x18\r \x01(\t\x12\x19\n\x11nixl_base_address\x18\x0e \x01(\x04\"j\n\x0cKvLayerChunk\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x11\n\tseq_start\x18\x02 \x01(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05shape\x18\x04 \x03(\r\x12\x0b\n\x03key\x18\x05 \x01(\x0c\x12\r\n\x05value\x18\x06 \x01(\x0c\"\x1b\n\x05KvEnd\x12\x12\n\nnum_layers\x18\x01 \x01(\r\"E\n\x12TransferKVResponse\x12\x10\n\x08kv_bytes\x18\x01 \x01(\x04\x12\x1d\n\x15layer_received_unix_s\x18\x02 \x03(\x01\"\xad\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\x12\x10\n\x08position\x18\x03 \x01(\r\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\x12\x12\n\nauth_token\x18< \x01(\t\"\xb6\x01\n\x0b\x44\x65\x63odeToken\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06step_s\x18\x03 \x01(\x01\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.glitches.v1.FinishReason\x12\x16\n\x0emodeled_step_s\x18\x05 \x01(\x01\x12,\n\x08logprobs\x18\x14 \x01(\x0b\x32\x1a.glitches.v1.TokenLogprobs\"8\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nauth_token\x18< \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"7\n\rKvHoldRenewal\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nauth_token\x18\x02 \x01(\t\"C\n\x13RenewKvHoldsRequest\x12,\n\x08renewals\x18\x01 \x03(\x0b\x32\x1a.glitches.v1.KvHoldRenewal\"3\n\x14RenewKvHoldsResponse\x12\x1b\n\x13unknown_request_ids\x18\x01 \x03(\t2\x81\x04\n\x06Worker\x12;\n\x04Info\x12\x18.glitches.v1.InfoRequest\x1a\x19.glitches.v1.InfoResponse\x12\x44\n\x07Prefill\x12\x1b.glitches.v1.PrefillRequest\x1a\x1c.glitches.v1.PrefillResponse\x12\x45\n\nTransferKV\x12\x14.glitches.v1.KvChunk\x1a\x1f.glitches.v1.TransferKVResponse(\x01\x12P\n\x10TransferKVPlaced\x12\x1c.glitches.v1.KvPlacedControl\x1a\x1a.glitches.v1.KvPlacedReply(\x01\x30\x01\x12@\n\x06\x44\x65\x63ode\x12\x1a.glitches.v1.DecodeRequest\x1a\x18.glitches.v1.DecodeToken0\x01\x12\x44\n\x07Release\x12\x1b.glitches.v1.ReleaseRequest\x1a\x1c.glitches.v1.ReleaseResponse\x12S\n\x0cRenewKvHolds\x12 .glitches.v1.RenewKvHoldsRequest\x1a!.glitches.v1.RenewKvHoldsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18glitches/v1/worker.proto\x12\x0bglitches.v1\x1a\x18glitches/v1/common.proto\"\r\n\x0bInfoRequest\"\x89\x05\n\x0cInfoResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.glitches.v1.DeviceKind\x12\x11\n\tkind_name\x18\x0f \x01(\t\x12\r\n\x05roles\x18\x10 \x03(\t\x12\x14\n\x0c\x64\x65\x63ode_class\x18\x11 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08\x65mulated\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\r\n\x05slots\x18\x07 \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x08 \x01(\r\x12\x19\n\x11kv_capacity_bytes\x18\t \x01(\x04\x12\x15\n\rkv_free_bytes\x18\n \x01(\x04\x12\x1a\n\x12kv_bytes_per_token\x18\x0b \x01(\x04\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x14\n\x0chttp_address\x18\r \x01(\t\x12\x1a\n\x12kv_tokens_required\x18\x0e \x01(\x08\x12\x15\n\rkv_transports\x18( \x03(\t\x12\x15\n\rhost_identity\x18) \x01(\t\x12\x13\n\x0bshm_segment\x18* \x01(\t\x12\x12\n\nnixl_agent\x18+ \x01(\t\x12\x15\n\rkv_held_bytes\x18< \x01(\x04\x12\x19\n\x11\x65xpiring_requests\x18= \x01(\r\x12\x15\n\rkv_hold_ttl_s\x18> \x01(\x01\x12\x1d\n\x15request_auth_required\x18? \x01(\x08\x12\x1b\n\x13gpu_assist_requests\x18\x32 \x01(\r\x12\x16\n\x0ekv_free_blocks\x18\x33 \x01(\x04\x12\x17\n\x0fkv_block_tokens\x18\x34 \x01(\r\"D\n\x0c\x44\x65\x63odeTarget\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08kv_token\x18\x03 \x01(\t\"\xdd\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12-\n\x08sampling\x18\x03 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12)\n\x06target\x18\x04 \x01(\x0b\x32\x19.glitches.v1.DecodeTarget\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\x12\x12\n\ncache_salt\x18\x06 \x01(\x0c\x12\x12\n\nauth_token\x18< \x01(\t\"\x89\x03\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x11\n\tprefill_s\x18\x02 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x04\x12\x14\n\x0ckv_exposed_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\x12*\n\"layers_received_before_prefill_end\x18\x06 \x01(\r\x12\x12\n\nnum_layers\x18\x07 \x01(\r\x12\x30\n\rfinish_reason\x18\x08 \x01(\x0e\x32\x19.glitches.v1.FinishReason\x12\x38\n\x14\x66irst_token_logprobs\x18\x14 \x01(\x0b\x32\x1a.glitches.v1.TokenLogprobs\x12\x33\n\x0fprompt_logprobs\x18\x15 \x03(\x0b\x32\x1a.glitches.v1.TokenLogprobs\x12\x14\n\x0ckv_transport\x18( \x01(\t\x12\x15\n\rcached_tokens\x18) \x01(\r\"\x89\x01\n\x07KvChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.glitches.v1.KvHeaderH\x00\x12*\n\x05layer\x18\x02 \x01(\x0b\x32\x19.glitches.v1.KvLayerChunkH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.glitches.v1.KvEndH\x00\x42\x06\n\x04\x62ody\"\xa0\x01\n\x08KvHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x16\n\x0ereserve_tokens\x18\x03 \x01(\r\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x10\n\x08kv_token\x18\x05 \x01(\t\x12\x14\n\x0ckv_transport\x18( \x01(\t\x12\x15\n\rhost_identity\x18) \x01(\t\"\x90\x01\n\x0fKvPlacedControl\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.glitches.v1.KvHeaderH\x00\x12)\n\x07written\x18\x02 \x01(\x0b\x32\x16.glitches.v1.KvWrittenH\x00\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x12.glitches.v1.KvEndH\x00\x42\x06\n\x04\x62ody\"=\n\tKvWritten\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x11\n\tseq_start\x18\x02 \x01(\r\x12\x0e\n\x06tokens\x18\x03 \x01(\r\"w\n\rKvPlacedReply\x12-\n\tplacement\x18\x01 \x01(\x0b\x32\x18.glitches.v1.KvPlacementH\x00\x12/\n\x04\x64one\x18\x02 \x01(\x0b\x32\x1f.glitches.v1.TransferKVResponseH\x00\x42\x06\n\x04\x62ody\"\xc5\x02\n\x0bKvPlacement\x12\x14\n\x0ckv_transport\x18\x01 \x01(\t\x12\x11\n\tkv_offset\x18\x02 \x01(\x04\x12\x15\n\rchannel_bytes\x18\x03 \x01(\x04\x12 \n\x18region_bytes_per_channel\x18\x04 \x01(\x04\x12\x17\n\x0f\x63\x61pacity_tokens\x18\x05 \x01(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x10\n\x08kv_heads\x18\x07 \x01(\r\x12\x10\n\x08head_dim\x18\x08 \x01(\r\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x10\n\x08shm_path\x18\n \x01(\t\x12\x11\n\tshm_bytes\x18\x0b \x01(\x04\x12\x1b\n\x13nixl_agent_metadata\x18\x0c \x01(\x0c\x12\x17\n\x0fnixl_agent_name\x18\r \x01(\t\x12\x19\n\x11nixl_base_address\x18\x0e \x01(\x04\"j\n\x0cKvLayerChunk\x12\r\n\x05layer\x18\x01 \x01(\r\x12\x11\n\tseq_start\x18\x02 \x01(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05shape\x18\x04 \x03(\r\x12\x0b\n\x03key\x18\x05 \x01(\x0c\x12\r\n\x05value\x18\x06 \x01(\x0c\"\x1b\n\x05KvEnd\x12\x12\n\nnum_layers\x18\x01 \x01(\r\"E\n\x12TransferKVResponse\x12\x10\n\x08kv_bytes\x18\x01 \x01(\x04\x12\x1d\n\x15layer_received_unix_s\x18\x02 \x03(\x01\"\xad\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\r\x12\x10\n\x08position\x18\x03 \x01(\r\x12-\n\x08sampling\x18\x04 \x01(\x0b\x32\x1b.glitches.v1.SamplingParams\x12\x1b\n\x13generated_token_ids\x18\x05 \x03(\r\x12\x12\n\nauth_token\x18< \x01(\t\"\xb6\x01\n\x0b\x44\x65\x63odeToken\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06step_s\x18\x03 \x01(\x01\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.glitches.v1.FinishReason\x12\x16\n\x0emodeled_step_s\x18\x05 \x01(\x01\x12,\n\x08logprobs\x18\x14 \x01(\x0b\x32\x1a.glitches.v1.TokenLogprobs\"8\n\x0eReleaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nauth_token\x18< \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"7\n\rKvHoldRenewal\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nauth_token\x18\x02 \x01(\t\"C\n\x13RenewKvHoldsRequest\x12,\n\x08renewals\x18\x01 \x03(\x0b\x32\x1a.glitches.v1.KvHoldRenewal\"3\n\x14RenewKvHoldsResponse\x12\x1b\n\x13unknown_request_ids\x18\x01 \x03(\t2\x81\x04\n\x06Worker\x12;\n\x04Info\x12\x18.glitches.v1.InfoRequest\x1a\x19.glitches.v1.InfoResponse\x12\x44\n\x07Prefill\x12\x1b.glitches.v1.PrefillRequest\x1a\x1c.glitches.v1.PrefillResponse\x12\x45\n\nTransferKV\x12\x14.glitches.v1.KvChunk\x1a\x1f.glitches.v1.TransferKVResponse(\x01\x12P\n\x10TransferKVPlaced\x12\x1c.glitches.v1.KvPlacedControl\x1a\x1a.glitches.v1.KvPlacedReply(\x01\x30\x01\x12@\n\x06\x44\x65\x63ode\x12\x1a.glitches.v1.DecodeRequest\x1a\x18.glitches.v1.DecodeToken0\x01\x12\x44\n\x07Release\x12\x1b.glitches.v1.ReleaseRequest\x1a\x1c.glitches.v1.ReleaseResponse\x12S\n\x0cRenewKvHolds\x12 .glitches.v1.RenewKvHoldsRequest\x1a!.glitches.v1.RenewKvHoldsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,41 +39,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECODETARGET']._serialized_start=734
   _globals['_DECODETARGET']._serialized_end=802
   _globals['_PREFILLREQUEST']._serialized_start=805
-  _globals['_PREFILLREQUEST']._serialized_end=1006
-  _globals['_PREFILLRESPONSE']._serialized_start=1009
-  _globals['_PREFILLRESPONSE']._serialized_end=1402
-  _globals['_KVCHUNK']._serialized_start=1405
-  _globals['_KVCHUNK']._serialized_end=1542
-  _globals['_KVHEADER']._serialized_start=1545
-  _globals['_KVHEADER']._serialized_end=1705
-  _globals['_KVPLACEDCONTROL']._serialized_start=1708
-  _globals['_KVPLACEDCONTROL']._serialized_end=1852
-  _globals['_KVWRITTEN']._serialized_start=1854
-  _globals['_KVWRITTEN']._serialized_end=1915
-  _globals['_KVPLACEDREPLY']._serialized_start=1917
-  _globals['_KVPLACEDREPLY']._serialized_end=2036
-  _globals['_KVPLACEMENT']._serialized_start=2039
-  _globals['_KVPLACEMENT']._serialized_end=2364
-  _globals['_KVLAYERCHUNK']._serialized_start=2366
-  _globals['_KVLAYERCHUNK']._serialized_end=2472
-  _globals['_KVEND']._serialized_start=2474
-  _globals['_KVEND']._serialized_end=2501
-  _globals['_TRANSFERKVRESPONSE']._serialized_start=2503
-  _globals['_TRANSFERKVRESPONSE']._serialized_end=2572
-  _globals['_DECODEREQUEST']._serialized_start=2575
-  _globals['_DECODEREQUEST']._serialized_end=2748
-  _globals['_DECODETOKEN']._serialized_start=2751
-  _globals['_DECODETOKEN']._serialized_end=2933
-  _globals['_RELEASEREQUEST']._serialized_start=2935
-  _globals['_RELEASEREQUEST']._serialized_end=2991
-  _globals['_RELEASERESPONSE']._serialized_start=2993
-  _globals['_RELEASERESPONSE']._serialized_end=3028
-  _globals['_KVHOLDRENEWAL']._serialized_start=3030
-  _globals['_KVHOLDRENEWAL']._serialized_end=3085
-  _globals['_RENEWKVHOLDSREQUEST']._serialized_start=3087
-  _globals['_RENEWKVHOLDSREQUEST']._serialized_end=3154
-  _globals['_RENEWKVHOLDSRESPONSE']._serialized_start=3156
-  _globals['_RENEWKVHOLDSRESPONSE']._serialized_end=3207
-  _globals['_WORKER']._serialized_start=3210
-  _globals['_WORKER']._serialized_end=3723
+  _globals['_PREFILLREQUEST']._serialized_end=1026
+  _globals['_PREFILLRESPONSE']._serialized_start=1029
+  _globals['_PREFILLRESPONSE']._serialized_end=1422
+  _globals['_KVCHUNK']._serialized_start=1425
+  _globals['_KVCHUNK']._serialized_end=1562
+  _globals['_KVHEADER']._serialized_start=1565
+  _globals['_KVHEADER']._serialized_end=1725
+  _globals['_KVPLACEDCONTROL']._serialized_start=1728
+  _globals['_KVPLACEDCONTROL']._serialized_end=1872
+  _globals['_KVWRITTEN']._serialized_start=1874
+  _globals['_KVWRITTEN']._serialized_end=1935
+  _globals['_KVPLACEDREPLY']._serialized_start=1937
+  _globals['_KVPLACEDREPLY']._serialized_end=2056
+  _globals['_KVPLACEMENT']._serialized_start=2059
+  _globals['_KVPLACEMENT']._serialized_end=2384
+  _globals['_KVLAYERCHUNK']._serialized_start=2386
+  _globals['_KVLAYERCHUNK']._serialized_end=2492
+  _globals['_KVEND']._serialized_start=2494
+  _globals['_KVEND']._serialized_end=2521
+  _globals['_TRANSFERKVRESPONSE']._serialized_start=2523
+  _globals['_TRANSFERKVRESPONSE']._serialized_end=2592
+  _globals['_DECODEREQUEST']._serialized_start=2595
+  _globals['_DECODEREQUEST']._serialized_end=2768
+  _globals['_DECODETOKEN']._serialized_start=2771
+  _globals['_DECODETOKEN']._serialized_end=2953
+  _globals['_RELEASEREQUEST']._serialized_start=2955
+  _globals['_RELEASEREQUEST']._serialized_end=3011
+  _globals['_RELEASERESPONSE']._serialized_start=3013
+  _globals['_RELEASERESPONSE']._serialized_end=3048
+  _globals['_KVHOLDRENEWAL']._serialized_start=3050
+  _globals['_KVHOLDRENEWAL']._serialized_end=3105
+  _globals['_RENEWKVHOLDSREQUEST']._serialized_start=3107
+  _globals['_RENEWKVHOLDSREQUEST']._serialized_end=3174
+  _globals['_RENEWKVHOLDSRESPONSE']._serialized_start=3176
+  _globals['_RENEWKVHOLDSRESPONSE']._serialized_end=3227
+  _globals['_WORKER']._serialized_start=3230
+  _globals['_WORKER']._serialized_end=3743
 # @@protoc_insertion_point(module_scope)
