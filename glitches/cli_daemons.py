@@ -157,8 +157,9 @@ def scheduler_cmd(**kwargs) -> None:
               help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", default="auto", envvar=env_var("dtype"), show_default=True,
               help="auto (float32 on CPU, float16 on CUDA), float32, float16 or bfloat16.")
-@click.option("--slots", default=4, type=int, envvar=env_var("gpu-slots"), show_default=True,
-              help="Concurrent GPU-assist decodes (beyond them RESOURCE_EXHAUSTED).")
+@click.option("--slots", default=0, type=int, envvar=env_var("gpu-slots"), show_default=True,
+              help="Concurrent GPU-assist decodes (beyond them RESOURCE_EXHAUSTED); 0: as many as the KV budget "
+                   "holds at a 2048-token context, capped at half of --max-batch-tokens (gpu_worker/assist_slots.py).")
 @click.option("--kv-transport", default="auto", envvar=env_var("kv-transport"), show_default=True,
               type=click.Choice(["auto", "shm", "nixl", "grpc"]),
               help="How KV reaches the decode worker: auto = shm on its host, else nixl, else grpc.")

@@ -78,7 +78,9 @@ class UpOptions:
 @click.option("--fpga-slots", default=1, type=int, show_default=True)
 @click.option("--kv-transport", default="auto", show_default=True, type=click.Choice(["auto", "shm", "nixl", "grpc"]),
               help="Every worker's --kv-transport.")
-@click.option("--gpu-slots", default=4, type=int, show_default=True, help="GPU-assist decodes per GPU worker.")
+@click.option("--gpu-slots", default=0, type=int, show_default=True,
+              help="GPU-assist decodes per GPU worker (0: as many as its KV budget holds at a 2048-token context, "
+                   "capped at half of --max-batch-tokens; gpu_worker/assist_slots.py).")
 @click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
               help="GPU workers keep finished requests' full KV blocks as cache and reuse them (per tenant).")
 @click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")

@@ -78,7 +78,7 @@ class ClusterSpec:
     fpga_hbm_bytes: int = 0  # 0 = the worker's default (8 GiB)
     fpga_slots: int = 1
     kv_transport: str = "auto"  # every worker's --kv-transport
-    gpu_slots: int = 4  # GPU-assist decodes each GPU worker accepts
+    gpu_slots: int = 0  # GPU-assist decodes each GPU worker accepts; 0 = from its KV budget (gpu-worker --slots 0)
     prefix_cache: bool = True  # GPU workers keep and reuse finished requests' full KV blocks (--prefix-cache)
     gpu_worker_args: tuple[str, ...] = ()  # extra `glitches gpu-worker` flags for the prefill workers
     gpu_decode_workers: int = 0  # GPU workers started with --roles decode (decode targets, as FPGAs; no prefill)

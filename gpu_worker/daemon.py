@@ -32,6 +32,7 @@ class GpuDevice(worker_runtime.WorkerDevice):
         source = models.resolve_model(settings.model)
         kv_copy_threads.configure(settings.kv_copy_threads)
         self.engine = GpuEngine(settings, source)
+        settings = self.settings = self.engine.settings  # --slots 0 resolved from the KV budget
         roles = settings.role_set()
         self.intake = None
         release = self.engine.release

@@ -11,10 +11,11 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from gpu_worker.assist_slots import default_assist_slots
 from gpu_worker.kv_pool import KvPool
 from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
 from gpu_worker.prefix_index import DEFAULT_SALT, block_hashes, root_hash
@@ -87,6 +88,10 @@ class GpuEngine:
         self.pool = KvPool(max(1, kv_budget_bytes(settings, self.device) // block_bytes), self.num_layers,
                            self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device,
                            prefix_cache=settings.prefix_cache)
+        if not settings.slots:  # --slots 0: as many as the KV budget holds at a typical context
+            settings = self.settings = replace(settings, slots=default_assist_slots(
+                self.pool.total_blocks, self.max_context_tokens, settings.max_batch_tokens))
+            log.info("GPU-assist slots from the KV budget (%d blocks): %d", self.pool.total_blocks, settings.slots)
         self._model_key = f"{source.name}|{source.path}|{self.dtype}"  # what KV depends on, for the hash chain
         self.requests = RequestTable(self.pool, settings.slots, lambda block_ids: RequestKv(
             len(block_ids), self.num_layers, self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device,

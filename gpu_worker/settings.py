@@ -18,7 +18,8 @@ _DTYPES = ("float32", "float16", "bfloat16")
 class GpuWorkerSettings(DaemonSettings):
     device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N"
     dtype: str = "auto"  # "auto" (float32 on CPU, float16 on CUDA) or one of _DTYPES
-    slots: int = 4  # concurrent GPU-assist decodes it accepts (enforced: RESOURCE_EXHAUSTED beyond)
+    slots: int = 0  # concurrent GPU-assist decodes it accepts (RESOURCE_EXHAUSTED beyond); 0 = from the KV
+    # budget (gpu_worker/assist_slots.py); the engine's settings carry the resolved number
     kv_transfer_timeout_s: float = 120.0
     kv_transport: str = "auto"  # auto: shm on the target's host, else nixl, else grpc; or force one
     kv_token_secret: bytes = field(default=b"", repr=False)  # the cluster's secret: checks request auth; b"": open
@@ -40,8 +41,8 @@ class GpuWorkerSettings(DaemonSettings):
         super().__post_init__()
         if self.dtype not in ("auto", *_DTYPES):
             raise InvalidArgument(f"--dtype must be auto or one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        if self.slots < 1:
-            raise InvalidArgument(f"--slots must be at least 1, got {self.slots}")
+        if self.slots < 0:
+            raise InvalidArgument(f"--slots must be >= 0 (0 = from the KV budget), got {self.slots}")
         if self.kv_transport not in ("auto", "shm", "nixl", "grpc"):
             raise InvalidArgument(f"--kv-transport must be one of auto, shm, nixl, grpc, got {self.kv_transport!r}")
         if not 2.0 <= self.kv_hold_ttl_s <= 3600.0:

@@ -152,7 +152,7 @@ def start_worker(device: WorkerDevice) -> RunningWorker:
     holds = device.attach(heartbeat.poke)
     heartbeat.start()
     metrics.ACTIVE_REQUESTS.of(role).set_function(device.active_requests)
-    metrics.SLOTS.of(role).set(settings.slots)
+    metrics.SLOTS.of(role).set(device.settings.slots)  # as resolved by build (GPU: --slots 0)
     metrics.publish_holds(role, holds, device.held_kv_bytes)
     device.publish_metrics()
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
