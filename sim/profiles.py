@@ -123,6 +123,12 @@ def load_device_profile(device: str, model: str, path: Path = DEVICES_FILE) -> D
 
 def _efficiencies(device: str, spec: dict) -> tuple[float, float]:
     """(compute, bandwidth) efficiency: from the measured point if there is one, else the stated default."""
+    if "efficiency_from" in spec:  # roofline-derived: another (measured) device's achieved / peak ratios
+        table = json.loads(DEVICES_FILE.read_text())
+        source = spec["efficiency_from"]
+        if source not in table or "efficiency_from" in table[source]:
+            raise InvalidArgument(f"device {device!r}: efficiency_from must name a device with its own figures")
+        return _efficiencies(source, table[source])
     cal = spec.get("calibration")
     if cal is None:
         if "efficiency" not in spec:

@@ -13,7 +13,7 @@ from sim.measured import load_measured
 from sim.metrics import summarise
 from sim.node import Node, NodeConfig
 from sim.profiles import DeviceProfile, load_device_profile
-from sim.workload import Shape, all_at_once, closed_loop, poisson
+from sim.workload import Shape, all_at_once, closed_loop, poisson, trace
 
 
 def build_config(
@@ -61,20 +61,40 @@ def run_simulation(
     request_rate: float | None = None,
     concurrency: int | None = None,
     seed: int = 0,
+    arrivals_s: Sequence[float] | None = None,
 ) -> dict:
     """Run every request to completion and summarise (see sim.metrics for the fields).
 
-    No rate and no concurrency: all requests arrive at t = 0.
+    No rate, no concurrency and no arrival times: all requests arrive at t = 0.
     """
+    return summarise(simulate_node(config, shapes, request_rate, concurrency, seed, arrivals_s))
+
+
+def simulate_node(
+    config: NodeConfig,
+    shapes: Sequence[Shape],
+    request_rate: float | None = None,
+    concurrency: int | None = None,
+    seed: int = 0,
+    arrivals_s: Sequence[float] | None = None,
+) -> Node:
+    """Run every request to completion; the finished node (its `records` hold every request's times).
+
+    arrivals_s: each request's arrival time in seconds (a trace), in the order of `shapes`."""
     if not shapes:
         raise InvalidArgument("need at least one request")
     if any(p < 1 or o < 1 for p, o in shapes):
         raise InvalidArgument("every request needs >= 1 prompt token and >= 1 output token")
-    if request_rate is not None and concurrency is not None:
-        raise InvalidArgument("give a request rate (open loop) or a concurrency (closed loop), not both")
+    if sum(x is not None for x in (request_rate, concurrency, arrivals_s)) > 1:
+        raise InvalidArgument("give one of a request rate (open loop), a concurrency (closed loop) or arrival "
+                              "times (a trace), not both")
     env = simpy.Environment()
     node = Node(env, config)
-    if request_rate is not None:
+    if arrivals_s is not None:
+        if len(arrivals_s) != len(shapes) or any(a < 0 for a in arrivals_s):
+            raise InvalidArgument("a trace needs one arrival time >= 0 s per request")
+        trace(node, shapes, arrivals_s)
+    elif request_rate is not None:
         if request_rate <= 0:
             raise InvalidArgument(f"request rate must be positive requests/s, got {request_rate}")
         poisson(node, shapes, request_rate, seed)
@@ -91,4 +111,4 @@ def run_simulation(
             f"{len(stuck)} requests never ran: their KV does not fit any FPGA and GPU assist is off "
             "(raise gpu_decode_slots or shorten the requests)"
         )
-    return summarise(node)
+    return node

@@ -1,4 +1,4 @@
-"""How requests reach the node: all at once, Poisson arrivals, or a closed loop.
+"""How requests reach the node: all at once, Poisson arrivals, a closed loop, or a trace's arrival times.
 
 Each function registers simpy processes on `node.env`; run the environment
 afterwards. `shapes` gives each request's (prompt tokens, output tokens), in
@@ -46,3 +46,16 @@ def closed_loop(node: Node, shapes: Sequence[Shape], concurrency: int) -> None:
 
     for _ in range(min(concurrency, len(shapes))):
         node.env.process(client())
+
+
+def trace(node: Node, shapes: Sequence[Shape], arrivals_s: Sequence[float]) -> None:
+    """Each request arrives at its own time (seconds from the start; any order)."""
+    order = sorted(range(len(shapes)), key=lambda i: arrivals_s[i])
+
+    def arrivals():
+        for rid in order:
+            yield node.env.timeout(max(0.0, float(arrivals_s[rid]) - node.env.now))
+            prompt, output = shapes[rid]
+            node.submit(RequestRecord(rid, prompt, output, arrival_s=node.env.now))
+
+    node.env.process(arrivals())
