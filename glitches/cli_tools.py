@@ -78,5 +78,7 @@ def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num
 
 def register(group: click.Group) -> None:
     """Add the offline commands to `group`."""
-    for command in (certs_cmd, fpga_timing_cmd, simulate_cmd):
+    from glitches.cli_plan import plan_cmd
+
+    for command in (certs_cmd, fpga_timing_cmd, simulate_cmd, plan_cmd):
         group.add_command(command)
