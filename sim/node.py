@@ -10,6 +10,9 @@ this module's rule (the live scheduler's admission, as modelled here):
 - On admission `place` picks the prefill GPU and ranks the FPGAs; the first
   candidate is claimed at once (claims never fail here: one process decides).
   No candidate -> GPU assist: the request decodes on its prefill GPU.
+- With `gpu_batching` a GPU runs the GPU worker's continuous batching instead
+  (sim/gpu_batching.py): one forward pass carries every GPU-assist decode's next
+  token and prefill chunks up to max_batch_tokens. Without it (the default):
 - A GPU runs one thing at a time, a whole prefill or one decode step
   (batch size 1, no batching: the paper's HuggingFace setting). Prefills have
   priority over decode steps, so GPU assist yields to the prefills that keep
@@ -32,6 +35,7 @@ import numpy as np
 import simpy
 
 from scheduler.placement import ClusterSnapshot, DeviceKind, PlacementRequest, WorkerView, place
+from sim.gpu_batching import BatchingLoop
 from sim.kv_transfer import exposed_transfer_s, kv_transfer_s
 from sim.profiles import DeviceProfile
 
@@ -48,6 +52,8 @@ class NodeConfig:
     fpgas: int
     link_gb_per_s: float  # effective GPU -> FPGA PCIe bandwidth, GB/s
     gpu_decode_slots: int = 1  # requests one GPU may decode at once (GPU assist); 0 turns assist off
+    gpu_batching: bool = False  # True: GPUs batch continuously (sim/gpu_batching.py), as the GPU worker does now
+    gpu_max_batch_tokens: int = 512  # with gpu_batching: tokens per forward pass (the worker's --max-batch-tokens)
 
 
 @dataclass
@@ -81,6 +87,7 @@ class SimDevice:
         self.kv_used_bytes = 0.0
         self.busy_prefill_s = 0.0
         self.busy_decode_s = 0.0
+        self.loop: BatchingLoop | None = None  # a batching GPU's step loop (NodeConfig.gpu_batching)
 
     def view(self) -> WorkerView:
         free = max(0, int(self.profile.kv_capacity_bytes - self.kv_used_bytes))
@@ -98,6 +105,9 @@ class Node:
         self.gpus = [SimDevice(env, f"gpu{i}", config.gpu, config.gpu_decode_slots) for i in range(config.gpus)]
         self.fpgas = [SimDevice(env, f"fpga{i}", config.fpga, FPGA_DECODE_SLOTS) for i in range(config.fpgas)]
         self.devices = {d.worker_id: d for d in self.gpus + self.fpgas}
+        if config.gpu_batching:
+            for gpu in self.gpus:
+                gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens)
         self.records: list[RequestRecord] = []
         self._queue: deque[tuple[RequestRecord, simpy.Event]] = deque()
         self._wake = env.event()
@@ -155,11 +165,16 @@ class Node:
         self.env.process(self._serve(rec, done, prefill, decoder, kv))
 
     def _serve(self, rec: RequestRecord, done, prefill: SimDevice, decoder: SimDevice, kv: float):
-        with prefill.compute.request(priority=PREFILL_PRIORITY) as turn:
-            yield turn
-            prefill_s = prefill.profile.timing.prefill_s(rec.prompt_tokens)
-            yield self.env.timeout(prefill_s)
-            prefill.busy_prefill_s += prefill_s
+        if prefill.loop is not None:  # a batching GPU: chunks share forward passes with decodes and other prompts
+            started_s = self.env.now
+            yield prefill.loop.prefill(rec)
+            prefill_s = self.env.now - started_s
+        else:
+            with prefill.compute.request(priority=PREFILL_PRIORITY) as turn:
+                yield turn
+                prefill_s = prefill.profile.timing.prefill_s(rec.prompt_tokens)
+                yield self.env.timeout(prefill_s)
+                prefill.busy_prefill_s += prefill_s
         rec.first_token_s = self.env.now  # the prefill's logits give the first token
         rec.token_times_s.append(self.env.now)
         if decoder is not prefill:
@@ -171,6 +186,8 @@ class Node:
             yield self.env.timeout(rec.exposed_kv_s)
         if steps > 0 and decoder.profile.kind == DeviceKind.FPGA:
             yield from self._decode_alone(rec, decoder, steps)
+        elif steps > 0 and decoder.loop is not None:
+            yield decoder.loop.decode(rec, steps)
         elif steps > 0:
             yield from self._decode_shared(rec, decoder, steps)
         decoder.active -= 1

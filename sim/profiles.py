@@ -16,6 +16,7 @@ Profiles measured on live workers load through `sim.measured`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -77,6 +78,19 @@ class RooflineTiming:
         memory = self.model.decode_bytes(context_tokens, self.weight_bits, self.kv_bits) / self.bytes_per_s
         compute = self.model.decode_flops(context_tokens) / self.flops_per_s
         return max(memory, compute)
+
+    def step_s(self, chunks: Sequence[tuple[int, int]], decode_contexts: Sequence[int]) -> float:
+        """One batched forward pass: prefill chunks (new tokens, tokens already in KV) + one token per decode row.
+
+        FLOPs: each chunk's share of its prompt's prefill FLOPs, plus each row's decode FLOPs. Bytes: the
+        weights once (shared by every row) plus the KV every row and chunk attends over. Time: the larger
+        of the two at the calibrated efficiencies (one chunk alone = prefill_s; one row alone = decode_step_s).
+        """
+        flops = sum(self.model.prefill_flops(past + new) - self.model.prefill_flops(past) for new, past in chunks)
+        flops += sum(self.model.decode_flops(c) for c in decode_contexts)
+        kv_tokens = sum(decode_contexts) + sum(past for _, past in chunks)
+        memory = self.model.weight_bytes(self.weight_bits) + self.model.kv_bytes_per_token(self.kv_bits) * kv_tokens
+        return max(flops / self.flops_per_s, memory / self.bytes_per_s)
 
 
 @dataclass(frozen=True)
