@@ -28,13 +28,15 @@ from services.errors import GlitchesError as ServiceError
 @click.option("--max-nodes", default=1, type=int, show_default=True)
 @click.option("--max-price-usd", default=None, type=float)
 @click.option("--max-power-w", default=None, type=float, help="Peak power ceiling (every card busy), W.")
+@click.option("--gpu-batching/--gpu-batch-1", default=True, show_default=True,
+              help="GPUs batch continuously as the GPU worker does, or run one thing at a time (the paper's setting).")
 @click.option("--seed", default=0, type=int, show_default=True)
 @click.option("--all", "explore_all", is_flag=True, help="Simulate every mix (implied by --plot).")
 @click.option("--plot", "plot_path", default=None, help="Write the cost-vs-goodput front PNG here.")
 @click.option("--json", "as_json", is_flag=True)
 def plan_cmd(model, input_spec, output_spec, trace_path, num_requests, request_rate, concurrency, slo_ttft, slo_tpot,
-             slo_percentile, catalogue_path, devices, max_cards, max_nodes, max_price_usd, max_power_w, seed,
-             explore_all, plot_path, as_json) -> None:
+             slo_percentile, catalogue_path, devices, max_cards, max_nodes, max_price_usd, max_power_w, gpu_batching,
+             seed, explore_all, plot_path, as_json) -> None:
     """Find the cheapest mix of catalogue devices meeting TTFT and TPOT targets, by simulation (a model)."""
     from sim.catalogue import CATALOGUE_FILE, load_catalogue
     from sim.plan import Limits, PlanSlo, plan
@@ -50,7 +52,7 @@ def plan_cmd(model, input_spec, output_spec, trace_path, num_requests, request_r
                     else synthetic(input_spec, output_spec, num_requests, request_rate, concurrency, seed))
         result = plan(catalogue, workload, PlanSlo(slo_ttft, slo_tpot, int(slo_percentile)),
                       Limits(max_cards, max_nodes, max_price_usd, max_power_w), seed=seed,
-                      explore_all=explore_all or plot_path is not None)
+                      explore_all=explore_all or plot_path is not None, gpu_batching=gpu_batching)
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
     if plot_path:

@@ -8,8 +8,10 @@ the SLO is the cheapest, and among the mixes at that price the one with the most
 With `explore_all` every mix is simulated (for the cost-vs-goodput front); the answer is the same.
 
 Each mix runs the whole workload through sim.run.simulate_node: admission by
-scheduler/placement.py, unchanged. GPUs get GPU-assist slots by the GPU worker's own default
-(gpu_worker/assist_slots.py: what their KV budget holds at a 2048-token context, at most 256).
+scheduler/placement.py, unchanged; GPUs at batch size 1 (the paper's setting) or, with gpu_batching,
+batching continuously as the GPU worker now does (sim/gpu_batching.py). GPUs get GPU-assist slots
+by the GPU worker's own default (gpu_worker/assist_slots.py: what their KV budget holds at a
+2048-token context, at most 256).
 
 SLO: TTFT and TPOT at a percentile (50, 90 or 99), each met when the simulated percentile is at most
 the target. Margin to an SLO: (target - simulated) / target (0.2 = 20% headroom).
@@ -115,11 +117,12 @@ def candidate_mixes(catalogue: dict[str, CatalogueEntry], limits: Limits) -> lis
     return sorted(mixes, key=lambda m: (m.price_usd, m.gpus + m.fpgas, m.label))
 
 
-def evaluate(mix: Mix, workload: Workload, slo: PlanSlo, link_gb_per_s: float, seed: int) -> dict:
+def evaluate(mix: Mix, workload: Workload, slo: PlanSlo, link_gb_per_s: float, seed: int,
+             gpu_batching: bool = False) -> dict:
     """Simulate the workload on one mix: the figures `plan` prints for it."""
     slots = gpu_assist_slots(mix.gpu) if mix.gpus else 0
     config = NodeConfig(mix.gpu.profile if mix.gpus else None, mix.gpus, mix.fpga.profile if mix.fpgas else None,
-                        mix.fpgas, link_gb_per_s, slots)
+                        mix.fpgas, link_gb_per_s, slots, gpu_batching, GPU_MAX_BATCH_TOKENS)
     try:
         node = simulate_node(config, workload.shapes, seed=seed, **workload.run_kwargs())
     except InvalidArgument as error:  # e.g. requests whose KV fits no FPGA and no GPU to assist
@@ -149,7 +152,8 @@ def evaluate(mix: Mix, workload: Workload, slo: PlanSlo, link_gb_per_s: float, s
 
 
 def plan(catalogue: dict[str, CatalogueEntry], workload: Workload, slo: PlanSlo, limits: Limits = Limits(),
-         link_gb_per_s: float = PCIE_GEN3_X16_GB_PER_S, seed: int = 0, explore_all: bool = False) -> dict:
+         link_gb_per_s: float = PCIE_GEN3_X16_GB_PER_S, seed: int = 0, explore_all: bool = False,
+         gpu_batching: bool = False) -> dict:
     """Search the mixes (module docstring); returns {"best": figures or None, "evaluated": [...], ...}."""
     mixes = candidate_mixes(catalogue, limits)
     if not mixes:
@@ -158,7 +162,7 @@ def plan(catalogue: dict[str, CatalogueEntry], workload: Workload, slo: PlanSlo,
     for mix in mixes:
         if best_price is not None and mix.price_usd > best_price and not explore_all:
             break
-        result = evaluate(mix, workload, slo, link_gb_per_s, seed)
+        result = evaluate(mix, workload, slo, link_gb_per_s, seed, gpu_batching)
         evaluated.append(result)
         if result["meets_slo"] and (best_price is None or mix.price_usd <= best_price):
             if best is None or result["tokens_per_s"] > best["tokens_per_s"]:
@@ -166,6 +170,7 @@ def plan(catalogue: dict[str, CatalogueEntry], workload: Workload, slo: PlanSlo,
     return {
         "inputs": {"slo": asdict(slo), "limits": asdict(limits), "workload": workload.label(),
                    "requests": len(workload.shapes), "link_gb_per_s": link_gb_per_s, "seed": seed,
+                   "gpu_batching": gpu_batching,
                    "mean_input_tokens": float(np.mean([s[0] for s in workload.shapes])),
                    "mean_output_tokens": float(np.mean([s[1] for s in workload.shapes]))},
         "catalogue": {name: {"profile_basis": e.basis, "price_usd": e.profile.price_usd,
@@ -173,8 +178,10 @@ def plan(catalogue: dict[str, CatalogueEntry], workload: Workload, slo: PlanSlo,
         "best": best,
         "evaluated": evaluated,
         "mixes_within_limits": len(mixes),
-        "model_note": "simulated (sim/): GPUs at batch size 1 (the paper's HuggingFace setting), one FPGA "
-                      "decode at a time; not a measurement",
+        "model_note": ("simulated (sim/): GPUs batching continuously (GPU-assist rows + prefill chunks per pass, "
+                       f"{GPU_MAX_BATCH_TOKENS} tokens)" if gpu_batching else
+                       "simulated (sim/): GPUs at batch size 1 (the paper's HuggingFace setting)")
+                      + ", one FPGA decode at a time; not a measurement",
     }
 
 
