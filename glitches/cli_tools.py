@@ -53,23 +53,33 @@ def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
 @click.option("--fpgas", required=True, type=int, help="FPGA cards in the node.")
 @click.option("--fpga", default="u280", show_default=True, help="FPGA profile.")
 @click.option("--model", default="llama-2-7b", show_default=True, help="Model shape (sim/profiles/models.json).")
-@click.option("--input", "input_tokens", required=True, type=int, help="Prompt tokens per request.")
-@click.option("--output", "output_tokens", required=True, type=int, help="New tokens per request.")
+@click.option("--input", "input_tokens", default=None, type=int, help="Prompt tokens per request.")
+@click.option("--output", "output_tokens", default=None, type=int, help="New tokens per request.")
 @click.option("--num-requests", default=200, type=int, show_default=True)
 @click.option("--request-rate", default=None, type=float, help="Poisson arrivals, requests/s.")
 @click.option("--concurrency", default=None, type=int, help="Closed loop with this many clients.")
 @click.option("--profile", "profile_path", default=None, help="Measured device profiles (glitches.profile.v1).")
+@click.option("--trace", "trace_path", default=None,
+              help="A trace file (e.g. from `glitches bench --trace-out`): its arrival times and lengths replace "
+                   "--input/--output/--num-requests/--request-rate.")
+@click.option("--gpu-slots", "gpu_decode_slots", default=1, type=int, show_default=True,
+              help="GPU-assist decodes per GPU at once.")
+@click.option("--gpu-batching", is_flag=True, help="GPUs batch continuously as the GPU worker does (default: batch 1, "
+                                                   "the paper's setting).")
 @click.option("--json", "as_json", is_flag=True)
 def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
-                 concurrency, profile_path, as_json) -> None:
+                 concurrency, profile_path, trace_path, gpu_decode_slots, gpu_batching, as_json) -> None:
     """Predict a node of N GPUs + M FPGAs with a discrete-event model (the scheduler's own placement)."""
     from sim.cli import render_text, simulate
 
     if request_rate is not None and concurrency is not None:
         raise click.UsageError("give --request-rate or --concurrency, not both")
+    if trace_path is None and (input_tokens is None or output_tokens is None):
+        raise click.UsageError("give --input and --output, or --trace FILE")
     try:
-        result = simulate(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
-                          concurrency, profile_path)
+        result = simulate(gpus, gpu, fpgas, fpga, model, input_tokens or 1, output_tokens or 1, num_requests,
+                          request_rate, concurrency, profile_path, trace_path=trace_path,
+                          gpu_decode_slots=gpu_decode_slots, gpu_batching=gpu_batching)
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
     click.echo(json.dumps(result) if as_json else render_text(result))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from sim.plan_workload import read_trace
 from sim.run import build_config, run_simulation
 
 
@@ -21,6 +24,8 @@ def simulate(
     link_gb_per_s: float | None = None,
     gpu_decode_slots: int = 1,
     seed: int = 0,
+    trace_path: str | None = None,
+    gpu_batching: bool = False,
 ) -> dict:
     """Simulate `num_requests` requests of [input_tokens, output_tokens] on gpus x gpu + fpgas x fpga.
 
@@ -31,13 +36,21 @@ def simulate(
     in sim.metrics plus an "inputs" entry echoing the arguments.
     """
     config = build_config(gpus, gpu, fpgas, fpga, model, profile_path, link_gb_per_s, gpu_decode_slots)
-    shapes = [(input_tokens, output_tokens)] * num_requests
-    result = run_simulation(config, shapes, request_rate, concurrency, seed)
+    if gpu_batching:
+        config = replace(config, gpu_batching=True)
+    if trace_path is not None:  # the trace's arrival times and lengths replace the other workload arguments
+        workload = read_trace(trace_path)
+        result = run_simulation(config, workload.shapes, seed=seed, arrivals_s=workload.arrivals_s)
+        num_requests = len(workload.shapes)
+    else:
+        shapes = [(input_tokens, output_tokens)] * num_requests
+        result = run_simulation(config, shapes, request_rate, concurrency, seed)
     result["inputs"] = {
         "gpus": gpus, "gpu": gpu, "fpgas": fpgas, "fpga": fpga, "model": model,
         "input_tokens": input_tokens, "output_tokens": output_tokens, "num_requests": num_requests,
         "request_rate": request_rate, "concurrency": concurrency, "profile_path": profile_path,
         "link_gb_per_s": config.link_gb_per_s, "gpu_decode_slots": gpu_decode_slots, "seed": seed,
+        "trace": trace_path, "gpu_batching": gpu_batching,
     }  # fmt: skip
     return result
 
@@ -48,7 +61,8 @@ def render_text(result: dict) -> str:
     lines = ["============ GLITCHES simulation ============"]
     if inp:
         load = (
-            f"Poisson {inp['request_rate']} req/s" if inp["request_rate"] is not None
+            f"trace {inp['trace']}" if inp.get("trace")
+            else f"Poisson {inp['request_rate']} req/s" if inp["request_rate"] is not None
             else f"closed loop x{inp['concurrency']}" if inp["concurrency"] is not None
             else "all at once"
         )  # fmt: skip

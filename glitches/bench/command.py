@@ -25,6 +25,9 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--output", "output_tokens", type=int, default=None,
               help="Tokens asked for per request (greedy decoding may stop earlier at EOS).")
 @click.option("--prompts", "prompts_path", default=None, help='JSONL file of {"prompt": ..., "max_tokens": ...}.')
+@click.option("--trace", "trace_path", default=None,
+              help="A trace file (JSONL arrival_s, input_tokens, output_tokens): its arrival times and lengths.")
+@click.option("--trace-out", default=None, help="Write what was sent and produced as a trace file (for simulate).")
 @click.option("--num-requests", type=int, default=None, help="Default: 100, or the JSONL file's length.")
 @click.option("--request-rate", type=float, default=None, help="Poisson arrivals, requests/s (default: all at once).")
 @click.option("--concurrency", type=int, default=None, help="Closed loop with this many clients.")
@@ -33,8 +36,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompts and Poisson gaps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the text report.")
 @click.option("--plot", "plot_path", default=None, help="Write a per-device timeline PNG here.")
-def bench_cmd(address, input_tokens, output_tokens, prompts_path, num_requests, request_rate, concurrency, slo_ttft,
-              slo_tpot, seed, as_json, plot_path) -> None:
+def bench_cmd(address, input_tokens, output_tokens, prompts_path, trace_path, trace_out, num_requests, request_rate,
+              concurrency, slo_ttft, slo_tpot, seed, as_json, plot_path) -> None:
     """Load a live cluster like vLLM's `bench serve`: TTFT, TPOT, ITL, throughput, goodput, utilisation."""
     from glitches.bench.report import render_text
     from glitches.bench.run import BenchConfig, run_bench
@@ -43,11 +46,15 @@ def bench_cmd(address, input_tokens, output_tokens, prompts_path, num_requests, 
         raise click.UsageError("give --request-rate or --concurrency, not both")
     if num_requests is not None and num_requests < 1:
         raise click.UsageError("--num-requests must be at least 1")
+    if trace_path is not None and (request_rate is not None or concurrency is not None):
+        raise click.UsageError("a trace sets the arrival times: no --request-rate or --concurrency with --trace")
     config = BenchConfig(address, input_tokens, output_tokens, prompts_path, num_requests, request_rate, concurrency,
-                         slo_ttft, slo_tpot, seed)
+                         slo_ttft, slo_tpot, seed, trace_path=trace_path, trace_out=trace_out)
+    from services.errors import GlitchesError
+
     try:
         report, results = run_bench(config)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, GlitchesError) as error:
         raise click.UsageError(str(error)) from None
     if plot_path:
         from glitches.bench.timeline import plot_timeline

@@ -35,12 +35,16 @@ async def _one(client: AsyncClient, index: int, request: BenchRequest, t0: float
 
 
 async def run_load(address: str, requests: Sequence[BenchRequest], request_rate: float | None = None,
-                   concurrency: int | None = None, seed: int = 0, progress: bool = True) -> list[RequestResult]:
+                   concurrency: int | None = None, seed: int = 0, progress: bool = True,
+                   arrivals_s: Sequence[float] | None = None) -> list[RequestResult]:
     """Run every request; returns results in request order.
 
     request_rate: Poisson arrivals at this many requests/s (open loop); concurrency: that many
-    clients, each sending its next request when its last one ends (closed loop); neither: all at once.
+    clients, each sending its next request when its last one ends (closed loop); arrivals_s: each
+    request sent at its own time, seconds from the start (a trace, in request order); none: all at once.
     """
+    if arrivals_s is not None and (request_rate is not None or concurrency is not None):
+        raise ValueError("a trace sets the arrival times: give no request rate or concurrency with it")
     if request_rate is not None and concurrency is not None:
         raise ValueError("give a request rate or a concurrency, not both")
     if request_rate is not None and request_rate <= 0:
@@ -65,8 +69,14 @@ async def run_load(address: str, requests: Sequence[BenchRequest], request_rate:
 
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(requests)))))
         else:
-            gaps_s = (np.random.default_rng(seed).exponential(1.0 / request_rate, size=len(requests))
-                      if request_rate is not None else np.zeros(len(requests)))
+            if arrivals_s is not None:  # a trace: the gaps between its (sorted) arrival times
+                order = np.argsort(arrivals_s, kind="stable")
+                if list(order) != list(range(len(requests))):
+                    raise ValueError("a trace's arrival times must be in non-decreasing order")
+                gaps_s = np.diff(np.asarray(arrivals_s, dtype=float), prepend=0.0)
+            else:
+                gaps_s = (np.random.default_rng(seed).exponential(1.0 / request_rate, size=len(requests))
+                          if request_rate is not None else np.zeros(len(requests)))
             tasks = []
             for index, gap_s in enumerate(gaps_s):
                 if gap_s > 0:

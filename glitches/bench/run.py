@@ -10,6 +10,7 @@ from glitches.bench.power import device_power
 from glitches.bench.prompts import fixed_length_requests, jsonl_requests, load_tokenizer_for
 from glitches.bench.records import RequestResult
 from glitches.bench.stats import summarise
+from glitches.bench.trace import trace_requests, write_result_trace
 from glitches.client import Client
 
 
@@ -26,8 +27,12 @@ class BenchConfig:
     slo_tpot_s: float | None = None
     seed: int = 0
     progress: bool = True
+    trace_path: str | None = None  # a trace file (sim/plan_workload.py): arrival times and lengths
+    trace_out: str | None = None  # write what was sent and produced as a trace file here
 
     def load_label(self) -> str:
+        if self.trace_path is not None:
+            return f"trace {self.trace_path}"
         if self.request_rate is not None:
             return f"Poisson {self.request_rate} req/s"
         return f"closed loop x{self.concurrency}" if self.concurrency is not None else "all at once"
@@ -36,21 +41,28 @@ class BenchConfig:
 def run_bench(config: BenchConfig) -> tuple[dict, list[RequestResult]]:
     """Returns (the report dict of glitches.bench.stats plus "inputs", every request's result)."""
     fixed = config.input_tokens is not None or config.output_tokens is not None
-    if fixed == (config.prompts_path is not None):
+    if config.trace_path is not None and (fixed or config.prompts_path is not None):
+        raise ValueError("a trace gives the lengths: no --input/--output/--prompts with --trace")
+    if config.trace_path is None and fixed == (config.prompts_path is not None):
         raise ValueError("give --input and --output, or --prompts FILE.jsonl (not both)")
     if fixed and (config.input_tokens is None or config.output_tokens is None):
         raise ValueError("--input and --output go together")
     with Client(config.address, timeout_s=30) as client:
         status = client.status()
     devices = {w.worker_id: device_power(w) for w in status.workers if w.healthy}
-    if fixed:
+    arrivals_s = None
+    if config.trace_path is not None:
+        requests, arrivals_s = trace_requests(load_tokenizer_for(status.model), config.trace_path, config.seed)
+    elif fixed:
         tokenizer = load_tokenizer_for(status.model)
         requests = fixed_length_requests(tokenizer, config.input_tokens, config.output_tokens,
                                          config.num_requests or 100, config.seed)
     else:
         requests = jsonl_requests(config.prompts_path, config.num_requests)
     results = asyncio.run(run_load(config.address, requests, config.request_rate, config.concurrency,
-                                   config.seed, config.progress))
+                                   config.seed, config.progress, arrivals_s))
+    if config.trace_out:
+        write_result_trace(results, config.trace_out)
     report = summarise(results, devices, config.slo_ttft_s, config.slo_tpot_s)
     report["inputs"] = {
         "address": config.address, "model": status.model, "input_tokens": config.input_tokens,

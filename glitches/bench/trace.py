@@ -1,0 +1,36 @@
+"""Trace files in `glitches bench` (format: sim/plan_workload.py, the one `glitches simulate --trace` reads).
+
+`--trace FILE`: each line's request is sent at its arrival_s (seconds from the start) with a prompt of
+exactly input_tokens tokens and max_tokens = output_tokens. `--trace-out FILE`: what the bench did, one
+line per request that finished: its send time, the prompt tokens the scheduler counted, and the tokens
+it produced (greedy decoding may stop early at EOS, so these can be fewer than asked).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from glitches.bench.prompts import exact_length_prompt
+from glitches.bench.records import BenchRequest, RequestResult
+
+
+def trace_requests(tokenizer, path: str | Path, seed: int) -> tuple[list[BenchRequest], list[float]]:
+    """The trace's requests in arrival order, and their arrival times (s, the first at 0)."""
+    from sim.plan_workload import read_trace
+
+    workload = read_trace(path)
+    order = sorted(range(len(workload.shapes)), key=lambda i: workload.arrivals_s[i])
+    rng = np.random.default_rng(seed)
+    requests = [BenchRequest(exact_length_prompt(tokenizer, workload.shapes[i][0], rng), workload.shapes[i][1],
+                             workload.shapes[i][0]) for i in order]
+    return requests, [workload.arrivals_s[i] for i in order]
+
+
+def write_result_trace(results: list[RequestResult], path: str | Path) -> None:
+    """The finished requests as a trace file (module docstring)."""
+    from sim.plan_workload import write_trace
+
+    done = [r for r in results if r.ok]
+    write_trace(path, [r.start_s for r in done], [(r.prompt_tokens, r.output_tokens) for r in done])
