@@ -9,9 +9,9 @@ With `explore_all` every mix is simulated (for the cost-vs-goodput front); the a
 
 Each mix runs the whole workload through sim.run.simulate_node: admission by
 scheduler/placement.py, unchanged; GPUs at batch size 1 (the paper's setting) or, with gpu_batching,
-batching continuously as the GPU worker now does (sim/gpu_batching.py). GPUs get GPU-assist slots
-by the GPU worker's own default (gpu_worker/assist_slots.py: what their KV budget holds at a
-2048-token context, at most 256).
+batching continuously as the GPU worker now does (sim/gpu_batching.py). Batching GPUs get GPU-assist
+slots by the GPU worker's own default (gpu_worker/assist_slots.py: what their KV budget holds at a
+2048-token context, at most 256); batch-1 GPUs one slot, as in the paper.
 
 SLO: TTFT and TPOT at a percentile (50, 90 or 99), each met when the simulated percentile is at most
 the target. Margin to an SLO: (target - simulated) / target (0.2 = 20% headroom).
@@ -120,7 +120,8 @@ def candidate_mixes(catalogue: dict[str, CatalogueEntry], limits: Limits) -> lis
 def evaluate(mix: Mix, workload: Workload, slo: PlanSlo, link_gb_per_s: float, seed: int,
              gpu_batching: bool = False) -> dict:
     """Simulate the workload on one mix: the figures `plan` prints for it."""
-    slots = gpu_assist_slots(mix.gpu) if mix.gpus else 0
+    # batch 1: one GPU-assist decode per GPU (the paper's setting; more would only alternate token by token)
+    slots = (gpu_assist_slots(mix.gpu) if gpu_batching else 1) if mix.gpus else 0
     config = NodeConfig(mix.gpu.profile if mix.gpus else None, mix.gpus, mix.fpga.profile if mix.fpgas else None,
                         mix.fpgas, link_gb_per_s, slots, gpu_batching, GPU_MAX_BATCH_TOKENS)
     try:

@@ -1,0 +1,109 @@
+"""Validate the simulator against live Poisson runs (issue #25 item 4): for each cluster (1 GPU + 2 emulated
+FPGAs, and GPU-only), measure a profile, find the live capacity, then at three Poisson rates (light,
+near saturation, over it) run `glitches bench --trace-out` and `glitches simulate --trace --profile
+--gpu-batching` of exactly what was sent, and print TTFT / TPOT p50, p90, p99 and tokens/s, simulated
+vs live, with the machine's load average beside each run.
+
+    .venv/bin/python -m benchmarks.validate_sim_poisson [--input 64 --output 16 --num-requests 16]
+
+Every process shares this machine's cores (the GPU is the host CPU, the FPGAs are the software
+emulator: emulated hardware, named as such in every output). The rates are fractions of the live
+closed-loop capacity (requests/s at concurrency 4): light 0.3x, near 0.9x, over 1.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from glitches.bench.profile_doc import write_profile
+from glitches.bench.profile_measure import ProfileConfig, device_key, measure_profile
+from glitches.bench.run import BenchConfig, run_bench
+from glitches.client import Client
+from glitches.cluster import ClusterSpec, LocalCluster
+from services.models import DEFAULT_MODEL, resolve_model
+from sim.cli import simulate
+
+RATE_FRACTIONS = (("light", 0.3), ("near saturation", 0.9), ("over", 1.5))
+FIGURES = [(k, s) for k in ("ttft_s", "tpot_s") for s in ("p50", "p90", "p99")] + [("throughput_tokens_per_s", None)]
+
+
+def _get(result: dict, key: str, stat: str | None) -> float:
+    return result[key][stat] if stat else result[key]
+
+
+def _load() -> str:
+    return "load %.2f %.2f %.2f" % os.getloadavg()
+
+
+def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
+    rows = []
+    with LocalCluster(ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0), run_dir / f"cluster-{fpgas}") as cluster:
+        with Client(cluster.address) as client:
+            workers = client.status().workers
+        gpu = next(w for w in workers if w.kind == "gpu")
+        fpga = next((w for w in workers if w.kind == "fpga"), None)
+        doc = measure_profile(ProfileConfig(cluster.address, prefill_lengths=(args.input // 2, args.input, args.input * 2),
+                                            decode_contexts=(args.input, args.input + args.output), repeats=2,
+                                            progress=False))
+        profile = run_dir / f"profile-{fpgas}.json"
+        write_profile(doc, profile)
+        closed, _ = run_bench(BenchConfig(cluster.address, args.input, args.output, num_requests=8, concurrency=4,
+                                          progress=False))
+        capacity = closed["requests_per_s"]
+        print(f"\n1 GPU (host CPU) + {fpgas} emulated FPGA(s): GPU-assist slots {gpu.slots}; live capacity "
+              f"{capacity:.3f} req/s (closed loop x4); {_load()}", flush=True)
+        for label, fraction in RATE_FRACTIONS:
+            rate = fraction * capacity
+            trace = run_dir / f"trace-{fpgas}-{label.replace(' ', '-')}.jsonl"
+            before = _load()
+            live, _ = run_bench(BenchConfig(cluster.address, args.input, args.output, num_requests=args.num_requests,
+                                            request_rate=rate, seed=args.seed, progress=False, trace_out=str(trace)))
+            after = _load()
+            sim = simulate(1, device_key("gpu", gpu.backend), fpgas, device_key("fpga", fpga.backend) if fpga else "u280",
+                           "llama-2-7b", 1, 1, 1, None, None, str(profile), gpu_decode_slots=gpu.slots,
+                           trace_path=str(trace), gpu_batching=True)
+            row = {"fpgas": fpgas, "label": label, "rate": rate, "load_before": before, "load_after": after,
+                   "gpu_assist_live": live["gpu_assist_requests"], "gpu_assist_sim": sim["gpu_assist_requests"],
+                   "figures": {}}
+            print(f"  {label}: Poisson {rate:.3f} req/s, {live['completed']} requests; {before} -> {after}; "
+                  f"GPU-assisted live {row['gpu_assist_live']} / sim {row['gpu_assist_sim']}")
+            print(f"    {'figure':<26}{'simulated':>11}{'live':>11}{'error':>9}")
+            for key, stat in FIGURES:
+                s, m = _get(sim, key, stat), _get(live, key, stat)
+                err = (s - m) / m if m else float("nan")
+                name = f"{key} {stat}" if stat else key
+                row["figures"][name] = {"sim": s, "live": m, "error": err}
+                print(f"    {name:<26}{s:>11.4f}{m:>11.4f}{err:>+9.1%}{'  within 10%' if abs(err) <= 0.10 else ''}")
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", type=int, default=64, help="prompt tokens per request")
+    parser.add_argument("--output", type=int, default=16, help="tokens asked for per request")
+    parser.add_argument("--num-requests", type=int, default=16, help="per rate")
+    parser.add_argument("--fpgas", default="2,0", help="clusters to validate: emulated FPGAs beside 1 GPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="write every row here")
+    args = parser.parse_args()
+    resolve_model(DEFAULT_MODEL)
+    run_dir = Path(tempfile.mkdtemp(prefix="glitches-validate-poisson-"))
+    print(f"[{args.input}, {args.output}] tokens, {args.num_requests} requests per rate; files in {run_dir}; "
+          "GPU = host CPU stand-in, FPGAs = software emulator (emulated hardware)")
+    rows = []
+    for fpgas in (int(f) for f in args.fpgas.split(",")):
+        rows += run_config(fpgas, args, run_dir)
+    within = sum(abs(f["error"]) <= 0.10 for r in rows for f in r["figures"].values())
+    total = sum(len(r["figures"]) for r in rows)
+    print(f"\n{within} of {total} figures within 10% of live")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
