@@ -1,8 +1,9 @@
 """Power and temperature of the decode card, read live (at most once per `max_age_s`) for each metrics scrape.
 
 Where a reading comes from is the backend's business (DecodeBackend.sensors()):
-- an `xrt` card reads its own sensors through pyxrt's device info (`xrt_info_device.electrical`:
-  power_consumption_watts; `xrt_info_device.thermal`: thermals[].temp_C), a measurement;
+- an `xrt` card reads its own sensors with XRT's `xbutil examine --report electrical thermal --format JSON`
+  (electrical.power_consumption_watts; thermals[].temp_C of the present sensors), a measurement; XRT writes
+  "N/A" (or "NA") for a figure the platform lacks, which reads as None, never as a number;
 - an emulated card has no sensors: it reports the power its U280 would draw by the model below,
   `modeled=True`, exported under its own metric name (glitches_emulated_device_power_watts) so it is
   never mistaken for a measurement, and no temperature (nothing models one).
@@ -13,7 +14,11 @@ Power model of an emulated card, watts: IDLE_POWER_W + (DECODE_POWER_W - IDLE_PO
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
@@ -36,6 +41,55 @@ def modeled_power_w(busy_fraction: float) -> float:
 def modeled_reading(meter: BusyMeter) -> SensorReading:
     """An emulated card's reading: modeled power from its recent stepping, no temperature."""
     return SensorReading(power_w=modeled_power_w(meter.fraction()), modeled=True)
+
+
+def sensor_number(value) -> float | None:
+    """A figure from an XRT report: a finite number, or None for "N/A", "NA", "", None or anything else."""
+    try:
+        number = float(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def xrt_reading(report: dict) -> SensorReading:
+    """A measured reading from one device's report (its "electrical" object and "thermals" list)."""
+    power = sensor_number(report.get("electrical", {}).get("power_consumption_watts"))
+    temps = [sensor_number(t.get("temp_C")) for t in report.get("thermals", [])
+             if isinstance(t, dict) and str(t.get("is_present", "true")).lower() == "true"]
+    temps = [t for t in temps if t is not None]
+    return SensorReading(power_w=power, temperature_c=max(temps) if temps else None)
+
+
+def _device_report(tree) -> dict:
+    """The object holding "electrical" / "thermals" in xbutil's JSON, wherever its schema nests it."""
+    if isinstance(tree, dict):
+        if "electrical" in tree or "thermals" in tree:
+            return tree
+        children = tree.values()
+    elif isinstance(tree, list):
+        children = tree
+    else:
+        return {}
+    for child in children:
+        found = _device_report(child)
+        if found:
+            return found
+    return {}
+
+
+def read_xbutil(bdf: str, timeout_s: float = 5.0) -> SensorReading:
+    """Card `bdf`'s power and temperature from `xbutil examine`; NO_READING when xbutil fails or is missing."""
+    xbutil = os.path.join(os.environ.get("XILINX_XRT", "/usr"), "bin", "xbutil")
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "report.json")
+        try:
+            subprocess.run([xbutil, "examine", "--device", bdf, "--report", "electrical", "thermal", "--format",
+                            "JSON", "--output", out], capture_output=True, timeout=timeout_s, check=True)
+            with open(out) as file:
+                return xrt_reading(_device_report(json.load(file)))
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return NO_READING
 
 
 class BusyMeter:

@@ -124,10 +124,9 @@ def backend_vocab(backend: DecodeBackend, tokenizer) -> int:
 
 def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> DecodeBackend:
     if settings.backend == "xrt":  # a card or a clear error; never the emulator in its place
-        from fpga_worker.xrt_backend import XrtCard, open_pyxrt, weight_image_for
+        from fpga_worker.xrt_backend import XrtCard, weight_image_for
 
-        pyxrt = open_pyxrt(settings.xilinx_xrt or None)
-        return XrtCard(weight_image_for(source), pyxrt, settings.device, settings.xclbin, settings.hbm_bytes,
+        return XrtCard(weight_image_for(source), settings.device, settings.xclbin, settings.hbm_bytes,
                        tag=settings.worker_id or "xrt")
     if settings.numerics in ("w4a8", "csim"):
         import torch

@@ -1,21 +1,21 @@
 """FPGA power and temperature, read live per scrape and cached about a second (fpga_worker/sensors.py):
 an emulated card's modeled power follows its stepping and is exported under its own, labelled name;
-an xrt card's measured sensors (the pyxrt stand-in) reach glitches_device_* and change as the card's do."""
+an xrt card's measured sensors (XRT's report JSON, "N/A" figures included) reach glitches_device_* and change
+as the card's do."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 import torch
 
-import tests.pyxrt_standin as standin
 from decode_contract.device import SensorReading
 from fpga_worker.sensors import (DECODE_POWER_W, IDLE_POWER_W, BusyMeter, CachedSensors, modeled_power_w,
-                                 publish_sensors)
+                                 publish_sensors, sensor_number, xrt_reading)
 from fpga_worker.w4a8_backend import W4A8EmulatedCard
 from fpga_worker.weight_image import build_from_state_dict
-from fpga_worker.xrt_backend import XrtCard
 from services import metrics
 from tests.fpga_helpers import prefill_cache, tiny_llama
 
@@ -116,21 +116,34 @@ def test_emulated_card_reports_modeled_power_live_and_labelled(image):
     assert _sample("glitches_emulated_device_power_watts", "emu-sensors-test") == IDLE_POWER_W
 
 
-def test_xrt_card_reports_measured_sensors_live(image, tmp_path):
-    xclbin = tmp_path / "decode.xclbin"
-    xclbin.write_bytes(b"stand-in xclbin for tests")
-    card = XrtCard(image, standin, "0", str(xclbin), HBM)
-    assert card.sensors() == SensorReading(power_w=23.5, temperature_c=41.0, modeled=False)
-    clock = Clock()
-    publish_sensors("fpga-worker", "xrt-sensors-test", CachedSensors(card.sensors, max_age_s=1.0, clock=clock))
+def _report(power, *temps, present="true") -> dict:
+    """One device's report as XRT's electrical and thermal queries write it (strings throughout)."""
+    return {"electrical": {"power_consumption_watts": power, "power_consumption_max_watts": "NA"},
+            "thermals": [{"location_id": f"t{i}", "description": "FPGA", "temp_C": t, "is_present": present}
+                         for i, t in enumerate(temps)]}
+
+
+def test_xrt_reports_with_na_or_junk_read_as_missing_never_raise():
+    assert xrt_reading(_report("23.5", "41", "38")) == SensorReading(power_w=23.5, temperature_c=41.0)
+    assert xrt_reading(_report("N/A", "N/A")) == SensorReading(power_w=None, temperature_c=None)
+    assert xrt_reading(_report("NA", "40", present="false")) == SensorReading(power_w=None, temperature_c=None)
+    assert xrt_reading({}) == SensorReading(power_w=None, temperature_c=None)
+    assert [sensor_number(v) for v in ("12", 7, "", None, "nan", "inf", "1e2", "12 W", {"x": 1})] == \
+        [12.0, 7.0, None, None, None, None, 100.0, None, None]
+
+
+def test_xrt_measured_sensors_are_published_live():
+    clock, report = Clock(), {"now": _report("23.5", "41")}
+    sensors = CachedSensors(lambda: xrt_reading(report["now"]), max_age_s=1.0, clock=clock)
+    publish_sensors("fpga-worker", "xrt-sensors-test", sensors)
     assert _sample("glitches_device_power_watts", "xrt-sensors-test") == 23.5
     assert _sample("glitches_device_temperature_celsius", "xrt-sensors-test") == 41.0
     assert _sample("glitches_emulated_device_power_watts", "xrt-sensors-test") is None
-    reads = sum(1 for call in card.device.calls if call == ("get_info", "electrical"))
-    card.device.power_w, card.device.temperature_c = 31.25, 57
+    report["now"] = _report("31.25", "57")
     assert _sample("glitches_device_power_watts", "xrt-sensors-test") == 23.5  # within the cache's second
-    assert sum(1 for call in card.device.calls if call == ("get_info", "electrical")) == reads
     clock.now_s += 1.0
     assert _sample("glitches_device_power_watts", "xrt-sensors-test") == 31.25  # read again, live
     assert _sample("glitches_device_temperature_celsius", "xrt-sensors-test") == 57.0
-    assert "power_w" not in card.facts().extra  # Info's facts no longer query the sensors
+    report["now"] = _report("N/A", "N/A")  # a figure that goes missing later reads NaN, not an exception
+    clock.now_s += 1.0
+    assert math.isnan(_sample("glitches_device_power_watts", "xrt-sensors-test"))

@@ -1,19 +1,22 @@
-"""Bad TransferKV streams against the W4A8 emulated card and the xrt backend (over the pyxrt stand-in):
+"""Bad TransferKV streams against the W4A8 emulated card and the xrt backend (real XRT, no-op shim):
 the same status codes as the reference emulator (tests/test_worker_rpcs.py), the request's blocks released,
 and the card still serving a good stream afterwards."""
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import pytest
 
-import tests.pyxrt_standin as standin
 from fpga_worker.server import FpgaWorkerServicer
 from fpga_worker.w4a8_backend import W4A8EmulatedCard
+from fpga_worker.xclbin_meta import write_xclbin
 from fpga_worker.xrt_backend import XrtCard, weight_image_for
 from services import models
 from services.stubs.glitches.v1 import worker_pb2
 from tests.worker_helpers import KV_END, kv_header, kv_layer, serve_worker, transfer
+from tests.xrt_noop_env import noop_environment, require_xrt
 
 HBM = 32 * 1024 * 1024
 INVALID, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -22,16 +25,22 @@ INVALID, EXHAUSTED = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_
 @pytest.fixture(scope="module", params=["w4a8", "xrt"])
 def card(request, tiny_source, tmp_path_factory):
     image = weight_image_for(tiny_source)
+    saved = dict(os.environ)
     if request.param == "w4a8":
         backend = W4A8EmulatedCard(image, HBM)
     else:
-        xclbin = tmp_path_factory.mktemp("xclbin") / "decode.xclbin"
-        xclbin.write_bytes(b"stand-in xclbin for tests")
-        backend = XrtCard(image, standin, "0", str(xclbin), HBM)
+        require_xrt()
+        os.environ.update(noop_environment(tmp_path_factory.mktemp("xilinx_xrt")))  # XRT reads it once a process
+        xclbin = write_xclbin(tmp_path_factory.mktemp("xclbin") / "decode.xclbin")
+        backend = XrtCard(image, "0", str(xclbin), HBM)
     server, stub = serve_worker(FpgaWorkerServicer(backend, models.load_tokenizer(tiny_source), "fpga-t",
                                              tiny_source.name, 1))
     yield dict(backend=backend, stub=stub)
     server.stop(0)
+    if request.param == "xrt":
+        backend.close()  # XRT buffers, kernel, device and the staging segment
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _raw_layer(layer, dtype="float64"):
