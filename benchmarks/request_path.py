@@ -200,7 +200,8 @@ def main() -> None:
         args.prompt_tokens, args.repeats, args.decode_tokens = 128, 1, 8
     source = models.resolve_model(models.DEFAULT_MODEL)
     tokenizer = models.load_tokenizer(source)
-    spec = ClusterSpec(gpu_workers=1, fpga_workers=1, port=0, kv_transport="grpc")  # the TransferKV path's figures
+    # the TransferKV path's figures; no prefix cache: kv_overlap repeats one prompt and times its whole prefill
+    spec = ClusterSpec(gpu_workers=1, fpga_workers=1, port=0, kv_transport="grpc", prefix_cache=False)
     # the same split LocalCluster gives each FPGA worker, so both sides of the ITL ratio use equal threads
     fpga_threads = max(1, (os.cpu_count() or 1) // (spec.gpu_workers + spec.fpga_workers))
     with LocalCluster(spec) as cluster, Client(cluster.address) as client:
