@@ -220,11 +220,10 @@ def test_unreachable_scheduler_is_503():
 # --- OpenAI's error contract, structured output, /health, /metrics ----------------------------------------
 
 @pytest.mark.parametrize("route, field, value", [
-    ("/v1/chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
-    ("/v1/chat/completions", "tool_choice", "required"),
+    ("/v1/chat/completions", "tools", [{"type": "retrieval"}]),  # param: tools.0.type
+    ("/v1/chat/completions", "tool_choice", "required"),  # without tools
     ("/v1/chat/completions", "functions", [{"name": "f"}]),
     ("/v1/chat/completions", "function_call", "auto"),
-    ("/v1/chat/completions", "parallel_tool_calls", True),
     ("/v1/chat/completions", "reasoning_effort", "low"),
     ("/v1/chat/completions", "audio", {"voice": "alloy", "format": "wav"}),
     ("/v1/chat/completions", "modalities", ["text", "audio"]),
@@ -242,7 +241,8 @@ def test_unimplemented_fields_are_refused_naming_them(app, route, field, value):
     reply = http.post(route, json=body)
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
-    assert error["param"] == field and field in error["message"] and error["type"] == "invalid_request_error"
+    assert error["param"].startswith(field) and field in error["message"]
+    assert error["type"] == "invalid_request_error"
     assert gateway.client.calls == []
 
 

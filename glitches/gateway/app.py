@@ -34,6 +34,8 @@ from glitches.gateway.errors import (RequestError, error_body, from_request_erro
 from glitches.gateway.metrics import GatewayMetrics, RequestCountMiddleware, TokenClock
 from glitches.gateway.responses import Shapes, finish_reason, sse, usage_of
 from glitches.gateway.schemas import ChatRequest, CompletionRequest, Limits
+from glitches.gateway.tool_stream import tool_choice_body, tool_events
+from glitches.gateway.tools import ToolPlan, plan_tools
 from glitches.types import Completion
 from services.tls import TlsConfig
 from services.rate_limit import KeyRateLimiter
@@ -181,17 +183,21 @@ class Gateway:
                                                                                        for p in prompts)))
         return body, prompts
 
-    def _parse_chat(self, raw: bytes) -> tuple[ChatRequest, str]:
+    def _parse_chat(self, raw: bytes) -> tuple[ChatRequest, str, ToolPlan]:
         """Runs in a worker thread: validation and the chat template (jinja) are CPU work."""
         body = _parse(raw, ChatRequest, self._precheck_chat)
         body.check(self.limits)
         body.response_format_value()
+        plan = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls)
+        if plan.active and body.response_format is not None and body.response_format.type != "text":
+            raise RequestError("response_format: cannot be combined with tools (tool calls are constrained "
+                               "JSON already); leave one out", param="response_format")
         self._need_tokenizer(bool(body.logprobs))
         if self.chat_template is None:
             raise RequestError("this gateway has no chat template; use /v1/completions", status=404)
         messages = [m.as_template_message() for m in body.messages]
         self._check_fits(sum(len(m["content"]) for m in messages), len(messages), "messages")
-        return body, self.chat_template.render(messages)
+        return body, self.chat_template.render_with_tools(messages, plan), plan
 
     async def completions(self, request: Request) -> Response:
         arrived = time.monotonic()
@@ -213,17 +219,19 @@ class Gateway:
         arrived = time.monotonic()
         try:
             raw = await _read_body(request, self.max_body_bytes)
-            body, prompt = await asyncio.to_thread(self._parse_chat, raw)
+            body, prompt, plan = await asyncio.to_thread(self._parse_chat, raw)
         except RequestError as error:
             return from_request_error(error)
         if refused := check_user(self.user_limiter, request.scope, bool(self.api_keys), body.user):
             return refused
         kwargs = body.sdk_kwargs(body.max_completion_tokens or body.max_tokens, self.default_max_tokens)
+        if (schema := plan.schema()) is not None:  # "required" / a named function: constrained decoding
+            kwargs["response_format"] = schema
         specs = chat_specs(prompt, body.n or 1, kwargs, bool(body.logprobs), body.top_logprobs or 0)
         params = {"prompt": "messages",
                   "max_new_tokens": "max_completion_tokens" if body.max_completion_tokens else "max_tokens"}
         return await self._answer(request, specs, Shapes(True, body.model or self.served_model), body,
-                                  params, "/v1/chat/completions", arrived)
+                                  params, "/v1/chat/completions", arrived, plan if plan.active else None)
 
     def _need_tokenizer(self, needed: bool) -> None:
         if needed and self._strings is None:
@@ -235,10 +243,13 @@ class Gateway:
 
     # --- one request: one scheduler stream per choice ---------------------------------
     async def _answer(self, request: Request, specs: list[ChoiceSpec], shapes: Shapes, body,
-                      params: dict[str, str], route: str, arrived: float) -> Response:
+                      params: dict[str, str], route: str, arrived: float, plan: ToolPlan | None = None) -> Response:
         """Run every choice; until the response starts, a client that disconnects cancels them all on the
-        scheduler (closing a stream cancels its gRPC call, and the scheduler releases the request's claims)."""
+        scheduler (closing a stream cancels its gRPC call, and the scheduler releases the request's claims).
+        With tools (`plan`), every choice is generated whole first (its text decides whether it is a tool
+        call), then sent: as one body, or streamed as OpenAI's chunks (glitches.gateway.tool_stream)."""
         in_flight = self.limits.max_choices_in_flight
+        streaming = bool(body.stream) and plan is None
         if body.stream and len(specs) > in_flight:
             return from_request_error(RequestError(
                 f"a streamed response runs every choice at once, and this gateway runs at most {in_flight} of one "
@@ -248,7 +259,7 @@ class Gateway:
         renders = [ChoiceRender(spec, shapes.chat, self._strings, self._decode_prompt) for spec in specs]
         clocks = [TokenClock(self.metrics, route, arrived) for _ in specs]
         gate = asyncio.Semaphore(in_flight)  # a choice's scheduler request starts inside it (the stream is lazy)
-        work = asyncio.ensure_future(_all(_gated(gate, stream, body.stream, clock)
+        work = asyncio.ensure_future(_all(_gated(gate, stream, streaming, clock)
                                           for stream, clock in zip(streams, clocks)))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
@@ -274,10 +285,17 @@ class Gateway:
         except BaseException:  # anything else is a 500 (the app's handler); the gRPC calls go first
             await _close(streams)
             raise
-        if body.stream:
+        if streaming:
             return StreamingResponse(self._events(items, streams, renders, shapes, body.include_usage(), clocks),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         await _close(streams)
+        if plan is not None:
+            choices = [tool_choice_body(r.spec.index, *r.whole(final), finish_reason(final), plan)
+                       for r, final in zip(renders, items)]
+            if body.stream:
+                return StreamingResponse(tool_events(shapes, choices, _usage(renders, items), body.include_usage()),
+                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return JSONResponse(shapes.full_choices(choices, _usage(renders, items)))
         choices = [shapes.choice(r.spec.index, *r.whole(final), finish_reason(final))
                    for r, final in zip(renders, items)]
         return JSONResponse(shapes.full_choices(choices, _usage(renders, items)))

@@ -25,6 +25,26 @@ class ChatTemplate:
                                param="messages") from None
 
 
+    def render_with_tools(self, messages: list[dict], plan) -> str:
+        """The conversation with the request's tools (glitches.gateway.tools.ToolPlan): through the
+        template's own tool format when it has one, else the documented fallback (tools in the system
+        message, calls as <tool_call> blocks, results as <tool_response> user messages)."""
+        from glitches.gateway.tools import fallback_messages, native_messages, template_has_tools
+
+        has_tool_messages = any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+        if not plan.active and not has_tool_messages:
+            return self.render(messages)
+        if not template_has_tools(self._tokenizer):
+            return self.render(fallback_messages(messages, plan))
+        try:
+            return self._tokenizer.apply_chat_template(native_messages(messages),
+                                                       tools=plan.openai_tools() if plan.active else None,
+                                                       tokenize=False, add_generation_prompt=True)
+        except Exception as error:
+            raise RequestError(f"the model's chat template refused these messages or tools: {error}",
+                               param="messages") from None
+
+
 def load_chat_template(model: str) -> ChatTemplate:
     """The chat template of `model` (a name, a transformers directory or a .gguf file)."""
     from services import models

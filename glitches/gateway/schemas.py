@@ -1,5 +1,5 @@
 """The request bodies the gateway accepts (pydantic, strict types) and their translation to the SDK's
-sampling arguments. Fields OpenAI defines but GLITCHES cannot honour (tools, logit_bias, audio, ...)
+sampling arguments. Fields OpenAI defines but GLITCHES cannot honour (logit_bias, audio, ...)
 and fields nobody defines are refused with a 400 that names them in `param`, rather than silently
 ignored (OpenAI itself refuses unrecognised arguments). A field sent as null, {} or [] asks for
 nothing and is accepted. Fields that never change the output (`user`, `safety_identifier`,
@@ -9,6 +9,7 @@ configuration (stop strings, top_logprobs) are checked in `check_limits`."""
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -41,9 +42,10 @@ class _Strict(BaseModel):
 
 # OpenAI fields GLITCHES does not implement -> what the 400 says (any other unknown field: "not a field ...")
 UNSUPPORTED_FIELDS = {
-    "tools": "tool calling is not supported", "tool_choice": "tool calling is not supported",
+    "tools": "tool calling on /v1/completions is not supported (use /v1/chat/completions)",
+    "tool_choice": "tool calling on /v1/completions is not supported (use /v1/chat/completions)",
     "functions": "function calling is not supported", "function_call": "function calling is not supported",
-    "parallel_tool_calls": "tool calling is not supported", "logit_bias": "logit_bias is not supported",
+    "parallel_tool_calls": "tool calling on /v1/completions is not supported", "logit_bias": "logit_bias is not supported",
     "reasoning_effort": "reasoning_effort is not supported (the model does not reason in separate tokens)",
     "audio": "audio output is not supported", "modalities": "only text output is supported",
     "prediction": "predicted outputs are not supported", "web_search_options": "web search is not supported",
@@ -192,13 +194,47 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message answers this call
 
     def as_template_message(self) -> dict:
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+    def check_tool_fields(self, where: str) -> None:
+        if self.role == "tool" and not self.tool_call_id:
+            raise RequestError(f"{where}tool_call_id: a tool message needs the id of the call it answers",
+                               param=f"{where}tool_call_id")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise RequestError(f"{where}tool_call_id: only tool messages carry one", param=f"{where}tool_call_id")
+        if self.tool_calls and self.role != "assistant":
+            raise RequestError(f"{where}tool_calls: only assistant messages carry tool calls",
+                               param=f"{where}tool_calls")
+        for k, call in enumerate(self.tool_calls or ()):
+            try:
+                json.loads(call.function.arguments)
+            except ValueError:
+                raise RequestError(f"{where}tool_calls.{k}.function.arguments: not JSON",
+                                   param=f"{where}tool_calls.{k}.function.arguments") from None
 
 
 class ChatRequest(_Sampling):
@@ -206,7 +242,9 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0)
-    tools: list | None = None
+    tools: list | None = None  # checked by glitches.gateway.tools.plan_tools
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
 
     def check(self, limits: Limits) -> None:
         self.refuse_unsupported()
@@ -217,9 +255,8 @@ class ChatRequest(_Sampling):
             if self.top_logprobs > limits.max_top_logprobs:
                 raise RequestError(f"top_logprobs: at most {limits.max_top_logprobs}, got {self.top_logprobs}",
                                    param="top_logprobs")
-        if self.tools:
-            raise RequestError("tools: tool calling is not supported by GLITCHES; leave it out", param="tools")
         for i, message in enumerate(self.messages):
             refuse_extra_fields(message, f"messages.{i}.")
+            message.check_tool_fields(f"messages.{i}.")
             for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
                 refuse_extra_fields(part, f"messages.{i}.content.{j}.")

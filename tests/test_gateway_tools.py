@@ -1,0 +1,83 @@
+"""Tool calling's pieces without a cluster: checking tools/tool_choice (400s naming the parameter), the
+constrained schema (it compiles in llguidance, and a call it admits parses back), and reading tool calls
+out of "auto" text."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import llguidance
+import pytest
+
+from glitches.gateway.errors import RequestError
+from glitches.gateway.tools import fallback_messages, plan_tools
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+def _param_of(tools, tool_choice=None, parallel=None) -> str:
+    with pytest.raises(RequestError) as caught:
+        plan_tools(tools, tool_choice, parallel)
+    assert caught.value.status == 400
+    return caught.value.param
+
+
+def test_bad_tool_definitions_name_the_parameter():
+    bad_schema = {"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                                                                              "properties": 3}}}
+    assert _param_of([bad_schema]) == "tools.0.function.parameters"
+    assert _param_of([{"type": "function", "function": {"name": "f", "parameters": [1]}}]) == \
+        "tools.0.function.parameters"
+    assert _param_of([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]) == \
+        "tools.0.function.parameters"
+    assert _param_of([WEATHER, WEATHER]) == "tools.1.function.name"
+    assert _param_of([{"type": "retrieval"}]) == "tools.0.type"
+    assert _param_of([{"type": "function", "function": {"name": "a b"}}]) == "tools.0.function.name"
+    assert _param_of([WEATHER], {"type": "function", "function": {"name": "nope"}}) == "tool_choice"
+    assert _param_of(None, "required") == "tool_choice"
+    assert _param_of([WEATHER], "sometimes") == "tool_choice"
+
+
+def test_required_schema_compiles_and_admits_calls_that_parse():
+    plan = plan_tools([WEATHER, TIME], "required", None)
+    schema = plan.schema()
+    llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
+    text = '[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+    jsonschema.validate(json.loads(text), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "get_weather", "arguments": {}}], schema)
+    content, calls = plan.parse(text)
+    assert content is None and calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert calls[0]["id"].startswith("call_") and calls[0]["type"] == "function"
+    single = plan_tools([WEATHER], {"type": "function", "function": {"name": "get_weather"}}, None).schema()
+    assert single["properties"]["name"] == {"const": "get_weather"}
+    assert plan_tools([WEATHER, TIME], "required", False).schema()["anyOf"]
+
+
+def test_auto_reads_tool_call_blocks_and_keeps_other_text():
+    plan = plan_tools([WEATHER], None, None)
+    assert plan.mode == "auto"
+    content, calls = plan.parse('Let me see. <tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+                                '</tool_call>')
+    assert content == "Let me see." and json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    assert plan.parse("<tool_call>{broken</tool_call>") == ("<tool_call>{broken</tool_call>", [])
+    assert plan.parse("just text") == ("just text", [])
+    assert plan_tools([WEATHER], "none", None).parse("<tool_call>x</tool_call>")[1] == []
+
+
+def test_fallback_rendering_of_a_round_trip():
+    plan = plan_tools([WEATHER], "auto", None)
+    messages = [{"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+                {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}]
+    out = fallback_messages(messages, plan)
+    assert out[0]["role"] == "system" and "get_weather" in out[0]["content"]
+    assert out[2] == {"role": "assistant",
+                      "content": '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'}
+    assert out[3] == {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"}
