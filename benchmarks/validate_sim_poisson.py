@@ -41,6 +41,7 @@ def _load() -> str:
 
 def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
     rows = []
+    (run_dir / f"cluster-{fpgas}").mkdir()
     with LocalCluster(ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0), run_dir / f"cluster-{fpgas}") as cluster:
         with Client(cluster.address) as client:
             workers = client.status().workers
