@@ -72,6 +72,10 @@ class FpgaDevice(worker_runtime.WorkerDevice):
         metrics.KV_CAPACITY_BYTES.set(self.facts.kv_capacity_bytes)
         publish_sensors(self.role, self.settings.device, CachedSensors(backend.sensors))  # live, cached 1 s
 
+    def on_failure(self, out_of_service: Callable[[str], None]) -> None:
+        if hasattr(self.backend, "on_failure"):  # the xrt card: a hung kernel run takes it out of service
+            self.backend.on_failure = out_of_service
+
     def ready_details(self) -> str:
         facts = self.facts
         return (f"backend={facts.backend} emulated={facts.emulated} device={facts.device_name!r} "
@@ -79,4 +83,10 @@ class FpgaDevice(worker_runtime.WorkerDevice):
 
 
 def serve(settings: FpgaWorkerSettings) -> None:
-    worker_runtime.serve(FpgaDevice(settings))
+    device = FpgaDevice(settings)
+    try:
+        worker_runtime.serve(device)
+    finally:  # the xrt card frees its XRT handles: a process that exits holding them crashes in XRT's teardown
+        close = getattr(getattr(device, "backend", None), "close", None)
+        if close is not None:
+            close()

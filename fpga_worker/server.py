@@ -127,7 +127,7 @@ def build_backend(settings: FpgaWorkerSettings, source: models.ModelSource) -> D
         from fpga_worker.xrt_backend import XrtCard, weight_image_for
 
         return XrtCard(weight_image_for(source), settings.device, settings.xclbin, settings.hbm_bytes,
-                       tag=settings.worker_id or "xrt")
+                       tag=settings.worker_id or "xrt", run_timeout_s=settings.run_timeout_s)
     if settings.numerics in ("w4a8", "csim"):
         import torch
 

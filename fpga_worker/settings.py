@@ -18,7 +18,7 @@ KV_TRANSPORTS = ("auto", "shm", "nixl", "grpc")  # what --kv-transport accepts (
 
 @dataclass(frozen=True)
 class FpgaWorkerSettings(DaemonSettings):
-    backend: str = "emu"  # "emu": software kernel emulator (no card); "xrt": an Alveo card through pyxrt
+    backend: str = "emu"  # "emu": software kernel emulator (no card); "xrt": an Alveo card through XRT's C API
     numerics: str = "reference"  # emu only: "reference" = the model's own precision; "w4a8" = the kernel's in Python;
     # "csim" = the kernel source C-simulated (same bits as "w4a8")
     hbm_bytes: int = U280_HBM_BYTES  # device memory for weights + KV, bytes
@@ -26,6 +26,7 @@ class FpgaWorkerSettings(DaemonSettings):
     device: str = "0"  # card index or PCI BDF (xrt backend)
     xclbin: str = ""  # xrt backend: path of the decode bitstream (kernel glitches_decode)
     xilinx_xrt: str = ""  # xrt backend: $XILINX_XRT as the CLI read it; empty = unset
+    run_timeout_s: float = 10.0  # xrt backend: a kernel run longer than this is hung (card out of service), seconds
     kv_token_secret: bytes = field(default=b"", repr=False)  # shared with the scheduler; b"": KV unauthenticated
     kv_transport: str = "auto"  # KV data planes accepted besides grpc: auto = every one available here
     kv_header_timeout_s: float = 2.0  # a KV stream's header must arrive within this, seconds
@@ -42,6 +43,8 @@ class FpgaWorkerSettings(DaemonSettings):
             raise InvalidArgument(f"--numerics must be one of {', '.join(NUMERICS)}, got {self.numerics!r}")
         if self.backend == "xrt" and not self.xclbin:
             raise InvalidArgument("--backend xrt needs --xclbin PATH (the decode bitstream)")
+        if not self.run_timeout_s > 0:
+            raise InvalidArgument(f"--run-timeout-s must be positive, got {self.run_timeout_s}")
         if self.hbm_bytes <= 0:
             raise InvalidArgument(f"--hbm-bytes must be positive, got {self.hbm_bytes}")
         if self.slots < 1:

@@ -196,7 +196,7 @@ def gpu_worker_cmd(**kwargs) -> None:
 @click.command("fpga-worker")
 @daemon_options
 @click.option("--backend", default="emu", envvar=env_var("backend"), show_default=True,
-              help="emu: the software kernel emulator (no card); xrt: an Alveo card through pyxrt.")
+              help="emu: the software kernel emulator (no card); xrt: an Alveo card through XRT's C API.")
 @click.option("--numerics", default="reference", envvar=env_var("numerics"), show_default=True,
               help="emu numerics: reference (the model's own precision), w4a8 (the kernel's INT4 x INT8, Python) "
                    "or csim (the kernel's HLS source compiled with g++ by make setup: same bits as w4a8).")
@@ -206,6 +206,9 @@ def gpu_worker_cmd(**kwargs) -> None:
               help="Concurrent decode requests (1 = the paper's batch size 1).")
 @click.option("--device", default="0", envvar=env_var("fpga-device"), help="Card index or PCI BDF (xrt backend).")
 @click.option("--xclbin", default="", envvar=env_var("xclbin"), help="Decode bitstream path (xrt backend).")
+@click.option("--run-timeout-s", default=10.0, type=float, envvar=env_var("run-timeout-s"), show_default=True,
+              help="xrt backend: a kernel run not finished after this many seconds fails its request and takes "
+                   "the card out of service (health NOT_SERVING, out of the registry).")
 @click.option("--kv-transport", default="auto", envvar=env_var("kv-transport"), show_default=True,
               type=click.Choice(["auto", "shm", "nixl", "grpc"]),
               help="KV data planes accepted besides grpc (always accepted): auto = every one available.")

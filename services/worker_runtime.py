@@ -88,6 +88,10 @@ class WorkerDevice(ABC):
         """What the ready line says about the device, e.g. "device=cuda:0 dtype=float16"."""
         return ""
 
+    def on_failure(self, out_of_service: Callable[[str], None]) -> None:
+        """Give the device the runtime's reaction to it failing (health NOT_SERVING, out of the registry, so
+        schedulers move its requests elsewhere); a device that never fails by itself ignores it."""
+
 
 @dataclass
 class RunningWorker:
@@ -151,12 +155,21 @@ def start_worker(device: WorkerDevice) -> RunningWorker:
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
     holds = device.attach(heartbeat.poke)
     heartbeat.start()
+    device.on_failure(lambda reason: out_of_service(server, heartbeat, reason))
     metrics.ACTIVE_REQUESTS.of(role).set_function(device.active_requests)
     metrics.SLOTS.of(role).set(device.settings.slots)  # as resolved by build (GPU: --slots 0)
     metrics.publish_holds(role, holds, device.held_kv_bytes)
     device.publish_metrics()
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
     return RunningWorker(device, servicer, server, http, registry, heartbeat, holds, address)
+
+
+def out_of_service(server: RunningServer, heartbeat: Heartbeat, reason: str) -> None:
+    """The device failed (e.g. a hung kernel run): health NOT_SERVING and the record leaves the registry, while
+    the process keeps answering Info, Release and health; restarting it is the operator's call."""
+    log.error("device out of service: %s; health NOT_SERVING, leaving the registry", reason)
+    server.set_serving(False)
+    heartbeat.stop(deregister=True)
 
 
 def serve(device: WorkerDevice) -> None:
