@@ -1,6 +1,6 @@
 """A decode device: a KV sink (sink.py) that also steps, one token at a time per request.
 
-`emu` is the software kernel emulator; `xrt` drives a real Alveo card through pyxrt; the toy
+`emu` is the software kernel emulator; `xrt` drives a real Alveo card through XRT's C API; the toy
 decoder (tests/toy_decoder/) is another. The worker's servicer talks only to this interface, so
 they are interchangeable, and every output carries `DeviceFacts.backend` and
 `DeviceFacts.emulated` so an emulated card is never mistaken for a real one.
