@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -80,7 +81,10 @@ def _device_report(tree) -> dict:
 
 def read_xbutil(bdf: str, timeout_s: float = 5.0) -> SensorReading:
     """Card `bdf`'s power and temperature from `xbutil examine`; NO_READING when xbutil fails or is missing."""
-    xbutil = os.path.join(os.environ.get("XILINX_XRT", "/usr"), "bin", "xbutil")
+    own = os.path.join(os.environ.get("XILINX_XRT", ""), "bin", "xbutil")  # Xilinx's install: $XILINX_XRT/bin
+    xbutil = own if os.path.isfile(own) else shutil.which("xbutil")
+    if xbutil is None:
+        return NO_READING
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "report.json")
         try:

@@ -147,3 +147,13 @@ def test_xrt_measured_sensors_are_published_live():
     report["now"] = _report("N/A", "N/A")  # a figure that goes missing later reads NaN, not an exception
     clock.now_s += 1.0
     assert math.isnan(_sample("glitches_device_power_watts", "xrt-sensors-test"))
+
+
+def test_xbutil_that_cannot_report_gives_no_reading(monkeypatch, tmp_path):
+    """No xbutil, or one that writes no report (no card here; Debian's 2.13 wrapper lacks its binary): None."""
+    from fpga_worker.sensors import read_xbutil
+
+    assert read_xbutil("0000:99:00.1") == SensorReading(power_w=None, temperature_c=None)
+    monkeypatch.setenv("XILINX_XRT", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert read_xbutil("0000:99:00.1") == SensorReading(power_w=None, temperature_c=None)
