@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fpga_worker import xclbin_meta, xrt_banks, xrt_capi
-from fpga_worker.abi import HBM_CHANNELS
+from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS
 from fpga_worker.step_args import result_bytes
 from fpga_worker.w4a8_backend import W4A8EmulatedCard
 from fpga_worker.weight_image import build_from_state_dict
@@ -197,3 +197,49 @@ def test_the_c_api_binding_releases_the_gil_and_its_symbols_are_declared(noop):
         (pytest.fail if os.environ.get(REQUIRE_ENV) == "1" else pytest.skip)("XRT's headers (libxrt-dev) are missing")
     text = "".join(p.read_text() for p in headers.glob("xrt_*.h"))
     assert [s for s in xrt_capi.SYMBOLS if not re.search(rf"^{s}\(", text, re.M)] == []
+
+
+def test_shm_notices_copy_exactly_the_written_bytes_and_match_the_w4a8_card(card, image):
+    """Transport shm: a sender writes the host staging segment; each notice makes the worker write + sync those
+    bytes into the XRT buffers (checked on the BOs' own bytes); decode equals the Python W4A8 card."""
+    import ctypes
+
+    from kv_plane.kv_layout import KvRegion, region_view
+
+    emu = W4A8EmulatedCard(image, HBM, numerics="w4a8")
+    model = tiny_llama()
+    ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(5))
+    prompt = 37
+    for backend in (card, emu):
+        backend.reserve("m", 40)
+    where, memory = card.placement("m"), card.kv_memory()
+    staging = KvRegion(where.plan, torch.float16,
+                       region_view(memory.memory, memory.channel_bytes, where.kv_offset, where.plan, torch.float16))
+    for layer, (key, value) in enumerate(prefill_cache(model, ids[:, :prompt])):
+        emu.write_kv("m", layer, 0, key, value)
+        staging.write(layer, 0, key[:, :, :20], value[:, :, :20])  # what a sender on this host does
+        card.mark_written("m", layer, 0, 20)
+        staging.write(layer, 20, key[:, :, 20:], value[:, :, 20:])
+        card.mark_written("m", layer, 20, prompt - 20)
+    with pytest.raises(InvalidArgument, match="overlap"):
+        card.mark_written("m", 0, 10, 5)
+    with pytest.raises(InvalidArgument, match="outside"):
+        card.mark_written("m", 0, 30, 100)
+    staged = card.staging.memory.numpy().reshape(HBM_CHANNELS, card.channel_bytes)
+    plan, row = where.plan, image.dims.head_dim * 2  # bytes of one token's K or V vector
+    for layer in range(plan.num_layers):  # every noticed token's bytes, in the XRT buffer at its ABI address
+        for head in range(plan.kv_heads):
+            for kind in (0, 1):
+                for first in range(0, prompt, KV_BLOCK_TOKENS):
+                    pc, at = plan.address(where.kv_offset, layer, head, kind, first)
+                    size = (min(prompt, first + KV_BLOCK_TOKENS) - first) * row
+                    on_bo = np.frombuffer(ctypes.string_at(card.hbm[pc].host_address() + at, size), dtype=np.uint8)
+                    assert np.array_equal(on_bo, staged[pc, at:at + size]) and on_bo.any()
+    for backend in (card, emu):
+        backend.seal("m", prompt)
+    token = int(ids[0, prompt])
+    for position in range(prompt, 40):
+        a, b = card.step("m", token, position), emu.step("m", token, position)
+        assert torch.equal(a, b)
+        token = int(torch.argmax(a))
+    assert card.release("m")
