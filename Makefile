@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup kernel-csim demo test test-slow test-fast container-smoke stubs check-stubs bench clean docs
+.PHONY: setup kernel-csim demo test test-slow test-fast test-xrt container-smoke stubs check-stubs bench clean docs
 
 setup: $(VENV)/.installed kernel-csim
 
@@ -34,6 +34,9 @@ test-slow: setup  ## the slow tier: benchmark short modes, a cluster per KV tran
 
 test-fast: setup  ## everything but the end-to-end cluster tests
 	$(PY) -m pytest -q -m "not e2e"
+
+test-xrt: setup  ## the xrt host on the real XRT library under its no-op shim (needs Debian's libxrt1 libxrt-dev: .ci/run installs them)
+	GLITCHES_REQUIRE_XRT=1 $(PY) -m pytest -q tests/test_xrt_backend.py tests/test_xrt_hang.py tests/test_worker_rpcs_backends.py
 
 container-smoke: setup  ## podman: build the CPU image, compose up on the host network, one prompt, down (root; README "Deploy")
 	scripts/container/smoke.sh

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -72,8 +73,21 @@ def test_a_hung_run_fails_one_request_not_the_worker(hung_worker):
 
     started = time.monotonic()
     sampling = Sampling(max_new_tokens=2).to_proto(common_pb2.SamplingParams)
+    answered_during_run = []
+
+    def info_while_the_run_hangs():  # the step thread waits with the GIL released: other RPCs go on
+        time.sleep(RUN_TIMEOUT_S / 3)
+        asked = time.monotonic()
+        stub.Info(worker_pb2.InfoRequest(), timeout=RUN_TIMEOUT_S)
+        answered_during_run.append((asked - started, time.monotonic() - started))
+
+    helper = threading.Thread(target=info_while_the_run_hangs)
+    helper.start()
     with pytest.raises(grpc.RpcError) as failed:
         list(stub.Decode(worker_pb2.DecodeRequest(request_id="r", first_token_id=1, position=4, sampling=sampling)))
+    failed_at = time.monotonic() - started
+    helper.join()
+    assert answered_during_run and answered_during_run[0][1] < failed_at  # answered while the run was in flight
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE  # the scheduler's WorkerLost: it migrates
     assert f"did not finish within {RUN_TIMEOUT_S:g} s" in failed.value.details()
     assert time.monotonic() - started < DELAY_US / 1e6  # failed at the timeout, not when the shim finished
