@@ -94,7 +94,7 @@ def _connectivity(banks: dict[str, Bank], memory: list[Bank]) -> bytes:
     return body
 
 
-def _metadata_xml(banks: dict[str, Bank]) -> bytes:
+def _metadata_xml() -> bytes:
     """The kernel's signature as XRT's xclbin parser reads it (project.platform.device.core.kernel.arg)."""
     args = "\n".join(
         f'        <arg name="{port}" addressQualifier="1" id="{arg}" port="m_axi_{port}" size="0x8" '
@@ -130,7 +130,7 @@ def build_xclbin(link_config: Path = LINK_CONFIG, xclbin_uuid: uuid_module.UUID 
     sections = [(SECTION_MEM_TOPOLOGY, "MEM_TOPOLOGY", _mem_topology(memory)),
                 (SECTION_IP_LAYOUT, "IP_LAYOUT", _ip_layout()),
                 (SECTION_CONNECTIVITY, "CONNECTIVITY", _connectivity(banks, memory)),
-                (SECTION_EMBEDDED_METADATA, "EMBEDDED_METADATA", _metadata_xml(banks))]
+                (SECTION_EMBEDDED_METADATA, "EMBEDDED_METADATA", _metadata_xml())]
     headers_end = AXLF_BYTES + SECTION_HEADER_BYTES * (len(sections) - 1)
     offset, headers, bodies = _align8(headers_end), b"", b""
     for kind, name, body in sections:
@@ -163,7 +163,8 @@ def read_bank_tags(path: str) -> list[str]:
     blob = Path(path).read_bytes()
     if len(blob) < AXLF_BYTES or blob[:8] != b"xclbin2\0":
         raise InvalidArgument(f"{path} is not an xclbin (no 'xclbin2' magic)")
-    sections = struct.unpack_from("<I", blob, AXLF_BYTES - SECTION_HEADER_BYTES - 8)[0]  # m_numSections, then 4 pad bytes
+    # m_numSections sits 8 bytes before the first section header (4 bytes, then 4 pad bytes)
+    sections = struct.unpack_from("<I", blob, AXLF_BYTES - SECTION_HEADER_BYTES - 8)[0]
     for i in range(sections):
         kind, _, offset, size = struct.unpack_from("<I16s4xQQ", blob, AXLF_BYTES - SECTION_HEADER_BYTES
                                                    + i * SECTION_HEADER_BYTES)

@@ -1,10 +1,11 @@
 """XRT's C API (xrt_device.h, xrt_kernel.h, xrt_bo.h) through ctypes: the `xrt` backend's one binding.
 
-Why the C API and not pyxrt: one binding serves XRT 2.13 to the current release (every symbol below exists
-with the same signature in 2.13's headers and in master's, tests/test_xrt_capi.py checks the installed
-library exports them), so there is no pyxrt version split (register_xclbin / hw_context appear in 2.16,
-enumerate_devices in 2.17); pyxrt is not on PyPI; and ctypes releases the GIL around every foreign call,
-so a kernel run, a BO sync or a wait never stalls the worker's other Python threads (the KV intake).
+Why the C API and not pyxrt: one binding serves XRT 2.13 to the current release (every function below is
+declared with the same signature in 2.13's headers and in master's, docs/fpga-host.md; tests/test_xrt_backend.py
+checks the installed library exports them and its headers declare them), so there is no pyxrt version split
+(register_xclbin / hw_context appear in 2.16, enumerate_devices in 2.17); pyxrt is not on PyPI; and ctypes
+releases the GIL around every foreign call, so a kernel run, a BO sync or a wait never stalls the worker's
+other Python threads (the KV intake).
 
 Protocol (docs/fpga-host.md):
     device = Device.open("0" or "0000:3b:00.1")    xrtDeviceOpen / xrtDeviceOpenByBDF
@@ -108,7 +109,8 @@ def _load() -> ctypes.CDLL:
     handle, size_t = ctypes.c_void_p, ctypes.c_size_t
     signatures = {  # name: (argtypes, restype); xrtRunSetArg is variadic: its argtypes stay open
         "xrtDeviceOpen": ([ctypes.c_uint], handle), "xrtDeviceOpenByBDF": ([ctypes.c_char_p], handle),
-        "xrtDeviceClose": ([handle], ctypes.c_int), "xrtDeviceLoadXclbinFile": ([handle, ctypes.c_char_p], ctypes.c_int),
+        "xrtDeviceClose": ([handle], ctypes.c_int),
+        "xrtDeviceLoadXclbinFile": ([handle, ctypes.c_char_p], ctypes.c_int),
         "xrtDeviceGetXclbinUUID": ([handle, ctypes.c_char_p], ctypes.c_int),
         "xrtPLKernelOpen": ([handle, ctypes.c_char_p, ctypes.c_char_p], handle),
         "xrtKernelClose": ([handle], ctypes.c_int), "xrtKernelArgGroupId": ([handle, ctypes.c_int], ctypes.c_int),

@@ -13,7 +13,6 @@ A slow or hung kernel: the shim completes each run `Runtime.noop_completion_dela
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import subprocess
 from pathlib import Path
 
