@@ -34,6 +34,7 @@ from glitches.gateway.errors import (RequestError, error_body, from_request_erro
 from glitches.gateway.metrics import GatewayMetrics, RequestCountMiddleware, TokenClock
 from glitches.gateway.responses import Shapes, finish_reason, sse, usage_of
 from glitches.gateway.schemas import ChatRequest, CompletionRequest, Limits
+from glitches.gateway.responses_route import handle_responses
 from glitches.gateway.tool_stream import tool_choice_body, tool_events
 from glitches.gateway.tools import ToolPlan, plan_tools
 from glitches.types import Completion
@@ -233,6 +234,9 @@ class Gateway:
         return await self._answer(request, specs, Shapes(True, body.model or self.served_model), body,
                                   params, "/v1/chat/completions", arrived, plan if plan.active else None)
 
+    async def responses(self, request: Request) -> Response:
+        return await handle_responses(self, request)
+
     def _need_tokenizer(self, needed: bool) -> None:
         if needed and self._strings is None:
             raise RequestError("this gateway has no tokenizer (--model) to show tokens; leave logprobs out",
@@ -416,6 +420,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/v1/models/{model:path}", gateway.models),
         Route("/v1/completions", gateway.completions, methods=["POST"]),
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+        Route("/v1/responses", gateway.responses, methods=["POST"]),
     ]
     middleware = [Middleware(RequestCountMiddleware, metrics=gateway.metrics)]
     if gateway.api_keys:
