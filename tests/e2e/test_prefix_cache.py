@@ -6,9 +6,13 @@ tokens reach the usage and /metrics; at idle every cached block counts as free."
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import pytest
 
 from glitches import Client
+from services import models
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import CLUSTER_ENV, LONG, metric, start_up, stop_up
 
@@ -27,11 +31,11 @@ def live(request):
     """A cluster whose requests decode on one emulated card ("fpga") or on the GPU ("gpu": no card)."""
     fpga_workers = "1" if request.param == "fpga" else "0"
     proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", f"prefix-e2e-{request.param}",
-                              "--fpga-workers", fpga_workers, "--gpu-slots", "2"],
+                              "--fpga-workers", fpga_workers, "--gpu-slots", "2", "--gateway-port", "0"],
                              env={**CLUSTER_ENV, "GLITCHES_KV_CACHE_GIB": KV_CACHE_GIB})
     client = Client(address, timeout_s=600)
     pids = [w.pid for w in client.status().workers]
-    yield dict(device=request.param, client=client, http=proc.http_addresses["gpu-0"])
+    yield dict(device=request.param, client=client, http=proc.http_addresses["gpu-0"], gateway=proc.gateway_url)
     client.close()
     stop_up(proc, pids)
 
@@ -70,3 +74,22 @@ def test_multi_turn_with_reuse_equals_without_and_generate(live, reference):
     assert metric(live["http"], "glitches_gpu_prefix_cached_blocks") > 0
     worker = next(w for w in client.status().workers if w.kind == "gpu")
     assert worker.kv_free_bytes == worker.kv_capacity_bytes  # free + evictable = total at idle
+
+
+def test_openai_usage_reports_cached_tokens(live):
+    """Two turns through the OpenAI gateway: the second's usage.prompt_tokens_details.cached_tokens covers the
+    first's prompt (the chat template's system prompt and the first user message), in full blocks."""
+    messages = [{"role": "user", "content": "Name one colour of the rainbow, in one word."}]
+    usages = []
+    for turn in range(2):
+        body = json.dumps({"model": models.DEFAULT_MODEL, "messages": messages, "max_tokens": 8,
+                           "temperature": 0}).encode()
+        request = urllib.request.Request(f"{live['gateway']}/v1/chat/completions", data=body,
+                                         headers={"content-type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(request, timeout=300).read())
+        usages.append(reply["usage"])
+        messages += [reply["choices"][0]["message"], {"role": "user", "content": "And another one?"}]
+    first, second = usages
+    assert first["prompt_tokens_details"]["cached_tokens"] % 16 == 0
+    assert second["prompt_tokens_details"]["cached_tokens"] >= first["prompt_tokens"] // 16 * 16 > 0
+    assert second["prompt_tokens_details"]["cached_tokens"] < second["prompt_tokens"]
