@@ -165,6 +165,9 @@ class XrtCard(DecodeBackend):
     def close(self) -> None:
         """Free the run, buffers, kernel and device (reverse order). A run still in flight (hung) keeps its
         buffers: freeing memory a kernel may still write is worse than leaking it until the process ends."""
+        staging = getattr(self, "staging", None)
+        if staging is not None:  # host shared memory only: always freed
+            staging.close()
         run = getattr(self, "run", None)
         if run is not None and run.handle and run.state() not in _FINAL and run.state() != RunState.NEW:
             log.error("xrt card %s: a kernel run is still in flight; its buffers are left allocated", self.bdf)
@@ -175,9 +178,6 @@ class XrtCard(DecodeBackend):
                 handle.close()
             except XrtError as error:
                 log.warning("xrt card %s: %s", self.bdf, error)
-        staging = getattr(self, "staging", None)
-        if staging is not None:
-            staging.close()
 
     # --- facts --------------------------------------------------------------
     def facts(self) -> DeviceFacts:
