@@ -243,3 +243,21 @@ def test_shm_notices_copy_exactly_the_written_bytes_and_match_the_w4a8_card(card
         assert torch.equal(a, b)
         token = int(torch.argmax(a))
     assert card.release("m")
+
+
+def test_xclbin_generator_layout_without_xrt(tmp_path):
+    """The generated file's axlf fields (xclbin.h) and banks, read back without XRT; a link config missing a
+    port's sp= line is refused by name."""
+    import struct
+
+    blob = xclbin_meta.build_xclbin(xclbin_meta.LINK_CONFIG, uuid.UUID(int=7))
+    assert blob[:8] == b"xclbin2\0" and struct.unpack_from("<Q", blob, 304)[0] == len(blob)  # m_length
+    assert blob[304 + 112: 304 + 128] == uuid.UUID(int=7).bytes  # the header's uuid field
+    assert struct.unpack_from("<I", blob, 448)[0] == 4  # m_numSections
+    path = tmp_path / "x.xclbin"
+    path.write_bytes(blob)
+    assert xclbin_meta.read_bank_tags(str(path)) == ["DDR[0]", *(f"HBM[{pc}]" for pc in range(HBM_CHANNELS))]
+    config = tmp_path / "partial.cfg"
+    config.write_text(xclbin_meta.LINK_CONFIG.read_text().replace("sp=glitches_decode_1.result:DDR[0]\n", ""))
+    with pytest.raises(InvalidArgument, match=r"no sp= bank for kernel port\(s\) \['result'\]"):
+        xclbin_meta.port_banks(config)
