@@ -69,8 +69,9 @@ ARG WHEELS_DIR
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
-# --system-site-packages: XRT's pyxrt lives in the system Python of the base image
-RUN python3 -m venv --system-site-packages /opt/venv
+# No Python package of XRT's is needed: the xrt backend loads XRT's C library (libxrt_coreutil, under
+# $XILINX_XRT/lib = /opt/xilinx/xrt/lib in the base image) through ctypes (docs/fpga-host.md)
+RUN python3 -m venv /opt/venv
 COPY requirements.txt /src/requirements.txt
 RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" \
       ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ${WHEELS_DIR:+--find-links "$WHEELS_DIR"} \
