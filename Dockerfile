@@ -126,7 +126,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends python3 \
  && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 GLITCHES_CACHE_DIR=/var/cache/glitches \
-    GLITCHES_HOST=0.0.0.0 GLITCHES_HTTP_PORT=8080
+    GLITCHES_HOST=0.0.0.0 GLITCHES_HTTP_PORT=8080 XILINX_XRT=/opt/xilinx/xrt
 # the render and xclmgmt device nodes belong to group `render` / `video` on the host: run with
 # --group-add of their gid (docker-compose.yml and glitches deploy do)
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin glitches \
