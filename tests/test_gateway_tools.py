@@ -81,3 +81,41 @@ def test_fallback_rendering_of_a_round_trip():
     assert out[2] == {"role": "assistant",
                       "content": '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'}
     assert out[3] == {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"}
+
+
+def test_responses_input_items_become_chat_messages():
+    from glitches.gateway.responses_api import ResponsesRequest
+
+    body = ResponsesRequest.model_validate({"model": "m", "instructions": "Be brief.", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "Weather in "}, {"type": "input_text",
+                                                                                    "text": "Oslo?"}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": '{"city": "Bergen"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"}]})
+    body.check()
+    messages = body.messages()
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    assert messages[1] == {"role": "user", "content": "Weather in Oslo?"}
+    assert [c["id"] for c in messages[2]["tool_calls"]] == ["c1", "c2"]  # parallel calls: one assistant turn
+    assert messages[3] == {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"input": [{"type": "reasoning"}]}, "input.0.type"),
+    ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{"}]}, "input.0.arguments"),
+    ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role"),
+    ({"text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
+    ({"include": ["reasoning.encrypted_content"]}, "include"),
+    ({"truncation": "auto"}, "truncation"),
+])
+def test_bad_responses_requests_name_the_parameter(extra, param):
+    from glitches.gateway.responses_api import ResponsesRequest
+
+    body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", **extra})
+    with pytest.raises(RequestError) as caught:
+        body.check()
+        body.plan()
+        body.response_format()
+        body.messages()
+    assert caught.value.param == param

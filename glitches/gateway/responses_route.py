@@ -24,6 +24,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from glitches.errors import GlitchesError
 from glitches.gateway.errors import RequestError, error_body, from_request_error, from_sdk_error
 from glitches.gateway.metrics import TokenClock
+from glitches.gateway.rate_limit import check_user
+from glitches.gateway.request_body import _disconnected, _parse, _read_body
 from glitches.gateway.responses_api import ResponseShape, ResponsesRequest, usage_body
 from glitches.types import Completion
 
@@ -35,11 +37,9 @@ def _sse(event: dict) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-def _parse(gateway, raw: bytes):
+def _parse_request(gateway, raw: bytes):
     """Runs in a worker thread: validation and the chat template are CPU work."""
-    from glitches.gateway.app import _parse as parse_json
-
-    body = parse_json(raw, ResponsesRequest)
+    body = _parse(raw, ResponsesRequest)
     body.check()
     plan = body.plan()
     response_format = body.response_format()
@@ -66,14 +66,14 @@ async def _whole(stream, clock: TokenClock) -> Completion:
 
 
 async def handle_responses(gateway, request: Request) -> Response:
-    from glitches.gateway.app import _disconnected, _read_body
-
     arrived = time.monotonic()
     try:
         raw = await _read_body(request, gateway.max_body_bytes)
-        body, plan, prompt, kwargs = await asyncio.to_thread(_parse, gateway, raw)
+        body, plan, prompt, kwargs = await asyncio.to_thread(_parse_request, gateway, raw)
     except RequestError as error:
         return from_request_error(error)
+    if refused := check_user(gateway.user_limiter, request.scope, bool(gateway.api_keys), body.user):
+        return refused
     shape = ResponseShape(body, plan, body.model or gateway.served_model)
     clock = TokenClock(gateway.metrics, ROUTE, arrived)
     stream = gateway.client.stream(prompt, chat=False, **kwargs)

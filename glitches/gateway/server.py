@@ -7,7 +7,7 @@ headers: a connection that sends a header byte every few seconds stays open for 
 byte re-arms nothing. `HeaderTimeoutProtocol` adds one: from the moment a connection opens (and again
 after each response on a kept-alive connection) the request line and headers must be complete within
 `header_timeout_s`, or the connection is closed. A slow body is bounded in the app
-(glitches/gateway/app.py `_read_body`: 408 after DEFAULT_BODY_TIMEOUT_S).
+(glitches/gateway/request_body.py `_read_body`: 408 after DEFAULT_BODY_TIMEOUT_S).
 """
 
 from __future__ import annotations

@@ -105,3 +105,20 @@ def test_bad_inputs_are_400_naming_the_parameter(gateway_cluster, extra, param):
     with pytest.raises(openai.BadRequestError) as caught:
         gateway_cluster["oai"].responses.create(**body)
     assert caught.value.param == param
+
+
+@pytest.mark.parametrize("tools", [[], [WEATHER]])
+def test_a_client_hanging_up_mid_stream_leaves_nothing_held(gateway_cluster, tools):
+    import httpx
+
+    body = {"model": MODEL, "input": "Write a long story.", "max_output_tokens": 200, "stream": True,
+            "temperature": 1.0, "tools": tools, **({"tool_choice": "required"} if tools else {})}
+    try:  # text: hang up after the first events; with tools (generated whole first) before any byte
+        with httpx.stream("POST", gateway_cluster["url"] + "/v1/responses", json=body,
+                          timeout=0.3 if tools else 60) as reply:
+            for _ in reply.iter_bytes():
+                break
+        assert not tools, "the whole tool call came back within 0.3 s"
+    except httpx.ReadTimeout:
+        assert tools
+    assert_idle(gateway_cluster["registry"], timeout_s=15)
