@@ -119,3 +119,19 @@ def test_bad_responses_requests_name_the_parameter(extra, param):
         body.response_format()
         body.messages()
     assert caught.value.param == param
+
+
+def test_call_streamer_splits_constrained_text_into_openai_deltas():
+    from glitches.gateway.tool_stream import CallStreamer
+
+    text = ('[{"name": "get_weather", "arguments": {"city": "O\\"s}lo", "n": [1, {"a": 2}]}}, '
+            '{"name": "get_time", "arguments": {}}]')
+    streamer, deltas = CallStreamer(), []
+    for i in range(0, len(text), 3):  # pieces of 3 characters, as tokens arrive
+        deltas += streamer.feed(text[i:i + 3])
+    heads = [d for d in deltas if "id" in d]
+    assert [(h["index"], h["function"]["name"]) for h in heads] == [(0, "get_weather"), (1, "get_time")]
+    joined = {}
+    for d in deltas:
+        joined[d["index"]] = joined.get(d["index"], "") + d["function"]["arguments"]
+    assert [json.loads(joined[k]) for k in (0, 1)] == [c["arguments"] for c in json.loads(text)]

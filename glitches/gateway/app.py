@@ -34,7 +34,7 @@ from glitches.gateway.responses import Shapes, finish_reason, sse, usage_of
 from glitches.gateway.schemas import ChatRequest, CompletionRequest, Limits
 from glitches.gateway.request_body import DEFAULT_MAX_BODY_BYTES, _disconnected, _parse, _read_body
 from glitches.gateway.responses_route import handle_responses
-from glitches.gateway.tool_stream import tool_choice_body, tool_events
+from glitches.gateway.tool_stream import streamed_call_events, tool_choice_body, tool_events
 from glitches.gateway.tools import ToolPlan, plan_tools
 from glitches.types import Completion
 from services.tls import TlsConfig
@@ -203,7 +203,10 @@ class Gateway:
         With tools (`plan`), every choice is generated whole first (its text decides whether it is a tool
         call), then sent: as one body, or streamed as OpenAI's chunks (glitches.gateway.tool_stream)."""
         in_flight = self.limits.max_choices_in_flight
-        streaming = bool(body.stream) and plan is None
+        # streamed as generated: text, or the calls of a "required" / named request of one choice
+        incremental_calls = bool(body.stream) and plan is not None and plan.mode in ("required", "named") \
+            and len(specs) == 1
+        streaming = bool(body.stream) and (plan is None or incremental_calls)
         if body.stream and len(specs) > in_flight:
             return from_request_error(RequestError(
                 f"a streamed response runs every choice at once, and this gateway runs at most {in_flight} of one "
@@ -239,6 +242,11 @@ class Gateway:
         except BaseException:  # anything else is a 500 (the app's handler); the gRPC calls go first
             await _close(streams)
             raise
+        if incremental_calls:
+            return StreamingResponse(streamed_call_events(shapes, items[0], streams[0], body.include_usage(),
+                                                          clocks[0], finish_reason,
+                                                          lambda final: _usage(renders, [final])),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         if streaming:
             return StreamingResponse(self._events(items, streams, renders, shapes, body.include_usage(), clocks),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
