@@ -107,11 +107,18 @@ def test_bad_inputs_are_400_naming_the_parameter(gateway_cluster, extra, param):
     assert caught.value.param == param
 
 
-@pytest.mark.parametrize("tools", [[], [WEATHER]])
+STORY = {"type": "function", "name": "tell", "parameters": {
+    "type": "object", "properties": {"story": {"type": "string", "minLength": 600}}, "required": ["story"]}}
+
+
+@pytest.mark.parametrize("tools", [[], [STORY]])
 def test_a_client_hanging_up_mid_stream_leaves_nothing_held(gateway_cluster, tools):
+    """Text: hang up after the first events of a 400-token story; a tool call: hang up while it is generated
+    (its argument must be 600+ characters). Idle within 3 s: the hang-up cancelled it (the call alone takes
+    tens of seconds here, see test_gateway_tools.py)."""
     import httpx
 
-    body = {"model": MODEL, "input": "Write a long story.", "max_output_tokens": 200, "stream": True,
+    body = {"model": MODEL, "input": "Write a long story.", "max_output_tokens": 400, "stream": True,
             "temperature": 1.0, "tools": tools, **({"tool_choice": "required"} if tools else {})}
     try:  # text: hang up after the first events; with tools (generated whole first) before any byte
         with httpx.stream("POST", gateway_cluster["url"] + "/v1/responses", json=body,
@@ -121,4 +128,4 @@ def test_a_client_hanging_up_mid_stream_leaves_nothing_held(gateway_cluster, too
         assert not tools, "the whole tool call came back within 0.3 s"
     except httpx.ReadTimeout:
         assert tools
-    assert_idle(gateway_cluster["registry"], timeout_s=15)
+    assert_idle(gateway_cluster["registry"], timeout_s=3)
