@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sim.plan import pareto_front
+from sim.sweep_plot import save_figure
 
 PAPER_MIXES = ((1, 7), (8, 0), (0, 8))  # (GPUs, FPGAs) the paper compares: GLITCHES, 8 GPUs, 8 FPGAs
 
@@ -69,9 +70,4 @@ def plot_front(result: dict, path: str | Path) -> Path:
     ax.set_title(f"{inp['workload']}, SLO p{slo['percentile']} TTFT <= {slo['ttft_s']:g} s, TPOT <= "
                  f"{slo['tpot_s'] * 1e3:g} ms (simulated); squares: the paper's mixes", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -36,6 +36,11 @@ def plot_sweep(result: dict, path: str | Path) -> Path:
     bottom.set_ylabel("tok/s per $1000")
     bottom.set_xlabel("mix (sorted by price)")
     plt.setp(bottom.get_xticklabels(), rotation=60, ha="right", fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG (110 dpi, parent folders made) and close `fig`; returns the path written."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
