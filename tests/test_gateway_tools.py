@@ -135,3 +135,9 @@ def test_call_streamer_splits_constrained_text_into_openai_deltas():
     for d in deltas:
         joined[d["index"]] = joined.get(d["index"], "") + d["function"]["arguments"]
     assert [json.loads(joined[k]) for k in (0, 1)] == [c["arguments"] for c in json.loads(text)]
+
+
+def test_responses_route_has_its_own_metrics_label():
+    from glitches.gateway.metrics import route_label
+
+    assert route_label("/v1/responses") == "/v1/responses"

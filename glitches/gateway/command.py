@@ -60,7 +60,7 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
                 scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, max_stop_strings,
                 max_top_logprobs, max_completion_logprobs, max_choices_in_flight, https_cert, https_key,
                 max_body_bytes, header_timeout_s, keep_alive_s, max_concurrency, **tls) -> None:
-    """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) in front of the scheduler."""
+    """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions, /v1/responses) in front of the scheduler."""
     import uvicorn
 
     from glitches.cluster import free_port

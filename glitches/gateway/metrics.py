@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-ROUTES = ("/health", "/healthz", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+ROUTES = ("/health", "/healthz", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
+          "/v1/responses")
 
 
 def route_label(path: str) -> str:
