@@ -141,3 +141,27 @@ def test_responses_route_has_its_own_metrics_label():
     from glitches.gateway.metrics import route_label
 
     assert route_label("/v1/responses") == "/v1/responses"
+
+
+def test_a_template_with_a_tool_format_gets_the_tools_and_calls_natively():
+    """A chat template that renders `tools` itself (here a small one set on SmolLM2's tokenizer) receives them
+    through apply_chat_template(tools=...), and earlier calls' arguments as objects."""
+    from glitches.gateway.chat import ChatTemplate
+    from services import models
+
+    tokenizer = models.load_tokenizer(models.resolve_model(models.DEFAULT_MODEL))
+    template = ("{% for t in tools or [] %}TOOL {{ t.function.name }};{% endfor %}"
+                "{% for m in messages %}[{{ m.role }}]{{ m.content or '' }}"
+                "{% for c in m.tool_calls or [] %}CALL {{ c.function.name }} {{ c.function.arguments.city }}"
+                "{% endfor %}{% endfor %}[assistant]")
+    original = tokenizer.chat_template
+    tokenizer.chat_template = template
+    try:
+        rendered = ChatTemplate(tokenizer).render_with_tools([
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+            {"role": "tool", "content": "sunny", "tool_call_id": "c"}], plan_tools([WEATHER], "auto", None))
+    finally:
+        tokenizer.chat_template = original
+    assert rendered == "TOOL get_weather;[user]Weather?[assistant]CALL get_weather Oslo[tool]sunny[assistant]"
