@@ -1,7 +1,7 @@
 """Tool calling is rendering + constrained decoding, so it works on every decode path: on a GPU-only cluster
-(`glitches up --fpga-workers 0`: every request decodes on GPU assist) a required tool call through chat
-completions and through /v1/responses gives the same greedy call as on the session cluster (which decodes
-on emulated FPGA cards)."""
+(`glitches up --fpga-workers 0`: every request decodes on GPU assist; with `--gpu-decode-workers 1`, in the
+slow tier, on the decode GPU) a required tool call through chat completions and through /v1/responses gives
+the same greedy call as on the session cluster (which decodes on emulated FPGA cards)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from glitches import Client
 from services import models
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import assert_idle, start_up, stop_up
+from tests.e2e.conftest import assert_idle, metric, start_up, stop_up
 from tests.e2e.test_gateway_tools import ASK, TIME, WEATHER
 
 pytestmark = pytest.mark.e2e
@@ -30,10 +30,12 @@ def _calls(oai: openai.OpenAI):
             [(i.name, i.arguments) for i in response.output if i.type == "function_call"])
 
 
-def test_tool_calls_on_a_gpu_only_cluster_equal_the_emulated_fpga_ones(gateway_cluster):
-
+@pytest.mark.parametrize("decode_gpus", ["0", pytest.param("1", marks=pytest.mark.slow)])
+def test_tool_calls_on_a_gpu_only_cluster_equal_the_emulated_fpga_ones(gateway_cluster, decode_gpus):
+    """decode_gpus 0: GPU assist; 1: every request decodes on a decode-role GPU (its KV sent there)."""
     prefix = f"glitches-e2e-tools-{uuid.uuid4().hex[:8]}"
     proc, address = start_up(["--port", "0", "--fpga-workers", "0", "--gpu-slots", "2", "--no-prefix-cache",
+                              "--gpu-decode-workers", decode_gpus,
                               "--redis-url", REDIS_URL, "--redis-prefix", prefix, "--gateway-port", "0"])
     client = Client(address, timeout_s=300)
     pids = [w.pid for w in client.status().workers]
@@ -43,6 +45,8 @@ def test_tool_calls_on_a_gpu_only_cluster_equal_the_emulated_fpga_ones(gateway_c
         gpu_only = _calls(oai)
         assert gpu_only[0] and gpu_only[1]
         assert gpu_only == _calls(gateway_cluster["oai"])
+        if decode_gpus == "1":  # the calls decoded there: their KV reached the decode GPU
+            assert metric(proc.http_addresses["gpu-decode-0"], "glitches_kv_received_bytes_total") > 0
         assert_idle(gateway_cluster["registry"])
     finally:
         client.close()
