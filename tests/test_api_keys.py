@@ -15,22 +15,14 @@ from services.api_keys import ApiKeyInterceptor, load_api_keys
 from services.channels import insecure_channel
 from services.errors import InvalidArgument
 from services.grpc_server import start_server
-from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
-from tests.test_gateway_app import FakeClient, _completion
-
-
-class Scheduler(scheduler_pb2_grpc.SchedulerServicer):
-    def Status(self, request, context):
-        return scheduler_pb2.StatusResponse(model="m")
-
-    def Generate(self, request, context):
-        yield scheduler_pb2.GenerateResponse(final=scheduler_pb2.GenerateFinal(text="ok"))
+from services.stubs.glitches.v1 import scheduler_pb2_grpc
+from tests.gateway_helpers import FakeClient, OkScheduler, completion
 
 
 @pytest.fixture
 def address():
     name = "glitches.v1.Scheduler"
-    server = start_server("127.0.0.1", 0, [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, Scheduler())],
+    server = start_server("127.0.0.1", 0, [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, OkScheduler())],
                           (name,), auth=ApiKeyInterceptor(("k1", "k2"), (name,)))
     yield f"127.0.0.1:{server.port}"
     server.stop(0)
@@ -60,7 +52,7 @@ def test_malformed_request_without_key_is_still_unauthenticated(address):
 def test_gateway_requires_a_key():
     gateway = Gateway("127.0.0.1:1", None, "tiny", api_keys=("secret",))
     with TestClient(create_app(gateway)) as http:
-        gateway.client = FakeClient([_completion()])
+        gateway.client = FakeClient([completion()])
         body = {"model": "tiny", "prompt": "Hi"}
         missing = http.post("/v1/completions", json=body)
         assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"

@@ -12,46 +12,8 @@ from starlette.testclient import TestClient
 from glitches.errors import error_for
 from glitches.gateway.app import Gateway, create_app
 from glitches.gateway.chat import ChatTemplate
-from glitches.types import ClusterStatus, Completion, TextChunk, Timings
-
-_TIMINGS = Timings(*([0.0] * 11))
-
-
-def _completion(text="Hello world", finish="length") -> Completion:
-    return Completion("rid", text, (1, 2), (5, 6, 7), finish, "fpga", "fpga-0", "gpu-0", 3, 2, _TIMINGS)
-
-
-class FakeClient:
-    """Stands in for AsyncClient: yields `items` in order; an exception item is raised."""
-
-    def __init__(self, items=(), status_error=None):
-        self.items = list(items)
-        self.status_error = status_error
-        self.calls: list[tuple[str, dict]] = []
-        self.closed = 0
-
-    def stream(self, prompt, **kwargs):
-        self.calls.append((prompt, kwargs))
-        items = self.items
-
-        async def gen():
-            try:
-                for item in items:
-                    if isinstance(item, Exception):
-                        raise item
-                    yield item
-            finally:
-                self.closed += 1
-        return gen()
-
-    async def status(self):
-        if self.status_error:
-            raise self.status_error
-        return ClusterStatus("tiny", (), 0)
-
-    async def close(self):
-        pass
-
+from glitches.types import TextChunk
+from tests.gateway_helpers import FakeClient, completion
 
 class FakeTokenizer:
     chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
@@ -66,7 +28,7 @@ class FakeTokenizer:
 def app():
     gateway = Gateway("127.0.0.1:1", ChatTemplate(FakeTokenizer()), "tiny")
     with TestClient(create_app(gateway), raise_server_exceptions=False) as http:
-        gateway.client = FakeClient([TextChunk("Hello", (1,)), TextChunk(" world", (2,)), _completion()])
+        gateway.client = FakeClient([TextChunk("Hello", (1,)), TextChunk(" world", (2,)), completion()])
         yield gateway, http
 
 
@@ -320,7 +282,7 @@ def test_health_and_metrics(app):
     gateway, http = app
     assert http.get("/health").json() == {"status": "ok"} and http.get("/healthz").status_code == 200
     assert http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi"}).status_code == 200
-    gateway.client.items = [TextChunk("a", (1,)), TextChunk("b", (2,)), _completion()]
+    gateway.client.items = [TextChunk("a", (1,)), TextChunk("b", (2,)), completion()]
     assert http.post("/v1/chat/completions", json={"model": "tiny", "stream": True,
                                                    "messages": [{"role": "user", "content": "Hi"}]}).status_code == 200
     assert http.post("/v1/completions", json={"model": "tiny"}).status_code == 400

@@ -15,7 +15,7 @@ from glitches.gateway.chat import ChatTemplate
 from glitches.gateway.schemas import Limits
 from glitches.types import Completion, Logprob, TextChunk, TokenLogprob
 from services import models
-from tests.test_gateway_app import _TIMINGS, FakeClient
+from tests.gateway_helpers import TIMINGS, FakeClient
 
 # " Paris" = 7042, "." = 30 in SmolLM2's vocabulary; the prompt "The capital" = 504, 3575
 PROMPT_IDS = (504, 3575)
@@ -25,7 +25,7 @@ PROMPT_RECORDS = (TokenLogprob(3575, -11.5, (Logprob(30, -1.0), Logprob(3575, -1
 
 
 def _final() -> Completion:
-    return Completion("rid", " Paris.", (7042, 30), PROMPT_IDS, "length", "fpga", "fpga-0", "gpu-0", 2, 2, _TIMINGS,
+    return Completion("rid", " Paris.", (7042, 30), PROMPT_IDS, "length", "fpga", "fpga-0", "gpu-0", 2, 2, TIMINGS,
                       logprobs=RECORDS, prompt_logprobs=PROMPT_RECORDS)
 
 

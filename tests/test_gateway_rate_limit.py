@@ -1,7 +1,7 @@
 """The gateway's per-client and per-`user` request rates: HTTP 429 in OpenAI's error shape with
 Retry-After, per API key or per client address, recovering with time. The gateway runs in-process
 (starlette's TestClient, and OpenAI's own client over it) in front of a real gRPC server that answers
-the Scheduler service with one fixed reply (tests.test_api_keys.Scheduler)."""
+the Scheduler service with one fixed reply (tests.gateway_helpers.OkScheduler)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from glitches.gateway.rate_limit import ClientRateLimitMiddleware
 from services.grpc_server import start_server
 from services.rate_limit import PRUNE_AT, KeyRateLimiter
 from services.stubs.glitches.v1 import scheduler_pb2_grpc
-from tests.test_api_keys import Scheduler
+from tests.gateway_helpers import OkScheduler
 
 BODY = {"model": "m", "prompt": "hi", "max_tokens": 2}
 
@@ -26,7 +26,7 @@ BODY = {"model": "m", "prompt": "hi", "max_tokens": 2}
 @pytest.fixture(scope="module")
 def scheduler_address():
     name = "glitches.v1.Scheduler"
-    server = start_server("127.0.0.1", 0, [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, Scheduler())],
+    server = start_server("127.0.0.1", 0, [(scheduler_pb2_grpc.add_SchedulerServicer_to_server, OkScheduler())],
                           (name,))
     yield f"127.0.0.1:{server.port}"
     server.stop(0)

@@ -4,6 +4,7 @@ every module's imports (ast, lazy ones inside functions included), not just writ
 - No device package (gpu_worker, fpga_worker, the toy decoder tests/toy_decoder) imports another.
 - The layers below the devices import only downward: services <- kv_plane <- decode_contract.
 - No import cycle between packages, nor between modules.
+- No test file imports another test file (shared test code lives in helper modules).
 """
 
 from __future__ import annotations
@@ -139,3 +140,17 @@ def test_the_rules_see_real_imports(graph):
     assert "decode_contract.kv_receiver" in graph["tests.toy_decoder.servicer"]
     assert ("fpga_worker", "decode_contract") in _package_edges(graph)
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def test_no_test_file_imports_another_test_file():
+    """Shared test code lives in helper modules (tests/worker_helpers.py, tests/gateway_helpers.py,
+    tests/e2e/conftest.py, ...), never in another test file: importing one runs its module-level setup and
+    couples two tests' private names."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names
+                          if name.startswith("tests.") and name.rsplit(".", 1)[-1].startswith("test_")]
+    assert not offenders, offenders

@@ -23,17 +23,10 @@ import torch
 
 from services import models
 from tests.e2e.conftest import FPGA_WORKERS, assert_idle
+from tests.e2e.logprob_reference import TOLERANCE, reference_logprobs
 
 pytestmark = pytest.mark.e2e
 MODEL = models.DEFAULT_MODEL
-TOLERANCE = 1e-3  # absolute, nats; see the module docstring
-
-
-def reference_logprobs(reference, ids: list[int]) -> torch.Tensor:
-    """log_softmax [len(ids), vocab] float32 of transformers' forward over ids; row i predicts token i + 1."""
-    with torch.inference_mode():
-        logits = reference["model"](torch.tensor([ids])).logits[0].float()
-    return torch.log_softmax(logits, dim=-1)
 
 
 def token_text(tokenizer, token_id: int) -> str:

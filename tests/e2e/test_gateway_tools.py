@@ -15,16 +15,10 @@ import pytest
 
 from services import models
 from tests.e2e.conftest import assert_idle
+from tests.e2e.tool_definitions import ASK, CITY, TIME, WEATHER
 
 pytestmark = pytest.mark.e2e
 MODEL = models.DEFAULT_MODEL
-CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
-        "additionalProperties": False}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
-                                            "parameters": CITY}}
-TIME = {"type": "function", "function": {"name": "get_time", "description": "The time in a city",
-                                         "parameters": CITY}}
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 def _check_calls(calls, names=("get_weather", "get_time")):

@@ -14,7 +14,7 @@ from glitches import Client
 from services import models
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import assert_idle, metric, start_up, stop_up
-from tests.e2e.test_gateway_tools import ASK, TIME, WEATHER
+from tests.e2e.tool_definitions import ASK, TIME, WEATHER
 
 pytestmark = pytest.mark.e2e
 MODEL = models.DEFAULT_MODEL

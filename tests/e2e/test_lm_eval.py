@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services import models
-from tests.e2e.test_gateway_logprobs import TOLERANCE, reference_logprobs
+from tests.e2e.logprob_reference import TOLERANCE, reference_logprobs
 
 pytestmark = pytest.mark.e2e
 TASKS = Path(__file__).parent / "lm_eval_tasks"
