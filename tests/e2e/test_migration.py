@@ -26,7 +26,7 @@ def faulty():
     spec = ClusterSpec(gpu_workers=2, fpga_workers=2, port=0, redis_url=REDIS_URL, redis_prefix=prefix,
                        threads_per_worker=1)
     with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=300) as client:
-        yield dict(client=client, registry=Registry(REDIS_URL, prefix))
+        yield dict(client=client, registry=Registry(REDIS_URL, prefix), cluster=cluster)
 
 
 def _pid_of_busy(client: Client, kind: str, timeout_s: float = 30.0) -> int:
@@ -103,6 +103,51 @@ def test_json_schema_request_migrates_with_its_grammar(faulty):
     assert final.migrations == 1
     assert final.token_ids == undisturbed.token_ids
     jsonschema.validate(json.loads(final.text), schema)
+    assert_idle(faulty["registry"], timeout_s=5)
+
+
+def test_a_required_tool_call_migrates_with_its_grammar(faulty):
+    """Tool calling (issue #26) across a migration: the gateway turns tool_choice "required" into a JSON schema
+    (glitches.gateway.tools), sent as the request's response_format; the card decoding the call dies mid-call,
+    the next device rebuilds the grammar, and the call is token-identical to an undisturbed run and valid."""
+    import json
+
+    import jsonschema
+
+    from glitches.gateway.tools import plan_tools
+
+    cluster = faulty["cluster"]
+    for name, proc in list(cluster.processes.items()):  # the tests above killed both cards: start them again
+        if name.startswith("fpga-") and proc.poll() is not None:
+            cluster.restart(name)
+    deadline = time.monotonic() + 120
+    while sum(w.healthy for w in faulty["client"].status().workers if w.kind == "fpga") < 2:
+        assert time.monotonic() < deadline, "the restarted cards did not register"
+        time.sleep(0.2)
+    city = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"],
+            "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": n, "description": d, "parameters": city}}
+             for n, d in (("get_weather", "The weather in a city"), ("get_time", "The time in a city"))]
+    plan = plan_tools(tools, "required", None)
+    args = dict(max_tokens=120, chat=True, response_format=plan.schema())
+    prompt = "What is the weather in Paris, Tokyo and Lima?"
+    undisturbed = faulty["client"].generate(prompt, **args)
+    stream = faulty["client"].stream(prompt, **args)
+    seen = 0
+    for item in stream:
+        if isinstance(item, TextChunk):
+            seen += len(item.token_ids)
+            if seen >= 5:
+                break
+    os.kill(_pid_of_busy(faulty["client"], "fpga"), signal.SIGKILL)
+    final = _collect(stream)
+    assert final.migrations == 1
+    assert final.token_ids == undisturbed.token_ids
+    content, calls = plan.parse(final.text)
+    assert content is None and calls
+    for call in calls:
+        assert call["function"]["name"] in ("get_weather", "get_time")
+        jsonschema.validate(json.loads(call["function"]["arguments"]), city)
     assert_idle(faulty["registry"], timeout_s=5)
 
 
