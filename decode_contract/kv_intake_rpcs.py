@@ -101,6 +101,12 @@ class KvIntakeRpcs:
             placement.nixl_agent_name, placement.nixl_base_address = self.nixl.name, self.nixl.base_address
         return placement
 
+    def _unplace(self, request_id: str) -> None:
+        """Close the data plane's way into the request's region (idempotent): its NIXL registration goes."""
+        self._placed_via.pop(request_id, None)
+        if self.nixl is not None:
+            self.nixl.deregister(request_id)
+
     def _landed(self, request_id: str, layer: int, tokens: int) -> None:
         if self._placed_via.get(request_id) == "nixl":
             self.nixl.wait_written(request_id, layer)  # its WRITE's notification, or INVALID_ARGUMENT
@@ -115,7 +121,8 @@ class KvIntakeRpcs:
                 return self._place(header, request_id)
 
             messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
-            replies = kv_receiver.receive_placed(backend, messages, self._authorize, place, self._landed)
+            replies = kv_receiver.receive_placed(backend, messages, self._authorize, place, self._landed,
+                                                 self._unplace)
             try:
                 for reply in replies:
                     if reply.WhichOneof("body") == "done":
@@ -124,9 +131,8 @@ class KvIntakeRpcs:
             finally:
                 # Whatever the outcome, no NIXL registration outlives its stream, and it goes first: once the
                 # reservation is released its blocks can be reserved again, and a late WRITE of this sender
-                # must not reach another request's KV.
+                # must not reach another request's KV. (A stream that failed inside the receiver already
+                # unplaced before releasing: receive_placed's `unplace`.)
                 for request_id in placed:
-                    self._placed_via.pop(request_id, None)
-                    if self.nixl is not None:
-                        self.nixl.deregister(request_id)
+                    self._unplace(request_id)
                 replies.close()  # a sender that went away: the receiver releases the reservation

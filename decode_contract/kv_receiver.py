@@ -102,13 +102,17 @@ def _expect_no_more(messages) -> None:
 def receive_placed(backend: KvSink, messages: Iterable[worker_pb2.KvPlacedControl],
                    authorize: Callable[[worker_pb2.KvHeader], None] | None,
                    place: Callable[[worker_pb2.KvHeader, str], worker_pb2.KvPlacement],
-                   landed: Callable[[str, int, int], None] | None = None) -> Iterator[worker_pb2.KvPlacedReply]:
+                   landed: Callable[[str, int, int], None] | None = None,
+                   unplace: Callable[[str], None] | None = None) -> Iterator[worker_pb2.KvPlacedReply]:
     """Serve one TransferKVPlaced stream, yielding the placement and then the result.
 
     place(header, request_id) checks the transport (FAILED_PRECONDITION when this worker cannot
     take it from that sender) and returns the placement of the request just reserved; it runs
     after the reservation. landed(request_id, layer, tokens), if given, confirms the data plane
     delivered a span before its notice is accepted (nixl: its notification arrived).
+    unplace(request_id), if given, closes the data plane's way into the region (nixl: deregisters it); on a
+    failed stream it runs BEFORE the reservation is released, so a late write of this sender can never reach
+    blocks that another request reserved since.
     """
     messages = iter(messages)
     header = _checked_header(backend, next(messages, None), authorize, "TransferKVPlaced")
@@ -117,7 +121,11 @@ def receive_placed(backend: KvSink, messages: Iterable[worker_pb2.KvPlacedContro
         yield worker_pb2.KvPlacedReply(placement=place(header, header.request_id))
         received = _receive_notices(backend, header, messages, landed)
     except BaseException:  # an error, or the sender went away (GeneratorExit)
-        backend.release(header.request_id)
+        try:
+            if unplace is not None:
+                unplace(header.request_id)
+        finally:
+            backend.release(header.request_id)
         raise
     # sealed: the KV belongs to the request now (Decode or Release frees it), even if the sender hangs up
     yield worker_pb2.KvPlacedReply(done=worker_pb2.TransferKVResponse(

@@ -106,6 +106,7 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
 
     def Release(self, request, context):
         self.auth.check(request.auth_token, "release", request.request_id)
+        self._unplace(request.request_id)  # a transfer still streaming loses its way in before the blocks go
         return worker_pb2.ReleaseResponse(released=self.backend.release(request.request_id))
 
     def RenewKvHolds(self, request, context):

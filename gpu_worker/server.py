@@ -158,6 +158,8 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
     def Release(self, request, context):
         self.auth.check(request.auth_token, "release", request.request_id)
         self.holds.forget(request.request_id)
+        if self.intake is not None:  # a transfer still streaming loses its way in before the blocks go
+            self._unplace(request.request_id)
         # the intake frees what a transfer staged and the request's blocks; without it, the blocks alone
         release = self.intake.release if self.intake is not None else self.engine.release
         return worker_pb2.ReleaseResponse(released=release(request.request_id))

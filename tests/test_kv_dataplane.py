@@ -139,7 +139,8 @@ def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkey
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "layer 1" in info.value.details()
     card = cluster["card"]
     deadline = time.monotonic() + 10
-    while card.active_requests() and time.monotonic() < deadline:  # the receiver frees once the stream ends
+    while ((card.active_requests() or cluster["servicer"].nixl.registrations())
+           and time.monotonic() < deadline):  # the receiver unplaces, then frees, once the stream ends
         time.sleep(0.05)
     assert card.active_requests() == [] and card.kv_free_bytes() == card.kv.capacity_bytes
     assert cluster["servicer"].nixl.registrations() == 0
