@@ -151,6 +151,26 @@ def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkey
     assert _generate(cluster, "nixl-after-fail", prompt, 4, "nixl")[1] == greedy_tokens(cluster["engine"], prompt, 4)
 
 
+def test_a_failed_placed_stream_drops_its_way_in_before_its_blocks(cluster):
+    """receive_placed's protocol: when a stream fails inside the receiver (here a WRITE that never landed),
+    `unplace` (the NIXL deregistration) runs while the reservation is still held, and the release after it."""
+    from decode_contract import kv_receiver
+    from services.errors import InvalidArgument
+
+    card, seen = cluster["card"], []
+
+    def never_landed(request_id, layer, tokens):
+        raise InvalidArgument("the WRITE never landed (test)")
+
+    messages = iter([_header(rid="unplace-order", layers=card.geometry().num_layers), _note(0)])
+    replies = kv_receiver.receive_placed(card, messages, None, lambda header, rid: worker_pb2.KvPlacement(),
+                                         never_landed, lambda rid: seen.append(rid in card.active_requests()))
+    assert next(replies).WhichOneof("body") == "placement"
+    with pytest.raises(InvalidArgument):
+        next(replies)
+    assert seen == [True] and "unplace-order" not in card.active_requests()
+
+
 def _header(rid="bad", prompt=4, reserve=8, layers=2, transport="shm", identity=None, token=""):
     return worker_pb2.KvPlacedControl(header=worker_pb2.KvHeader(
         request_id=rid, prompt_tokens=prompt, reserve_tokens=reserve, num_layers=layers, kv_token=token,
