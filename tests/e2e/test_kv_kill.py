@@ -31,8 +31,11 @@ PROMPT = [100 + (i * 37) % 40000 for i in range(1500)]  # ~3 s of prefill on thi
 
 def _spawn(prefix: str, kind: str, worker_id: str, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV)}  # no KV tokens: direct calls
+    # these tests kill a worker mid-transfer of the same prompt again and again: a prefix-cache hit would compute
+    # and send that KV in no time, so the kill would land after the transfer instead of during it
+    no_cache = ["--no-prefix-cache"] if kind == "gpu-worker" else []
     return subprocess.Popen([*dies_with_pytest(), sys.executable, "-m", "glitches", kind, "--redis-url", REDIS_URL, "--redis-prefix",
-                             prefix, "--port", "0", "--worker-id", worker_id, "--threads", "1", *extra],
+                             prefix, "--port", "0", "--worker-id", worker_id, "--threads", "1", *no_cache, *extra],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
