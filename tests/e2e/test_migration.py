@@ -46,9 +46,8 @@ def _collect(stream) -> Completion:
     raise AssertionError("no final message")
 
 
-def test_fpga_killed_mid_decode_continues_with_identical_tokens(faulty, reference):
-    prompt = "Write a long list of fruits, one per line:"
-    stream = faulty["client"].stream(prompt, max_tokens=40)
+def _finish_after_killing_its_card(faulty, stream) -> Completion:
+    """Read 5 tokens of `stream`, SIGKILL the card decoding it, and return its final message (migrated once)."""
     seen = 0
     for item in stream:
         if isinstance(item, TextChunk):
@@ -58,6 +57,12 @@ def test_fpga_killed_mid_decode_continues_with_identical_tokens(faulty, referenc
     os.kill(_pid_of_busy(faulty["client"], "fpga"), signal.SIGKILL)
     final = _collect(stream)
     assert final.migrations == 1
+    return final
+
+
+def test_fpga_killed_mid_decode_continues_with_identical_tokens(faulty, reference):
+    prompt = "Write a long list of fruits, one per line:"
+    final = _finish_after_killing_its_card(faulty, faulty["client"].stream(prompt, max_tokens=40))
     assert list(final.token_ids) == reference["generate"](list(final.prompt_token_ids), 40)
     assert_idle(faulty["registry"], timeout_s=5)
 
@@ -76,6 +81,15 @@ def test_gpu_killed_during_prefill_is_retried_on_the_other_gpu(faulty, reference
     assert_idle(faulty["registry"], timeout_s=5)
 
 
+def _constrained_answer_across_a_card_kill(faulty, prompt: str, args: dict) -> Completion:
+    """The request's answer when its card is SIGKILLed after 5 tokens: migrated once, and token-identical to
+    an undisturbed run of the same request (greedy)."""
+    undisturbed = faulty["client"].generate(prompt, **args)
+    final = _finish_after_killing_its_card(faulty, faulty["client"].stream(prompt, **args))
+    assert final.token_ids == undisturbed.token_ids
+    return final
+
+
 def test_json_schema_request_migrates_with_its_grammar(faulty):
     """The decode worker dies mid-answer: the next worker rebuilds the grammar from the schema and the
     tokens so far, and the answer is token-identical to an undisturbed run (greedy) and valid."""
@@ -90,18 +104,7 @@ def test_json_schema_request_migrates_with_its_grammar(faulty):
               "required": ["name", "hobbies"], "additionalProperties": False}
     args = dict(max_tokens=120, chat=True, response_format=schema)
     prompt = "Invent a person and their hobbies."
-    undisturbed = faulty["client"].generate(prompt, **args)
-    stream = faulty["client"].stream(prompt, **args)
-    seen = 0
-    for item in stream:
-        if isinstance(item, TextChunk):
-            seen += len(item.token_ids)
-            if seen >= 5:
-                break
-    os.kill(_pid_of_busy(faulty["client"], "fpga"), signal.SIGKILL)
-    final = _collect(stream)
-    assert final.migrations == 1
-    assert final.token_ids == undisturbed.token_ids
+    final = _constrained_answer_across_a_card_kill(faulty, prompt, args)
     jsonschema.validate(json.loads(final.text), schema)
     assert_idle(faulty["registry"], timeout_s=5)
 
@@ -131,18 +134,7 @@ def test_a_required_tool_call_migrates_with_its_grammar(faulty):
     plan = plan_tools(tools, "required", None)
     args = dict(max_tokens=120, chat=True, response_format=plan.schema())
     prompt = "What is the weather in Paris, Tokyo and Lima?"
-    undisturbed = faulty["client"].generate(prompt, **args)
-    stream = faulty["client"].stream(prompt, **args)
-    seen = 0
-    for item in stream:
-        if isinstance(item, TextChunk):
-            seen += len(item.token_ids)
-            if seen >= 5:
-                break
-    os.kill(_pid_of_busy(faulty["client"], "fpga"), signal.SIGKILL)
-    final = _collect(stream)
-    assert final.migrations == 1
-    assert final.token_ids == undisturbed.token_ids
+    final = _constrained_answer_across_a_card_kill(faulty, prompt, args)
     content, calls = plan.parse(final.text)
     assert content is None and calls
     for call in calls:
