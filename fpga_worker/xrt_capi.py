@@ -173,6 +173,13 @@ def check_shim() -> Path:
     return shim
 
 
+def _release_handle(owner, close_function: str) -> None:
+    """Close `owner.handle` with the C API's `close_function` once; later calls do nothing (handle 0)."""
+    if owner.handle:
+        handle, owner.handle = owner.handle, 0
+        _check(close_function, getattr(library(), close_function)(handle))
+
+
 class Device:
     """An opened device (a card, or the no-op shim's pretend one). Close it; it is not closed for you."""
 
@@ -197,9 +204,7 @@ class Device:
         return uuid.raw
 
     def close(self) -> None:
-        if self.handle:
-            handle, self.handle = self.handle, 0
-            _check("xrtDeviceClose", library().xrtDeviceClose(handle))
+        _release_handle(self, "xrtDeviceClose")
 
 
 class Kernel:
@@ -218,9 +223,7 @@ class Kernel:
         return group
 
     def close(self) -> None:
-        if self.handle:
-            handle, self.handle = self.handle, 0
-            _check("xrtKernelClose", library().xrtKernelClose(handle))
+        _release_handle(self, "xrtKernelClose")
 
 
 class Bo:
@@ -260,9 +263,7 @@ class Bo:
         return _handle("xrtBOMap", library().xrtBOMap(self.handle))
 
     def close(self) -> None:
-        if self.handle:
-            handle, self.handle = self.handle, 0
-            _check("xrtBOFree", library().xrtBOFree(handle))
+        _release_handle(self, "xrtBOFree")
 
 
 class Run:
@@ -291,9 +292,7 @@ class Run:
         return _state(library().xrtRunState(self.handle))
 
     def close(self) -> None:
-        if self.handle:
-            handle, self.handle = self.handle, 0
-            _check("xrtRunClose", library().xrtRunClose(handle))
+        _release_handle(self, "xrtRunClose")
 
 
 def _state(value: int) -> RunState:
