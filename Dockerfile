@@ -91,7 +91,7 @@ COPY --from=cpu-builder /opt/venv /opt/venv
 COPY --from=cpu-builder /wheels /tmp/wheels
 RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER glitches
-RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from services.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
+RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from glitches.services.generation.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
 VOLUME ["/var/cache/glitches"]
 EXPOSE 50051 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
@@ -112,7 +112,7 @@ COPY --from=gpu-builder /opt/venv /opt/venv
 COPY --from=gpu-builder /wheels /tmp/wheels
 RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER glitches
-RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from services.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
+RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from glitches.services.generation.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
 VOLUME ["/var/cache/glitches"]
 EXPOSE 50051 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=3 \
@@ -135,7 +135,7 @@ COPY --from=fpga-builder /opt/venv /opt/venv
 COPY --from=fpga-builder /wheels /tmp/wheels
 RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER glitches
-RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from services.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
+RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from glitches.services.generation.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
 VOLUME ["/var/cache/glitches"]
 EXPOSE 50051 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=3 \

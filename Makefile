@@ -8,8 +8,8 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 setup: $(VENV)/.installed kernel-csim
 
-kernel-csim:  ## the decode kernel's C simulation (g++; rebuilt when its sources change): fpga_worker/kernel/build/
-	$(MAKE) -C fpga_worker/kernel csim
+kernel-csim:  ## the decode kernel's C simulation (g++; rebuilt when its sources change): glitches/fpga_worker/kernel/build/
+	$(MAKE) -C glitches/fpga_worker/kernel csim
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,10 +42,10 @@ container-smoke: setup  ## podman: build the CPU image, compose up on the host n
 	scripts/container/smoke.sh
 
 stubs: setup
-	$(PY) -m services.generate_stubs
+	$(PY) -m glitches.services.generate_stubs
 
 check-stubs: setup
-	$(PY) -m services.generate_stubs --check
+	$(PY) -m glitches.services.generate_stubs --check
 
 docs: setup  ## the SDK's API reference from its docstrings (pdoc), HTML in docs/api/ (not committed: ~1 MB)
 	$(VENV)/bin/pdoc -o docs/api glitches glitches.client glitches.aio glitches.types glitches.errors glitches.retry

@@ -4,9 +4,9 @@ forward of each prompt alone, SmolLM2-135M float32 on CPU: the measurement behin
     PYTHONPATH=$PWD .venv/bin/python benchmarks/batched_logit_drift.py
 """
 import torch
-from services import models
-from gpu_worker.packed_attention import ATTN_IMPLEMENTATION, PackedBatch, Segment
-from gpu_worker.request_kv import RequestKv
+from glitches.services.generation import models
+from glitches.gpu_worker.packed_attention import ATTN_IMPLEMENTATION, PackedBatch, Segment
+from glitches.gpu_worker.request_kv import RequestKv
 torch.set_num_threads(1)
 src = models.resolve_model(models.DEFAULT_MODEL)
 m = models.load_causal_lm(src, "cpu", "float32"); m.set_attn_implementation(ATTN_IMPLEMENTATION)

@@ -26,8 +26,8 @@ from benchmarks.smollm2_setup import PROMPTS, load_all, prefill_into  # noqa: E4
 
 
 def w4a8_image():
-    from fpga_worker.weight_image import build_from_gguf
-    from services.models import default_gguf_path
+    from glitches.fpga_worker.weight_image import build_from_gguf
+    from glitches.services.generation.models import default_gguf_path
 
     return build_from_gguf(default_gguf_path())
 
@@ -88,8 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from fpga_worker.abi import HBM_CHANNELS
-    from fpga_worker.w4a8_backend import W4A8EmulatedCard
+    from glitches.fpga_worker.abi import HBM_CHANNELS
+    from glitches.fpga_worker.w4a8_backend import W4A8EmulatedCard
 
     model, tokenizer, w4a8, reference, _ = load_all()
     image = w4a8_image()

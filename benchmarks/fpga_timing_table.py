@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fpga_worker.timing_model import (  # noqa: E402
+from glitches.fpga_worker.timing_model import (  # noqa: E402
     LLAMA2_7B, PAPER_BEST_RATIO, PAPER_CONTEXTS_7B, PAPER_GAIN_SEQ1024, PAPER_GAIN_SEQ128, PAPER_MS_PER_TOKEN_7B,
     SMOLLM2_135M, U280, calibrate, modeled_mean_ms, modeled_step_s,
 )

@@ -32,7 +32,7 @@ import torch
 
 from glitches import Client
 from glitches.cluster import ClusterSpec, LocalCluster
-from services import models
+from glitches.services.generation import models
 
 TOPICS = ["rivers", "memory bandwidth", "the history of printing", "prime numbers", "a lighthouse keeper",
           "compilers", "volcanoes", "the moon landing"]

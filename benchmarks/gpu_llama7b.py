@@ -19,12 +19,12 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gpu_worker.kv_pool import blocks_for
-from gpu_worker.packed_attention import ATTN_IMPLEMENTATION
-from gpu_worker.kv_pool import KvPool
-from gpu_worker.request_kv import RequestKv
-from gpu_worker.step_loop import DecodeJob, PrefillJob, StepLoop
-from services.sampling import Sampling
+from glitches.gpu_worker.kv_pool import blocks_for
+from glitches.gpu_worker.packed_attention import ATTN_IMPLEMENTATION
+from glitches.gpu_worker.kv_pool import KvPool
+from glitches.gpu_worker.request_kv import RequestKv
+from glitches.gpu_worker.step_loop import DecodeJob, PrefillJob, StepLoop
+from glitches.services.generation.sampling import Sampling
 
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)

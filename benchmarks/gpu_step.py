@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD .venv/bin/python benchmarks/gpu_step.py --batch 8 32 --context 120
 
 For each batch size B: B requests, each with `--context` tokens of KV already held,
-- packed: one forward pass of the step loop's packed batch (gpu_worker/packed_attention.py: B one-token
+- packed: one forward pass of the step loop's packed batch (glitches/gpu_worker/packed_attention.py: B one-token
   segments laid end to end, their KV in one KvPool as in the worker), logits at every row;
 - static: one forward pass of transformers' SDPA model on input [B, 1] with a DynamicCache of B x context
   tokens (what batched `generate` runs per token, its cache growing by concatenation);
@@ -21,12 +21,12 @@ import time
 import torch
 from transformers import DynamicCache
 
-from gpu_worker.kv_pool import blocks_for
-from kv_plane.kv_abi import KV_BLOCK_TOKENS
-from gpu_worker.kv_pool import KvPool
-from gpu_worker.packed_attention import ATTN_IMPLEMENTATION, PackedBatch, Segment
-from gpu_worker.request_kv import RequestKv
-from services import models
+from glitches.gpu_worker.kv_pool import blocks_for
+from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
+from glitches.gpu_worker.kv_pool import KvPool
+from glitches.gpu_worker.packed_attention import ATTN_IMPLEMENTATION, PackedBatch, Segment
+from glitches.gpu_worker.request_kv import RequestKv
+from glitches.services.generation import models
 
 
 def packed_step(model, kvs: list[RequestKv], context: int) -> float:

@@ -2,8 +2,8 @@
 
     PYTHONPATH=$PWD python3 benchmarks/kv_cuda_replay.py [--device cuda|cpu] [--repeats 3]
 
-kv_plane/shm_writer.ShmLayerWriter as the GPU worker runs it, against a real segment
-(kv_plane/hbm_segment.HbmSegment in /dev/shm, as an emulated card makes it), no cluster:
+glitches/kv_plane/shm_writer.ShmLayerWriter as the GPU worker runs it, against a real segment
+(glitches/kv_plane/hbm_segment.HbmSegment in /dev/shm, as an emulated card makes it), no cluster:
 1. correctness: small layers (odd token counts, partial blocks) and one Llama-2-7B-shaped layer are
    written from `--device` tensors; every token read back from the segment (KvRegion.read) equals the
    source bit for bit;
@@ -26,11 +26,11 @@ import time
 
 import torch
 
-from fpga_worker.abi import HBM_CHANNELS
-from kv_plane.hbm_segment import HbmSegment
-from kv_plane.kv_layout import KvPlan, KvRegion, region_view
-from kv_plane.shm_writer import ShmLayerWriter
-from services.stubs.glitches.v1 import worker_pb2
+from glitches.fpga_worker.abi import HBM_CHANNELS
+from glitches.kv_plane.hbm_segment import HbmSegment
+from glitches.kv_plane.kv_layout import KvPlan, KvRegion, region_view
+from glitches.kv_plane.shm_writer import ShmLayerWriter
+from glitches.services.stubs.glitches.v1 import worker_pb2
 
 A100_PREFILL_S = 0.17585  # Llama-2-7B, 1,536 tokens, one A100 (the paper's slides)
 MiB = 1 << 20

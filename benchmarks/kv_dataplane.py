@@ -4,7 +4,7 @@
 
 1. Bulk rate per transport into a live FPGA worker (emulated card, W4A8 numerics: float16 KV at the ABI's
    offsets) with Llama-2-7B-shaped layers (32 layers x 32 KV heads x 128 x 1,536 tokens, float16: 25.2 MB of
-   K + V per layer, 805 MB per request), sent by the GPU worker's own senders (kv_plane/transport.py open_sender),
+   K + V per layer, 805 MB per request), sent by the GPU worker's own senders (glitches/kv_plane/transport.py open_sender),
    beside a plain memcpy of the same bytes, the ABI relayout alone (KvRegion.write in one process), raw
    loopback TCP to another process, and NIXL's own two-process WRITE rate (UCX, host memory; both agents
    with and without NIXL's progress thread; the goal is against the faster), all in this run: each
@@ -34,13 +34,13 @@ import torch
 from benchmarks.request_path import kv_overlap, long_prompt, raw_tcp_gbps
 from glitches import Client
 from glitches.cluster import ClusterSpec, LocalCluster
-from kv_plane import kv_copy_threads
-from kv_plane.transport import open_sender
-from services import models
-from services.channels import insecure_channel
-from services.kv_token import SECRET_ENV, KvTokenIssuer
-from services.request_auth import RequestAuthIssuer
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.kv_plane import kv_copy_threads
+from glitches.kv_plane.transport import open_sender
+from glitches.services.generation import models
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.auth.kv_token import SECRET_ENV, KvTokenIssuer
+from glitches.services.auth.request_auth import RequestAuthIssuer
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 A100_PREFILL_S = 0.17585  # Llama-2-7B, 1,536 tokens, one A100 (the paper's slides)
 
@@ -94,7 +94,7 @@ class LiveCard:
 
 def memcpy_gbps(key: torch.Tensor, layers: int, repeats: int, threads: int = 1) -> list[float]:
     """The same bytes copied by one plain memcpy per layer's K and V into a buffer already faulted in; with
-    threads=2, K and V side by side as the relayout runs them (kv_plane/kv_copy_threads.run_pair)."""
+    threads=2, K and V side by side as the relayout runs them (glitches/kv_plane/kv_copy_threads.run_pair)."""
     dst = torch.empty(layers * 2, *key.shape[1:], dtype=key.dtype)
     dst.zero_()
     nbytes = 2 * key.numel() * key.element_size()
@@ -110,7 +110,7 @@ def memcpy_gbps(key: torch.Tensor, layers: int, repeats: int, threads: int = 1) 
 
 def relayout_gbps(key: torch.Tensor, layers: int, repeats: int) -> list[float]:
     """The ABI relayout alone: every layer written by KvRegion.write into a private region (faulted in)."""
-    from kv_plane.kv_layout import KvPlan, KvRegion
+    from glitches.kv_plane.kv_layout import KvPlan, KvRegion
 
     region = KvRegion(KvPlan(layers, key.shape[1], key.shape[3], key.shape[2] + 1, key.element_size()), key.dtype)
     rates = []
@@ -123,7 +123,7 @@ def relayout_gbps(key: torch.Tensor, layers: int, repeats: int) -> list[float]:
 
 
 def _nixl_target(queue, size: int, count: int, progress_thread: bool) -> None:
-    from kv_plane import nixl_loader
+    from glitches.kv_plane import nixl_loader
 
     agent = nixl_loader.new_agent("bench-target", progress_thread)
     buf = torch.zeros(size, dtype=torch.uint8)
@@ -139,7 +139,7 @@ def _nixl_target(queue, size: int, count: int, progress_thread: bool) -> None:
 def nixl_two_process_gbps(layer_bytes: int, layers: int, repeats: int, progress_thread: bool) -> list[float]:
     """NIXL's own WRITE rate between two processes here: one registered buffer, one WRITE per layer, a spinning
     poll; both agents with or without NIXL's progress thread."""
-    from kv_plane import nixl_loader
+    from glitches.kv_plane import nixl_loader
 
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()

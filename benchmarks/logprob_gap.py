@@ -19,15 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from fpga_worker.emu_backend import EmulatedCard  # noqa: E402
-from fpga_worker.server import FpgaWorkerServicer  # noqa: E402
-from gpu_worker.engine import GpuEngine  # noqa: E402
-from gpu_worker.server import GpuWorkerServicer  # noqa: E402
-from gpu_worker.settings import GpuWorkerSettings  # noqa: E402
-from services import models  # noqa: E402
-from services.channels import insecure_channel  # noqa: E402
-from services.grpc_server import start_server  # noqa: E402
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
+from glitches.fpga_worker.emu_backend import EmulatedCard  # noqa: E402
+from glitches.fpga_worker.server import FpgaWorkerServicer  # noqa: E402
+from glitches.gpu_worker.engine import GpuEngine  # noqa: E402
+from glitches.gpu_worker.server import GpuWorkerServicer  # noqa: E402
+from glitches.gpu_worker.settings import GpuWorkerSettings  # noqa: E402
+from glitches.services.generation import models  # noqa: E402
+from glitches.services.runtime.channels import insecure_channel  # noqa: E402
+from glitches.services.runtime.grpc_server import start_server  # noqa: E402
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a data center far away, a small FPGA"]
 

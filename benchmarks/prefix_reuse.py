@@ -26,7 +26,7 @@ import time
 
 from glitches import Client
 from glitches.cluster import ClusterSpec, LocalCluster
-from services import models
+from glitches.services.generation import models
 
 WORDS = ("memory bandwidth decode prefill cache token model layer attention kernel card device latency "
          "batch request reply stream tensor weight vector matrix compute schedule worker queue chat user "

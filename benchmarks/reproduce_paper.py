@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.kv_transfer import PCIE_GEN3_X16_GB_PER_S, exposed_transfer_s, kv_transfer_s  # noqa: E402
-from sim.profiles import ScaledTiming, load_device_profile  # noqa: E402
-from sim.run import build_config, run_simulation  # noqa: E402
+from glitches.sim.kv_transfer import PCIE_GEN3_X16_GB_PER_S, exposed_transfer_s, kv_transfer_s  # noqa: E402
+from glitches.sim.profiles import ScaledTiming, load_device_profile  # noqa: E402
+from glitches.sim.run import build_config, run_simulation  # noqa: E402
 
 MODEL = "llama-2-7b"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reproduction.md"
@@ -173,8 +173,8 @@ def kv_table() -> list[str]:
 
 
 def prefetch_table() -> list[str]:
-    """From the U280 timing model (fpga_worker/timing_model.py), calibrated on seq 128 and 21.50 ms/token."""
-    from fpga_worker.timing_model import LLAMA2_7B, calibrate, modeled_step_s
+    """From the U280 timing model (glitches/fpga_worker/timing_model.py), calibrated on seq 128 and 21.50 ms/token."""
+    from glitches.fpga_worker.timing_model import LLAMA2_7B, calibrate, modeled_step_s
 
     cal = calibrate()
     rows = ["| Sequence length | paper decode speed-up from prefetching (ratio 4 vs 1) | U280 timing model "

@@ -23,13 +23,13 @@ from transformers import AutoConfig
 
 from glitches import Client, Completion
 from glitches.cluster import ClusterSpec, LocalCluster
-from kv_plane import kv_wire
-from services import models
-from services.channels import insecure_channel, open_channel
-from services.kv_token import SECRET_ENV, KvTokenIssuer
-from services.request_auth import RequestAuthIssuer
-from services.tls import PLAINTEXT, TlsConfig
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.kv_plane import kv_wire
+from glitches.services.generation import models
+from glitches.services.runtime.channels import insecure_channel, open_channel
+from glitches.services.auth.kv_token import SECRET_ENV, KvTokenIssuer
+from glitches.services.auth.request_auth import RequestAuthIssuer
+from glitches.services.auth.tls import PLAINTEXT, TlsConfig
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 
 def long_prompt(tokenizer, n_tokens: int) -> str:
@@ -121,7 +121,7 @@ def _bytes_sink_server(port_queue, tls: TlsConfig = PLAINTEXT) -> None:
     import grpc
     from concurrent import futures
 
-    from services.channels import MESSAGE_OPTIONS
+    from glitches.services.runtime.channels import MESSAGE_OPTIONS
 
     def consume(requests, _context):
         return sum(len(r) for r in requests).to_bytes(8, "little")
@@ -168,7 +168,7 @@ def service_itl(client: Client, n_tokens: int) -> tuple[float, str]:
 
 def in_process_step_s(source: models.ModelSource, threads: int, n_tokens: int) -> float:
     """The emu backend's decode step, called directly (no gRPC, no scheduler), after a local prefill."""
-    from fpga_worker.emu_backend import EmulatedCard
+    from glitches.fpga_worker.emu_backend import EmulatedCard
     from transformers import DynamicCache
 
     card = EmulatedCard(source, 8 * 1024**3, threads)

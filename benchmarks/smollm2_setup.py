@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from kv_plane.kv_layout import KvRegion
-from fpga_worker.w4a8_kernel import DecodeKernel
-from fpga_worker.weight_image import build_from_gguf
-from services.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
+from glitches.kv_plane.kv_layout import KvRegion
+from glitches.fpga_worker.w4a8_kernel import DecodeKernel
+from glitches.fpga_worker.weight_image import build_from_gguf
+from glitches.services.generation.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
 
 PROMPTS = [
     "The capital of France is",

@@ -27,9 +27,9 @@ import time
 
 from glitches import Client, GlitchesError, RetryPolicy
 from glitches.cluster import ClusterSpec, LocalCluster
-from services.channels import insecure_channel
-from services.registry import Registry
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.cluster.registry import Registry
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 PROMPTS = ["Name a color.", "What is 2 + 3?", "Say hello in French.", "List two planets.",
            "Summarise: " + "the quick brown fox jumps over the lazy dog " * 33]  # the last: ~300 tokens

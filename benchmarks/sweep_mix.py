@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.sweep import OBJECTIVES, Slo, sweep  # noqa: E402
-from sim.sweep_plot import plot_sweep  # noqa: E402
+from glitches.sim.sweep import OBJECTIVES, Slo, sweep  # noqa: E402
+from glitches.sim.sweep_plot import plot_sweep  # noqa: E402
 
 
 def main() -> None:

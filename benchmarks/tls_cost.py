@@ -21,8 +21,8 @@ from benchmarks.request_path import _kv_messages, long_prompt, raw_grpc_gbps
 from glitches import Client
 from glitches.certs import make_certs
 from glitches.cluster import ClusterSpec, LocalCluster
-from services import models
-from services.tls import TlsConfig
+from glitches.services.generation import models
+from glitches.services.auth.tls import TlsConfig
 
 
 def role(folder: Path, name: str) -> TlsConfig:

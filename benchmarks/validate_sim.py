@@ -21,8 +21,8 @@ from glitches.bench.profile_measure import ProfileConfig, device_key, measure_pr
 from glitches.bench.run import BenchConfig, run_bench
 from glitches.client import Client
 from glitches.cluster import ClusterSpec, LocalCluster
-from services.models import DEFAULT_MODEL, resolve_model
-from sim.cli import simulate
+from glitches.services.generation.models import DEFAULT_MODEL, resolve_model
+from glitches.sim.cli import simulate
 
 COMPARED = (("throughput_tokens_per_s", None, "output tokens/s"), ("ttft_s", "p50", "median TTFT (s)"),
             ("tpot_s", "p50", "median TPOT (s)"), ("e2e_s", "p50", "median E2E (s)"))

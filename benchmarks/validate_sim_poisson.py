@@ -24,8 +24,8 @@ from glitches.bench.profile_measure import ProfileConfig, device_key, measure_pr
 from glitches.bench.run import BenchConfig, run_bench
 from glitches.client import Client
 from glitches.cluster import ClusterSpec, LocalCluster
-from services.models import DEFAULT_MODEL, resolve_model
-from sim.cli import simulate
+from glitches.services.generation.models import DEFAULT_MODEL, resolve_model
+from glitches.sim.cli import simulate
 
 RATE_FRACTIONS = (("light", 0.3), ("near saturation", 0.9), ("over", 1.5))
 FIGURES = [(k, s) for k in ("ttft_s", "tpot_s") for s in ("p50", "p90", "p99")] + [("throughput_tokens_per_s", None)]

@@ -57,9 +57,9 @@ def main() -> None:
     model, tokenizer, w4a8, reference, build_s = load_all()
     label = "W4A8"
     if args.float_activations:
-        from fpga_worker.w4a8_kernel import DecodeKernel
-        from fpga_worker.weight_image import build_from_gguf
-        from services.models import default_gguf_path
+        from glitches.fpga_worker.w4a8_kernel import DecodeKernel
+        from glitches.fpga_worker.weight_image import build_from_gguf
+        from glitches.services.generation.models import default_gguf_path
 
         w4a8, label = DecodeKernel.from_image(build_from_gguf(default_gguf_path()), int8_activations=False), \
             "W4 + float activations (diagnostic)"

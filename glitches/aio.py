@@ -15,9 +15,9 @@ from glitches import convert
 from glitches.client import DEFAULT_ADDRESS, STATUS_TIMEOUT_S, _encode, auth_metadata, client_tls
 from glitches.retry import RetryPolicy, retrying_async
 from glitches.types import ClusterStatus, Completion, TextChunk
-from services.channels import open_aio_channel
-from services.tls import TlsConfig
-from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
+from glitches.services.runtime.channels import open_aio_channel
+from glitches.services.auth.tls import TlsConfig
+from glitches.services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 
 class AsyncClient:

@@ -9,8 +9,8 @@ import click
 
 from glitches.cli_common import env_var
 from glitches.cli_tls import tls_flags
-from services.errors import GlitchesError as ServiceError
-from services.models import DEFAULT_MODEL
+from glitches.services.runtime.errors import GlitchesError as ServiceError
+from glitches.services.generation.models import DEFAULT_MODEL
 
 
 def daemon_options(fn):
@@ -52,7 +52,7 @@ def kv_token_option(fn):
 
 
 def kv_intake_options(fn):
-    """The bounds on KV streams a worker receives (kv_plane/kv_stream_limits.py): FPGA workers, and GPU
+    """The bounds on KV streams a worker receives (glitches/kv_plane/kv_stream_limits.py): FPGA workers, and GPU
     workers with the decode role."""
     options = [
         click.option("--kv-header-timeout-s", default=2.0, type=float, envvar=env_var("kv-header-timeout-s"),
@@ -68,7 +68,7 @@ def kv_intake_options(fn):
 
 
 def kv_copy_threads_option(fn):
-    """Threads of one KV relayout (kv_plane/kv_copy_threads.py): GPU and FPGA workers."""
+    """Threads of one KV relayout (glitches/kv_plane/kv_copy_threads.py): GPU and FPGA workers."""
     return click.option("--kv-copy-threads", default=2, type=click.IntRange(1, 2), envvar=env_var("kv-copy-threads"),
                         show_default=True,
                         help="Threads that write one layer's KV at the card's addresses: 2 = K and V side by side "
@@ -84,7 +84,7 @@ def kv_hold_option(fn):
 
 def _kv_token_secret(kwargs: dict) -> None:
     """Replace the --kv-token-secret-file value in kwargs by the secret (file or environment)."""
-    from services.kv_token import secret_from_environment
+    from glitches.services.auth.kv_token import secret_from_environment
 
     try:
         kwargs["kv_token_secret"] = secret_from_environment(kwargs.pop("kv_token_secret_file"))
@@ -138,9 +138,9 @@ def _run_daemon(serve, settings_cls, **kwargs) -> None:
               help="How long a KV-transfer token stays valid, seconds (clocks must agree within it).")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
-    from scheduler.server import serve
-    from scheduler.settings import SchedulerSettings
-    from services.api_keys import load_api_keys
+    from glitches.scheduler.server import serve
+    from glitches.scheduler.settings import SchedulerSettings
+    from glitches.services.auth.api_keys import load_api_keys
 
     try:
         kwargs["api_keys"] = load_api_keys(kwargs.pop("api_keys_file"), kwargs.pop("api_keys"))
@@ -159,7 +159,7 @@ def scheduler_cmd(**kwargs) -> None:
               help="auto (float32 on CPU, float16 on CUDA), float32, float16 or bfloat16.")
 @click.option("--slots", default=0, type=int, envvar=env_var("gpu-slots"), show_default=True,
               help="Concurrent GPU-assist decodes (beyond them RESOURCE_EXHAUSTED); 0: as many as the KV budget "
-                   "holds at a 2048-token context, capped at half of --max-batch-tokens (gpu_worker/assist_slots.py).")
+                   "holds at a 2048-token context, capped at half of --max-batch-tokens (glitches/gpu_worker/assist_slots.py).")
 @click.option("--kv-transport", default="auto", envvar=env_var("kv-transport"), show_default=True,
               type=click.Choice(["auto", "shm", "nixl", "grpc"]),
               help="How KV reaches the decode worker: auto = shm on its host, else nixl, else grpc.")
@@ -186,8 +186,8 @@ def scheduler_cmd(**kwargs) -> None:
 def gpu_worker_cmd(**kwargs) -> None:
     """Run one GPU worker: prefill (streaming KV to the decode target) and GPU-assist decode; with --roles
     decode, also (or only) a decode target for other GPU workers' prefills."""
-    from gpu_worker.daemon import serve
-    from gpu_worker.settings import GpuWorkerSettings
+    from glitches.gpu_worker.daemon import serve
+    from glitches.gpu_worker.settings import GpuWorkerSettings
 
     _kv_token_secret(kwargs)
     _run_daemon(serve, GpuWorkerSettings, **kwargs)
@@ -218,8 +218,8 @@ def gpu_worker_cmd(**kwargs) -> None:
 @kv_copy_threads_option
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
-    from fpga_worker.daemon import serve
-    from fpga_worker.settings import FpgaWorkerSettings
+    from glitches.fpga_worker.daemon import serve
+    from glitches.fpga_worker.settings import FpgaWorkerSettings
 
     kwargs["xilinx_xrt"] = os.environ.get("XILINX_XRT", "")  # XRT's own variable, read here at the edge
     _kv_token_secret(kwargs)

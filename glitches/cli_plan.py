@@ -1,4 +1,4 @@
-"""The offline command `glitches plan`: the cheapest device mix meeting an SLO (sim/plan.py)."""
+"""The offline command `glitches plan`: the cheapest device mix meeting an SLO (glitches/sim/plan.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 
 import click
 
-from services.errors import GlitchesError as ServiceError
+from glitches.services.runtime.errors import GlitchesError as ServiceError
 
 
 @click.command("plan")
-@click.option("--model", default="llama-2-7b", show_default=True, help="Model shape (sim/profiles/models.json).")
+@click.option("--model", default="llama-2-7b", show_default=True, help="Model shape (glitches/sim/profiles/models.json).")
 @click.option("--input", "input_spec", default="1536", show_default=True,
               help="Prompt tokens: N, uniform:LO:HI or normal:MEAN:STD.")
 @click.option("--output", "output_spec", default="512", show_default=True, help="Output tokens, same forms.")
@@ -22,7 +22,7 @@ from services.errors import GlitchesError as ServiceError
 @click.option("--slo-ttft", required=True, type=float, help="TTFT target, seconds.")
 @click.option("--slo-tpot", required=True, type=float, help="TPOT target, seconds.")
 @click.option("--slo-percentile", default=90, type=click.Choice(["50", "90", "99"]), show_default=True)
-@click.option("--catalogue", "catalogue_path", default=None, help="Device catalogue (default sim/profiles/catalogue.json).")
+@click.option("--catalogue", "catalogue_path", default=None, help="Device catalogue (default glitches/sim/profiles/catalogue.json).")
 @click.option("--devices", default="", help="Only these catalogue kinds, comma-separated (e.g. a100,h100,u280,v80).")
 @click.option("--max-cards", default=8, type=int, show_default=True)
 @click.option("--max-nodes", default=1, type=int, show_default=True)
@@ -38,10 +38,10 @@ def plan_cmd(model, input_spec, output_spec, trace_path, num_requests, request_r
              slo_percentile, catalogue_path, devices, max_cards, max_nodes, max_price_usd, max_power_w, gpu_batching,
              seed, explore_all, plot_path, as_json) -> None:
     """Find the cheapest mix of catalogue devices meeting TTFT and TPOT targets, by simulation (a model)."""
-    from sim.catalogue import CATALOGUE_FILE, load_catalogue
-    from sim.plan import Limits, PlanSlo, plan
-    from sim.plan_report import plot_front, render_text
-    from sim.plan_workload import read_trace, synthetic
+    from glitches.sim.catalogue import CATALOGUE_FILE, load_catalogue
+    from glitches.sim.plan import Limits, PlanSlo, plan
+    from glitches.sim.plan_report import plot_front, render_text
+    from glitches.sim.plan_workload import read_trace, synthetic
 
     if request_rate is not None and concurrency is not None:
         raise click.UsageError("give --request-rate or --concurrency, not both")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from services.errors import GlitchesError as ServiceError
+from glitches.services.runtime.errors import GlitchesError as ServiceError
 
 
 def tls_flags(server: bool) -> list:
@@ -38,7 +38,7 @@ def client_tls_options(fn):
 
 def client_tls(kwargs: dict):
     """Pop the --tls-* values of client_tls_options into a TlsConfig (UsageError when half-given)."""
-    from services.tls import TlsConfig
+    from glitches.services.auth.tls import TlsConfig
 
     try:
         return TlsConfig(ca=kwargs.pop("tls_ca"), cert=kwargs.pop("tls_cert"), key=kwargs.pop("tls_key"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from services.errors import GlitchesError as ServiceError
+from glitches.services.runtime.errors import GlitchesError as ServiceError
 
 
 @click.command("certs")
@@ -39,7 +39,7 @@ def certs_cmd(out, hosts, roles, days) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
     """The modeled U280 decode time per token (a model of the card, not a measurement)."""
-    from fpga_worker.timing_cli import timing_cli
+    from glitches.fpga_worker.timing_cli import timing_cli
 
     try:
         click.echo(timing_cli(model, context, prefetch_ratio, as_json))
@@ -52,7 +52,7 @@ def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
 @click.option("--gpu", default="a100", show_default=True, help="GPU profile (a100, v100s, h100-pcie, l4, ...).")
 @click.option("--fpgas", required=True, type=int, help="FPGA cards in the node.")
 @click.option("--fpga", default="u280", show_default=True, help="FPGA profile.")
-@click.option("--model", default="llama-2-7b", show_default=True, help="Model shape (sim/profiles/models.json).")
+@click.option("--model", default="llama-2-7b", show_default=True, help="Model shape (glitches/sim/profiles/models.json).")
 @click.option("--input", "input_tokens", default=None, type=int, help="Prompt tokens per request.")
 @click.option("--output", "output_tokens", default=None, type=int, help="New tokens per request.")
 @click.option("--num-requests", default=200, type=int, show_default=True)
@@ -70,7 +70,7 @@ def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
 def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
                  concurrency, profile_path, trace_path, gpu_decode_slots, gpu_batching, as_json) -> None:
     """Predict a node of N GPUs + M FPGAs with a discrete-event model (the scheduler's own placement)."""
-    from sim.cli import render_text, simulate
+    from glitches.sim.cli import render_text, simulate
 
     if request_rate is not None and concurrency is not None:
         raise click.UsageError("give --request-rate or --concurrency, not both")

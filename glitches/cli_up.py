@@ -19,8 +19,8 @@ import click
 from glitches.cli_client import print_stream
 from glitches.client import Client
 from glitches.cluster import ClusterSpec, LocalCluster
-from services.errors import GlitchesError as ServiceError
-from services.models import DEFAULT_MODEL
+from glitches.services.runtime.errors import GlitchesError as ServiceError
+from glitches.services.generation.models import DEFAULT_MODEL
 
 _SPEC_FIELDS = frozenset(f.name for f in fields(ClusterSpec))
 
@@ -80,7 +80,7 @@ class UpOptions:
               help="Every worker's --kv-transport.")
 @click.option("--gpu-slots", default=0, type=int, show_default=True,
               help="GPU-assist decodes per GPU worker (0: as many as its KV budget holds at a 2048-token context, "
-                   "capped at half of --max-batch-tokens; gpu_worker/assist_slots.py).")
+                   "capped at half of --max-batch-tokens; glitches/gpu_worker/assist_slots.py).")
 @click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
               help="GPU workers keep finished requests' full KV blocks as cache and reuse them (per tenant).")
 @click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
@@ -111,7 +111,7 @@ def up_cmd(**flags) -> None:
 
 def run_up(options: UpOptions) -> None:
     """Start options.cluster, print its addresses, answer options.prompt or wait for a signal, stop it all."""
-    from services.models import resolve_model
+    from glitches.services.generation.models import resolve_model
 
     spec = options.cluster
     if spec.tls_dir:
@@ -176,7 +176,7 @@ def _show_workers(client: Client) -> None:
 
 def _up_access(api_keys_file: str, gateway_api_keys_file: str, per_client: float, per_user: float) -> dict:
     """ClusterSpec fields for `up`'s API keys and gateway limits; key files are passed by path, keys never in argv."""
-    from services.api_keys import load_api_keys
+    from glitches.services.auth.api_keys import load_api_keys
 
     if per_client < 0 or per_user < 0:
         raise click.UsageError("--gateway-requests-per-minute-per-client/-per-user must be >= 0 (0: no limit)")

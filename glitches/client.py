@@ -20,10 +20,10 @@ from glitches import convert
 from glitches.errors import invalid_argument
 from glitches.retry import RetryPolicy, retrying
 from glitches.types import ClusterStatus, Completion, TextChunk
-from services.channels import open_channel
-from services.tls import TlsConfig
-from services.tls import from_env as tls_from_env
-from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
+from glitches.services.runtime.channels import open_channel
+from glitches.services.auth.tls import TlsConfig
+from glitches.services.auth.tls import from_env as tls_from_env
+from glitches.services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 STATUS_TIMEOUT_S = 10.0  # Status's deadline (retries included) when the client has no timeout_s

@@ -5,7 +5,7 @@ password set in a 0600 config file in the run directory; its URL reaches the dae
 GLITCHES_REDIS_URL in their environment, never in argv; with `redis_sentinels` N > 0, a primary
 ("redis"), one replica ("redis-replica") and N sentinels ("sentinel-0"...) that fail over to the
 replica when the primary dies, all with that password, and the daemons get a redis+sentinel://
-URL: services/redis_connect.py),
+URL: glitches/services/cluster/redis_connect.py),
 one scheduler, GPU workers and FPGA workers, each its own process with its log
 in the run directory. The scheduler and the workers share a KV token secret, random
 per cluster unless GLITCHES_KV_TOKEN_SECRET(_FILE) is already set, handed over in
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glitches import die_with_parent
-from services.kv_token import SECRET_ENV, new_secret
-from services.redis_connect import connect, redact, sentinel_url
-from services.tls import PLAINTEXT, TlsConfig
+from glitches.services.auth.kv_token import SECRET_ENV, new_secret
+from glitches.services.cluster.redis_connect import connect, redact, sentinel_url
+from glitches.services.auth.tls import PLAINTEXT, TlsConfig
 
 SENTINEL_SERVICE = "glitches"  # the name the local sentinels monitor
 SENTINEL_DOWN_AFTER_MS = 1000  # a primary silent this long is down (Redis's default is 30 s)

@@ -6,7 +6,7 @@ import json
 
 from glitches.types import (ClusterStatus, Completion, Logprob, RedisStatus, TextChunk, Timings, TokenLogprob,
                             WorkerStatus)
-from services.stubs.glitches.v1 import common_pb2, scheduler_pb2
+from glitches.services.stubs.glitches.v1 import common_pb2, scheduler_pb2
 
 _FINISH = {common_pb2.FINISH_REASON_LENGTH: "length", common_pb2.FINISH_REASON_EOS: "eos",
            common_pb2.FINISH_REASON_STOP: "stop"}

@@ -7,7 +7,7 @@ also `str(error)`), and where known `.field`, `.reason` and `.retry_after_s`.
 
 from __future__ import annotations
 
-from services.errors import (AlreadyExists, Cancelled, DeadlineExceeded, FailedPrecondition, GlitchesError,
+from glitches.services.runtime.errors import (AlreadyExists, Cancelled, DeadlineExceeded, FailedPrecondition, GlitchesError,
                              InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
                              Unavailable, error_for, from_rpc_error)
 

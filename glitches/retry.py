@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import grpc
 
-from services.errors import from_rpc_error
+from glitches.services.runtime.errors import from_rpc_error
 
 Message = TypeVar("Message")
 

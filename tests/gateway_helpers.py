@@ -4,7 +4,7 @@ gateway app (starlette's TestClient over it), and a minimal keyed scheduler serv
 from __future__ import annotations
 
 from glitches.types import ClusterStatus, Completion, Timings
-from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
+from glitches.services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 TIMINGS = Timings(*([0.0] * 11))
 

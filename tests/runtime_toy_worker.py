@@ -1,4 +1,4 @@
-"""A trivial device for services/worker_runtime.py: no model, no engine; it "decodes" by counting.
+"""A trivial device for glitches/services/runtime/worker_runtime.py: no model, no engine; it "decodes" by counting.
 
 Used by tests/test_worker_runtime.py in-process and, as `python -m tests.runtime_toy_worker PREFIX`,
 as a real daemon process that is sent SIGTERM.
@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services import worker_runtime
-from services.kv_holds import KvHolds
-from services.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
-from services.settings import DaemonSettings
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
-from services.worker_record import KvBlocks
+from glitches.services.runtime import worker_runtime
+from glitches.services.cluster.kv_holds import KvHolds
+from glitches.services.auth.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
+from glitches.services.runtime.settings import DaemonSettings
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.services.cluster.worker_record import KvBlocks
 
 TOY_BLOCK_BYTES = 1024  # bytes of one toy KV block
 TOY_BLOCKS = 64  # blocks the toy device has

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scheduler.placement import DeviceKind
-from sim.node import NodeConfig
-from sim.profiles import ConstantTiming, DeviceProfile
+from glitches.scheduler.placement import DeviceKind
+from glitches.sim.node import NodeConfig
+from glitches.sim.profiles import ConstantTiming, DeviceProfile
 
 
 def fixed(kind: str, prefill_s: float, decode_s: float, *, layers: int = 1, kv_capacity_bytes: float = 1e12,

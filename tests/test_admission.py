@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from scheduler.admission import Admission
-from services.errors import ResourceExhausted
+from glitches.scheduler.admission import Admission
+from glitches.services.runtime.errors import ResourceExhausted
 
 
 def test_full_queue_is_refused_at_once_with_a_retry_hint():
@@ -55,7 +55,7 @@ def test_a_queued_request_gives_up_before_its_callers_deadline_with_resource_exh
 
 
 def test_the_grpc_pool_is_sized_from_the_admission_bounds():
-    from scheduler.settings import CONTROL_THREADS, SchedulerSettings
+    from glitches.scheduler.settings import CONTROL_THREADS, SchedulerSettings
 
     settings = SchedulerSettings()
     assert settings.grpc_threads == settings.max_active + settings.max_queued + CONTROL_THREADS

@@ -11,11 +11,11 @@ from starlette.testclient import TestClient
 import glitches
 from glitches import Client
 from glitches.gateway.app import Gateway, create_app
-from services.api_keys import ApiKeyInterceptor, load_api_keys
-from services.channels import insecure_channel
-from services.errors import InvalidArgument
-from services.grpc_server import start_server
-from services.stubs.glitches.v1 import scheduler_pb2_grpc
+from glitches.services.auth.api_keys import ApiKeyInterceptor, load_api_keys
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.stubs.glitches.v1 import scheduler_pb2_grpc
 from tests.gateway_helpers import FakeClient, OkScheduler, completion
 
 

@@ -1,12 +1,12 @@
-"""The GPU worker's default GPU-assist slots from its KV budget (gpu_worker/assist_slots.py)."""
+"""The GPU worker's default GPU-assist slots from its KV budget (glitches/gpu_worker/assist_slots.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gpu_worker.assist_slots import TYPICAL_CONTEXT_TOKENS, default_assist_slots
-from gpu_worker.settings import GpuWorkerSettings
-from services.errors import InvalidArgument
+from glitches.gpu_worker.assist_slots import TYPICAL_CONTEXT_TOKENS, default_assist_slots
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.services.runtime.errors import InvalidArgument
 
 BLOCKS_PER_TYPICAL = TYPICAL_CONTEXT_TOKENS // 16  # 128 blocks of 16 tokens
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from glitches.bench.profile_doc import DeviceSamples, kv_link_gb_per_s, profile_document, write_profile
-from scheduler.placement import DeviceKind
-from sim.cli import simulate
-from sim.measured import load_measured
+from glitches.scheduler.placement import DeviceKind
+from glitches.sim.cli import simulate
+from glitches.sim.measured import load_measured
 
 
 def samples() -> dict[str, DeviceSamples]:

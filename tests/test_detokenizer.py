@@ -1,4 +1,4 @@
-from scheduler.detokenizer import Detokenizer
+from glitches.scheduler.detokenizer import Detokenizer
 
 
 def _text_of(pieces):
@@ -38,7 +38,7 @@ def test_a_character_cut_by_the_last_token_is_dropped_not_sent_as_u_fffd():
 
 
 def test_real_tokenizer_cut_mid_character(default_source):
-    from services import models
+    from glitches.services.generation import models
 
     tokenizer = models.load_tokenizer(default_source)
     ids = tokenizer("日本語", add_special_tokens=False)["input_ids"]

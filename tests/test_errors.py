@@ -9,9 +9,9 @@ import pytest
 
 import glitches
 from glitches import errors as sdk_errors
-from services import errors
-from services.grpc_server import start_server
-from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
+from glitches.services.runtime import errors
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 MAPPED = [(grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument, glitches.InvalidArgumentError),
           (grpc.StatusCode.NOT_FOUND, errors.NotFound, glitches.NotFoundError),

@@ -1,4 +1,4 @@
-"""FPGA power and temperature, read live per scrape and cached about a second (fpga_worker/sensors.py):
+"""FPGA power and temperature, read live per scrape and cached about a second (glitches/fpga_worker/sensors.py):
 an emulated card's modeled power follows its stepping and is exported under its own, labelled name;
 an xrt card's measured sensors (XRT's report JSON, "N/A" figures included) reach glitches_device_* and change
 as the card's do."""
@@ -11,12 +11,12 @@ import time
 import pytest
 import torch
 
-from decode_contract.device import SensorReading
-from fpga_worker.sensors import (DECODE_POWER_W, IDLE_POWER_W, BusyMeter, CachedSensors, modeled_power_w,
+from glitches.decode_contract.device import SensorReading
+from glitches.fpga_worker.sensors import (DECODE_POWER_W, IDLE_POWER_W, BusyMeter, CachedSensors, modeled_power_w,
                                  publish_sensors, sensor_number, xrt_reading)
-from fpga_worker.w4a8_backend import W4A8EmulatedCard
-from fpga_worker.weight_image import build_from_state_dict
-from services import metrics
+from glitches.fpga_worker.w4a8_backend import W4A8EmulatedCard
+from glitches.fpga_worker.weight_image import build_from_state_dict
+from glitches.services.runtime import metrics
 from tests.fpga_helpers import prefill_cache, tiny_llama
 
 HBM = 32 * 1024 * 1024  # 1 MiB per pseudo-channel: the tiny image and a few KV regions
@@ -151,7 +151,7 @@ def test_xrt_measured_sensors_are_published_live():
 
 def test_xbutil_that_cannot_report_gives_no_reading(monkeypatch, tmp_path):
     """No xbutil, or one that writes no report (no card here; Debian's 2.13 wrapper lacks its binary): None."""
-    from fpga_worker.sensors import read_xbutil
+    from glitches.fpga_worker.sensors import read_xbutil
 
     assert read_xbutil("0000:99:00.1") == SensorReading(power_w=None, temperature_c=None)
     monkeypatch.setenv("XILINX_XRT", str(tmp_path))

@@ -20,21 +20,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from fpga_worker.emu_backend import EmulatedCard
-from fpga_worker.server import FpgaWorkerServicer
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.fpga_worker.server import FpgaWorkerServicer
 from glitches.gateway.app import Gateway, create_app
 from glitches.gateway.chat import ChatTemplate
-from gpu_worker.engine import GpuEngine
-from gpu_worker.server import GpuWorkerServicer
-from gpu_worker.settings import GpuWorkerSettings
-from scheduler.orchestrator import ModelInfo, Orchestrator
-from scheduler.server import SchedulerServicer
-from scheduler.settings import SchedulerSettings
-from services import models
-from services.channels import insecure_channel
-from services.kv_token import KvTokenIssuer, KvTokenVerifier
-from services.registry import Heartbeat, Registry, WorkerRecord
-from services.stubs.glitches.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from glitches.gpu_worker.engine import GpuEngine
+from glitches.gpu_worker.server import GpuWorkerServicer
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.scheduler.orchestrator import ModelInfo, Orchestrator
+from glitches.scheduler.server import SchedulerServicer
+from glitches.scheduler.settings import SchedulerSettings
+from glitches.services.generation import models
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.auth.kv_token import KvTokenIssuer, KvTokenVerifier
+from glitches.services.cluster.registry import Heartbeat, Registry, WorkerRecord
+from glitches.services.stubs.glitches.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 from tests.worker_helpers import serve
 

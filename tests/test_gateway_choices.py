@@ -14,7 +14,7 @@ from glitches.gateway.app import Gateway, create_app
 from glitches.gateway.chat import ChatTemplate
 from glitches.gateway.schemas import Limits
 from glitches.types import Completion, Logprob, TextChunk, TokenLogprob
-from services import models
+from glitches.services.generation import models
 from tests.gateway_helpers import TIMINGS, FakeClient
 
 # " Paris" = 7042, "." = 30 in SmolLM2's vocabulary; the prompt "The capital" = 504, 3575

@@ -15,9 +15,9 @@ from starlette.testclient import TestClient
 
 from glitches.gateway.app import Gateway, create_app
 from glitches.gateway.rate_limit import ClientRateLimitMiddleware
-from services.grpc_server import start_server
-from services.rate_limit import PRUNE_AT, KeyRateLimiter
-from services.stubs.glitches.v1 import scheduler_pb2_grpc
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.auth.rate_limit import PRUNE_AT, KeyRateLimiter
+from glitches.services.stubs.glitches.v1 import scheduler_pb2_grpc
 from tests.gateway_helpers import OkScheduler
 
 BODY = {"model": "m", "prompt": "hi", "max_tokens": 2}

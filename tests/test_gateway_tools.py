@@ -147,7 +147,7 @@ def test_a_template_with_a_tool_format_gets_the_tools_and_calls_natively():
     """A chat template that renders `tools` itself (here a small one set on SmolLM2's tokenizer) receives them
     through apply_chat_template(tools=...), and earlier calls' arguments as objects."""
     from glitches.gateway.chat import ChatTemplate
-    from services import models
+    from glitches.services.generation import models
 
     tokenizer = models.load_tokenizer(models.resolve_model(models.DEFAULT_MODEL))
     template = ("{% for t in tools or [] %}TOOL {{ t.function.name }};{% endfor %}"

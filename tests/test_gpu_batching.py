@@ -10,19 +10,20 @@ import grpc
 import pytest
 import torch
 
-from fpga_worker.emu_backend import EmulatedCard
-from fpga_worker.server import FpgaWorkerServicer
-from gpu_worker.engine import GpuEngine
-from kv_plane.kv_abi import KV_BLOCK_TOKENS
-from gpu_worker.kv_pool import KvPool
-from gpu_worker.packed_attention import PackedBatch, Segment
-from gpu_worker.request_kv import RequestKv
-from gpu_worker.server import GpuWorkerServicer
-from gpu_worker.settings import GpuWorkerSettings
-from services import metrics, models
-from services.channels import insecure_channel
-from services.errors import RETRY_AFTER_KEY
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.fpga_worker.server import FpgaWorkerServicer
+from glitches.gpu_worker.engine import GpuEngine
+from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
+from glitches.gpu_worker.kv_pool import KvPool
+from glitches.gpu_worker.packed_attention import PackedBatch, Segment
+from glitches.gpu_worker.request_kv import RequestKv
+from glitches.gpu_worker.server import GpuWorkerServicer
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.services.runtime import metrics
+from glitches.services.generation import models
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.runtime.errors import RETRY_AFTER_KEY
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.greedy_reference import TOLERANCE_FP32, compare, greedy
 from tests.worker_helpers import serve_worker
 
@@ -238,7 +239,7 @@ def test_prompt_logprobs_of_a_chunked_prompt_equal_one_whole_pass(node):
 
 def test_non_finite_logits_fail_that_decode_alone(node, monkeypatch):
     """A decode row of NaN logits is INVALID_ARGUMENT for its request; a request batched with it goes on."""
-    from gpu_worker import step_loop
+    from glitches.gpu_worker import step_loop
 
     real = step_loop.StepLoop._sample
 
@@ -260,7 +261,7 @@ def test_non_finite_logits_fail_that_decode_alone(node, monkeypatch):
 def test_an_expired_kv_hold_frees_the_step_loops_blocks(tiny_source):
     """GPU-assist KV nobody renews: the KvHolds reaper calls engine.release, which gives the blocks back
     (a later Decode is NOT_FOUND); releasing again is a harmless no-op."""
-    from services.kv_holds import KvHolds
+    from glitches.services.cluster.kv_holds import KvHolds
 
     class Clock:
         now = 0.0

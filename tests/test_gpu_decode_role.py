@@ -1,6 +1,6 @@
 """A GPU worker with the decode role (issue #12 item 4) on real in-process gRPC servers with a tiny random Llama:
 another GPU worker's prefill streams the KV to it by shm, nixl or grpc (the FPGA worker's own RPCs,
-decode_contract/kv_intake_rpcs.py), it decodes in its step loop, and the tokens equal transformers' greedy
+glitches/decode_contract/kv_intake_rpcs.py), it decodes in its step loop, and the tokens equal transformers' greedy
 generate; bad transfers are refused with nothing held afterwards; roles are enforced."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ import grpc
 import pytest
 import torch
 
-from decode_contract.wrappers import KvHeld
-from gpu_worker.engine import GpuEngine
-from gpu_worker.kv_intake import GpuKvIntake
-from kv_plane.transport import TransportChooser
-from gpu_worker.server import GpuWorkerServicer
-from gpu_worker.settings import GpuWorkerSettings
-from services.kv_holds import KvHolds
-from services.kv_token import KvTokenIssuer, KvTokenVerifier
-from services.stubs.glitches.v1 import common_pb2, worker_pb2
-from services.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
+from glitches.decode_contract.wrappers import KvHeld
+from glitches.gpu_worker.engine import GpuEngine
+from glitches.gpu_worker.kv_intake import GpuKvIntake
+from glitches.kv_plane.transport import TransportChooser
+from glitches.gpu_worker.server import GpuWorkerServicer
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.services.cluster.kv_holds import KvHolds
+from glitches.services.auth.kv_token import KvTokenIssuer, KvTokenVerifier
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2
+from glitches.services.cluster.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
 from tests.worker_helpers import greedy_tokens, serve_worker
 
 SECRET = b"d" * 32
@@ -151,7 +151,7 @@ def test_roles_are_enforced(pair):
 
 
 def test_settings_check_roles():
-    from services.errors import InvalidArgument
+    from glitches.services.runtime.errors import InvalidArgument
 
     for bad in ("", "decode,npu", "assist"):
         with pytest.raises(InvalidArgument):
@@ -175,7 +175,7 @@ def test_staging_is_released_after_seal(pair):
 def test_full_staging_refuses_the_transfer_and_rolls_back_its_admission(pair):
     """Staging holds only transfers in flight; when it has no room the header is RESOURCE_EXHAUSTED and the
     request's KV blocks and slot are given back at once."""
-    from services.errors import ResourceExhausted
+    from glitches.services.runtime.errors import ResourceExhausted
 
     small = GpuKvIntake(pair["engine"], 256 * 1024, "gpu-decode-small")  # 8 KiB per pseudo-channel
     try:

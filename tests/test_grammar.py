@@ -1,4 +1,4 @@
-"""Structured output (services/grammar.py): llguidance masks with SmolLM2's real tokenizer, in the decode
+"""Structured output (glitches/services/generation/grammar.py): llguidance masks with SmolLM2's real tokenizer, in the decode
 loop, greedy and sampled, and rebuilt mid-request from the tokens so far (what a migration does)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import jsonschema
 import pytest
 import torch
 
-from services import grammar, models
-from services.decoding import Finish, decode_loop
-from services.errors import InvalidArgument
-from services.sampling import Sampling
+from glitches.services.generation import grammar, models
+from glitches.services.generation.decoding import Finish, decode_loop
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.generation.sampling import Sampling
 
 # every field bounded, so even random logits reach the end of the object
 SCHEMA = {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"},
@@ -97,7 +97,7 @@ def test_tokens_off_the_grammar_are_refused(tokenizer):
 
 def test_sdk_encodes_response_format():
     from glitches import convert
-    from services.stubs.glitches.v1 import common_pb2
+    from glitches.services.stubs.glitches.v1 import common_pb2
 
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     encoded = convert.sampling_params(4, 0.0, 1.0, 0, (), response_format=schema)

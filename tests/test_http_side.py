@@ -7,13 +7,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter
 
-from services import metrics
-from services.channels import insecure_channel
-from services.errors import InvalidArgument
-from services.grpc_server import start_server
-from services.http_side import HttpSide, Readiness
-from services.settings import DaemonSettings
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.services.runtime import metrics
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.runtime.http_side import HttpSide, Readiness
+from glitches.services.runtime.settings import DaemonSettings
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from tests.worker_helpers import get, samples
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("services", "kv_plane", "decode_contract", "gpu_worker", "fpga_worker", "tests.toy_decoder",
-            "scheduler", "sim", "glitches")
-DEVICES = ("gpu_worker", "fpga_worker", "tests.toy_decoder")
+PACKAGES = ("glitches.services", "glitches.kv_plane", "glitches.decode_contract", "glitches.gpu_worker",
+            "glitches.fpga_worker", "tests.toy_decoder", "glitches.scheduler", "glitches.sim", "glitches")
+DEVICES = ("glitches.gpu_worker", "glitches.fpga_worker", "tests.toy_decoder")
 # what each package below the devices may import of the project's (itself aside)
-BELOW_DEVICES = {"services": set(), "kv_plane": {"services"}, "decode_contract": {"services", "kv_plane"}}
+BELOW_DEVICES = {"glitches.services": set(), "glitches.kv_plane": {"glitches.services"},
+                 "glitches.decode_contract": {"glitches.services", "glitches.kv_plane"}}
 
 
 def _module_name(path: Path) -> str:
@@ -108,12 +109,12 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_device_package_imports_another(graph):
     edges = _package_edges(graph)
     bad = {pair: sorted(mods) for pair, mods in edges.items() if pair[0] in DEVICES and pair[1] in DEVICES}
-    assert not bad, f"a device package imports another (move the shared part to kv_plane/decode_contract): {bad}"
+    assert not bad, f"a device package imports another (move the shared part to glitches/kv_plane/decode_contract): {bad}"
 
 
 def test_the_toy_decoder_needs_no_fpga_or_gpu_worker(graph):
     used = {_package(o) for m, imported in graph.items() if _package(m) == "tests.toy_decoder" for o in imported}
-    assert not used & {"fpga_worker", "gpu_worker"}, used
+    assert not used & {"glitches.fpga_worker", "glitches.gpu_worker"}, used
 
 
 def test_the_layers_below_the_devices_import_only_downward(graph):
@@ -136,9 +137,9 @@ def test_no_import_cycle_between_modules(graph):
 
 def test_the_rules_see_real_imports(graph):
     """The parser finds what is there (a rule over an empty graph would pass vacuously)."""
-    assert "kv_plane.kv_layout" in graph["decode_contract.emu_kv"]
-    assert "decode_contract.kv_receiver" in graph["tests.toy_decoder.servicer"]
-    assert ("fpga_worker", "decode_contract") in _package_edges(graph)
+    assert "glitches.kv_plane.kv_layout" in graph["glitches.decode_contract.emu_kv"]
+    assert "glitches.decode_contract.kv_receiver" in graph["tests.toy_decoder.servicer"]
+    assert ("glitches.fpga_worker", "glitches.decode_contract") in _package_edges(graph)
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
 
 

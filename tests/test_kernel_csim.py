@@ -1,4 +1,4 @@
-"""The decode kernel's source, C-simulated (fpga_worker/kernel/ built by `make setup`), against the Python kernel.
+"""The decode kernel's source, C-simulated (glitches/fpga_worker/kernel/ built by `make setup`), against the Python kernel.
 
 Under ABI v2 the two must agree bit for bit: same logits bits, same KV bytes written. Also: the
 kernel's status codes, a paged block table, and the C++ testbench on golden vectors from Python.
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from fpga_worker import kernel_csim
-from fpga_worker.abi import HBM_CHANNELS, KernelStatus
-from fpga_worker.step_args import StepArgs, StepResult, result_bytes
-from fpga_worker.w4a8_backend import W4A8EmulatedCard
-from fpga_worker.w4a8_kernel import KernelError
-from fpga_worker.weight_image import build_from_state_dict
-from services.errors import InvalidArgument
+from glitches.fpga_worker import kernel_csim
+from glitches.fpga_worker.abi import HBM_CHANNELS, KernelStatus
+from glitches.fpga_worker.step_args import StepArgs, StepResult, result_bytes
+from glitches.fpga_worker.w4a8_backend import W4A8EmulatedCard
+from glitches.fpga_worker.w4a8_kernel import KernelError
+from glitches.fpga_worker.weight_image import build_from_state_dict
+from glitches.services.runtime.errors import InvalidArgument
 from tests.fpga_helpers import one_torch_thread, prefill_cache, tiny_llama
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -64,7 +64,7 @@ def test_csim_equals_the_python_kernel_bit_for_bit_on_a_tiny_model(tied):
 
 def test_csim_equals_the_python_kernel_bit_for_bit_on_smollm2():
     """The real model: 64 greedy steps of the Python kernel, the same tokens fed to the C simulation."""
-    from services.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
+    from glitches.services.generation.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
     from tests.fpga_helpers import smollm2_image
 
     source = resolve_model(DEFAULT_MODEL)
@@ -200,9 +200,9 @@ def test_cpp_testbench_matches_golden_vectors(tmp_path):
 
 @pytest.mark.parametrize("model_name", ["tiny", "smollm2"])
 def test_timing_model_counts_the_bursts_the_kernel_source_issues(model_name):
-    """fpga_worker/instruction_stream.kernel_bursts == the C-simulated kernel's own burst counters, per stream and
+    """glitches/fpga_worker/instruction_stream.kernel_bursts == the C-simulated kernel's own burst counters, per stream and
     PC, and step_program's busiest-PC totals are what those bursts give (the timing model describes this kernel)."""
-    from fpga_worker.instruction_stream import STREAMS, kernel_bursts, step_program
+    from glitches.fpga_worker.instruction_stream import STREAMS, kernel_bursts, step_program
 
     if model_name == "tiny":
         model, image, card = _tiny_csim_card()
@@ -233,7 +233,7 @@ def test_timing_model_counts_the_bursts_the_kernel_source_issues(model_name):
 
 
 def test_a_missing_library_is_a_clear_failed_precondition(monkeypatch, tmp_path):
-    from services.errors import FailedPrecondition
+    from glitches.services.runtime.errors import FailedPrecondition
 
     monkeypatch.setattr(kernel_csim, "LIBRARY", tmp_path / "libglitches_csim.so")
     monkeypatch.setattr(kernel_csim, "_library", None)

@@ -15,17 +15,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kv_plane import hbm_segment
-from fpga_worker.emu_backend import EmulatedCard
-from fpga_worker.server import FpgaWorkerServicer
-from gpu_worker.engine import GpuEngine
-from kv_plane.transport import TransportChooser
-from gpu_worker.server import GpuWorkerServicer
-from gpu_worker.settings import GpuWorkerSettings
-from services import models
-from kv_plane.host_identity import host_identity
-from services.kv_token import KvTokenIssuer, KvTokenVerifier
-from services.stubs.glitches.v1 import common_pb2, worker_pb2
+from glitches.kv_plane import hbm_segment
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.fpga_worker.server import FpgaWorkerServicer
+from glitches.gpu_worker.engine import GpuEngine
+from glitches.kv_plane.transport import TransportChooser
+from glitches.gpu_worker.server import GpuWorkerServicer
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.services.generation import models
+from glitches.kv_plane.host_identity import host_identity
+from glitches.services.auth.kv_token import KvTokenIssuer, KvTokenVerifier
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2
 from tests.worker_helpers import greedy_tokens, serve_worker
 
 SECRET = b"k" * 32
@@ -124,7 +124,7 @@ def test_concurrent_nixl_transfers_to_one_card_equal_transformers(cluster):
 
 
 def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkeypatch):
-    from kv_plane import nixl_writer
+    from glitches.kv_plane import nixl_writer
 
     real = nixl_writer.NixlLayerWriter._write
 
@@ -154,8 +154,8 @@ def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkey
 def test_a_failed_placed_stream_drops_its_way_in_before_its_blocks(cluster):
     """receive_placed's protocol: when a stream fails inside the receiver (here a WRITE that never landed),
     `unplace` (the NIXL deregistration) runs while the reservation is still held, and the release after it."""
-    from decode_contract import kv_receiver
-    from services.errors import InvalidArgument
+    from glitches.decode_contract import kv_receiver
+    from glitches.services.runtime.errors import InvalidArgument
 
     card, seen = cluster["card"], []
 

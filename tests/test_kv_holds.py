@@ -1,12 +1,12 @@
-"""services/kv_holds.py on a fake clock: holds expire ttl after their last renewal, never while decoding,
+"""glitches/services/cluster/kv_holds.py on a fake clock: holds expire ttl after their last renewal, never while decoding,
 and a second concurrent decode of one request is refused."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.errors import FailedPrecondition, InvalidArgument
-from services.kv_holds import KvHolds
+from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument
+from glitches.services.cluster.kv_holds import KvHolds
 
 
 class Clock:

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from kv_plane import kv_copy_threads
-from kv_plane.kv_layout import KV_BLOCK_TOKENS, KvPlan, KvRegion
+from glitches.kv_plane import kv_copy_threads
+from glitches.kv_plane.kv_layout import KV_BLOCK_TOKENS, KvPlan, KvRegion
 
 
 @pytest.fixture(params=[1, 2], ids=["one-thread", "k-and-v-on-two-threads"])
@@ -78,7 +78,7 @@ def test_run_pair_finishes_both_halves_and_raises_the_first_error(monkeypatch):
 
 
 def test_copy_threads_setting_is_checked():
-    from services.errors import InvalidArgument
+    from glitches.services.runtime.errors import InvalidArgument
 
     for bad in (0, 3):
         with pytest.raises(InvalidArgument, match="--kv-copy-threads"):

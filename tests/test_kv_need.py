@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kv_plane.kv_layout import KvPlan
-from scheduler.orchestrator import kv_bytes_needed
-from services.registry import WorkerRecord, WorkerState
+from glitches.kv_plane.kv_layout import KvPlan
+from glitches.scheduler.orchestrator import kv_bytes_needed
+from glitches.services.cluster.registry import WorkerRecord, WorkerState
 from tests.fpga_helpers import tiny_llama
 
 
@@ -16,7 +16,7 @@ def _state(kind, per_token, granularity):
 
 
 def test_need_is_the_cards_block_rounded_reservation():
-    from fpga_worker.abi import ModelDims
+    from glitches.fpga_worker.abi import ModelDims
 
     dims = ModelDims.from_config(tiny_llama().config)
     per_token = 2 * dims.num_layers * dims.kv_heads * dims.head_dim * 2  # float16 K and V

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.errors import InvalidArgument, PermissionDenied, ResourceExhausted
-from services.kv_token import (MIN_SECRET_BYTES, SECRET_ENV, KvTokenIssuer, KvTokenVerifier, load_secret, new_secret,
+from glitches.services.runtime.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from glitches.services.auth.kv_token import (MIN_SECRET_BYTES, SECRET_ENV, KvTokenIssuer, KvTokenVerifier, load_secret, new_secret,
                                secret_from_environment)
 
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -9,20 +9,20 @@ import grpc
 import pytest
 import torch
 
-from fpga_worker.emu_backend import EmulatedCard
-from fpga_worker.server import FpgaWorkerServicer
-from gpu_worker.engine import GpuEngine
-from gpu_worker.server import GpuWorkerServicer
-from gpu_worker.settings import GpuWorkerSettings
-from scheduler.orchestrator import Final, GenerateInput, ModelInfo, Orchestrator
-from scheduler.settings import SchedulerSettings
-from kv_plane import kv_wire
-from services import models
-from services.channels import insecure_channel
-from services.kv_token import KvTokenIssuer, KvTokenVerifier
-from services.registry import Heartbeat, Registry, WorkerRecord
-from services.sampling import Sampling
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.fpga_worker.server import FpgaWorkerServicer
+from glitches.gpu_worker.engine import GpuEngine
+from glitches.gpu_worker.server import GpuWorkerServicer
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.scheduler.orchestrator import Final, GenerateInput, ModelInfo, Orchestrator
+from glitches.scheduler.settings import SchedulerSettings
+from glitches.kv_plane import kv_wire
+from glitches.services.generation import models
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.auth.kv_token import KvTokenIssuer, KvTokenVerifier
+from glitches.services.cluster.registry import Heartbeat, Registry, WorkerRecord
+from glitches.services.generation.sampling import Sampling
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 from tests.worker_helpers import serve
 

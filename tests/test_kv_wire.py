@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kv_plane import kv_wire
-from services.errors import InvalidArgument
+from glitches.kv_plane import kv_wire
+from glitches.services.runtime.errors import InvalidArgument
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -2,13 +2,13 @@
 
 import pytest
 
-from scheduler.orchestrator import GenerateInput, ModelInfo, Orchestrator
-from scheduler.settings import SchedulerSettings
-from services import models
-from services.errors import InvalidArgument, ResourceExhausted
-from services.rate_limit import KeyRateLimiter
-from services.registry import Registry
-from services.sampling import Sampling
+from glitches.scheduler.orchestrator import GenerateInput, ModelInfo, Orchestrator
+from glitches.scheduler.settings import SchedulerSettings
+from glitches.services.generation import models
+from glitches.services.runtime.errors import InvalidArgument, ResourceExhausted
+from glitches.services.auth.rate_limit import KeyRateLimiter
+from glitches.services.cluster.registry import Registry
+from glitches.services.generation.sampling import Sampling
 from tests.conftest import REDIS_URL
 
 
@@ -38,7 +38,7 @@ def test_a_prompt_above_the_limit_is_invalid_argument(tiny_source):
 def test_the_key_interceptor_refuses_with_resource_exhausted_past_the_rate():
     import grpc
 
-    from services.api_keys import ApiKeyInterceptor
+    from glitches.services.auth.api_keys import ApiKeyInterceptor
 
     class Details:
         method = "/glitches.v1.Scheduler/Status"
@@ -76,9 +76,9 @@ def test_the_retry_hint_reaches_the_sdk_and_the_gateway_as_retry_after(redis_pre
     from glitches import Client
     from glitches.errors import ResourceExhaustedError
     from glitches.gateway.errors import from_sdk_error
-    from services.api_keys import ApiKeyInterceptor
-    from services.grpc_server import start_server
-    from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
+    from glitches.services.auth.api_keys import ApiKeyInterceptor
+    from glitches.services.runtime.grpc_server import start_server
+    from glitches.services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
     class Scheduler(scheduler_pb2_grpc.SchedulerServicer):
         def Status(self, request, context):
@@ -113,7 +113,7 @@ def test_the_retry_hint_reaches_the_sdk_and_the_gateway_as_retry_after(redis_pre
 
 
 def test_admission_refusals_carry_their_retry_hint():
-    from scheduler.admission import Admission
+    from glitches.scheduler.admission import Admission
 
     admission = Admission(max_active=1, max_queued=0, queue_wait_s=8)
     with admission.slot():

@@ -1,5 +1,5 @@
-"""Logprob records where tokens are sampled (services/logprobs.py, sampling.sample), ignore_eos and
-min_tokens in the stop decision (services/decoding.py) and in the detokenizer."""
+"""Logprob records where tokens are sampled (glitches/services/generation/logprobs.py, sampling.sample), ignore_eos and
+min_tokens in the stop decision (glitches/services/generation/decoding.py) and in the detokenizer."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 
 import torch
 
-from scheduler.detokenizer import Detokenizer
-from services.decoding import Finish, finish_reason
-from services.logprobs import prompt_logprobs, token_logprob
-from services.sampling import Sampling, sample, sample_token
+from glitches.scheduler.detokenizer import Detokenizer
+from glitches.services.generation.decoding import Finish, finish_reason
+from glitches.services.generation.logprobs import prompt_logprobs, token_logprob
+from glitches.services.generation.sampling import Sampling, sample, sample_token
 
 
 def _text(pieces: list[str]):

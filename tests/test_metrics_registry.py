@@ -7,7 +7,7 @@ import threading
 
 from prometheus_client import generate_latest
 
-from services import metrics
+from glitches.services.runtime import metrics
 
 
 def test_a_new_role_gets_every_common_and_worker_metric():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from services import models
-from services.errors import InvalidArgument
+from glitches.services.generation import models
+from glitches.services.runtime.errors import InvalidArgument
 
 
 def test_unknown_model_says_what_to_give():

@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import pytest
 
-from scheduler.placement import (ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView,
+from glitches.scheduler.placement import (ClusterSnapshot, DeviceKind, NoWorkerAvailable, PlacementRequest, WorkerView,
                                  place)
 
 GPU, FPGA = DeviceKind.GPU, DeviceKind.FPGA
@@ -52,7 +52,7 @@ def test_nothing_free_leaves_the_request_waiting():
 
 def test_fpga_first_then_decode_role_gpus_then_gpu_assist():
     """The paper's order (issue #12 item 4): FPGAs, then GPUs started with --roles decode, then GPU assist."""
-    from services.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
+    from glitches.services.cluster.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
 
     decode_gpu = WorkerView("gd0", GPU, 4, 0, 10**9, roles=frozenset({ROLE_DECODE}), decode_class=DECODE_CLASS_GPU)
     free = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 10**9), decode_gpu, WorkerView("f0", FPGA, 1, 0, 10**9)))

@@ -1,4 +1,4 @@
-"""`glitches plan`'s search (sim/plan.py) on small catalogues whose cheapest mix is known in closed form.
+"""`glitches plan`'s search (glitches/sim/plan.py) on small catalogues whose cheapest mix is known in closed form.
 
 Devices (tests/sim_helpers.fixed): GPU "g" $1000, prefill 1 s, decode 0.1 s/token; FPGA "f" $300,
 prefill 10 s, decode 0.05 s/token; KV transfer ~0 s. One request alone: on g + f TTFT 1 s, TPOT 0.05 s;
@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.errors import InvalidArgument
-from sim.catalogue import CatalogueEntry, load_catalogue
-from sim.plan import Limits, PlanSlo, candidate_mixes, pareto_front, plan
-from sim.plan_workload import Workload, read_trace, sample_lengths, synthetic, write_trace
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.catalogue import CatalogueEntry, load_catalogue
+from glitches.sim.plan import Limits, PlanSlo, candidate_mixes, pareto_front, plan
+from glitches.sim.plan_workload import Workload, read_trace, sample_lengths, synthetic, write_trace
 from tests.sim_helpers import fixed
 
 FAST_LINK_GB_PER_S = 1e9  # KV transfer takes ~0 s

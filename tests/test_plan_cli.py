@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from glitches.cli import main
-from sim.plan_workload import write_trace
+from glitches.sim.plan_workload import write_trace
 
 
 def test_plan_prints_the_cheapest_mix_with_its_figures(tmp_path):

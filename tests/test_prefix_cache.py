@@ -8,15 +8,15 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from fpga_worker.emu_backend import EmulatedCard
-from fpga_worker.server import FpgaWorkerServicer
-from gpu_worker.engine import GpuEngine
-from gpu_worker.server import GpuWorkerServicer
-from gpu_worker.settings import GpuWorkerSettings
-from services import models
-from services.api_keys import tenant_salt
-from services.channels import insecure_channel
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.fpga_worker.server import FpgaWorkerServicer
+from glitches.gpu_worker.engine import GpuEngine
+from glitches.gpu_worker.server import GpuWorkerServicer
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.services.generation import models
+from glitches.services.auth.api_keys import tenant_salt
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.greedy_reference import TOLERANCE_FP32, compare, greedy
 from tests.worker_helpers import serve_worker
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.progress_watchdog import ALIVE_GRACE_FACTOR, STEP_FACTOR, ProgressWatchdog
+from glitches.scheduler.progress_watchdog import ALIVE_GRACE_FACTOR, STEP_FACTOR, ProgressWatchdog
 
 
 class _Call:

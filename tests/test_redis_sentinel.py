@@ -1,4 +1,4 @@
-"""Registry URLs that name Redis Sentinels (services/redis_connect.py), and the registry across a failover.
+"""Registry URLs that name Redis Sentinels (glitches/services/cluster/redis_connect.py), and the registry across a failover.
 
 The URL tests contact nothing. The failover tests start real redis-server processes (the bundled binary):
 a primary, one replica and three sentinels through glitches.cluster.LocalCluster's private Redis (no
@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from glitches.cluster import SENTINEL_SERVICE, ClusterSpec, LocalCluster
-from services.errors import InvalidArgument
-from services.redis_connect import (BACKOFF_CAP_S, DEFAULT_SENTINEL_RETRY_S, SentinelTarget, check_url, connect,
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.cluster.redis_connect import (BACKOFF_CAP_S, DEFAULT_SENTINEL_RETRY_S, SentinelTarget, check_url, connect,
                                     parse_sentinel_url, redact, retry_policy, sentinel_url)
-from services.registry import Registry, WorkerRecord
-from services.settings import DaemonSettings
+from glitches.services.cluster.registry import Registry, WorkerRecord
+from glitches.services.runtime.settings import DaemonSettings
 from tests.conftest import REDIS_URL
 
 
@@ -94,7 +94,7 @@ def test_the_retry_policy_covers_its_window_with_its_backoff_alone():
 
 
 def test_one_dead_redis_fails_a_registry_call_within_about_a_second():
-    from services.errors import Unavailable
+    from glitches.services.runtime.errors import Unavailable
 
     registry = Registry("redis://127.0.0.1:1/0", "nobody")  # nothing listens on port 1
     started = time.monotonic()

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from services.registry import Heartbeat, Registry, WorkerRecord
+from glitches.services.cluster.registry import Heartbeat, Registry, WorkerRecord
 from tests.conftest import REDIS_URL
 
 

@@ -1,4 +1,4 @@
-"""services/request_auth.py: per-request authorisation of worker RPCs without TLS, over real gRPC with
+"""glitches/services/auth/request_auth.py: per-request authorisation of worker RPCs without TLS, over real gRPC with
 in-process workers (tiny random Llama): a caller without the secret gets PERMISSION_DENIED for Prefill,
 Decode, Release and RenewKvHolds; a token for one request, worker or purpose is no good for another;
 the decode lock and the FPGA worker's slot limit hold whoever calls."""
@@ -9,19 +9,19 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from fpga_worker.emu_backend import EmulatedCard
-from decode_contract.wrappers import KvHeld, SlotLimit
-from fpga_worker.server import FpgaWorkerServicer
-from gpu_worker.engine import GpuEngine
-from gpu_worker.server import GpuWorkerServicer
-from gpu_worker.settings import GpuWorkerSettings
-from services import models
-from services.channels import insecure_channel
-from services.errors import PermissionDenied, ResourceExhausted
-from services.grpc_server import start_server
-from services.kv_holds import KvHolds
-from services.request_auth import RequestAuthIssuer, RequestAuthVerifier
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.decode_contract.wrappers import KvHeld, SlotLimit
+from glitches.fpga_worker.server import FpgaWorkerServicer
+from glitches.gpu_worker.engine import GpuEngine
+from glitches.gpu_worker.server import GpuWorkerServicer
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.services.generation import models
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.runtime.errors import PermissionDenied, ResourceExhausted
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.cluster.kv_holds import KvHolds
+from glitches.services.auth.request_auth import RequestAuthIssuer, RequestAuthVerifier
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 SECRET = b"request-auth-test-secret-0123456789"
 ISSUER = RequestAuthIssuer(SECRET)

@@ -1,7 +1,7 @@
 import torch
 
-from services.decoding import Finish, finish_reason
-from services.sampling import Sampling, sample_token
+from glitches.services.generation.decoding import Finish, finish_reason
+from glitches.services.generation.sampling import Sampling, sample_token
 
 
 def test_greedy_is_argmax():

@@ -12,8 +12,8 @@ import pytest
 
 import glitches
 from glitches import AsyncClient, Client, Completion, RetryPolicy
-from services.grpc_server import start_server
-from services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.stubs.glitches.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
 

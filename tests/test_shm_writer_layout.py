@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from benchmarks.kv_cuda_replay import placement
-from fpga_worker.abi import HBM_CHANNELS
-from kv_plane.hbm_segment import HbmSegment
-from kv_plane.kv_layout import KvPlan, KvRegion
-from kv_plane.shm_writer import ShmLayerWriter
+from glitches.fpga_worker.abi import HBM_CHANNELS
+from glitches.kv_plane.hbm_segment import HbmSegment
+from glitches.kv_plane.kv_layout import KvPlan, KvRegion
+from glitches.kv_plane.shm_writer import ShmLayerWriter
 
 
 @pytest.mark.parametrize("layers,heads,dim,tokens,capacity", [

@@ -1,13 +1,13 @@
-"""The simulator's continuously batching GPU (sim/gpu_batching.py) and its step-time model (RooflineTiming.step_s)."""
+"""The simulator's continuously batching GPU (glitches/sim/gpu_batching.py) and its step-time model (RooflineTiming.step_s)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sim.node import NodeConfig
-from sim.profiles import load_device_profile
-from sim.run import run_simulation, simulate_node
+from glitches.sim.node import NodeConfig
+from glitches.sim.profiles import load_device_profile
+from glitches.sim.run import run_simulation, simulate_node
 from tests.sim_helpers import fixed
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from services.errors import InvalidArgument
-from sim.cli import render_text, simulate
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.cli import render_text, simulate
 
 
 def test_simulate_returns_every_promised_field_and_renders():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sim.kv_transfer import exposed_transfer_s, kv_transfer_s
+from glitches.sim.kv_transfer import exposed_transfer_s, kv_transfer_s
 
 
 def test_whole_transfer_time_is_bytes_over_bandwidth():

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from services.errors import InvalidArgument
-from sim.cli import simulate
-from sim.measured import load_measured
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.cli import simulate
+from glitches.sim.measured import load_measured
 
 
 def _doc(**overrides):

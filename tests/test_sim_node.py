@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import simpy
 
-import scheduler.placement
-import sim.node
-from services.errors import InvalidArgument
-from sim.node import Node
-from sim.run import run_simulation
-from sim.workload import all_at_once
+from glitches.scheduler import placement
+from glitches.sim import node as sim_node
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.node import Node
+from glitches.sim.run import run_simulation
+from glitches.sim.workload import all_at_once
 from tests.sim_helpers import fixed, node_config
 
 P, G = 1.0, 0.1  # GPU prefill s, GPU decode step s
@@ -135,9 +135,9 @@ def test_every_admission_goes_through_the_schedulers_place(monkeypatch):
 
     def spy(snapshot, request):
         calls.append(request)
-        return scheduler.placement.place(snapshot, request)
+        return placement.place(snapshot, request)
 
-    monkeypatch.setattr(sim.node, "place", spy)
+    monkeypatch.setattr(sim_node, "place", spy)
     run_simulation(node_config(2, 3), [(10, 5)] * 7)
     assert len(calls) == 7
 

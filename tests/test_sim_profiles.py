@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from services.errors import InvalidArgument
-from sim.model_shape import load_model_shape
-from sim.profiles import load_device_profile
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.model_shape import load_model_shape
+from glitches.sim.profiles import load_device_profile
 
 PAPER = {  # device: (prefill 1536 tokens s, decode per token s, averaged over 512 outputs)
     "a100": (0.17585, 0.02426),

@@ -2,9 +2,9 @@
 
 import pytest
 
-from services.errors import InvalidArgument
-from sim.sweep import Slo, mixes_within, sweep
-from sim.sweep_plot import plot_sweep
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.sweep import Slo, mixes_within, sweep
+from glitches.sim.sweep_plot import plot_sweep
 from tests.sim_helpers import fixed
 
 

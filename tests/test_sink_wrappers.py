@@ -1,13 +1,13 @@
-"""The wrappers of decode_contract/wrappers.py around a real emulated card: each adds only its own
+"""The wrappers of glitches/decode_contract/wrappers.py around a real emulated card: each adds only its own
 part, and every call it does not define reaches the card unchanged (what ForwardingBackend's 17
 hand-written methods used to do)."""
 
 import pytest
 
-from decode_contract.wrappers import KvHeld, Notifying, SlotLimit
-from fpga_worker.emu_backend import EmulatedCard
-from services.errors import ResourceExhausted
-from services.kv_holds import KvHolds
+from glitches.decode_contract.wrappers import KvHeld, Notifying, SlotLimit
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.services.runtime.errors import ResourceExhausted
+from glitches.services.cluster.kv_holds import KvHolds
 
 
 @pytest.fixture(scope="module")

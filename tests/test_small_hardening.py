@@ -12,20 +12,20 @@ import grpc
 import pytest
 import torch
 
-from fpga_worker.emu_backend import EmulatedCard
-from fpga_worker.server import FpgaWorkerServicer
-from scheduler.detokenizer import Detokenizer
-from scheduler.orchestrator import MAX_STOP_CHARS, GenerateInput, ModelInfo, Orchestrator
-from scheduler.settings import SchedulerSettings
-from kv_plane import kv_wire
-from services import models
-from services.channels import insecure_channel
-from services.decoding import decode_loop
-from services.errors import InvalidArgument
-from services.grpc_server import start_server
-from services.registry import Registry
-from services.sampling import Sampling
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.fpga_worker.server import FpgaWorkerServicer
+from glitches.scheduler.detokenizer import Detokenizer
+from glitches.scheduler.orchestrator import MAX_STOP_CHARS, GenerateInput, ModelInfo, Orchestrator
+from glitches.scheduler.settings import SchedulerSettings
+from glitches.kv_plane import kv_wire
+from glitches.services.generation import models
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.generation.decoding import decode_loop
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.cluster.registry import Registry
+from glitches.services.generation.sampling import Sampling
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 
 
@@ -108,7 +108,7 @@ def test_a_cancelled_transfer_logs_no_error_traceback(fpga, caplog):
         time.sleep(0.5)  # the call is cancelled while the worker waits for the next chunk
         yield header
 
-    with caplog.at_level(logging.INFO, logger="services.error_interceptor"):
+    with caplog.at_level(logging.INFO, logger="glitches.services.runtime.error_interceptor"):
         call = stub.TransferKV.future(messages(), timeout=30)
         time.sleep(0.2)
         call.cancel()

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from fpga_worker.instruction_stream import Load, merge, step_program
-from fpga_worker.timing_cli import timing_cli
-from fpga_worker.timing_model import (
+from glitches.fpga_worker.instruction_stream import Load, merge, step_program
+from glitches.fpga_worker.timing_cli import timing_cli
+from glitches.fpga_worker.timing_model import (
     LLAMA2_7B, PAPER_CONTEXTS_7B, PAPER_GAIN_SEQ1024, PAPER_MS_PER_TOKEN_7B, SMOLLM2_135M, calibrate,
     modeled_mean_ms, modeled_step_s,
 )
-from services.errors import InvalidArgument
+from glitches.services.runtime.errors import InvalidArgument
 
 
 def test_merge_joins_ratio_loads_within_the_buffer():

@@ -12,10 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from glitches.certs import make_ca, make_certs, make_role
 from glitches.cli import main
-from services.channels import insecure_channel, open_channel
-from services.errors import InvalidArgument
-from services.grpc_server import start_server
-from services.tls import TlsConfig
+from glitches.services.runtime.channels import insecure_channel, open_channel
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.auth.tls import TlsConfig
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +144,8 @@ def test_sdk_reads_tls_from_the_environment_and_refuses_half_given_settings(monk
 
 
 def test_workers_admit_each_rpc_only_from_its_role_under_mtls(tmp_path, serve):
-    from services.peer_roles import PeerRoleInterceptor
-    from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+    from glitches.services.auth.peer_roles import PeerRoleInterceptor
+    from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
     class Worker(worker_pb2_grpc.WorkerServicer):
         def Info(self, request, context):
@@ -197,7 +197,7 @@ def test_workers_admit_each_rpc_only_from_its_role_under_mtls(tmp_path, serve):
 
 
 def test_the_role_check_is_on_only_under_mtls(pki):
-    from services.peer_roles import PeerRoleInterceptor, worker_role_check
+    from glitches.services.auth.peer_roles import PeerRoleInterceptor, worker_role_check
 
     good, _ = pki
     assert isinstance(worker_role_check(_tls(good, "worker"), True), PeerRoleInterceptor)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from glitches.cli import main
 from glitches.cli_up import _up_access
 from glitches.cluster import ClusterSpec, LocalCluster
-from services.kv_token import SECRET_ENV
+from glitches.services.auth.kv_token import SECRET_ENV
 
 
 @pytest.fixture
@@ -116,8 +116,8 @@ def test_a_password_protected_redis_refuses_the_registry_without_it(tmp_path):
     import redis
 
     from glitches.cluster import free_port, redis_server_binary
-    from services.errors import Unavailable
-    from services.registry import Registry
+    from glitches.services.runtime.errors import Unavailable
+    from glitches.services.cluster.registry import Registry
 
     config = tmp_path / "redis.conf"
     config.write_text("requirepass s3cret-s3cret\n")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpga_worker.w4a8_backend import W4A8EmulatedCard
-from fpga_worker.w4a8_kernel import DecodeKernel
-from fpga_worker.weight_image import build_from_state_dict
-from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from glitches.fpga_worker.w4a8_backend import W4A8EmulatedCard
+from glitches.fpga_worker.w4a8_kernel import DecodeKernel
+from glitches.fpga_worker.weight_image import build_from_state_dict
+from glitches.services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tests.fpga_helpers import one_torch_thread, prefill_cache, tiny_llama
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -71,8 +71,8 @@ def test_regions_do_not_overlap_and_space_is_reused():
 def test_step_args_and_result_round_trip_through_bytes():
     import numpy as np
 
-    from fpga_worker.abi import KernelStatus, OutputMode
-    from fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
+    from glitches.fpga_worker.abi import KernelStatus, OutputMode
+    from glitches.fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
 
     args = StepArgs(token_id=42, position=1000, kv_capacity_tokens=2048, kv_lane_stride=4 * 2048,
                     block_table=(3 << 20, (3 << 20) + 2048, 5 << 20, 6 << 20), pc_bytes=256 << 20)
@@ -90,9 +90,9 @@ def test_step_args_and_result_round_trip_through_bytes():
 
 
 def test_modeled_step_time_is_the_timing_models_and_grows_with_context():
-    from fpga_worker.timing_model import calibrate, modeled_step_s
-    from fpga_worker.w4a8_backend import W4A8EmulatedCard
-    from decode_contract.device import DecodeBackend
+    from glitches.fpga_worker.timing_model import calibrate, modeled_step_s
+    from glitches.fpga_worker.w4a8_backend import W4A8EmulatedCard
+    from glitches.decode_contract.device import DecodeBackend
 
     assert DecodeBackend.modeled_step_s(None, 100) == 0.0
     card = W4A8EmulatedCard.__new__(W4A8EmulatedCard)  # only the attributes modeled_step_s reads
@@ -100,7 +100,7 @@ def test_modeled_step_time_is_the_timing_models_and_grows_with_context():
     class _Kernel:
         prefetch_ratio = 4
 
-    from fpga_worker.timing_model import resolve_dims
+    from glitches.fpga_worker.timing_model import resolve_dims
 
     class _Image:
         dims = resolve_dims("smollm2-135m-instruct")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpga_worker.abi import KernelStatus
-from kv_plane.kv_layout import K_KIND, V_KIND, KvPlan, KvRegion
-from fpga_worker.w4a8_kernel import DecodeKernel, KernelError
+from glitches.fpga_worker.abi import KernelStatus
+from glitches.kv_plane.kv_layout import K_KIND, V_KIND, KvPlan, KvRegion
+from glitches.fpga_worker.w4a8_kernel import DecodeKernel, KernelError
 import numpy as np
 
-from fpga_worker.w4a8_ops import GroupQuantLinear, exp_f32, quantize_groups, sum16
-from fpga_worker.weight_image import build_from_state_dict
-from services.errors import InvalidArgument
+from glitches.fpga_worker.w4a8_ops import GroupQuantLinear, exp_f32, quantize_groups, sum16
+from glitches.fpga_worker.weight_image import build_from_state_dict
+from glitches.services.runtime.errors import InvalidArgument
 from tests.fpga_helpers import one_torch_thread, prefill_cache, smollm2_image, tiny_llama
 
 PROMPT, STEPS = 19, 13  # prompt tokens, decode steps: spans a 16-token KV block boundary
@@ -58,7 +58,7 @@ def test_w4a8_integer_parts_are_exact_with_one_scale_per_group():
 
 def test_int16_activations_for_qkv_are_exact_integers():
     """The Q/K/V input is quantized to -32767..32767 per group; the integer parts stay exact in int32."""
-    from fpga_worker.w4a8_ops import INT16_MAX
+    from glitches.fpga_worker.w4a8_ops import INT16_MAX
 
     gen = torch.Generator().manual_seed(8)
     q = torch.randint(0, 16, (24, 64), dtype=torch.int8, generator=gen)
@@ -97,7 +97,7 @@ def test_w4a8_tracks_reference_on_the_same_weights():
     model = tiny_llama()
     image = build_from_state_dict(model.config, model.state_dict())
     state = dict(model.state_dict())
-    from fpga_worker.weight_image import _HF_LAYER_NAMES
+    from glitches.fpga_worker.weight_image import _HF_LAYER_NAMES
     for layer in range(model.config.num_hidden_layers):
         for short, long in _HF_LAYER_NAMES.items():
             if "norm" not in short:
@@ -156,7 +156,7 @@ def test_each_step_records_its_load_instructions():
 
 def test_smollm2_w4a8_agrees_with_float32_on_real_text():
     """Real model, teacher-forced on transformers' greedy tokens; the one test that loads it in transformers."""
-    from services.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
+    from glitches.services.generation.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model
 
     source = resolve_model(DEFAULT_MODEL)
     model, tokenizer = load_causal_lm(source, "cpu", "float32"), load_tokenizer(source)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fpga_worker.abi import HBM_CHANNELS, HEADER_BYTES, TensorFormat
-from fpga_worker.weight_image import build_from_state_dict, load_image
-from services.errors import InvalidArgument
+from glitches.fpga_worker.abi import HBM_CHANNELS, HEADER_BYTES, TensorFormat
+from glitches.fpga_worker.weight_image import build_from_state_dict, load_image
+from glitches.services.runtime.errors import InvalidArgument
 from tests.fpga_helpers import one_torch_thread, smollm2_image, tiny_llama
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -84,8 +84,8 @@ def test_smollm2_image_holds_the_gguf_weights_exactly():
     """Every tensor of the image dequantizes bit for bit to transformers' float32 weights of the same GGUF."""
     from safetensors import safe_open
 
-    from fpga_worker.weight_image import _HF_LAYER_NAMES
-    from services.models import DEFAULT_MODEL, resolve_model
+    from glitches.fpga_worker.weight_image import _HF_LAYER_NAMES
+    from glitches.services.generation.models import DEFAULT_MODEL, resolve_model
 
     image = smollm2_image()
     kinds = sorted(set(v for k, v in image.provenance.items() if k != "rope_cos_sin"))

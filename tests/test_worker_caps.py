@@ -5,9 +5,9 @@ import logging
 
 import redis
 
-from scheduler.placement import ClusterSnapshot, PlacementRequest, WorkerView, place
-from services.registry import Registry, WorkerRecord
-from services.worker_caps import (DECODE_CLASS_DEDICATED, DECODE_CLASS_GPU, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL,
+from glitches.scheduler.placement import ClusterSnapshot, PlacementRequest, WorkerView, place
+from glitches.services.cluster.registry import Registry, WorkerRecord
+from glitches.services.cluster.worker_caps import (DECODE_CLASS_DEDICATED, DECODE_CLASS_GPU, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL,
                                   capabilities_of, parse_roles, unusable_reason)
 from tests.conftest import REDIS_URL
 
@@ -58,7 +58,7 @@ def test_malformed_records_are_skipped_and_logged_once(redis_prefix, caplog):
     _write_raw(redis_prefix, "not-a-hash", b"{not json")
     npu = _record("npu-1", kind="npu-x")  # complete, but says nothing it can do
     registry.register(npu)
-    with caplog.at_level(logging.WARNING, logger="services.registry"):
+    with caplog.at_level(logging.WARNING, logger="glitches.services.cluster.registry"):
         for _ in range(3):
             states = registry.workers()
     assert [s.record.worker_id for s in states] == ["f0", "npu-1"]
@@ -91,15 +91,15 @@ def test_a_prefill_role_of_another_kind_prefills():
 
 
 def test_the_scheduler_skips_a_record_it_cannot_place_and_says_so_once(redis_prefix, caplog):
-    from scheduler.orchestrator import ModelInfo, Orchestrator
-    from scheduler.settings import SchedulerSettings
+    from glitches.scheduler.orchestrator import ModelInfo, Orchestrator
+    from glitches.scheduler.settings import SchedulerSettings
 
     registry = Registry(REDIS_URL, redis_prefix)
     registry.register(_record("f0"))
     registry.register(_record("npu-0", kind="npu-x"))  # no roles
     registry.register(_record("f1", kv_granularity_tokens=0))  # would divide by zero in the KV estimate
     orchestrator = Orchestrator(SchedulerSettings(), registry, ModelInfo("m", None, (2,), 512, vocab_size=100))
-    with caplog.at_level(logging.WARNING, logger="scheduler.orchestrator"):
+    with caplog.at_level(logging.WARNING, logger="glitches.scheduler.orchestrator"):
         for _ in range(3):
             assert list(orchestrator._live_workers(set())) == ["f0"]
     warnings = [r.getMessage() for r in caplog.records]

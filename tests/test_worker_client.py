@@ -1,17 +1,17 @@
-"""services/worker_client.py: a failed worker call becomes the domain error the orchestrator acts on."""
+"""glitches/services/cluster/worker_client.py: a failed worker call becomes the domain error the orchestrator acts on."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
 
-from services.decoding import Finish
-from services.errors import (Cancelled, InvalidArgument, KvRefused, NotFound, ResourceExhausted, Unavailable,
+from glitches.services.generation.decoding import Finish
+from glitches.services.runtime.errors import (Cancelled, InvalidArgument, KvRefused, NotFound, ResourceExhausted, Unavailable,
                              WorkerFull, WorkerLost)
-from services.registry import WorkerRecord
-from services.sampling import Sampling
-from services.stubs.glitches.v1 import common_pb2, worker_pb2
-from services.worker_client import WorkerClient
+from glitches.services.cluster.registry import WorkerRecord
+from glitches.services.generation.sampling import Sampling
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2
+from glitches.services.cluster.worker_client import WorkerClient
 
 GPU = WorkerRecord("g0", "gpu", "cpu", 1, "cpu", "gpu:1", 1, "m", 4, 0, 0, 0)
 FPGA = WorkerRecord("f0", "fpga", "emu", 1, "emu", "fpga:1", 1, "m", 1, 0, 0, 0)

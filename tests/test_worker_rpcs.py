@@ -6,14 +6,14 @@ import grpc
 import pytest
 import torch
 
-from fpga_worker.emu_backend import EmulatedCard
-from fpga_worker.server import FpgaWorkerServicer
-from gpu_worker.engine import GpuEngine
-from gpu_worker.server import GpuWorkerServicer
-from gpu_worker.settings import GpuWorkerSettings
-from services import models
-from services.channels import insecure_channel
-from services.stubs.glitches.v1 import common_pb2, worker_pb2
+from glitches.fpga_worker.emu_backend import EmulatedCard
+from glitches.fpga_worker.server import FpgaWorkerServicer
+from glitches.gpu_worker.engine import GpuEngine
+from glitches.gpu_worker.server import GpuWorkerServicer
+from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.services.generation import models
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2
 from tests.worker_helpers import KV_END, greedy_tokens, kv_header, kv_layer, serve_worker, transfer
 
 

@@ -9,12 +9,12 @@ import os
 import grpc
 import pytest
 
-from fpga_worker.server import FpgaWorkerServicer
-from fpga_worker.w4a8_backend import W4A8EmulatedCard
-from fpga_worker.xclbin_meta import write_xclbin
-from fpga_worker.xrt_backend import XrtCard, weight_image_for
-from services import models
-from services.stubs.glitches.v1 import worker_pb2
+from glitches.fpga_worker.server import FpgaWorkerServicer
+from glitches.fpga_worker.w4a8_backend import W4A8EmulatedCard
+from glitches.fpga_worker.xclbin_meta import write_xclbin
+from glitches.fpga_worker.xrt_backend import XrtCard, weight_image_for
+from glitches.services.generation import models
+from glitches.services.stubs.glitches.v1 import worker_pb2
 from tests.worker_helpers import KV_END, kv_header, kv_layer, serve_worker, transfer
 from tests.xrt_noop_env import noop_environment, require_xrt
 

@@ -1,4 +1,4 @@
-"""services/worker_runtime.py with a toy device (tests/runtime_toy_worker.py): it registers, beats,
+"""glitches/services/runtime/worker_runtime.py with a toy device (tests/runtime_toy_worker.py): it registers, beats,
 re-publishes on poke, answers health, Info and the HTTP side port, checks request auth and mTLS
 roles, and on drain deregisters before finishing what is in flight; as a process, SIGTERM does that."""
 
@@ -17,12 +17,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from glitches.certs import make_certs
-from services.channels import insecure_channel, open_channel
-from services.registry import Registry
-from services.request_auth import OpenAccess, RequestAuthIssuer, RequestAuthVerifier
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from services.tls import TlsConfig
-from services.worker_runtime import start_worker
+from glitches.services.runtime.channels import insecure_channel, open_channel
+from glitches.services.cluster.registry import Registry
+from glitches.services.auth.request_auth import OpenAccess, RequestAuthIssuer, RequestAuthVerifier
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from glitches.services.auth.tls import TlsConfig
+from glitches.services.runtime.worker_runtime import start_worker
 from tests.conftest import REDIS_URL
 from tests.runtime_toy_worker import TOY_BLOCKS, ToyDevice, ToySettings
 from tests.dies_with_pytest import dies_with_pytest

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from fpga_worker import xclbin_meta, xrt_banks, xrt_capi
-from fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS
-from fpga_worker.step_args import result_bytes
-from fpga_worker.w4a8_backend import W4A8EmulatedCard
-from fpga_worker.weight_image import build_from_state_dict
-from fpga_worker.xrt_backend import XrtCard
-from services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from glitches.fpga_worker import xclbin_meta, xrt_banks, xrt_capi
+from glitches.fpga_worker.abi import HBM_CHANNELS, KV_BLOCK_TOKENS
+from glitches.fpga_worker.step_args import result_bytes
+from glitches.fpga_worker.w4a8_backend import W4A8EmulatedCard
+from glitches.fpga_worker.weight_image import build_from_state_dict
+from glitches.fpga_worker.xrt_backend import XrtCard
+from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tests.fpga_helpers import prefill_cache, tiny_llama
 from tests.xrt_noop_env import REQUIRE_ENV, noop_environment, require_xrt
 
@@ -173,8 +173,8 @@ def test_missing_xrt_card_or_xclbin_is_a_clear_error(noop, image, xclbin, tmp_pa
 
 
 def test_worker_start_without_xrt_fails_instead_of_emulating(tiny_source, monkeypatch):
-    from fpga_worker import server
-    from fpga_worker.settings import FpgaWorkerSettings
+    from glitches.fpga_worker import server
+    from glitches.fpga_worker.settings import FpgaWorkerSettings
 
     monkeypatch.setattr(xrt_capi, "installed", lambda: "dlopen(libxrt_coreutil) failed: XRT is not installed")
     with pytest.raises(FailedPrecondition, match="needs XRT's library.*--backend emu"):
@@ -204,7 +204,7 @@ def test_shm_notices_copy_exactly_the_written_bytes_and_match_the_w4a8_card(card
     bytes into the XRT buffers (checked on the BOs' own bytes); decode equals the Python W4A8 card."""
     import ctypes
 
-    from kv_plane.kv_layout import KvRegion, region_view
+    from glitches.kv_plane.kv_layout import KvRegion, region_view
 
     emu = W4A8EmulatedCard(image, HBM, numerics="w4a8")
     model = tiny_llama()

@@ -20,11 +20,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fpga_worker.xclbin_meta import write_xclbin
-from services.channels import insecure_channel
-from services.registry import Registry
-from services.sampling import Sampling
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from glitches.fpga_worker.xclbin_meta import write_xclbin
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.cluster.registry import Registry
+from glitches.services.generation.sampling import Sampling
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 from tests.dies_with_pytest import dies_with_pytest
 from tests.worker_helpers import KV_END, kv_header, kv_layer, transfer

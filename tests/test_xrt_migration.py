@@ -16,10 +16,10 @@ import uuid
 
 import pytest
 
-from fpga_worker.xclbin_meta import write_xclbin
+from glitches.fpga_worker.xclbin_meta import write_xclbin
 from glitches import Client
-from services.kv_token import SECRET_ENV, new_secret
-from services.registry import Registry
+from glitches.services.auth.kv_token import SECRET_ENV, new_secret
+from glitches.services.cluster.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.dies_with_pytest import dies_with_pytest
 from tests.e2e.conftest import start_up, stop_up

@@ -10,10 +10,10 @@ import urllib.request
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from kv_plane import kv_wire
-from services.channels import insecure_channel
-from services.grpc_server import RunningServer, start_server
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.kv_plane import kv_wire
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.runtime.grpc_server import RunningServer, start_server
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
 WORKER_SERVICE = "glitches.v1.Worker"
 

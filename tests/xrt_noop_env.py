@@ -17,8 +17,8 @@ REQUIRE_ENV = "GLITCHES_REQUIRE_XRT"
 
 def missing_reason() -> str | None:
     """None when XRT's C API and its no-op shim are installed here, else why not."""
-    from fpga_worker import xrt_capi
-    from fpga_worker.xrt_noop import system_noop_shim
+    from glitches.fpga_worker import xrt_capi
+    from glitches.fpga_worker.xrt_noop import system_noop_shim
 
     reason = xrt_capi.installed()
     if reason is None and system_noop_shim() is None and not os.environ.get("XILINX_XRT"):
@@ -39,7 +39,7 @@ def require_xrt() -> None:
 def noop_environment(folder: Path) -> dict[str, str]:
     """Environment for XRT's no-op shim: XCL_EMULATION_MODE=noop and XILINX_XRT at a folder whose lib/ holds
     the shim (made under `folder` from the system's, unless XILINX_XRT already has one)."""
-    from fpga_worker.xrt_noop import NOOP_SHIM, make_xilinx_xrt
+    from glitches.fpga_worker.xrt_noop import NOOP_SHIM, make_xilinx_xrt
 
     root = os.environ.get("XILINX_XRT", "")
     if not (root and (Path(root) / "lib" / NOOP_SHIM).is_file()):

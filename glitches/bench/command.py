@@ -50,7 +50,7 @@ def bench_cmd(address, input_tokens, output_tokens, prompts_path, trace_path, tr
         raise click.UsageError("a trace sets the arrival times: no --request-rate or --concurrency with --trace")
     config = BenchConfig(address, input_tokens, output_tokens, prompts_path, num_requests, request_rate, concurrency,
                          slo_ttft, slo_tpot, seed, trace_path=trace_path, trace_out=trace_out)
-    from services.errors import GlitchesError
+    from glitches.services.runtime.errors import GlitchesError
 
     try:
         report, results = run_bench(config)

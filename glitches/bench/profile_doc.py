@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.measured import FORMAT
+from glitches.sim.measured import FORMAT
 
-ASSUMED_U280_IDLE_W = 35.0  # not in the paper: the assumption of sim/profiles/devices.json
+ASSUMED_U280_IDLE_W = 35.0  # not in the paper: the assumption of glitches/sim/profiles/devices.json
 
 
 @dataclass

@@ -132,7 +132,7 @@ async def _measure(config: ProfileConfig) -> dict:
         "prefill timed " + ("while every FPGA slot but one was decoding (contention captured)"
                             if config.prefill_under_load else "one request at a time (no contention)"),
         "power/price: 0 where power_known is false (never invented); emulated U280: the paper's 46 W and $8000, "
-        f"idle {35.0} W assumed as in sim/profiles/devices.json",
+        f"idle {35.0} W assumed as in glitches/sim/profiles/devices.json",
     ]
     return profile_document(status.model, layers, devices, notes)
 

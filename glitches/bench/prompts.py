@@ -18,7 +18,7 @@ _WORDS = ("the of and to in is was for on that with as by at from his her an wer
 
 def load_tokenizer_for(model_name: str):
     """The served model's tokenizer (the scheduler counts prompt tokens with the same one)."""
-    from services.models import load_tokenizer, resolve_model
+    from glitches.services.generation.models import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model(model_name))
 

@@ -27,7 +27,7 @@ class BenchConfig:
     slo_tpot_s: float | None = None
     seed: int = 0
     progress: bool = True
-    trace_path: str | None = None  # a trace file (sim/plan_workload.py): arrival times and lengths
+    trace_path: str | None = None  # a trace file (glitches/sim/plan_workload.py): arrival times and lengths
     trace_out: str | None = None  # write what was sent and produced as a trace file here
 
     def load_label(self) -> str:

@@ -1,4 +1,4 @@
-"""Trace files in `glitches bench` (format: sim/plan_workload.py, the one `glitches simulate --trace` reads).
+"""Trace files in `glitches bench` (format: glitches/sim/plan_workload.py, the one `glitches simulate --trace` reads).
 
 `--trace FILE`: each line's request is sent at its arrival_s (seconds from the start) with a prompt of
 exactly input_tokens tokens and max_tokens = output_tokens. `--trace-out FILE`: what the bench did, one
@@ -18,7 +18,7 @@ from glitches.bench.records import BenchRequest, RequestResult
 
 def trace_requests(tokenizer, path: str | Path, seed: int) -> tuple[list[BenchRequest], list[float]]:
     """The trace's requests in arrival order, and their arrival times (s, the first at 0)."""
-    from sim.plan_workload import read_trace
+    from glitches.sim.plan_workload import read_trace
 
     workload = read_trace(path)
     order = sorted(range(len(workload.shapes)), key=lambda i: workload.arrivals_s[i])
@@ -30,7 +30,7 @@ def trace_requests(tokenizer, path: str | Path, seed: int) -> tuple[list[BenchRe
 
 def write_result_trace(results: list[RequestResult], path: str | Path) -> None:
     """The finished requests as a trace file (module docstring)."""
-    from sim.plan_workload import write_trace
+    from glitches.sim.plan_workload import write_trace
 
     done = [r for r in results if r.ok]
     write_trace(path, [r.start_s for r in done], [(r.prompt_tokens, r.output_tokens) for r in done])

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from glitches.deploy.plan import FPGA_BACKENDS
-from services.errors import GlitchesError as ServiceError
+from glitches.services.runtime.errors import GlitchesError as ServiceError
 
 
 IMAGE_UID = 10001  # the user every GLITCHES image runs as (Dockerfile)
@@ -84,7 +84,7 @@ def deploy_cmd(dry_run, as_json, down, docker_host, **options) -> None:
         if not Path(options["xclbin"]).is_file():
             raise click.UsageError(f"--xclbin {options['xclbin']}: no such file")
         options["xclbin"] = str(Path(options["xclbin"]).resolve())  # bind mounts need absolute paths
-    from services.kv_token import SECRET_ENV, new_secret
+    from glitches.services.auth.kv_token import SECRET_ENV, new_secret
 
     # one KV-transfer token secret per deploy (or the operator's), handed to containers in their environment
     options["kv_token_secret"] = os.environ.get(SECRET_ENV, "") or new_secret()

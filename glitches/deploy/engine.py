@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from glitches.deploy.plan import ContainerSpec, Plan
-from services.errors import Unavailable
+from glitches.services.runtime.errors import Unavailable
 
 log = logging.getLogger(__name__)
 PROJECT_LABEL = "io.glitches.project"

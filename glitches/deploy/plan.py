@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from glitches.deploy.devices import AlveoCard, Gpu
-from services.errors import InvalidArgument
-from services.kv_token import SECRET_ENV
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.auth.kv_token import SECRET_ENV
 
 TLS_MOUNT = "/etc/glitches/tls"  # where --tls-dir appears inside every daemon container
 XCLBIN_MOUNT = "/etc/glitches/decode.xclbin"  # where --xclbin appears inside each xrt FPGA worker container

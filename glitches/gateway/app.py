@@ -37,8 +37,8 @@ from glitches.gateway.responses_route import handle_responses
 from glitches.gateway.tool_stream import streamed_call_events, tool_choice_body, tool_events
 from glitches.gateway.tools import ToolPlan, plan_tools
 from glitches.types import Completion
-from services.tls import TlsConfig
-from services.rate_limit import KeyRateLimiter
+from glitches.services.auth.tls import TlsConfig
+from glitches.services.auth.rate_limit import KeyRateLimiter
 
 class Gateway:
     def __init__(self, scheduler_address: str, chat_template: ChatTemplate | None, served_model: str = "",

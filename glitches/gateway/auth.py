@@ -7,7 +7,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
 from glitches.gateway.errors import error_body
-from services.api_keys import bearer_key, is_valid, refusal
+from glitches.services.auth.api_keys import bearer_key, is_valid, refusal
 
 
 class ApiKeyMiddleware:

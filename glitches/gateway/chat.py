@@ -47,7 +47,7 @@ class ChatTemplate:
 
 def load_chat_template(model: str) -> ChatTemplate:
     """The chat template of `model` (a name, a transformers directory or a .gguf file)."""
-    from services import models
+    from glitches.services.generation import models
 
     return ChatTemplate(models.load_tokenizer(models.resolve_model(model)))
 
@@ -56,7 +56,7 @@ def model_limits(model: str) -> tuple[int, int]:
     """(the model's context in tokens, the most characters one token of its tokenizer decodes to, at most)."""
     from transformers import AutoConfig
 
-    from services import models
+    from glitches.services.generation import models
 
     source = models.resolve_model(model)
     tokenizer = models.load_tokenizer(source)

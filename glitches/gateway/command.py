@@ -6,7 +6,7 @@ import click
 
 from glitches.cli_tls import client_tls, client_tls_options
 from glitches.client import DEFAULT_ADDRESS
-from services.models import DEFAULT_MODEL
+from glitches.services.generation.models import DEFAULT_MODEL
 
 
 @click.command("gateway")
@@ -68,9 +68,9 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
     from glitches.gateway.chat import load_chat_template, model_limits
     from glitches.gateway.schemas import Limits
     from glitches.gateway.server import ServerLimits, uvicorn_options
-    from services.api_keys import load_api_keys
-    from services.errors import GlitchesError as ServiceError
-    from services.models import resolve_model
+    from glitches.services.auth.api_keys import load_api_keys
+    from glitches.services.runtime.errors import GlitchesError as ServiceError
+    from glitches.services.generation.models import resolve_model
 
     if default_max_tokens < 1:
         raise click.UsageError("--default-max-tokens must be at least 1")

@@ -19,8 +19,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
 from glitches.gateway.errors import error_body
-from services.api_keys import bearer_key
-from services.rate_limit import KeyRateLimiter
+from glitches.services.auth.api_keys import bearer_key
+from glitches.services.auth.rate_limit import KeyRateLimiter
 
 
 def client_of(scope, keyed: bool) -> tuple[str, str]:

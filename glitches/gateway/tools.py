@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from glitches.gateway.errors import RequestError
 
-# the compact JSON llguidance is told to emit (services/grammar.py's _JSON_OPTIONS)
+# the compact JSON llguidance is told to emit (glitches/services/generation/grammar.py's _JSON_OPTIONS)
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)

@@ -11,7 +11,7 @@ import pytest
 
 from glitches.deploy.devices import AlveoCard, Gpu, discover_alveo
 from glitches.deploy.plan import DeployOptions, make_plan
-from services.errors import InvalidArgument
+from glitches.services.runtime.errors import InvalidArgument
 
 
 def _pci_function(sys_root, bdf, vendor, device, render=None):
@@ -121,14 +121,14 @@ def test_tls_dir_is_mounted_read_only_and_each_daemon_gets_its_role_certificate(
 
 
 def test_scheduler_and_fpga_workers_get_one_kv_token_secret_that_the_printed_plan_hides():
-    from services.kv_token import SECRET_ENV
+    from glitches.services.auth.kv_token import SECRET_ENV
 
     plan = make_plan([], [], DeployOptions(cpu_gpu_workers=1, emulated_fpgas=2, kv_token_secret="s" * 64))
     by_role = {}
     for container in plan.containers:
         by_role.setdefault(container.role, []).append(container.environment.get(SECRET_ENV))
     assert by_role["scheduler"] == ["s" * 64] and by_role["fpga-worker"] == ["s" * 64] * 2
-    # GPU workers check the per-request authorisation of Prefill/Decode/Release (services/request_auth.py)
+    # GPU workers check the per-request authorisation of Prefill/Decode/Release (glitches/services/auth/request_auth.py)
     assert by_role["gpu-worker"] == ["s" * 64] and by_role["redis"] == [None]
     assert "s" * 64 not in json.dumps(plan.to_dict())
     run = subprocess.run([sys.executable, "-m", "glitches", "deploy", "--dry-run", "--json", "--cpu-gpu-workers", "1",

@@ -19,9 +19,9 @@ import redis
 import torch
 
 from glitches import Client
-from services import models
-from services.kv_token import SECRET_ENV, new_secret
-from services.registry import Registry
+from glitches.services.generation import models
+from glitches.services.auth.kv_token import SECRET_ENV, new_secret
+from glitches.services.cluster.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.dies_with_pytest import dies_with_pytest
 

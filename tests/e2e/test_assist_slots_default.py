@@ -2,7 +2,7 @@
 
 With the old constant of 4 GPU-assist slots, the second four waited for the first four to finish
 (their TTFT was a whole generation longer). The slots now default from the GPU's KV budget
-(gpu_worker/assist_slots.py), so all 8 are admitted at once and their first tokens come within one
+(glitches/gpu_worker/assist_slots.py), so all 8 are admitted at once and their first tokens come within one
 step of each other: TTFT p99 / p50 <= 1.5 (TTFT as the scheduler measures it, arrival -> first token).
 """
 

@@ -116,8 +116,8 @@ def test_client_cancel_frees_the_slot_and_the_kv(cluster):
     assert busy, "the request should hold a slot while it streams"
     stream.close()  # cancels the gRPC call
     started = time.monotonic()
-    from services.channels import insecure_channel
-    from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+    from glitches.services.runtime.channels import insecure_channel
+    from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
     stubs = [worker_pb2_grpc.WorkerStub(insecure_channel(w.address)) for w in cluster["client"].status().workers]
     while any(s.Info(worker_pb2.InfoRequest()).active_requests for s in stubs) and time.monotonic() - started < 3:

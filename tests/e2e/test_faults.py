@@ -17,7 +17,7 @@ import redis
 
 from glitches import Client, GlitchesError, TextChunk
 from glitches.cluster import ClusterSpec, LocalCluster, free_port
-from services.registry import Registry
+from glitches.services.cluster.registry import Registry
 from tests.e2e.conftest import assert_idle
 from tests.dies_with_pytest import dies_with_pytest
 

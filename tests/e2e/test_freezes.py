@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from glitches import Client, Completion, GlitchesError, ResourceExhaustedError, TextChunk
 from glitches.cluster import ClusterSpec, LocalCluster
-from services.channels import insecure_channel
-from services.registry import Registry
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.cluster.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import assert_idle
 
@@ -95,7 +95,7 @@ def test_overload_with_the_gpu_frozen_is_resource_exhausted_while_health_and_sta
 
 def _busy_fpga(client: Client, timeout_s: float = 30.0):
     """The FPGA worker that says (its own Info) it holds a request now."""
-    from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+    from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 
     fpgas = [w for w in client.status().workers if w.kind == "fpga"]
     deadline = time.monotonic() + timeout_s

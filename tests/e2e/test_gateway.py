@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from glitches.cluster import free_port
-from services import models
+from glitches.services.generation import models
 from tests.e2e.conftest import assert_idle
 from tests.dies_with_pytest import dies_with_pytest
 

@@ -21,7 +21,7 @@ def test_an_agent_calls_a_tool_end_to_end(gateway_cluster, api):
     agents = pytest.importorskip("agents")
     from openai import AsyncOpenAI
 
-    from services import models
+    from glitches.services.generation import models
 
     agents.set_tracing_disabled(True)  # no exporter to OpenAI's servers
     seen: list[str] = []

@@ -21,7 +21,7 @@ import openai
 import pytest
 import torch
 
-from services import models
+from glitches.services.generation import models
 from tests.e2e.conftest import FPGA_WORKERS, assert_idle
 from tests.e2e.logprob_reference import TOLERANCE, reference_logprobs
 

@@ -11,7 +11,7 @@ import jsonschema
 import openai
 import pytest
 
-from services import models
+from glitches.services.generation import models
 from tests.e2e.conftest import assert_idle
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import jsonschema
 import openai
 import pytest
 
-from services import models
+from glitches.services.generation import models
 from tests.e2e.conftest import assert_idle
 from tests.e2e.tool_definitions import ASK, CITY, TIME, WEATHER
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from glitches import Client
-from services import models
+from glitches.services.generation import models
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import assert_idle, metric, start_up, stop_up
 from tests.e2e.tool_definitions import ASK, TIME, WEATHER

@@ -18,8 +18,8 @@ import pytest
 
 from glitches import Client, GlitchesError
 from glitches.cluster import free_port
-from services.channels import insecure_channel
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import KV_TOKEN_ENV, assert_idle
 from tests.dies_with_pytest import dies_with_pytest

@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.channels import insecure_channel
-from services.kv_token import SECRET_ENV
-from services.registry import Registry
-from services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.auth.kv_token import SECRET_ENV
+from glitches.services.cluster.registry import Registry
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 from tests.dies_with_pytest import dies_with_pytest
 from tests.e2e.conftest import metric

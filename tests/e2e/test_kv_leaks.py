@@ -9,15 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fpga_worker.abi import HBM_CHANNELS
-from kv_plane.kv_layout import KvPlan
-from fpga_worker.xrt_backend import weight_image_for
+from glitches.fpga_worker.abi import HBM_CHANNELS
+from glitches.kv_plane.kv_layout import KvPlan
+from glitches.fpga_worker.xrt_backend import weight_image_for
 from glitches import Client, Completion
 from glitches.cluster import ClusterSpec, LocalCluster
 from glitches.errors import GlitchesError
-from services.channels import insecure_channel
-from services.registry import Registry
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.cluster.registry import Registry
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.e2e

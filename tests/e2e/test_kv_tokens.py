@@ -10,11 +10,11 @@ import psutil
 import pytest
 import torch
 
-from kv_plane import kv_wire
-from services.channels import insecure_channel
-from services.kv_token import SECRET_ENV, KvTokenIssuer
-from services.request_auth import RequestAuthIssuer
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.kv_plane import kv_wire
+from glitches.services.runtime.channels import insecure_channel
+from glitches.services.auth.kv_token import SECRET_ENV, KvTokenIssuer
+from glitches.services.auth.request_auth import RequestAuthIssuer
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from tests.e2e.conftest import KV_TOKEN_ENV
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import pytest
 
 from glitches import Client
 from glitches.cluster import ClusterSpec, LocalCluster
-from services import models
-from services.registry import Registry
+from glitches.services.generation import models
+from glitches.services.cluster.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import LONG, assert_idle
 

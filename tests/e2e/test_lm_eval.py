@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services import models
+from glitches.services.generation import models
 from tests.e2e.logprob_reference import TOLERANCE, reference_logprobs
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ import pytest
 
 from glitches import Client, Completion, GlitchesError, TextChunk
 from glitches.cluster import ClusterSpec, LocalCluster
-from services.registry import Registry
+from glitches.services.cluster.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import assert_idle
 

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from glitches import Client
-from services import models
+from glitches.services.generation import models
 from tests.conftest import REDIS_URL
 from tests.e2e.conftest import CLUSTER_ENV, LONG, metric, start_up, stop_up
 

@@ -22,7 +22,7 @@ import pytest
 
 from glitches import Client, Completion, TextChunk
 from glitches.cluster import SENTINEL_LEASE_TTL_S, SENTINEL_SERVICE, ClusterSpec, LocalCluster
-from services.registry import Registry
+from glitches.services.cluster.registry import Registry
 from tests.e2e.conftest import assert_idle
 from tests.greedy_reference import compare, greedy
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from glitches.cli import main
-from sim.plan_workload import read_trace, write_trace
+from glitches.sim.plan_workload import read_trace, write_trace
 
 pytestmark = pytest.mark.e2e
 

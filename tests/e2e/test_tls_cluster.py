@@ -15,9 +15,9 @@ import pytest
 from glitches import Client
 from glitches.certs import make_certs
 from glitches.errors import UnavailableError
-from services.channels import insecure_channel, open_channel
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
-from services.tls import TlsConfig
+from glitches.services.runtime.channels import insecure_channel, open_channel
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.services.auth.tls import TlsConfig
 from tests.e2e.conftest import start_up, stop_up
 
 pytestmark = pytest.mark.e2e

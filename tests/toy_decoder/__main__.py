@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from services import worker_runtime
-from services.kv_token import secret_from_environment
+from glitches.services.runtime import worker_runtime
+from glitches.services.auth.kv_token import secret_from_environment
 from tests.toy_decoder.device import ToyDevice, ToySettings
 
 

@@ -1,17 +1,18 @@
-"""The toy device plugged into services/worker_runtime.py: its settings and its WorkerDevice."""
+"""The toy device plugged into glitches/services/runtime/worker_runtime.py: its settings and its WorkerDevice."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services import models, worker_runtime
-from services.kv_holds import KvHolds
-from services.kv_token import KvTokenVerifier
-from services.request_auth import OpenAccess, RequestAuthVerifier
-from services.settings import DaemonSettings
-from services.stubs.glitches.v1 import worker_pb2
-from services.worker_record import KvBlocks
+from glitches.services.generation import models
+from glitches.services.runtime import worker_runtime
+from glitches.services.cluster.kv_holds import KvHolds
+from glitches.services.auth.kv_token import KvTokenVerifier
+from glitches.services.auth.request_auth import OpenAccess, RequestAuthVerifier
+from glitches.services.runtime.settings import DaemonSettings
+from glitches.services.stubs.glitches.v1 import worker_pb2
+from glitches.services.cluster.worker_record import KvBlocks
 from tests.toy_decoder.servicer import KIND, ToyServicer
 from tests.toy_decoder.store import ToyStore
 

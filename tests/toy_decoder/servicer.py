@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 
-from decode_contract import kv_receiver
-from kv_plane.kv_stream_limits import deadline_messages
-from services.decoding import decode_loop
-from services.errors import FailedPrecondition, InvalidArgument
-from kv_plane.host_identity import host_identity
-from services.kv_holds import KvHolds, renew_rpc
-from services.proto_convert import step_to_proto
-from services.sampling import Sampling, check_sampling
-from services.request_auth import AuthBoundWorkerId
-from services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.decode_contract import kv_receiver
+from glitches.kv_plane.kv_stream_limits import deadline_messages
+from glitches.services.generation.decoding import decode_loop
+from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument
+from glitches.kv_plane.host_identity import host_identity
+from glitches.services.cluster.kv_holds import KvHolds, renew_rpc
+from glitches.services.generation.proto_convert import step_to_proto
+from glitches.services.generation.sampling import Sampling, check_sampling
+from glitches.services.auth.request_auth import AuthBoundWorkerId
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
 from tests.toy_decoder.store import ToyStore
 
 KIND = "toy-npu"

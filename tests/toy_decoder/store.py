@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from kv_plane.kv_types import KvGeometry
-from services import models
-from services.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from glitches.kv_plane.kv_types import KvGeometry
+from glitches.services.generation import models
+from glitches.services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 
 @dataclass

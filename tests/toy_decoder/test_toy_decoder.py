@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from glitches import Client
 from glitches.cli import main as glitches_cli
 from glitches.cluster import ClusterSpec, LocalCluster
-from services import models
-from services.registry import Registry
+from glitches.services.generation import models
+from glitches.services.cluster.registry import Registry
 from tests.conftest import REDIS_URL
 from tests.greedy_reference import greedy
 from tests.dies_with_pytest import dies_with_pytest

@@ -1,0 +1,116 @@
+"""Placement policy as a pure function: cluster snapshot + request -> decision.
+
+The live scheduler and the simulator both call `place`, so what the simulator
+predicts is what the scheduler does. Nothing here touches Redis, gRPC or time.
+
+The policy works from what each worker can do (roles and decode class, glitches/services/cluster/worker_caps.py),
+never from its kind's name: a new kind of decode device needs no change here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from glitches.services.cluster.worker_caps import BUILTIN_CAPABILITIES, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL
+
+
+class DeviceKind(str, Enum):
+    """The two built-in kinds (the simulator's device profiles name them); any other string is a kind too."""
+
+    GPU = "gpu"
+    FPGA = "fpga"
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What the policy knows of one live worker at decision time.
+
+    `roles` empty: those of the built-in kind (services.worker_caps.BUILTIN_CAPABILITIES), so the
+    simulator and older callers that name only the kind keep working; another kind without roles does nothing.
+    """
+
+    worker_id: str
+    kind: str  # free-form ("gpu", "fpga", ...); only for the caller: the policy reads roles and decode_class
+    slots: int  # concurrent decode requests it accepts
+    active: int  # requests it holds now (prefill or decode)
+    kv_free_bytes: int  # KV capacity still free on the device, bytes
+    assist_active: int = 0  # assist-role workers: GPU-assist decodes it holds now (`slots` is their limit)
+    roles: frozenset[str] = frozenset()  # services.worker_caps.ROLE_*
+    decode_class: int = 0  # with ROLE_DECODE: preference, lower first
+
+    def __post_init__(self):
+        if not self.roles and self.kind in BUILTIN_CAPABILITIES:
+            builtin = BUILTIN_CAPABILITIES[self.kind]
+            object.__setattr__(self, "roles", builtin.roles)
+            object.__setattr__(self, "decode_class", builtin.decode_class)
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    workers: tuple[WorkerView, ...]
+
+    def with_role(self, role: str) -> list[WorkerView]:
+        return [w for w in self.workers if role in w.roles]
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    prompt_tokens: int
+    max_new_tokens: int
+    kv_bytes_needed: int  # KV for prompt + max_new_tokens on a decode-role worker, bytes
+    gpu_kv_bytes_needed: int = 0  # KV for prompt + max_new_tokens on an assist-role worker (GPU assist), bytes
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one request runs.
+
+    `decode_candidates` (decode-role workers, which take the KV from `prefill_worker`) is
+    ordered best first; the scheduler tries to claim them in that order (claims are atomic
+    in Redis, so the first may already be gone). When it is empty, or every claim fails,
+    the request is prefilled and decoded on `gpu_assist_worker` (GPU assist), an assist-role
+    worker with a free GPU-assist slot and room for its KV; when that is None too, no device
+    can take the request now and it waits in admission.
+    """
+
+    prefill_worker: str
+    decode_candidates: tuple[str, ...]
+    gpu_assist_worker: str | None = None
+
+    @property
+    def fpga_candidates(self) -> tuple[str, ...]:
+        """The name of `decode_candidates` from when only FPGAs decoded."""
+        return self.decode_candidates
+
+
+class NoWorkerAvailable(Exception):
+    """No worker with the prefill role is registered, so nothing can run prefill."""
+
+
+def place(snapshot: ClusterSnapshot, request: PlacementRequest) -> Placement:
+    """Pick a prefill worker (least loaded), rank the decode-role workers, and an assist-role worker for GPU assist.
+
+    A decode-role worker is a candidate when it has a free slot and room for the
+    request's KV; candidates are ranked by decode class (lower first: a dedicated
+    decode device such as an FPGA before a GPU, as in the paper), then fewest active
+    requests, then most free KV, then id (so ties resolve the same way in every
+    replica). The GPU-assist worker is a worker with both the prefill and the assist
+    role, a free GPU-assist slot (assist_active < slots) and room for the request's
+    GPU KV, fewest GPU-assist decodes first, then most free KV, then id.
+    """
+    prefillers = snapshot.with_role(ROLE_PREFILL)
+    if not prefillers:
+        raise NoWorkerAvailable("no GPU worker (no worker with the prefill role) is registered to run prefill")
+    prefill = min(prefillers, key=lambda w: (w.active, w.worker_id))
+    decoders = [
+        w
+        for w in snapshot.with_role(ROLE_DECODE)
+        if w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed
+    ]
+    decoders.sort(key=lambda w: (w.decode_class, w.active, -w.kv_free_bytes, w.worker_id))
+    assist = [w for w in prefillers if ROLE_ASSIST in w.roles and w.assist_active < w.slots
+              and w.kv_free_bytes >= request.gpu_kv_bytes_needed]
+    assist.sort(key=lambda w: (w.assist_active, -w.kv_free_bytes, w.worker_id))
+    return Placement(prefill_worker=prefill.worker_id, decode_candidates=tuple(w.worker_id for w in decoders),
+                     gpu_assist_worker=assist[0].worker_id if assist else None)

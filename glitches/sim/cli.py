@@ -1,0 +1,96 @@
+"""What `glitches simulate` calls: one simulation from plain arguments, and its text report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from glitches.sim.plan_workload import read_trace
+from glitches.sim.run import build_config, run_simulation
+
+
+def simulate(
+    gpus: int,
+    gpu: str,
+    fpgas: int,
+    fpga: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    num_requests: int,
+    request_rate: float | None,
+    concurrency: int | None,
+    profile_path: str | None,
+    *,
+    link_gb_per_s: float | None = None,
+    gpu_decode_slots: int = 1,
+    seed: int = 0,
+    trace_path: str | None = None,
+    gpu_batching: bool = False,
+) -> dict:
+    """Simulate `num_requests` requests of [input_tokens, output_tokens] on gpus x gpu + fpgas x fpga.
+
+    request_rate (requests/s, Poisson) or concurrency (closed loop) or neither
+    (all at once). Devices come from `profile_path` (glitches.profile.v1) when
+    it names them, else from glitches/sim/profiles/devices.json. Raises
+    services.errors.InvalidArgument on bad input. Returns the dict described
+    in sim.metrics plus an "inputs" entry echoing the arguments.
+    """
+    config = build_config(gpus, gpu, fpgas, fpga, model, profile_path, link_gb_per_s, gpu_decode_slots)
+    if gpu_batching:
+        config = replace(config, gpu_batching=True)
+    if trace_path is not None:  # the trace's arrival times and lengths replace the other workload arguments
+        workload = read_trace(trace_path)
+        result = run_simulation(config, workload.shapes, seed=seed, arrivals_s=workload.arrivals_s)
+        num_requests = len(workload.shapes)
+    else:
+        shapes = [(input_tokens, output_tokens)] * num_requests
+        result = run_simulation(config, shapes, request_rate, concurrency, seed)
+    result["inputs"] = {
+        "gpus": gpus, "gpu": gpu, "fpgas": fpgas, "fpga": fpga, "model": model,
+        "input_tokens": input_tokens, "output_tokens": output_tokens, "num_requests": num_requests,
+        "request_rate": request_rate, "concurrency": concurrency, "profile_path": profile_path,
+        "link_gb_per_s": config.link_gb_per_s, "gpu_decode_slots": gpu_decode_slots, "seed": seed,
+        "trace": trace_path, "gpu_batching": gpu_batching,
+    }  # fmt: skip
+    return result
+
+
+def render_text(result: dict) -> str:
+    """A fixed-width report in the spirit of vLLM's serving benchmark."""
+    inp = result.get("inputs", {})
+    lines = ["============ GLITCHES simulation ============"]
+    if inp:
+        load = (
+            f"trace {inp['trace']}" if inp.get("trace")
+            else f"Poisson {inp['request_rate']} req/s" if inp["request_rate"] is not None
+            else f"closed loop x{inp['concurrency']}" if inp["concurrency"] is not None
+            else "all at once"
+        )  # fmt: skip
+        lines += [
+            f"{'Node:':<34}{inp['gpus']} x {inp['gpu']} + {inp['fpgas']} x {inp['fpga']}",
+            f"{'Model, [input, output]:':<34}{inp['model']}, [{inp['input_tokens']}, {inp['output_tokens']}]",
+            f"{'Requests, load:':<34}{inp['num_requests']}, {load}",
+        ]
+    lines += [
+        f"{'Duration (s):':<34}{result['duration_s']:.2f}",
+        f"{'Request throughput (req/s):':<34}{result['requests_per_s']:.3f}",
+        f"{'Output token throughput (tok/s):':<34}{result['throughput_tokens_per_s']:.2f}",
+        f"{'Total token throughput (tok/s):':<34}{result['total_tokens_per_s']:.2f}",
+        f"{'Average power (W):':<34}{result['avg_power_w']:.1f}",
+        f"{'Energy efficiency (tok/s/W):':<34}{result['energy_efficiency']:.4g}",
+        f"{'Device price ($):':<34}{result['price_usd']:.0f}",
+        f"{'Cost efficiency (tok/s/$):':<34}{result['cost_efficiency']:.4g}",
+        f"{'GPU-assisted requests:':<34}{result['gpu_assist_requests']}",
+    ]
+    for key, title in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "E2E latency")):
+        d = result[key]
+        lines.append(f"{'-' * 12} {title} (ms) {'-' * 12}")
+        lines += [f"{stat + ':':<34}{d[stat] * 1e3:.2f}" for stat in ("mean", "p50", "p90", "p99")]
+    lines.append(f"{'-' * 12} Devices {'-' * 12}")
+    for wid, dev in result["devices"].items():
+        lines.append(
+            f"{wid + ' (' + dev['device'] + ')':<22}util {dev['utilisation']:6.1%}  "
+            f"prefill {dev['prefill_utilisation']:6.1%}  decode {dev['decode_utilisation']:6.1%}  "
+            f"{dev['avg_power_w']:6.1f} W"
+        )
+    return "\n".join(lines)

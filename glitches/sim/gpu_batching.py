@@ -1,0 +1,110 @@
+"""A GPU that batches continuously, as the GPU worker does now (glitches/gpu_worker/step_loop.py), for the simulator.
+
+Protocol. Node processes hand the GPU jobs and wait on their events:
+- `prefill(rec)`: the prompt is split into chunks; returns an event fired when its last chunk's step ends
+  (the first token is out then).
+- `decode(rec, steps)`: a GPU-assist decode; returns an event fired after `steps` more tokens. Each
+  step of the loop appends one token time to rec.token_times_s.
+The loop runs one forward pass at a time: every decoding request's next token (one row each) plus
+prefill chunks, first come first served, filling what is left of `max_batch_tokens`. A pass with
+nothing to do waits for the next job. Step time: `step_time_s` (glitches/sim/profiles.py RooflineTiming.step_s
+when the timing has it; otherwise, for measured profiles without batched samples, the chunks' prefill
+time plus one decode step at the longest context, a stated approximation). Busy time is split between
+prefill and decode by the share of the step's tokens, for the power figures.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import simpy
+
+from glitches.sim.profiles import Timing
+
+
+def step_time_s(timing: Timing, chunks: list[tuple[int, int]], decode_contexts: list[int]) -> float:
+    """Seconds of one batched pass (chunks: (new tokens, tokens already in KV); one context per decode row)."""
+    step = getattr(timing, "step_s", None)
+    if step is not None:
+        return step(chunks, decode_contexts)
+    prefill = sum(timing.prefill_s(past + new) - (timing.prefill_s(past) if past else 0.0) for new, past in chunks)
+    return prefill + (timing.decode_step_s(max(decode_contexts)) if decode_contexts else 0.0)
+
+
+@dataclass
+class _Prefill:
+    rec: object  # sim.node.RequestRecord
+    done: simpy.Event
+    computed: int = 0  # prompt tokens already in KV
+
+
+@dataclass
+class _Decode:
+    rec: object
+    done: simpy.Event
+    left: int  # tokens still to generate
+
+
+class BatchingLoop:
+    def __init__(self, env: simpy.Environment, device, max_batch_tokens: int):
+        self.env = env
+        self.device = device  # sim.node.SimDevice: its profile's timing, busy counters
+        self.max_batch_tokens = max_batch_tokens
+        self._prefills: deque[_Prefill] = deque()
+        self._decodes: list[_Decode] = []
+        self._wake = env.event()
+        self.steps = 0
+        env.process(self._run())
+
+    def prefill(self, rec) -> simpy.Event:
+        job = _Prefill(rec, self.env.event())
+        self._prefills.append(job)
+        self._poke()
+        return job.done
+
+    def decode(self, rec, steps: int) -> simpy.Event:
+        job = _Decode(rec, self.env.event(), steps)
+        self._decodes.append(job)
+        self._poke()
+        return job.done
+
+    def _poke(self) -> None:
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def _run(self):
+        while True:
+            if not self._prefills and not self._decodes:
+                yield self._wake
+                self._wake = self.env.event()
+                continue
+            rows = list(self._decodes)
+            contexts = [len(d.rec.token_times_s) + d.rec.prompt_tokens for d in rows]
+            budget = max(0, self.max_batch_tokens - len(rows))
+            chunks, chunked = [], []
+            for job in self._prefills:
+                if budget <= 0:
+                    break
+                take = min(budget, job.rec.prompt_tokens - job.computed)
+                chunks.append((take, job.computed))
+                chunked.append((job, take))
+                budget -= take
+            step_s = step_time_s(self.device.profile.timing, chunks, contexts)
+            yield self.env.timeout(step_s)
+            self.steps += 1
+            prefill_tokens = sum(n for n, _ in chunks)
+            share = prefill_tokens / (prefill_tokens + len(rows)) if prefill_tokens + len(rows) else 0.0
+            self.device.busy_prefill_s += step_s * share
+            self.device.busy_decode_s += step_s * (1 - share)
+            for job, take in chunked:
+                job.computed += take
+                if job.computed >= job.rec.prompt_tokens:
+                    self._prefills.remove(job)
+                    job.done.succeed()
+            for job in rows:
+                job.rec.token_times_s.append(self.env.now)
+                job.left -= 1
+                if job.left == 0:
+                    self._decodes.remove(job)
+                    job.done.succeed()

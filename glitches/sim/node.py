@@ -1,0 +1,217 @@
+"""The simpy model of one GLITCHES node: N GPUs, M FPGAs, one scheduler queue.
+
+Where a request goes is decided by `scheduler.placement.place`, unchanged, on
+a `ClusterSnapshot` built from the simulated devices. When it is decided is
+this module's rule (the live scheduler's admission, as modelled here):
+
+- Requests wait in one FIFO queue. The head is admitted when some FPGA has a
+  free decode slot (and room for its KV) or some GPU has a free GPU-assist
+  slot; otherwise it waits for a completion.
+- On admission `place` picks the prefill GPU and ranks the FPGAs; the first
+  candidate is claimed at once (claims never fail here: one process decides).
+  No candidate -> GPU assist: the request decodes on its prefill GPU.
+- With `gpu_batching` a GPU runs the GPU worker's continuous batching instead
+  (glitches/sim/gpu_batching.py): one forward pass carries every GPU-assist decode's next
+  token and prefill chunks up to max_batch_tokens. Without it (the default):
+- A GPU runs one thing at a time, a whole prefill or one decode step
+  (batch size 1, no batching: the paper's HuggingFace setting). Prefills have
+  priority over decode steps, so GPU assist yields to the prefills that keep
+  FPGAs busy; two assisted requests on one GPU alternate token by token.
+- An FPGA decodes one request at a time (batch size 1, the paper's setting),
+  starting when the last KV layer has arrived (see `sim.kv_transfer`).
+- With no GPU (the paper's FPGA-only baseline) `place` cannot be used (it
+  needs a GPU for prefill): each request prefills and decodes on one FPGA,
+  picked by the same ranking `place` uses for FPGAs (fewest active, then id).
+The PCIe link is per GPU and modelled only through the exposed transfer;
+links are not shared between concurrent transfers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from glitches.scheduler.placement import ClusterSnapshot, DeviceKind, PlacementRequest, WorkerView, place
+from glitches.sim.gpu_batching import BatchingLoop
+from glitches.sim.kv_transfer import exposed_transfer_s, kv_transfer_s
+from glitches.sim.profiles import DeviceProfile
+
+PREFILL_PRIORITY = 0  # lower runs first (simpy.PriorityResource)
+DECODE_PRIORITY = 1
+FPGA_DECODE_SLOTS = 1  # batch size 1 per FPGA (the paper's setting)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    gpu: DeviceProfile | None
+    gpus: int
+    fpga: DeviceProfile | None
+    fpgas: int
+    link_gb_per_s: float  # effective GPU -> FPGA PCIe bandwidth, GB/s
+    gpu_decode_slots: int = 1  # requests one GPU may decode at once (GPU assist); 0 turns assist off
+    gpu_batching: bool = False  # True: GPUs batch continuously (glitches/sim/gpu_batching.py), as the GPU worker does now
+    gpu_max_batch_tokens: int = 512  # with gpu_batching: tokens per forward pass (the worker's --max-batch-tokens)
+
+
+@dataclass
+class RequestRecord:
+    rid: int
+    prompt_tokens: int
+    output_tokens: int
+    arrival_s: float
+    prefill_device: str = ""
+    decode_device: str = ""
+    admitted_s: float = float("nan")
+    first_token_s: float = float("nan")
+    exposed_kv_s: float = 0.0  # KV transfer not hidden by the prefill, s
+    token_times_s: list[float] = field(default_factory=list)  # one per output token, absolute sim time
+
+    @property
+    def done(self) -> bool:
+        return len(self.token_times_s) == self.output_tokens
+
+
+class SimDevice:
+    """One card's state: what it holds and how long it has been busy."""
+
+    def __init__(self, env: simpy.Environment, worker_id: str, profile: DeviceProfile, decode_slots: int):
+        self.worker_id = worker_id
+        self.profile = profile
+        self.decode_slots = decode_slots
+        self.compute = simpy.PriorityResource(env, capacity=1)  # one prefill or decode step at a time
+        self.active = 0  # requests held: queued/running prefill, or decoding here
+        self.decoding = 0  # requests that will decode / are decoding here
+        self.kv_used_bytes = 0.0
+        self.busy_prefill_s = 0.0
+        self.busy_decode_s = 0.0
+        self.loop: BatchingLoop | None = None  # a batching GPU's step loop (NodeConfig.gpu_batching)
+
+    def view(self) -> WorkerView:
+        free = max(0, int(self.profile.kv_capacity_bytes - self.kv_used_bytes))
+        return WorkerView(self.worker_id, self.profile.kind, self.decode_slots, self.active, free)
+
+    def can_decode(self, kv_bytes: float) -> bool:
+        fits = self.kv_used_bytes + kv_bytes <= self.profile.kv_capacity_bytes
+        return self.decoding < self.decode_slots and fits
+
+
+class Node:
+    def __init__(self, env: simpy.Environment, config: NodeConfig):
+        self.env = env
+        self.config = config
+        self.gpus = [SimDevice(env, f"gpu{i}", config.gpu, config.gpu_decode_slots) for i in range(config.gpus)]
+        self.fpgas = [SimDevice(env, f"fpga{i}", config.fpga, FPGA_DECODE_SLOTS) for i in range(config.fpgas)]
+        self.devices = {d.worker_id: d for d in self.gpus + self.fpgas}
+        if config.gpu_batching:
+            for gpu in self.gpus:
+                gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens)
+        self.records: list[RequestRecord] = []
+        self._queue: deque[tuple[RequestRecord, simpy.Event]] = deque()
+        self._wake = env.event()
+        env.process(self._dispatcher())
+
+    def submit(self, record: RequestRecord) -> simpy.Event:
+        """Queue a request; the returned event fires when its last token is out."""
+        done = self.env.event()
+        self.records.append(record)
+        self._queue.append((record, done))
+        self._kick()
+        return done
+
+    def _kick(self) -> None:
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def _dispatcher(self):
+        while True:
+            yield self._wake
+            self._wake = self.env.event()
+            while self._queue and self._admit(*self._queue[0]):
+                self._queue.popleft()
+
+    def _kv_bytes(self, rec: RequestRecord) -> float:
+        decoder = self.config.fpga or self.config.gpu
+        return (rec.prompt_tokens + rec.output_tokens) * decoder.kv_bytes_per_token
+
+    def _admit(self, rec: RequestRecord, done: simpy.Event) -> bool:
+        kv = self._kv_bytes(rec)
+        if not self.gpus:
+            free = [f for f in self.fpgas if f.can_decode(kv)]
+            if not free:
+                return False
+            fpga = min(free, key=lambda d: (d.active, d.worker_id))
+            self._start(rec, done, fpga, fpga, kv)
+            return True
+        if not any(d.can_decode(kv) for d in self.gpus + self.fpgas):
+            return False
+        snapshot = ClusterSnapshot(tuple(d.view() for d in self.gpus + self.fpgas))
+        placement = place(snapshot, PlacementRequest(rec.prompt_tokens, rec.output_tokens, int(kv)))
+        prefill = self.devices[placement.prefill_worker]
+        decoder = self.devices[placement.decode_candidates[0]] if placement.decode_candidates else prefill
+        self._start(rec, done, prefill, decoder, kv)
+        return True
+
+    def _start(self, rec, done, prefill: SimDevice, decoder: SimDevice, kv: float) -> None:
+        rec.admitted_s = self.env.now
+        rec.prefill_device, rec.decode_device = prefill.worker_id, decoder.worker_id
+        prefill.active += 1
+        if decoder is not prefill:
+            decoder.active += 1
+        decoder.decoding += 1
+        decoder.kv_used_bytes += kv
+        self.env.process(self._serve(rec, done, prefill, decoder, kv))
+
+    def _serve(self, rec: RequestRecord, done, prefill: SimDevice, decoder: SimDevice, kv: float):
+        if prefill.loop is not None:  # a batching GPU: chunks share forward passes with decodes and other prompts
+            started_s = self.env.now
+            yield prefill.loop.prefill(rec)
+            prefill_s = self.env.now - started_s
+        else:
+            with prefill.compute.request(priority=PREFILL_PRIORITY) as turn:
+                yield turn
+                prefill_s = prefill.profile.timing.prefill_s(rec.prompt_tokens)
+                yield self.env.timeout(prefill_s)
+                prefill.busy_prefill_s += prefill_s
+        rec.first_token_s = self.env.now  # the prefill's logits give the first token
+        rec.token_times_s.append(self.env.now)
+        if decoder is not prefill:
+            prefill.active -= 1
+        steps = rec.output_tokens - 1
+        if steps > 0 and decoder.profile.kind == DeviceKind.FPGA and decoder is not prefill:
+            transfer_s = kv_transfer_s(rec.prompt_tokens, prefill.profile.kv_bytes_per_token, self.config.link_gb_per_s)
+            rec.exposed_kv_s = exposed_transfer_s(prefill_s, prefill.profile.layers, transfer_s)
+            yield self.env.timeout(rec.exposed_kv_s)
+        if steps > 0 and decoder.profile.kind == DeviceKind.FPGA:
+            yield from self._decode_alone(rec, decoder, steps)
+        elif steps > 0 and decoder.loop is not None:
+            yield decoder.loop.decode(rec, steps)
+        elif steps > 0:
+            yield from self._decode_shared(rec, decoder, steps)
+        decoder.active -= 1
+        decoder.decoding -= 1
+        decoder.kv_used_bytes -= kv
+        done.succeed(rec)
+        self._kick()
+
+    def _decode_alone(self, rec: RequestRecord, device: SimDevice, steps: int):
+        """An FPGA owns its decode: one timeout for all steps, token times computed."""
+        step_s = np.array([device.profile.timing.decode_step_s(rec.prompt_tokens + j) for j in range(1, steps + 1)])
+        with device.compute.request(priority=DECODE_PRIORITY) as turn:
+            yield turn
+            start = self.env.now
+            yield self.env.timeout(float(step_s.sum()))
+        device.busy_decode_s += float(step_s.sum())
+        rec.token_times_s.extend((start + np.cumsum(step_s)).tolist())
+
+    def _decode_shared(self, rec: RequestRecord, device: SimDevice, steps: int):
+        """A GPU decodes step by step, so prefills (priority) can cut in between tokens."""
+        for j in range(1, steps + 1):
+            with device.compute.request(priority=DECODE_PRIORITY) as turn:
+                yield turn
+                step_s = device.profile.timing.decode_step_s(rec.prompt_tokens + j)
+                yield self.env.timeout(step_s)
+                device.busy_decode_s += step_s
+            rec.token_times_s.append(self.env.now)

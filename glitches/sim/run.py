@@ -1,0 +1,114 @@
+"""Build a node from device names and run one workload through it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import simpy
+
+from glitches.scheduler.placement import DeviceKind
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.kv_transfer import PCIE_GEN3_X16_GB_PER_S
+from glitches.sim.measured import load_measured
+from glitches.sim.metrics import summarise
+from glitches.sim.node import Node, NodeConfig
+from glitches.sim.profiles import DeviceProfile, load_device_profile
+from glitches.sim.workload import Shape, all_at_once, closed_loop, poisson, trace
+
+
+def build_config(
+    gpus: int,
+    gpu: str,
+    fpgas: int,
+    fpga: str,
+    model: str,
+    profile_path: str | None = None,
+    link_gb_per_s: float | None = None,
+    gpu_decode_slots: int = 1,
+) -> NodeConfig:
+    """Device profiles from a measured file (if given) or devices.json (roofline, paper-calibrated).
+
+    The link speed is, in order: the argument, the GPU's measured
+    kv_transfer_gb_per_s, PCIe Gen3 x16 effective (12 GB/s).
+    """
+    if gpus < 0 or fpgas < 0 or gpus + fpgas == 0:
+        raise InvalidArgument(f"need at least one device and no negative counts, got {gpus} GPUs + {fpgas} FPGAs")
+    if gpu_decode_slots < 0:
+        raise InvalidArgument(f"gpu_decode_slots must be >= 0, got {gpu_decode_slots}")
+    if gpus > 0 and fpgas == 0 and gpu_decode_slots == 0:
+        raise InvalidArgument("with no FPGA the GPUs must decode: gpu_decode_slots must be >= 1")
+    measured = load_measured(profile_path) if profile_path else {}
+    gpu_profile = _profile(gpu, model, measured, DeviceKind.GPU) if gpus else None
+    fpga_profile = _profile(fpga, model, measured, DeviceKind.FPGA) if fpgas else None
+    if link_gb_per_s is None:
+        measured_link = measured[gpu].kv_transfer_gb_per_s if gpu in measured else None
+        link_gb_per_s = measured_link or PCIE_GEN3_X16_GB_PER_S
+    if link_gb_per_s <= 0:
+        raise InvalidArgument(f"link bandwidth must be positive GB/s, got {link_gb_per_s}")
+    return NodeConfig(gpu_profile, gpus, fpga_profile, fpgas, link_gb_per_s, gpu_decode_slots)
+
+
+def _profile(name: str, model: str, measured: dict, kind: DeviceKind) -> DeviceProfile:
+    profile = measured[name].profile if name in measured else load_device_profile(name, model)
+    if profile.kind != kind:
+        raise InvalidArgument(f"device {name!r} is a {profile.kind.value}, not a {kind.value}")
+    return profile
+
+
+def run_simulation(
+    config: NodeConfig,
+    shapes: Sequence[Shape],
+    request_rate: float | None = None,
+    concurrency: int | None = None,
+    seed: int = 0,
+    arrivals_s: Sequence[float] | None = None,
+) -> dict:
+    """Run every request to completion and summarise (see sim.metrics for the fields).
+
+    No rate, no concurrency and no arrival times: all requests arrive at t = 0.
+    """
+    return summarise(simulate_node(config, shapes, request_rate, concurrency, seed, arrivals_s))
+
+
+def simulate_node(
+    config: NodeConfig,
+    shapes: Sequence[Shape],
+    request_rate: float | None = None,
+    concurrency: int | None = None,
+    seed: int = 0,
+    arrivals_s: Sequence[float] | None = None,
+) -> Node:
+    """Run every request to completion; the finished node (its `records` hold every request's times).
+
+    arrivals_s: each request's arrival time in seconds (a trace), in the order of `shapes`."""
+    if not shapes:
+        raise InvalidArgument("need at least one request")
+    if any(p < 1 or o < 1 for p, o in shapes):
+        raise InvalidArgument("every request needs >= 1 prompt token and >= 1 output token")
+    if sum(x is not None for x in (request_rate, concurrency, arrivals_s)) > 1:
+        raise InvalidArgument("give one of a request rate (open loop), a concurrency (closed loop) or arrival "
+                              "times (a trace), not both")
+    env = simpy.Environment()
+    node = Node(env, config)
+    if arrivals_s is not None:
+        if len(arrivals_s) != len(shapes) or any(a < 0 for a in arrivals_s):
+            raise InvalidArgument("a trace needs one arrival time >= 0 s per request")
+        trace(node, shapes, arrivals_s)
+    elif request_rate is not None:
+        if request_rate <= 0:
+            raise InvalidArgument(f"request rate must be positive requests/s, got {request_rate}")
+        poisson(node, shapes, request_rate, seed)
+    elif concurrency is not None:
+        if concurrency < 1:
+            raise InvalidArgument(f"concurrency must be >= 1, got {concurrency}")
+        closed_loop(node, shapes, concurrency)
+    else:
+        all_at_once(node, shapes)
+    env.run()
+    stuck = [r.rid for r in node.records if not r.done]
+    if stuck or len(node.records) != len(shapes):
+        raise InvalidArgument(
+            f"{len(stuck)} requests never ran: their KV does not fit any FPGA and GPU assist is off "
+            "(raise gpu_decode_slots or shorten the requests)"
+        )
+    return node
