@@ -1,4 +1,4 @@
-"""The GPU worker's prefix cache index and its pool (glitches/gpu_worker/prefix_index.py, glitches/gpu_worker/kv_pool.py):
+"""The GPU worker's prefix cache index and its pool (glitches/kv_plane/prefix_index.py, glitches/gpu_worker/kv_pool.py):
 hits on full blocks only, salts never share, LRU eviction from a chain's tail, blocks a running request
 uses never evicted, free + evictable = total at idle."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from glitches.gpu_worker.kv_pool import KvPool
-from glitches.gpu_worker.prefix_index import PrefixIndex, block_hashes, root_hash
+from glitches.kv_plane.prefix_index import PrefixIndex, block_hashes, root_hash
 
 ROOT = root_hash("model-a", b"tenant-1")
 

@@ -18,7 +18,7 @@ import torch
 from glitches.gpu_worker.assist_slots import default_assist_slots
 from glitches.gpu_worker.kv_pool import KvPool
 from glitches.gpu_worker.packed_attention import ATTN_IMPLEMENTATION
-from glitches.gpu_worker.prefix_index import DEFAULT_SALT, block_hashes, root_hash
+from glitches.kv_plane.prefix_index import DEFAULT_SALT, block_hashes, root_hash
 from glitches.gpu_worker.request_kv import RequestKv
 from glitches.gpu_worker.request_table import RequestTable
 from glitches.gpu_worker.settings import GpuWorkerSettings

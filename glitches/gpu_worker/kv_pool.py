@@ -14,7 +14,7 @@ whose KV streams to an FPGA) and the request gives its ids back with `give` when
 request admitted never runs out of KV half-way and nothing needs preempting. Ids come back most recent
 first out again (their pages are already touched on the CPU stand-in).
 
-With a prefix cache (glitches/gpu_worker/prefix_index.py) a released request's full blocks, named by the
+With a prefix cache (glitches/kv_plane/prefix_index.py) a released request's full blocks, named by the
 hash chain of their tokens, stay as evictable cache instead of going back to the free list;
 `take_prefixed` hands a new request the cached blocks of its prefix first and evicts the least
 recently used evictable blocks when the free list is short. `free_blocks` counts both free and
@@ -27,7 +27,7 @@ import threading
 
 import torch
 
-from glitches.gpu_worker.prefix_index import PrefixIndex
+from glitches.kv_plane.prefix_index import PrefixIndex
 from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
 
 

@@ -8,7 +8,7 @@ A RequestKv made without a pool gets a private one of exactly its blocks (tests,
 
 Prefix cache: `cached_tokens` leading tokens came from cached blocks (already written: `length`
 starts there); `tokens` are the ids whose KV sits at positions 0.. (the prefill's tokens, then each
-decoded token fed); with a chain `root` (glitches/gpu_worker/prefix_index.py), free() names the full blocks
+decoded token fed); with a chain `root` (glitches/kv_plane/prefix_index.py), free() names the full blocks
 of tokens[:length] so the pool keeps them as cache. Without a root nothing is named (KV that arrived
 from elsewhere, or reuse off).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from glitches.gpu_worker.kv_pool import KvPool
-from glitches.gpu_worker.prefix_index import block_hashes
+from glitches.kv_plane.prefix_index import block_hashes
 from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
 
 

@@ -52,7 +52,7 @@ class RequestTable:
               cancelled: Callable[[], bool] = lambda: False, prefix: list[bytes] = ()) -> HeldRequest:
         """Hold `request_id` with KV for `tokens` tokens, or raise (see the module docstring).
 
-        prefix: chain names of the prompt's full blocks that may be reused (glitches/gpu_worker/prefix_index.py);
+        prefix: chain names of the prompt's full blocks that may be reused (glitches/kv_plane/prefix_index.py);
         the held kv's cached_tokens (and length) then cover the cached ones, which need no computing."""
         blocks = blocks_for(tokens)
         if blocks > self.pool.total_blocks:

@@ -130,7 +130,7 @@ GPU_KV_FREE_BLOCKS = Gauge("glitches_gpu_kv_free_blocks", "Free KV blocks of the
                            registry=_GPU[0])
 GPU_ASSIST_ACTIVE = Gauge("glitches_gpu_assist_requests", "GPU-assist requests held (KV kept on this GPU)",
                           registry=_GPU[0])
-# The GPU worker's prefix cache (glitches/gpu_worker/prefix_index.py); all 0 with --no-prefix-cache
+# The GPU worker's prefix cache (glitches/kv_plane/prefix_index.py); all 0 with --no-prefix-cache
 GPU_PREFIX_CACHED_BLOCKS = Gauge("glitches_gpu_prefix_cached_blocks",
                                  "KV blocks named in the prefix cache (16 tokens each), used by requests or evictable",
                                  registry=_GPU[0])

@@ -1,4 +1,5 @@
-"""The GPU worker's prefix cache index: full KV blocks named by a hash chain over token ids.
+"""Prefix-cache index of a KV pool: full KV blocks named by a hash chain over token ids (the GPU
+worker's pool uses it; a decode device retaining finished requests' KV names its blocks the same way).
 
 Block i of a token sequence (tokens [16 i, 16 i + 16), KV_BLOCK_TOKENS = 16) is named
 hash_i = SHA-256(hash_{i-1} || its 16 token ids as little-endian uint32), and hash_{-1} =
@@ -6,7 +7,7 @@ SHA-256("glitches-prefix-v1" || model || salt). So a name covers every token bef
 too, the model, and the tenant salt: two tenants (two salts) never share a name. Only full
 blocks are named; a partial last block is never cached.
 
-States of a block the index knows (the pool owns every block: glitches/gpu_worker/kv_pool.py):
+States of a block the index knows (the pool owns every block, e.g. glitches/gpu_worker/kv_pool.py):
 - referenced: used by one or more running requests (refs > 0); never evicted;
 - evictable: cached, used by none; kept in LRU order, the least recently used evicted first.
   A released chain enters the LRU tail-first (its last block is older than its first), so
