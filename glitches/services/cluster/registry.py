@@ -7,6 +7,8 @@ Keys, all under one prefix P (so tests and clusters can share a Redis):
     P:active            HASH  id -> requests the worker holds now
     P:claims            HASH  "{request_id}:{role}" -> id; one entry per held slot
     P:lease:{claim}     STR   the claim's lease; expires after lease_ttl_s unless renewed
+    P:held:{id}         SET   hex chain hashes (kv_plane/prefix_index.py) of the KV blocks the worker holds
+                              as reusable cache; expires with P:alive:{id} (each beat renews both)
 
 Occupancy changes only through the Lua scripts below, so concurrent schedulers
 never over-fill a worker and a release is counted once however often it is called.
@@ -227,6 +229,7 @@ class Registry:
             pipe.hset(self._key("worker", record.worker_id), mapping={k: str(v) for k, v in asdict(record).items()})
             pipe.sadd(self._key("workers"), record.worker_id)
             pipe.set(self._key("alive", record.worker_id), "1", px=int(self.heartbeat_ttl_s * 1000))
+            pipe.pexpire(self._key("held", record.worker_id), self._held_ttl_ms)  # no-op without the key
             pipe.execute()
         self._call("register", write)
 
@@ -234,9 +237,68 @@ class Registry:
         def delete():
             pipe = self.redis.pipeline()
             pipe.srem(self._key("workers"), worker_id)
-            pipe.delete(self._key("worker", worker_id), self._key("alive", worker_id))
+            pipe.delete(self._key("worker", worker_id), self._key("alive", worker_id),
+                        self._key("held", worker_id))
             pipe.execute()
         self._call("deregister", delete)
+
+    @property
+    def _held_ttl_ms(self) -> int:
+        return int(self.heartbeat_ttl_s * 1000)
+
+    def publish_held(self, worker_id: str, added: list[bytes], removed: list[bytes]) -> None:
+        """Record chain hashes the worker now holds (`added`) and no longer holds (`removed`).
+
+        P:held:{id} is a SET of hex hashes; it expires with the heartbeat (register renews it),
+        so a dead worker's hints vanish with its liveness. Idempotent: SADD/SREM of the same
+        members again changes nothing. A hash in both lists ends up removed (removals run last).
+        """
+        if not added and not removed:
+            return
+        key = self._key("held", worker_id)
+
+        def write():
+            pipe = self.redis.pipeline()
+            if added:
+                pipe.sadd(key, *(h.hex() for h in added))
+            if removed:
+                pipe.srem(key, *(h.hex() for h in removed))
+            pipe.pexpire(key, self._held_ttl_ms)
+            pipe.execute()
+        self._call("publish held KV", write)
+
+    def held_overlap(self, worker_ids: list[str], hashes: list[bytes]) -> dict[str, int]:
+        """worker id -> how many leading entries of `hashes` (a chain, first block first) it holds.
+
+        0 for a worker that holds none of the first, publishes nothing, or is not alive. A hint
+        only: the worker verifies token ids before it reuses anything. One pipelined round trip
+        (EXISTS alive + SMISMEMBER per worker).
+        """
+        if not worker_ids:
+            return {}
+        if not hashes:
+            return {worker_id: 0 for worker_id in worker_ids}
+        members = [h.hex() for h in hashes]
+
+        def read():
+            pipe = self.redis.pipeline()
+            for worker_id in worker_ids:
+                pipe.exists(self._key("alive", worker_id))
+                pipe.smismember(self._key("held", worker_id), members)
+            return pipe.execute(raise_on_error=False)
+
+        results = self._call("read held KV", read)
+        overlap = {}
+        for i, worker_id in enumerate(worker_ids):
+            alive, flags = results[2 * i], results[2 * i + 1]
+            count = 0
+            if alive and not isinstance(alive, Exception) and not isinstance(flags, Exception):
+                for flag in flags:
+                    if not flag:
+                        break
+                    count += 1
+            overlap[worker_id] = count
+        return overlap
 
     def is_registered(self, worker_id: str) -> bool:
         """The worker's record is published and its heartbeat is alive."""
