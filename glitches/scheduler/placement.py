@@ -5,14 +5,27 @@ predicts is what the scheduler does. Nothing here touches Redis, gRPC or time.
 
 The policy works from what each worker can do (roles and decode class, glitches/services/cluster/worker_caps.py),
 never from its kind's name: a new kind of decode device needs no change here.
+
+KV reuse (issue #27): each WorkerView says how many leading tokens of this request's prompt the
+worker holds (`cached_tokens`, from the workers' published block hashes; 0 when unknown). The
+policy then chooses a path by estimated time to the first token (glitches/scheduler/reuse_cost.py):
+"transfer" (GPU prefill + KV stream, the GPU with the best cached overlap against its load),
+"extend" (the decode card holding the prefix forces the rest through its decode step: no GPU, no
+transfer) or "fresh" (a card holds the prefix but is busy or full: transfer elsewhere). With no
+worker holding anything the decision is exactly the one before reuse.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
+from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
 from glitches.services.cluster.worker_caps import BUILTIN_CAPABILITIES, ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL
+
+PATH_TRANSFER = "transfer"  # GPU prefill (of what its cache lacks), the KV streams to a decode card
+PATH_EXTEND = "extend"  # the card holding the prefix extends its own KV (DecodeFromHeld)
+PATH_FRESH = "fresh"  # a card holds the prefix but cannot take the request: transfer to another
 
 
 class DeviceKind(str, Enum):
@@ -38,6 +51,7 @@ class WorkerView:
     assist_active: int = 0  # assist-role workers: GPU-assist decodes it holds now (`slots` is their limit)
     roles: frozenset[str] = frozenset()  # services.worker_caps.ROLE_*
     decode_class: int = 0  # with ROLE_DECODE: preference, lower first
+    cached_tokens: int = 0  # leading tokens of this request's prompt whose KV the worker holds (published)
 
     def __post_init__(self):
         if not self.roles and self.kind in BUILTIN_CAPABILITIES:
@@ -60,6 +74,7 @@ class PlacementRequest:
     max_new_tokens: int
     kv_bytes_needed: int  # KV for prompt + max_new_tokens on a decode-role worker, bytes
     gpu_kv_bytes_needed: int = 0  # KV for prompt + max_new_tokens on an assist-role worker (GPU assist), bytes
+    reuse: bool = True  # False: ignore cached_tokens (reuse routing off for this cluster or this request)
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,10 @@ class Placement:
     prefill_worker: str
     decode_candidates: tuple[str, ...]
     gpu_assist_worker: str | None = None
+    path: str = PATH_TRANSFER  # PATH_*; with PATH_EXTEND the fields above are the fallback (a stale hint)
+    extend_worker: str | None = None  # PATH_EXTEND: the card that holds the prefix
+    held_tokens: int = 0  # PATH_EXTEND: prompt tokens the card holds (it forces the rest)
+    estimated_ttft_s: float = 0.0  # the chosen path's estimate, seconds (reuse_cost)
 
     @property
     def fpga_candidates(self) -> tuple[str, ...]:
@@ -88,8 +107,9 @@ class NoWorkerAvailable(Exception):
     """No worker with the prefill role is registered, so nothing can run prefill."""
 
 
-def place(snapshot: ClusterSnapshot, request: PlacementRequest) -> Placement:
-    """Pick a prefill worker (least loaded), rank the decode-role workers, and an assist-role worker for GPU assist.
+def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCosts = DEFAULT_REUSE_COSTS) -> Placement:
+    """Pick a prefill worker (least loaded), rank the decode-role workers, and an assist-role worker for GPU assist;
+    then, if a decode card holds a prefix of the prompt, choose between extending there and the transfer.
 
     A decode-role worker is a candidate when it has a free slot and room for the
     request's KV; candidates are ranked by decode class (lower first: a dedicated
@@ -98,11 +118,22 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest) -> Placement:
     replica). The GPU-assist worker is a worker with both the prefill and the assist
     role, a free GPU-assist slot (assist_active < slots) and room for the request's
     GPU KV, fewest GPU-assist decodes first, then most free KV, then id.
+
+    Reuse: the prefill worker is the one with the least estimated prefill time (its load against the
+    prompt tokens it holds; with no overlap anywhere: fewest active, then id, as before). A decode-only
+    worker holding a prefix (`cached_tokens` > 0) with a free slot and room for the rest of the KV is an
+    extend candidate; the cheapest one is chosen when its estimate beats the transfer's (ties: transfer).
+    A holder that cannot take the request makes the path "fresh".
     """
     prefillers = snapshot.with_role(ROLE_PREFILL)
     if not prefillers:
         raise NoWorkerAvailable("no GPU worker (no worker with the prefill role) is registered to run prefill")
-    prefill = min(prefillers, key=lambda w: (w.active, w.worker_id))
+    prompt = request.prompt_tokens
+
+    def held(w: WorkerView) -> int:
+        return min(w.cached_tokens, prompt) if request.reuse else 0
+
+    prefill = min(prefillers, key=lambda w: (costs.gpu_prefill_s(w.active, prompt, held(w)), w.active, w.worker_id))
     decoders = [
         w
         for w in snapshot.with_role(ROLE_DECODE)
@@ -112,5 +143,20 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest) -> Placement:
     assist = [w for w in prefillers if ROLE_ASSIST in w.roles and w.assist_active < w.slots
               and w.kv_free_bytes >= request.gpu_kv_bytes_needed]
     assist.sort(key=lambda w: (w.assist_active, -w.kv_free_bytes, w.worker_id))
-    return Placement(prefill_worker=prefill.worker_id, decode_candidates=tuple(w.worker_id for w in decoders),
-                     gpu_assist_worker=assist[0].worker_id if assist else None)
+    fallback = Placement(prefill_worker=prefill.worker_id, decode_candidates=tuple(w.worker_id for w in decoders),
+                         gpu_assist_worker=assist[0].worker_id if assist else None)
+    holders = [w for w in snapshot.with_role(ROLE_DECODE) if ROLE_PREFILL not in w.roles and min(held(w), prompt - 1) > 0]
+    if not holders:
+        return fallback
+    kv_per_token = request.kv_bytes_needed / max(1, prompt + request.max_new_tokens)  # bytes/token, rounded up
+    transfer_s = costs.gpu_prefill_s(prefill.active, prompt, held(prefill)) + costs.transfer_s(prompt, kv_per_token)
+    usable = [w for w in holders if w.active < w.slots
+              and w.kv_free_bytes >= request.kv_bytes_needed - held(w) * kv_per_token]
+    if not usable:
+        return replace(fallback, path=PATH_FRESH, estimated_ttft_s=transfer_s)
+    best = min(usable, key=lambda w: (costs.extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
+    extend_s = costs.extend_s(best.active, prompt, held(best))
+    if extend_s >= transfer_s:
+        return replace(fallback, estimated_ttft_s=transfer_s)
+    return replace(fallback, path=PATH_EXTEND, extend_worker=best.worker_id, held_tokens=min(held(best), prompt - 1),
+                   estimated_ttft_s=extend_s)

@@ -1,0 +1,61 @@
+"""The reuse routing's cost model: estimated time to the first token of each way to serve a request.
+
+Pure arithmetic, no I/O; glitches/scheduler/placement.py uses it to choose a path:
+
+- transfer: a GPU prefills the prompt tokens its prefix cache lacks, the whole prompt's KV streams to a card.
+      estimate_s = gpu_wait_s + (prompt - gpu_cached) / gpu_prefill_tokens_per_s + prompt * kv_bytes_per_token
+                   / transfer_bytes_per_s
+  (the transfer counted whole, not overlapped with the prefill's layers: an upper bound, and the card
+  cannot decode token 2 before the KV is in).
+- extend: the card holding `held` leading prompt tokens forces the other tokens through its decode step
+  (no GPU, no transfer); the last forced step's logits give the first token.
+      estimate_s = card_wait_s + (prompt - held) * card_forced_step_s
+- fresh: the transfer path on another card, when the holder is busy or full.
+
+A device's wait is `active x queued_request_s` (each request it already runs delays this one by about
+that much: batching shares forward passes, so it is less than a whole prefill).
+
+Defaults come from the simulator's device profiles (glitches/sim/profiles/devices.json, paper-calibrated,
+Llama-2-7B): A100 prefill 1,536 tokens in 0.17585 s (8,735 tokens/s); U280 decode step 0.0215 s at a
+1,792-token context (a forced step costs one decode step); PCIe Gen3 x16 at 12 GB/s effective
+(glitches/sim/kv_transfer.py). glitches/sim/reuse.py builds the same figures from any profile pair.
+Live clusters override them (glitches scheduler --reuse-* flags) with their own devices' measured speeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+A100_PREFILL_TOKENS_PER_S = 1536 / 0.17585  # tokens/s, devices.json a100 calibration
+U280_DECODE_STEP_S = 0.0215  # s per token, devices.json u280 calibration
+PCIE_GEN3_X16_BYTES_PER_S = 12e9  # bytes/s, glitches/sim/kv_transfer.PCIE_GEN3_X16_GB_PER_S
+
+
+@dataclass(frozen=True)
+class ReuseCosts:
+    """Per-device speeds the routing compares paths with (units in the names)."""
+
+    gpu_prefill_tokens_per_s: float = A100_PREFILL_TOKENS_PER_S
+    card_forced_step_s: float = U280_DECODE_STEP_S  # one prompt token forced through a card's decode step
+    transfer_bytes_per_s: float = PCIE_GEN3_X16_BYTES_PER_S  # GPU -> card KV stream
+    queued_request_s: float = 0.03  # delay each request a device already runs adds to a new one
+
+    def __post_init__(self):
+        if min(self.gpu_prefill_tokens_per_s, self.card_forced_step_s, self.transfer_bytes_per_s) <= 0 \
+                or self.queued_request_s < 0:
+            raise ValueError(f"reuse costs must be positive (queued_request_s >= 0), got {self}")
+
+    def gpu_prefill_s(self, active: int, prompt_tokens: int, cached_tokens: int) -> float:
+        """Seconds until a GPU with `active` requests has prefilled what its cache lacks."""
+        return active * self.queued_request_s + max(0, prompt_tokens - cached_tokens) / self.gpu_prefill_tokens_per_s
+
+    def transfer_s(self, prompt_tokens: int, kv_bytes_per_token: float) -> float:
+        """Seconds to stream a whole prompt's KV to a card."""
+        return prompt_tokens * kv_bytes_per_token / self.transfer_bytes_per_s
+
+    def extend_s(self, active: int, prompt_tokens: int, held_tokens: int) -> float:
+        """Seconds until a card holding `held_tokens` has forced the rest of the prompt (at least one token)."""
+        return active * self.queued_request_s + max(1, prompt_tokens - held_tokens) * self.card_forced_step_s
+
+
+DEFAULT_REUSE_COSTS = ReuseCosts()
