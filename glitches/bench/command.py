@@ -75,8 +75,10 @@ def bench_cmd(address, input_tokens, output_tokens, prompts_path, trace_path, tr
 @click.option("--no-gpu-decode", is_flag=True, help="Skip GPU-assist decode (it occupies the FPGAs meanwhile).")
 @click.option("--prefill-under-load", is_flag=True,
               help="Time prefill while all FPGA slots but one decode (captures shared-core contention).")
+@click.option("--batched-rows", default="1,2,4,8", show_default=True,
+              help="Decode rows per batched GPU step to time (fits the step model); '' skips batched steps.")
 def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_tokens, repeats, no_gpu_decode,
-                prefill_under_load) -> None:
+                prefill_under_load, batched_rows) -> None:
     """Measure the live workers and write a profile for `glitches simulate --profile`."""
     from glitches.bench.profile_doc import write_profile
     from glitches.bench.profile_measure import ProfileConfig, measure_profile
@@ -84,7 +86,8 @@ def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_toke
     if decode_tokens < 2 or repeats < 1:
         raise click.UsageError("--decode-tokens must be >= 2 and --repeats >= 1")
     config = ProfileConfig(address, _ints(prefill_lengths), _ints(decode_contexts), decode_tokens, repeats,
-                           not no_gpu_decode, prefill_under_load)
+                           not no_gpu_decode, prefill_under_load,
+                           _ints(batched_rows) if batched_rows.strip() else ())
     try:
         doc = measure_profile(config)
     except ValueError as error:

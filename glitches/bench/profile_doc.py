@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from glitches.sim.measured import FORMAT
+from glitches.sim.step_model import StepPoint, fit_step_model
 
 ASSUMED_U280_IDLE_W = 35.0  # not in the paper: the assumption of glitches/sim/profiles/devices.json
 
@@ -28,6 +29,8 @@ class DeviceSamples:
     decode: dict[int, list[float]] = field(default_factory=dict)  # context tokens -> s/token samples
     kv_bytes_per_token: list[float] = field(default_factory=list)  # kv_bytes / prompt tokens, per request
     kv_gb_per_s: list[float] = field(default_factory=list)  # per request, see kv_link_gb_per_s
+    step_points: list[StepPoint] = field(default_factory=list)  # batched steps (glitches.bench.profile_batched)
+    request_overhead_s: list[float] = field(default_factory=list)  # client TTFT - prefill_s, per prefill sample
 
 
 def kv_link_gb_per_s(kv_bytes: int, num_layers: int, kv_exposed_s: float) -> float | None:
@@ -75,7 +78,18 @@ def device_entry(d: DeviceSamples, fallback_prefill: dict[int, list[float]] | No
                                  "simulator only for a node without GPUs")
     if d.kv_gb_per_s:
         entry["kv_transfer_gb_per_s"] = float(np.median(d.kv_gb_per_s))
+    if d.request_overhead_s:
+        entry["request_overhead_s"] = float(np.median(d.request_overhead_s))
+    if d.step_points:
+        entry["batched_steps"] = batched_steps_entry(d.step_points, px, py)
     return entry
+
+
+def batched_steps_entry(steps: list[StepPoint], prompt_tokens: list[int], prefill_s: list[float]) -> dict:
+    """The measured batched steps plus the prefill medians (a step of one whole prompt), and their fit."""
+    points = list(steps) + [StepPoint(n, 0, 0, s) for n, s in zip(prompt_tokens, prefill_s)]
+    fit = fit_step_model(points)
+    return {"points": [vars(p) for p in points], "fit": fit.to_json()}
 
 
 def token_by_token_prefill(decode: dict[int, list[float]], lengths: list[int]) -> dict[int, list[float]]:

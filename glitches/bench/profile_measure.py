@@ -12,7 +12,11 @@
   taken, so long "blocker" requests occupy the FPGAs while the GPU samples are taken. On a
   machine whose CPU cores are shared, the blockers' decode competes with the GPU's; GPU assist
   in a live cluster runs under the same condition;
-- KV link: kv_bytes / (layers x kv_exposed_s) per streamed request (glitches.bench.profile_doc).
+- KV link: kv_bytes / (layers x kv_exposed_s) per streamed request (glitches.bench.profile_doc);
+- batched steps (batched_rows non-empty): the GPU step loop's time at 1..N decode rows and two contexts
+  (glitches.bench.profile_batched), fitted with the prefill samples into a step model
+  (glitches.sim.step_model) that a batching GPU in the simulator uses; and the request path's latency
+  outside the forward pass (client TTFT - prefill_s, each prefill sample).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from tqdm import tqdm
 
 from glitches.aio import AsyncClient
 from glitches.bench.power import device_power
+from glitches.bench.profile_batched import measure_batched_steps, timed_stream
 from glitches.bench.profile_doc import DeviceSamples, kv_link_gb_per_s, profile_document
 from glitches.bench.prompts import exact_length_prompt, load_tokenizer_for
 from glitches.types import ClusterStatus, Completion
@@ -42,6 +47,8 @@ class ProfileConfig:
     repeats: int = 2  # samples per point (the median is written)
     gpu_decode: bool = True  # also measure GPU-assist decode (occupies the FPGAs meanwhile)
     prefill_under_load: bool = False  # time prefill while all FPGA slots but one decode (shared CPU cores)
+    batched_rows: tuple[int, ...] = (1, 2, 4, 8)  # decode rows per measured batched step; () skips them
+    batched_tokens: int = 12  # tokens per request in a batched-step sample
     seed: int = 0
     progress: bool = True
 
@@ -106,7 +113,14 @@ async def _measure(config: ProfileConfig) -> dict:
         async def sample(tokens: int, max_tokens: int, what: str) -> Completion:
             """One request; returns its Completion (recorded only if it ran where `what` says)."""
             nonlocal layers
-            done = await _generate(client, exact_length_prompt(tokenizer, tokens, rng), max_tokens)
+            prompt = exact_length_prompt(tokenizer, tokens, rng)
+            if what == "prefill":  # streamed, so the client's TTFT gives the request path's overhead
+                timed = await timed_stream(client, prompt, max_tokens)
+                done = timed.done
+                gpu = devices[kinds[done.prefill_worker]]
+                gpu.request_overhead_s.append(max(0.0, timed.ttft_s - done.timings.prefill_s))
+            else:
+                done = await _generate(client, prompt, max_tokens)
             layers = max(layers, done.timings.num_layers)
             _record(devices, kinds, done, what)
             bar.update(1)
@@ -123,8 +137,11 @@ async def _measure(config: ProfileConfig) -> dict:
                 await sample(tokens, config.decode_tokens, "decode-fpga" if fpga_slots else "decode-gpu")
         if config.gpu_decode and fpga_slots:
             await _gpu_assist_samples(client, config, sample, fpga_slots)
+        batch_notes: list[str] = []
+        if config.batched_rows:
+            await _batched_samples(client, config, tokenizer, rng, devices, status, fpga_slots, batch_notes)
         bar.close()
-    notes = [
+    notes = batch_notes + [
         f"measured by `glitches profile` at {time.strftime('%Y-%m-%d %H:%M:%S')} against {config.address}",
         "decode seconds_per_token = decode_s / (tokens - 1) per request, on the client-visible token clock",
         "kv_transfer_gb_per_s = kv_bytes / (layers x kv_exposed_s): the link that makes the simulator's "
@@ -187,6 +204,24 @@ async def _gpu_assist_samples(client, config, sample, fpga_slots) -> None:
                         break
     finally:
         await blockers.stop()
+
+
+async def _batched_samples(client, config, tokenizer, rng, devices, status, fpga_slots, notes) -> None:
+    """Batched GPU steps at config.batched_rows rows, prompts of the shortest and longest decode context."""
+    gpu = next((w for w in status.workers if w.kind == "gpu" and w.healthy), None)
+    if gpu is None:
+        return
+    lengths = sorted({min(config.decode_contexts), max(config.decode_contexts)})
+    most = max(config.batched_rows)
+    prompts = {n: [exact_length_prompt(tokenizer, n, rng) for _ in range(most)] for n in lengths}
+    blockers = Blockers(client, fpga_slots) if fpga_slots else None
+    try:
+        points = await measure_batched_steps(client, prompts, config.batched_rows, config.batched_tokens,
+                                             blockers, notes)
+    finally:
+        if blockers is not None:
+            await blockers.stop()
+    devices[device_key(gpu.kind, gpu.backend)].step_points.extend(points)
 
 
 def measure_profile(config: ProfileConfig) -> dict:

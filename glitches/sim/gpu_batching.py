@@ -2,14 +2,17 @@
 
 Protocol. Node processes hand the GPU jobs and wait on their events:
 - `prefill(rec)`: the prompt is split into chunks; returns an event fired when its last chunk's step ends
-  (the first token is out then).
+  (the first token is out then). The job joins the loop `timing.request_overhead_s` after the call (a
+  measured profile's request path outside the forward pass: gRPC, scheduler, tokenizer; 0 otherwise).
 - `decode(rec, steps)`: a GPU-assist decode; returns an event fired after `steps` more tokens. Each
   step of the loop appends one token time to rec.token_times_s.
 The loop runs one forward pass at a time: every decoding request's next token (one row each) plus
 prefill chunks, first come first served, filling what is left of `max_batch_tokens`. A pass with
-nothing to do waits for the next job. Step time: `step_time_s` (glitches/sim/profiles.py RooflineTiming.step_s
-when the timing has it; otherwise, for measured profiles without batched samples, the chunks' prefill
-time plus one decode step at the longest context, a stated approximation). Busy time is split between
+nothing to do waits for the next job. Step time: `step_time_s`: the timing's `step_s` when it has one
+(glitches/sim/profiles.py RooflineTiming.step_s; a measured profile's fitted StepModel,
+glitches/sim/step_model.py, when `glitches profile` measured batched steps); otherwise, for measured
+profiles without batched samples, the chunks' prefill time plus one decode step at the longest context,
+a stated approximation. Busy time is split between
 prefill and decode by the share of the step's tokens, for the power figures.
 """
 
@@ -59,9 +62,20 @@ class BatchingLoop:
 
     def prefill(self, rec) -> simpy.Event:
         job = _Prefill(rec, self.env.event())
+        delay_s = getattr(self.device.profile.timing, "request_overhead_s", 0.0)
+        if delay_s > 0:
+            self.env.process(self._join_after(job, delay_s))
+        else:
+            self._join(job)
+        return job.done
+
+    def _join_after(self, job: _Prefill, delay_s: float):
+        yield self.env.timeout(delay_s)
+        self._join(job)
+
+    def _join(self, job: _Prefill) -> None:
         self._prefills.append(job)
         self._poke()
-        return job.done
 
     def decode(self, rec, steps: int) -> simpy.Event:
         job = _Decode(rec, self.env.event(), steps)

@@ -15,7 +15,13 @@ File format "glitches.profile.v1" (JSON; documented in docs/sim_profile_format.m
           "kv_capacity_bytes": 50000000000,  # free for KV after weights, bytes
           "prefill": {"prompt_tokens": [128, 512, 1536], "seconds": [0.03, 0.06, 0.176]},
           "decode": {"context_tokens": [128, 1024, 2048], "seconds_per_token": [0.0231, 0.0239, 0.0248]},
-          "kv_transfer_gb_per_s": 12.0       # GPU -> FPGA, measured; optional, GPUs only
+          "kv_transfer_gb_per_s": 12.0,      # GPU -> FPGA, measured; optional, GPUs only
+          "batched_steps": {                 # optional, GPUs: the step loop's time by composition
+            "points": [{"prefill_tokens": 0, "decode_rows": 4, "context_tokens": 320, "seconds": 0.09}],
+            "fit": {"overhead_s": 0.03, "per_prefill_token_s": 0.001, "per_decode_row_s": 0.01,
+                    "per_context_token_s": 1e-05, "fit_max_rel_error": 0.08}   # glitches/sim/step_model.py
+          },
+          "request_overhead_s": 0.05         # optional: client TTFT - worker prefill_s, one request alone
         }
       }
     }
@@ -23,6 +29,9 @@ File format "glitches.profile.v1" (JSON; documented in docs/sim_profile_format.m
 Between samples times are interpolated linearly. Outside the sampled range they
 follow a least-squares fit: quadratic in prompt tokens for prefill (needs 3
 samples, else linear), linear in context for decode. Samples must increase.
+With "batched_steps" a batching GPU's step (glitches/sim/gpu_batching.py) costs the fitted StepModel's
+time instead of the one-request curves; "request_overhead_s" delays each prefill's entry into a batching
+GPU's loop (the request path outside the forward pass: gRPC, scheduler, tokenizer).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import numpy as np
 from glitches.scheduler.placement import DeviceKind
 from glitches.services.runtime.errors import InvalidArgument
 from glitches.sim.profiles import DeviceProfile
+from glitches.sim.step_model import StepModel
 
 FORMAT = "glitches.profile.v1"
 
@@ -72,6 +82,13 @@ class SampledCurve:
 class SampledTiming:
     prefill: SampledCurve
     decode: SampledCurve
+    step_model: StepModel | None = None  # a batched step's seconds, when the profile measured batched steps
+    request_overhead_s: float = 0.0  # seconds between a request's arrival and its prefill reaching the GPU loop
+
+    @property
+    def step_s(self):
+        """StepModel.step_s, or None (gpu_batching.step_time_s then composes the one-request curves)."""
+        return self.step_model.step_s if self.step_model is not None else None
 
     def prefill_s(self, prompt_tokens: int) -> float:
         return self.prefill(prompt_tokens)
@@ -111,10 +128,15 @@ def _device(path: Path, name: str, spec: dict, layers: int) -> MeasuredDevice:
             spec["decode"]["context_tokens"], spec["decode"]["seconds_per_token"], 1, f"{where} decode"
         )
         power = spec["power_w"]
+        batched = spec.get("batched_steps")
+        step_model = StepModel.from_json(batched["fit"], f"{where} batched_steps") if batched else None
+        overhead = float(spec.get("request_overhead_s", 0.0))
+        if overhead < 0:
+            raise InvalidArgument(f"{where}: request_overhead_s must be >= 0 s, got {overhead}")
         profile = DeviceProfile(
             name=name,
             kind=DeviceKind(spec["kind"]),
-            timing=SampledTiming(prefill, decode),
+            timing=SampledTiming(prefill, decode, step_model, overhead),
             price_usd=float(spec["price_usd"]),
             prefill_w=float(power["prefill"]),
             decode_w=float(power["decode"]),

@@ -1,0 +1,98 @@
+"""The batched step model (glitches/sim/step_model.py): its fit, its file entry, and the simulator using it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from glitches.bench.profile_batched import TimedStream, steady_step
+from glitches.bench.profile_doc import DeviceSamples, profile_document, write_profile
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.cli import simulate
+from glitches.sim.measured import load_measured
+from glitches.sim.step_model import StepModel, StepPoint, fit_step_model
+
+TRUE = StepModel(0.030, 0.0012, 0.008, 2e-5)  # seconds: per step, per prefill token, per row, per context token
+
+
+def grid(model: StepModel, noise: float = 0.0, seed: int = 0) -> list[StepPoint]:
+    rng = np.random.default_rng(seed)
+    points = [StepPoint(n, 0, 0, model.seconds(n, 0, 0)) for n in (32, 64, 128)]
+    points += [StepPoint(0, rows, rows * ctx, model.seconds(0, rows, rows * ctx))
+               for rows in (1, 2, 4, 8) for ctx in (64, 400)]
+    return [StepPoint(p.prefill_tokens, p.decode_rows, p.context_tokens, p.seconds * (1 + noise * rng.standard_normal()))
+            for p in points]
+
+
+def test_the_fit_recovers_the_coefficients_of_exact_steps():
+    fit = fit_step_model(grid(TRUE))
+    for name in ("overhead_s", "per_prefill_token_s", "per_decode_row_s", "per_context_token_s"):
+        assert getattr(fit, name) == pytest.approx(getattr(TRUE, name), rel=1e-6)
+    assert fit.fit_max_rel_error < 1e-9
+
+
+def test_the_fit_keeps_coefficients_non_negative_and_reports_its_error():
+    # steps whose time falls with context: least squares would give a negative per-context term
+    points = [StepPoint(0, rows, rows * ctx, 0.05 + 0.01 * rows - 1e-6 * rows * ctx)
+              for rows in (1, 2, 4) for ctx in (10, 1000)]
+    fit = fit_step_model(points)
+    assert fit.per_context_token_s == 0.0 and fit.overhead_s > 0 and fit.per_decode_row_s > 0
+    assert 0 < fit.fit_max_rel_error < 0.2
+    noisy = fit_step_model(grid(TRUE, noise=0.03, seed=1))
+    assert noisy.per_decode_row_s == pytest.approx(TRUE.per_decode_row_s, rel=0.3)
+    assert noisy.fit_max_rel_error < 0.15
+
+
+def test_step_s_counts_decode_contexts_and_the_kv_a_chunk_reads():
+    assert TRUE.step_s([(100, 50)], [200, 300]) == pytest.approx(TRUE.seconds(100, 2, 550))
+    assert TRUE.step_s([], []) == pytest.approx(TRUE.overhead_s)
+    with pytest.raises(InvalidArgument):
+        fit_step_model(grid(TRUE)[:1])
+    with pytest.raises(InvalidArgument):
+        StepModel.from_json({"overhead_s": -1, "per_prefill_token_s": 0, "per_decode_row_s": 0,
+                             "per_context_token_s": 0}, "test")
+
+
+def test_the_steady_window_is_where_every_stream_decodes():
+    # three streams, first tokens at 0.0/0.1/0.2 s, then one token every 0.05 s (one row each per step)
+    streams = []
+    for k in range(3):
+        s = TimedStream(sent_s=0.0)
+        s.token_times_s = [0.1 * k + 0.05 * j for j in range(10)]
+        streams.append(s)
+    point = steady_step(streams, prompt_tokens=64)
+    assert point.decode_rows == 3 and point.prefill_tokens == 0
+    assert point.seconds == pytest.approx(0.05)
+    assert 3 * 64 < point.context_tokens < 3 * 74
+    lone = TimedStream(sent_s=0.0)
+    lone.token_times_s = [0.0, 0.05]
+    assert steady_step([lone], 64) is None  # one gap is not enough
+
+
+def _samples() -> dict[str, DeviceSamples]:
+    gpu = DeviceSamples("gpu", "cpu", "host CPU", 24_000_000_000, None, None, "unknown: host CPU")
+    gpu.prefill = {n: [TRUE.seconds(n, 0, 0)] for n in (32, 64, 128)}
+    gpu.decode = {64: [TRUE.seconds(0, 1, 64)], 400: [TRUE.seconds(0, 1, 400)]}
+    gpu.kv_bytes_per_token = [46080.0]
+    gpu.step_points = [p for p in grid(TRUE) if p.decode_rows]
+    gpu.request_overhead_s = [0.04, 0.05, 0.06]
+    return {"gpu-cpu": gpu}
+
+
+def test_a_profile_with_batched_steps_drives_the_batching_gpu(tmp_path):
+    path = tmp_path / "profile.json"
+    write_profile(profile_document("smollm2-135m-instruct", 30, _samples(), ["test"]), path)
+    entry = json.loads(path.read_text())["devices"]["gpu-cpu"]
+    assert len(entry["batched_steps"]["points"]) == 8 + 3  # the batched steps and the prefill medians
+    assert entry["request_overhead_s"] == pytest.approx(0.05)
+    timing = load_measured(path)["gpu-cpu"].profile.timing
+    assert timing.step_s([], [64] * 8) == pytest.approx(TRUE.seconds(0, 8, 512), rel=1e-6)
+    assert timing.request_overhead_s == pytest.approx(0.05)
+    # 8 requests at once on the GPU alone: they decode together, each token one 8-row step
+    result = simulate(1, "gpu-cpu", 0, "u280", "llama-2-7b", 64, 10, 8, None, None, str(path),
+                      gpu_decode_slots=8, gpu_batching=True)
+    assert result["tpot_s"]["p50"] == pytest.approx(TRUE.seconds(0, 8, 8 * 69), rel=0.05)
+    # the first token: the request path's overhead, then one step of the 8 prompts (512 tokens, the budget)
+    assert result["ttft_s"]["p50"] == pytest.approx(0.05 + TRUE.seconds(512, 0, 0), rel=1e-6)
