@@ -66,9 +66,13 @@ def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
               help="GPU-assist decodes per GPU at once.")
 @click.option("--gpu-batching", is_flag=True, help="GPUs batch continuously as the GPU worker does (default: batch 1, "
                                                    "the paper's setting).")
+@click.option("--fpga-prefetch-ratio", default=None, type=int,
+              help="The FPGA kernel's prefetch ratio for its modeled decode step (as `glitches fpga-timing`); "
+                   "default 1, the paper's measured U280.")
 @click.option("--json", "as_json", is_flag=True)
 def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
-                 concurrency, profile_path, trace_path, gpu_decode_slots, gpu_batching, as_json) -> None:
+                 concurrency, profile_path, trace_path, gpu_decode_slots, gpu_batching, fpga_prefetch_ratio,
+                 as_json) -> None:
     """Predict a node of N GPUs + M FPGAs with a discrete-event model (the scheduler's own placement)."""
     from glitches.sim.cli import render_text, simulate
 
@@ -79,7 +83,8 @@ def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num
     try:
         result = simulate(gpus, gpu, fpgas, fpga, model, input_tokens or 1, output_tokens or 1, num_requests,
                           request_rate, concurrency, profile_path, trace_path=trace_path,
-                          gpu_decode_slots=gpu_decode_slots, gpu_batching=gpu_batching)
+                          gpu_decode_slots=gpu_decode_slots, gpu_batching=gpu_batching,
+                          fpga_prefetch_ratio=fpga_prefetch_ratio)
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
     click.echo(json.dumps(result) if as_json else render_text(result))

@@ -26,6 +26,7 @@ def simulate(
     seed: int = 0,
     trace_path: str | None = None,
     gpu_batching: bool = False,
+    fpga_prefetch_ratio: int | None = None,
 ) -> dict:
     """Simulate `num_requests` requests of [input_tokens, output_tokens] on gpus x gpu + fpgas x fpga.
 
@@ -35,7 +36,8 @@ def simulate(
     services.errors.InvalidArgument on bad input. Returns the dict described
     in sim.metrics plus an "inputs" entry echoing the arguments.
     """
-    config = build_config(gpus, gpu, fpgas, fpga, model, profile_path, link_gb_per_s, gpu_decode_slots)
+    config = build_config(gpus, gpu, fpgas, fpga, model, profile_path, link_gb_per_s, gpu_decode_slots,
+                          fpga_prefetch_ratio)
     if gpu_batching:
         config = replace(config, gpu_batching=True)
     if trace_path is not None:  # the trace's arrival times and lengths replace the other workload arguments
@@ -50,7 +52,7 @@ def simulate(
         "input_tokens": input_tokens, "output_tokens": output_tokens, "num_requests": num_requests,
         "request_rate": request_rate, "concurrency": concurrency, "profile_path": profile_path,
         "link_gb_per_s": config.link_gb_per_s, "gpu_decode_slots": gpu_decode_slots, "seed": seed,
-        "trace": trace_path, "gpu_batching": gpu_batching,
+        "trace": trace_path, "gpu_batching": gpu_batching, "fpga_prefetch_ratio": fpga_prefetch_ratio,
     }  # fmt: skip
     return result
 

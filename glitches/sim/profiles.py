@@ -8,6 +8,8 @@ Two timing models:
   linearly in the context. Effective = peak x efficiency, where efficiency is
   derived from one measured point (`calibration` in devices.json: the paper's
   figures reproduce exactly there) or, for unmeasured devices, a stated default.
+  An FPGA's decode step is not the roofline's: it is the kernel's instruction-stream timing model
+  (`sim.fpga_kernel_timing`, the same as `glitches fpga-timing`), calibrated on the same paper figure.
 - `ConstantTiming`: fixed seconds, for closed-form tests and what-ifs.
 - `ScaledTiming`: another timing times a factor, for what-ifs.
 Profiles measured on live workers load through `sim.measured`.
@@ -23,6 +25,7 @@ from typing import Protocol
 
 from glitches.scheduler.placement import DeviceKind
 from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.fpga_kernel_timing import kernel_decode_timing
 from glitches.sim.model_shape import ModelShape, load_model_shape
 
 DEVICES_FILE = Path(__file__).with_name("profiles") / "devices.json"
@@ -107,8 +110,10 @@ class DeviceProfile:
     layers: int  # transformer layers (KV is streamed one layer at a time)
 
 
-def load_device_profile(device: str, model: str, path: Path = DEVICES_FILE) -> DeviceProfile:
-    """The roofline profile of `device` running `model`, from devices.json."""
+def load_device_profile(device: str, model: str, path: Path = DEVICES_FILE,
+                        fpga_prefetch_ratio: int | None = None) -> DeviceProfile:
+    """The profile of `device` running `model`, from devices.json: a roofline, except an FPGA's decode step,
+    which is the kernel's instruction-stream model at `fpga_prefetch_ratio` (sim.fpga_kernel_timing)."""
     table = json.loads(path.read_text())
     if device not in table or device.startswith("_"):
         known = ", ".join(k for k in table if not k.startswith("_"))
@@ -120,6 +125,8 @@ def load_device_profile(device: str, model: str, path: Path = DEVICES_FILE) -> D
     peak_bytes = spec["bandwidth_gb_per_s"] * 1e9
     weight_bits, kv_bits = spec["weight_bits"], spec["kv_bits"]
     timing = RooflineTiming(shape, peak_flops * compute_eff, peak_bytes * bandwidth_eff, weight_bits, kv_bits)
+    if spec["kind"] == DeviceKind.FPGA.value:
+        timing = kernel_decode_timing(timing, shape, spec, fpga_prefetch_ratio)
     power = spec["power_w"]
     return DeviceProfile(
         name=device,

@@ -25,8 +25,10 @@ def build_config(
     profile_path: str | None = None,
     link_gb_per_s: float | None = None,
     gpu_decode_slots: int = 1,
+    fpga_prefetch_ratio: int | None = None,
 ) -> NodeConfig:
-    """Device profiles from a measured file (if given) or devices.json (roofline, paper-calibrated).
+    """Device profiles from a measured file (if given) or devices.json (roofline, paper-calibrated; an FPGA's
+    decode step from the kernel's timing model at `fpga_prefetch_ratio`, sim.fpga_kernel_timing).
 
     The link speed is, in order: the argument, the GPU's measured
     kv_transfer_gb_per_s, PCIe Gen3 x16 effective (12 GB/s).
@@ -39,7 +41,7 @@ def build_config(
         raise InvalidArgument("with no FPGA the GPUs must decode: gpu_decode_slots must be >= 1")
     measured = load_measured(profile_path) if profile_path else {}
     gpu_profile = _profile(gpu, model, measured, DeviceKind.GPU) if gpus else None
-    fpga_profile = _profile(fpga, model, measured, DeviceKind.FPGA) if fpgas else None
+    fpga_profile = _profile(fpga, model, measured, DeviceKind.FPGA, fpga_prefetch_ratio) if fpgas else None
     if link_gb_per_s is None:
         measured_link = measured[gpu].kv_transfer_gb_per_s if gpu in measured else None
         link_gb_per_s = measured_link or PCIE_GEN3_X16_GB_PER_S
@@ -48,8 +50,12 @@ def build_config(
     return NodeConfig(gpu_profile, gpus, fpga_profile, fpgas, link_gb_per_s, gpu_decode_slots)
 
 
-def _profile(name: str, model: str, measured: dict, kind: DeviceKind) -> DeviceProfile:
-    profile = measured[name].profile if name in measured else load_device_profile(name, model)
+def _profile(name: str, model: str, measured: dict, kind: DeviceKind, fpga_prefetch_ratio: int | None = None
+             ) -> DeviceProfile:
+    if name in measured:
+        profile = measured[name].profile
+    else:
+        profile = load_device_profile(name, model, fpga_prefetch_ratio=fpga_prefetch_ratio)
     if profile.kind != kind:
         raise InvalidArgument(f"device {name!r} is a {profile.kind.value}, not a {kind.value}")
     return profile
