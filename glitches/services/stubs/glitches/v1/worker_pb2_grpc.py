@@ -69,6 +69,11 @@ class WorkerStub:
                 request_serializer=glitches_dot_v1_dot_worker__pb2.RenewKvHoldsRequest.SerializeToString,
                 response_deserializer=glitches_dot_v1_dot_worker__pb2.RenewKvHoldsResponse.FromString,
                 _registered_method=True)
+        self.DecodeFromHeld = channel.unary_stream(
+                '/glitches.v1.Worker/DecodeFromHeld',
+                request_serializer=glitches_dot_v1_dot_worker__pb2.DecodeFromHeldRequest.SerializeToString,
+                response_deserializer=glitches_dot_v1_dot_worker__pb2.DecodeToken.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -133,6 +138,18 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecodeFromHeld(self, request, context):
+        """FPGA workers: serve a request from the KV this card kept of an earlier one (no GPU, no
+        transfer). The card adopts its longest held prefix of the prompt (token ids verified), steps
+        the rest of the prompt with the tokens forced, then decodes as Decode does. The first
+        DecodeToken is the first generated token (index 0) and carries reused_prompt_tokens.
+        FAILED_PRECONDITION ("prefix no longer held") when it holds fewer than min_held_tokens.
+        The request then holds its KV as after a KV transfer: Release, RenewKvHolds and expiry apply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +187,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.RenewKvHolds,
                     request_deserializer=glitches_dot_v1_dot_worker__pb2.RenewKvHoldsRequest.FromString,
                     response_serializer=glitches_dot_v1_dot_worker__pb2.RenewKvHoldsResponse.SerializeToString,
+            ),
+            'DecodeFromHeld': grpc.unary_stream_rpc_method_handler(
+                    servicer.DecodeFromHeld,
+                    request_deserializer=glitches_dot_v1_dot_worker__pb2.DecodeFromHeldRequest.FromString,
+                    response_serializer=glitches_dot_v1_dot_worker__pb2.DecodeToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,6 +383,33 @@ class Worker:
             '/glitches.v1.Worker/RenewKvHolds',
             glitches_dot_v1_dot_worker__pb2.RenewKvHoldsRequest.SerializeToString,
             glitches_dot_v1_dot_worker__pb2.RenewKvHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecodeFromHeld(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/glitches.v1.Worker/DecodeFromHeld',
+            glitches_dot_v1_dot_worker__pb2.DecodeFromHeldRequest.SerializeToString,
+            glitches_dot_v1_dot_worker__pb2.DecodeToken.FromString,
             options,
             channel_credentials,
             insecure,
