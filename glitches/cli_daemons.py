@@ -136,6 +136,19 @@ def _run_daemon(serve, settings_cls, **kwargs) -> None:
 @kv_token_option
 @click.option("--kv-token-ttl-s", default=60.0, type=float, envvar=env_var("kv-token-ttl-s"), show_default=True,
               help="How long a KV-transfer token stays valid, seconds (clocks must agree within it).")
+@click.option("--kv-reuse/--no-kv-reuse", default=True, envvar=env_var("kv-reuse"), show_default=True,
+              help="Route by the KV workers hold: a card holding a prompt's prefix may extend it (no GPU, no "
+                   "transfer); docs/architecture.md, KV-reuse routing.")
+@click.option("--reuse-gpu-prefill-tokens-per-s", default=1536 / 0.17585, type=float, show_default=True,
+              envvar=env_var("reuse-gpu-prefill-tokens-per-s"), help="Routing cost model: GPU prefill, tokens/s.")
+@click.option("--reuse-card-forced-step-s", default=0.0215, type=float, show_default=True,
+              envvar=env_var("reuse-card-forced-step-s"), help="Routing cost model: one prompt token forced "
+                                                              "through a card's decode step, seconds.")
+@click.option("--reuse-transfer-bytes-per-s", default=12e9, type=float, show_default=True,
+              envvar=env_var("reuse-transfer-bytes-per-s"), help="Routing cost model: GPU -> card KV, bytes/s.")
+@click.option("--reuse-queued-request-s", default=0.03, type=float, show_default=True,
+              envvar=env_var("reuse-queued-request-s"), help="Routing cost model: delay each running request on "
+                                                            "a device adds, seconds.")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from glitches.scheduler.server import serve

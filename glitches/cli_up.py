@@ -37,6 +37,7 @@ class UpOptions:
     gateway_requests_per_minute_per_client: float = 0.0  # 0: no limit
     gateway_requests_per_minute_per_user: float = 0.0  # 0: no limit
     tls_on: bool = False  # TLS with a fresh CA when cluster.tls_dir is empty
+    kv_reuse: bool = True  # False: the scheduler runs --no-kv-reuse (never routes by held KV)
 
     def __post_init__(self):
         if self.cluster.gpu_workers < 1:
@@ -83,6 +84,8 @@ class UpOptions:
                    "capped at half of --max-batch-tokens; glitches/gpu_worker/assist_slots.py).")
 @click.option("--prefix-cache/--no-prefix-cache", default=True, show_default=True,
               help="GPU workers keep finished requests' full KV blocks as cache and reuse them (per tenant).")
+@click.option("--kv-reuse/--no-kv-reuse", default=True, show_default=True,
+              help="The scheduler routes by the KV workers hold (a card may extend a prefix it holds).")
 @click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
 @click.option("--gateway-port", default=None, type=int,
@@ -118,6 +121,8 @@ def run_up(options: UpOptions) -> None:
         _check_tls_dir(Path(spec.tls_dir), spec.gateway_port is not None)
     access = _up_access(options.api_keys_file, options.gateway_api_keys_file,
                         options.gateway_requests_per_minute_per_client, options.gateway_requests_per_minute_per_user)
+    if not options.kv_reuse:
+        access["scheduler_args"] += ("--no-kv-reuse",)
     try:
         click.echo(f"preparing model {spec.model} ...", err=True)
         resolve_model(spec.model)  # convert once here, not in every daemon at the same time

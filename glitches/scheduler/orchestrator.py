@@ -5,6 +5,14 @@ the registry, released on finish, on error and when the client goes away. This m
 is the attempt/migration state machine; it talks to workers only through
 services.worker_client (domain calls, domain errors) and leaves request checks and
 tokenization to glitches/scheduler/validation.py.
+
+KV reuse (--kv-reuse): placement reads how many leading blocks of the prompt's chain
+(kv_plane/prefix_index.py, rooted at the model's name and the tenant's salt) each worker
+published (Registry.held_overlap). On the "extend" path the card that holds the prefix serves
+the request alone (WorkerClient.decode_from_held). A card that no longer holds it answers
+FAILED_PRECONDITION before any token (HeldKvGone): the request is placed again at once without
+reuse, which is no migration (a stale hint costs time, never correctness). A card lost
+mid-extend is a migration as on the other paths.
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ from glitches.scheduler.admission import Admission
 from glitches.scheduler.detokenizer import Detokenizer
 from glitches.scheduler.leases import LeaseKeeper
 from glitches.scheduler.progress_watchdog import ProgressWatchdog
-from glitches.scheduler.placement import ClusterSnapshot, NoWorkerAvailable, PlacementRequest, WorkerView, place
+from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
+from glitches.kv_plane.prefix_index import DEFAULT_SALT, block_hashes, root_hash
+from glitches.scheduler.placement import (PATH_EXTEND, PATH_TRANSFER, ClusterSnapshot, NoWorkerAvailable, Placement,
+                                          PlacementRequest, WorkerView, place)
 from glitches.scheduler.settings import SchedulerSettings
 from glitches.scheduler.validation import MAX_STOP_CHARS, GenerateInput, ModelInfo, validate
 from glitches.services.runtime import metrics
@@ -32,7 +43,7 @@ from glitches.services.auth.request_auth import RequestAuthIssuer
 from glitches.services.cluster.registry import Registry, WorkerState
 from glitches.services.generation.sampling import Sampling
 from glitches.services.cluster.worker_caps import ROLE_ASSIST, ROLE_DECODE, SkipLog, unusable_reason
-from glitches.services.cluster.worker_client import DecodeStream, PrefillResult, WorkerClient
+from glitches.services.cluster.worker_client import DecodeStream, HeldKvGone, PrefillResult, WorkerClient
 
 __all__ = ["MAX_STOP_CHARS", "Delta", "Final", "GenerateInput", "ModelInfo", "Orchestrator", "kv_bytes_needed"]
 log = logging.getLogger(__name__)
@@ -78,6 +89,9 @@ class _Run:
     cancelled: object = lambda: False  # the client went away
     refused_since: float | None = None  # monotonic time a GPU first refused this request's GPU assist
     cache_salt: bytes = b""  # the tenant's prefix-cache salt (GenerateInput.cache_salt)
+    reuse_routing: bool = True  # route by held KV; off after a stale hint (HeldKvGone) and with prompt logprobs
+    serve_path: str = PATH_TRANSFER  # placement's path for the attempt that gave the first token
+    reused_tokens: int = 0  # prompt tokens a card reused on the extend path
 
 
 @dataclass
@@ -86,6 +100,7 @@ class _Attempt:
     decoder: WorkerState | None = None
     decode_call: DecodeStream | None = None
     lost: bool = False  # the decoder died or froze: release there without waiting for it
+    placement: Placement | None = None  # placement's decision for this attempt
 
 
 @dataclass
@@ -98,7 +113,7 @@ class Final:
     decode_device: str  # the decoder's kind: "fpga", "gpu" (GPU assist), or another kind's name
     decode_worker: str
     prefill_worker: str
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float | str] = field(default_factory=dict)  # serve_path is a str (placement.PATH_*)
     migrations: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -157,10 +172,24 @@ class Orchestrator:
                 live[w.record.worker_id] = w
         return live
 
+    def _held_tokens(self, workers: dict[str, WorkerState], prompt_ids: list[int], salt: bytes) -> dict[str, int]:
+        """worker id -> leading prompt tokens whose KV it published as held (16 per block); {} when Redis fails."""
+        hashes = block_hashes(prompt_ids, root_hash(self.model.name, salt or DEFAULT_SALT))
+        if not hashes or not workers:
+            return {}
+        try:
+            blocks = self.registry.held_overlap(list(workers), hashes)
+        except Unavailable as error:  # a hint only: place without it
+            log.warning("could not read held KV for routing: %s", error)
+            return {}
+        return {worker_id: n * KV_BLOCK_TOKENS for worker_id, n in blocks.items()}
+
     def _place(self, claim_id: str, prompt_ids: list[int], sampling: Sampling, excluded: set[str],
-               cancelled=lambda: False, wait_s: float | None = None):
+               cancelled=lambda: False, wait_s: float | None = None, reuse_salt: bytes | None = None):
         """Claim a decode slot (a decode-role worker such as an FPGA, else GPU assist) and the prefill GPU;
-        returns (gpu, decoder).
+        returns (gpu, decoder, placement); gpu is None on the extend path (the decoder serves it alone).
+
+        reuse_salt: the tenant's salt to route by held KV (None: reuse routing off for this attempt).
 
         A GPU-assist request holds one claim on its GPU (decode), so it counts once there. When
         neither an FPGA nor a GPU has room, the request waits here (up to `wait_s`, by default
@@ -172,28 +201,35 @@ class Orchestrator:
         tokens = len(prompt_ids) + sampling.max_new_tokens
         while True:
             workers = self._live_workers(excluded)
+            held = self._held_tokens(workers, prompt_ids, reuse_salt) if reuse_salt is not None else {}
             snapshot = ClusterSnapshot(tuple(
                 WorkerView(w.record.worker_id, w.record.kind, w.record.slots, w.active, w.record.kv_free_bytes,
-                           w.record.assist_active, w.record.capabilities.roles, w.record.capabilities.decode_class)
+                           w.record.assist_active, w.record.capabilities.roles, w.record.capabilities.decode_class,
+                           cached_tokens=held.get(w.record.worker_id, 0))
                 for w in workers.values()))
             request = PlacementRequest(len(prompt_ids), sampling.max_new_tokens,
                                        kv_bytes_needed(workers.values(), tokens),
-                                       kv_bytes_needed(workers.values(), tokens, ROLE_ASSIST))
+                                       kv_bytes_needed(workers.values(), tokens, ROLE_ASSIST),
+                                       reuse=reuse_salt is not None)
             try:
-                decision = place(snapshot, request)
+                decision = place(snapshot, request, self.settings.reuse_costs)
             except NoWorkerAvailable as error:
                 raise Unavailable(f"{error}; start a gpu-worker (glitches gpu-worker) or wait for one") from None
+            if decision.path == PATH_EXTEND and self.registry.claim_first_free(
+                    claim_id, "decode", [decision.extend_worker]) is not None:
+                return None, workers[decision.extend_worker], decision
+            decision = replace(decision, path=PATH_TRANSFER) if decision.path == PATH_EXTEND else decision
             decoder_id = self.registry.claim_first_free(claim_id, "decode", list(decision.decode_candidates))
             if decoder_id is not None:
                 gpu = workers[decision.prefill_worker]
                 if self.registry.claim_alive(claim_id, "prefill", gpu.record.worker_id):
-                    return gpu, workers[decoder_id]
+                    return gpu, workers[decoder_id], decision
                 self.registry.release(claim_id, "decode")
                 vanished += 1
             elif decision.gpu_assist_worker is not None:
                 gpu = workers[decision.gpu_assist_worker]
                 if self.registry.claim_alive(claim_id, "decode", gpu.record.worker_id):
-                    return gpu, gpu
+                    return gpu, gpu, decision
                 vanished += 1
             if vanished >= 3:  # a worker may vanish between reading the registry and claiming it
                 raise Unavailable("workers kept disappearing while placing the request; retry")
@@ -234,6 +270,10 @@ class Orchestrator:
                 except (WorkerLost, KvRefused) as lost:
                     attempt.lost = True
                     self._on_lost(run, lost)
+                except HeldKvGone as stale:  # a stale hint: place again at once, without reuse routing
+                    run.reuse_routing = False
+                    metrics.STALE_HOLDS.inc()
+                    log.info("request %s: %s; placing it again without reuse", run.request_id, stale)
                 except _NoRoomYet:  # another replica took the GPU's last slot first: place again
                     time.sleep(_PLACE_POLL_S[0])
                 finally:
@@ -264,11 +304,17 @@ class Orchestrator:
         wait_s = self.settings.queue_wait_s
         if run.refused_since is not None:  # the GPU refused GPU assist before: the wait counts from then
             wait_s = max(0.0, wait_s - (time.monotonic() - run.refused_since))
-        gpu, decoder = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded, run.cancelled,
-                                   wait_s)
+        gpu, decoder, attempt.placement = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded,
+                                                      run.cancelled, wait_s, self._reuse_salt(run))
         attempt.decoder = decoder
-        remote = decoder is not gpu  # the KV goes to a decode-role worker (else GPU assist: it stays on the GPU)
+        metrics.REUSE_PATHS.labels(attempt.placement.path).inc()
         self.leases.hold_on(attempt.claim_id, decoder.record.address, decoder.record.worker_id)
+        if not run.tokens:
+            run.serve_path = attempt.placement.path
+        if gpu is None:
+            yield from self._extend(run, attempt, decoder)
+            return
+        remote = decoder is not gpu  # the KV goes to a decode-role worker (else GPU assist: it stays on the GPU)
         log.info("request %s: %d prompt + %d generated tokens, prefill on %s, decode on %s", attempt.claim_id,
                  len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
         prefill = self._prefill(gpu, decoder if remote else None, attempt.claim_id, run)
@@ -286,7 +332,34 @@ class Orchestrator:
             return
         attempt.decode_call = self.workers.decode(
             decoder.record, attempt.claim_id, run.tokens[-1], len(run.prompt_ids) + len(run.tokens) - 1, run.sampling,
-            run.tokens, timeout_s=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
+            run.tokens, timeout_s=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens,
+            keep_prompt_ids=run.prompt_ids if self.settings.kv_reuse and remote else [], cache_salt=run.cache_salt)
+        yield from self._stream(run, attempt, decoder, remote)
+
+    def _reuse_salt(self, run: _Run) -> bytes | None:
+        """The salt to route this attempt by held KV, or None: reuse off (the cluster's --no-kv-reuse, a stale
+        hint before, prompt logprobs asked for: cached KV is never read for them, or tokens generated already)."""
+        if not self.settings.kv_reuse or not run.reuse_routing or run.tokens or run.sampling.prompt_logprobs:
+            return None
+        return run.cache_salt
+
+    def _extend(self, run: _Run, attempt: _Attempt, card: WorkerState) -> Iterator[Delta]:
+        """The extend path: the card holding the prompt's prefix forces the rest of the prompt and decodes."""
+        held = attempt.placement.held_tokens
+        log.info("request %s: %d prompt tokens, extend on %s (holds at least %d)", attempt.claim_id,
+                 len(run.prompt_ids), card.record.worker_id, held)
+        run.decode_device, run.decode_worker, run.prefill_worker = card.record.kind, card.record.worker_id, ""
+        attempt.decode_call = self.workers.decode_from_held(
+            card.record, attempt.claim_id, run.prompt_ids, run.sampling, run.cache_salt, held,
+            timeout_s=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
+        try:
+            yield from self._stream(run, attempt, card, remote=True)
+        finally:
+            if run.tokens:  # the card reports what it reused with its first token; it reused at least `held`
+                run.reused_tokens = attempt.decode_call.reused_tokens or held
+
+    def _stream(self, run: _Run, attempt: _Attempt, decoder: WorkerState, remote: bool) -> Iterator[Delta]:
+        """Emit attempt.decode_call's tokens until the request ends; WorkerLost when the decoder dies or stalls."""
         # GPU assist is not watched: its steps queue behind other requests' prefills, of any length
         ticket = (self.watchdog.watch(attempt.decode_call, self.settings.decode_stall_s,
                                       alive=lambda: self.registry.is_registered(decoder.record.worker_id))
@@ -355,7 +428,7 @@ class Orchestrator:
     def _final(self, run: _Run) -> Final:
         done = time.monotonic()
         decode_s = done - run.first_out
-        last = run.prefills[-1]
+        last = run.prefills[-1] if run.prefills else PrefillResult(0, None)  # extend: no prefill ran
         timings = dict(
             ttft_s=run.first_out - run.arrived, prefill_s=sum(p.prefill_s for p in run.prefills),
             kv_bytes=sum(p.kv_bytes for p in run.prefills), kv_exposed_s=sum(p.kv_exposed_s for p in run.prefills),
@@ -364,11 +437,19 @@ class Orchestrator:
             device_decode_s=run.device_decode_s, modeled_decode_s=run.modeled_s,
             layers_received_before_prefill_end=last.layers_received_before_prefill_end,
             num_layers=last.num_layers, total_s=done - run.arrived, kv_transport=last.kv_transport,
-            kv_gbps=_gbps(sum(p.kv_bytes for p in run.prefills), sum(p.kv_transfer_s for p in run.prefills)))
+            kv_gbps=_gbps(sum(p.kv_bytes for p in run.prefills), sum(p.kv_transfer_s for p in run.prefills)),
+            serve_path=run.serve_path, reused_tokens=run.reused_tokens)
         metrics.REQUESTS_FINISHED.labels(run.decode_device).inc()
         return Final(run.request_id, run.prompt_ids, run.tokens, run.detok.text, run.finish, run.decode_device,
                      run.decode_worker, run.prefill_worker, timings, run.migrations, run.logprobs,
-                     run.prompt_logprobs or [], min(run.prefills[0].cached_tokens, len(run.prompt_ids)))
+                     run.prompt_logprobs or [], min(self._cached_tokens(run), len(run.prompt_ids)))
+
+    @staticmethod
+    def _cached_tokens(run: _Run) -> int:
+        """Prompt tokens not computed for the first token: the card's reused prefix (extend), else the GPU's hits."""
+        if run.serve_path == PATH_EXTEND:
+            return run.reused_tokens
+        return run.prefills[0].cached_tokens if run.prefills else 0
 
     def _prefill(self, gpu: WorkerState, decoder: WorkerState | None, claim_id: str, run: _Run) -> PrefillResult:
         """Prefill on `gpu`, the KV streaming to `decoder` (None: GPU assist). A GPU refusing GPU assist is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
 from glitches.services.runtime.errors import InvalidArgument
 from glitches.services.runtime.settings import DaemonSettings
 
@@ -30,6 +31,17 @@ class SchedulerSettings(DaemonSettings):
     kv_token_ttl_s: float = 60.0  # how long a KV-transfer token stays valid after it is issued, seconds
     max_top_logprobs: int = 20  # largest top_logprobs a request may ask for (OpenAI's chat limit)
     max_stop_strings: int = 16  # most stop strings one request may give
+    kv_reuse: bool = True  # route by the KV workers hold (placement's extend/fresh paths); False: never read it
+    reuse_gpu_prefill_tokens_per_s: float = DEFAULT_REUSE_COSTS.gpu_prefill_tokens_per_s  # reuse_cost.ReuseCosts
+    reuse_card_forced_step_s: float = DEFAULT_REUSE_COSTS.card_forced_step_s  # s per prompt token forced on a card
+    reuse_transfer_bytes_per_s: float = DEFAULT_REUSE_COSTS.transfer_bytes_per_s  # GPU -> card KV, bytes/s
+    reuse_queued_request_s: float = DEFAULT_REUSE_COSTS.queued_request_s  # delay per request a device runs, s
+
+    @property
+    def reuse_costs(self) -> ReuseCosts:
+        """The routing's cost model (glitches/scheduler/reuse_cost.py) from the --reuse-* settings."""
+        return ReuseCosts(self.reuse_gpu_prefill_tokens_per_s, self.reuse_card_forced_step_s,
+                          self.reuse_transfer_bytes_per_s, self.reuse_queued_request_s)
 
     @property
     def grpc_threads(self) -> int:
@@ -51,5 +63,9 @@ class SchedulerSettings(DaemonSettings):
             raise InvalidArgument(f"--decode-stall-s must be positive, got {self.decode_stall_s}")
         if self.kv_token_ttl_s <= 0:
             raise InvalidArgument(f"--kv-token-ttl-s must be positive, got {self.kv_token_ttl_s}")
+        try:
+            self.reuse_costs
+        except ValueError as error:
+            raise InvalidArgument(f"--reuse-* costs: {error}") from None
         if self.lease_ttl_s <= 1.0:
             raise InvalidArgument(f"--lease-ttl-s must be above the 1 s renewal interval, got {self.lease_ttl_s}")

@@ -9,6 +9,8 @@ it never builds a protobuf message or reads a status code. Failed calls become s
              UNAVAILABLE -> WorkerLost: the prefill worker if it no longer answers Info (or there is no
                             target), else the decode target
     Decode   UNAVAILABLE -> WorkerLost (the decode worker)
+    DecodeFromHeld  UNAVAILABLE -> WorkerLost (the card); FAILED_PRECONDITION -> HeldKvGone (the card no
+             longer holds the prefix it published: a stale routing hint, not a lost worker)
     any other failure -> from_rpc_error(error, "<call> on <worker> failed") (a downstream DEADLINE_EXCEEDED
                          becomes Unavailable: the worker was slow, not the caller's deadline)
 
@@ -27,7 +29,7 @@ import grpc
 
 from glitches.services.runtime.channels import WorkerStubs
 from glitches.services.generation.decoding import Finish
-from glitches.services.runtime.errors import KvRefused, WorkerFull, WorkerLost, from_rpc_error
+from glitches.services.runtime.errors import FailedPrecondition, KvRefused, WorkerFull, WorkerLost, from_rpc_error
 from glitches.services.generation.logprobs import TokenLogprob
 from glitches.services.generation.proto_convert import FINISH_FROM_PROTO, logprob_from_proto
 from glitches.services.cluster.registry import WorkerRecord
@@ -85,13 +87,24 @@ class WorkerInfo:
     kv_free_bytes: int
 
 
+class HeldKvGone(FailedPrecondition):
+    """DecodeFromHeld refused: the card no longer holds `min_held_tokens` of the prompt (evicted since it
+    published, or the held tokens differ). The request goes the normal way; nothing was lost."""
+
+    def __init__(self, message: str, worker_id: str):
+        super().__init__(message)
+        self.worker_id = worker_id
+
+
 class DecodeStream:
     """One Decode stream: iterate for DecodeSteps; `cancel()` (from any thread, e.g. the progress watchdog) ends it,
     and the iteration then raises Cancelled."""
 
-    def __init__(self, call, worker_id: str):
+    def __init__(self, call, worker_id: str, held: bool = False):
         self._call = call
         self.worker_id = worker_id
+        self._held = held  # a DecodeFromHeld stream: FAILED_PRECONDITION means HeldKvGone
+        self.reused_tokens = 0  # DecodeFromHeld: prompt tokens the card reused (from its first token)
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -99,11 +112,15 @@ class DecodeStream:
     def __iter__(self) -> Iterator[DecodeStep]:
         try:
             for msg in self._call:
+                self.reused_tokens = max(self.reused_tokens, getattr(msg, "reused_prompt_tokens", 0))
                 yield DecodeStep(msg.token_id, msg.step_s, msg.modeled_step_s, FINISH_FROM_PROTO[msg.finish_reason],
                                  logprob_from_proto(msg.logprobs) if msg.HasField("logprobs") else None)
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.UNAVAILABLE:
                 raise WorkerLost(f"decode worker {self.worker_id} was lost ({error.details()})",
+                                 worker_id=self.worker_id) from error
+            if self._held and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise HeldKvGone(f"{self.worker_id} no longer holds the prefix ({error.details()})",
                                  worker_id=self.worker_id) from error
             raise from_rpc_error(error, f"decode on {self.worker_id} failed") from error
 
@@ -168,15 +185,31 @@ class WorkerClient:
         return from_rpc_error(error, f"prefill on {worker.worker_id} failed")
 
     def decode(self, worker: WorkerRecord, request_id: str, first_token_id: int, position: int, sampling: Sampling,
-               generated: list[int], timeout_s: float) -> DecodeStream:
-        """Start decoding on `worker` the request whose KV it holds; `position` is first_token_id's (0-based)."""
+               generated: list[int], timeout_s: float, keep_prompt_ids: list[int] = (),
+               cache_salt: bytes = b"") -> DecodeStream:
+        """Start decoding on `worker` the request whose KV it holds; `position` is first_token_id's (0-based).
+        keep_prompt_ids (KV reuse): the prompt's ids; a card given them keeps the KV as cache under `cache_salt`
+        when the request finishes normally."""
         call = self._stub(worker.address).Decode(
             worker_pb2.DecodeRequest(request_id=request_id, first_token_id=first_token_id, position=position,
                                      sampling=sampling.to_proto(common_pb2.SamplingParams),
-                                     generated_token_ids=generated,
+                                     generated_token_ids=generated, prompt_token_ids=keep_prompt_ids,
+                                     cache_salt=cache_salt,
                                      auth_token=self._auth("decode", request_id, worker.worker_id)),
             timeout=timeout_s)
         return DecodeStream(call, worker.worker_id)
+
+    def decode_from_held(self, worker: WorkerRecord, request_id: str, prompt_ids: list[int], sampling: Sampling,
+                         cache_salt: bytes, min_held_tokens: int, timeout_s: float) -> DecodeStream:
+        """Serve the request on the card that holds its prompt's first `min_held_tokens` tokens: it forces the rest
+        of the prompt through its decode step, then decodes (the first step's token is the first token)."""
+        call = self._stub(worker.address).DecodeFromHeld(
+            worker_pb2.DecodeFromHeldRequest(
+                request_id=request_id, prompt_token_ids=prompt_ids,
+                sampling=sampling.to_proto(common_pb2.SamplingParams), cache_salt=cache_salt,
+                min_held_tokens=min_held_tokens, auth_token=self._auth("decode", request_id, worker.worker_id)),
+            timeout=timeout_s)
+        return DecodeStream(call, worker.worker_id, held=True)
 
     def release(self, worker: WorkerRecord, request_id: str, wait: bool = True) -> None:
         """Free what `worker` holds for the request. wait=False (a lost worker) sends it without waiting: a frozen

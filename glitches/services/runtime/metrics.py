@@ -104,6 +104,10 @@ INTER_TOKEN = Histogram("glitches_inter_token_latency_seconds",
                         registry=_SCHEDULER[0], buckets=_ITL_S)
 REQUESTS_FINISHED = Counter("glitches_generate_finished", "Generate requests completed, by decode device kind",
                             ("decode_device",), registry=_SCHEDULER[0])
+REUSE_PATHS = Counter("glitches_reuse_paths", "Attempts placed, by KV-reuse path (transfer, extend, fresh; "
+                      "scheduler/placement.py)", ("path",), registry=_SCHEDULER[0])
+STALE_HOLDS = Counter("glitches_reuse_stale_holds", "Extend attempts a card refused: it no longer held the prefix "
+                      "it published (placed again without reuse; not a migration)", registry=_SCHEDULER[0])
 
 # --- GPU worker -----------------------------------------------------------------
 PREFILL = Histogram("glitches_prefill_seconds", "Prefill forward pass, seconds", registry=_GPU[0],

@@ -54,7 +54,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("ttft_s", "prefill_s", "kv_bytes", "kv_exposed_s", "decode_s", "tokens_per_s", "device_decode_s", "modeled_decode_s", "layers_received_before_prefill_end", "num_layers", "total_s", "kv_transport", "kv_gbps")
+    __slots__ = ("ttft_s", "prefill_s", "kv_bytes", "kv_exposed_s", "decode_s", "tokens_per_s", "device_decode_s", "modeled_decode_s", "layers_received_before_prefill_end", "num_layers", "total_s", "kv_transport", "kv_gbps", "serve_path", "reused_tokens")
     TTFT_S_FIELD_NUMBER: _ClassVar[int]
     PREFILL_S_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,8 @@ class Timings(_message.Message):
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     KV_GBPS_FIELD_NUMBER: _ClassVar[int]
+    SERVE_PATH_FIELD_NUMBER: _ClassVar[int]
+    REUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ttft_s: float
     prefill_s: float
     kv_bytes: int
@@ -81,7 +83,9 @@ class Timings(_message.Message):
     total_s: float
     kv_transport: str
     kv_gbps: float
-    def __init__(self, ttft_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ..., kv_exposed_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., device_decode_s: _Optional[float] = ..., modeled_decode_s: _Optional[float] = ..., layers_received_before_prefill_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., total_s: _Optional[float] = ..., kv_transport: _Optional[str] = ..., kv_gbps: _Optional[float] = ...) -> None: ...
+    serve_path: str
+    reused_tokens: int
+    def __init__(self, ttft_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ..., kv_exposed_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., device_decode_s: _Optional[float] = ..., modeled_decode_s: _Optional[float] = ..., layers_received_before_prefill_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., total_s: _Optional[float] = ..., kv_transport: _Optional[str] = ..., kv_gbps: _Optional[float] = ..., serve_path: _Optional[str] = ..., reused_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateFinal(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "token_ids", "text", "finish_reason", "decode_device", "decode_worker", "prefill_worker", "usage", "timings", "migrations", "logprobs", "prompt_logprobs")
