@@ -7,7 +7,8 @@ services.worker_client (domain calls, domain errors) and leaves request checks a
 tokenization to glitches/scheduler/validation.py.
 
 KV reuse (--kv-reuse): placement reads how many leading blocks of the prompt's chain
-(kv_plane/prefix_index.py, rooted at the model's name and the tenant's salt) each worker
+(kv_plane/prefix_index.py, rooted at the model's name and the tenant's salt, DEFAULT_SALT for
+requests without one: the salt cards are sent, so they name blocks the same way) each worker
 published (Registry.held_overlap). On the "extend" path the card that holds the prefix serves
 the request alone (WorkerClient.decode_from_held). A card that no longer holds it answers
 FAILED_PRECONDITION before any token (HeldKvGone): the request is placed again at once without
@@ -333,7 +334,8 @@ class Orchestrator:
         attempt.decode_call = self.workers.decode(
             decoder.record, attempt.claim_id, run.tokens[-1], len(run.prompt_ids) + len(run.tokens) - 1, run.sampling,
             run.tokens, timeout_s=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens,
-            keep_prompt_ids=run.prompt_ids if self.settings.kv_reuse and remote else [], cache_salt=run.cache_salt)
+            keep_prompt_ids=run.prompt_ids if self.settings.kv_reuse and remote else [],
+            cache_salt=run.cache_salt or DEFAULT_SALT)
         yield from self._stream(run, attempt, decoder, remote)
 
     def _reuse_salt(self, run: _Run) -> bytes | None:
@@ -350,7 +352,7 @@ class Orchestrator:
                  len(run.prompt_ids), card.record.worker_id, held)
         run.decode_device, run.decode_worker, run.prefill_worker = card.record.kind, card.record.worker_id, ""
         attempt.decode_call = self.workers.decode_from_held(
-            card.record, attempt.claim_id, run.prompt_ids, run.sampling, run.cache_salt, held,
+            card.record, attempt.claim_id, run.prompt_ids, run.sampling, run.cache_salt or DEFAULT_SALT, held,
             timeout_s=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
         try:
             yield from self._stream(run, attempt, card, remote=True)
