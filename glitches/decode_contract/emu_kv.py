@@ -7,6 +7,21 @@ docs/fpga-kernel-abi.md "KV region" says (kv_layout.KvRegion). KV reaches it eit
 that mapped the segment (TransferKVPlaced, transport shm), which then reports each span with
 `mark_written`. `written` [layers, capacity_tokens] records which tokens arrived either way, so
 overlaps and gaps are refused whichever way the bytes came.
+
+Retention (issue #27): a request that finished normally may leave its region behind as reusable cache
+(`retain`), indexed by retained_kv.RetainedIndex; a later request whose prompt starts with the same
+tokens takes it over (`adopt`). Design choice: the held region is adopted IN PLACE when its capacity
+covers the new request's prompt + max_new_tokens (no copy: the new request's region simply is the old
+one, at the same kv_offset, with the same per-request layout), else a new region is reserved and the
+held tokens' KV is copied into it (HBM to HBM on a card) and the old region freed. Both keep ABI v2's
+per-request block table (docs/fpga-kernel-abi.md section 4) trivially: a request's table is still one
+contiguous run of blocks, so the kernel needs no change; a block table of held pages + new pages would
+save the copy but needs a shared-page refcount the kernel's KV space does not have yet.
+Eviction: `reserve`/`adopt` evict retained regions least recently used first until the new region
+fits, and refuse (RESOURCE_EXHAUSTED) only when nothing evictable is left. Only retained regions are
+ever evicted: a region a request holds (receiving KV, sealed or decoding) is not in the index.
+`free_bytes` counts free + evictable (eviction is immediate on reserve, so the scheduler may plan on
+it); `free_now_bytes` and `evictable_bytes` give the two parts. At idle free + evictable = capacity.
 """
 
 from __future__ import annotations
@@ -17,12 +32,13 @@ from dataclasses import dataclass
 import torch
 
 from glitches.decode_contract.request_checks import lookup
+from glitches.decode_contract.retained_kv import RetainedIndex
 from glitches.kv_plane.hbm_manager import KvSpace
 from glitches.kv_plane.hbm_segment import HbmSegment
 from glitches.kv_plane.kv_abi import HBM_CHANNELS, KV_ALIGN
 from glitches.kv_plane.kv_layout import KvPlan, KvRegion, region_view
 from glitches.kv_plane.kv_types import KvMemory, KvPlacement
-from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ResourceExhausted
 
 
 @dataclass
@@ -30,6 +46,7 @@ class HeldKv:
     kv_offset: int  # bytes from the start of every PC
     region: KvRegion  # a view on the segment
     written: torch.Tensor  # bool [num_layers, capacity_tokens]
+    space_key: str = ""  # the region's name in the KV space (unique per reservation, outlives the request id)
 
 
 class EmulatedKvStore:
@@ -45,43 +62,149 @@ class EmulatedKvStore:
         block_bytes = KvPlan(num_layers, kv_heads, head_dim, 1, self.element_bytes).block_bytes
         self.space = KvSpace(self.kv_base, self.channel_bytes, block_bytes)  # refuses HBM too small for weights
         self.segment = HbmSegment(hbm_bytes, tag)
-        self._held: dict[str, HeldKv] = {}
-        self._lock = threading.Lock()
+        self._held: dict[str, HeldKv] = {}  # request id -> its region
+        self._lock = threading.RLock()  # guards _held and _kept; held across evict-then-reserve
+        self.retained = RetainedIndex()  # finished requests' regions kept as cache
+        self._kept: dict[str, HeldKv] = {}  # space key -> a retained region
+        self._reservations = 0  # makes space keys unique
+        self.evictions = 0  # retained regions evicted to make room
+
+    def _space_key(self, request_id: str) -> str:
+        self._reservations += 1
+        return f"{request_id}#{self._reservations}"
+
+    def _place(self, space_key: str, region_bytes_per_channel: int, keep: str | None = None) -> int:
+        """Reserve in the KV space, evicting retained regions (LRU, never `keep`) until it fits; caller holds the lock."""
+        while True:
+            try:
+                return self.space.reserve(space_key, region_bytes_per_channel)
+            except ResourceExhausted:
+                victim = self.retained.lru(exclude=keep)
+                if victim is None:
+                    raise
+                self._evict(victim)
+
+    def _evict(self, space_key: str) -> None:
+        self.retained.remove(space_key)
+        self._kept.pop(space_key, None)
+        self.space.release(space_key)
+        self.evictions += 1
 
     @property
     def capacity_bytes(self) -> int:
         return self.space.capacity_bytes
 
     def free_bytes(self) -> int:
+        """Bytes a reservation can get now: free + evictable (see the module docstring)."""
+        return self.space.free_bytes() + self.retained.evictable_bytes()
+
+    def free_now_bytes(self) -> int:
         return self.space.free_bytes()
+
+    def evictable_bytes(self) -> int:
+        return self.retained.evictable_bytes()
 
     def plan(self, capacity_tokens: int) -> KvPlan:
         if capacity_tokens < 1:
             raise InvalidArgument(f"KV capacity must be at least 1 token, got {capacity_tokens}")
         return KvPlan(*self.dims, capacity_tokens, self.element_bytes)
 
-    def reserve(self, request_id: str, max_tokens: int) -> HeldKv:
+    def reserve(self, request_id: str, max_tokens: int, keep: str | None = None) -> HeldKv:
+        """A region for `max_tokens`, evicting retained regions (never `keep`) when needed."""
         plan = self.plan(max_tokens)
-        offset = self.space.reserve(request_id, plan.region_bytes_per_channel)  # AlreadyExists/ResourceExhausted
-        try:
-            data = region_view(self.segment.memory, self.channel_bytes, offset, plan, self.dtype)
-            held = HeldKv(offset, KvRegion(plan, self.dtype, data),
-                          torch.zeros(plan.num_layers, plan.capacity_tokens, dtype=torch.bool))
-        except BaseException:
-            self.space.release(request_id)
-            raise
         with self._lock:
+            if request_id in self._held:
+                raise AlreadyExists(f"request {request_id} already holds KV on this card")
+            key = self._space_key(request_id)
+            offset = self._place(key, plan.region_bytes_per_channel, keep)  # ResourceExhausted
+            try:
+                data = region_view(self.segment.memory, self.channel_bytes, offset, plan, self.dtype)
+                held = HeldKv(offset, KvRegion(plan, self.dtype, data),
+                              torch.zeros(plan.num_layers, plan.capacity_tokens, dtype=torch.bool), key)
+            except BaseException:
+                self.space.release(key)
+                raise
             self._held[request_id] = held
         return held
+
+    def retain(self, request_id: str, tokens: list[int], root: bytes) -> bool:
+        """Keep a normally finished request's region as cache; `tokens`: the ids whose KV it holds, in order.
+
+        False (and the region is freed) when the request holds nothing or `tokens` do not fit its region.
+        """
+        with self._lock:
+            held = self._held.pop(request_id, None)
+            if held is None:
+                return False
+            if not 0 < len(tokens) <= held.region.plan.capacity_tokens:
+                self.space.release(held.space_key)
+                return False
+            nbytes = held.region.plan.region_bytes_per_channel * HBM_CHANNELS
+            self._kept[held.space_key] = held
+            self.retained.add(held.space_key, tokens, root, nbytes)
+        return True
+
+    def held_prefix(self, prompt: list[int], root: bytes) -> int:
+        """Tokens of `prompt` a retained region holds (verified ids), at most len(prompt) - 1."""
+        _, n = self.retained.best(prompt, root)
+        return min(n, len(prompt) - 1)
+
+    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
+        """Give `request_id` a region whose first n tokens hold `prompt`'s KV; returns n.
+
+        n is the longest verified held prefix, at most len(prompt) - 1 (the last prompt token is always
+        left to step: its logits give the first new token). n < min_held: FAILED_PRECONDITION, nothing
+        changed. n = 0 (nothing held): a fresh region. In place when the held region's capacity covers
+        max_tokens, else copied into a new region (module docstring).
+        """
+        with self._lock:
+            if request_id in self._held:
+                raise AlreadyExists(f"request {request_id} already holds KV on this card")
+            entry, n = self.retained.best(prompt, root)
+            n = min(n, len(prompt) - 1)
+            if n < min_held:
+                raise FailedPrecondition(f"prefix no longer held on this card: it holds {n} of the prompt's "
+                                         f"{len(prompt)} tokens, fewer than the {min_held} asked for; send the "
+                                         "prompt's KV the normal way")
+            if entry is None or n == 0:
+                self.reserve(request_id, max_tokens)
+                return 0
+            old = self._kept[entry.key]
+            if max_tokens <= old.region.plan.capacity_tokens:  # in place
+                self.retained.take(entry.key)
+                del self._kept[entry.key]
+                old.written.zero_()
+                old.written[:, :n] = True
+                self._held[request_id] = old
+                return n
+            new = self.reserve(request_id, max_tokens, keep=entry.key)  # evicts others, never the source
+            for layer in range(old.region.plan.num_layers):
+                key, value = old.region.read(layer, n)  # float32 [H_kv, n, D]: exact for float16 elements
+                new.region.write(layer, 0, key.unsqueeze(0), value.unsqueeze(0))
+            new.written[:, :n] = True
+            self._evict(entry.key)
+            self.evictions -= 1  # freed by adoption, not evicted
+            return n
 
     def get(self, request_id: str) -> HeldKv:
         return lookup(self._held, self._lock, request_id)
 
+    def find(self, request_id: str) -> HeldKv | None:
+        with self._lock:
+            return self._held.get(request_id)
+
     def release(self, request_id: str) -> bool:
         with self._lock:
             held = self._held.pop(request_id, None)
-        self.space.release(request_id)
+            if held is not None:
+                self.space.release(held.space_key)
         return held is not None
+
+    def drop_retained(self) -> None:
+        """Free every retained region (the cache is gone, as on a restart)."""
+        with self._lock:
+            for key in self.retained.keys():
+                self._evict(key)
 
     def ids(self) -> list[str]:
         with self._lock:
@@ -137,3 +260,7 @@ class EmulatedKvCalls:
     def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
         self._get(request_id)
         self.kv.mark_written(request_id, layer, seq_start, tokens)
+
+    def held_changes(self) -> tuple[list[bytes], list[bytes]]:
+        """Chain hashes (added, removed) to the KV kept as cache since the last call (held_publisher.py)."""
+        return self.kv.retained.drain()

@@ -53,6 +53,11 @@ class Notifying(SinkWrapper):
             self.on_change()
         return released
 
+    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
+        held = self.inner.adopt(request_id, prompt, root, max_tokens, min_held)  # a reservation, from held KV
+        self.on_change()
+        return held
+
 
 class SlotLimit(SinkWrapper):
     def __init__(self, inner: KvSink, slots: int):
@@ -60,13 +65,21 @@ class SlotLimit(SinkWrapper):
         self.slots = slots
         self._reserve_lock = threading.Lock()  # count + reserve as one step
 
+    def _check_free_slot(self) -> None:
+        held = len(self.inner.active_requests())
+        if held >= self.slots:
+            raise ResourceExhausted(f"this worker's {self.slots} slot(s) are all taken ({held} requests hold "
+                                    "KV); send the request to another worker or retry later")
+
     def reserve(self, request_id: str, max_tokens: int) -> None:
         with self._reserve_lock:
-            held = len(self.inner.active_requests())
-            if held >= self.slots:
-                raise ResourceExhausted(f"this worker's {self.slots} slot(s) are all taken ({held} requests hold "
-                                        "KV); send the request to another worker or retry later")
+            self._check_free_slot()
             self.inner.reserve(request_id, max_tokens)
+
+    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
+        with self._reserve_lock:
+            self._check_free_slot()
+            return self.inner.adopt(request_id, prompt, root, max_tokens, min_held)
 
 
 class KvHeld(SinkWrapper):
@@ -84,4 +97,9 @@ class KvHeld(SinkWrapper):
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
         self.inner.seal(request_id, prompt_tokens)
-        self.holds.received(request_id)  # complete: from now on it expires unless renewed or decoding
+        self.holds.received(request_id)
+
+    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
+        held = self.inner.adopt(request_id, prompt, root, max_tokens, min_held)
+        self.holds.hold(request_id, max_tokens * self.inner.geometry().bytes_per_token)  # complete at once
+        return held  # complete: from now on it expires unless renewed or decoding

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 from glitches.decode_contract.wrappers import KvHeld, Notifying, SlotLimit
+from glitches.fpga_worker.held_publisher import HeldPublisher
 from glitches.fpga_worker.sensors import CachedSensors, publish_sensors
 from glitches.fpga_worker.server import FpgaWorkerServicer, backend_vocab, build_backend
 from glitches.fpga_worker.settings import FpgaWorkerSettings
@@ -13,6 +14,7 @@ from glitches.kv_plane import kv_copy_threads
 from glitches.services.runtime import metrics, worker_runtime
 from glitches.services.generation import models
 from glitches.services.cluster.kv_holds import KvHolds
+from glitches.services.cluster.registry import Registry
 from glitches.services.auth.kv_token import SECRET_ENV, KvTokenVerifier
 from glitches.services.auth.request_auth import OpenAccess, RequestAuthVerifier
 from glitches.services.stubs.glitches.v1 import worker_pb2
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 class FpgaDevice(worker_runtime.WorkerDevice):
     kind = "fpga"
     role = "fpga-worker"
-    authorised_rpcs = ("Decode", "Release", "RenewKvHolds")  # TransferKV is checked by its own KV token
+    authorised_rpcs = ("Decode", "DecodeFromHeld", "Release", "RenewKvHolds")  # TransferKV is checked by its own KV token
     settings: FpgaWorkerSettings
 
     def grpc_threads(self) -> int:
@@ -48,13 +50,19 @@ class FpgaDevice(worker_runtime.WorkerDevice):
         self.servicer = FpgaWorkerServicer(
             held, tokenizer, "", source.name, settings.slots, self.kv_tokens, settings.kv_transport,
             (settings.kv_header_timeout_s, settings.kv_stall_timeout_s, settings.max_kv_streams),
-            holds=self.holds, auth=auth, vocab_size=backend_vocab(backend, tokenizer))
+            holds=self.holds, auth=auth, vocab_size=backend_vocab(backend, tokenizer),
+            kv_retention=settings.kv_retention)
         self.block_bytes = backend.geometry().block_bytes
         self.facts = backend.facts()
         return self.servicer
 
     def attach(self, poke: Callable[[], None]) -> KvHolds:
         self.notifying.on_change = poke
+        if self.settings.kv_retention and hasattr(self.backend, "held_changes"):  # cards that keep KV
+            settings = self.settings  # its own Redis link: chains go to P:held:{id} (registry.publish_held)
+            registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
+            self.held_publisher = HeldPublisher(registry, lambda: self.servicer.worker_id,
+                                                self.backend.held_changes).start()
         return self.holds.start()
 
     def kv_blocks(self, info: worker_pb2.InfoResponse) -> KvBlocks:

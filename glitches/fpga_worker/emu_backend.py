@@ -12,6 +12,10 @@ CPU, so its tokens equal transformers' generate. It keeps the region's elements 
 the ABI's float16: KvRegion's reference format) and, as each layer lands, reads the layer out of
 the region into the float32 cache transformers attends from: a second copy on the card side,
 made while prefill still runs, that a real card's kernel does not need.
+
+Retention (emu_kv.py): steps append KV to that float32 cache only, so `retain` first writes the
+stepped tokens' KV back into the region (the region then holds prompt + stepped tokens, as a card's
+would), and `adopt` reads the held tokens out of the region into a new cache.
 """
 
 from __future__ import annotations
@@ -122,6 +126,38 @@ class EmulatedCard(EmulatedKvCalls, DecodeBackend):
     def release(self, request_id: str) -> bool:
         known = forget(self._requests, self._lock, request_id)
         return self.kv.release(request_id) or known
+
+    def retain(self, request_id: str, tokens: list[int], root: bytes) -> bool:
+        """Keep the KV of `tokens` (prompt + stepped tokens) as cache; False: not kept (release it)."""
+        request, held = self._requests.get(request_id), self.kv.find(request_id)
+        if request is None or held is None or request.cache is None:
+            return False
+        stepped = request.cache.get_seq_length()
+        if stepped != len(tokens) or stepped > held.region.plan.capacity_tokens:
+            return False
+        if stepped > request.prompt_tokens:
+            for layer in range(self._geometry.num_layers):
+                cached = request.cache.layers[layer]
+                start = request.prompt_tokens
+                held.region.write(layer, start, cached.keys[:, :, start:stepped], cached.values[:, :, start:stepped])
+        forget(self._requests, self._lock, request_id)
+        return self.kv.retain(request_id, tokens, root)
+
+    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
+        """Reserve for `max_tokens` starting from the longest held prefix of `prompt`; returns the tokens held."""
+        n = self.kv.adopt(request_id, prompt, root, max_tokens, min_held)
+        held = self.kv.get(request_id)
+        cache = DynamicCache(config=self.model.config)
+        if n:
+            for layer in range(self._geometry.num_layers):
+                key, value = held.region.read(layer, n)  # float32 [H_kv, n, D]
+                key, value = key.unsqueeze(0), value.unsqueeze(0)
+                cache.layers[layer].lazy_initialization(key, value)
+                cache.layers[layer].keys, cache.layers[layer].values = key, value
+        with self._lock:
+            self._requests[request_id] = _Request(max(max_tokens, held.region.plan.capacity_tokens),
+                                                  prompt_tokens=n, cache=cache)
+        return n
 
     def active_requests(self) -> list[str]:
         return request_ids(self._requests, self._lock)

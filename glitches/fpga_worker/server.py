@@ -1,4 +1,12 @@
-"""The FPGA worker's gRPC servicer: protobuf in, backend call, protobuf out."""
+"""The FPGA worker's gRPC servicer: protobuf in, backend call, protobuf out.
+
+KV reuse (issue #27): a decode that finishes normally (a finish reason, not a cancel or an error)
+leaves its KV on the card as cache when the card knows the token ids it covers (DecodeFromHeld always;
+Decode when DecodeRequest.prompt_token_ids is given) and `kv_retention` is on; the ids are the prompt's
+followed by every token the card stepped (the last generated token is sampled, never stepped). Its
+blocks are named by prefix_index.root_hash(model name, cache_salt). DecodeFromHeld serves a request
+from that cache (glitches/fpga_worker/held_decode.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,9 @@ import os
 from glitches.decode_contract.device import DecodeBackend
 from glitches.decode_contract.kv_intake_rpcs import KvIntakeRpcs
 from glitches.fpga_worker.settings import FpgaWorkerSettings
+from glitches.fpga_worker.held_decode import decode_from_held
 from glitches.kv_plane.host_identity import host_identity
+from glitches.kv_plane.prefix_index import root_hash
 from glitches.kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S
 from glitches.services.generation import grammar, models
 from glitches.services.generation.decoding import decode_loop
@@ -26,8 +36,9 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
                  kv_tokens: KvTokenVerifier | None = None, kv_transport: str = "auto",
                  limits: tuple[float, float, int] = (HEADER_TIMEOUT_S, STALL_TIMEOUT_S, 64),
                  holds: KvHolds | None = None, auth: RequestAuthVerifier | OpenAccess | None = None,
-                 vocab_size: int = 0):
-        """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream."""
+                 vocab_size: int = 0, kv_retention: bool = True):
+        """limits: (header deadline s, stall limit s, KV streams at once) of every KV stream.
+        kv_retention: keep normally finished requests' KV as reusable cache (module docstring)."""
         self.holds = holds or KvHolds(3600.0, lambda request_id: None)  # the worker's record of what it holds
         self.backend = backend
         self.setup_kv_intake(backend, worker_id or "fpga", kv_transport, limits)
@@ -38,7 +49,7 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
         self.auth = auth or OpenAccess()  # per-request authorisation of Decode, Release, RenewKvHolds
         self.vocab_size = vocab_size or len(tokenizer)  # token ids a Decode may name: [0, vocab_size)
         self.worker_id = worker_id
-
+        self.kv_retention = kv_retention
 
     def text_of(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -85,24 +96,77 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
             self.holds.end_decode(request_id)
 
     def _decode(self, request, context, sampling: Sampling, generated: list[int]):
-        request_id = request.request_id
-        latest = {"position": request.position}
+        prompt = list(request.prompt_token_ids)
+        # the ids of the KV before `position`, when known: the prompt, then the generated tokens stepped so far
+        known = prompt + generated[:-1] if prompt and len(prompt) + len(generated) - 1 == request.position else None
+
+        def steps_of(step, constraint, cancelled, modeled_s):
+            return decode_loop(step, generated, request.position, sampling, self.text_of, cancelled=cancelled,
+                               modeled_s=modeled_s, constraint=constraint)
+
+        yield from self._stream(request.request_id, context, sampling, generated, steps_of, known, request.cache_salt)
+
+    def _stream(self, request_id: str, context, sampling: Sampling, generated: list[int], steps_of,
+                known: list[int] | None, salt: bytes, reused: int = 0):
+        """Run steps_of(step, constraint, cancelled, modeled_s) to the end, streaming DecodeTokens; then keep
+        the KV as cache (a normal finish, `known` ids given) or free it (anything else)."""
+        latest = {"position": 0}
+        stepped = []  # token ids fed to the card, in order
 
         def step(token: int, position: int):
             latest["position"] = position
-            return self.backend.step(request_id, token, position)
+            logits = self.backend.step(request_id, token, position)
+            stepped.append(token)
+            return logits
 
+        finished = False
         try:
             constraint = grammar.constraint_for(sampling, self.tokenizer, generated)  # None without response_format
             # modeled: the card time the U280 timing model gives for a step over position + 1 tokens
-            steps = decode_loop(step, generated, request.position, sampling, self.text_of,
-                                cancelled=lambda: not context.is_active(),
-                                modeled_s=lambda: self.backend.modeled_step_s(latest["position"] + 1),
-                                constraint=constraint)
-            for step in steps:
-                yield step_to_proto(step)
+            steps = steps_of(step, constraint, lambda: not context.is_active(),
+                             lambda: self.backend.modeled_step_s(latest["position"] + 1))
+            for i, step_out in enumerate(steps):
+                finished = step_out.finish is not None
+                token = step_to_proto(step_out)
+                if i == 0 and reused:
+                    token.reused_prompt_tokens = reused
+                yield token
+            if finished and known is not None and self.kv_retention:
+                retain = getattr(self.backend, "retain", None)  # cards that keep KV (the emulated ones)
+                if retain is not None:
+                    retain(request_id, known + stepped, root_hash(self.model_name, salt))
         finally:
-            self.backend.release(request_id)  # finished, failed or cancelled: the KV goes
+            self.backend.release(request_id)  # kept above, or failed or cancelled: the KV goes
+
+    def DecodeFromHeld(self, request, context):
+        self.auth.check(request.auth_token, "decode", request.request_id)
+        sampling = Sampling.from_proto(request.sampling)
+        check_sampling(sampling)
+        if sampling.max_new_tokens < 1:
+            raise InvalidArgument("sampling.max_new_tokens must be at least 1")
+        prompt = list(request.prompt_token_ids)
+        if not prompt:
+            raise InvalidArgument("prompt_token_ids is empty; DecodeFromHeld needs the whole prompt")
+        if max(prompt) >= self.vocab_size:
+            raise InvalidArgument(f"token id {max(prompt)} (prompt_token_ids) is outside the vocabulary "
+                                  f"(size {self.vocab_size})")
+        adopt = getattr(self.backend, "adopt", None)
+        if adopt is None or (not self.kv_retention and request.min_held_tokens > 0):
+            raise FailedPrecondition("prefix no longer held: this card keeps no KV between requests "
+                                     "(--no-kv-retention or a backend without retention); send the KV")
+        request_id, salt = request.request_id, request.cache_salt
+        self.holds.begin_decode(request_id)  # FAILED_PRECONDITION when another decode of it runs
+        try:
+            # FAILED_PRECONDITION (too little held), RESOURCE_EXHAUSTED, ALREADY_EXISTS: nothing reserved
+            held = adopt(request_id, prompt, root_hash(self.model_name, salt),
+                         len(prompt) + sampling.max_new_tokens, request.min_held_tokens)
+
+            def steps_of(step, constraint, cancelled, modeled_s):
+                return decode_from_held(step, prompt, held, sampling, self.text_of, cancelled, modeled_s, constraint)
+
+            yield from self._stream(request_id, context, sampling, [], steps_of, prompt[:held], salt, reused=held)
+        finally:
+            self.holds.end_decode(request_id)
 
     def Release(self, request, context):
         self.auth.check(request.auth_token, "release", request.request_id)

@@ -34,6 +34,7 @@ class FpgaWorkerSettings(DaemonSettings):
     max_kv_streams: int = 64  # KV streams served at once; the gRPC pool gets this many threads on top of 32
     kv_hold_ttl_s: float = DEFAULT_HOLD_TTL_S  # KV of a request not decoding is freed this long after its last renewal
     kv_copy_threads: int = kv_copy_threads.DEFAULT_THREADS  # threads of one KV relayout (K and V side by side)
+    kv_retention: bool = True  # keep finished requests' KV as reusable cache and serve DecodeFromHeld from it
 
     def __post_init__(self):
         super().__post_init__()

@@ -6,6 +6,9 @@ gets one KV region at the same offset in every PC, placed first-fit in [kv_base,
 the one KV space (hbm_manager.KvSpace), inside a shared-memory segment a same-host sender can
 write into. Regions hold whole 512-token units (32 PCs x 16-token blocks), so a reservation
 rounds up. No card is involved: `facts()` says so.
+
+Retention (emu_kv.py): the kernel writes each step's KV into the region, so a finished request's
+region already holds prompt + stepped tokens; `retain` keeps it, `adopt` starts a request from it.
 """
 
 from __future__ import annotations
@@ -130,6 +133,21 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
     def release(self, request_id: str) -> bool:
         known = forget(self._requests, self._lock, request_id)
         return self.kv.release(request_id) or known
+
+    def retain(self, request_id: str, tokens: list[int], root: bytes) -> bool:
+        """Keep the KV of `tokens` (prompt + stepped tokens) as cache; False: not kept (release it)."""
+        request = self._requests.get(request_id)
+        if request is None or request.prompt_tokens is None:
+            return False
+        forget(self._requests, self._lock, request_id)
+        return self.kv.retain(request_id, tokens, root)
+
+    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
+        """Reserve for `max_tokens` starting from the longest held prefix of `prompt`; returns the tokens held."""
+        n = self.kv.adopt(request_id, prompt, root, max_tokens, min_held)
+        with self._lock:
+            self._requests[request_id] = _Request(prompt_tokens=n)  # sealed: steps go on from token n
+        return n
 
     def active_requests(self) -> list[str]:
         return request_ids(self._requests, self._lock)

@@ -3,7 +3,8 @@
 Under mutual TLS every caller presents a certificate from the deployment's CA; `glitches certs` names
 each certificate's subject common name (CN) after its role. A worker then admits:
 
-  Prefill, Decode, Release,  only the scheduler
+  Prefill, Decode,           only the scheduler
+  DecodeFromHeld, Release,
   RenewKvHolds (it places requests and frees them)
   TransferKV(Placed)         only a GPU worker (it streams prefill's KV to the decode target)
   Info, health, reflection   any peer with a valid certificate
@@ -25,6 +26,7 @@ WORKER_SERVICE = "glitches.v1.Worker"
 WORKER_CALLERS: dict[str, frozenset[str]] = {
     "Prefill": frozenset({"scheduler"}),
     "Decode": frozenset({"scheduler"}),
+    "DecodeFromHeld": frozenset({"scheduler"}),
     "Release": frozenset({"scheduler"}),
     "RenewKvHolds": frozenset({"scheduler"}),
     "TransferKV": frozenset({"gpu-worker"}),
