@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from glitches.sim.plan_workload import read_trace
+from glitches.sim.reuse import compare_reuse
 from glitches.sim.run import build_config, run_simulation
 
 
@@ -34,7 +35,8 @@ def simulate(
     (all at once). Devices come from `profile_path` (glitches.profile.v1) when
     it names them, else from glitches/sim/profiles/devices.json. Raises
     services.errors.InvalidArgument on bad input. Returns the dict described
-    in sim.metrics plus an "inputs" entry echoing the arguments.
+    in sim.metrics plus an "inputs" entry echoing the arguments; a trace with conversations (multi-turn
+    chat) adds "reuse": the same trace with KV reuse on and off (glitches/sim/reuse.py).
     """
     config = build_config(gpus, gpu, fpgas, fpga, model, profile_path, link_gb_per_s, gpu_decode_slots,
                           fpga_prefetch_ratio)
@@ -44,6 +46,8 @@ def simulate(
         workload = read_trace(trace_path)
         result = run_simulation(config, workload.shapes, seed=seed, arrivals_s=workload.arrivals_s)
         num_requests = len(workload.shapes)
+        if workload.conversations is not None:
+            result["reuse"] = compare_reuse(config, workload, seed)
     else:
         shapes = [(input_tokens, output_tokens)] * num_requests
         result = run_simulation(config, shapes, request_rate, concurrency, seed)
@@ -95,4 +99,22 @@ def render_text(result: dict) -> str:
             f"prefill {dev['prefill_utilisation']:6.1%}  decode {dev['decode_utilisation']:6.1%}  "
             f"{dev['avg_power_w']:6.1f} W"
         )
+    lines += _reuse_lines(result.get("reuse"))
     return "\n".join(lines)
+
+
+def _reuse_lines(reuse: dict | None) -> list[str]:
+    """The KV-reuse comparison (reuse on vs off), when the trace had conversations."""
+    if not reuse:
+        return []
+    lines = [f"{'-' * 12} KV reuse (on / off) {'-' * 12}"]
+    on, off = reuse["on"], reuse["off"]
+    lines.append(f"{'Prefix hit rate:':<34}{on['hit_rate']:.1%} / {off['hit_rate']:.1%}")
+    lines.append(f"{'Paths on (transfer/extend/fresh):':<34}{on['paths']['transfer']}/{on['paths']['extend']}/"
+                 f"{on['paths']['fresh']}")
+    for stat in ("p50", "p99"):
+        lines.append(f"{'TTFT turns 2+ ' + stat + ' (ms):':<34}{on['ttft_later_turns_s'][stat] * 1e3:.2f} / "
+                     f"{off['ttft_later_turns_s'][stat] * 1e3:.2f}")
+    lines.append(f"{'GPU prefill tokens:':<34}{on['gpu_prefill_tokens']} / {off['gpu_prefill_tokens']}")
+    lines.append(f"{'KV bytes moved (GB):':<34}{on['kv_bytes_moved'] / 1e9:.2f} / {off['kv_bytes_moved'] / 1e9:.2f}")
+    return lines

@@ -24,6 +24,16 @@ this module's rule (the live scheduler's admission, as modelled here):
   picked by the same ranking `place` uses for FPGAs (fewest active, then id).
 The PCIe link is per GPU and modelled only through the exposed transfer;
 links are not shared between concurrent transfers.
+
+KV reuse (NodeConfig.kv_reuse; requests of a conversation, RequestRecord.conversation/turn): every
+device keeps a HeldCache (glitches/sim/held_cache.py): a card what it decoded (prompt + reply), a GPU
+the prompt it prefilled. Placement sees each device's held tokens of the prompt (WorkerView.cached_tokens)
+and the costs (NodeConfig.reuse_costs, scheduler/reuse_cost.py) and picks a path:
+- transfer / fresh: the GPU prefills what its cache lacks (prefill_s of the uncached tokens: attention
+  over the cached ones is not charged), the whole prompt's KV streams to the card, as without reuse;
+- extend: the card forces the uncached prompt tokens through its decode step (one decode step each, at
+  its context), the last one's logits give the first token; no GPU, no transfer.
+A batching GPU (gpu_batching) prefills the whole prompt (its cache is not modelled).
 """
 
 from __future__ import annotations
@@ -34,8 +44,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from glitches.scheduler.placement import ClusterSnapshot, DeviceKind, PlacementRequest, WorkerView, place
+from glitches.scheduler.placement import PATH_EXTEND, ClusterSnapshot, DeviceKind, PlacementRequest, WorkerView, place
+from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
 from glitches.sim.gpu_batching import BatchingLoop
+from glitches.sim.held_cache import HeldCache
 from glitches.sim.kv_transfer import exposed_transfer_s, kv_transfer_s
 from glitches.sim.profiles import DeviceProfile
 
@@ -54,6 +66,8 @@ class NodeConfig:
     gpu_decode_slots: int = 1  # requests one GPU may decode at once (GPU assist); 0 turns assist off
     gpu_batching: bool = False  # True: GPUs batch continuously (glitches/sim/gpu_batching.py), as the GPU worker does now
     gpu_max_batch_tokens: int = 512  # with gpu_batching: tokens per forward pass (the worker's --max-batch-tokens)
+    kv_reuse: bool = False  # devices keep finished conversations' KV and placement routes by it (module docstring)
+    reuse_costs: ReuseCosts = DEFAULT_REUSE_COSTS  # placement's cost model (glitches/sim/reuse.py: from profiles)
 
 
 @dataclass
@@ -68,6 +82,10 @@ class RequestRecord:
     first_token_s: float = float("nan")
     exposed_kv_s: float = 0.0  # KV transfer not hidden by the prefill, s
     token_times_s: list[float] = field(default_factory=list)  # one per output token, absolute sim time
+    conversation: str = ""  # KV reuse: the conversation this turn belongs to ("" none)
+    turn: int = 1  # 1 = the conversation's first request
+    path: str = ""  # placement's path (placement.PATH_*)
+    reused_tokens: int = 0  # prompt tokens not computed: held by the extending card or the prefill GPU
 
     @property
     def done(self) -> bool:
@@ -88,10 +106,12 @@ class SimDevice:
         self.busy_prefill_s = 0.0
         self.busy_decode_s = 0.0
         self.loop: BatchingLoop | None = None  # a batching GPU's step loop (NodeConfig.gpu_batching)
+        self.cache = HeldCache(profile.kv_capacity_bytes, profile.kv_bytes_per_token)  # with kv_reuse
 
-    def view(self) -> WorkerView:
-        free = max(0, int(self.profile.kv_capacity_bytes - self.kv_used_bytes))
-        return WorkerView(self.worker_id, self.profile.kind, self.decode_slots, self.active, free)
+    def view(self, cached_tokens: int = 0) -> WorkerView:
+        free = max(0, int(self.profile.kv_capacity_bytes - self.kv_used_bytes))  # held KV counts as free
+        return WorkerView(self.worker_id, self.profile.kind, self.decode_slots, self.active, free,
+                          cached_tokens=cached_tokens)
 
     def can_decode(self, kv_bytes: float) -> bool:
         fits = self.kv_used_bytes + kv_bytes <= self.profile.kv_capacity_bytes
@@ -147,12 +167,26 @@ class Node:
             return True
         if not any(d.can_decode(kv) for d in self.gpus + self.fpgas):
             return False
-        snapshot = ClusterSnapshot(tuple(d.view() for d in self.gpus + self.fpgas))
-        placement = place(snapshot, PlacementRequest(rec.prompt_tokens, rec.output_tokens, int(kv)))
+        snapshot = ClusterSnapshot(tuple(d.view(self._held(d, rec)) for d in self.gpus + self.fpgas))
+        request = PlacementRequest(rec.prompt_tokens, rec.output_tokens, int(kv), reuse=self.config.kv_reuse)
+        placement = place(snapshot, request, self.config.reuse_costs) if self.config.kv_reuse else place(snapshot, request)
+        rec.path = placement.path
+        if placement.path == PATH_EXTEND:
+            card = self.devices[placement.extend_worker]
+            card.cache.take(rec.conversation)  # in use again
+            rec.reused_tokens = placement.held_tokens
+            self._start(rec, done, card, card, kv)
+            return True
         prefill = self.devices[placement.prefill_worker]
         decoder = self.devices[placement.decode_candidates[0]] if placement.decode_candidates else prefill
+        if prefill.loop is None:  # a batching GPU's cache is not modelled
+            rec.reused_tokens = self._held(prefill, rec)
         self._start(rec, done, prefill, decoder, kv)
         return True
+
+    def _held(self, device: SimDevice, rec: RequestRecord) -> int:
+        return device.cache.held(rec.conversation, rec.prompt_tokens) if self.config.kv_reuse and rec.conversation \
+            else 0
 
     def _start(self, rec, done, prefill: SimDevice, decoder: SimDevice, kv: float) -> None:
         rec.admitted_s = self.env.now
@@ -162,7 +196,9 @@ class Node:
             decoder.active += 1
         decoder.decoding += 1
         decoder.kv_used_bytes += kv
-        self.env.process(self._serve(rec, done, prefill, decoder, kv))
+        decoder.cache.shrink(decoder.kv_used_bytes)
+        serve = self._extend if rec.path == PATH_EXTEND else self._serve
+        self.env.process(serve(rec, done, prefill, decoder, kv))
 
     def _serve(self, rec: RequestRecord, done, prefill: SimDevice, decoder: SimDevice, kv: float):
         if prefill.loop is not None:  # a batching GPU: chunks share forward passes with decodes and other prompts
@@ -172,9 +208,11 @@ class Node:
         else:
             with prefill.compute.request(priority=PREFILL_PRIORITY) as turn:
                 yield turn
-                prefill_s = prefill.profile.timing.prefill_s(rec.prompt_tokens)
+                prefill_s = prefill.profile.timing.prefill_s(rec.prompt_tokens - rec.reused_tokens)
                 yield self.env.timeout(prefill_s)
                 prefill.busy_prefill_s += prefill_s
+            if self.config.kv_reuse and rec.conversation:
+                prefill.cache.keep(rec.conversation, rec.prompt_tokens, prefill.kv_used_bytes)
         rec.first_token_s = self.env.now  # the prefill's logits give the first token
         rec.token_times_s.append(self.env.now)
         if decoder is not prefill:
@@ -190,9 +228,30 @@ class Node:
             yield decoder.loop.decode(rec, steps)
         elif steps > 0:
             yield from self._decode_shared(rec, decoder, steps)
+        self._finish(rec, done, decoder, kv)
+
+    def _extend(self, rec: RequestRecord, done, card: SimDevice, _same: SimDevice, kv: float):
+        """The extend path: the card steps the prompt tokens it does not hold, forced, then decodes."""
+        held = rec.reused_tokens
+        force_s = float(sum(card.profile.timing.decode_step_s(c) for c in range(held + 1, rec.prompt_tokens + 1)))
+        with card.compute.request(priority=DECODE_PRIORITY) as turn:
+            yield turn
+            yield self.env.timeout(force_s)
+        card.busy_decode_s += force_s
+        rec.prefill_device = ""
+        rec.first_token_s = self.env.now  # the last forced step's logits give the first token
+        rec.token_times_s.append(self.env.now)
+        if rec.output_tokens > 1:
+            yield from self._decode_alone(rec, card, rec.output_tokens - 1)
+        self._finish(rec, done, card, kv)
+
+    def _finish(self, rec: RequestRecord, done, decoder: SimDevice, kv: float) -> None:
         decoder.active -= 1
         decoder.decoding -= 1
         decoder.kv_used_bytes -= kv
+        if self.config.kv_reuse and rec.conversation and decoder.profile.kind == DeviceKind.FPGA:
+            # the card keeps what it decoded: the prompt and every reply token but the last (never stepped)
+            decoder.cache.keep(rec.conversation, rec.prompt_tokens + rec.output_tokens - 1, decoder.kv_used_bytes)
         done.succeed(rec)
         self._kick()
 

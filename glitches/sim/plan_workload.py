@@ -6,6 +6,8 @@ closed loop of C clients, or a trace file.
 
 Trace file (JSONL, one request per line, the format `glitches bench --trace-out` writes):
     {"arrival_s": seconds from the first request, "input_tokens": prompt tokens, "output_tokens": tokens generated}
+  optional, for KV reuse (multi-turn chat): "conversation": its id (a string), "turn": 1, 2, ... (a turn's
+  prompt starts with the previous turn's prompt and reply; glitches/sim/reuse.py writes such traces)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Workload:
     request_rate: float | None = None  # Poisson, requests/s
     concurrency: int | None = None  # closed loop
     arrivals_s: tuple[float, ...] | None = None  # a trace's arrival times, s
+    conversations: tuple[tuple[str, int], ...] | None = None  # a trace's (conversation id, turn) per request
 
     def label(self) -> str:
         if self.arrivals_s is not None:
@@ -74,18 +77,24 @@ def read_trace(path: str | Path) -> Workload:
             continue
         try:
             row = json.loads(line)
-            rows.append((float(row["arrival_s"]), int(row["input_tokens"]), int(row["output_tokens"])))
+            rows.append((float(row["arrival_s"]), int(row["input_tokens"]), int(row["output_tokens"]),
+                         (str(row["conversation"]), int(row.get("turn", 1))) if "conversation" in row else None))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"{path}:{number}: need {{\"arrival_s\", \"input_tokens\", \"output_tokens\"}}: "
                                   f"{exc}") from None
     if not rows:
         raise InvalidArgument(f"{path}: no requests in the trace")
     first = min(r[0] for r in rows)
-    return Workload(tuple((i, o) for _, i, o in rows), arrivals_s=tuple(a - first for a, _, _ in rows))
+    conversations = tuple(r[3] or ("", 1) for r in rows) if any(r[3] for r in rows) else None
+    return Workload(tuple((i, o) for _, i, o, _ in rows), arrivals_s=tuple(r[0] - first for r in rows),
+                    conversations=conversations)
 
 
-def write_trace(path: str | Path, arrivals_s, shapes) -> None:
-    """Write a trace file (module docstring): one line per request."""
-    lines = [json.dumps({"arrival_s": round(float(a), 6), "input_tokens": int(i), "output_tokens": int(o)})
-             for a, (i, o) in zip(arrivals_s, shapes)]
+def write_trace(path: str | Path, arrivals_s, shapes, conversations=None) -> None:
+    """Write a trace file (module docstring): one line per request; conversations: (id, turn) per request."""
+    rows = [{"arrival_s": round(float(a), 6), "input_tokens": int(i), "output_tokens": int(o)}
+            for a, (i, o) in zip(arrivals_s, shapes)]
+    for row, (conversation, turn) in zip(rows, conversations or ()):
+        row.update(conversation=conversation, turn=turn)
+    lines = [json.dumps(row) for row in rows]
     Path(path).write_text("\n".join(lines) + "\n")

@@ -68,12 +68,13 @@ def run_simulation(
     concurrency: int | None = None,
     seed: int = 0,
     arrivals_s: Sequence[float] | None = None,
+    conversations: Sequence[tuple[str, int]] | None = None,
 ) -> dict:
     """Run every request to completion and summarise (see sim.metrics for the fields).
 
     No rate, no concurrency and no arrival times: all requests arrive at t = 0.
     """
-    return summarise(simulate_node(config, shapes, request_rate, concurrency, seed, arrivals_s))
+    return summarise(simulate_node(config, shapes, request_rate, concurrency, seed, arrivals_s, conversations))
 
 
 def simulate_node(
@@ -83,10 +84,12 @@ def simulate_node(
     concurrency: int | None = None,
     seed: int = 0,
     arrivals_s: Sequence[float] | None = None,
+    conversations: Sequence[tuple[str, int]] | None = None,
 ) -> Node:
     """Run every request to completion; the finished node (its `records` hold every request's times).
 
-    arrivals_s: each request's arrival time in seconds (a trace), in the order of `shapes`."""
+    arrivals_s: each request's arrival time in seconds (a trace), in the order of `shapes`; conversations:
+    each request's (conversation id, turn) with a trace (KV reuse, NodeConfig.kv_reuse)."""
     if not shapes:
         raise InvalidArgument("need at least one request")
     if any(p < 1 or o < 1 for p, o in shapes):
@@ -99,7 +102,7 @@ def simulate_node(
     if arrivals_s is not None:
         if len(arrivals_s) != len(shapes) or any(a < 0 for a in arrivals_s):
             raise InvalidArgument("a trace needs one arrival time >= 0 s per request")
-        trace(node, shapes, arrivals_s)
+        trace(node, shapes, arrivals_s, conversations)
     elif request_rate is not None:
         if request_rate <= 0:
             raise InvalidArgument(f"request rate must be positive requests/s, got {request_rate}")

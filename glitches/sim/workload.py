@@ -48,14 +48,18 @@ def closed_loop(node: Node, shapes: Sequence[Shape], concurrency: int) -> None:
         node.env.process(client())
 
 
-def trace(node: Node, shapes: Sequence[Shape], arrivals_s: Sequence[float]) -> None:
-    """Each request arrives at its own time (seconds from the start; any order)."""
+def trace(node: Node, shapes: Sequence[Shape], arrivals_s: Sequence[float],
+          conversations: Sequence[tuple[str, int]] | None = None) -> None:
+    """Each request arrives at its own time (seconds from the start; any order); conversations: its
+    (conversation id, turn), for KV reuse."""
     order = sorted(range(len(shapes)), key=lambda i: arrivals_s[i])
 
     def arrivals():
         for rid in order:
             yield node.env.timeout(max(0.0, float(arrivals_s[rid]) - node.env.now))
             prompt, output = shapes[rid]
-            node.submit(RequestRecord(rid, prompt, output, arrival_s=node.env.now))
+            conversation, turn = conversations[rid] if conversations else ("", 1)
+            node.submit(RequestRecord(rid, prompt, output, arrival_s=node.env.now, conversation=conversation,
+                                      turn=turn))
 
     node.env.process(arrivals())
