@@ -229,6 +229,8 @@ def gpu_worker_cmd(**kwargs) -> None:
 @kv_token_option
 @kv_hold_option
 @kv_copy_threads_option
+@click.option("--kv-retention/--no-kv-retention", default=True, envvar=env_var("kv-retention"), show_default=True,
+              help="Keep finished requests' KV in HBM as evictable cache and serve DecodeFromHeld from it.")
 def fpga_worker_cmd(**kwargs) -> None:
     """Run one FPGA worker: receive KV into HBM and decode from it."""
     from glitches.fpga_worker.daemon import serve

@@ -77,6 +77,8 @@ class UpOptions:
                    "source C-simulated; same bits as w4a8).")
 @click.option("--fpga-hbm-bytes", default=0, type=int, help="HBM per emulated card, bytes (0: 8 GiB).")
 @click.option("--fpga-slots", default=1, type=int, show_default=True)
+@click.option("--kv-retention/--no-kv-retention", default=True, show_default=True,
+              help="FPGA workers keep finished requests' KV as cache (fpga-worker --kv-retention).")
 @click.option("--kv-transport", default="auto", show_default=True, type=click.Choice(["auto", "shm", "nixl", "grpc"]),
               help="Every worker's --kv-transport.")
 @click.option("--gpu-slots", default=0, type=int, show_default=True,

@@ -77,6 +77,7 @@ class ClusterSpec:
     fpga_numerics: str = "reference"
     fpga_hbm_bytes: int = 0  # 0 = the worker's default (8 GiB)
     fpga_slots: int = 1
+    kv_retention: bool = True  # FPGA workers keep finished requests' KV as cache (fpga-worker --kv-retention)
     kv_transport: str = "auto"  # every worker's --kv-transport
     gpu_slots: int = 0  # GPU-assist decodes each GPU worker accepts; 0 = from its KV budget (gpu-worker --slots 0)
     prefix_cache: bool = True  # GPU workers keep and reuse finished requests' full KV blocks (--prefix-cache)
@@ -233,7 +234,8 @@ class LocalCluster:
             extra = ["--hbm-bytes", str(self.spec.fpga_hbm_bytes)] if self.spec.fpga_hbm_bytes else []
             self._daemon(f"fpga-{i}", "fpga-worker", "--worker-id", f"fpga-{i}", "--threads", str(threads),
                          "--numerics", self.spec.fpga_numerics, "--slots", str(self.spec.fpga_slots),
-                         "--kv-transport", self.spec.kv_transport, *extra)
+                         "--kv-transport", self.spec.kv_transport,
+                         "--kv-retention" if self.spec.kv_retention else "--no-kv-retention", *extra)
         if self.spec.gateway_port is not None:
             gateway_port = self.spec.gateway_port or free_port()
             self.gateway_url = f"http://127.0.0.1:{gateway_port}"

@@ -131,3 +131,32 @@ def test_held_chains_are_published_and_withdrawn(card, redis_prefix):
     assert registry.held_overlap(["fpga-r"], chain) == {"fpga-r": 0}
     registry.deregister("fpga-r")
     registry.close()
+
+
+def test_a_worker_daemon_publishes_what_it_keeps_and_drops_it_on_deregister(tiny_source, redis_prefix):
+    from glitches.fpga_worker.daemon import FpgaDevice
+    from glitches.fpga_worker.settings import FpgaWorkerSettings
+    from glitches.services.runtime.channels import insecure_channel
+    from glitches.services.runtime.worker_runtime import start_worker
+    from glitches.services.stubs.glitches.v1 import worker_pb2_grpc
+
+    running = start_worker(FpgaDevice(FpgaWorkerSettings(model=str(tiny_source.path), redis_prefix=redis_prefix,
+                                                         worker_id="fpga-d", hbm_bytes=64 * 1024**2)))
+    registry = Registry(REDIS_URL, redis_prefix)
+    try:
+        stub = worker_pb2_grpc.WorkerStub(insecure_channel(running.address))
+        prompt = list(range(1200, 1240))
+        reply = [t.token_id for t in _from_held(stub, "d1", prompt, 4)]
+        chain = block_hashes(prompt + reply + list(range(20)), root_hash(running.servicer.model_name, b""))
+        deadline = time.monotonic() + 5
+        while registry.held_overlap(["fpga-d"], chain)["fpga-d"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert registry.held_overlap(["fpga-d"], chain) == {"fpga-d": 2}  # 43 tokens kept: 2 full blocks
+        follow_up = prompt + reply + [7, 8]
+        first = next(iter(_from_held(stub, "d2", follow_up, 1, min_held=len(prompt) + len(reply) - 1)))
+        assert first.reused_prompt_tokens == len(prompt) + len(reply) - 1
+    finally:
+        running.drain(0)
+        running.close()
+    assert not registry.redis.exists(f"{redis_prefix}:held:fpga-d")
+    registry.close()
