@@ -34,7 +34,8 @@ def card(tiny_source):
     assert backend.kv.capacity_bytes == 3 * 32 * unit
     servicer = FpgaWorkerServicer(backend, models.load_tokenizer(tiny_source), "fpga-r", tiny_source.name, 2)
     server, stub = serve_worker(servicer)
-    yield dict(backend=backend, stub=stub, servicer=servicer, unit_bytes=32 * unit, root=root_hash(tiny_source.name, b""))
+    yield dict(backend=backend, stub=stub, servicer=servicer, unit_bytes=32 * unit,
+               root=root_hash(tiny_source.name, b""))
     server.stop(0)
     backend.kv.close()
 

@@ -1,4 +1,4 @@
-"""Worker/DecodeFromHeld on a real in-process card (emu reference and W4A8 numerics) beside a real GPU worker:
+"""Worker/DecodeFromHeld on a real in-process card (emu reference, W4A8 and csim numerics) beside a real GPU worker:
 a 2-turn conversation's second turn served from the KV the card kept equals the normal path (prefill KV
 transferred + Decode), and prefixes the card does not hold (wrong ids, another salt, evicted) are refused."""
 
@@ -32,12 +32,12 @@ def gpu(tiny_source):
     engine.close()
 
 
-@pytest.fixture(scope="module", params=["reference", "w4a8"])
+@pytest.fixture(scope="module", params=["reference", "w4a8", "csim"])
 def card(request, tiny_source):
     if request.param == "reference":
         backend = EmulatedCard(tiny_source, HBM)
     else:
-        backend = W4A8EmulatedCard.from_source(tiny_source, HBM, numerics="w4a8")
+        backend = W4A8EmulatedCard.from_source(tiny_source, HBM, numerics=request.param)
     server, stub = serve_worker(FpgaWorkerServicer(backend, models.load_tokenizer(tiny_source), "fpga-t",
                                                    tiny_source.name, 2))
     yield dict(backend=backend, stub=stub, address=f"127.0.0.1:{server.port}")

@@ -30,6 +30,10 @@ def test_overlap_counts_leading_blocks_only(redis_prefix):
     assert registry.held_overlap(["f0"], chain) == {"f0": 1}
     assert registry.held_overlap(["f0"], _chain(4, salt=b"other tenant")) == {"f0": 0}
     assert registry.held_overlap([], chain) == {} and registry.held_overlap(["f0"], []) == {"f0": 0}
+    registry.publish_held("f1", [], chain[1:])
+    registry.publish_held("f2", chain, [])
+    registry.clear_held("f2")  # a restarted worker holds nothing
+    assert registry.held_overlap(["f2"], chain) == {"f2": 0}
     registry.deregister("f0")
     assert not registry.redis.exists(f"{redis_prefix}:held:f0")
 

@@ -13,10 +13,12 @@ Retention (issue #27): a request that finished normally may leave its region beh
 tokens takes it over (`adopt`). Design choice: the held region is adopted IN PLACE when its capacity
 covers the new request's prompt + max_new_tokens (no copy: the new request's region simply is the old
 one, at the same kv_offset, with the same per-request layout), else a new region is reserved and the
-held tokens' KV is copied into it (HBM to HBM on a card) and the old region freed. Both keep ABI v2's
-per-request block table (docs/fpga-kernel-abi.md section 4) trivially: a request's table is still one
-contiguous run of blocks, so the kernel needs no change; a block table of held pages + new pages would
-save the copy but needs a shared-page refcount the kernel's KV space does not have yet.
+held tokens' KV is copied into it (HBM to HBM on a card) and the old region freed. Why not the block
+table of held pages + new pages (docs/fpga-kernel-abi.md section 4; the kernel already takes any table)?
+This KV space gives each request one contiguous region whose lane stride depends on its capacity
+(StepArgs.for_region), so pages cannot be appended to a held region; in place (or one copy) keeps every
+request's table the consecutive pages of one region, so ABI v2 needs no change, and a paged allocator
+(lane stride = block_bytes, per-page refcounts for shared prefixes) can later adopt held pages instead.
 Eviction: `reserve`/`adopt` evict retained regions least recently used first until the new region
 fits, and refuse (RESOURCE_EXHAUSTED) only when nothing evictable is left. Only retained regions are
 ever evicted: a region a request holds (receiving KV, sealed or decoding) is not in the index.
@@ -74,7 +76,10 @@ class EmulatedKvStore:
         return f"{request_id}#{self._reservations}"
 
     def _place(self, space_key: str, region_bytes_per_channel: int, keep: str | None = None) -> int:
-        """Reserve in the KV space, evicting retained regions (LRU, never `keep`) until it fits; caller holds the lock."""
+        """Reserve in the KV space, evicting retained regions (LRU, never `keep`) until it fits.
+
+        The caller holds the lock. Regions are contiguous, so eviction may free more than the bytes
+        asked for before a large enough gap appears (fragmentation), never a region a request holds."""
         while True:
             try:
                 return self.space.reserve(space_key, region_bytes_per_channel)

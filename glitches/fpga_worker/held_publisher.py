@@ -3,8 +3,9 @@
 Protocol: the card's KV store records every chain hash that starts or stops being held
 (decode_contract/retained_kv.py, `drain`); this thread drains those changes every `interval_s`
 and writes them to P:held:{worker id} (glitches/services/cluster/registry.py), which expires with the
-worker's heartbeat. A write that fails (Redis away) is kept and merged into the next one, so the set
-converges once Redis answers. Routing reads it as a hint only: the card verifies token ids before it
+worker's heartbeat; `start` first deletes what an earlier process of the same worker id left there
+(a restart loses the cache). A write that fails (Redis away) is kept and merged into the next one,
+so the set converges once Redis answers. Routing reads it as a hint only: the card verifies token ids before it
 reuses anything, so a stale entry costs time, never correctness.
 """
 
@@ -31,6 +32,11 @@ class HeldPublisher:
         self._thread = threading.Thread(target=self._run, name="held-kv-publisher", daemon=True)
 
     def start(self) -> HeldPublisher:
+        """Clear what an earlier process with this worker id published (its cache died with it), then run."""
+        try:
+            self._registry.clear_held(self._worker_id())
+        except Unavailable as error:
+            log.warning("could not clear the held KV blocks published before: %s", error)
         self._thread.start()
         return self
 

@@ -267,6 +267,10 @@ class Registry:
             pipe.execute()
         self._call("publish held KV", write)
 
+    def clear_held(self, worker_id: str) -> None:
+        """Forget everything the worker published as held (a restarted worker holds nothing yet)."""
+        self._call("clear held KV", lambda: self.redis.delete(self._key("held", worker_id)))
+
     def held_overlap(self, worker_ids: list[str], hashes: list[bytes]) -> dict[str, int]:
         """worker id -> how many leading entries of `hashes` (a chain, first block first) it holds.
 
