@@ -237,5 +237,7 @@ def test_a_missing_library_is_a_clear_failed_precondition(monkeypatch, tmp_path)
 
     monkeypatch.setattr(kernel_csim, "LIBRARY", tmp_path / "libglitches_csim.so")
     monkeypatch.setattr(kernel_csim, "_library", None)
+    monkeypatch.setenv("GLITCHES_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no g++ to build it on first use (tests/test_kernel_build.py)
     with pytest.raises(FailedPrecondition, match="run `make setup`"):
         kernel_csim.library()

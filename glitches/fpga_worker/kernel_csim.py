@@ -1,4 +1,5 @@
-"""The decode kernel's C simulation (glitches/fpga_worker/kernel/, built by `make setup` with g++) through ctypes.
+"""The decode kernel's C simulation (glitches/fpga_worker/kernel/, built by `make setup` with g++, or on first use
+from an installed package: kernel_build.py) through ctypes.
 
 Entry point of the library (glitches/fpga_worker/kernel/glitches_csim.cpp):
     uint32_t glitches_csim_step(const uint8_t *args, uint8_t *const *hbm, uint8_t *result)
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from glitches.fpga_worker import kernel_build
 from glitches.fpga_worker.abi import ABI_VERSION, GROUP_SIZE, HBM_CHANNELS, KV_BLOCK_TOKENS, KV_PAGE_TOKENS, MAX_KV_PAGES
 from glitches.fpga_worker.step_args import RESULT_HEAD_BYTES, STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
 from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument
 
-KERNEL_DIR = Path(__file__).resolve().parent / "kernel"
-LIBRARY = KERNEL_DIR / "build" / "libglitches_csim.so"
+KERNEL_DIR = kernel_build.KERNEL_DIR
+LIBRARY = kernel_build.IN_TREE_LIBRARY  # a source checkout's build; else $GLITCHES_CSIM_LIBRARY or the user cache's
 STREAMS = ("header", "values", "scales", "vector", "kv", "kv_store")  # burst counters' rows (glitches_hbm.h)
 # glitches_csim_constant(i) for i in order; checked against the host's ABI constants at load
 _CONSTANTS = ("abi_version", "pcs", "group", "kv_block_tokens", "kv_page_tokens", "max_kv_pages", "args_bytes",
@@ -33,20 +35,19 @@ _library: ctypes.CDLL | None = None
 
 
 def library() -> ctypes.CDLL:
-    """The compiled kernel; FailedPrecondition naming `make setup` when it was not built."""
+    """The compiled kernel (kernel_build.library_path: built with g++ on first use if need be); FailedPrecondition
+    saying what to install when it cannot be built."""
     global _library
     with _lock:
         if _library is None:
-            if not LIBRARY.is_file():
-                raise FailedPrecondition(f"the C-simulated decode kernel {LIBRARY} is not built: run `make setup` "
-                                         "(or `make -C glitches/fpga_worker/kernel csim`; needs g++)")
-            lib = ctypes.CDLL(str(LIBRARY))
+            path = kernel_build.library_path(LIBRARY)
+            lib = ctypes.CDLL(str(path))
             lib.glitches_csim_step.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
             lib.glitches_csim_step.restype = ctypes.c_uint32
             lib.glitches_csim_bursts.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
             lib.glitches_csim_constant.argtypes = [ctypes.c_uint32]
             lib.glitches_csim_constant.restype = ctypes.c_uint32
-            _check_constants(lib)
+            _check_constants(lib, path)
             _library = lib
         return _library
 
@@ -57,14 +58,15 @@ def constants(lib: ctypes.CDLL | None = None) -> dict[str, int]:
     return {name: int(lib.glitches_csim_constant(i)) for i, name in enumerate(_CONSTANTS)}
 
 
-def _check_constants(lib: ctypes.CDLL) -> None:
+def _check_constants(lib: ctypes.CDLL, path: Path) -> None:
     got = constants(lib)
     want = {"abi_version": ABI_VERSION, "pcs": HBM_CHANNELS, "group": GROUP_SIZE, "kv_block_tokens": KV_BLOCK_TOKENS,
             "kv_page_tokens": KV_PAGE_TOKENS, "max_kv_pages": MAX_KV_PAGES, "args_bytes": STEP_ARGS_BYTES,
             "result_head_bytes": RESULT_HEAD_BYTES}
     differ = {k: (got[k], v) for k, v in want.items() if got[k] != v}
     if differ:
-        raise FailedPrecondition(f"{LIBRARY} was built for another ABI (library, host): {differ}; run `make setup`")
+        raise FailedPrecondition(f"{path} was built for another ABI (library, host): {differ}; run `make setup` "
+                                 "(a source checkout) or delete it (a cached build)")
 
 
 def step_raw(args: bytes, channel_pointers: list[int], result: np.ndarray) -> int:
