@@ -40,7 +40,7 @@ def card(request, tiny_source):
         backend = W4A8EmulatedCard.from_source(tiny_source, HBM, numerics=request.param)
     server, stub = serve_worker(FpgaWorkerServicer(backend, models.load_tokenizer(tiny_source), "fpga-t",
                                                    tiny_source.name, 2))
-    yield dict(backend=backend, stub=stub, address=f"127.0.0.1:{server.port}")
+    yield dict(backend=backend, stub=stub, address=f"127.0.0.1:{server.port}", source=tiny_source)
     server.stop(0)
     backend.kv.close()
 
@@ -120,4 +120,42 @@ def test_a_prefix_the_card_does_not_hold_is_refused(gpu, card):
         _from_held(card, "evicted", TURN1 + reply + USER2, 4, min_held=held)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert backend.kv.free_now_bytes() == backend.kv.capacity_bytes
+    _idle(backend)
+
+
+def test_logprobs_and_a_json_schema_hold_on_the_held_path(gpu, card):
+    """Seeded sampling with logprobs, then a JSON schema, from held KV: each logprob is the model's own
+    log_softmax over prompt + tokens (within 1e-4), and every token went through the schema's mask."""
+    import json
+
+    import jsonschema
+    import torch
+
+    backend = card["backend"]
+    if not isinstance(backend, EmulatedCard):
+        pytest.skip("the reference numerics' float32 model is the logprob reference")
+    backend.kv.drop_retained()
+    reply = _normal(gpu, card, "lp1", TURN1, 5, keep=True)
+    turn2 = TURN1 + reply + USER2
+    sampling = common_pb2.SamplingParams(max_new_tokens=6, temperature=0.7, seed=3, logprobs=True, top_logprobs=3)
+    steps = list(card["stub"].DecodeFromHeld(worker_pb2.DecodeFromHeldRequest(
+        request_id="lp2", prompt_token_ids=turn2, sampling=sampling, cache_salt=SALT, min_held_tokens=1)))
+    assert steps[0].reused_prompt_tokens == len(TURN1) + len(reply) - 1 and steps[0].index == 0
+    tokens = [s.token_id for s in steps]
+    with torch.inference_mode():
+        expected = torch.log_softmax(backend.model(torch.tensor([turn2 + tokens])).logits[0].float(), -1)
+    for i, step in enumerate(steps):
+        row = expected[len(turn2) - 1 + i]
+        assert abs(step.logprobs.chosen.logprob - row[step.token_id].item()) < 1e-4
+        assert [e.token_id for e in step.logprobs.top] == torch.topk(row, 3).indices.tolist()
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    sampling = common_pb2.SamplingParams(max_new_tokens=40, json_schema=json.dumps(schema),
+                                         response_format=common_pb2.RESPONSE_FORMAT_KIND_JSON_SCHEMA)
+    steps = list(card["stub"].DecodeFromHeld(worker_pb2.DecodeFromHeldRequest(
+        request_id="json", prompt_token_ids=turn2 + tokens + [5], sampling=sampling, cache_salt=SALT,
+        min_held_tokens=1)))
+    text = models.load_tokenizer(card["source"]).decode([s.token_id for s in steps], skip_special_tokens=True)
+    jsonschema.validate(json.loads(text), schema)
+    assert steps[-1].finish_reason == common_pb2.FINISH_REASON_STOP
     _idle(backend)
