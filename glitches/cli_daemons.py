@@ -3,8 +3,6 @@ variables) into each daemon's settings object, then its serve()."""
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from glitches.cli_common import env_var
@@ -236,7 +234,6 @@ def fpga_worker_cmd(**kwargs) -> None:
     from glitches.fpga_worker.daemon import serve
     from glitches.fpga_worker.settings import FpgaWorkerSettings
 
-    kwargs["xilinx_xrt"] = os.environ.get("XILINX_XRT", "")  # XRT's own variable, read here at the edge
     _kv_token_secret(kwargs)
     _run_daemon(serve, FpgaWorkerSettings, **kwargs)
 

@@ -3,7 +3,8 @@
 Where a reading comes from is the backend's business (DecodeBackend.sensors()):
 - an `xrt` card reads its own sensors with XRT's `xbutil examine --report electrical thermal --format JSON`
   (electrical.power_consumption_watts; thermals[].temp_C of the present sensors), a measurement; XRT writes
-  "N/A" (or "NA") for a figure the platform lacks, which reads as None, never as a number;
+  "N/A" (or "NA") for a figure the platform lacks, which reads as None, never as a number, and
+  {"msg": "No sensors present"} in place of the thermals list on a card without them;
 - an emulated card has no sensors: it reports the power its U280 would draw by the model below,
   `modeled=True`, exported under its own metric name (glitches_emulated_device_power_watts) so it is
   never mistaken for a measurement, and no temperature (nothing models one).
@@ -88,8 +89,10 @@ def read_xbutil(bdf: str, timeout_s: float = 5.0) -> SensorReading:
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "report.json")
         try:
+            # no check on the exit status: when one report fails XRT still writes the whole file, then exits
+            # non-zero (produce_reports' operation_canceled), so the figures that did read are kept
             subprocess.run([xbutil, "examine", "--device", bdf, "--report", "electrical", "thermal", "--format",
-                            "JSON", "--output", out], capture_output=True, timeout=timeout_s, check=True)
+                            "JSON", "--output", out], capture_output=True, timeout=timeout_s)
             with open(out) as file:
                 return xrt_reading(_device_report(json.load(file)))
         except (OSError, subprocess.SubprocessError, ValueError):

@@ -25,7 +25,6 @@ class FpgaWorkerSettings(DaemonSettings):
     slots: int = 1  # concurrent decode requests; 1 = the paper's batch size 1
     device: str = "0"  # card index or PCI BDF (xrt backend)
     xclbin: str = ""  # xrt backend: path of the decode bitstream (kernel glitches_decode)
-    xilinx_xrt: str = ""  # xrt backend: $XILINX_XRT as the CLI read it; empty = unset
     run_timeout_s: float = 10.0  # xrt backend: a kernel run longer than this is hung (card out of service), seconds
     kv_token_secret: bytes = field(default=b"", repr=False)  # shared with the scheduler; b"": KV unauthenticated
     kv_transport: str = "auto"  # KV data planes accepted besides grpc: auto = every one available here
