@@ -90,10 +90,13 @@ class EmulatedKvStore:
                 self._evict(victim)
 
     def _evict(self, space_key: str) -> None:
+        self._free_kept(space_key)
+        self.evictions += 1
+
+    def _free_kept(self, space_key: str) -> None:
         self.retained.remove(space_key)
         self._kept.pop(space_key, None)
         self.space.release(space_key)
-        self.evictions += 1
 
     @property
     def capacity_bytes(self) -> int:
@@ -149,11 +152,6 @@ class EmulatedKvStore:
             self.retained.add(held.space_key, tokens, root, nbytes)
         return True
 
-    def held_prefix(self, prompt: list[int], root: bytes) -> int:
-        """Tokens of `prompt` a retained region holds (verified ids), at most len(prompt) - 1."""
-        _, n = self.retained.best(prompt, root)
-        return min(n, len(prompt) - 1)
-
     def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
         """Give `request_id` a region whose first n tokens hold `prompt`'s KV; returns n.
 
@@ -187,8 +185,7 @@ class EmulatedKvStore:
                 key, value = old.region.read(layer, n)  # float32 [H_kv, n, D]: exact for float16 elements
                 new.region.write(layer, 0, key.unsqueeze(0), value.unsqueeze(0))
             new.written[:, :n] = True
-            self._evict(entry.key)
-            self.evictions -= 1  # freed by adoption, not evicted
+            self._free_kept(entry.key)  # its tokens live on in the new region
             return n
 
     def get(self, request_id: str) -> HeldKv:
@@ -209,7 +206,7 @@ class EmulatedKvStore:
         """Free every retained region (the cache is gone, as on a restart)."""
         with self._lock:
             for key in self.retained.keys():
-                self._evict(key)
+                self._free_kept(key)
 
     def ids(self) -> list[str]:
         with self._lock:
