@@ -92,7 +92,9 @@ class GpuEngine:
             settings = self.settings = replace(settings, slots=default_assist_slots(
                 self.pool.total_blocks, self.max_context_tokens, settings.max_batch_tokens))
             log.info("GPU-assist slots from the KV budget (%d blocks): %d", self.pool.total_blocks, settings.slots)
-        self._model_key = f"{source.name}|{source.path}|{self.dtype}"  # what KV depends on, for the hash chain
+        # the hash chain's model: the name the cluster routes by (the scheduler and the cards root the same chain;
+        # path and dtype are fixed within this process, whose cache is its own)
+        self._model_key = source.name
         self.requests = RequestTable(self.pool, settings.slots, lambda block_ids: RequestKv(
             len(block_ids), self.num_layers, self.config.num_key_value_heads, self.head_dim, torch_dtype, self.device,
             self.pool, block_ids))

@@ -19,6 +19,8 @@ hash chain of their tokens, stay as evictable cache instead of going back to the
 `take_prefixed` hands a new request the cached blocks of its prefix first and evicts the least
 recently used evictable blocks when the free list is short. `free_blocks` counts both free and
 evictable blocks (either can be given to a request now), so at idle free_blocks = total_blocks.
+`held_changes()` returns the names that became cached or were evicted since its last call (the
+worker publishes them for KV-aware routing, Registry.publish_held, off the request path).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class KvPool:
         self.prefix = PrefixIndex() if prefix_cache else None  # None: every released block goes back to _free
         self.lookup_blocks = 0  # full prompt blocks looked up in the prefix cache since start
         self.hit_blocks = 0  # of those, found cached (reused instead of computed)
+        self._named: dict[int, bytes] = {}  # block -> its name, for the blocks this pool named (held_changes)
+        self._changes: dict[bytes, bool] = {}  # name -> cached (True) or evicted (False), its last change since
 
     @property
     def total_blocks(self) -> int:
@@ -100,6 +104,7 @@ class KvPool:
             fresh = [self._free.pop() for _ in range(min(need, len(self._free)))]
             while len(fresh) < need:
                 fresh.append(self.prefix.evict())
+                self._changes[self._named.pop(fresh[-1])] = False
             if self.prefix and names:
                 self.lookup_blocks += min(len(names), blocks)
                 self.hit_blocks += len(hits)
@@ -124,11 +129,19 @@ class KvPool:
                     self.prefix.unref(block)
                 elif self.prefix is not None and i < len(names) and self.prefix.publish(names[i], block):
                     self.prefix.unref(block)
+                    self._named[block] = names[i]
+                    self._changes[names[i]] = True
                 else:
                     freed.append(block)
             self._free.extend(sorted(freed, reverse=True))
             if len(self._free) + (self.prefix.cached_blocks if self.prefix else 0) > self.num_blocks:
                 raise RuntimeError("KV blocks given back twice")
+
+    def held_changes(self) -> tuple[list[bytes], list[bytes]]:
+        """(cached, evicted) block names since the last call, each by its last change."""
+        with self._lock:
+            changes, self._changes = self._changes, {}
+        return [n for n, cached in changes.items() if cached], [n for n, cached in changes.items() if not cached]
 
     def keys(self, layer: int) -> torch.Tensor:
         """[H_kv, slots, D]: layer's K of every block."""

@@ -1,0 +1,59 @@
+"""A worker's held KV blocks, published for KV-aware routing (Registry.publish_held), off the request path.
+
+Protocol: the worker's KV store returns the chain hashes (kv_plane/prefix_index.py) that started or
+stopped being held since its last call (`drain() -> (added, removed)`; the GPU's KvPool.held_changes);
+a thread drains them every `interval_s` and writes them to P:held:{worker id}, which expires with the
+worker's heartbeat. A write Redis refuses is kept and merged into the next (the set converges once Redis
+answers). The scheduler reads the set as a hint: a stale entry costs time, never correctness.
+(glitches/fpga_worker/held_publisher.py is the card's own copy of this protocol.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from glitches.services.cluster.registry import Registry
+from glitches.services.runtime.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class HeldPublisher:
+    def __init__(self, registry: Registry, worker_id: Callable[[], str],
+                 drain: Callable[[], tuple[list[bytes], list[bytes]]], interval_s: float = 0.5):
+        self._registry, self._worker_id, self._drain = registry, worker_id, drain
+        self._interval_s = interval_s
+        self._pending: dict[bytes, bool] = {}  # hash -> held (True) or not: drained, not yet written
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="held-kv-publisher", daemon=True)
+
+    def start(self) -> HeldPublisher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def publish_once(self) -> bool:
+        """Write what was drained so far; False when Redis did not take it (kept for the next try)."""
+        added, removed = self._drain()
+        self._pending.update({h: False for h in removed})
+        self._pending.update({h: True for h in added})  # a drain reports each hash once, by its last change
+        if not self._pending:
+            return True
+        try:
+            self._registry.publish_held(self._worker_id(), [h for h, v in self._pending.items() if v],
+                                        [h for h, v in self._pending.items() if not v])
+        except Unavailable as error:
+            log.warning("could not publish the held KV blocks, will retry: %s", error)
+            return False
+        self._pending = {}
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.publish_once()
