@@ -25,7 +25,7 @@ UNIT_TOKENS = 512  # a region holds whole 512-token units (32 PCs x 16-token blo
 
 @pytest.fixture(scope="module")
 def card(tiny_source):
-    """A card whose KV space is exactly 3 units."""
+    """A card whose KV space is exactly 3 units; its shared-memory segment is gone after it closes."""
     probe = EmulatedCard(tiny_source, 64 * 1024**2)
     unit = probe.kv.plan(UNIT_TOKENS).region_bytes_per_channel
     hbm = 32 * (probe.kv.kv_base + 3 * unit)
@@ -38,6 +38,7 @@ def card(tiny_source):
                root=root_hash(tiny_source.name, b""))
     server.stop(0)
     backend.kv.close()
+    assert not backend.kv.segment.path.exists()
 
 
 def _from_held(stub, rid, prompt, n, min_held=0):
@@ -159,5 +160,6 @@ def test_a_worker_daemon_publishes_what_it_keeps_and_drops_it_on_deregister(tiny
     finally:
         running.drain(0)
         running.close()
+        running.device.backend.kv.close()  # its HBM segment (serve() leaves it to the process's exit)
     assert not registry.redis.exists(f"{redis_prefix}:held:fpga-d")
     registry.close()
