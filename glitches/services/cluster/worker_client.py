@@ -10,7 +10,8 @@ it never builds a protobuf message or reads a status code. Failed calls become s
                             target), else the decode target
     Decode   UNAVAILABLE -> WorkerLost (the decode worker)
     DecodeFromHeld  UNAVAILABLE -> WorkerLost (the card); FAILED_PRECONDITION -> HeldKvGone (the card no
-             longer holds the prefix it published: a stale routing hint, not a lost worker)
+             longer holds the prefix it published: a stale routing hint, not a lost worker); UNIMPLEMENTED
+             (a worker that publishes held KV but cannot serve from it) -> HeldKvGone too
     any other failure -> from_rpc_error(error, "<call> on <worker> failed") (a downstream DEADLINE_EXCEEDED
                          becomes Unavailable: the worker was slow, not the caller's deadline)
 
@@ -119,7 +120,7 @@ class DecodeStream:
             if error.code() == grpc.StatusCode.UNAVAILABLE:
                 raise WorkerLost(f"decode worker {self.worker_id} was lost ({error.details()})",
                                  worker_id=self.worker_id) from error
-            if self._held and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            if self._held and error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
                 raise HeldKvGone(f"{self.worker_id} no longer holds the prefix ({error.details()})",
                                  worker_id=self.worker_id) from error
             raise from_rpc_error(error, f"decode on {self.worker_id} failed") from error
