@@ -17,15 +17,19 @@ import argparse
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.validate_sim_causes import live_breakdown, render, sim_breakdown
 from glitches.bench.profile_doc import write_profile
 from glitches.bench.profile_measure import ProfileConfig, device_key, measure_profile
 from glitches.bench.run import BenchConfig, run_bench
 from glitches.client import Client
 from glitches.cluster import ClusterSpec, LocalCluster
 from glitches.services.generation.models import DEFAULT_MODEL, resolve_model
-from glitches.sim.cli import simulate
+from glitches.sim.metrics import summarise
+from glitches.sim.plan_workload import read_trace
+from glitches.sim.run import build_config, simulate_node
 
 RATE_FRACTIONS = (("light", 0.3), ("near saturation", 0.9), ("over", 1.5))
 FIGURES = [(k, s) for k in ("ttft_s", "tpot_s") for s in ("p50", "p90", "p99")] + [("throughput_tokens_per_s", None)]
@@ -61,12 +65,16 @@ def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
             rate = fraction * capacity
             trace = run_dir / f"trace-{fpgas}-{label.replace(' ', '-')}.jsonl"
             before = _load()
-            live, _ = run_bench(BenchConfig(cluster.address, args.input, args.output, num_requests=args.num_requests,
-                                            request_rate=rate, seed=args.seed, progress=False, trace_out=str(trace)))
+            live, results = run_bench(BenchConfig(cluster.address, args.input, args.output,
+                                                  num_requests=args.num_requests, request_rate=rate, seed=args.seed,
+                                                  progress=False, trace_out=str(trace)))
             after = _load()
-            sim = simulate(1, device_key("gpu", gpu.backend), fpgas, device_key("fpga", fpga.backend) if fpga else "u280",
-                           "llama-2-7b", 1, 1, 1, None, None, str(profile), gpu_decode_slots=gpu.slots,
-                           trace_path=str(trace), gpu_batching=True)
+            gpu_name = device_key("gpu", gpu.backend)
+            config = build_config(1, gpu_name, fpgas, device_key("fpga", fpga.backend) if fpga else "u280",
+                                  "llama-2-7b", str(profile), gpu_decode_slots=gpu.slots)
+            workload = read_trace(str(trace))
+            node = simulate_node(replace(config, gpu_batching=True), workload.shapes, arrivals_s=workload.arrivals_s)
+            sim = summarise(node)
             row = {"fpgas": fpgas, "label": label, "rate": rate, "load_before": before, "load_after": after,
                    "gpu_assist_live": live["gpu_assist_requests"], "gpu_assist_sim": sim["gpu_assist_requests"],
                    "figures": {}}
@@ -79,6 +87,8 @@ def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
                 name = f"{key} {stat}" if stat else key
                 row["figures"][name] = {"sim": s, "live": m, "error": err}
                 print(f"    {name:<26}{s:>11.4f}{m:>11.4f}{err:>+9.1%}{'  within 10%' if abs(err) <= 0.10 else ''}")
+            row["causes"] = {"live": live_breakdown(results), "sim": sim_breakdown(node)}
+            print("\n".join(render(row["causes"]["live"], row["causes"]["sim"], doc["devices"][gpu_name])), flush=True)
             rows.append(row)
     return rows
 

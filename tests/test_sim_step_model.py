@@ -22,8 +22,8 @@ def grid(model: StepModel, noise: float = 0.0, seed: int = 0) -> list[StepPoint]
     points = [StepPoint(n, 0, 0, model.seconds(n, 0, 0)) for n in (32, 64, 128)]
     points += [StepPoint(0, rows, rows * ctx, model.seconds(0, rows, rows * ctx))
                for rows in (1, 2, 4, 8) for ctx in (64, 400)]
-    return [StepPoint(p.prefill_tokens, p.decode_rows, p.context_tokens, p.seconds * (1 + noise * rng.standard_normal()))
-            for p in points]
+    return [StepPoint(p.prefill_tokens, p.decode_rows, p.context_tokens,
+                      p.seconds * (1 + noise * rng.standard_normal())) for p in points]
 
 
 def test_the_fit_recovers_the_coefficients_of_exact_steps():

@@ -163,16 +163,25 @@ class Blockers:
         self.client, self.count = client, count
         self.tasks: list[asyncio.Task] = []
 
-    async def fill(self, timeout_s: float = 60.0) -> None:
-        self.tasks = [t for t in self.tasks if not t.done()]
-        self.tasks.extend(asyncio.create_task(_generate(self.client, self.PROMPT, 1024))
-                          for _ in range(self.count - len(self.tasks)))
+    async def fill(self, timeout_s: float = 60.0, settle_s: float = 5.0) -> None:
+        """Start the missing blockers and wait until the FPGAs hold `count`. A blocker placed on the GPU
+        instead (the FPGAs were still busy with an earlier request) would decode there for minutes and
+        add a row to every GPU sample: if the FPGAs do not hold `count` within settle_s, all blockers are
+        cancelled and started again."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            status = await self.client.status()
-            if sum(w.active_requests for w in status.workers if w.kind == "fpga") >= self.count:
-                return
-            await asyncio.sleep(0.1)
+            self.tasks = [t for t in self.tasks if not t.done()]
+            # ignore_eos: a blocker never ends early at EOS (one that did left its slot free meanwhile)
+            self.tasks.extend(asyncio.create_task(self.client.generate(self.PROMPT, max_tokens=1024, ignore_eos=True))
+                              for _ in range(self.count - len(self.tasks)))
+            settle = time.monotonic() + settle_s
+            while time.monotonic() < min(settle, deadline):
+                status = await self.client.status()
+                if sum(w.active_requests for w in status.workers if w.kind == "fpga") >= self.count:
+                    return
+                await asyncio.sleep(0.1)
+            await self.stop()
+            await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -1,0 +1,58 @@
+"""Where a simulated Poisson run departs from the live one (benchmarks/validate_sim_poisson.py), split by cause.
+
+For one live run (glitches bench's per-request results) and its simulation (the finished sim Node of the
+same trace), per decode kind ("fpga": an emulated card, "gpu": GPU assist), medians in seconds:
+- TPOT of the requests that decoded there, live and simulated: a card's or the GPU loop's step time
+  as modelled vs as it ran (contention between processes on shared host cores shows here);
+- live: the request path before the prefill (client TTFT - the worker's prefill_s), i.e. scheduling,
+  gRPC, tokenizing and queueing, against the profile's request_overhead_s (measured alone);
+- the profile's one-request decode step at the run's median context, for comparison.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from glitches.bench.records import RequestResult
+
+
+def _median(values) -> float:
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def _kind(worker_or_device: str) -> str:
+    return "fpga" if worker_or_device.startswith("fpga") else "gpu"
+
+
+def live_breakdown(results: list[RequestResult]) -> dict:
+    ok = [r for r in results if r.ok and r.timings is not None]
+    out = {"path_s": _median([r.ttft_s - r.timings.prefill_s for r in ok]),
+           "prefill_s": _median([r.timings.prefill_s for r in ok])}
+    for kind in ("fpga", "gpu"):
+        mine = [r for r in ok if r.decode_device == kind and r.tpot_s is not None]
+        out[f"tpot_{kind}_s"] = _median([r.tpot_s for r in mine])
+        out[f"n_{kind}"] = len(mine)
+    return out
+
+
+def sim_breakdown(node) -> dict:
+    out = {}
+    for kind in ("fpga", "gpu"):
+        mine = [r for r in node.records if _kind(r.decode_device) == kind and r.output_tokens > 1]
+        out[f"tpot_{kind}_s"] = _median([(r.token_times_s[-1] - r.first_token_s) / (r.output_tokens - 1)
+                                          for r in mine])
+        out[f"n_{kind}"] = len(mine)
+    return out
+
+
+def render(live: dict, sim: dict, profile_entry_gpu: dict) -> list[str]:
+    lines = [f"    request path before prefill (live TTFT - prefill_s) p50 {live['path_s']:.4f} s, profile's "
+             f"request_overhead_s {profile_entry_gpu.get('request_overhead_s', 0.0):.4f} s; live prefill_s p50 "
+             f"{live['prefill_s']:.4f} s"]
+    for kind, name in (("fpga", "emulated card"), ("gpu", "GPU assist")):
+        s, m = sim[f"tpot_{kind}_s"], live[f"tpot_{kind}_s"]
+        if live[f"n_{kind}"] or sim[f"n_{kind}"]:
+            err = (s - m) / m if m == m and m else float("nan")
+            lines.append(f"    TPOT p50 on {name}: sim {s:.4f} s ({sim[f'n_{kind}']} req) vs live {m:.4f} s "
+                         f"({live[f'n_{kind}']} req), {err:+.1%}")
+    return lines
