@@ -159,3 +159,14 @@ def test_logprobs_and_a_json_schema_hold_on_the_held_path(gpu, card):
     jsonschema.validate(json.loads(text), schema)
     assert steps[-1].finish_reason == common_pb2.FINISH_REASON_STOP
     _idle(backend)
+
+
+def test_a_fully_held_prompt_still_steps_its_last_token(gpu, card):
+    """The card holds every token of the prompt: it reuses all but the last, whose logits give token 0,
+    so asking turn 1 again from held KV repeats turn 1's greedy reply."""
+    backend = card["backend"]
+    backend.kv.drop_retained()
+    reply = _normal(gpu, card, "f1", TURN1, 6, keep=True)
+    tokens, reused = _from_held(card, "f2", TURN1, 6, min_held=len(TURN1) - 1)
+    assert reused == len(TURN1) - 1 and tokens == reply
+    _idle(backend)
