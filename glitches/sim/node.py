@@ -23,7 +23,7 @@ this module's rule (the live scheduler's admission, as modelled here):
   needs a GPU for prefill): each request prefills and decodes on one FPGA,
   picked by the same ranking `place` uses for FPGAs (fewest active, then id).
 The PCIe link is per GPU and modelled only through the exposed transfer;
-links are not shared between concurrent transfers.
+concurrent transfers from one GPU share its link (sim.kv_transfer.SharedLink).
 
 KV reuse (NodeConfig.kv_reuse; requests of a conversation, RequestRecord.conversation/turn): every
 device keeps a HeldCache (glitches/sim/held_cache.py): a card what it decoded (prompt + reply), a GPU
@@ -48,7 +48,7 @@ from glitches.scheduler.placement import PATH_EXTEND, ClusterSnapshot, DeviceKin
 from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
 from glitches.sim.gpu_batching import BatchingLoop
 from glitches.sim.held_cache import HeldCache
-from glitches.sim.kv_transfer import exposed_transfer_s, kv_transfer_s
+from glitches.sim.kv_transfer import SharedLink, kv_transfer_s
 from glitches.sim.profiles import DeviceProfile
 
 PREFILL_PRIORITY = 0  # lower runs first (simpy.PriorityResource)
@@ -106,6 +106,7 @@ class SimDevice:
         self.busy_prefill_s = 0.0
         self.busy_decode_s = 0.0
         self.loop: BatchingLoop | None = None  # a batching GPU's step loop (NodeConfig.gpu_batching)
+        self.link = SharedLink()  # a GPU's outgoing KV link, shared by its concurrent transfers (sim.kv_transfer)
         self.cache = HeldCache(profile.kv_capacity_bytes, profile.kv_bytes_per_token)  # with kv_reuse
 
     def view(self, cached_tokens: int = 0) -> WorkerView:
@@ -220,7 +221,7 @@ class Node:
         steps = rec.output_tokens - 1
         if steps > 0 and decoder.profile.kind == DeviceKind.FPGA and decoder is not prefill:
             transfer_s = kv_transfer_s(rec.prompt_tokens, prefill.profile.kv_bytes_per_token, self.config.link_gb_per_s)
-            rec.exposed_kv_s = exposed_transfer_s(prefill_s, prefill.profile.layers, transfer_s)
+            rec.exposed_kv_s = prefill.link.book(self.env.now, prefill_s, prefill.profile.layers, transfer_s)
             yield self.env.timeout(rec.exposed_kv_s)
         if steps > 0 and decoder.profile.kind == DeviceKind.FPGA:
             yield from self._decode_alone(rec, decoder, steps)
