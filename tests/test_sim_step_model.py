@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from glitches.bench.profile_batched import TimedStream, steady_step
+from glitches.bench.profile_batched import TimedStream, combine, steady_step
 from glitches.bench.profile_doc import DeviceSamples, profile_document, write_profile
 from glitches.services.runtime.errors import InvalidArgument
 from glitches.sim.cli import simulate
@@ -69,6 +69,9 @@ def test_the_steady_window_is_where_every_stream_decodes():
     lone = TimedStream(sent_s=0.0)
     lone.token_times_s = [0.0, 0.05]
     assert steady_step([lone], 64) is None  # one gap is not enough
+    # the there-and-back windows of one row count: median seconds, mean context
+    both = combine([point, StepPoint(0, 3, point.context_tokens + 10, 0.07)])
+    assert both.seconds == pytest.approx(0.06) and both.context_tokens == point.context_tokens + 5
 
 
 def _samples() -> dict[str, DeviceSamples]:

@@ -72,10 +72,13 @@ def steady_step(streams: list[TimedStream], prompt_tokens: int) -> StepPoint | N
 async def measure_batched_steps(client: AsyncClient, prompts: dict[int, list[str]], rows_grid: tuple[int, ...],
                                 tokens: int, blockers, notes: list[str]) -> list[StepPoint]:
     """prompts: prompt tokens -> at least max(rows_grid) distinct prompts of that length. blockers: a
-    profile_measure.Blockers for the FPGA slots, or None when the cluster has no FPGA."""
+    profile_measure.Blockers for the FPGA slots, or None when the cluster has no FPGA. Each length's grid
+    runs there and back (1, 2, 4, 8, 8, 4, 2, 1 rows), and each row count's two windows give one point
+    (median seconds): a machine whose speed drifts during the profile (shared cores) biases no row count."""
     points = []
     for prompt_tokens, texts in prompts.items():
-        for rows in rows_grid:
+        windows: dict[int, list[StepPoint]] = {rows: [] for rows in rows_grid}
+        for rows in list(rows_grid) + list(reversed(rows_grid)):
             if blockers is not None:
                 await blockers.fill()
             streams = await asyncio.gather(*(timed_stream(client, texts[i], tokens) for i in range(rows)))
@@ -85,5 +88,13 @@ async def measure_batched_steps(client: AsyncClient, prompts: dict[int, list[str
                 why = "not all on the GPU" if not on_gpu else "no steady window"
                 notes.append(f"batched step {rows} rows x {prompt_tokens} prompt tokens skipped: {why}")
                 continue
-            points.append(point)
+            windows[rows].append(point)
+        points += [combine(found) for found in windows.values() if found]
     return points
+
+
+def combine(points: list[StepPoint]) -> StepPoint:
+    """Windows of one grid point -> one point: the median seconds, the mean context."""
+    first = points[0]
+    return StepPoint(first.prefill_tokens, first.decode_rows, int(round(np.mean([p.context_tokens for p in points]))),
+                     float(np.median([p.seconds for p in points])))
