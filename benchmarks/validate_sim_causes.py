@@ -6,10 +6,17 @@ same trace), per decode kind ("fpga": an emulated card, "gpu": GPU assist), medi
   as modelled vs as it ran (contention between processes on shared host cores shows here);
 - live: the request path before the prefill (client TTFT - the worker's prefill_s), i.e. scheduling,
   gRPC, tokenizing and queueing, against the profile's request_overhead_s (measured alone);
-- the profile's one-request decode step at the run's median context, for comparison.
+
+And a replay: the same simulation with a copy of the profile set to the speed the devices ran at during
+this run (`run_speed_profile`: the workers' own times, from the scheduler's per-request timings: the GPU's
+prefill_s, the per-step forward time device_decode_s / (tokens - 1) on the GPU and on the cards). Not a
+prediction (it reads the run it is compared with); it separates the error of the system model (queueing,
+batching, placement) from the error of the device speeds in the profile.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -56,3 +63,29 @@ def render(live: dict, sim: dict, profile_entry_gpu: dict) -> list[str]:
             lines.append(f"    TPOT p50 on {name}: sim {s:.4f} s ({sim[f'n_{kind}']} req) vs live {m:.4f} s "
                          f"({live[f'n_{kind}']} req), {err:+.1%}")
     return lines
+
+
+def _per_step(results: list[RequestResult], kind: str) -> list[float]:
+    return [r.timings.device_decode_s / (r.output_tokens - 1) for r in results
+            if r.ok and r.timings is not None and r.decode_device == kind and r.output_tokens > 1
+            and r.timings.device_decode_s > 0]
+
+
+def run_speed_profile(doc: dict, results: list[RequestResult], gpu_name: str, fpga_name: str | None) -> dict:
+    """The profile with each device's times replaced by its median worker-side time during `results`."""
+    out = copy.deepcopy(doc)
+    ok = [r for r in results if r.ok and r.timings is not None and r.timings.prefill_s > 0]
+    gpu = out["devices"][gpu_name]
+    if ok:
+        gpu["prefill"] = {"prompt_tokens": [int(np.median([r.prompt_tokens for r in ok]))],
+                          "seconds": [_median([r.timings.prefill_s for r in ok])]}
+    gpu_steps = _per_step(results, "gpu")
+    if gpu_steps and "batched_steps" in gpu:  # every step of the run costs the run's median GPU step
+        fit = gpu["batched_steps"]["fit"]
+        fit.update(overhead_s=_median(gpu_steps), per_decode_row_s=0.0, per_context_token_s=0.0)
+        if ok:
+            fit["per_prefill_token_s"] = gpu["prefill"]["seconds"][0] / gpu["prefill"]["prompt_tokens"][0]
+    fpga_steps = _per_step(results, "fpga")
+    if fpga_name and fpga_steps:
+        out["devices"][fpga_name]["decode"] = {"context_tokens": [1], "seconds_per_token": [_median(fpga_steps)]}
+    return out

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.validate_sim_causes import live_breakdown, render, sim_breakdown
+from benchmarks.validate_sim_causes import live_breakdown, render, run_speed_profile, sim_breakdown
 from glitches.bench.profile_doc import write_profile
 from glitches.bench.profile_measure import ProfileConfig, device_key, measure_profile
 from glitches.bench.run import BenchConfig, run_bench
@@ -89,6 +89,20 @@ def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
                 print(f"    {name:<26}{s:>11.4f}{m:>11.4f}{err:>+9.1%}{'  within 10%' if abs(err) <= 0.10 else ''}")
             row["causes"] = {"live": live_breakdown(results), "sim": sim_breakdown(node)}
             print("\n".join(render(row["causes"]["live"], row["causes"]["sim"], doc["devices"][gpu_name])), flush=True)
+            fpga_name = device_key("fpga", fpga.backend) if fpga else None
+            replay_path = run_dir / f"profile-run-speed-{fpgas}-{label.replace(' ', '-')}.json"
+            write_profile(run_speed_profile(doc, results, gpu_name, fpga_name), replay_path)
+            replay_config = build_config(1, gpu_name, fpgas, fpga_name or "u280", "llama-2-7b", str(replay_path),
+                                         gpu_decode_slots=gpu.slots)
+            replay = summarise(simulate_node(replace(replay_config, gpu_batching=True), workload.shapes,
+                                             arrivals_s=workload.arrivals_s))
+            row["replay"] = {}
+            for key, stat in FIGURES:
+                s, m = _get(replay, key, stat), _get(live, key, stat)
+                row["replay"][f"{key} {stat}" if stat else key] = (s - m) / m if m else float("nan")
+            inside = sum(abs(e) <= 0.10 for e in row["replay"].values())
+            print(f"    replay at this run's own device speeds (not a prediction): {inside} of {len(FIGURES)} within "
+                  "10%: " + " ".join(f"{e:+.0%}" for e in row["replay"].values()), flush=True)
             rows.append(row)
     return rows
 
