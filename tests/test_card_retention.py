@@ -157,9 +157,24 @@ def test_a_worker_daemon_publishes_what_it_keeps_and_drops_it_on_deregister(tiny
         follow_up = prompt + reply + [7, 8]
         first = next(iter(_from_held(stub, "d2", follow_up, 1, min_held=len(prompt) + len(reply) - 1)))
         assert first.reused_prompt_tokens == len(prompt) + len(reply) - 1
+        scraped = _metrics(running.http.address)
+        assert scraped["glitches_card_held_lookups"] == 2 and scraped["glitches_card_held_hits"] == 1
+        assert scraped["glitches_card_held_hit_rate"] == 0.5
+        assert scraped["glitches_card_held_reused_tokens"] == len(prompt) + len(reply) - 1
+        assert scraped["glitches_card_kv_cached_regions"] == 0  # d1's region was adopted in place by d2
+        assert scraped["glitches_card_kv_evictions"] == 0
     finally:
         running.drain(0)
         running.close()
         running.device.backend.kv.close()  # its HBM segment (serve() leaves it to the process's exit)
     assert not registry.redis.exists(f"{redis_prefix}:held:fpga-d")
     registry.close()
+
+
+def _metrics(http_address: str) -> dict[str, float]:
+    """The worker's /metrics, unlabelled samples by name."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://{http_address}/metrics", timeout=5).read().decode()
+    return {line.split()[0]: float(line.split()[1]) for line in body.splitlines()
+            if line and not line.startswith("#") and "{" not in line.split()[0]}

@@ -70,6 +70,9 @@ class EmulatedKvStore:
         self._kept: dict[str, HeldKv] = {}  # space key -> a retained region
         self._reservations = 0  # makes space keys unique
         self.evictions = 0  # retained regions evicted to make room
+        self.adopt_lookups = 0  # adopt calls (DecodeFromHeld) since start
+        self.adopt_hits = 0  # of them, those that reused a held prefix (n > 0)
+        self.adopted_tokens = 0  # prompt tokens reused from held KV since start
 
     def _space_key(self, request_id: str) -> str:
         self._reservations += 1
@@ -165,6 +168,7 @@ class EmulatedKvStore:
                 raise AlreadyExists(f"request {request_id} already holds KV on this card")
             entry, n = self.retained.best(prompt, root)
             n = min(n, len(prompt) - 1)
+            self.adopt_lookups += 1
             if n < min_held:
                 raise FailedPrecondition(f"prefix no longer held on this card: it holds {n} of the prompt's "
                                          f"{len(prompt)} tokens, fewer than the {min_held} asked for; send the "
@@ -172,6 +176,8 @@ class EmulatedKvStore:
             if entry is None or n == 0:
                 self.reserve(request_id, max_tokens)
                 return 0
+            self.adopt_hits += 1
+            self.adopted_tokens += n
             old = self._kept[entry.key]
             if max_tokens <= old.region.plan.capacity_tokens:  # in place
                 self.retained.take(entry.key)

@@ -79,6 +79,16 @@ class FpgaDevice(worker_runtime.WorkerDevice):
         metrics.KV_FREE_BYTES.set_function(backend.kv_free_bytes)
         metrics.publish_kv_intake(self.role, servicer)
         metrics.KV_CAPACITY_BYTES.set(self.facts.kv_capacity_bytes)
+        store = getattr(backend, "kv", None)  # the emulated cards' KV store (it keeps finished requests' KV)
+        if store is not None and hasattr(store, "adopt_lookups"):
+            metrics.CARD_KV_CACHED_BYTES.set_function(store.evictable_bytes)
+            metrics.CARD_KV_CACHED_REGIONS.set_function(lambda: len(store.retained.keys()))
+            metrics.CARD_KV_EVICTIONS.set_function(lambda: store.evictions)
+            metrics.CARD_HELD_LOOKUPS.set_function(lambda: store.adopt_lookups)
+            metrics.CARD_HELD_HITS.set_function(lambda: store.adopt_hits)
+            metrics.CARD_HELD_HIT_RATE.set_function(
+                lambda: store.adopt_hits / store.adopt_lookups if store.adopt_lookups else 0.0)
+            metrics.CARD_HELD_REUSED_TOKENS.set_function(lambda: store.adopted_tokens)
         publish_sensors(self.role, self.settings.device, CachedSensors(backend.sensors))  # live, cached 1 s
 
     def on_failure(self, out_of_service: Callable[[str], None]) -> None:

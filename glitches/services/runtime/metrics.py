@@ -165,6 +165,22 @@ KV_NIXL_REGISTRATIONS = _Shared(Gauge, "glitches_kv_nixl_registrations",
 KV_FREE_BYTES = Gauge("glitches_kv_free_bytes", "Device memory free for KV, bytes", registry=_FPGA[0])
 KV_CAPACITY_BYTES = Gauge("glitches_kv_capacity_bytes", "Device memory for KV after the weights, bytes",
                           registry=_FPGA[0])
+# KV the card keeps after requests finish (glitches/decode_contract/emu_kv.py; 0 with --no-kv-retention)
+CARD_KV_CACHED_BYTES = Gauge("glitches_card_kv_cached_bytes",
+                             "KV bytes kept after finished requests as evictable cache (counted in free bytes)",
+                             registry=_FPGA[0])
+CARD_KV_CACHED_REGIONS = Gauge("glitches_card_kv_cached_regions", "Finished requests whose KV the card keeps now",
+                               registry=_FPGA[0])
+CARD_KV_EVICTIONS = Gauge("glitches_card_kv_evictions", "Kept KV regions evicted since the worker started",
+                          registry=_FPGA[0])
+CARD_HELD_LOOKUPS = Gauge("glitches_card_held_lookups", "DecodeFromHeld requests since the worker started",
+                          registry=_FPGA[0])
+CARD_HELD_HITS = Gauge("glitches_card_held_hits", "Of those, the ones that reused a kept prefix", registry=_FPGA[0])
+CARD_HELD_HIT_RATE = Gauge("glitches_card_held_hit_rate", "held hits / held lookups since start (0 before any)",
+                           registry=_FPGA[0])
+CARD_HELD_REUSED_TOKENS = Gauge("glitches_card_held_reused_tokens",
+                                "Prompt tokens served from kept KV (not prefilled, not transferred) since start",
+                                registry=_FPGA[0])
 
 # --- workers: device facts, set only where the device reports them (never for emu / cpu; an emulated
 # card's modeled power has its own name) ---
