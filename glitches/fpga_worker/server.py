@@ -5,7 +5,9 @@ leaves its KV on the card as cache when the card knows the token ids it covers (
 Decode when DecodeRequest.prompt_token_ids is given) and `kv_retention` is on; the ids are the prompt's
 followed by every token the card stepped (the last generated token is sampled, never stepped). Its
 blocks are named by prefix_index.root_hash(model name, cache_salt). DecodeFromHeld serves a request
-from that cache (glitches/fpga_worker/held_decode.py).
+from that cache (glitches/fpga_worker/held_decode.py). With sampling.prompt_logprobs it adopts nothing and
+steps the whole prompt, so the card's own numerics score every prompt token (the first token's
+DecodeToken.prompt_logprobs): how a cluster evaluates a card (`glitches up --prompt-logprobs-on card`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from glitches.services.generation.decoding import decode_loop
 from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument
 from glitches.services.cluster.kv_holds import KvHolds, renew_rpc
 from glitches.services.auth.kv_token import KvTokenVerifier
-from glitches.services.generation.proto_convert import step_to_proto
+from glitches.services.generation.proto_convert import logprob_to_proto, step_to_proto
 from glitches.services.auth.request_auth import AuthBoundWorkerId, OpenAccess, RequestAuthVerifier
 from glitches.services.generation.sampling import Sampling, check_sampling
 from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -107,9 +109,10 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
         yield from self._stream(request.request_id, context, sampling, generated, steps_of, known, request.cache_salt)
 
     def _stream(self, request_id: str, context, sampling: Sampling, generated: list[int], steps_of,
-                known: list[int] | None, salt: bytes, reused: int = 0):
+                known: list[int] | None, salt: bytes, reused: int = 0, prompt_scores: list | None = None):
         """Run steps_of(step, constraint, cancelled, modeled_s) to the end, streaming DecodeTokens; then keep
-        the KV as cache (a normal finish, `known` ids given) or free it (anything else)."""
+        the KV as cache (a normal finish, `known` ids given) or free it (anything else). prompt_scores: the
+        prompt's TokenLogprobs, filled by steps_of before its first Step, sent with the first token."""
         latest = {"position": 0}
         stepped = []  # token ids fed to the card, in order
 
@@ -130,6 +133,8 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
                 token = step_to_proto(step_out)
                 if i == 0 and reused:
                     token.reused_prompt_tokens = reused
+                if i == 0 and prompt_scores:
+                    token.prompt_logprobs.extend(logprob_to_proto(record) for record in prompt_scores)
                 yield token
             if finished and known is not None and self.kv_retention:
                 retain = getattr(self.backend, "retain", None)  # cards that keep KV (the emulated ones)
@@ -154,17 +159,24 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
         if adopt is None or (not self.kv_retention and request.min_held_tokens > 0):
             raise FailedPrecondition("prefix no longer held: this card keeps no KV between requests "
                                      "(--no-kv-retention or a backend without retention); send the KV")
+        if sampling.prompt_logprobs and request.min_held_tokens:
+            raise InvalidArgument("prompt logprobs score the whole prompt on the card: min_held_tokens must be 0")
         request_id, salt = request.request_id, request.cache_salt
+        # prompt logprobs: look up the first token alone, so nothing is adopted (the last token is always stepped)
+        lookup = prompt[:1] if sampling.prompt_logprobs else prompt
+        scores = [] if sampling.prompt_logprobs else None
         self.holds.begin_decode(request_id)  # FAILED_PRECONDITION when another decode of it runs
         try:
             # FAILED_PRECONDITION (too little held), RESOURCE_EXHAUSTED, ALREADY_EXISTS: nothing reserved
-            held = adopt(request_id, prompt, root_hash(self.model_name, salt),
+            held = adopt(request_id, lookup, root_hash(self.model_name, salt),
                          len(prompt) + sampling.max_new_tokens, request.min_held_tokens)
 
             def steps_of(step, constraint, cancelled, modeled_s):
-                return decode_from_held(step, prompt, held, sampling, self.text_of, cancelled, modeled_s, constraint)
+                return decode_from_held(step, prompt, held, sampling, self.text_of, cancelled, modeled_s, constraint,
+                                        prompt_scores=scores)
 
-            yield from self._stream(request_id, context, sampling, [], steps_of, prompt[:held], salt, reused=held)
+            yield from self._stream(request_id, context, sampling, [], steps_of, prompt[:held], salt, reused=held,
+                                    prompt_scores=scores)
         finally:
             self.holds.end_decode(request_id)
 

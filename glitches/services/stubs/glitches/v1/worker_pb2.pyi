@@ -282,7 +282,7 @@ class DecodeFromHeldRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., cache_salt: _Optional[bytes] = ..., min_held_tokens: _Optional[int] = ..., auth_token: _Optional[str] = ...) -> None: ...
 
 class DecodeToken(_message.Message):
-    __slots__ = ("token_id", "index", "step_s", "finish_reason", "modeled_step_s", "logprobs", "reused_prompt_tokens")
+    __slots__ = ("token_id", "index", "step_s", "finish_reason", "modeled_step_s", "logprobs", "reused_prompt_tokens", "prompt_logprobs")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     STEP_S_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +290,7 @@ class DecodeToken(_message.Message):
     MODELED_STEP_S_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     REUSED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     token_id: int
     index: int
     step_s: float
@@ -297,7 +298,8 @@ class DecodeToken(_message.Message):
     modeled_step_s: float
     logprobs: _common_pb2.TokenLogprobs
     reused_prompt_tokens: int
-    def __init__(self, token_id: _Optional[int] = ..., index: _Optional[int] = ..., step_s: _Optional[float] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., modeled_step_s: _Optional[float] = ..., logprobs: _Optional[_Union[_common_pb2.TokenLogprobs, _Mapping]] = ..., reused_prompt_tokens: _Optional[int] = ...) -> None: ...
+    prompt_logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprobs]
+    def __init__(self, token_id: _Optional[int] = ..., index: _Optional[int] = ..., step_s: _Optional[float] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., modeled_step_s: _Optional[float] = ..., logprobs: _Optional[_Union[_common_pb2.TokenLogprobs, _Mapping]] = ..., reused_prompt_tokens: _Optional[int] = ..., prompt_logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprobs, _Mapping]]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("request_id", "auth_token")
