@@ -147,6 +147,10 @@ def _run_daemon(serve, settings_cls, **kwargs) -> None:
 @click.option("--reuse-queued-request-s", default=0.03, type=float, show_default=True,
               envvar=env_var("reuse-queued-request-s"), help="Routing cost model: delay each running request on "
                                                             "a device adds, seconds.")
+@click.option("--prompt-logprobs-on", default="gpu", type=click.Choice(["gpu", "card"]), show_default=True,
+              envvar=env_var("prompt-logprobs-on"), help="Who scores prompts for prompt logprobs: GPU prefill, or a "
+                                                         "card stepping the whole prompt with its own numerics (to "
+                                                         "evaluate a card, e.g. lm-eval through the gateway).")
 def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from glitches.scheduler.server import serve

@@ -38,6 +38,7 @@ class UpOptions:
     gateway_requests_per_minute_per_user: float = 0.0  # 0: no limit
     tls_on: bool = False  # TLS with a fresh CA when cluster.tls_dir is empty
     kv_reuse: bool = True  # False: the scheduler runs --no-kv-reuse (never routes by held KV)
+    prompt_logprobs_on: str = "gpu"  # the scheduler's --prompt-logprobs-on (card: a card scores prompts)
 
     def __post_init__(self):
         if self.cluster.gpu_workers < 1:
@@ -88,6 +89,9 @@ class UpOptions:
               help="GPU workers keep finished requests' full KV blocks as cache and reuse them (per tenant).")
 @click.option("--kv-reuse/--no-kv-reuse", default=True, show_default=True,
               help="The scheduler routes by the KV workers hold (a card may extend a prefix it holds).")
+@click.option("--prompt-logprobs-on", default="gpu", type=click.Choice(["gpu", "card"]), show_default=True,
+              help="Who scores prompts for prompt logprobs (the scheduler's --prompt-logprobs-on): card evaluates "
+                   "the FPGA workers' numerics, e.g. lm-eval through --gateway-port.")
 @click.option("--prompt", default=None, help="Answer this prompt once the cluster is ready, then stop.")
 @click.option("--max-tokens", default=48, type=int, show_default=True, help="With --prompt.")
 @click.option("--gateway-port", default=None, type=int,
@@ -125,6 +129,8 @@ def run_up(options: UpOptions) -> None:
                         options.gateway_requests_per_minute_per_client, options.gateway_requests_per_minute_per_user)
     if not options.kv_reuse:
         access["scheduler_args"] += ("--no-kv-reuse",)
+    if options.prompt_logprobs_on != "gpu":
+        access["scheduler_args"] += ("--prompt-logprobs-on", options.prompt_logprobs_on)
     try:
         click.echo(f"preparing model {spec.model} ...", err=True)
         resolve_model(spec.model)  # convert once here, not in every daemon at the same time

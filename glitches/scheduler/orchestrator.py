@@ -14,6 +14,12 @@ the request alone (WorkerClient.decode_from_held). A card that no longer holds i
 FAILED_PRECONDITION before any token (HeldKvGone): the request is placed again at once without
 reuse, which is no migration (a stale hint costs time, never correctness). A card lost
 mid-extend is a migration as on the other paths.
+
+Prompt logprobs on a card (--prompt-logprobs-on card, to evaluate a card's numerics): a request asking
+for prompt logprobs, until its prompt is scored, claims an FPGA worker's decode slot only (no GPU) and
+calls DecodeFromHeld with min_held_tokens 0: the card steps the whole prompt with its own numerics,
+returns the prompt's logprobs with the first token, and decodes (serve path PATH_CARD_PROMPT). With no
+FPGA worker registered the request fails UNAVAILABLE (never scored by the GPU in its place).
 """
 
 from __future__ import annotations
@@ -129,6 +135,7 @@ def kv_bytes_needed(workers, tokens: int, role: str = ROLE_DECODE) -> int:
 
 
 _PLACE_POLL_S = (0.02, 0.5)  # first and longest pause between placement tries while no device has room
+PATH_CARD_PROMPT = "card_prompt"  # serve path: a card scored the prompt itself (--prompt-logprobs-on card)
 
 
 class Orchestrator:
@@ -305,6 +312,9 @@ class Orchestrator:
         wait_s = self.settings.queue_wait_s
         if run.refused_since is not None:  # the GPU refused GPU assist before: the wait counts from then
             wait_s = max(0.0, wait_s - (time.monotonic() - run.refused_since))
+        if self._card_scores_prompt(run):
+            yield from self._score_on_card(run, attempt, wait_s)
+            return
         gpu, decoder, attempt.placement = self._place(attempt.claim_id, run.prompt_ids, run.sampling, run.excluded,
                                                       run.cancelled, wait_s, self._reuse_salt(run))
         attempt.decoder = decoder
@@ -345,6 +355,43 @@ class Orchestrator:
             return None
         return run.cache_salt
 
+    def _card_scores_prompt(self, run: _Run) -> bool:
+        """--prompt-logprobs-on card, prompt logprobs asked for and not scored yet (a migration after the first
+        token goes the normal way: the prompt is scored once)."""
+        return (self.settings.prompt_logprobs_on == "card" and run.sampling.prompt_logprobs
+                and run.prompt_logprobs is None)
+
+    def _score_on_card(self, run: _Run, attempt: _Attempt, wait_s: float) -> Iterator[Delta]:
+        """Claim an FPGA worker's decode slot (waiting up to wait_s for one), then DecodeFromHeld with nothing
+        held: the card steps the whole prompt, scores it, and decodes; _stream takes the scores."""
+        tokens = len(run.prompt_ids) + run.sampling.max_new_tokens
+        deadline, pause = time.monotonic() + wait_s, _PLACE_POLL_S[0]
+        while True:
+            workers = self._live_workers(run.excluded)
+            cards = [w for w in workers.values() if w.record.kind == "fpga"]
+            if not cards:
+                raise Unavailable("--prompt-logprobs-on card: no FPGA worker is registered to score the prompt")
+            need = kv_bytes_needed(cards, tokens)
+            card_id = self.registry.claim_first_free(attempt.claim_id, "decode", [
+                w.record.worker_id for w in sorted(cards, key=lambda w: w.active) if w.record.kv_free_bytes >= need])
+            if card_id is not None:
+                break
+            if time.monotonic() >= deadline or run.cancelled():
+                raise ResourceExhausted(f"no FPGA worker had a free slot to score the prompt within {wait_s:.0f} s "
+                                        "(--prompt-logprobs-on card); retry", retry_after_s=max(1.0, wait_s / 2))
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, _PLACE_POLL_S[1])
+        card = attempt.decoder = workers[card_id]
+        self.leases.hold_on(attempt.claim_id, card.record.address, card.record.worker_id)
+        run.serve_path = PATH_CARD_PROMPT
+        run.decode_device, run.decode_worker, run.prefill_worker = card.record.kind, card.record.worker_id, ""
+        log.info("request %s: %d prompt tokens scored and decoded on %s", attempt.claim_id, len(run.prompt_ids),
+                 card_id)
+        attempt.decode_call = self.workers.decode_from_held(
+            card.record, attempt.claim_id, run.prompt_ids, run.sampling, run.cache_salt or DEFAULT_SALT, 0,
+            timeout_s=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
+        yield from self._stream(run, attempt, card, remote=True)
+
     def _extend(self, run: _Run, attempt: _Attempt, card: WorkerState) -> Iterator[Delta]:
         """The extend path: the card holding the prompt's prefix forces the rest of the prompt and decodes."""
         held = attempt.placement.held_tokens
@@ -372,7 +419,10 @@ class Orchestrator:
                     self.watchdog.progress(ticket, step.step_s)
                 run.device_decode_s += step.step_s
                 run.modeled_s += step.modeled_step_s
-                yield self._emit(run, step.token_id, step.logprob)
+                scored = None
+                if run.sampling.prompt_logprobs and run.prompt_logprobs is None:  # a card scored it (_score_on_card)
+                    run.prompt_logprobs = scored = list(step.prompt_logprobs)
+                yield self._emit(run, step.token_id, step.logprob, scored)
                 if ticket is not None:  # a slow client reading the stream is no stall of the worker
                     self.watchdog.progress(ticket)
                 run.finish = step.finish

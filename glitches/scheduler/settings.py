@@ -36,6 +36,9 @@ class SchedulerSettings(DaemonSettings):
     reuse_card_forced_step_s: float = DEFAULT_REUSE_COSTS.card_forced_step_s  # s per prompt token forced on a card
     reuse_transfer_bytes_per_s: float = DEFAULT_REUSE_COSTS.transfer_bytes_per_s  # GPU -> card KV, bytes/s
     reuse_queued_request_s: float = DEFAULT_REUSE_COSTS.queued_request_s  # delay per request a device runs, s
+    # who scores prompts for prompt logprobs: "gpu" (prefill, float) or "card" (a decode card steps the whole
+    # prompt with its own numerics, DecodeFromHeld; for evaluating a card's numerics, e.g. lm-eval)
+    prompt_logprobs_on: str = "gpu"
 
     @property
     def reuse_costs(self) -> ReuseCosts:
@@ -67,5 +70,7 @@ class SchedulerSettings(DaemonSettings):
             self.reuse_costs
         except ValueError as error:
             raise InvalidArgument(f"--reuse-* costs: {error}") from None
+        if self.prompt_logprobs_on not in ("gpu", "card"):
+            raise InvalidArgument(f"--prompt-logprobs-on must be gpu or card, got {self.prompt_logprobs_on!r}")
         if self.lease_ttl_s <= 1.0:
             raise InvalidArgument(f"--lease-ttl-s must be above the 1 s renewal interval, got {self.lease_ttl_s}")

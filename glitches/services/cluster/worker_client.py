@@ -73,6 +73,7 @@ class DecodeStep:
     modeled_step_s: float  # modeled accelerator time (emulated FPGAs; 0 otherwise), seconds
     finish: Finish | None  # set on the last step
     logprob: TokenLogprob | None = None  # with sampling.logprobs
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # DecodeFromHeld with sampling.prompt_logprobs: first step only
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class DecodeStream:
             for msg in self._call:
                 self.reused_tokens = max(self.reused_tokens, getattr(msg, "reused_prompt_tokens", 0))
                 yield DecodeStep(msg.token_id, msg.step_s, msg.modeled_step_s, FINISH_FROM_PROTO[msg.finish_reason],
-                                 logprob_from_proto(msg.logprobs) if msg.HasField("logprobs") else None)
+                                 logprob_from_proto(msg.logprobs) if msg.HasField("logprobs") else None,
+                                 tuple(logprob_from_proto(m) for m in msg.prompt_logprobs))
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.UNAVAILABLE:
                 raise WorkerLost(f"decode worker {self.worker_id} was lost ({error.details()})",
