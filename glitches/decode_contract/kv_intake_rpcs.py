@@ -8,6 +8,8 @@ checks. The servicer supplies:
                           mark_written, layer_landed, seal, release, kv_memory, placement, geometry)
     self.kv_tokens        services.kv_token.KvTokenVerifier, or None (transfers unauthenticated)
     self.worker_id        what KV tokens are bound to
+    self.model_name       (optional) the root of its kept KV's hash chain; partial transfers (KvHeader.held_tokens)
+                          adopt the sink's kept prefix through `adopt` (a sink without it keeps nothing)
 
 and calls `setup_kv_intake` once in its constructor. Protocols: glitches/decode_contract/kv_receiver.py.
 """
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 from glitches.decode_contract import kv_receiver
 from glitches.decode_contract.sink import KvSink
+from glitches.decode_contract.wrappers import KvHeld
 from glitches.kv_plane import nixl_loader
 from glitches.kv_plane.host_identity import host_identity
+from glitches.kv_plane.prefix_index import root_hash
 from glitches.kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S, StreamBudget, deadline_messages
 from glitches.services.runtime import metrics
 from glitches.services.runtime.errors import FailedPrecondition
@@ -66,13 +70,26 @@ class KvIntakeRpcs:
 
     def _authorize(self, header: worker_pb2.KvHeader) -> None:
         if self.kv_tokens is not None:
-            self.kv_tokens.check(header.kv_token, header.request_id, self.worker_id)
+            self.kv_tokens.check(header.kv_token, header.request_id, self.worker_id, header.held_tokens)
+
+    def _adopt_held(self, header: worker_pb2.KvHeader) -> None:
+        """A partial transfer's reservation: the kept KV of exactly prompt_token_ids[:held_tokens], else
+        FAILED_PRECONDITION "prefix no longer held" with nothing reserved (kv_receiver.py)."""
+        backend, held = self._intake(), header.held_tokens
+        adopt, model = getattr(backend, "adopt", None), getattr(self, "model_name", "")
+        if adopt is None or not model or not getattr(self, "kv_retention", True):
+            raise FailedPrecondition("prefix no longer held: this worker keeps no KV between requests; send the "
+                                     "whole prompt's KV")
+        # the lookup ends one token past the prefix, so adopt finds at most `held` and refuses fewer
+        hold = {"receiving": True} if isinstance(backend, KvHeld) else {}  # held until sealed, as a reserve
+        adopt(header.request_id, list(header.prompt_token_ids[:held + 1]), root_hash(model, header.cache_salt),
+              header.reserve_tokens, held, **hold)
 
     def TransferKV(self, request_iterator, context):
         backend = self._intake()
         with self.kv_streams.slot():  # RESOURCE_EXHAUSTED at once beyond the budget
             messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
-            received = kv_receiver.receive(backend, messages, self._authorize)
+            received = kv_receiver.receive(backend, messages, self._authorize, self._adopt_held)
         self._kv_received.inc(received.kv_bytes)
         return worker_pb2.TransferKVResponse(kv_bytes=received.kv_bytes,
                                              layer_received_unix_s=received.layer_received_unix_s)
@@ -122,7 +139,7 @@ class KvIntakeRpcs:
 
             messages = deadline_messages(request_iterator, self.header_s, self.stall_s)
             replies = kv_receiver.receive_placed(backend, messages, self._authorize, place, self._landed,
-                                                 self._unplace)
+                                                 self._unplace, self._adopt_held)
             try:
                 for reply in replies:
                     if reply.WhichOneof("body") == "done":

@@ -12,6 +12,13 @@ earlier one; then one end marker, answered with the result.
 Either way, any error releases what the request reserved, so a bad stream leaks nothing and
 the card keeps serving the others; a header that is not authorised is refused before
 anything is reserved or mapped.
+
+Partial transfers (issue #27, KvHeader.held_tokens = held > 0): instead of reserving empty room the
+receiver calls `adopt(header)`, which gives the request a region whose tokens [0, held) are the card's
+kept KV of exactly prompt_token_ids[:held] (FAILED_PRECONDITION "prefix no longer held" otherwise,
+nothing reserved); every layer then takes KV only for [held, prompt_tokens): a chunk or notice
+starting before `held` is INVALID_ARGUMENT (it would overwrite the held tokens), and the end marker
+needs prompt_tokens - held tokens per layer. kv_bytes counts the bytes that travelled.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 
 from glitches.decode_contract.sink import KvSink
 from glitches.kv_plane import kv_wire
-from glitches.services.runtime.errors import InvalidArgument
+from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument
 from glitches.services.stubs.glitches.v1 import worker_pb2
 
 
@@ -47,15 +54,33 @@ def _checked_header(backend: KvSink, first, authorize, rpc: str) -> worker_pb2.K
     if not 0 < header.prompt_tokens <= header.reserve_tokens:
         raise InvalidArgument(f"KV header: need 0 < prompt_tokens ({header.prompt_tokens}) <= reserve_tokens "
                               f"({header.reserve_tokens})")
+    if header.held_tokens and not (header.held_tokens < header.prompt_tokens
+                                   and len(header.prompt_token_ids) == header.prompt_tokens):
+        raise InvalidArgument(f"KV header: a partial transfer needs held_tokens ({header.held_tokens}) < "
+                              f"prompt_tokens ({header.prompt_tokens}) and the prompt's {header.prompt_tokens} "
+                              f"ids (got {len(header.prompt_token_ids)})")
     return header
 
 
+def _reserve(backend: KvSink, header: worker_pb2.KvHeader, adopt) -> None:
+    """Empty room for reserve_tokens, or (held_tokens > 0) the kept prefix adopted: `adopt(header)`."""
+    if not header.held_tokens:
+        backend.reserve(header.request_id, header.reserve_tokens)
+    elif adopt is None:
+        raise FailedPrecondition("prefix no longer held: this worker keeps no KV between requests; send the "
+                                 "whole prompt's KV")
+    else:
+        adopt(header)
+
+
 def receive(backend: KvSink, messages: Iterable[worker_pb2.KvChunk],
-            authorize: Callable[[worker_pb2.KvHeader], None] | None = None) -> Received:
-    """Receive one stream; `authorize(header)` raises (PERMISSION_DENIED) to refuse it before any reservation."""
+            authorize: Callable[[worker_pb2.KvHeader], None] | None = None,
+            adopt: Callable[[worker_pb2.KvHeader], None] | None = None) -> Received:
+    """Receive one stream; `authorize(header)` raises (PERMISSION_DENIED) to refuse it before any reservation;
+    `adopt(header)` reserves from kept KV for a partial transfer (module docstring)."""
     messages = iter(messages)
     header = _checked_header(backend, next(messages, None), authorize, "TransferKV")
-    backend.reserve(header.request_id, header.reserve_tokens)
+    _reserve(backend, header, adopt)
     try:
         return _receive_layers(backend, header, messages)
     except BaseException:
@@ -64,7 +89,8 @@ def receive(backend: KvSink, messages: Iterable[worker_pb2.KvChunk],
 
 
 def _receive_layers(backend: KvSink, header: worker_pb2.KvHeader, messages) -> Received:
-    layers = header.num_layers
+    layers, held = header.num_layers, header.held_tokens
+    expected = header.prompt_tokens - held  # tokens each layer receives
     tokens_seen = [0] * layers
     received_at = [0.0] * layers
     kv_bytes = 0
@@ -73,16 +99,19 @@ def _receive_layers(backend: KvSink, header: worker_pb2.KvHeader, messages) -> R
         if kind == "layer":
             chunk = message.layer
             key, value = kv_wire.decode_chunk(chunk)
+            if chunk.seq_start < held:
+                raise InvalidArgument(f"layer {chunk.layer}: KV from token {chunk.seq_start}, but this card holds "
+                                      f"tokens [0, {held}); a partial transfer sends [{held}, {header.prompt_tokens})")
             backend.write_kv(header.request_id, chunk.layer, chunk.seq_start, key, value)
             kv_bytes += len(chunk.key) + len(chunk.value)
             tokens_seen[chunk.layer] += key.shape[2]
-            if tokens_seen[chunk.layer] > header.prompt_tokens:
-                raise InvalidArgument(f"layer {chunk.layer}: more than the {header.prompt_tokens} prompt tokens sent")
-            if tokens_seen[chunk.layer] == header.prompt_tokens:
+            if tokens_seen[chunk.layer] > expected:
+                raise InvalidArgument(f"layer {chunk.layer}: more than the {expected} prompt tokens expected sent")
+            if tokens_seen[chunk.layer] == expected:
                 received_at[chunk.layer] = time.time()
                 backend.layer_landed(header.request_id, chunk.layer, header.prompt_tokens)
         elif kind == "end":
-            missing = [i for i, n in enumerate(tokens_seen) if n != header.prompt_tokens]
+            missing = [i for i, n in enumerate(tokens_seen) if n != expected]
             if missing:
                 raise InvalidArgument(f"KV end marker before layers {missing[:8]} were complete")
             backend.seal(header.request_id, header.prompt_tokens)
@@ -103,7 +132,8 @@ def receive_placed(backend: KvSink, messages: Iterable[worker_pb2.KvPlacedContro
                    authorize: Callable[[worker_pb2.KvHeader], None] | None,
                    place: Callable[[worker_pb2.KvHeader, str], worker_pb2.KvPlacement],
                    landed: Callable[[str, int, int], None] | None = None,
-                   unplace: Callable[[str], None] | None = None) -> Iterator[worker_pb2.KvPlacedReply]:
+                   unplace: Callable[[str], None] | None = None,
+                   adopt: Callable[[worker_pb2.KvHeader], None] | None = None) -> Iterator[worker_pb2.KvPlacedReply]:
     """Serve one TransferKVPlaced stream, yielding the placement and then the result.
 
     place(header, request_id) checks the transport (FAILED_PRECONDITION when this worker cannot
@@ -116,7 +146,7 @@ def receive_placed(backend: KvSink, messages: Iterable[worker_pb2.KvPlacedContro
     """
     messages = iter(messages)
     header = _checked_header(backend, next(messages, None), authorize, "TransferKVPlaced")
-    backend.reserve(header.request_id, header.reserve_tokens)
+    _reserve(backend, header, adopt)
     try:
         yield worker_pb2.KvPlacedReply(placement=place(header, header.request_id))
         received = _receive_notices(backend, header, messages, landed)
@@ -133,7 +163,7 @@ def receive_placed(backend: KvSink, messages: Iterable[worker_pb2.KvPlacedContro
 
 
 def _receive_notices(backend: KvSink, header: worker_pb2.KvHeader, messages, landed) -> Received:
-    layers, prompt = header.num_layers, header.prompt_tokens
+    layers, prompt, held = header.num_layers, header.prompt_tokens, header.held_tokens
     tokens_seen = [0] * layers
     received_at = [0.0] * layers
     bytes_per_token_layer = backend.geometry().bytes_per_token // layers  # K + V of one token, one layer
@@ -143,23 +173,24 @@ def _receive_notices(backend: KvSink, header: worker_pb2.KvHeader, messages, lan
             note = message.written
             if not 0 <= note.layer < layers:
                 raise InvalidArgument(f"KV notice for layer {note.layer}; the model has layers 0..{layers - 1}")
-            if note.tokens < 1 or note.seq_start + note.tokens > prompt:
+            if note.tokens < 1 or note.seq_start < held or note.seq_start + note.tokens > prompt:
                 raise InvalidArgument(f"KV notice for layer {note.layer}: tokens [{note.seq_start}, "
-                                      f"{note.seq_start + note.tokens}) lie outside the {prompt} prompt tokens")
+                                      f"{note.seq_start + note.tokens}) lie outside the prompt tokens [{held}, "
+                                      f"{prompt}) this transfer sends")
             if landed is not None:
                 landed(header.request_id, note.layer, note.tokens)
             backend.mark_written(header.request_id, note.layer, note.seq_start, note.tokens)  # refuses overlaps
             tokens_seen[note.layer] += note.tokens
-            if tokens_seen[note.layer] == prompt:
+            if tokens_seen[note.layer] == prompt - held:
                 received_at[note.layer] = time.time()
                 backend.layer_landed(header.request_id, note.layer, prompt)
         elif kind == "end":
-            missing = [i for i, n in enumerate(tokens_seen) if n != prompt]
+            missing = [i for i, n in enumerate(tokens_seen) if n != prompt - held]
             if missing:
                 raise InvalidArgument(f"KV end marker before layers {missing[:8]} were written and noticed")
             backend.seal(header.request_id, prompt)
             _expect_no_more(messages)
-            return Received(header.request_id, bytes_per_token_layer * layers * prompt, received_at)
+            return Received(header.request_id, bytes_per_token_layer * layers * (prompt - held), received_at)
         else:
             raise InvalidArgument("a second KV header in one TransferKVPlaced stream; send one header per stream")
     raise InvalidArgument("TransferKVPlaced stream ended without an end marker")

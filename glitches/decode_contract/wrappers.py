@@ -99,7 +99,9 @@ class KvHeld(SinkWrapper):
         self.inner.seal(request_id, prompt_tokens)
         self.holds.received(request_id)
 
-    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
+    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int,
+              receiving: bool = False) -> int:
+        """receiving: the rest of the prompt's KV still arrives (a partial transfer): held until seal, as reserve."""
         held = self.inner.adopt(request_id, prompt, root, max_tokens, min_held)
-        self.holds.hold(request_id, max_tokens * self.inner.geometry().bytes_per_token)  # complete at once
-        return held  # complete: from now on it expires unless renewed or decoding
+        self.holds.hold(request_id, max_tokens * self.inner.geometry().bytes_per_token, receiving=receiving)
+        return held  # complete (unless receiving): from now on it expires unless renewed or decoding

@@ -108,7 +108,10 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
         open_kv = None
         if target is not None:
             open_kv = kv_target(target, request.request_id, self.engine.num_layers, request.target.kv_token,
-                                self.transports.choose(target), self.engine.settings.kv_transfer_timeout_s)
+                                self.transports.choose(target), self.engine.settings.kv_transfer_timeout_s,
+                                request.target.held_prefix_tokens,  # partial: only the KV the card lacks goes
+                                list(request.prompt_token_ids) + list(request.generated_token_ids),
+                                request.cache_salt)
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, open_kv,
                                      list(request.generated_token_ids), cancelled=lambda: not context.is_active(),
                                      cache_salt=request.cache_salt)

@@ -3,7 +3,8 @@
 A `kv_plane.sender.LayerSender`.
 The model thread calls put_layer() from the cache hook; gRPC's own request
 thread pulls from the queue, so serialising and sending layer i overlaps the
-computation of layer i + 1.
+computation of layer i + 1. A partial transfer (header.held_tokens = h > 0) sends only tokens
+[h, prompt) of each layer, as chunks whose seq_start counts from token 0.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class KvSender:
     def __init__(self, stub: worker_pb2_grpc.WorkerStub, header: worker_pb2.KvHeader, timeout_s: float):
         self._queue: queue.Queue = queue.Queue()
         self._num_layers = header.num_layers
+        self._start = header.held_tokens  # first token sent (the receiver holds [0, start))
         self._first_send: float | None = None
         self._future = stub.TransferKV.future(self._messages(header), timeout=timeout_s)
 
@@ -41,16 +43,17 @@ class KvSender:
                 yield worker_pb2.KvChunk(end=worker_pb2.KvEnd(num_layers=self._num_layers))
                 return
             layer, key, value = item
-            for chunk in kv_wire.layer_chunks(layer, key, value):
+            for chunk in kv_wire.layer_chunks(layer, key, value, first_token=self._start):
                 if self._first_send is None:
                     self._first_send = time.monotonic()
                 yield worker_pb2.KvChunk(layer=chunk)
 
     def put_layer(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Queue one layer's KV; raises KvTransferFailed if the receiver already failed."""
+        """Queue one layer's KV ([1, H_kv, prompt, D]; only [start:) goes); raises KvTransferFailed if the
+        receiver already failed."""
         if self._future.done():
             raise KvTransferFailed(f"KV transfer ended early at layer {layer}")
-        self._queue.put((layer, key, value))
+        self._queue.put((layer, key[:, :, self._start:], value[:, :, self._start:]))
 
     def finish(self) -> TransferResult:
         """Send the end marker and wait for the receiver's reply."""

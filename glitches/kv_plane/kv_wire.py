@@ -28,9 +28,10 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return t.view(torch.uint8).numpy().tobytes()
 
 
-def layer_chunks(layer: int, key: torch.Tensor, value: torch.Tensor,
-                 max_bytes: int = MAX_CHUNK_BYTES) -> Iterator[worker_pb2.KvLayerChunk]:
-    """Split one layer's K/V ([1, H_kv, S, D]) along S into chunks of at most max_bytes of K + V."""
+def layer_chunks(layer: int, key: torch.Tensor, value: torch.Tensor, max_bytes: int = MAX_CHUNK_BYTES,
+                 first_token: int = 0) -> Iterator[worker_pb2.KvLayerChunk]:
+    """Split one layer's K/V ([1, H_kv, S, D]: tokens [first_token, first_token + S)) along S into chunks of
+    at most max_bytes of K + V."""
     if key.shape != value.shape or key.dim() != 4 or key.shape[0] != 1:
         raise InvalidArgument(f"layer {layer}: K and V must both be [1, kv_heads, seq, head_dim], "
                               f"got {tuple(key.shape)} and {tuple(value.shape)}")
@@ -41,7 +42,7 @@ def layer_chunks(layer: int, key: torch.Tensor, value: torch.Tensor,
         stop = min(seq, start + tokens_per_chunk)
         k = key[:, :, start:stop, :]
         yield worker_pb2.KvLayerChunk(
-            layer=layer, seq_start=start, dtype=_NAMES[key.dtype], shape=list(k.shape),
+            layer=layer, seq_start=first_token + start, dtype=_NAMES[key.dtype], shape=list(k.shape),
             key=tensor_bytes(k), value=tensor_bytes(value[:, :, start:stop, :]))
 
 

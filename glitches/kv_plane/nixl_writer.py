@@ -47,7 +47,7 @@ from glitches.kv_plane import nixl_loader
 from glitches.kv_plane.kv_abi import HBM_CHANNELS
 from glitches.kv_plane.kv_layout import K_KIND, KvPlan, KvRegion, region_view
 from glitches.kv_plane.kv_wire import DTYPES
-from glitches.services.runtime.errors import InvalidArgument, Unavailable
+from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 SPIN_S = 0.002  # seconds a WRITE's state is polled back to back (a GIL yield each) before polls sleep
 POLL_S = 0.00005  # seconds slept per poll after that
@@ -131,8 +131,13 @@ class NixlLayerWriter:
                    + first * self.plan.block_bytes, run, 0) for q in range(HBM_CHANNELS)]
         return self.agent.get_xfer_descs(local, "DRAM"), self.agent.get_xfer_descs(remote, "DRAM")
 
-    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None) -> list[int]:
-        """Relayout one layer and queue its WRITE; returns the layers whose WRITE is DONE so far."""
+    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None, start: int = 0) -> list[int]:
+        """Relayout one layer and queue its WRITE; returns the layers whose WRITE is DONE so far.
+
+        start > 0 (a partial transfer) is refused: a WRITE covers the layer's whole run of slots, which
+        would overwrite the tokens the card holds (transport.kv_target sends partial transfers by grpc)."""
+        if start:
+            raise FailedPrecondition("transport nixl writes whole layers; a partial KV transfer goes by grpc or shm")
         if not 0 <= layer < self.plan.num_layers:
             raise InvalidArgument(f"layer {layer} out of range 0..{self.plan.num_layers - 1}")
         if key.is_cuda:

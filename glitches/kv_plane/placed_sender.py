@@ -9,6 +9,8 @@ transport runs; the layer writer for the placement is made by `make_writer` (gli
   then, after flush(), the end marker;
 - gRPC's own thread sends the control messages as they are queued.
 Layer i's write and notice thus overlap the computation of layer i + 1.
+A partial transfer (header.held_tokens = h > 0) writes and notices only tokens [h, prompt) of each
+layer: the card's region already holds [0, h) (the writer's `start`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class PlacedKvSender:
         flush(), optional close()) once the receiver has answered where the region lies."""
         self.transport, self._make_writer = transport, make_writer
         self._num_layers, self._request_id = header.num_layers, header.request_id
+        self._start = header.held_tokens  # first token written (the receiver holds [0, start))
         self._control: queue.Queue = queue.Queue()
         self._layers: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
@@ -96,7 +99,7 @@ class PlacedKvSender:
             if self._first_write is None:
                 self._first_write = time.monotonic()
             tokens[layer] = key.shape[2]
-            self._notice(writer.write(layer, key, value, ready), tokens)  # the layers whose bytes are there
+            self._notice(writer.write(layer, key, value, ready, self._start), tokens)  # layers whose bytes are there
             self._bytes += 2 * key.shape[1] * key.shape[2] * key.shape[3] * writer.region.data.element_size()
         self._notice(writer.flush(), tokens)
         self._control.put(worker_pb2.KvPlacedControl(end=worker_pb2.KvEnd(num_layers=self._num_layers)))
@@ -105,7 +108,7 @@ class PlacedKvSender:
     def _notice(self, layers: list[int], tokens: dict[int, int]) -> None:
         for layer in layers:
             self._control.put(worker_pb2.KvPlacedControl(
-                written=worker_pb2.KvWritten(layer=layer, seq_start=0, tokens=tokens.pop(layer))))
+                written=worker_pb2.KvWritten(layer=layer, seq_start=self._start, tokens=tokens.pop(layer))))
 
     def put_layer(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
         """Queue one layer's KV; raises KvTransferFailed if the transfer already failed."""
@@ -115,7 +118,7 @@ class PlacedKvSender:
         if key.is_cuda:  # the writer's stream waits for the compute stream that produced key/value
             ready = torch.cuda.Event()
             ready.record()
-        self._layers.put((layer, key, value, ready))
+        self._layers.put((layer, key[:, :, self._start:], value[:, :, self._start:], ready))
 
     def finish(self) -> TransferResult:
         """Write the rest, send the end marker and wait for the receiver's result."""

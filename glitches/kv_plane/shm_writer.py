@@ -62,16 +62,22 @@ class ShmLayerWriter:
                                                         plan, dtype))
         self._stream = None
 
-    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None) -> list[int]:
-        """Write tokens [0, seq) of one layer (K, V [1, kv_heads, seq, head_dim]); returns [layer] once the bytes
-        are there (the layers whose notice may go, as NixlLayerWriter.write).
+    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None, start: int = 0) -> list[int]:
+        """Write tokens [start, start + seq) of one layer (K, V [1, kv_heads, seq, head_dim]); returns [layer] once
+        the bytes are there (the layers whose notice may go, as NixlLayerWriter.write).
 
         ready: a torch.cuda.Event recorded on the stream that produced key/value (CUDA only).
+        start > 0 (a partial transfer: the region holds [0, start) already) writes only the given tokens'
+        slots; on CUDA it goes through the host (the arranged copy below writes whole layers).
         """
+        if key.is_cuda and start:
+            if ready is not None:
+                ready.synchronize()
+            key, value = key.cpu(), value.cpu()
         if key.is_cuda:
             self._write_cuda(layer, key, value, ready)
         else:
-            self.region.write(layer, 0, key, value)  # one scatter: the only copy of these bytes
+            self.region.write(layer, start, key, value)  # one scatter: the only copy of these bytes
         return [layer]
 
     def flush(self) -> list[int]:

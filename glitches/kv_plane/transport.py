@@ -8,6 +8,10 @@ it offers shm), else nixl when both sides have it, else grpc, which every FPGA w
 A forced transport the target does not offer is FAILED_PRECONDITION, naming what it offers.
 Under TLS, `auto` skips nixl: UCX moves the bytes unencrypted between hosts (shm stays on one host,
 in a 0600 segment); `--kv-transport nixl` still forces it.
+
+Partial transfers (issue #27, DecodeTarget.held_prefix_tokens = h > 0): the header names h, the prompt's
+ids and the salt, and the sender sends only tokens [h, prompt) of each layer. nixl WRITEs whole layers,
+so a partial transfer that would go by nixl goes by grpc.
 """
 
 from __future__ import annotations
@@ -94,12 +98,22 @@ def open_sender(stub: worker_pb2_grpc.WorkerStub, header: worker_pb2.KvHeader, t
 
 
 def kv_target(stub: worker_pb2_grpc.WorkerStub, request_id: str, num_layers: int, kv_token: str, transport: str,
-              timeout_s: float) -> Callable[[int, int], LayerSender]:
+              timeout_s: float, held_tokens: int = 0, token_ids: list[int] = (),
+              cache_salt: bytes = b"") -> Callable[[int, int], LayerSender]:
     """What the engine is handed for a prefill whose KV goes to a decode target: open(prompt_tokens,
-    reserve_tokens) starts the transfer (the receiver checks `kv_token`, then reserves reserve_tokens)."""
+    reserve_tokens) starts the transfer (the receiver checks `kv_token`, then reserves reserve_tokens).
+
+    held_tokens > 0: a partial transfer (module docstring); token_ids are prompt + generated, cache_salt the
+    tenant's, as the target kept them."""
+    if held_tokens and transport == "nixl":
+        transport = "grpc"
+
     def open_kv(prompt_tokens: int, reserve_tokens: int) -> LayerSender:
         header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=prompt_tokens,
                                      reserve_tokens=reserve_tokens, num_layers=num_layers, kv_token=kv_token)
+        if held_tokens:
+            header.held_tokens, header.cache_salt = held_tokens, cache_salt
+            header.prompt_token_ids.extend(token_ids)
         return open_sender(stub, header, timeout_s, transport)
 
     return open_kv

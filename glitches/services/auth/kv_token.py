@@ -8,6 +8,11 @@ field tuples encode alike. The GPU worker only forwards it (PrefillRequest.targe
 this request id, this worker id, not expired, and not seen before (used tokens are kept
 until they expire, at most `max_remembered` of them).
 
+Partial transfers (issue #27, DecodeTarget.held_prefix_tokens = held > 0): the mac also covers
+("held", held), so a token issued for "send [held, prompt), the card holds the rest" authorises neither
+a full transfer nor one at another offset, and a full transfer's token no partial one. For held = 0
+the fields are exactly the four above: tokens issued before partial transfers stay valid.
+
 Checking costs one HMAC on the receiver and adds no round trip: the token travels in
 messages that are sent anyway.
 """
@@ -60,9 +65,11 @@ def secret_from_environment(path: str = "") -> bytes:
     return load_secret(path, os.environ.get(SECRET_ENV, ""))
 
 
-def _mac(secret: bytes, request_id: str, worker_id: str, expiry_unix_s: int) -> str:
-    message = b"".join(f"{len(part.encode())}:".encode() + part.encode()
-                       for part in (VERSION, request_id, worker_id, str(expiry_unix_s)))
+def _mac(secret: bytes, request_id: str, worker_id: str, expiry_unix_s: int, held_tokens: int = 0) -> str:
+    parts = (VERSION, request_id, worker_id, str(expiry_unix_s))
+    if held_tokens:  # a partial transfer: length prefixes keep the 6 fields apart from any 4
+        parts += ("held", str(held_tokens))
+    message = b"".join(f"{len(part.encode())}:".encode() + part.encode() for part in parts)
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
@@ -76,9 +83,10 @@ class KvTokenIssuer:
         self.ttl_s = ttl_s
         self._clock = clock  # unix seconds
 
-    def issue(self, request_id: str, worker_id: str) -> str:
+    def issue(self, request_id: str, worker_id: str, held_tokens: int = 0) -> str:
+        """held_tokens: the prefix (tokens) the receiver already holds, for a partial transfer; 0 a full one."""
         expiry = int(self._clock() + self.ttl_s) + 1  # +1: rounding never shortens the ttl
-        return f"{VERSION}.{expiry}.{_mac(self._secret, request_id, worker_id, expiry)}"
+        return f"{VERSION}.{expiry}.{_mac(self._secret, request_id, worker_id, expiry, held_tokens)}"
 
 
 class KvTokenVerifier:
@@ -98,8 +106,9 @@ class KvTokenVerifier:
         with self._lock:
             return len(self._used)
 
-    def check(self, token: str, request_id: str, worker_id: str) -> None:
-        """Accept `token` for KV of `request_id` sent to `worker_id`, or raise PermissionDenied saying why."""
+    def check(self, token: str, request_id: str, worker_id: str, held_tokens: int = 0) -> None:
+        """Accept `token` for KV of `request_id` sent to `worker_id` (a partial transfer when held_tokens > 0:
+        the receiver holds tokens [0, held_tokens)), or raise PermissionDenied saying why."""
         if not token:
             raise PermissionDenied(f"KV transfer for request {request_id!r} carries no token; this worker accepts KV "
                                    "only with a token the scheduler issued (KvHeader.kv_token)")
@@ -109,10 +118,11 @@ class KvTokenVerifier:
             raise PermissionDenied(f"KV transfer for request {request_id!r}: the token is malformed "
                                    f"(expected {VERSION}.<expiry>.<mac>)")
         expiry = int(expiry_text)
-        expected = _mac(self._secret, request_id, worker_id, expiry)
+        expected = _mac(self._secret, request_id, worker_id, expiry, held_tokens)
         if not hmac.compare_digest(expected.encode(), mac.encode("utf-8", "replace")):
+            what = f"a partial transfer from token {held_tokens}" if held_tokens else "a full transfer"
             raise PermissionDenied(f"KV transfer for request {request_id!r}: the token was not issued for this "
-                                   f"request and worker ({worker_id}), or under another secret (are "
+                                   f"request and worker ({worker_id}) as {what}, or under another secret (are "
                                    f"{SECRET_ENV} of the scheduler and this worker the same?)")
         now = self._clock()
         if expiry < now:

@@ -72,14 +72,16 @@ class InfoResponse(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., kind_name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., decode_class: _Optional[int] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., pid: _Optional[int] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., shm_segment: _Optional[str] = ..., nixl_agent: _Optional[str] = ..., kv_held_bytes: _Optional[int] = ..., expiring_requests: _Optional[int] = ..., kv_hold_ttl_s: _Optional[float] = ..., request_auth_required: _Optional[bool] = ..., gpu_assist_requests: _Optional[int] = ..., kv_free_blocks: _Optional[int] = ..., kv_block_tokens: _Optional[int] = ...) -> None: ...
 
 class DecodeTarget(_message.Message):
-    __slots__ = ("address", "worker_id", "kv_token")
+    __slots__ = ("address", "worker_id", "kv_token", "held_prefix_tokens")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KV_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HELD_PREFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     address: str
     worker_id: str
     kv_token: str
-    def __init__(self, address: _Optional[str] = ..., worker_id: _Optional[str] = ..., kv_token: _Optional[str] = ...) -> None: ...
+    held_prefix_tokens: int
+    def __init__(self, address: _Optional[str] = ..., worker_id: _Optional[str] = ..., kv_token: _Optional[str] = ..., held_prefix_tokens: _Optional[int] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "target", "generated_token_ids", "cache_salt", "auth_token")
@@ -138,7 +140,7 @@ class KvChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[KvHeader, _Mapping]] = ..., layer: _Optional[_Union[KvLayerChunk, _Mapping]] = ..., end: _Optional[_Union[KvEnd, _Mapping]] = ...) -> None: ...
 
 class KvHeader(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "reserve_tokens", "num_layers", "kv_token", "kv_transport", "host_identity")
+    __slots__ = ("request_id", "prompt_tokens", "reserve_tokens", "num_layers", "kv_token", "kv_transport", "host_identity", "held_tokens", "prompt_token_ids", "cache_salt")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RESERVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,9 @@ class KvHeader(_message.Message):
     KV_TOKEN_FIELD_NUMBER: _ClassVar[int]
     KV_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     HOST_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    HELD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: int
     reserve_tokens: int
@@ -153,7 +158,10 @@ class KvHeader(_message.Message):
     kv_token: str
     kv_transport: str
     host_identity: str
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., kv_token: _Optional[str] = ..., kv_transport: _Optional[str] = ..., host_identity: _Optional[str] = ...) -> None: ...
+    held_tokens: int
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    cache_salt: bytes
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., reserve_tokens: _Optional[int] = ..., num_layers: _Optional[int] = ..., kv_token: _Optional[str] = ..., kv_transport: _Optional[str] = ..., host_identity: _Optional[str] = ..., held_tokens: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., cache_salt: _Optional[bytes] = ...) -> None: ...
 
 class KvPlacedControl(_message.Message):
     __slots__ = ("header", "written", "end")
