@@ -9,6 +9,7 @@ from glitches.decode_contract.kv_intake_rpcs import KvIntakeRpcs
 from glitches.gpu_worker.engine import GpuEngine
 from glitches.kv_plane.host_identity import host_identity
 from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
+from glitches.kv_plane.prefix_index import DEFAULT_SALT
 from glitches.kv_plane.transport import TransportChooser, kv_target, sender_transports
 from glitches.services.runtime import metrics
 from glitches.services.runtime.channels import WorkerStubs
@@ -111,7 +112,7 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
                                 self.transports.choose(target), self.engine.settings.kv_transfer_timeout_s,
                                 request.target.held_prefix_tokens,  # partial: only the KV the card lacks goes
                                 list(request.prompt_token_ids) + list(request.generated_token_ids),
-                                request.cache_salt)
+                                request.cache_salt or DEFAULT_SALT)  # as the engine's prefix cache and the cards
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, open_kv,
                                      list(request.generated_token_ids), cancelled=lambda: not context.is_active(),
                                      cache_salt=request.cache_salt)

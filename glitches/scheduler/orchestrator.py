@@ -13,7 +13,9 @@ published (Registry.held_overlap). On the "extend" path the card that holds the 
 the request alone (WorkerClient.decode_from_held). A card that no longer holds it answers
 FAILED_PRECONDITION before any token (HeldKvGone): the request is placed again at once without
 reuse, which is no migration (a stale hint costs time, never correctness). A card lost
-mid-extend is a migration as on the other paths.
+mid-extend is a migration as on the other paths. On "transfer-partial" the GPU prefills and only the
+KV of [held, prompt) goes to the holding card (DecodeTarget.held_prefix_tokens, bound into the KV
+token); its "prefix no longer held" during the transfer is the same HeldKvGone.
 
 Prompt logprobs on a card (--prompt-logprobs-on card, to evaluate a card's numerics): a request asking
 for prompt logprobs, until its prompt is scored, claims an FPGA worker's decode slot only (no GPU) and
@@ -37,8 +39,8 @@ from glitches.scheduler.leases import LeaseKeeper
 from glitches.scheduler.progress_watchdog import ProgressWatchdog
 from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
 from glitches.kv_plane.prefix_index import DEFAULT_SALT, block_hashes, root_hash
-from glitches.scheduler.placement import (PATH_EXTEND, PATH_TRANSFER, ClusterSnapshot, NoWorkerAvailable, Placement,
-                                          PlacementRequest, WorkerView, place)
+from glitches.scheduler.placement import (PATH_EXTEND, PATH_TRANSFER, PATH_TRANSFER_PARTIAL, ClusterSnapshot,
+                                          NoWorkerAvailable, Placement, PlacementRequest, WorkerView, place)
 from glitches.scheduler.settings import SchedulerSettings
 from glitches.scheduler.validation import MAX_STOP_CHARS, GenerateInput, ModelInfo, validate
 from glitches.services.runtime import metrics
@@ -218,7 +220,8 @@ class Orchestrator:
             request = PlacementRequest(len(prompt_ids), sampling.max_new_tokens,
                                        kv_bytes_needed(workers.values(), tokens),
                                        kv_bytes_needed(workers.values(), tokens, ROLE_ASSIST),
-                                       reuse=reuse_salt is not None)
+                                       reuse=reuse_salt is not None,
+                                       partial=reuse_salt is not None and self.settings.kv_reuse_partial)
             try:
                 decision = place(snapshot, request, self.settings.reuse_costs)
             except NoWorkerAvailable as error:
@@ -226,7 +229,13 @@ class Orchestrator:
             if decision.path == PATH_EXTEND and self.registry.claim_first_free(
                     claim_id, "decode", [decision.extend_worker]) is not None:
                 return None, workers[decision.extend_worker], decision
-            decision = replace(decision, path=PATH_TRANSFER) if decision.path == PATH_EXTEND else decision
+            if decision.path == PATH_TRANSFER_PARTIAL and self.registry.claim_first_free(
+                    claim_id, "decode", [decision.extend_worker]) is not None:  # the holder, sent only the rest
+                if self.registry.claim_alive(claim_id, "prefill", decision.prefill_worker):
+                    return workers[decision.prefill_worker], workers[decision.extend_worker], decision
+                self.registry.release(claim_id, "decode")
+            if decision.path in (PATH_EXTEND, PATH_TRANSFER_PARTIAL):
+                decision = replace(decision, path=PATH_TRANSFER)
             decoder_id = self.registry.claim_first_free(claim_id, "decode", list(decision.decode_candidates))
             if decoder_id is not None:
                 gpu = workers[decision.prefill_worker]
@@ -328,7 +337,8 @@ class Orchestrator:
         remote = decoder is not gpu  # the KV goes to a decode-role worker (else GPU assist: it stays on the GPU)
         log.info("request %s: %d prompt + %d generated tokens, prefill on %s, decode on %s", attempt.claim_id,
                  len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
-        prefill = self._prefill(gpu, decoder if remote else None, attempt.claim_id, run)
+        held = attempt.placement.held_tokens if attempt.placement.path == PATH_TRANSFER_PARTIAL else 0
+        prefill = self._prefill(gpu, decoder if remote else None, attempt.claim_id, run, held)
         run.refused_since = None
         self._release_claim(attempt.claim_id, "prefill")
         run.prefills.append(prefill)
@@ -503,18 +513,20 @@ class Orchestrator:
             return run.reused_tokens
         return run.prefills[0].cached_tokens if run.prefills else 0
 
-    def _prefill(self, gpu: WorkerState, decoder: WorkerState | None, claim_id: str, run: _Run) -> PrefillResult:
+    def _prefill(self, gpu: WorkerState, decoder: WorkerState | None, claim_id: str, run: _Run,
+                 held: int = 0) -> PrefillResult:
         """Prefill on `gpu`, the KV streaming to `decoder` (None: GPU assist). A GPU refusing GPU assist is
-        asked again (_NoRoomYet) until --queue-wait-s has passed since its first refusal."""
+        asked again (_NoRoomYet) until --queue-wait-s has passed since its first refusal. held > 0: the
+        decoder holds that prefix, only the rest's KV goes (a card that lost it: HeldKvGone)."""
         # prompt logprobs come from the first prefill only: a re-prefill after a migration need not score again
         sampling = replace(run.sampling, prompt_logprobs=run.sampling.prompt_logprobs and run.prompt_logprobs is None)
         token = ""
         if decoder is not None and self.kv_tokens:
-            token = self.kv_tokens.issue(claim_id, decoder.record.worker_id)
+            token = self.kv_tokens.issue(claim_id, decoder.record.worker_id, held)
         try:
             return self.workers.prefill(gpu.record, claim_id, run.prompt_ids, sampling, run.tokens,
                                         target=decoder.record if decoder is not None else None, kv_token=token,
-                                        cache_salt=run.cache_salt)
+                                        cache_salt=run.cache_salt, held_prefix_tokens=held)
         except WorkerFull as error:  # GPU assist refused by the GPU
             run.refused_since = run.refused_since or time.monotonic()
             if time.monotonic() - run.refused_since < self.settings.queue_wait_s and not run.cancelled():

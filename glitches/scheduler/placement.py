@@ -11,8 +11,10 @@ worker holds (`cached_tokens`, from the workers' published block hashes; 0 when 
 policy then chooses a path by estimated time to the first token (glitches/scheduler/reuse_cost.py):
 "transfer" (GPU prefill + KV stream, the GPU with the best cached overlap against its load),
 "extend" (the decode card holding the prefix forces the rest through its decode step: no GPU, no
-transfer) or "fresh" (a card holds the prefix but is busy or full: transfer elsewhere). With no
-worker holding anything the decision is exactly the one before reuse.
+transfer) or "fresh" (a card holds the prefix but is busy or full: transfer elsewhere). With
+`PlacementRequest.partial` also "transfer-partial" (the GPU prefills the rest from its cache and streams
+only the KV the holding card lacks). With no worker holding anything the decision is exactly the one
+before reuse.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from glitches.services.cluster.worker_caps import BUILTIN_CAPABILITIES, ROLE_ASS
 PATH_TRANSFER = "transfer"  # GPU prefill (of what its cache lacks), the KV streams to a decode card
 PATH_EXTEND = "extend"  # the card holding the prefix extends its own KV (DecodeFromHeld)
 PATH_FRESH = "fresh"  # a card holds the prefix but cannot take the request: transfer to another
+PATH_TRANSFER_PARTIAL = "transfer-partial"  # GPU prefill, only the KV the holding card lacks streams to it
 
 
 class DeviceKind(str, Enum):
@@ -75,6 +78,7 @@ class PlacementRequest:
     kv_bytes_needed: int  # KV for prompt + max_new_tokens on a decode-role worker, bytes
     gpu_kv_bytes_needed: int = 0  # KV for prompt + max_new_tokens on an assist-role worker (GPU assist), bytes
     reuse: bool = True  # False: ignore cached_tokens (reuse routing off for this cluster or this request)
+    partial: bool = False  # True: PATH_TRANSFER_PARTIAL may be chosen (the live scheduler; the simulator: not yet)
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ class Placement:
     decode_candidates: tuple[str, ...]
     gpu_assist_worker: str | None = None
     path: str = PATH_TRANSFER  # PATH_*; with PATH_EXTEND the fields above are the fallback (a stale hint)
-    extend_worker: str | None = None  # PATH_EXTEND: the card that holds the prefix
-    held_tokens: int = 0  # PATH_EXTEND: prompt tokens the card holds (it forces the rest)
+    extend_worker: str | None = None  # PATH_EXTEND, PATH_TRANSFER_PARTIAL: the card that holds the prefix
+    held_tokens: int = 0  # PATH_EXTEND: prompt tokens the card holds (it forces the rest); partial: it is sent the rest
     estimated_ttft_s: float = 0.0  # the chosen path's estimate, seconds (reuse_cost)
 
     @property
@@ -156,6 +160,15 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
         return replace(fallback, path=PATH_FRESH, estimated_ttft_s=transfer_s)
     best = min(usable, key=lambda w: (costs.extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
     extend_s = costs.extend_s(best.active, prompt, held(best))
+    if request.partial:  # the GPU computes the rest, only the KV the holder lacks moves (ties: the holder extends)
+        gpu_s = costs.gpu_prefill_s(prefill.active, prompt, held(prefill))
+        part = min(usable, key=lambda w: (costs.partial_transfer_s(w.active, prompt, min(held(w), prompt - 1),
+                                                                   kv_per_token), w.decode_class, w.worker_id))
+        part_held = min(held(part), prompt - 1)
+        partial_s = gpu_s + costs.partial_transfer_s(part.active, prompt, part_held, kv_per_token)
+        if partial_s < min(extend_s, transfer_s):
+            return replace(fallback, path=PATH_TRANSFER_PARTIAL, extend_worker=part.worker_id, held_tokens=part_held,
+                           estimated_ttft_s=partial_s)
     if extend_s >= transfer_s:
         return replace(fallback, estimated_ttft_s=transfer_s)
     return replace(fallback, path=PATH_EXTEND, extend_worker=best.worker_id, held_tokens=min(held(best), prompt - 1),

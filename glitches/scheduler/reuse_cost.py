@@ -11,6 +11,10 @@ Pure arithmetic, no I/O; glitches/scheduler/placement.py uses it to choose a pat
   (no GPU, no transfer); the last forced step's logits give the first token.
       estimate_s = card_wait_s + (prompt - held) * card_forced_step_s
 - fresh: the transfer path on another card, when the holder is busy or full.
+- transfer-partial: the GPU prefills what its cache lacks and streams only the KV of [held, prompt) to the
+  card that holds the rest (it adopts its held KV at reserve).
+      estimate_s = gpu_wait_s + (prompt - gpu_cached) / gpu_prefill_tokens_per_s + card_wait_s
+                   + (prompt - held) * kv_bytes_per_token / transfer_bytes_per_s
 
 A device's wait is `active x queued_request_s` (each request it already runs delays this one by about
 that much: batching shares forward passes, so it is less than a whole prefill).
@@ -52,6 +56,12 @@ class ReuseCosts:
     def transfer_s(self, prompt_tokens: int, kv_bytes_per_token: float) -> float:
         """Seconds to stream a whole prompt's KV to a card."""
         return prompt_tokens * kv_bytes_per_token / self.transfer_bytes_per_s
+
+    def partial_transfer_s(self, card_active: int, prompt_tokens: int, held_tokens: int,
+                           kv_bytes_per_token: float) -> float:
+        """Seconds the card adds on the partial path: its wait, then the KV of the tokens it lacks streamed in
+        (add gpu_prefill_s for the GPU's part)."""
+        return card_active * self.queued_request_s + self.transfer_s(prompt_tokens - held_tokens, kv_bytes_per_token)
 
     def extend_s(self, active: int, prompt_tokens: int, held_tokens: int) -> float:
         """Seconds until a card holding `held_tokens` has forced the rest of the prompt (at least one token)."""

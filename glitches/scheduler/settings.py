@@ -32,6 +32,7 @@ class SchedulerSettings(DaemonSettings):
     max_top_logprobs: int = 20  # largest top_logprobs a request may ask for (OpenAI's chat limit)
     max_stop_strings: int = 16  # most stop strings one request may give
     kv_reuse: bool = True  # route by the KV workers hold (placement's extend/fresh paths); False: never read it
+    kv_reuse_partial: bool = True  # with kv_reuse: placement may send only the KV a holding card lacks
     reuse_gpu_prefill_tokens_per_s: float = DEFAULT_REUSE_COSTS.gpu_prefill_tokens_per_s  # reuse_cost.ReuseCosts
     reuse_card_forced_step_s: float = DEFAULT_REUSE_COSTS.card_forced_step_s  # s per prompt token forced on a card
     reuse_transfer_bytes_per_s: float = DEFAULT_REUSE_COSTS.transfer_bytes_per_s  # GPU -> card KV, bytes/s

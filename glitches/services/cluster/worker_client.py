@@ -143,13 +143,13 @@ class WorkerClient:
 
     def prefill(self, worker: WorkerRecord, request_id: str, prompt_ids: list[int], sampling: Sampling,
                 generated: list[int], target: WorkerRecord | None = None, kv_token: str = "",
-                cache_salt: bytes = b"") -> PrefillResult:
+                cache_salt: bytes = b"", held_prefix_tokens: int = 0) -> PrefillResult:
         """Prefill prompt + `generated` on `worker`, streaming the KV to `target` (None: GPU assist, the KV stays);
         cache_salt: the tenant's prefix-cache salt (b"": the default tenant)."""
         decode_target = worker_pb2.DecodeTarget()
         if target is not None:
             decode_target = worker_pb2.DecodeTarget(address=target.address, worker_id=target.worker_id,
-                                                    kv_token=kv_token)
+                                                    kv_token=kv_token, held_prefix_tokens=held_prefix_tokens)
         request = worker_pb2.PrefillRequest(request_id=request_id, prompt_token_ids=prompt_ids,
                                             sampling=sampling.to_proto(common_pb2.SamplingParams),
                                             target=decode_target, generated_token_ids=generated, cache_salt=cache_salt,
@@ -181,6 +181,9 @@ class WorkerClient:
                       "the same KV token secret", request_id, target.worker_id, error.details())
             return KvRefused(f"{target.worker_id} refused the KV transfer ({error.details()})",
                              worker_id=target.worker_id, status_code=code)
+        if code == grpc.StatusCode.FAILED_PRECONDITION and target is not None and "prefix no longer held" in (
+                error.details() or ""):  # a partial transfer's card evicted the prefix: send the whole KV
+            return HeldKvGone(f"{target.worker_id} no longer holds the prefix ({error.details()})", target.worker_id)
         if code == grpc.StatusCode.UNAVAILABLE:
             lost = worker if target is None or not self.answers(worker) else target
             return WorkerLost(f"worker {lost.worker_id} was lost during prefill ({error.details()})",
