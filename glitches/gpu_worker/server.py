@@ -105,12 +105,18 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
         check_sampling(sampling)
         if sampling.max_new_tokens < 1:
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
+        held = request.target.held_prefix_tokens  # a partial transfer: the target holds KV of tokens [0, held)
+        if held and held >= len(request.prompt_token_ids) + len(request.generated_token_ids):
+            raise InvalidArgument(f"target.held_prefix_tokens ({held}) must be fewer than the prompt's tokens "
+                                  "(prompt + generated): the last token's KV always goes")
+        if held and not request.target.address:
+            raise InvalidArgument("target.held_prefix_tokens needs a decode target (target.address)")
         target = self._stub(request.target.address) if request.target.address else None
         open_kv = None
         if target is not None:
             open_kv = kv_target(target, request.request_id, self.engine.num_layers, request.target.kv_token,
                                 self.transports.choose(target), self.engine.settings.kv_transfer_timeout_s,
-                                request.target.held_prefix_tokens,  # partial: only the KV the card lacks goes
+                                held,  # partial: only the KV the card lacks goes
                                 list(request.prompt_token_ids) + list(request.generated_token_ids),
                                 request.cache_salt or DEFAULT_SALT)  # as the engine's prefix cache and the cards
         result = self.engine.prefill(request.request_id, list(request.prompt_token_ids), sampling, open_kv,
