@@ -178,3 +178,34 @@ def test_full_transfer_tokens_keep_the_format_they_had_before_partial_transfers(
         with pytest.raises(Exception, match="not issued"):
             KvTokenVerifier(SECRET).check(partial, "r.1", CARD_ID, held)
     verifier.check(partial, "r.1", CARD_ID, 48)
+
+
+@pytest.fixture(scope="module")
+def w4a8_pair(tiny_source):
+    from glitches.fpga_worker.w4a8_backend import W4A8EmulatedCard
+
+    engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path), kv_transport="shm"), tiny_source)
+    gpu_server, gpu = serve_worker(GpuWorkerServicer(engine, "gpu-w", tiny_source.name))
+    card = W4A8EmulatedCard.from_source(tiny_source, HBM, numerics="w4a8")
+    card_server, card_stub = serve_worker(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), CARD_ID,
+                                                             tiny_source.name, 2, KvTokenVerifier(SECRET)))
+    yield dict(gpu=gpu, engine=engine, card=card, stub=card_stub, address=f"127.0.0.1:{card_server.port}",
+               transport="shm")
+    gpu_server.stop(0)
+    card_server.stop(0)
+    engine.close()
+    card.kv.close()
+
+
+def test_a_w4a8_card_takes_a_partial_transfer_into_its_float16_region(w4a8_pair):
+    """The ABI's float16 region: the bytes moved are the new tokens' float16 KV and the turn equals the full path."""
+    card = w4a8_pair["card"]
+    reply1, _ = _turn(w4a8_pair, "w1", TURN1, 10)
+    prompt2 = TURN1 + reply1 + USER2
+    held = len(TURN1) + len(reply1) - 1
+    reply2, pre2 = _turn(w4a8_pair, "w2", prompt2, 6, held=held)
+    assert pre2.kv_bytes == _kv_bytes(card, len(prompt2) - held)
+    card.kv.drop_retained()
+    full2, _ = _turn(w4a8_pair, "w2-full", prompt2, 6)
+    assert reply2 == full2
+    _idle(card)
