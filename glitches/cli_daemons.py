@@ -137,6 +137,9 @@ def _run_daemon(serve, settings_cls, **kwargs) -> None:
 @click.option("--kv-reuse/--no-kv-reuse", default=True, envvar=env_var("kv-reuse"), show_default=True,
               help="Route by the KV workers hold: a card holding a prompt's prefix may extend it (no GPU, no "
                    "transfer); docs/architecture.md, KV-reuse routing.")
+@click.option("--kv-reuse-partial/--no-kv-reuse-partial", default=True, envvar=env_var("kv-reuse-partial"),
+              show_default=True, help="With --kv-reuse: the GPU may prefill the rest of a prompt a card holds in "
+                                      "part and send only the KV it lacks (path transfer-partial).")
 @click.option("--reuse-gpu-prefill-tokens-per-s", default=1536 / 0.17585, type=float, show_default=True,
               envvar=env_var("reuse-gpu-prefill-tokens-per-s"), help="Routing cost model: GPU prefill, tokens/s.")
 @click.option("--reuse-card-forced-step-s", default=0.0215, type=float, show_default=True,
