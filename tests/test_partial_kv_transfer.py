@@ -47,11 +47,12 @@ def pair(request, tiny_source):
     card.kv.close()
 
 
-def _kv_bytes(card: EmulatedCard, tokens: int) -> int:
-    """tokens x layers x 2 (K and V) x kv_heads x head_dim x element bytes (float32 on the reference card and
-    on the CPU GPU worker alike)."""
-    g = card.geometry()
-    return tokens * g.num_layers * 2 * g.kv_heads * g.head_dim * torch.finfo(g.dtype).bits // 8
+def _kv_bytes(pair, tokens: int) -> int:
+    """tokens x layers x 2 (K and V) x kv_heads x head_dim x element bytes: grpc moves the GPU's elements (float32
+    on a CPU GPU worker, float16 on CUDA), shm writes the card region's (float32 reference, float16 W4A8)."""
+    g = pair["card"].geometry()
+    dtype = getattr(torch, pair["engine"].dtype) if pair["transport"] == "grpc" else g.dtype
+    return tokens * g.num_layers * 2 * g.kv_heads * g.head_dim * torch.finfo(dtype).bits // 8
 
 
 def _turn(pair, rid, prompt, n, held=0, token_held=None):
@@ -85,18 +86,18 @@ def test_three_turns_with_partial_transfers_equal_full_transfers(pair, held_choi
     assert pre2.cached_tokens >= 32  # the GPU computed from its cache (TURN1's 2 blocks, or more: earlier tests) ...
     if held_choice != "all":
         assert held2 < pre2.cached_tokens  # ... so it also sends KV it took from its own cache
-    assert pre2.kv_bytes == _kv_bytes(card, len(prompt2) - held2)  # ... and sent only what the card lacks
+    assert pre2.kv_bytes == _kv_bytes(pair, len(prompt2) - held2)  # ... and sent only what the card lacks
     assert pre2.kv_transport == p
     prompt3 = prompt2 + reply2 + USER3
     held3 = len(prompt2) + len(reply2) - 1
     reply3, pre3 = _turn(pair, f"{p}{held_choice}-a3", prompt3, 6, held=held3)
-    assert pre3.kv_bytes == _kv_bytes(card, len(prompt3) - held3)
+    assert pre3.kv_bytes == _kv_bytes(pair, len(prompt3) - held3)
     _idle(card)
 
     card.kv.drop_retained()  # the same conversation without reuse: every turn's whole KV transferred
     full2, full_pre2 = _turn(pair, f"{p}{held_choice}-b2", prompt2, 8)
     full3, _ = _turn(pair, f"{p}{held_choice}-b3", prompt3, 6)
-    assert full_pre2.kv_bytes == _kv_bytes(card, len(prompt2))
+    assert full_pre2.kv_bytes == _kv_bytes(pair, len(prompt2))
     assert (reply2, reply3) == (full2, full3)
     _idle(card)
 
@@ -114,7 +115,7 @@ def test_a_stale_held_prefix_is_refused_and_the_full_kv_then_goes(pair):
     assert "prefix no longer held" in refused.value.details()
     _idle(card)  # nothing reserved
     tokens, pre = _turn(pair, f"{p}-s2-full", prompt2, 4)  # the scheduler's fallback: a fresh attempt, full KV
-    assert len(tokens) == 4 and pre.kv_bytes == _kv_bytes(card, len(prompt2))
+    assert len(tokens) == 4 and pre.kv_bytes == _kv_bytes(pair, len(prompt2))
     _idle(card)
 
 
@@ -134,7 +135,7 @@ def test_a_partial_token_authorises_neither_a_full_transfer_nor_another_offset(p
         _turn(pair, f"{p}-t2-full-token", prompt2, 4, held=held, token_held=0)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     tokens, pre = _turn(pair, f"{p}-t2", prompt2, 4, held=held)  # the token issued for it: accepted
-    assert pre.kv_bytes == _kv_bytes(card, len(prompt2) - held)
+    assert pre.kv_bytes == _kv_bytes(pair, len(prompt2) - held)
     _idle(card)
 
 
@@ -204,7 +205,7 @@ def test_a_w4a8_card_takes_a_partial_transfer_into_its_float16_region(w4a8_pair)
     prompt2 = TURN1 + reply1 + USER2
     held = len(TURN1) + len(reply1) - 1
     reply2, pre2 = _turn(w4a8_pair, "w2", prompt2, 6, held=held)
-    assert pre2.kv_bytes == _kv_bytes(card, len(prompt2) - held)
+    assert pre2.kv_bytes == _kv_bytes(w4a8_pair, len(prompt2) - held)
     card.kv.drop_retained()
     full2, _ = _turn(w4a8_pair, "w2-full", prompt2, 6)
     assert reply2 == full2
