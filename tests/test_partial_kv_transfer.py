@@ -210,3 +210,25 @@ def test_a_w4a8_card_takes_a_partial_transfer_into_its_float16_region(w4a8_pair)
     full2, _ = _turn(w4a8_pair, "w2-full", prompt2, 6)
     assert reply2 == full2
     _idle(card)
+
+
+@pytest.mark.parametrize("held, ids, code", [
+    (70, 70, grpc.StatusCode.INVALID_ARGUMENT),  # held = prompt: the last token's KV always goes
+    (30, 69, grpc.StatusCode.INVALID_ARGUMENT),  # the prompt's ids do not match prompt_tokens
+    (30, 70, grpc.StatusCode.FAILED_PRECONDITION),  # nothing kept: "prefix no longer held"
+])
+def test_bad_partial_headers_are_refused_before_anything_is_reserved(pair, held, ids, code):
+    card = pair["card"]
+    if pair["transport"] != "grpc":
+        pytest.skip("raw headers: once is enough")
+    card.kv.drop_retained()
+    free = card.kv_free_bytes()
+    g = card.geometry()
+    header = worker_pb2.KvHeader(request_id=f"bad-{held}-{ids}", prompt_tokens=70, reserve_tokens=80,
+                                 num_layers=g.num_layers, kv_token=ISSUER.issue(f"bad-{held}-{ids}", CARD_ID, held),
+                                 held_tokens=held, prompt_token_ids=list(range(500, 500 + ids)), cache_salt=SALT)
+    with pytest.raises(grpc.RpcError) as refused:
+        pair["stub"].TransferKV(iter([worker_pb2.KvChunk(header=header)]))
+    assert refused.value.code() == code, refused.value.details()
+    assert card.kv_free_bytes() == free
+    _idle(card)
