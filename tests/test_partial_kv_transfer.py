@@ -40,7 +40,7 @@ def pair(request, tiny_source):
     card_server, card_stub = serve_worker(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), CARD_ID,
                                                              tiny_source.name, 2, KvTokenVerifier(SECRET)))
     yield dict(gpu=gpu, engine=engine, card=card, stub=card_stub, address=f"127.0.0.1:{card_server.port}",
-               transport=request.param)
+               transport=request.param, model=tiny_source.name)
     gpu_server.stop(0)
     card_server.stop(0)
     engine.close()
@@ -66,6 +66,13 @@ def _turn(pair, rid, prompt, n, held=0, token_held=None):
     decode = worker_pb2.DecodeRequest(request_id=rid, first_token_id=pre.first_token_id, position=len(prompt),
                                       sampling=sampling, cache_salt=SALT, prompt_token_ids=prompt)
     return [pre.first_token_id] + [t.token_id for t in pair["stub"].Decode(decode)], pre
+
+
+def _root(pair) -> bytes:
+    """The card's chain root for SALT (its worker's model name, as it keeps KV)."""
+    from glitches.kv_plane.prefix_index import root_hash
+
+    return root_hash(pair["model"], SALT)
 
 
 def _idle(card: EmulatedCard):
@@ -140,7 +147,8 @@ def test_a_partial_token_authorises_neither_a_full_transfer_nor_another_offset(p
 
 
 def test_chunks_inside_the_held_prefix_are_refused(pair):
-    """A TransferKV whose chunk starts inside the held prefix is INVALID_ARGUMENT before any byte is written."""
+    """A TransferKV whose chunk starts inside the held prefix is INVALID_ARGUMENT before any byte is written, and
+    the card keeps the prefix it had adopted (a later partial transfer still uses it)."""
     card, p = pair["card"], pair["transport"]
     if p != "grpc":
         pytest.skip("a raw TransferKV stream: once is enough")
@@ -160,6 +168,14 @@ def test_chunks_inside_the_held_prefix_are_refused(pair):
         pair["stub"].TransferKV(iter(chunks))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "holds tokens [0," in refused.value.details()
+    _idle(card)
+    # the failed stream gave the adopted prefix back to the cache: a correct partial transfer still finds it
+    entry, kept = card.kv.retained.best(prompt2, _root(pair))
+    assert entry is not None and len(entry.tokens) == kept == held
+    reply2, pre2 = _turn(pair, "raw-3", prompt2, 4, held=held)
+    assert pre2.kv_bytes == _kv_bytes(pair, len(prompt2) - held)
+    card.kv.drop_retained()
+    assert _turn(pair, "raw-3-full", prompt2, 4)[0] == reply2
     _idle(card)
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glitches.decode_contract.request_checks import lookup
+from glitches.decode_contract.request_checks import forget, lookup
 from glitches.decode_contract.retained_kv import RetainedIndex
 from glitches.kv_plane.hbm_manager import KvSpace
 from glitches.kv_plane.hbm_segment import HbmSegment
@@ -268,6 +268,12 @@ class EmulatedKvCalls:
     def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
         self._get(request_id)
         self.kv.mark_written(request_id, layer, seq_start, tokens)
+
+    def return_adopted(self, request_id: str, tokens: list[int], root: bytes) -> bool:
+        """A partial transfer into an adopted region failed: keep the region as cache of `tokens` (the held prefix,
+        which the transfer never writes) instead of freeing it. False: the request held nothing."""
+        forget(self._requests, self._lock, request_id)
+        return self.kv.retain(request_id, tokens, root)
 
     def held_changes(self) -> tuple[list[bytes], list[bytes]]:
         """Chain hashes (added, removed) to the KV kept as cache since the last call (held_publisher.py)."""

@@ -16,6 +16,8 @@ and calls `setup_kv_intake` once in its constructor. Protocols: glitches/decode_
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from glitches.decode_contract import kv_receiver
 from glitches.decode_contract.sink import KvSink
 from glitches.decode_contract.wrappers import KvHeld
@@ -72,9 +74,10 @@ class KvIntakeRpcs:
         if self.kv_tokens is not None:
             self.kv_tokens.check(header.kv_token, header.request_id, self.worker_id, header.held_tokens)
 
-    def _adopt_held(self, header: worker_pb2.KvHeader) -> None:
+    def _adopt_held(self, header: worker_pb2.KvHeader) -> Callable[[], None]:
         """A partial transfer's reservation: the kept KV of exactly prompt_token_ids[:held_tokens], else
-        FAILED_PRECONDITION "prefix no longer held" with nothing reserved (kv_receiver.py)."""
+        FAILED_PRECONDITION "prefix no longer held" with nothing reserved (kv_receiver.py). Returns the undo of a
+        failed stream: the prefix is kept as cache again (released where the sink cannot keep it)."""
         backend, held = self._intake(), header.held_tokens
         adopt, model = getattr(backend, "adopt", None), getattr(self, "model_name", "")
         if adopt is None or not model or not getattr(self, "kv_retention", True):
@@ -82,8 +85,15 @@ class KvIntakeRpcs:
                                      "whole prompt's KV")
         # the lookup ends one token past the prefix, so adopt finds at most `held` and refuses fewer
         hold = {"receiving": True} if isinstance(backend, KvHeld) else {}  # held until sealed, as a reserve
-        adopt(header.request_id, list(header.prompt_token_ids[:held + 1]), root_hash(model, header.cache_salt),
-              header.reserve_tokens, held, **hold)
+        prefix, root = list(header.prompt_token_ids[:held + 1]), root_hash(model, header.cache_salt)
+        adopt(header.request_id, prefix, root, header.reserve_tokens, held, **hold)
+
+        def undo() -> None:
+            give_back = getattr(backend, "return_adopted", None)
+            if give_back is None or not give_back(header.request_id, prefix[:held], root):
+                backend.release(header.request_id)
+
+        return undo
 
     def TransferKV(self, request_iterator, context):
         backend = self._intake()

@@ -16,7 +16,8 @@ anything is reserved or mapped.
 Partial transfers (issue #27, KvHeader.held_tokens = held > 0): instead of reserving empty room the
 receiver calls `adopt(header)`, which gives the request a region whose tokens [0, held) are the card's
 kept KV of exactly prompt_token_ids[:held] (FAILED_PRECONDITION "prefix no longer held" otherwise,
-nothing reserved); every layer then takes KV only for [held, prompt_tokens): a chunk or notice
+nothing reserved) and returns `undo()`, which a failed stream calls instead of releasing (the card keeps
+that prefix as cache again: the transfer never writes below `held`); every layer then takes KV only for [held, prompt_tokens): a chunk or notice
 starting before `held` is INVALID_ARGUMENT (it would overwrite the held tokens), and the end marker
 needs prompt_tokens - held tokens per layer. kv_bytes counts the bytes that travelled.
 """
@@ -62,15 +63,16 @@ def _checked_header(backend: KvSink, first, authorize, rpc: str) -> worker_pb2.K
     return header
 
 
-def _reserve(backend: KvSink, header: worker_pb2.KvHeader, adopt) -> None:
-    """Empty room for reserve_tokens, or (held_tokens > 0) the kept prefix adopted: `adopt(header)`."""
+def _reserve(backend: KvSink, header: worker_pb2.KvHeader, adopt) -> Callable[[], None]:
+    """Empty room for reserve_tokens, or (held_tokens > 0) the kept prefix adopted: `adopt(header)`. Returns what
+    frees it on a failed stream."""
     if not header.held_tokens:
         backend.reserve(header.request_id, header.reserve_tokens)
-    elif adopt is None:
+        return lambda: backend.release(header.request_id)
+    if adopt is None:
         raise FailedPrecondition("prefix no longer held: this worker keeps no KV between requests; send the "
                                  "whole prompt's KV")
-    else:
-        adopt(header)
+    return adopt(header)
 
 
 def receive(backend: KvSink, messages: Iterable[worker_pb2.KvChunk],
@@ -80,11 +82,11 @@ def receive(backend: KvSink, messages: Iterable[worker_pb2.KvChunk],
     `adopt(header)` reserves from kept KV for a partial transfer (module docstring)."""
     messages = iter(messages)
     header = _checked_header(backend, next(messages, None), authorize, "TransferKV")
-    _reserve(backend, header, adopt)
+    undo = _reserve(backend, header, adopt)
     try:
         return _receive_layers(backend, header, messages)
     except BaseException:
-        backend.release(header.request_id)
+        undo()
         raise
 
 
@@ -146,7 +148,7 @@ def receive_placed(backend: KvSink, messages: Iterable[worker_pb2.KvPlacedContro
     """
     messages = iter(messages)
     header = _checked_header(backend, next(messages, None), authorize, "TransferKVPlaced")
-    _reserve(backend, header, adopt)
+    undo = _reserve(backend, header, adopt)
     try:
         yield worker_pb2.KvPlacedReply(placement=place(header, header.request_id))
         received = _receive_notices(backend, header, messages, landed)
@@ -155,7 +157,7 @@ def receive_placed(backend: KvSink, messages: Iterable[worker_pb2.KvPlacedContro
             if unplace is not None:
                 unplace(header.request_id)
         finally:
-            backend.release(header.request_id)
+            undo()
         raise
     # sealed: the KV belongs to the request now (Decode or Release frees it), even if the sender hangs up
     yield worker_pb2.KvPlacedReply(done=worker_pb2.TransferKVResponse(

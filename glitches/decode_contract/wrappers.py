@@ -58,6 +58,11 @@ class Notifying(SinkWrapper):
         self.on_change()
         return held
 
+    def return_adopted(self, request_id: str, tokens: list[int], root: bytes) -> bool:
+        kept = self.inner.return_adopted(request_id, tokens, root)  # the reservation is cache again
+        self.on_change()
+        return kept
+
 
 class SlotLimit(SinkWrapper):
     def __init__(self, inner: KvSink, slots: int):
@@ -105,3 +110,7 @@ class KvHeld(SinkWrapper):
         held = self.inner.adopt(request_id, prompt, root, max_tokens, min_held)
         self.holds.hold(request_id, max_tokens * self.inner.geometry().bytes_per_token, receiving=receiving)
         return held  # complete (unless receiving): from now on it expires unless renewed or decoding
+
+    def return_adopted(self, request_id: str, tokens: list[int], root: bytes) -> bool:
+        self.holds.forget(request_id)
+        return self.inner.return_adopted(request_id, tokens, root)
