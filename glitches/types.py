@@ -22,8 +22,9 @@ class Timings:
     total_s: float
     kv_transport: str = ""  # "shm", "nixl" or "grpc"; "" for GPU assist
     kv_gbps: float = 0.0  # KV bytes / transfer wall time, GB/s (0 without a transfer)
-    serve_path: str = ""  # KV reuse: "transfer", "extend" (a card extended the KV it held) or "fresh"; "" older
-    reused_tokens: int = 0  # prompt tokens a card reused on the extend path
+    serve_path: str = ""  # KV reuse: "transfer", "extend" (a card extended the KV it held), "transfer-partial" (only
+    # the KV the card lacked moved) or "fresh"; "" older
+    reused_tokens: int = 0  # prompt tokens a card reused on the extend and transfer-partial paths
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ def test_a_later_turn_sends_only_the_kv_the_card_lacks_and_equals_the_turn_witho
     held = (len(TURN1) + len(turn1.token_ids) - 1) // 16 * 16  # whole published blocks of what the card stepped
     turn2 = _generate(orchestrator, registry, workers, prompt2, 8)
     assert turn2.timings["serve_path"] == PATH_TRANSFER_PARTIAL and turn2.migrations == 0
+    assert turn2.timings["reused_tokens"] == held
     assert turn2.timings["kv_bytes"] == (len(prompt2) - held) * card.geometry().bytes_per_token
 
     card.kv.drop_retained()  # the same turn without reuse: the whole KV transferred

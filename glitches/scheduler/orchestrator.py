@@ -100,7 +100,7 @@ class _Run:
     cache_salt: bytes = b""  # the tenant's prefix-cache salt (GenerateInput.cache_salt)
     reuse_routing: bool = True  # route by held KV; off after a stale hint (HeldKvGone) and with prompt logprobs
     serve_path: str = PATH_TRANSFER  # placement's path for the attempt that gave the first token
-    reused_tokens: int = 0  # prompt tokens a card reused on the extend path
+    reused_tokens: int = 0  # prompt tokens a card reused on the extend and transfer-partial paths
 
 
 @dataclass
@@ -339,6 +339,8 @@ class Orchestrator:
                  len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
         held = attempt.placement.held_tokens if attempt.placement.path == PATH_TRANSFER_PARTIAL else 0
         prefill = self._prefill(gpu, decoder if remote else None, attempt.claim_id, run, held)
+        if held:  # the card kept these; only the rest's KV moved
+            run.reused_tokens = held
         run.refused_since = None
         self._release_claim(attempt.claim_id, "prefill")
         run.prefills.append(prefill)
