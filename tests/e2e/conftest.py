@@ -79,9 +79,10 @@ def cluster():
     models.resolve_model(models.DEFAULT_MODEL)
     proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix,
                               "--gpu-workers", "1", "--fpga-workers", str(FPGA_WORKERS), "--gateway-port", "0",
-                              "--gpu-slots", str(GPU_SLOTS), "--no-prefix-cache"], env=CLUSTER_ENV)
-    # --no-prefix-cache: these tests time whole prefills and the KV streaming under them, with prompts that
-    # repeat (LONG); KV reuse has its own clusters in test_prefix_cache.py
+                              "--gpu-slots", str(GPU_SLOTS), "--no-prefix-cache", "--no-kv-reuse"], env=CLUSTER_ENV)
+    # --no-prefix-cache, --no-kv-reuse: these tests time whole prefills and the KV streaming under them, with
+    # prompts that repeat (LONG; a card holding one would extend it instead); KV reuse has its own clusters
+    # in test_prefix_cache.py and test_reuse_routing.py
     client = Client(address, timeout_s=600)
     pids = [w.pid for w in client.status().workers]
     yield dict(address=address, client=client, registry=Registry(REDIS_URL, prefix), prefix=prefix, proc=proc,
