@@ -402,7 +402,11 @@ class Orchestrator:
         attempt.decode_call = self.workers.decode_from_held(
             card.record, attempt.claim_id, run.prompt_ids, run.sampling, run.cache_salt or DEFAULT_SALT, 0,
             timeout_s=self.settings.decode_token_timeout_s * run.sampling.max_new_tokens)
-        yield from self._stream(run, attempt, card, remote=True)
+        try:
+            yield from self._stream(run, attempt, card, remote=True)
+        except HeldKvGone as refused:  # a card that cannot step a whole prompt (no DecodeFromHeld): try another
+            run.excluded.add(card.record.worker_id)
+            log.warning("request %s: %s; scoring the prompt on another card", run.request_id, refused)
 
     def _extend(self, run: _Run, attempt: _Attempt, card: WorkerState) -> Iterator[Delta]:
         """The extend path: the card holding the prompt's prefix forces the rest of the prompt and decodes."""
