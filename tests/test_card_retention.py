@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from glitches.fpga_worker.emu_backend import EmulatedCard
-from glitches.fpga_worker.held_publisher import HeldPublisher
+from glitches.services.cluster.held_publisher import HeldPublisher
 from glitches.fpga_worker.server import FpgaWorkerServicer
 from glitches.kv_plane.prefix_index import block_hashes, root_hash
 from glitches.services.cluster.registry import Registry, WorkerRecord

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from glitches.fpga_worker.emu_backend import EmulatedCard
-from glitches.fpga_worker.held_publisher import HeldPublisher
+from glitches.services.cluster.held_publisher import HeldPublisher
 from glitches.fpga_worker.server import FpgaWorkerServicer
 from glitches.gpu_worker.engine import GpuEngine
 from glitches.gpu_worker.server import GpuWorkerServicer

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from glitches.decode_contract.wrappers import KvHeld, Notifying, SlotLimit
-from glitches.fpga_worker.held_publisher import HeldPublisher
+from glitches.services.cluster.held_publisher import HeldPublisher
 from glitches.fpga_worker.sensors import CachedSensors, publish_sensors
 from glitches.fpga_worker.server import FpgaWorkerServicer, backend_vocab, build_backend
 from glitches.fpga_worker.settings import FpgaWorkerSettings

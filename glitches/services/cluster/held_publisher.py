@@ -4,8 +4,10 @@ Protocol: the worker's KV store returns the chain hashes (kv_plane/prefix_index.
 stopped being held since its last call (`drain() -> (added, removed)`; the GPU's KvPool.held_changes);
 a thread drains them every `interval_s` and writes them to P:held:{worker id}, which expires with the
 worker's heartbeat. A write Redis refuses is kept and merged into the next (the set converges once Redis
-answers). The scheduler reads the set as a hint: a stale entry costs time, never correctness.
-(glitches/fpga_worker/held_publisher.py is the card's own copy of this protocol.)
+answers). `start` first deletes what an earlier process of the same worker id published (a restart loses
+the cache); `stop` writes the last changes. The scheduler reads the set as a hint (a card verifies token
+ids before it reuses anything): a stale entry costs time, never correctness. Used by the GPU worker
+(KvPool.held_changes) and the emulated cards (their KV store's held_changes).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ class HeldPublisher:
         self._thread = threading.Thread(target=self._run, name="held-kv-publisher", daemon=True)
 
     def start(self) -> HeldPublisher:
+        """Clear what an earlier process with this worker id published (its cache died with it), then run."""
+        try:
+            self._registry.clear_held(self._worker_id())
+        except Unavailable as error:
+            log.warning("could not clear the held KV blocks published before: %s", error)
         self._thread.start()
         return self
 
@@ -37,6 +44,7 @@ class HeldPublisher:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+        self.publish_once()
 
     def publish_once(self) -> bool:
         """Write what was drained so far; False when Redis did not take it (kept for the next try)."""
