@@ -93,12 +93,12 @@ def status_cmd(as_json, address, **tls) -> None:
         via = f" (sentinel service {r.sentinel_service} via {','.join(r.sentinels)})" if r.sentinel_service else ""
         click.echo(f"redis primary {r.primary or 'UNKNOWN: ' + r.error}{via}")
     click.echo(f"{'id':<10} {'kind':<7} {'backend':<8} {'address':<22} {'pid':>7} {'health':<8} {'active':>6}/slots "
-               f"{'held':>4} {'expiring':>8} {'held KV':>12} {'roles':<20} kv transports")
+               f"{'held':>4} {'expiring':>8} {'held KV':>12} {'cached KV':>12} {'roles':<20} kv transports")
     for w in status.workers:
         label = w.backend + (" (emulated)" if w.emulated else "")
         click.echo(f"{w.worker_id:<10} {w.kind:<7} {label:<8} {w.address:<22} {w.pid:>7} "
                    f"{'healthy' if w.healthy else 'DOWN':<8} {w.active_requests:>6}/{w.slots:<5} "
-                   f"{w.worker_active_requests:>4} {w.expiring_requests:>8} {w.kv_held_bytes:>10} B "
+                   f"{w.worker_active_requests:>4} {w.expiring_requests:>8} {w.kv_held_bytes:>10} B {w.kv_cached_bytes:>10} B "
                    f"{_roles(w):<20} {','.join(w.kv_transports) or '-'}")
     for w in status.workers:
         if ("decode" in w.roles or w.kind == "fpga") and not w.kv_tokens_required:  # fpga: an older scheduler

@@ -74,6 +74,7 @@ def status(message: scheduler_pb2.StatusResponse) -> ClusterStatus:
         model=w.model, http_address=w.http_address, kv_tokens_required=w.kv_tokens_required,
         kv_transports=tuple(w.kv_transports),
         worker_active_requests=w.worker_active_requests, kv_held_bytes=w.kv_held_bytes,
+        kv_cached_bytes=w.kv_cached_bytes,
         expiring_requests=w.expiring_requests)
         for w in message.workers)
     r = message.redis

@@ -101,6 +101,7 @@ class WorkerStatus:
     kv_transports: tuple[str, ...] = ()  # FPGA: KV transports accepted; GPU: sent with ("shm", "nixl", "grpc")
     worker_active_requests: int = 0  # requests the worker itself holds KV for (as of its last heartbeat)
     kv_held_bytes: int = 0  # KV bytes the worker holds
+    kv_cached_bytes: int = 0  # KV bytes it keeps as evictable cache for reuse (prefix cache, kept regions)
     expiring_requests: int = 0  # held requests not decoding, freed unless the scheduler renews them
     roles: tuple[str, ...] = ()  # "prefill", "decode" (takes KV from a prefill), "assist" (GPU assist)
     decode_class: int = 0  # with the decode role: placement's preference, lower first (0 without it)

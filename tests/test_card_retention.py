@@ -154,6 +154,11 @@ def test_a_worker_daemon_publishes_what_it_keeps_and_drops_it_on_deregister(tiny
         while registry.held_overlap(["fpga-d"], chain)["fpga-d"] != 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert registry.held_overlap(["fpga-d"], chain) == {"fpga-d": 2}  # 43 tokens kept: 2 full blocks
+        cached = stub.Info(worker_pb2.InfoRequest()).kv_cached_bytes
+        assert cached == running.device.backend.kv.evictable_bytes() > 0  # d1's kept region, also counted free
+        running.heartbeat.beat_now()
+        record = next(w.record for w in registry.workers() if w.record.worker_id == "fpga-d")
+        assert record.kv_cached_bytes == cached
         follow_up = prompt + reply + [7, 8]
         first = next(iter(_from_held(stub, "d2", follow_up, 1, min_held=len(prompt) + len(reply) - 1)))
         assert first.reused_prompt_tokens == len(prompt) + len(reply) - 1

@@ -29,6 +29,10 @@ class KvSink(ABC):
     @abstractmethod
     def kv_free_bytes(self) -> int: ...
 
+    def kv_cached_bytes(self) -> int:
+        """Of kv_free_bytes, the bytes kept as evictable cache of finished requests (0: the sink keeps none)."""
+        return 0
+
     def kv_granularity_tokens(self) -> int:
         """A reservation of n tokens takes the KV of n rounded up to a multiple of this (1: exact)."""
         return 1

@@ -81,6 +81,9 @@ class EmulatedCard(EmulatedKvCalls, DecodeBackend):
     def kv_free_bytes(self) -> int:
         return self.kv.free_bytes()
 
+    def kv_cached_bytes(self) -> int:
+        return self.kv.evictable_bytes()
+
     def kv_granularity_tokens(self) -> int:
         return HBM_CHANNELS * KV_BLOCK_TOKENS  # regions hold whole 512-token units
 

@@ -68,6 +68,7 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
             host_identity=host_identity(), shm_segment=self.shm_path(),
             nixl_agent=self.nixl.name if self.nixl is not None else "",
             kv_held_bytes=facts.kv_capacity_bytes - self.backend.kv_free_bytes(),
+            kv_cached_bytes=self.backend.kv_cached_bytes(),
             expiring_requests=self.holds.summary().expiring, kv_hold_ttl_s=self.holds.ttl_s,
             request_auth_required=isinstance(self.auth, RequestAuthVerifier))
 

@@ -103,6 +103,9 @@ class W4A8EmulatedCard(EmulatedKvCalls, DecodeBackend):
     def kv_free_bytes(self) -> int:
         return self.kv.free_bytes()
 
+    def kv_cached_bytes(self) -> int:
+        return self.kv.evictable_bytes()
+
     def reserve(self, request_id: str, max_tokens: int) -> None:
         self.kv.reserve(request_id, max_tokens)  # AlreadyExists / ResourceExhausted
         with self._lock:

@@ -78,6 +78,7 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
             request_auth_required=isinstance(self.auth, RequestAuthVerifier),
             kv_capacity_bytes=pool.total_blocks * pool.block_bytes,
             kv_free_bytes=pool.free_blocks * pool.block_bytes, kv_free_blocks=pool.free_blocks,
+            kv_cached_bytes=pool.evictable_blocks * pool.block_bytes,
             kv_block_tokens=KV_BLOCK_TOKENS, gpu_assist_requests=engine.requests.assist_active())
 
     def _sends(self) -> list[str]:

@@ -85,6 +85,7 @@ def worker_status(w: WorkerState) -> scheduler_pb2.WorkerStatus:
         kv_transports=[t for t in w.record.kv_transports.split(",") if t],
         host_identity=w.record.host_identity,
         worker_active_requests=w.record.worker_active_requests, kv_held_bytes=w.record.kv_held_bytes,
+        kv_cached_bytes=w.record.kv_cached_bytes,
         expiring_requests=w.record.expiring_requests)
 
 

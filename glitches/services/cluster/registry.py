@@ -149,6 +149,7 @@ class WorkerRecord:
     nixl_agent: str = ""  # the worker's NIXL agent name (transport nixl), "" without one
     worker_active_requests: int = 0  # requests the worker itself holds KV for (its Info), whatever the claims say
     kv_held_bytes: int = 0  # KV bytes it holds for requests
+    kv_cached_bytes: int = 0  # KV bytes it keeps as evictable cache (prefix cache / kept regions)
     expiring_requests: int = 0  # held requests not decoding: freed unless renewed (glitches/services/cluster/kv_holds.py)
     assist_active: int = 0  # GPU workers: GPU-assist requests held now (at most `slots`)
     roles: str = ""  # comma-separated, services.worker_caps.ROLES; "" (an older worker): its built-in kind's

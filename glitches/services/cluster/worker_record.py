@@ -37,5 +37,6 @@ def record_from_info(info: worker_pb2.InfoResponse, kind: str, address: str, htt
                         kv_transports=",".join(info.kv_transports), host_identity=info.host_identity,
                         shm_segment=info.shm_segment, nixl_agent=info.nixl_agent,
                         worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
+                        kv_cached_bytes=info.kv_cached_bytes,
                         expiring_requests=info.expiring_requests, assist_active=info.gpu_assist_requests,
                         roles=",".join(info.roles), decode_class=info.decode_class)

@@ -122,7 +122,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "kind", "kind_name", "roles", "decode_class", "backend", "emulated", "device_name", "address", "pid", "healthy", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "model", "http_address", "kv_tokens_required", "kv_transports", "host_identity", "worker_active_requests", "kv_held_bytes", "expiring_requests")
+    __slots__ = ("worker_id", "kind", "kind_name", "roles", "decode_class", "backend", "emulated", "device_name", "address", "pid", "healthy", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "model", "http_address", "kv_tokens_required", "kv_transports", "host_identity", "worker_active_requests", "kv_held_bytes", "expiring_requests", "kv_cached_bytes")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     KIND_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,7 @@ class WorkerStatus(_message.Message):
     WORKER_ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     KV_HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPIRING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHED_BYTES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kind: _common_pb2.DeviceKind
     kind_name: str
@@ -169,7 +170,8 @@ class WorkerStatus(_message.Message):
     worker_active_requests: int
     kv_held_bytes: int
     expiring_requests: int
-    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., kind_name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., decode_class: _Optional[int] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., worker_active_requests: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., expiring_requests: _Optional[int] = ...) -> None: ...
+    kv_cached_bytes: int
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., kind_name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., decode_class: _Optional[int] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., address: _Optional[str] = ..., pid: _Optional[int] = ..., healthy: _Optional[bool] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., model: _Optional[str] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., worker_active_requests: _Optional[int] = ..., kv_held_bytes: _Optional[int] = ..., expiring_requests: _Optional[int] = ..., kv_cached_bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("model", "workers", "scheduler_active_requests", "redis")
