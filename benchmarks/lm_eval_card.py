@@ -117,6 +117,11 @@ def compare(a: dict, b: dict) -> dict:
                 mean_abs_loglikelihood_diff=statistics.fmean(gaps) if gaps else 0.0)
 
 
+def _points(stderr) -> str:
+    """lm-eval's standard error in points; it gives "N/A" for a single question."""
+    return f"{100 * stderr:.2f}" if isinstance(stderr, (int, float)) else str(stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=200, help="first N questions of ARC-Easy validation (of 570)")
@@ -138,8 +143,8 @@ def main() -> None:
         return
     print(f"{TASK}: {result['data']}, first {args.limit} questions, prompt logprobs from the card")
     for run in runs:
-        print(f"  {run['numerics']:>9}: acc {100 * run['acc']:.2f} +- {100 * run['acc_stderr']:.2f}, acc_norm "
-              f"{100 * run['acc_norm']:.2f} +- {100 * run['acc_norm_stderr']:.2f} ({run['questions']} questions, "
+        print(f"  {run['numerics']:>9}: acc {100 * run['acc']:.2f} +- {_points(run['acc_stderr'])}, acc_norm "
+              f"{100 * run['acc_norm']:.2f} +- {_points(run['acc_norm_stderr'])} ({run['questions']} questions, "
               f"{run['wall_s']:.0f} s)")
     c = result["comparison"]
     if c:
