@@ -1,40 +1,70 @@
-"""Prefix reuse on a multi-turn chat: the GPU worker's prefix cache on vs off, in one run on one machine.
+"""KV reuse on a multi-turn chat, live: reuse on vs off on a 1 GPU + 2 card cluster and a GPU-only one, in one run.
 
-    .venv/bin/python -m benchmarks.prefix_reuse [--conversations 8] [--max-tokens 48] [--seed 27]
+    .venv/bin/python -m benchmarks.prefix_reuse [--conversations 4] [--max-tokens 16] [--seed 27] [--think-s 1]
+        [--setups cards,gpu]
 
-The trace (a generator, seeded; not real chats): each conversation has 2-5 user turns (uniform, mean
-3.5), each user message a number of words drawn from a log-normal of median 15 words (SmolLM2's
-tokenizer gives ~20 tokens for them), words from a fixed list; each reply is the model's own greedy
-answer capped at --max-tokens. Every turn is re-rendered from the messages with the model's chat
-template (as the OpenAI gateway does) and sent as token ids through the scheduler, one request at a
-time (batch size 1, the latency-sensitive case). The same trace runs against `glitches up` with one
-GPU worker and no FPGA twice: --prefix-cache, then --no-prefix-cache (a fresh cluster each).
+The defaults fit ~10 minutes on the shared 2-core machine: GPU-only turns decode on the CPU GPU worker's
+assist path at ~1.2 s/token under load, so 6 conversations at 48 tokens would take ~45 minutes there.
 
-Reported per setting: TTFT p50/p99 of turns 2+ and of turn 1 (seconds, the scheduler's ttft_s),
-prompt tokens sent, prefill tokens computed (prompt - cached), reused share, and the ratios on / off.
-Replies are checked equal between the two settings (greedy), so reuse changes no token.
+The trace: glitches/sim/reuse.py's seeded generator `conversation_trace` (not real chats; shaped to
+published ShareGPT statistics: 1 + Poisson(2.5) user turns, user messages log-normal of median 20 tokens,
+replies of median 280). Each user message is that many words from a fixed list (seeded; SmolLM2's
+tokenizer gives about a token a word); each reply is the model's own greedy answer capped at
+min(the trace's reply length, --max-tokens). Every turn is re-rendered from the messages with the model's
+chat template (as the OpenAI gateway does) and sent as token ids through the scheduler, one request at a
+time (batch size 1, the latency-sensitive case), --think-s seconds apart (cards publish what they hold
+every 0.5 s; a turn sent at once is routed by the previous publication).
+
+Settings, each a fresh `glitches up` (ClusterSpec), same trace:
+- "cards": 1 GPU worker + 2 emulated FPGA workers (reference numerics, 256 MiB HBM each);
+- "gpu": 1 GPU worker, no card (GPU assist decodes; the figures before the cards existed).
+Reuse on: the defaults (--prefix-cache, --kv-reuse, cards --kv-retention). Reuse off: --no-prefix-cache,
+--no-kv-reuse, cards --no-kv-retention.
+
+Reported per setting (JSON on stdout; seconds unless named): TTFT p50/p99 of turns 2+ and of turn 1 (the
+scheduler's ttft_s); prompt tokens sent; prefill tokens computed on the GPU (prompt - cached, 0 on the
+extend path); prefix hit rate (prompt tokens the GPU did not compute / prompt tokens); KV bytes moved GPU ->
+card (Timings.kv_bytes, exact) per turn and against the new tokens' KV (new tokens = prompt tokens the
+decode card did not hold, i.e. prompt - Timings.reused_tokens, times the card's Info.kv_bytes_per_token);
+output tokens/s (completion tokens / summed request total_s); the count of each serve path; and
+"simulated": `glitches simulate --trace` of the same trace (the live prompt and reply lengths, one request
+every 60 s in live order) with the paper-calibrated A100 / U280 profiles and the smollm2-135m shape.
+The run exits non-zero if a setting's replies differ between reuse on and off (greedy: reuse changes no
+token). The top-level "on" / "off" / "on_over_off" keys are the GPU-only setting's (as before the cards).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 from glitches import Client
 from glitches.cluster import ClusterSpec, LocalCluster
 from glitches.services.generation import models
+from glitches.services.runtime.channels import open_channel
+from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
+from glitches.sim.plan_workload import write_trace
+from glitches.sim.reuse import conversation_trace
 
 WORDS = ("memory bandwidth decode prefill cache token model layer attention kernel card device latency "
          "batch request reply stream tensor weight vector matrix compute schedule worker queue chat user "
          "answer question explain short why how what when fast slow cost power board host network").split()
+SETUPS = {"cards": 2, "gpu": 0}  # setting name -> emulated FPGA workers beside the one GPU worker
+CARD_HBM_BYTES = 256 * 1024**2  # per emulated card: plenty for these conversations, little of the machine's RAM
+SIM_GAP_S = 60.0  # the simulated trace's spacing between requests: one at a time, as live
 
 
 def trace(seed: int, conversations: int) -> list[list[str]]:
-    """The user messages of each conversation."""
+    """The user messages of each conversation (the older word-count generator; benchmarks.partial_transfer's)."""
     rng = random.Random(seed)
     out = []
     for _ in range(conversations):
@@ -44,61 +74,172 @@ def trace(seed: int, conversations: int) -> list[list[str]]:
     return out
 
 
+def chat_trace(seed: int, conversations: int) -> list[list[tuple[str, int]]]:
+    """Per conversation, per turn: (user message, reply length in tokens), from sim.reuse.conversation_trace."""
+    workload = conversation_trace(conversations, seed=seed)
+    turns = collections.defaultdict(list)  # conversation id -> [(turn, prompt tokens, reply tokens)]
+    for (prompt, reply), (conversation, turn) in zip(workload.shapes, workload.conversations):
+        turns[conversation].append((turn, prompt, reply))
+    rng = random.Random(seed)
+    out = []
+    for conversation in sorted(turns, key=lambda c: int(c[1:])):
+        rows, context, chat = sorted(turns[conversation]), 32, []  # 32: the generator's system prompt
+        for _, prompt, reply in rows:
+            user_tokens = prompt - context
+            chat.append((" ".join(rng.choice(WORDS) for _ in range(max(1, user_tokens))) + "?", reply))
+            context = prompt + reply
+        out.append(chat)
+    return out
+
+
 def _ids(tokenizer, messages: list[dict]) -> list[int]:
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def run(prefix_cache: bool, chats: list[list[str]], max_tokens: int, tokenizer) -> dict:
-    spec = ClusterSpec(gpu_workers=1, fpga_workers=0, port=0, prefix_cache=prefix_cache)
-    rows = []  # (conversation, turn, ttft_s, prompt tokens, cached tokens, reply token ids)
+def _card_kv_bytes_per_token(client: Client) -> int:
+    """The first card's Info.kv_bytes_per_token (0 without a card)."""
+    for worker in client.status().workers:
+        if worker.kind == "fpga":
+            stub = worker_pb2_grpc.WorkerStub(open_channel(worker.address))
+            return stub.Info(worker_pb2.InfoRequest(), timeout=30).kv_bytes_per_token
+    return 0
+
+
+def run_turns(spec: ClusterSpec, chats: list[list[tuple[str, int]]], max_tokens: int, tokenizer,
+              think_s: float) -> tuple[list[dict], int]:
+    """Every turn of the trace against a fresh cluster: one row per turn, and the card's KV bytes per token."""
+    rows = []
     with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=600) as client:
         client.generate("warm up", max_tokens=2)
-        for c, users in enumerate(chats):
+        kv_per_token = _card_kv_bytes_per_token(client)
+        for c, chat in enumerate(chats):
             messages = []
-            for t, text in enumerate(users):
+            for t, (text, reply_tokens) in enumerate(chat):
                 messages.append({"role": "user", "content": text})
                 prompt = _ids(tokenizer, messages)
-                r = client.generate(prompt, max_tokens=max_tokens)
-                rows.append((c, t, r.timings.ttft_s, len(prompt), r.cached_tokens, list(r.token_ids)))
+                r = client.generate(prompt, max_tokens=min(max_tokens, reply_tokens))
+                card = r.decode_device == "fpga"
+                rows.append(dict(conversation=c, turn=t + 1, ttft_s=r.timings.ttft_s, total_s=r.timings.total_s,
+                                 prompt=len(prompt), cached=r.cached_tokens, path=r.timings.serve_path or "none",
+                                 kv_bytes=r.timings.kv_bytes, new_tokens=len(prompt) - r.timings.reused_tokens
+                                 if card else 0, output=len(r.token_ids), ids=list(r.token_ids)))
                 messages.append({"role": "assistant", "content": r.text})
-    later = [r[2] for r in rows if r[1] > 0]
-    first = [r[2] for r in rows if r[1] == 0]
-    prompt_tokens = sum(r[3] for r in rows)
-    cached = sum(r[4] for r in rows)
-    return dict(prefix_cache=prefix_cache, turns=len(rows), later_turns=len(later),
-                ttft_later_p50_s=statistics.median(later), ttft_later_p99_s=_p99(later),
-                ttft_first_p50_s=statistics.median(first), prompt_tokens=prompt_tokens, cached_tokens=cached,
-                prefill_tokens=prompt_tokens - cached, reused_share=cached / prompt_tokens,
-                output_tokens=sum(len(r[5]) for r in rows), replies=[r[5] for r in rows])
+                time.sleep(think_s)
+    return rows, kv_per_token
 
 
-def _p99(values: list[float]) -> float:
+def summarize(rows: list[dict], kv_per_token: int) -> dict:
+    later = [r["ttft_s"] for r in rows if r["turn"] > 1]
+    first = [r["ttft_s"] for r in rows if r["turn"] == 1]
+    prompt = sum(r["prompt"] for r in rows)
+    computed = sum(0 if r["path"] == "extend" else r["prompt"] - r["cached"] for r in rows)
+    moved = [r for r in rows if r["new_tokens"]]
+    new_kv = sum(r["new_tokens"] for r in moved) * kv_per_token
+    return dict(turns=len(rows), later_turns=len(later),
+                ttft_later_p50_s=_median(later), ttft_later_p99_s=_p99(later),
+                ttft_first_p50_s=_median(first), ttft_first_p99_s=_p99(first),
+                prompt_tokens=prompt, cached_tokens=sum(r["cached"] for r in rows), prefill_tokens=computed,
+                reused_share=sum(r["cached"] for r in rows) / prompt, prefix_hit_rate=(prompt - computed) / prompt,
+                kv_bytes=sum(r["kv_bytes"] for r in rows), kv_bytes_per_turn=[r["kv_bytes"] for r in rows],
+                card_kv_bytes_per_token=kv_per_token, new_tokens_on_card=sum(r["new_tokens"] for r in moved),
+                kv_over_new_tokens_kv=sum(r["kv_bytes"] for r in moved) / new_kv if new_kv else None,
+                kv_over_new_tokens_kv_max_turn=max((r["kv_bytes"] / (r["new_tokens"] * kv_per_token)
+                                                    for r in moved), default=None) if kv_per_token else None,
+                output_tokens=sum(r["output"] for r in rows),
+                output_tokens_per_s=sum(r["output"] for r in rows) / sum(r["total_s"] for r in rows),
+                paths=dict(collections.Counter(r["path"] for r in rows)))
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _p99(values: list[float]) -> float | None:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)] if ordered else None
+
+
+def _ratio(on, off):
+    return on / off if on is not None and off else None
+
+
+def simulate(rows: list[dict], fpgas: int) -> dict:
+    """`glitches simulate --trace` of the turns as run live (reuse on and off, simulated time)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "chat.jsonl")
+        write_trace(path, [SIM_GAP_S * i for i in range(len(rows))], [(r["prompt"], max(1, r["output"])) for r in rows],
+                    [(f"c{r['conversation']}", r["turn"]) for r in rows])
+        command = [sys.executable, "-m", "glitches", "simulate", "--gpus", "1", "--fpgas", str(fpgas),
+                   "--model", "smollm2-135m", "--trace", path, "--json"]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
+    reuse = json.loads(done.stdout)["reuse"]
+    on, off = _simulated_figures(reuse["on"]), _simulated_figures(reuse["off"])
+    return dict(profile="paper-calibrated a100 + u280 (glitches/sim/profiles/devices.json), model smollm2-135m, "
+                        f"1 GPU + {fpgas} cards, one request every {SIM_GAP_S:g} s",
+                on=on, off=off, on_over_off={k: _ratio(on[k], off[k]) for k in
+                                             ("ttft_later_p50_s", "ttft_later_p99_s", "prefill_tokens", "kv_bytes")})
+
+
+def _simulated_figures(summary: dict) -> dict:
+    """sim.reuse.reuse_summary's figures under this benchmark's names."""
+    later = summary["ttft_later_turns_s"]
+    return dict(ttft_later_p50_s=later["p50"], ttft_later_p99_s=later["p99"], prefix_hit_rate=summary["hit_rate"],
+                prefill_tokens=summary["gpu_prefill_tokens"], kv_bytes=summary["kv_bytes_moved"],
+                paths=summary["paths"])
+
+
+def run_setup(fpgas: int, chats, max_tokens: int, tokenizer, think_s: float) -> tuple[dict, bool]:
+    halves, replies = {}, {}
+    for label, reuse in (("on", True), ("off", False)):
+        spec = ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0, fpga_hbm_bytes=CARD_HBM_BYTES if fpgas else 0,
+                           prefix_cache=reuse, kv_retention=reuse, scheduler_args=() if reuse else ("--no-kv-reuse",))
+        rows, kv_per_token = run_turns(spec, chats, max_tokens, tokenizer, think_s)
+        halves[label] = dict(prefix_cache=reuse, kv_reuse=reuse, kv_retention=reuse and fpgas > 0,
+                             **summarize(rows, kv_per_token))
+        replies[label] = [r["ids"] for r in rows]
+        if label == "on":
+            halves["simulated"] = simulate(rows, fpgas)
+    on, off = halves["on"], halves["off"]
+    halves["on_over_off"] = dict(
+        ttft_later_p50=_ratio(on["ttft_later_p50_s"], off["ttft_later_p50_s"]),
+        ttft_later_p99=_ratio(on["ttft_later_p99_s"], off["ttft_later_p99_s"]),
+        ttft_first_p50=_ratio(on["ttft_first_p50_s"], off["ttft_first_p50_s"]),
+        ttft_first_p99=_ratio(on["ttft_first_p99_s"], off["ttft_first_p99_s"]),
+        prefill_tokens=_ratio(on["prefill_tokens"], off["prefill_tokens"]),
+        kv_bytes=_ratio(on["kv_bytes"], off["kv_bytes"]),
+        output_tokens_per_s=_ratio(on["output_tokens_per_s"], off["output_tokens_per_s"]))
+    same = replies["on"] == replies["off"]
+    halves["replies_equal"] = same
+    return halves, same
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conversations", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--conversations", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=27)
+    parser.add_argument("--think-s", type=float, default=1.0, help="pause between turns, seconds")
+    parser.add_argument("--setups", default="cards,gpu", help=f"comma-separated, of {sorted(SETUPS)}")
     args = parser.parse_args()
     tokenizer = models.load_tokenizer(models.resolve_model(models.DEFAULT_MODEL))
-    chats = trace(args.seed, args.conversations)
-    started = time.monotonic()
-    on = run(True, chats, args.max_tokens, tokenizer)
-    off = run(False, chats, args.max_tokens, tokenizer)
-    same = on.pop("replies") == off.pop("replies")
-    ratios = dict(ttft_later_p50=on["ttft_later_p50_s"] / off["ttft_later_p50_s"],
-                  ttft_later_p99=on["ttft_later_p99_s"] / off["ttft_later_p99_s"],
-                  ttft_first_p50=on["ttft_first_p50_s"] / off["ttft_first_p50_s"],
-                  prefill_tokens=on["prefill_tokens"] / off["prefill_tokens"])
-    print(json.dumps(dict(seed=args.seed, conversations=args.conversations, max_tokens=args.max_tokens,
-                          replies_equal=same, on=on, off=off, on_over_off=ratios,
-                          wall_s=time.monotonic() - started), indent=2))
-    if not same:
-        raise SystemExit("the replies differ between prefix cache on and off")
+    chats = chat_trace(args.seed, args.conversations)
+    load_before, started = os.getloadavg(), time.monotonic()
+    settings, all_same = {}, True
+    for name in args.setups.split(","):
+        settings[name], same = run_setup(SETUPS[name], chats, args.max_tokens, tokenizer, args.think_s)
+        all_same &= same
+        print(json.dumps({name: settings[name]}), file=sys.stderr, flush=True)  # progress: a setting's figures
+    out = dict(trace=f"glitches.sim.reuse.conversation_trace(seed={args.seed}), {args.conversations} conversations",
+               seed=args.seed, conversations=args.conversations, max_tokens=args.max_tokens, think_s=args.think_s,
+               replies_equal=all_same)
+    if "gpu" in settings:  # the keys of the GPU-only benchmark this one grew from
+        out.update(on=settings["gpu"]["on"], off=settings["gpu"]["off"], on_over_off=settings["gpu"]["on_over_off"])
+    out.update(settings=settings, load_before=load_before, load_after=os.getloadavg(),
+               wall_s=time.monotonic() - started)
+    print(json.dumps(out, indent=2))
+    if not all_same:
+        raise SystemExit("the replies differ between reuse on and off")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ COMMANDS = {  # docs/benchmarks.md's command -> the same command, short
     "gpu_step": ["benchmarks/gpu_step.py", "--batch", "2", "--context", "16", "--repeats", "1", "--threads", "1"],
     "gpu_batching": ["benchmarks/gpu_batching.py", "--mode", "assist", "--concurrency", "2", "--new-tokens", "4",
                      "--rounds", "1", "--threads", "1"],
-    "prefix_reuse": ["-m", "benchmarks.prefix_reuse", "--conversations", "1", "--max-tokens", "8"],
+    "prefix_reuse": ["-m", "benchmarks.prefix_reuse", "--conversations", "1", "--max-tokens", "4", "--think-s", "0.5"],
     "validate_sim_poisson": ["-m", "benchmarks.validate_sim_poisson", "--input", "16", "--output", "4",
                              "--num-requests", "2", "--fpgas", "0"],
     "lm_eval_card": ["-m", "benchmarks.lm_eval_card", "--limit", "1"],
