@@ -23,7 +23,7 @@ class Timings:
     kv_transport: str = ""  # "shm", "nixl" or "grpc"; "" for GPU assist
     kv_gbps: float = 0.0  # KV bytes / transfer wall time, GB/s (0 without a transfer)
     serve_path: str = ""  # KV reuse: "transfer", "extend" (a card extended the KV it held), "transfer-partial" (only
-    # the KV the card lacked moved) or "fresh"; "" older
+    # the KV the card lacked moved), "fresh", "assist" (GPU assist: no KV moved) or "card_prompt"; "" older
     reused_tokens: int = 0  # prompt tokens a card reused on the extend and transfer-partial paths
 
 

@@ -138,6 +138,7 @@ def kv_bytes_needed(workers, tokens: int, role: str = ROLE_DECODE) -> int:
 
 _PLACE_POLL_S = (0.02, 0.5)  # first and longest pause between placement tries while no device has room
 PATH_CARD_PROMPT = "card_prompt"  # serve path: a card scored the prompt itself (--prompt-logprobs-on card)
+PATH_ASSIST = "assist"  # serve path: placement's transfer with the decoder the prefill GPU (GPU assist: no KV moves)
 
 
 class Orchestrator:
@@ -335,6 +336,8 @@ class Orchestrator:
             yield from self._extend(run, attempt, decoder)
             return
         remote = decoder is not gpu  # the KV goes to a decode-role worker (else GPU assist: it stays on the GPU)
+        if not remote and not run.tokens and attempt.placement.path == PATH_TRANSFER:
+            run.serve_path = PATH_ASSIST
         log.info("request %s: %d prompt + %d generated tokens, prefill on %s, decode on %s", attempt.claim_id,
                  len(run.prompt_ids), len(run.tokens), gpu.record.worker_id, decoder.record.worker_id)
         held = attempt.placement.held_tokens if attempt.placement.path == PATH_TRANSFER_PARTIAL else 0

@@ -82,6 +82,8 @@ def test_more_requests_than_fpgas_use_gpu_assist_and_stay_correct(cluster, refer
     devices = [r.decode_device for r in results]
     assert "gpu" in devices, devices
     assert devices.count("fpga") <= FPGA_WORKERS * 1 + 2  # never more FPGA decodes than could be claimed
+    assert [r.timings.serve_path for r in results] == ["assist" if d == "gpu" else "transfer" for d in devices]
+    assert all(r.timings.kv_bytes == 0 for r in results if r.decode_device == "gpu")  # GPU assist moves no KV
     for result in results:
         ref = greedy(reference["model"], list(result.prompt_token_ids), 24)
         compare(list(result.token_ids), ref, TOLERANCE_FP32)  # batched: equal, or parted at a near-tie
