@@ -81,16 +81,21 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
     def Prefill(self, request, context):
         raise FailedPrecondition("FPGA workers do not run prefill; send Prefill to a GPU worker")
 
-    def Decode(self, request, context):
+    def _checked(self, request, tokens: list[int], field: str) -> Sampling:
+        """A decode RPC's authorisation, sampling and token ids (from `field`) checked; its Sampling."""
         self.auth.check(request.auth_token, "decode", request.request_id)
         sampling = Sampling.from_proto(request.sampling)
         check_sampling(sampling)
         if sampling.max_new_tokens < 1:
             raise InvalidArgument("sampling.max_new_tokens must be at least 1")
+        if tokens and max(tokens) >= self.vocab_size:
+            raise InvalidArgument(f"token id {max(tokens)} ({field}) is outside the vocabulary "
+                                  f"(size {self.vocab_size})")
+        return sampling
+
+    def Decode(self, request, context):
         generated = list(request.generated_token_ids) or [request.first_token_id]
-        if max(generated) >= self.vocab_size:
-            raise InvalidArgument(f"token id {max(generated)} (first_token_id / generated_token_ids) is outside "
-                                  f"the vocabulary (size {self.vocab_size})")
+        sampling = self._checked(request, generated, "first_token_id / generated_token_ids")
         request_id = request.request_id
         self.holds.begin_decode(request_id)  # FAILED_PRECONDITION when another Decode of it runs
         try:
@@ -145,17 +150,10 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
             self.backend.release(request_id)  # kept above, or failed or cancelled: the KV goes
 
     def DecodeFromHeld(self, request, context):
-        self.auth.check(request.auth_token, "decode", request.request_id)
-        sampling = Sampling.from_proto(request.sampling)
-        check_sampling(sampling)
-        if sampling.max_new_tokens < 1:
-            raise InvalidArgument("sampling.max_new_tokens must be at least 1")
         prompt = list(request.prompt_token_ids)
+        sampling = self._checked(request, prompt, "prompt_token_ids")
         if not prompt:
             raise InvalidArgument("prompt_token_ids is empty; DecodeFromHeld needs the whole prompt")
-        if max(prompt) >= self.vocab_size:
-            raise InvalidArgument(f"token id {max(prompt)} (prompt_token_ids) is outside the vocabulary "
-                                  f"(size {self.vocab_size})")
         adopt = getattr(self.backend, "adopt", None)
         if adopt is None or (not self.kv_retention and request.min_held_tokens > 0):
             raise FailedPrecondition("prefix no longer held: this card keeps no KV between requests "
