@@ -7,9 +7,9 @@ added to the device interface never needs a forwarding line here. Compose them o
     KvHeld(SlotLimit(Notifying(card), slots), holds)    the FPGA worker
     KvHeld(intake, holds)                               a decode-role GPU worker (its RequestTable counts slots)
 
-- `Notifying`: reserve and release call `on_change()` (the worker sets it to its heartbeat's poke()
-  once the heartbeat exists), so the registry record's kv_free_bytes follows reservations within one
-  Redis round trip instead of one heartbeat interval.
+- `Notifying`: reserve, release (and a card's adopt, retain, return_adopted) call `on_change()`
+  (the worker sets it to its heartbeat's poke() once the heartbeat exists), so the registry record's
+  kv_free_bytes follows reservations within one Redis round trip instead of one heartbeat interval.
 - `SlotLimit`: at most `slots` requests hold KV at once; one more reservation is RESOURCE_EXHAUSTED
   before anything is placed (the registry's claims are the scheduler's view; this is the card's own,
   so a caller that skips the registry cannot over-fill it).
@@ -61,6 +61,11 @@ class Notifying(SinkWrapper):
     def return_adopted(self, request_id: str, tokens: list[int], root: bytes) -> bool:
         kept = self.inner.return_adopted(request_id, tokens, root)  # the reservation is cache again
         self.on_change()
+        return kept
+
+    def retain(self, request_id: str, tokens: list[int], root: bytes) -> bool:
+        kept = self.inner.retain(request_id, tokens, root)  # a finished request's KV becomes cache: free again
+        self.on_change()  # (its release then finds nothing to free, so it would not poke)
         return kept
 
 
