@@ -11,7 +11,7 @@ setup: $(VENV)/.installed kernel-csim
 kernel-csim:  ## the decode kernel's C simulation (g++; rebuilt when its sources change): glitches/fpga_worker/kernel/build/
 	$(MAKE) -C glitches/fpga_worker/kernel csim
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml Makefile  # Makefile: its install lines below
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0  # the CPU build (a wheel on this machine's disk, or PyPI's CPU index)
 	$(PIP) install -r requirements.txt
