@@ -20,11 +20,11 @@ from glitches.kv_plane import kv_wire
 from glitches.services.generation import models
 from glitches.services.runtime.channels import insecure_channel
 from glitches.services.auth.kv_token import KvTokenIssuer, KvTokenVerifier
-from glitches.services.cluster.registry import Heartbeat, Registry, WorkerRecord
+from glitches.services.cluster.registry import Registry
 from glitches.services.generation.sampling import Sampling
 from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
-from tests.worker_helpers import serve
+from tests.worker_helpers import beat_workers, serve
 
 SECRET = b"kv-token-test-secret-0123456789abcdef"
 FPGA_ID = "fpga-k"
@@ -120,17 +120,7 @@ def test_the_gpu_worker_forwards_the_token(workers):
 def registered(workers, redis_prefix):
     """Both workers in the registry (heartbeats) under the test's own prefix."""
     registry = Registry(REDIS_URL, redis_prefix)
-    beats = []
-    for servicer, address, kind in zip(workers["servicers"], workers["addresses"], ("gpu", "fpga")):
-        def record(servicer=servicer, address=address, kind=kind):
-            info = servicer.info()
-            return WorkerRecord(worker_id=info.worker_id, kind=kind, backend=info.backend, emulated=1,
-                                device_name=info.device_name, address=address, pid=info.pid, model=info.model,
-                                slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
-                                kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
-                                kv_tokens_required=int(info.kv_tokens_required))
-        beats.append(Heartbeat(registry, record, 0.5))
-        beats[-1].start()
+    beats = beat_workers(registry, workers["servicers"], workers["addresses"], ("gpu", "fpga"))
     yield registry
     for beat in beats:
         beat.stop()

@@ -19,12 +19,12 @@ from glitches.scheduler.orchestrator import GenerateInput, ModelInfo, Orchestrat
 from glitches.scheduler.placement import PATH_TRANSFER, PATH_TRANSFER_PARTIAL
 from glitches.scheduler.settings import SchedulerSettings
 from glitches.services.auth.kv_token import KvTokenVerifier
-from glitches.services.cluster.registry import Heartbeat, Registry, WorkerRecord
+from glitches.services.cluster.registry import Registry
 from glitches.services.generation import models
 from glitches.services.generation.sampling import Sampling
 from glitches.services.runtime import metrics
 from tests.conftest import REDIS_URL
-from tests.worker_helpers import serve
+from tests.worker_helpers import beat_workers, serve
 
 SECRET = b"partial-routing-secret-0123456789abcdef"
 CARD_ID = "fpga-r"
@@ -53,17 +53,7 @@ def workers(tiny_source):
 @pytest.fixture
 def cluster(workers, redis_prefix):
     registry = Registry(REDIS_URL, redis_prefix)
-    beats = []
-    for servicer, address, kind in zip(workers["servicers"], workers["addresses"], ("gpu", "fpga")):
-        def record(servicer=servicer, address=address, kind=kind):
-            info = servicer.info()
-            return WorkerRecord(worker_id=info.worker_id, kind=kind, backend=info.backend, emulated=1,
-                                device_name=info.device_name, address=address, pid=info.pid, model=info.model,
-                                slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
-                                kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
-                                kv_tokens_required=int(info.kv_tokens_required))
-        beats.append(Heartbeat(registry, record, 0.5))
-        beats[-1].start()
+    beats = beat_workers(registry, workers["servicers"], workers["addresses"], ("gpu", "fpga"))
     card = workers["card"]
     card.kv.drop_retained()
     publisher = HeldPublisher(registry, lambda: CARD_ID, card.held_changes)

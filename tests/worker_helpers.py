@@ -1,6 +1,7 @@
 """What the worker tests share (instead of importing private helpers from one another's files):
 an in-process gRPC server around a servicer (port 0), TransferKV messages, transformers' greedy
-tokens as the reference a distributed path must equal, and reading a daemon's HTTP side port."""
+tokens as the reference a distributed path must equal, reading a daemon's HTTP side port, and registering
+in-process workers in a real Redis registry (heartbeats)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from glitches.kv_plane import kv_wire
+from glitches.services.cluster.registry import Heartbeat, Registry, WorkerRecord
 from glitches.services.runtime.channels import insecure_channel
 from glitches.services.runtime.grpc_server import RunningServer, start_server
 from glitches.services.stubs.glitches.v1 import worker_pb2, worker_pb2_grpc
@@ -73,3 +75,20 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     """Prometheus text -> {(sample name, sorted label pairs): value}."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def beat_workers(registry: Registry, servicers, addresses, kinds, interval_s: float = 0.5) -> list[Heartbeat]:
+    """Register in-process workers (servicer, gRPC address, record kind) in `registry` and keep them beating
+    every `interval_s`; the caller stops each Heartbeat after the test."""
+    beats = []
+    for servicer, address, kind in zip(servicers, addresses, kinds):
+        def record(servicer=servicer, address=address, kind=kind):
+            info = servicer.info()
+            return WorkerRecord(worker_id=info.worker_id, kind=kind, backend=info.backend, emulated=1,
+                                device_name=info.device_name, address=address, pid=info.pid, model=info.model,
+                                slots=info.slots, kv_capacity_bytes=info.kv_capacity_bytes,
+                                kv_free_bytes=info.kv_free_bytes, kv_bytes_per_token=info.kv_bytes_per_token,
+                                kv_tokens_required=int(info.kv_tokens_required))
+        beats.append(Heartbeat(registry, record, interval_s))
+        beats[-1].start()
+    return beats
