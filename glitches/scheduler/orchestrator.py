@@ -183,9 +183,9 @@ class Orchestrator:
                 live[w.record.worker_id] = w
         return live
 
-    def _held_tokens(self, workers: dict[str, WorkerState], prompt_ids: list[int], salt: bytes) -> dict[str, int]:
-        """worker id -> leading prompt tokens whose KV it published as held (16 per block); {} when Redis fails."""
-        hashes = block_hashes(prompt_ids, root_hash(self.model.name, salt or DEFAULT_SALT))
+    def _held_tokens(self, workers: dict[str, WorkerState], hashes: list[bytes]) -> dict[str, int]:
+        """worker id -> leading prompt tokens whose KV it published as held (16 per block, `hashes` the prompt's
+        chain names); {} when Redis fails."""
         if not hashes or not workers:
             return {}
         try:
@@ -210,9 +210,12 @@ class Orchestrator:
         deadline = time.monotonic() + wait_s
         pause, vanished = _PLACE_POLL_S[0], 0
         tokens = len(prompt_ids) + sampling.max_new_tokens
+        # the prompt's chain names, once: the loop below may poll for room many times
+        hashes = (block_hashes(prompt_ids, root_hash(self.model.name, reuse_salt or DEFAULT_SALT))
+                  if reuse_salt is not None else [])
         while True:
             workers = self._live_workers(excluded)
-            held = self._held_tokens(workers, prompt_ids, reuse_salt) if reuse_salt is not None else {}
+            held = self._held_tokens(workers, hashes)  # {} without reuse (no names)
             snapshot = ClusterSnapshot(tuple(
                 WorkerView(w.record.worker_id, w.record.kind, w.record.slots, w.active, w.record.kv_free_bytes,
                            w.record.assist_active, w.record.capabilities.roles, w.record.capabilities.decode_class,
