@@ -54,7 +54,6 @@ class KvPool:
         self.prefix = PrefixIndex() if prefix_cache else None  # None: every released block goes back to _free
         self.lookup_blocks = 0  # full prompt blocks looked up in the prefix cache since start
         self.hit_blocks = 0  # of those, found cached (reused instead of computed)
-        self._named: dict[int, bytes] = {}  # block -> its name, for the blocks this pool named (held_changes)
         self._changes: dict[bytes, bool] = {}  # name -> cached (True) or evicted (False), its last change since
 
     @property
@@ -103,8 +102,9 @@ class KvPool:
                 return None
             fresh = [self._free.pop() for _ in range(min(need, len(self._free)))]
             while len(fresh) < need:
-                fresh.append(self.prefix.evict())
-                self._changes[self._named.pop(fresh[-1])] = False
+                block, name = self.prefix.evict_named()
+                fresh.append(block)
+                self._changes[name] = False
             if self.prefix and names:
                 self.lookup_blocks += min(len(names), blocks)
                 self.hit_blocks += len(hits)
@@ -129,7 +129,6 @@ class KvPool:
                     self.prefix.unref(block)
                 elif self.prefix is not None and i < len(names) and self.prefix.publish(names[i], block):
                     self.prefix.unref(block)
-                    self._named[block] = names[i]
                     self._changes[names[i]] = True
                 else:
                     freed.append(block)

@@ -18,7 +18,8 @@ Protocol (every call under the pool's lock; the index has no lock of its own):
   publish(hash, block)   -> a block a request computed becomes named (ref 1, the request's);
                             False when the name is taken (the caller keeps the block unnamed).
   unref(block)           -> one ref less; at 0 the block joins the LRU as most recent.
-  evict()                -> the least recently used evictable block, forgotten; None when none.
+  evict()                -> the least recently used evictable block, forgotten; None when none
+                            (evict_named: with the name it had).
 Invariant at idle: pool free + evictable = total.
 """
 
@@ -104,9 +105,15 @@ class PrefixIndex:
 
     def evict(self) -> int | None:
         """Forget the least recently used evictable block and return its id (now the pool's to reuse)."""
+        evicted = self.evict_named()
+        return None if evicted is None else evicted[0]
+
+    def evict_named(self) -> tuple[int, bytes] | None:
+        """As evict, with the name the block had (for publishing what is no longer held)."""
         if not self._lru:
             return None
         block, _ = self._lru.popitem(last=False)
-        del self._block_of[self._name_of.pop(block)]
+        name = self._name_of.pop(block)
+        del self._block_of[name]
         self.evictions += 1
-        return block
+        return block, name
