@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from glitches.services.generation.decoding import Step, decode_loop, finish_reason
+from glitches.services.generation.decoding import Step, decode_loop, finish_reason, sample_next
 from glitches.services.generation.logprobs import TokenLogprob, token_logprob
-from glitches.services.generation.sampling import Sampling, sample
+from glitches.services.generation.sampling import Sampling
 from glitches.services.runtime.errors import InvalidArgument
 
 
@@ -50,13 +50,8 @@ def decode_from_held(step: Callable[[int, int], torch.Tensor], prompt: list[int]
         logits = step(prompt[position], position)
         if prompt_scores is not None and position + 1 < len(prompt):
             prompt_scores.append(token_logprob(logits, prompt[position + 1], sampling.top_logprobs))
-    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):
-        raise InvalidArgument(f"the logits at position {len(prompt) - 1} hold NaN or +Inf: the held KV holds "
-                              "NaN or Inf values")
-    masked = constraint.mask(logits) if constraint is not None else logits
-    token, logprob = sample(masked, sampling, 0, raw_logits=logits)
-    if constraint is not None:
-        constraint.advance(token)
+    token, logprob = sample_next(logits, sampling, 0, constraint, len(prompt) - 1,
+                                 "the held KV holds NaN or Inf values")
     generated = [token]
     finish = finish_reason(generated, sampling, text_of, constraint)
     yield Step(token, 0, time.perf_counter() - started, finish, modeled_s(), logprob)

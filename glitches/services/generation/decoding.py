@@ -72,6 +72,20 @@ def finish_reason(generated: list[int], sampling: Sampling, text_of: Callable[[l
     return None
 
 
+def sample_next(logits: torch.Tensor, sampling: Sampling, index: int, constraint, position: int,
+                kv_fix: str = "the request's KV holds NaN or Inf values; send finite KV"):
+    """Generated token number `index` from one position's logits [vocab] float32: refused (INVALID_ARGUMENT,
+    saying `kv_fix`) when they hold NaN or +Inf (-inf is a token ruled out, fine), masked by `constraint`
+    (advanced over the token) and sampled. Returns (token id, its TokenLogprob or None)."""
+    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):
+        raise InvalidArgument(f"the logits at position {position} hold NaN or +Inf: {kv_fix}")
+    masked = constraint.mask(logits) if constraint is not None else logits
+    token, logprob = sample(masked, sampling, index, raw_logits=logits)
+    if constraint is not None:
+        constraint.advance(token)
+    return token, logprob
+
+
 def decode_loop(step: Callable[[int, int], torch.Tensor], generated: list[int], position: int,
                 sampling: Sampling, text_of: Callable[[list[int]], str],
                 cancelled: Callable[[], bool] = lambda: False,
@@ -87,13 +101,7 @@ def decode_loop(step: Callable[[int, int], torch.Tensor], generated: list[int], 
     while not cancelled():
         started = time.perf_counter()
         logits = step(generated[-1], position)
-        if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):  # -inf: a token ruled out, fine
-            raise InvalidArgument(f"the logits at position {position} hold NaN or +Inf: the request's KV holds "
-                                  "NaN or Inf values; send finite KV")
-        masked = constraint.mask(logits) if constraint is not None else logits
-        token, logprob = sample(masked, sampling, len(generated), raw_logits=logits)
-        if constraint is not None:
-            constraint.advance(token)
+        token, logprob = sample_next(logits, sampling, len(generated), constraint, position)
         elapsed = time.perf_counter() - started
         generated.append(token)
         position += 1
