@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable
 
 from glitches.decode_contract.wrappers import KvHeld, Notifying, SlotLimit
-from glitches.services.cluster.held_publisher import HeldPublisher
 from glitches.fpga_worker.sensors import CachedSensors, publish_sensors
 from glitches.fpga_worker.server import FpgaWorkerServicer, backend_vocab, build_backend
 from glitches.fpga_worker.settings import FpgaWorkerSettings
@@ -14,7 +13,6 @@ from glitches.kv_plane import kv_copy_threads
 from glitches.services.runtime import metrics, worker_runtime
 from glitches.services.generation import models
 from glitches.services.cluster.kv_holds import KvHolds
-from glitches.services.cluster.registry import Registry
 from glitches.services.auth.kv_token import SECRET_ENV, KvTokenVerifier
 from glitches.services.auth.request_auth import OpenAccess, RequestAuthVerifier
 from glitches.services.stubs.glitches.v1 import worker_pb2
@@ -58,12 +56,11 @@ class FpgaDevice(worker_runtime.WorkerDevice):
 
     def attach(self, poke: Callable[[], None]) -> KvHolds:
         self.notifying.on_change = poke
-        if self.settings.kv_retention and hasattr(self.backend, "held_changes"):  # cards that keep KV
-            settings = self.settings  # its own Redis link: chains go to P:held:{id} (registry.publish_held)
-            registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
-            self.held_publisher = HeldPublisher(registry, lambda: self.servicer.worker_id,
-                                                self.backend.held_changes).start()
         return self.holds.start()
+
+    def held_changes(self):
+        """Kept chains go to P:held:{id} for KV-aware routing (cards that keep KV, unless --no-kv-retention)."""
+        return getattr(self.backend, "held_changes", None) if self.settings.kv_retention else None
 
     def kv_blocks(self, info: worker_pb2.InfoResponse) -> KvBlocks:
         return KvBlocks(self.backend.kv_granularity_tokens(), self.block_bytes, info.kv_free_bytes // self.block_bytes)

@@ -13,9 +13,7 @@ from glitches.kv_plane import kv_copy_threads
 from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
 from glitches.services.runtime import metrics, worker_runtime
 from glitches.services.generation import models
-from glitches.services.cluster.held_publisher import HeldPublisher
 from glitches.services.cluster.kv_holds import KvHolds
-from glitches.services.cluster.registry import Registry
 from glitches.services.auth.kv_token import KvTokenVerifier
 from glitches.services.runtime.observability import watch_cuda_device
 from glitches.services.auth.request_auth import OpenAccess, RequestAuthVerifier
@@ -59,12 +57,11 @@ class GpuDevice(worker_runtime.WorkerDevice):
 
             local_agent()
         self.engine.requests.on_change = poke  # placement sees slots and KV change within a beat
-        if self.settings.prefix_cache:  # cached chains go to P:held:{id} for KV-aware routing, over their own link
-            settings = self.settings
-            registry = Registry(settings.redis_url, settings.redis_prefix, settings.heartbeat_ttl_s)
-            self.held_publisher = HeldPublisher(registry, lambda: self.servicer.worker_id,
-                                                self.engine.pool.held_changes).start()
         return self.holds
+
+    def held_changes(self):
+        """Cached chains go to P:held:{id} for KV-aware routing (none with --no-prefix-cache)."""
+        return self.engine.pool.held_changes if self.settings.prefix_cache else None
 
     def kv_blocks(self, info: worker_pb2.InfoResponse) -> KvBlocks:
         return KvBlocks(KV_BLOCK_TOKENS, self.engine.pool.block_bytes, info.kv_free_blocks)

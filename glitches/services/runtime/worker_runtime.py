@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from glitches.services.runtime import metrics
 from glitches.services.runtime.daemon import configure_logging, run_until_signalled
 from glitches.services.runtime.grpc_server import RunningServer, start_server
+from glitches.services.cluster.held_publisher import HeldPublisher
 from glitches.services.cluster.kv_holds import KvHolds
 from glitches.services.auth.kv_token import SECRET_ENV
 from glitches.services.runtime.observability import DaemonHttp, worker_ready_check
@@ -81,6 +82,11 @@ class WorkerDevice(ABC):
     def held_kv_bytes(self) -> int:
         """KV bytes held for requests now (the glitches_kv_held_bytes gauge)."""
 
+    def held_changes(self) -> Callable[[], tuple[list[bytes], list[bytes]]] | None:
+        """The device's drain of the KV block names it started or stopped keeping as cache, which the runtime
+        publishes for KV-aware routing (services/cluster/held_publisher.py); None (the default): it keeps none."""
+        return None
+
     def publish_metrics(self) -> None:
         """Set this kind's own gauges (read at scrape time); none by default."""
 
@@ -105,6 +111,7 @@ class RunningWorker:
     heartbeat: Heartbeat
     holds: KvHolds
     address: str  # gRPC host:port peers dial
+    held_publisher: HeldPublisher | None = None  # what the device keeps as cache, to P:held:{id}
 
     @property
     def worker_id(self) -> str:
@@ -117,6 +124,8 @@ class RunningWorker:
 
     def drain(self, grace_s: float) -> None:
         """What SIGTERM does (as services.daemon.run_until_signalled): deregister, then stop serving."""
+        if self.held_publisher is not None:  # first, so it cannot write P:held again after deregister drops it
+            self.held_publisher.stop()
         self.heartbeat.stop(deregister=True)
         self.server.stop(grace_s)
 
@@ -155,13 +164,15 @@ def start_worker(device: WorkerDevice) -> RunningWorker:
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
     holds = device.attach(heartbeat.poke)
     heartbeat.start()
+    drain = device.held_changes()
+    publisher = HeldPublisher(registry, lambda: servicer.worker_id, drain).start() if drain is not None else None
     device.on_failure(lambda reason: out_of_service(server, heartbeat, reason))
     metrics.ACTIVE_REQUESTS.of(role).set_function(device.active_requests)
     metrics.SLOTS.of(role).set(device.settings.slots)  # as resolved by build (GPU: --slots 0)
     metrics.publish_holds(role, holds, device.held_kv_bytes)
     device.publish_metrics()
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
-    return RunningWorker(device, servicer, server, http, registry, heartbeat, holds, address)
+    return RunningWorker(device, servicer, server, http, registry, heartbeat, holds, address, publisher)
 
 
 def out_of_service(server: RunningServer, heartbeat: Heartbeat, reason: str) -> None:
