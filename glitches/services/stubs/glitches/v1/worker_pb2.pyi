@@ -339,6 +339,24 @@ class RenewKvHoldsRequest(_message.Message):
     renewals: _containers.RepeatedCompositeFieldContainer[KvHoldRenewal]
     def __init__(self, renewals: _Optional[_Iterable[_Union[KvHoldRenewal, _Mapping]]] = ...) -> None: ...
 
+class EvictCacheRequest(_message.Message):
+    __slots__ = ("auth_token",)
+    AUTH_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    auth_token: str
+    def __init__(self, auth_token: _Optional[str] = ...) -> None: ...
+
+class EvictCacheResponse(_message.Message):
+    __slots__ = ("evicted_blocks", "evicted_bytes", "evicted_regions", "in_use_cached_bytes")
+    EVICTED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    IN_USE_CACHED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    evicted_blocks: int
+    evicted_bytes: int
+    evicted_regions: int
+    in_use_cached_bytes: int
+    def __init__(self, evicted_blocks: _Optional[int] = ..., evicted_bytes: _Optional[int] = ..., evicted_regions: _Optional[int] = ..., in_use_cached_bytes: _Optional[int] = ...) -> None: ...
+
 class RenewKvHoldsResponse(_message.Message):
     __slots__ = ("unknown_request_ids",)
     UNKNOWN_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class WorkerStub:
                 request_serializer=glitches_dot_v1_dot_worker__pb2.DecodeFromHeldRequest.SerializeToString,
                 response_deserializer=glitches_dot_v1_dot_worker__pb2.DecodeToken.FromString,
                 _registered_method=True)
+        self.EvictCache = channel.unary_unary(
+                '/glitches.v1.Worker/EvictCache',
+                request_serializer=glitches_dot_v1_dot_worker__pb2.EvictCacheRequest.SerializeToString,
+                response_deserializer=glitches_dot_v1_dot_worker__pb2.EvictCacheResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -150,6 +155,15 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvictCache(self, request, context):
+        """Operator: drop every evictable cached block of this worker (a GPU worker's prefix cache, a
+        card's retained KV), never KV a running request uses or an incoming transfer is pinned to.
+        The worker then publishes the evictions (P:held), so routing stops sending reuse here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +206,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.DecodeFromHeld,
                     request_deserializer=glitches_dot_v1_dot_worker__pb2.DecodeFromHeldRequest.FromString,
                     response_serializer=glitches_dot_v1_dot_worker__pb2.DecodeToken.SerializeToString,
+            ),
+            'EvictCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvictCache,
+                    request_deserializer=glitches_dot_v1_dot_worker__pb2.EvictCacheRequest.FromString,
+                    response_serializer=glitches_dot_v1_dot_worker__pb2.EvictCacheResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -410,6 +429,33 @@ class Worker:
             '/glitches.v1.Worker/DecodeFromHeld',
             glitches_dot_v1_dot_worker__pb2.DecodeFromHeldRequest.SerializeToString,
             glitches_dot_v1_dot_worker__pb2.DecodeToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvictCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/glitches.v1.Worker/EvictCache',
+            glitches_dot_v1_dot_worker__pb2.EvictCacheRequest.SerializeToString,
+            glitches_dot_v1_dot_worker__pb2.EvictCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,
