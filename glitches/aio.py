@@ -37,16 +37,19 @@ class AsyncClient:
                      top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (), chat: bool = False,
                      model: str = "", logprobs: bool = False, top_logprobs: int = 0,
                      prompt_logprobs: bool = False, ignore_eos: bool = False, min_tokens: int = 0,
-                     response_format: str | dict | None = None) -> AsyncIterator[TextChunk | Completion]:
+                     response_format: str | dict | None = None,
+                     api_key: str | None = None) -> AsyncIterator[TextChunk | Completion]:
         """Yield TextChunk pieces, then one Completion; UNAVAILABLE is retried only before the first piece.
         Arguments as Client.stream's (a prompt as text or token ids, logprobs, ignore_eos, min_tokens,
-        response_format...)."""
+        response_format...); `api_key` is sent for this call instead of the client's (a gateway
+        forwarding each of its clients' keys)."""
         request = _encode(prompt, chat, model, max_tokens=max_tokens, temperature=temperature,
                           top_p=top_p, seed=seed, stop=stop, logprobs=logprobs, top_logprobs=top_logprobs,
                           prompt_logprobs=prompt_logprobs, ignore_eos=ignore_eos, min_tokens=min_tokens,
                           response_format=response_format)
+        metadata = self._metadata if api_key is None else auth_metadata(api_key)
         async with aclosing(retrying_async(self.retry, self.timeout_s, lambda timeout_s: self._stub.Generate(
-                request, timeout=timeout_s, metadata=self._metadata))) as messages:  # closing cancels the call
+                request, timeout=timeout_s, metadata=metadata))) as messages:  # closing cancels the call
             async for message in messages:
                 yield convert.event(message)
 

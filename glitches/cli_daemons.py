@@ -121,7 +121,8 @@ def _run_daemon(serve, settings_cls, **kwargs) -> None:
 @click.option("--max-migrations", default=2, type=int, envvar=env_var("max-migrations"), show_default=True,
               help="How often one request may move to other workers after a worker dies.")
 @click.option("--api-keys-file", default="", envvar=env_var("api-keys-file"),
-              help="Require `authorization: Bearer <key>` with a key from this file (one per line).")
+              help="Require `authorization: Bearer <key>` with a key from this file: one per line, `<key>` (its "
+                   "own tenant) or `<key> <tenant>` (keys of one tenant share the prefix cache).")
 @click.option("--api-keys", default="", envvar=env_var("api-keys"), help="Comma-separated keys (prefer the file).")
 @click.option("--requests-per-minute-per-key", default=0.0, type=float, envvar=env_var("requests-per-minute-per-key"),
               show_default=True, help="With API keys: calls per key per minute (0: no limit).")
@@ -158,10 +159,11 @@ def scheduler_cmd(**kwargs) -> None:
     """Run one scheduler replica (stateless; state lives in Redis)."""
     from glitches.scheduler.server import serve
     from glitches.scheduler.settings import SchedulerSettings
-    from glitches.services.auth.api_keys import load_api_keys
+    from glitches.services.auth.api_keys import read_api_keys, shared_tenants
 
     try:
-        kwargs["api_keys"] = load_api_keys(kwargs.pop("api_keys_file"), kwargs.pop("api_keys"))
+        tenants = read_api_keys(kwargs.pop("api_keys_file"), kwargs.pop("api_keys"))
+        kwargs["api_keys"], kwargs["api_key_tenants"] = tuple(tenants), shared_tenants(tenants)
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
     _kv_token_secret(kwargs)

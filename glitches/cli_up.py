@@ -97,9 +97,12 @@ class UpOptions:
 @click.option("--gateway-port", default=None, type=int,
               help="Also start the OpenAI-compatible HTTP gateway on this port (0: any free port).")
 @click.option("--api-keys-file", default="",
-              help="The scheduler requires a key from this file; `up` and the gateway send GLITCHES_API_KEY, "
-                   "else the file's first key.")
-@click.option("--gateway-api-keys-file", default="", help="The gateway requires a key from this file.")
+              help="The scheduler requires a key from this file (`<key>` or `<key> <tenant>` per line: keys of one "
+                   "tenant share the prefix cache); `up` and the gateway send GLITCHES_API_KEY, else the file's "
+                   "first key.")
+@click.option("--gateway-api-keys-file", default="",
+              help="The gateway requires a key from this file; the same file as --api-keys-file makes the gateway "
+                   "forward each client's key, so the scheduler keeps tenants' prefix caches apart.")
 @click.option("--gateway-requests-per-minute-per-client", default=0.0, type=float,
               help="The gateway's limit per API key, or per client IP without keys (0: none).")
 @click.option("--gateway-requests-per-minute-per-user", default=0.0, type=float,
@@ -202,6 +205,8 @@ def _up_access(api_keys_file: str, gateway_api_keys_file: str, per_client: float
     api_key = os.environ.get("GLITCHES_API_KEY", "") or (keys[0] if keys else "")
     scheduler_args = ("--api-keys-file", os.path.abspath(api_keys_file)) if api_keys_file else ()
     gateway_args = ("--api-keys-file", os.path.abspath(gateway_api_keys_file)) if gateway_api_keys_file else ()
+    if api_keys_file and gateway_api_keys_file and os.path.samefile(api_keys_file, gateway_api_keys_file):
+        gateway_args += ("--forward-api-key",)  # one set of keys: the scheduler sees each tenant
     if per_client:
         gateway_args += ("--requests-per-minute-per-client", str(per_client))
     if per_user:

@@ -37,6 +37,7 @@ from glitches.gateway.responses_route import handle_responses
 from glitches.gateway.tool_stream import streamed_call_events, tool_choice_body, tool_events
 from glitches.gateway.tools import ToolPlan, plan_tools
 from glitches.types import Completion
+from glitches.services.auth.api_keys import bearer_key
 from glitches.services.auth.tls import TlsConfig
 from glitches.services.auth.rate_limit import KeyRateLimiter
 
@@ -44,7 +45,7 @@ class Gateway:
     def __init__(self, scheduler_address: str, chat_template: ChatTemplate | None, served_model: str = "",
                  default_max_tokens: int = 256, completions_default_max_tokens: int = 16,
                  timeout_s: float | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None,
+                 api_keys: tuple[str, ...] = (), scheduler_api_key: str | None = None, forward_api_key: bool = False,
                  scheduler_tls: TlsConfig | None = None, requests_per_minute_per_client: float = 0.0,
                  requests_per_minute_per_user: float = 0.0, clock=time.monotonic,
                  context_tokens: int | None = None, max_token_chars: int = 0, limits: Limits | None = None,
@@ -58,6 +59,11 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys  # keys HTTP clients must send; empty: open
         self.scheduler_api_key = scheduler_api_key  # the key the gateway sends to the scheduler
+        # send each client's own key instead (the scheduler checks it and salts that tenant's prefix cache);
+        # needs api_keys, and the scheduler's keys to be the gateway's
+        if forward_api_key and not api_keys:
+            raise ValueError("forwarding the clients' API keys needs the gateway to require keys (--api-keys-file)")
+        self.forward_api_key = forward_api_key
         self.scheduler_tls = scheduler_tls  # TLS/mTLS to the scheduler (None: GLITCHES_TLS_* or plaintext)
         # requests per minute per client (its key, or its address without keys) and per OpenAI `user`; None: no limit
         self.client_limiter = (KeyRateLimiter(requests_per_minute_per_client, clock)
@@ -187,6 +193,13 @@ class Gateway:
     async def responses(self, request: Request) -> Response:
         return await handle_responses(self, request)
 
+    def open_stream(self, request: Request, prompt, **kwargs):
+        """The scheduler stream of one choice of `request`; with forward_api_key it carries the client's own
+        key (the middleware has checked it), else the gateway's scheduler_api_key."""
+        if self.forward_api_key:
+            kwargs["api_key"] = bearer_key(request.headers.get("authorization"))
+        return self.client.stream(prompt, chat=False, **kwargs)
+
     def _need_tokenizer(self, needed: bool) -> None:
         if needed and self._strings is None:
             raise RequestError("this gateway has no tokenizer (--model) to show tokens; leave logprobs out",
@@ -212,7 +225,7 @@ class Gateway:
                 f"a streamed response runs every choice at once, and this gateway runs at most {in_flight} of one "
                 f"request at once (--max-choices-in-flight); this one asks for {len(specs)} (prompts x n): ask for "
                 "fewer or leave stream out", param="n"))
-        streams = [self.client.stream(spec.prompt, chat=False, **spec.kwargs) for spec in specs]
+        streams = [self.open_stream(request, spec.prompt, **spec.kwargs) for spec in specs]
         renders = [ChoiceRender(spec, shapes.chat, self._strings, self._decode_prompt) for spec in specs]
         clocks = [TokenClock(self.metrics, route, arrived) for _ in specs]
         gate = asyncio.Semaphore(in_flight)  # a choice's scheduler request starts inside it (the stream is lazy)

@@ -23,11 +23,16 @@ from glitches.services.generation.models import DEFAULT_MODEL
 @click.option("--timeout-s", default=0.0, type=float, show_default=True,
               help="Deadline of each request to the scheduler, seconds (0: none).")
 @click.option("--api-keys-file", default="", envvar="GLITCHES_GATEWAY_API_KEYS_FILE",
-              help="Require `Authorization: Bearer <key>` with a key from this file (one per line).")
+              help="Require `Authorization: Bearer <key>` with a key from this file: one per line, `<key>` or "
+                   "`<key> <tenant>` (the scheduler's keys file format; the gateway uses the keys).")
 @click.option("--api-keys", default="", envvar="GLITCHES_GATEWAY_API_KEYS",
               help="Comma-separated keys (prefer the file).")
 @click.option("--scheduler-api-key", default=None, envvar="GLITCHES_API_KEY",
               help="Key the gateway sends to a scheduler that requires one.")
+@click.option("--forward-api-key", is_flag=True, envvar="GLITCHES_GATEWAY_FORWARD_API_KEY",
+              help="Send each client's own key to the scheduler instead of --scheduler-api-key, so the scheduler "
+                   "keeps each tenant's prefix cache apart (else every client shares the gateway's key's cache). "
+                   "Needs --api-keys-file, with the scheduler's keys (the same file).")
 @click.option("--requests-per-minute-per-client", default=0.0, type=float,
               envvar="GLITCHES_GATEWAY_REQUESTS_PER_MINUTE_PER_CLIENT", show_default=True,
               help="Requests per minute per client: per API key with keys, else per client IP (0: no limit). "
@@ -57,7 +62,7 @@ from glitches.services.generation.models import DEFAULT_MODEL
               show_default=True, help="Connections + in-flight requests above this are answered 503.")
 @client_tls_options
 def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
-                scheduler_api_key, requests_per_minute_per_client, requests_per_minute_per_user, max_stop_strings,
+                scheduler_api_key, forward_api_key, requests_per_minute_per_client, requests_per_minute_per_user, max_stop_strings,
                 max_top_logprobs, max_completion_logprobs, max_choices_in_flight, https_cert, https_key,
                 max_body_bytes, header_timeout_s, keep_alive_s, max_concurrency, **tls) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions, /v1/responses) in front of the scheduler."""
@@ -94,9 +99,13 @@ def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api
         keys = load_api_keys(api_keys_file, api_keys)
     except (ServiceError, ValueError) as error:
         raise click.UsageError(str(error)) from None
+    if forward_api_key and not keys:
+        raise click.UsageError("--forward-api-key needs --api-keys-file (the scheduler's keys): the gateway "
+                               "forwards only keys it has checked")
     port = port or free_port()
     gateway = Gateway(scheduler, template, served, default_max_tokens=default_max_tokens,
                       timeout_s=timeout_s or None, api_keys=keys, scheduler_api_key=scheduler_api_key,
+                      forward_api_key=forward_api_key,
                       scheduler_tls=scheduler_tls, requests_per_minute_per_client=requests_per_minute_per_client,
                       requests_per_minute_per_user=requests_per_minute_per_user, max_body_bytes=max_body_bytes,
                       context_tokens=context_tokens, max_token_chars=max_token_chars,

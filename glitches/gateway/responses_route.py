@@ -76,7 +76,7 @@ async def handle_responses(gateway, request: Request) -> Response:
         return refused
     shape = ResponseShape(body, plan, body.model or gateway.served_model)
     clock = TokenClock(gateway.metrics, ROUTE, arrived)
-    stream = gateway.client.stream(prompt, chat=False, **kwargs)
+    stream = gateway.open_stream(request, prompt, **kwargs)
     whole = not body.stream or plan.active  # the first thing awaited: the Completion, or the first piece
     work = asyncio.ensure_future(_whole(stream, clock) if whole else anext(stream))
     gone = asyncio.ensure_future(_disconnected(request))

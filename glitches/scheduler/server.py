@@ -32,13 +32,14 @@ _KINDS = {"gpu": common_pb2.DEVICE_KIND_GPU, "fpga": common_pb2.DEVICE_KIND_FPGA
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, orchestrator: Orchestrator):
         self.orchestrator = orchestrator
+        self.tenants = dict(orchestrator.settings.api_key_tenants)  # key -> the tenant the operator put it in
 
     def Generate(self, request, context):
         key = bearer_key(dict(context.invocation_metadata() or ()).get(METADATA_KEY))
         generate = GenerateInput(prompt=request.prompt, chat=request.chat,
                                  sampling=Sampling.from_proto(request.sampling), model=request.model,
                                  prompt_token_ids=tuple(request.prompt_token_ids),
-                                 cache_salt=tenant_salt(key, self.orchestrator.settings.api_keys))
+                                 cache_salt=tenant_salt(key, self.orchestrator.settings.api_keys, self.tenants))
         for event in self.orchestrator.generate(generate, cancelled=lambda: not context.is_active(),
                                                 time_remaining=context.time_remaining):
             if isinstance(event, Delta):

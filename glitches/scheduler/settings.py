@@ -25,6 +25,8 @@ class SchedulerSettings(DaemonSettings):
     max_migrations: int = 2  # how often one request may move after a worker dies
     lease_ttl_s: float = 5.0  # a claim outlives a dead scheduler by at most this long
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: the Scheduler service is open; never logged
+    # (key, tenant) of the keys the keys file puts in a named tenant: they share one prefix-cache salt
+    api_key_tenants: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     requests_per_minute_per_key: float = 0.0  # with API keys: Generate/Status calls per key per minute; 0 = no limit
     max_prompt_tokens: int = 0  # longest prompt accepted, tokens; 0 = the model's context
     kv_token_secret: bytes = field(default=b"", repr=False)  # shared with KV receivers; b"": no tokens issued
@@ -73,5 +75,7 @@ class SchedulerSettings(DaemonSettings):
             raise InvalidArgument(f"--reuse-* costs: {error}") from None
         if self.prompt_logprobs_on not in ("gpu", "card"):
             raise InvalidArgument(f"--prompt-logprobs-on must be gpu or card, got {self.prompt_logprobs_on!r}")
+        if any(key not in self.api_keys for key, _ in self.api_key_tenants):
+            raise InvalidArgument("api_key_tenants names a key that api_keys lacks; give both from one keys file")
         if self.lease_ttl_s <= 1.0:
             raise InvalidArgument(f"--lease-ttl-s must be above the 1 s renewal interval, got {self.lease_ttl_s}")
