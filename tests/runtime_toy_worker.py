@@ -1,7 +1,9 @@
 """A trivial device for glitches/services/runtime/worker_runtime.py: no model, no engine; it "decodes" by counting.
 
-Used by tests/test_worker_runtime.py in-process and, as `python -m tests.runtime_toy_worker PREFIX`,
-as a real daemon process that is sent SIGTERM.
+Used by tests/test_worker_runtime.py and tests/test_held_withdrawal.py in-process and, as
+`python -m tests.runtime_toy_worker PREFIX [--keeps-cache]`, as a real daemon process that is sent SIGTERM.
+With keeps_cache it "caches" a new KV block name every 20 ms (ToyDevice.held_changes), so its held-KV
+publisher always has something to write.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class ToySettings(DaemonSettings):
     kv_token_secret: bytes = field(default=b"", repr=False)
     kv_hold_ttl_s: float = 20.0
     decode_step_s: float = 0.2  # how long one toy decode step takes, seconds
+    keeps_cache: bool = False  # keep a new block name as cache every 20 ms, published to P:held:{id}
 
 
 class ToyServicer(AuthBoundWorkerId, worker_pb2_grpc.WorkerServicer):
@@ -87,6 +90,32 @@ class ToyDevice(worker_runtime.WorkerDevice):
     def kv_blocks(self, info: worker_pb2.InfoResponse) -> KvBlocks:
         return KvBlocks(16, TOY_BLOCK_BYTES, info.kv_free_bytes // TOY_BLOCK_BYTES)
 
+    def held_changes(self) -> Callable[[], tuple[list[bytes], list[bytes]]] | None:
+        if not self.settings.keeps_cache:
+            return None
+        self.cached: list[bytes] = []  # names "kept" so far, oldest first
+        self._undrained = 0  # cached[-_undrained:] not yet drained
+        lock = threading.Lock()
+
+        def keep_one_every_20_ms():
+            while True:
+                time.sleep(0.02)
+                with lock:
+                    self.cached.append(len(self.cached).to_bytes(8, "big"))
+                    self._undrained += 1
+
+        def drain() -> tuple[list[bytes], list[bytes]]:
+            with lock:
+                added = self.cached[len(self.cached) - self._undrained:]
+                self._undrained = 0
+            return added, []
+
+        threading.Thread(target=keep_one_every_20_ms, name="toy-cache", daemon=True).start()
+        return drain
+
+    def on_failure(self, out_of_service: Callable[[str], None]) -> None:
+        self.fail = out_of_service  # tests call it as a failing card's backend would
+
     def active_requests(self) -> int:
         return 0
 
@@ -97,6 +126,7 @@ class ToyDevice(worker_runtime.WorkerDevice):
         return "toy=yes"
 
 
-if __name__ == "__main__":  # python -m tests.runtime_toy_worker PREFIX: serve until SIGTERM
-    worker_runtime.serve(ToyDevice(ToySettings(redis_prefix=sys.argv[1], drain_grace_s=10.0)))
+if __name__ == "__main__":  # python -m tests.runtime_toy_worker PREFIX [--keeps-cache]: serve until SIGTERM
+    worker_runtime.serve(ToyDevice(ToySettings(redis_prefix=sys.argv[1], drain_grace_s=10.0,
+                                               keeps_cache="--keeps-cache" in sys.argv[2:])))
     print(f"exited cleanly, threads left: {sorted(t.name for t in threading.enumerate())}", flush=True)

@@ -129,7 +129,7 @@ def test_held_chains_are_published_and_withdrawn(card, redis_prefix):
         time.sleep(0.05)
     assert registry.held_overlap(["fpga-r"], chain) == {"fpga-r": kept_blocks}
     backend.kv.drop_retained()
-    publisher.stop()  # publishes what is left
+    publisher.stop()  # withdraws what it published (the worker leaves the registry)
     assert registry.held_overlap(["fpga-r"], chain) == {"fpga-r": 0}
     registry.deregister("fpga-r")
     registry.close()

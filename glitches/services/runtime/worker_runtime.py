@@ -14,11 +14,17 @@ how to build and watch it. Everything else is here, the same for every kind:
        the worker id (--worker-id, or "{kind}-{host}-{port}-{pid}") and the address peers dial;
     5. the heartbeat, publishing glitches/services/worker_record.record_from_info(servicer.info(), ...) every
        interval and whenever device.attach's `poke` is called (slots or KV changed);
-    6. device.attach(poke) -> the package's KvHolds; then the first beat (registers in Redis, failing
-       fast when Redis is unreachable), the gauges every worker has (active requests, slots, held KV),
-       device.publish_metrics(), and /readyz answering "registered in Redis".
-  serve(device): start_worker, print the ready line, wait for SIGTERM or SIGINT, then drain
-  (glitches/services/runtime/daemon.py): deregister, health NOT_SERVING, in-flight RPCs get --drain-grace-s, exit 0.
+    6. device.attach(poke) -> the package's KvHolds; P:held:{id} deleted (what an earlier process with this
+       worker id published; its cache died with it), then the first beat (registers in Redis, failing fast
+       when Redis is unreachable); the held-KV publisher when device.held_changes gives a drain
+       (glitches/services/cluster/held_publisher.py); the gauges every worker has (active requests, slots,
+       held KV), device.publish_metrics(), and /readyz answering "registered in Redis".
+  serve(device): start_worker, print the ready line, wait for SIGTERM or SIGINT, then RunningWorker.drain:
+  leave the registry, health NOT_SERVING, in-flight RPCs get --drain-grace-s, exit 0.
+
+Leaving the registry (leave_registry: drain, SIGTERM, a device out of service) stops the held-KV publisher first
+and then deregisters, so no cached block outlives the worker's registration: P:held:{id} is deleted with the
+record and nothing writes it again. A worker killed outright leaves both to expire with its heartbeat.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from glitches.services.runtime import metrics
-from glitches.services.runtime.daemon import configure_logging, run_until_signalled
+from glitches.services.runtime.daemon import configure_logging, wait_for_signal
 from glitches.services.runtime.grpc_server import RunningServer, start_server
 from glitches.services.cluster.held_publisher import HeldPublisher
 from glitches.services.cluster.kv_holds import KvHolds
@@ -123,10 +129,8 @@ class RunningWorker:
                 + f" http={self.http.address}")
 
     def drain(self, grace_s: float) -> None:
-        """What SIGTERM does (as services.daemon.run_until_signalled): deregister, then stop serving."""
-        if self.held_publisher is not None:  # first, so it cannot write P:held again after deregister drops it
-            self.held_publisher.stop()
-        self.heartbeat.stop(deregister=True)
+        """What SIGTERM does (serve): leave the registry, then stop serving; in-flight RPCs get grace_s."""
+        leave_registry(self.heartbeat, self.held_publisher)
         self.server.stop(grace_s)
 
     def close(self) -> None:
@@ -163,10 +167,13 @@ def start_worker(device: WorkerDevice) -> RunningWorker:
 
     heartbeat = Heartbeat(registry, record, settings.heartbeat_interval_s)
     holds = device.attach(heartbeat.poke)
+    # an earlier process with this id (a restart) may have left hints of a cache that died with it: gone before
+    # the first beat renews their expiry, also for a device that keeps no cache now (--no-prefix-cache)
+    registry.clear_held(servicer.worker_id)
     heartbeat.start()
     drain = device.held_changes()
     publisher = HeldPublisher(registry, lambda: servicer.worker_id, drain).start() if drain is not None else None
-    device.on_failure(lambda reason: out_of_service(server, heartbeat, reason))
+    device.on_failure(lambda reason: out_of_service(server, heartbeat, publisher, reason))
     metrics.ACTIVE_REQUESTS.of(role).set_function(device.active_requests)
     metrics.SLOTS.of(role).set(device.settings.slots)  # as resolved by build (GPU: --slots 0)
     metrics.publish_holds(role, holds, device.held_kv_bytes)
@@ -175,16 +182,28 @@ def start_worker(device: WorkerDevice) -> RunningWorker:
     return RunningWorker(device, servicer, server, http, registry, heartbeat, holds, address, publisher)
 
 
-def out_of_service(server: RunningServer, heartbeat: Heartbeat, reason: str) -> None:
-    """The device failed (e.g. a hung kernel run): health NOT_SERVING and the record leaves the registry, while
-    the process keeps answering Info, Release and health; restarting it is the operator's call."""
+def leave_registry(heartbeat: Heartbeat, publisher: HeldPublisher | None) -> None:
+    """No new work is routed here and no cache is offered: the held-KV publisher stops first (it deletes
+    P:held:{id} and writes nothing after), then the heartbeat stops and the record is deregistered. Idempotent."""
+    if publisher is not None:
+        publisher.stop()
+    heartbeat.stop(deregister=True)
+
+
+def out_of_service(server: RunningServer, heartbeat: Heartbeat, publisher: HeldPublisher | None,
+                   reason: str) -> None:
+    """The device failed (e.g. a hung kernel run): health NOT_SERVING and the worker leaves the registry (its held
+    KV with it: a failed card's cache is not reusable), while the process keeps answering Info, Release and
+    health; restarting it is the operator's call."""
     log.error("device out of service: %s; health NOT_SERVING, leaving the registry", reason)
     server.set_serving(False)
-    heartbeat.stop(deregister=True)
+    leave_registry(heartbeat, publisher)
 
 
 def serve(device: WorkerDevice) -> None:
     """A worker daemon's whole life: start, say ready, wait for SIGTERM/SIGINT, drain, return."""
     configure_logging(device.role)
     running = start_worker(device)
-    run_until_signalled(running.server, running.heartbeat, device.settings.drain_grace_s, running.ready_line())
+    wait_for_signal(running.ready_line())
+    running.drain(device.settings.drain_grace_s)
+    log.info("stopped")
