@@ -110,8 +110,9 @@ def _reuse_lines(reuse: dict | None) -> list[str]:
     lines = [f"{'-' * 12} KV reuse (on / off) {'-' * 12}"]
     on, off = reuse["on"], reuse["off"]
     lines.append(f"{'Prefix hit rate:':<34}{on['hit_rate']:.1%} / {off['hit_rate']:.1%}")
-    lines.append(f"{'Paths on (transfer/extend/fresh):':<34}{on['paths']['transfer']}/{on['paths']['extend']}/"
-                 f"{on['paths']['fresh']}")
+    paths = on["paths"]
+    lines.append(f"{'Paths on (xfer/partial/ext/fresh):':<34}{paths['transfer']}/{paths['transfer-partial']}/"
+                 f"{paths['extend']}/{paths['fresh']}")
     for stat in ("p50", "p99"):
         lines.append(f"{'TTFT turns 2+ ' + stat + ' (ms):':<34}{on['ttft_later_turns_s'][stat] * 1e3:.2f} / "
                      f"{off['ttft_later_turns_s'][stat] * 1e3:.2f}")

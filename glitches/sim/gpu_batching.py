@@ -1,9 +1,11 @@
 """A GPU that batches continuously, as the GPU worker does now (glitches/gpu_worker/step_loop.py), for the simulator.
 
 Protocol. Node processes hand the GPU jobs and wait on their events:
-- `prefill(rec)`: the prompt is split into chunks; returns an event fired when its last chunk's step ends
-  (the first token is out then). The job joins the loop `timing.request_overhead_s` after the call (a
-  measured profile's request path outside the forward pass: gRPC, scheduler, tokenizer; 0 otherwise).
+- `prefill(rec, cached_tokens)`: the prompt's tokens after the `cached_tokens` the GPU's prefix cache
+  holds are split into chunks (each priced with the tokens before it as context); returns an event fired
+  when its last chunk's step ends (the first token is out then). The job joins the loop
+  `timing.request_overhead_s` after the call (a measured profile's request path outside the forward
+  pass: gRPC, scheduler, tokenizer; 0 otherwise).
 - `decode(rec, steps)`: a GPU-assist decode; returns an event fired after `steps` more tokens. Each
   step of the loop appends one token time to rec.token_times_s.
 The loop runs one forward pass at a time: every decoding request's next token (one row each) plus
@@ -39,7 +41,7 @@ def step_time_s(timing: Timing, chunks: list[tuple[int, int]], decode_contexts: 
 class _Prefill:
     rec: object  # sim.node.RequestRecord
     done: simpy.Event
-    computed: int = 0  # prompt tokens already in KV
+    computed: int = 0  # prompt tokens already in KV (from the prefix cache, then computed chunks)
 
 
 @dataclass
@@ -60,8 +62,8 @@ class BatchingLoop:
         self.steps = 0
         env.process(self._run())
 
-    def prefill(self, rec) -> simpy.Event:
-        job = _Prefill(rec, self.env.event())
+    def prefill(self, rec, cached_tokens: int = 0) -> simpy.Event:
+        job = _Prefill(rec, self.env.event(), computed=cached_tokens)
         delay_s = getattr(self.device.profile.timing, "request_overhead_s", 0.0)
         if delay_s > 0:
             self.env.process(self._join_after(job, delay_s))

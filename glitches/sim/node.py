@@ -26,14 +26,19 @@ The PCIe link is per GPU and modelled only through the exposed transfer;
 concurrent transfers from one GPU share its link (sim.kv_transfer.SharedLink).
 
 KV reuse (NodeConfig.kv_reuse; requests of a conversation, RequestRecord.conversation/turn): every
-device keeps a HeldCache (glitches/sim/held_cache.py): a card what it decoded (prompt + reply), a GPU
-the prompt it prefilled. Placement sees each device's held tokens of the prompt (WorkerView.cached_tokens)
-and the costs (NodeConfig.reuse_costs, scheduler/reuse_cost.py) and picks a path:
-- transfer / fresh: the GPU prefills what its cache lacks (prefill_s of the uncached tokens: attention
-  over the cached ones is not charged), the whole prompt's KV streams to the card, as without reuse;
+device keeps a HeldCache (glitches/sim/held_cache.py), as the live workers do: a device that decoded a
+request holds its prompt + reply (a card; a GPU after GPU assist), a GPU that only prefilled holds the
+prompt. Placement sees each device's held tokens of the prompt (WorkerView.cached_tokens) and the costs
+(NodeConfig.reuse_costs, scheduler/reuse_cost.py) and picks a path:
+- transfer / fresh: the GPU prefills what its cache lacks (glitches/sim/partial_reuse.py: one chunk of
+  the new tokens over the cached context), the whole prompt's KV streams to the card;
+- transfer-partial (NodeConfig.kv_reuse_partial, as the live scheduler's --kv-reuse-partial): the same
+  prefill, but only the KV of [card held, prompt) streams to the card holding the rest, which adopts its
+  held prefix (RequestRecord.card_held_tokens);
 - extend: the card forces the uncached prompt tokens through its decode step (one decode step each, at
   its context), the last one's logits give the first token; no GPU, no transfer.
-A batching GPU (gpu_batching) prefills the whole prompt (its cache is not modelled).
+A batching GPU (gpu_batching) starts a cached prompt's chunks after its cached tokens, so the loop's step
+time charges only the new tokens (and the context they attend over).
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from glitches.scheduler.placement import PATH_EXTEND, ClusterSnapshot, DeviceKind, PlacementRequest, WorkerView, place
+from glitches.scheduler.placement import (PATH_EXTEND, PATH_TRANSFER_PARTIAL, ClusterSnapshot, DeviceKind,
+                                          PlacementRequest, WorkerView, place)
 from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
 from glitches.sim.gpu_batching import BatchingLoop
 from glitches.sim.held_cache import HeldCache
 from glitches.sim.kv_transfer import SharedLink, kv_transfer_s
+from glitches.sim.partial_reuse import cached_prefill_s, gpu_reuse_tokens, moved_kv_tokens
 from glitches.sim.profiles import DeviceProfile
 
 PREFILL_PRIORITY = 0  # lower runs first (simpy.PriorityResource)
@@ -68,6 +75,7 @@ class NodeConfig:
     gpu_max_batch_tokens: int = 512  # with gpu_batching: tokens per forward pass (the worker's --max-batch-tokens)
     kv_reuse: bool = False  # devices keep finished conversations' KV and placement routes by it (module docstring)
     reuse_costs: ReuseCosts = DEFAULT_REUSE_COSTS  # placement's cost model (glitches/sim/reuse.py: from profiles)
+    kv_reuse_partial: bool = True  # with kv_reuse: placement may send only the KV a holding card lacks (live default)
 
 
 @dataclass
@@ -86,6 +94,7 @@ class RequestRecord:
     turn: int = 1  # 1 = the conversation's first request
     path: str = ""  # placement's path (placement.PATH_*)
     reused_tokens: int = 0  # prompt tokens not computed: held by the extending card or the prefill GPU
+    card_held_tokens: int = 0  # transfer-partial: leading prompt tokens the card held (their KV did not move)
 
     @property
     def done(self) -> bool:
@@ -169,7 +178,8 @@ class Node:
         if not any(d.can_decode(kv) for d in self.gpus + self.fpgas):
             return False
         snapshot = ClusterSnapshot(tuple(d.view(self._held(d, rec)) for d in self.gpus + self.fpgas))
-        request = PlacementRequest(rec.prompt_tokens, rec.output_tokens, int(kv), reuse=self.config.kv_reuse)
+        request = PlacementRequest(rec.prompt_tokens, rec.output_tokens, int(kv), reuse=self.config.kv_reuse,
+                                   partial=self.config.kv_reuse and self.config.kv_reuse_partial)
         placement = place(snapshot, request, self.config.reuse_costs) if self.config.kv_reuse else place(snapshot, request)
         rec.path = placement.path
         if placement.path == PATH_EXTEND:
@@ -179,9 +189,15 @@ class Node:
             self._start(rec, done, card, card, kv)
             return True
         prefill = self.devices[placement.prefill_worker]
-        decoder = self.devices[placement.decode_candidates[0]] if placement.decode_candidates else prefill
-        if prefill.loop is None:  # a batching GPU's cache is not modelled
-            rec.reused_tokens = self._held(prefill, rec)
+        if placement.path == PATH_TRANSFER_PARTIAL:  # the holding card adopts its prefix, is sent the rest
+            decoder = self.devices[placement.extend_worker]
+            decoder.cache.take(rec.conversation)
+            rec.card_held_tokens = placement.held_tokens
+        else:
+            decoder = self.devices[placement.decode_candidates[0]] if placement.decode_candidates else prefill
+        rec.reused_tokens = gpu_reuse_tokens(self._held(prefill, rec), rec.prompt_tokens)
+        if decoder is prefill:  # GPU assist: the request's KV grows from the cached prefix (in use, not cache)
+            prefill.cache.take(rec.conversation)
         self._start(rec, done, prefill, decoder, kv)
         return True
 
@@ -204,23 +220,25 @@ class Node:
     def _serve(self, rec: RequestRecord, done, prefill: SimDevice, decoder: SimDevice, kv: float):
         if prefill.loop is not None:  # a batching GPU: chunks share forward passes with decodes and other prompts
             started_s = self.env.now
-            yield prefill.loop.prefill(rec)
+            yield prefill.loop.prefill(rec, rec.reused_tokens)
             prefill_s = self.env.now - started_s
         else:
             with prefill.compute.request(priority=PREFILL_PRIORITY) as turn:
                 yield turn
-                prefill_s = prefill.profile.timing.prefill_s(rec.prompt_tokens - rec.reused_tokens)
+                prefill_s = cached_prefill_s(prefill.profile.timing, rec.prompt_tokens - rec.reused_tokens,
+                                             rec.reused_tokens)
                 yield self.env.timeout(prefill_s)
                 prefill.busy_prefill_s += prefill_s
-            if self.config.kv_reuse and rec.conversation:
-                prefill.cache.keep(rec.conversation, rec.prompt_tokens, prefill.kv_used_bytes)
+        if self.config.kv_reuse and rec.conversation and decoder is not prefill:  # GPU assist keeps at _finish
+            prefill.cache.keep(rec.conversation, rec.prompt_tokens, prefill.kv_used_bytes)
         rec.first_token_s = self.env.now  # the prefill's logits give the first token
         rec.token_times_s.append(self.env.now)
         if decoder is not prefill:
             prefill.active -= 1
         steps = rec.output_tokens - 1
         if steps > 0 and decoder.profile.kind == DeviceKind.FPGA and decoder is not prefill:
-            transfer_s = kv_transfer_s(rec.prompt_tokens, prefill.profile.kv_bytes_per_token, self.config.link_gb_per_s)
+            moved = moved_kv_tokens(rec.prompt_tokens, rec.card_held_tokens)
+            transfer_s = kv_transfer_s(moved, prefill.profile.kv_bytes_per_token, self.config.link_gb_per_s)
             rec.exposed_kv_s = prefill.link.book(self.env.now, prefill_s, prefill.profile.layers, transfer_s)
             yield self.env.timeout(rec.exposed_kv_s)
         if steps > 0 and decoder.profile.kind == DeviceKind.FPGA:
@@ -250,8 +268,9 @@ class Node:
         decoder.active -= 1
         decoder.decoding -= 1
         decoder.kv_used_bytes -= kv
-        if self.config.kv_reuse and rec.conversation and decoder.profile.kind == DeviceKind.FPGA:
-            # the card keeps what it decoded: the prompt and every reply token but the last (never stepped)
+        if self.config.kv_reuse and rec.conversation:
+            # the decoder (a card, or a GPU after GPU assist) keeps what it decoded: the prompt and every reply
+            # token but the last (never stepped)
             decoder.cache.keep(rec.conversation, rec.prompt_tokens + rec.output_tokens - 1, decoder.kv_used_bytes)
         done.succeed(rec)
         self._kick()

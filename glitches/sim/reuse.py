@@ -3,10 +3,11 @@ generator, and the same trace simulated with reuse on and off.
 
 Figures of one run (`reuse_summary`), over every request unless named:
 - hit_rate: prompt tokens not computed (held by the extending card or the prefill GPU) / prompt tokens.
-- paths: requests per placement path (transfer, extend, fresh).
+- paths: requests per placement path (transfer, transfer-partial, extend, fresh).
 - ttft_s / ttft_later_turns_s: TTFT of every request / of turns 2 and later, seconds (sim.metrics.distribution).
 - gpu_prefill_tokens: prompt tokens a GPU computed.
-- kv_bytes_moved: KV bytes streamed GPU -> card (the whole prompt per transfer; 0 on the extend path).
+- kv_bytes_moved: KV bytes streamed GPU -> card (the whole prompt on transfer / fresh, the tokens the
+  holding card lacked on transfer-partial, 0 on the extend path), at the decoding device's bytes per token.
 
 Generated traces (`conversation_trace`): conversations start as a Poisson process; each has 1 + Poisson(2.5)
 user turns (mean 3.5); user messages and replies are log-normal with medians of 20 and 280 tokens (the
@@ -22,10 +23,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from glitches.scheduler.placement import PATH_EXTEND, PATH_FRESH, PATH_TRANSFER
+from glitches.scheduler.placement import PATH_EXTEND, PATH_FRESH, PATH_TRANSFER, PATH_TRANSFER_PARTIAL
 from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
 from glitches.sim.metrics import distribution
 from glitches.sim.node import Node, NodeConfig
+from glitches.sim.partial_reuse import moved_kv_tokens
 from glitches.sim.plan_workload import Workload
 from glitches.sim.run import simulate_node
 
@@ -77,11 +79,13 @@ def reuse_summary(node: Node) -> dict:
     return {
         "requests": len(records),
         "hit_rate": reused / prompt if prompt else 0.0,
-        "paths": {path: sum(r.path == path for r in records) for path in (PATH_TRANSFER, PATH_EXTEND, PATH_FRESH)},
+        "paths": {path: sum(r.path == path for r in records)
+                  for path in (PATH_TRANSFER, PATH_TRANSFER_PARTIAL, PATH_EXTEND, PATH_FRESH)},
         "ttft_s": distribution([r.first_token_s - r.arrival_s for r in records]),
         "ttft_later_turns_s": distribution([r.first_token_s - r.arrival_s for r in records if r.turn >= 2]),
         "gpu_prefill_tokens": sum(r.prompt_tokens - r.reused_tokens for r in records if r.path != PATH_EXTEND),
-        "kv_bytes_moved": float(sum(r.prompt_tokens for r in moved) * kv_per_token),
+        "kv_bytes_moved": float(sum(moved_kv_tokens(r.prompt_tokens, r.card_held_tokens) for r in moved)
+                                * kv_per_token),
     }
 
 
