@@ -78,7 +78,7 @@ class PlacementRequest:
     kv_bytes_needed: int  # KV for prompt + max_new_tokens on a decode-role worker, bytes
     gpu_kv_bytes_needed: int = 0  # KV for prompt + max_new_tokens on an assist-role worker (GPU assist), bytes
     reuse: bool = True  # False: ignore cached_tokens (reuse routing off for this cluster or this request)
-    partial: bool = False  # True: PATH_TRANSFER_PARTIAL may be chosen (the live scheduler; the simulator: not yet)
+    partial: bool = False  # True: PATH_TRANSFER_PARTIAL may be chosen (live: --kv-reuse-partial; sim: kv_reuse_partial)
 
 
 @dataclass(frozen=True)
