@@ -1,9 +1,9 @@
 """The `glitches` command: one click group, its commands added by each command module's register().
 
 Command modules, by group: glitches.cli_daemons (scheduler, gpu-worker, fpga-worker), glitches.cli_up (up),
-glitches.cli_client (generate, status), glitches.cli_tools (certs, fpga-timing, simulate),
-glitches.deploy.command (deploy), glitches.bench.command (bench, profile), glitches.gateway.command
-(gateway). Daemon settings come from flags or GLITCHES_* environment variables (the flag's name
+glitches.cli_client (generate, status), glitches.cli_operator (evict-cache), glitches.cli_tools (certs,
+fpga-timing, simulate), glitches.deploy.command (deploy), glitches.bench.command (bench, profile),
+glitches.gateway.command (gateway). Daemon settings come from flags or GLITCHES_* environment variables (the flag's name
 upper-cased, e.g. --redis-url / GLITCHES_REDIS_URL)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from glitches.errors import GlitchesError
 
 def build_cli() -> click.Group:
     """The `glitches` group with every command (the one list of them)."""
-    from glitches import cli_client, cli_daemons, cli_tools, cli_up
+    from glitches import cli_client, cli_daemons, cli_operator, cli_tools, cli_up
     from glitches.bench.command import bench_cmd, profile_cmd
     from glitches.deploy.command import deploy_cmd
     from glitches.gateway.command import gateway_cmd
@@ -26,7 +26,7 @@ def build_cli() -> click.Group:
     def group() -> None:
         """GLITCHES: GPU prefill, FPGA decode, KV streamed while prefill runs."""
 
-    for module in (cli_daemons, cli_up, cli_tools, cli_client):
+    for module in (cli_daemons, cli_up, cli_tools, cli_client, cli_operator):
         module.register(group)
     for command in (deploy_cmd, bench_cmd, profile_cmd, gateway_cmd):
         group.add_command(command)

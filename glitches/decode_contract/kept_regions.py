@@ -20,6 +20,7 @@ per-page refcounts for shared prefixes) can later adopt held pages instead.
 Eviction: `reserve`/`adopt` evict retained regions least recently used first until the new region
 fits, and refuse (RESOURCE_EXHAUSTED) only when nothing evictable is left. Only retained regions are
 ever evicted: a region a request holds (receiving KV, sealed or decoding) is not in the index.
+`evict_cache` (the operator's Worker/EvictCache) frees every retained region at once.
 `free_bytes` counts free + evictable (eviction is immediate on reserve, so the scheduler may plan on
 it); `free_now_bytes` and `evictable_bytes` give the two parts. At idle free + evictable = capacity.
 """
@@ -204,6 +205,21 @@ class KeptRegions:
                 self.space.release(held.space_key)
         return held is not None
 
+    def evict_cache(self) -> tuple[int, int, int]:
+        """Forced eviction (the operator's Worker/EvictCache): free every retained region, counted as evictions.
+
+        A region a request holds (receiving KV, adopted by a partial transfer, decoding) is never in the
+        retained index, so it stays. Returns (regions, their named full blocks, their bytes on the card)."""
+        regions = blocks = nbytes = 0
+        with self._lock:
+            for key in self.retained.keys():
+                entry = self.retained.remove(key)
+                self._kept.pop(key, None)
+                self.space.release(key)
+                self.evictions += 1
+                regions, blocks, nbytes = regions + 1, blocks + len(entry.hashes), nbytes + entry.nbytes
+        return regions, blocks, nbytes
+
     def drop_retained(self) -> None:
         """Free every retained region (the cache is gone, as on a restart)."""
         with self._lock:
@@ -249,6 +265,10 @@ class KeptKvCalls:
         which the transfer never writes) instead of freeing it. False: the request held nothing."""
         forget(self._requests, self._lock, request_id)
         return self.kv.retain(request_id, tokens, root)
+
+    def evict_cache(self) -> tuple[int, int, int]:
+        """Every retained region freed (KeptRegions.evict_cache): (regions, blocks, bytes)."""
+        return self.kv.evict_cache()
 
     def held_changes(self) -> tuple[list[bytes], list[bytes]]:
         """Chain hashes (added, removed) to the KV kept as cache since the last call (held_publisher.py)."""

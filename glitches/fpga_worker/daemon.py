@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class FpgaDevice(worker_runtime.WorkerDevice):
     kind = "fpga"
     role = "fpga-worker"
-    authorised_rpcs = ("Decode", "DecodeFromHeld", "Release", "RenewKvHolds")  # TransferKV is checked by its own KV token
+    # TransferKV is checked by its own KV token
+    authorised_rpcs = ("Decode", "DecodeFromHeld", "Release", "RenewKvHolds", "EvictCache")
     settings: FpgaWorkerSettings
 
     def grpc_threads(self) -> int:

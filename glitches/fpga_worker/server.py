@@ -187,6 +187,12 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
     def RenewKvHolds(self, request, context):
         return renew_rpc(self.holds, self.auth, request)
 
+    def EvictCache(self, request, context):
+        self.auth.check(request.auth_token, "evict", "")
+        evict = getattr(self.backend, "evict_cache", None)  # cards that keep KV (the emulated ones)
+        regions, blocks, nbytes = evict() if evict is not None else (0, 0, 0)
+        return worker_pb2.EvictCacheResponse(evicted_blocks=blocks, evicted_bytes=nbytes, evicted_regions=regions)
+
 
 def backend_vocab(backend: DecodeBackend, tokenizer) -> int:
     """Token ids the card's logits cover: the model's vocab_size (emu: its config; w4a8/csim/xrt: the weight image)."""

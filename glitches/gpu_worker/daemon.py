@@ -25,7 +25,7 @@ from glitches.services.cluster.worker_record import KvBlocks
 class GpuDevice(worker_runtime.WorkerDevice):
     kind = "gpu"
     role = "gpu-worker"
-    authorised_rpcs = ("Prefill", "Decode", "Release", "RenewKvHolds")
+    authorised_rpcs = ("Prefill", "Decode", "Release", "RenewKvHolds", "EvictCache")
     settings: GpuWorkerSettings
 
     def build(self, auth: RequestAuthVerifier | OpenAccess) -> GpuWorkerServicer:

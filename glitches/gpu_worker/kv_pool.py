@@ -21,6 +21,7 @@ recently used evictable blocks when the free list is short. `free_blocks` counts
 evictable blocks (either can be given to a request now), so at idle free_blocks = total_blocks.
 `held_changes()` returns the names that became cached or were evicted since its last call (the
 worker publishes them for KV-aware routing, Registry.publish_held, off the request path).
+`evict_cache()` drops every evictable block at once (Worker/EvictCache), never one a request references.
 """
 
 from __future__ import annotations
@@ -135,6 +136,21 @@ class KvPool:
             self._free.extend(sorted(freed, reverse=True))
             if len(self._free) + (self.prefix.cached_blocks if self.prefix else 0) > self.num_blocks:
                 raise RuntimeError("KV blocks given back twice")
+
+    def evict_cache(self) -> tuple[int, int]:
+        """Forced eviction (the operator's Worker/EvictCache): every evictable cached block goes back to the free
+        list and is recorded for held_changes; blocks a running request references stay. Returns
+        (blocks evicted, cached blocks left because requests use them)."""
+        with self._lock:
+            if self.prefix is None:
+                return 0, 0
+            evicted = []
+            while (victim := self.prefix.evict_named()) is not None:
+                block, name = victim
+                evicted.append(block)
+                self._changes[name] = False
+            self._free.extend(sorted(evicted, reverse=True))
+            return len(evicted), self.prefix.cached_blocks
 
     def held_changes(self) -> tuple[list[bytes], list[bytes]]:
         """(cached, evicted) block names since the last call, each by its last change."""

@@ -178,6 +178,13 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
     def RenewKvHolds(self, request, context):
         return renew_rpc(self.holds, self.auth, request)
 
+    def EvictCache(self, request, context):
+        self.auth.check(request.auth_token, "evict", "")
+        pool = self.engine.pool
+        evicted, in_use = pool.evict_cache()  # the held publisher sends the evicted names within its interval
+        return worker_pb2.EvictCacheResponse(evicted_blocks=evicted, evicted_bytes=evicted * pool.block_bytes,
+                                             in_use_cached_bytes=in_use * pool.block_bytes)
+
 
 def _device_name(device: str) -> str:
     if device.startswith("cuda"):
