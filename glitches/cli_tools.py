@@ -66,13 +66,18 @@ def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
               help="GPU-assist decodes per GPU at once.")
 @click.option("--gpu-batching", is_flag=True, help="GPUs batch continuously as the GPU worker does (default: batch 1, "
                                                    "the paper's setting).")
+@click.option("--decode-gpus", default=0, type=int, show_default=True,
+              help="More GPUs of --gpu with the decode role only: they take the KV a prefill GPU sends and batch "
+                   "their decodes (placement prefers FPGAs, then them, then GPU assist).")
+@click.option("--decode-gpu-slots", default=0, type=int, show_default=True,
+              help="Requests one decode GPU decodes at once; 0 = from its KV budget, as the GPU worker's --slots 0.")
 @click.option("--fpga-prefetch-ratio", default=None, type=int,
               help="The FPGA kernel's prefetch ratio for its modeled decode step (as `glitches fpga-timing`); "
                    "default 1, the paper's measured U280.")
 @click.option("--json", "as_json", is_flag=True)
 def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
-                 concurrency, profile_path, trace_path, gpu_decode_slots, gpu_batching, fpga_prefetch_ratio,
-                 as_json) -> None:
+                 concurrency, profile_path, trace_path, gpu_decode_slots, gpu_batching, decode_gpus, decode_gpu_slots,
+                 fpga_prefetch_ratio, as_json) -> None:
     """Predict a node of N GPUs + M FPGAs with a discrete-event model (the scheduler's own placement)."""
     from glitches.sim.cli import render_text, simulate
 
@@ -84,7 +89,8 @@ def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num
         result = simulate(gpus, gpu, fpgas, fpga, model, input_tokens or 1, output_tokens or 1, num_requests,
                           request_rate, concurrency, profile_path, trace_path=trace_path,
                           gpu_decode_slots=gpu_decode_slots, gpu_batching=gpu_batching,
-                          fpga_prefetch_ratio=fpga_prefetch_ratio)
+                          fpga_prefetch_ratio=fpga_prefetch_ratio, decode_gpus=decode_gpus,
+                          decode_gpu_slots=decode_gpu_slots)
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
     click.echo(json.dumps(result) if as_json else render_text(result))

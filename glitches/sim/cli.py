@@ -28,11 +28,14 @@ def simulate(
     trace_path: str | None = None,
     gpu_batching: bool = False,
     fpga_prefetch_ratio: int | None = None,
+    decode_gpus: int = 0,
+    decode_gpu_slots: int = 0,
 ) -> dict:
     """Simulate `num_requests` requests of [input_tokens, output_tokens] on gpus x gpu + fpgas x fpga.
 
     request_rate (requests/s, Poisson) or concurrency (closed loop) or neither
-    (all at once). Devices come from `profile_path` (glitches.profile.v1) when
+    (all at once). decode_gpus more GPUs of the `gpu` profile take the decode role (glitches/sim/decode_gpu.py),
+    with decode_gpu_slots each (0: from their KV budget). Devices come from `profile_path` (glitches.profile.v1) when
     it names them, else from glitches/sim/profiles/devices.json. Raises
     services.errors.InvalidArgument on bad input. Returns the dict described
     in sim.metrics plus an "inputs" entry echoing the arguments; a trace with conversations (multi-turn
@@ -42,6 +45,8 @@ def simulate(
                           fpga_prefetch_ratio)
     if gpu_batching:
         config = replace(config, gpu_batching=True)
+    if decode_gpus or decode_gpu_slots:
+        config = replace(config, decode_gpus=decode_gpus, decode_gpu_slots=decode_gpu_slots)
     if trace_path is not None:  # the trace's arrival times and lengths replace the other workload arguments
         workload = read_trace(trace_path)
         result = run_simulation(config, workload.shapes, seed=seed, arrivals_s=workload.arrivals_s)
@@ -57,6 +62,7 @@ def simulate(
         "request_rate": request_rate, "concurrency": concurrency, "profile_path": profile_path,
         "link_gb_per_s": config.link_gb_per_s, "gpu_decode_slots": gpu_decode_slots, "seed": seed,
         "trace": trace_path, "gpu_batching": gpu_batching, "fpga_prefetch_ratio": fpga_prefetch_ratio,
+        "decode_gpus": decode_gpus, "decode_gpu_slots": decode_gpu_slots,
     }  # fmt: skip
     return result
 
@@ -72,8 +78,9 @@ def render_text(result: dict) -> str:
             else f"closed loop x{inp['concurrency']}" if inp["concurrency"] is not None
             else "all at once"
         )  # fmt: skip
+        decode = f" + {inp['decode_gpus']} x {inp['gpu']} (decode role)" if inp.get("decode_gpus") else ""
         lines += [
-            f"{'Node:':<34}{inp['gpus']} x {inp['gpu']} + {inp['fpgas']} x {inp['fpga']}",
+            f"{'Node:':<34}{inp['gpus']} x {inp['gpu']}{decode} + {inp['fpgas']} x {inp['fpga']}",
             f"{'Model, [input, output]:':<34}{inp['model']}, [{inp['input_tokens']}, {inp['output_tokens']}]",
             f"{'Requests, load:':<34}{inp['num_requests']}, {load}",
         ]

@@ -75,7 +75,8 @@ def summarise(node: Node) -> dict:
         "tpot_s": distribution(tpot),
         "itl_s": distribution(itl),
         "e2e_s": distribution(e2e),
-        "exposed_kv_s": distribution([r.exposed_kv_s for r in records if r.decode_device.startswith("fpga")]),
+        "exposed_kv_s": distribution([r.exposed_kv_s for r in records  # the requests whose KV moved
+                                      if r.decode_device.startswith(("fpga", "dgpu"))]),
         "gpu_assist_requests": assisted,
         "utilisation": {wid: d["utilisation"] for wid, d in devices.items()},
         "devices": devices,

@@ -24,6 +24,9 @@ this module's rule (the live scheduler's admission, as modelled here):
   picked by the same ranking `place` uses for FPGAs (fewest active, then id).
 The PCIe link is per GPU and modelled only through the exposed transfer;
 concurrent transfers from one GPU share its link (sim.kv_transfer.SharedLink).
+Decode-role GPUs (NodeConfig.decode_gpus, glitches/sim/decode_gpu.py): GPUs of the node's GPU profile that
+placement may pick as decode targets (after the FPGAs, as live); the prefill GPU streams them the KV over
+its link, the first token is out when it has arrived, and they batch their decodes (gpu_batching's loop).
 
 KV reuse (NodeConfig.kv_reuse; requests of a conversation, RequestRecord.conversation/turn): every
 device keeps a HeldCache (glitches/sim/held_cache.py), as the live workers do: a device that decoded a
@@ -52,6 +55,7 @@ import simpy
 from glitches.scheduler.placement import (PATH_EXTEND, PATH_TRANSFER_PARTIAL, ClusterSnapshot, DeviceKind,
                                           PlacementRequest, WorkerView, place)
 from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
+from glitches.sim import decode_gpu
 from glitches.sim.gpu_batching import BatchingLoop
 from glitches.sim.held_cache import HeldCache
 from glitches.sim.kv_transfer import SharedLink, kv_transfer_s
@@ -73,6 +77,8 @@ class NodeConfig:
     gpu_decode_slots: int = 1  # requests one GPU may decode at once (GPU assist); 0 turns assist off
     gpu_batching: bool = False  # True: GPUs batch continuously (glitches/sim/gpu_batching.py), as the GPU worker does now
     gpu_max_batch_tokens: int = 512  # with gpu_batching: tokens per forward pass (the worker's --max-batch-tokens)
+    decode_gpus: int = 0  # more GPUs of `gpu`'s profile with the decode role only (glitches/sim/decode_gpu.py)
+    decode_gpu_slots: int = 0  # requests one decode GPU decodes at once; 0 = from its KV budget, as the worker's
     kv_reuse: bool = False  # devices keep finished conversations' KV and placement routes by it (module docstring)
     reuse_costs: ReuseCosts = DEFAULT_REUSE_COSTS  # placement's cost model (glitches/sim/reuse.py: from profiles)
     kv_reuse_partial: bool = True  # with kv_reuse: placement may send only the KV a holding card lacks (live default)
@@ -104,8 +110,10 @@ class RequestRecord:
 class SimDevice:
     """One card's state: what it holds and how long it has been busy."""
 
-    def __init__(self, env: simpy.Environment, worker_id: str, profile: DeviceProfile, decode_slots: int):
+    def __init__(self, env: simpy.Environment, worker_id: str, profile: DeviceProfile, decode_slots: int,
+                 roles: frozenset[str] = frozenset(), decode_class: int = 0):
         self.worker_id = worker_id
+        self.roles, self.decode_class = roles, decode_class  # empty: the built-in kind's (WorkerView)
         self.profile = profile
         self.decode_slots = decode_slots
         self.compute = simpy.PriorityResource(env, capacity=1)  # one prefill or decode step at a time
@@ -121,7 +129,7 @@ class SimDevice:
     def view(self, cached_tokens: int = 0) -> WorkerView:
         free = max(0, int(self.profile.kv_capacity_bytes - self.kv_used_bytes))  # held KV counts as free
         return WorkerView(self.worker_id, self.profile.kind, self.decode_slots, self.active, free,
-                          cached_tokens=cached_tokens)
+                          roles=self.roles, decode_class=self.decode_class, cached_tokens=cached_tokens)
 
     def can_decode(self, kv_bytes: float) -> bool:
         fits = self.kv_used_bytes + kv_bytes <= self.profile.kv_capacity_bytes
@@ -134,10 +142,15 @@ class Node:
         self.config = config
         self.gpus = [SimDevice(env, f"gpu{i}", config.gpu, config.gpu_decode_slots) for i in range(config.gpus)]
         self.fpgas = [SimDevice(env, f"fpga{i}", config.fpga, FPGA_DECODE_SLOTS) for i in range(config.fpgas)]
-        self.devices = {d.worker_id: d for d in self.gpus + self.fpgas}
+        decode_gpu.check(config)
+        self.decode_gpus = [SimDevice(env, f"dgpu{i}", config.gpu, decode_gpu.slots(config), decode_gpu.ROLES,
+                                      decode_gpu.DECODE_CLASS) for i in range(config.decode_gpus)]
+        self.devices = {d.worker_id: d for d in self.gpus + self.decode_gpus + self.fpgas}
         if config.gpu_batching:
             for gpu in self.gpus:
                 gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens)
+        for gpu in self.decode_gpus:  # the live GPU worker always batches
+            gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens)
         self.records: list[RequestRecord] = []
         self._queue: deque[tuple[RequestRecord, simpy.Event]] = deque()
         self._wake = env.event()
@@ -164,7 +177,8 @@ class Node:
 
     def _kv_bytes(self, rec: RequestRecord) -> float:
         decoder = self.config.fpga or self.config.gpu
-        return (rec.prompt_tokens + rec.output_tokens) * decoder.kv_bytes_per_token
+        tokens = rec.prompt_tokens + rec.output_tokens
+        return decode_gpu.placement_kv_bytes(self.config, tokens, tokens * decoder.kv_bytes_per_token)
 
     def _admit(self, rec: RequestRecord, done: simpy.Event) -> bool:
         kv = self._kv_bytes(rec)
@@ -175,9 +189,9 @@ class Node:
             fpga = min(free, key=lambda d: (d.active, d.worker_id))
             self._start(rec, done, fpga, fpga, kv)
             return True
-        if not any(d.can_decode(kv) for d in self.gpus + self.fpgas):
+        if not any(d.can_decode(kv) for d in self.devices.values()):
             return False
-        snapshot = ClusterSnapshot(tuple(d.view(self._held(d, rec)) for d in self.gpus + self.fpgas))
+        snapshot = ClusterSnapshot(tuple(d.view(self._held(d, rec)) for d in self.devices.values()))
         request = PlacementRequest(rec.prompt_tokens, rec.output_tokens, int(kv), reuse=self.config.kv_reuse,
                                    partial=self.config.kv_reuse and self.config.kv_reuse_partial)
         placement = place(snapshot, request, self.config.reuse_costs) if self.config.kv_reuse else place(snapshot, request)
@@ -208,6 +222,8 @@ class Node:
     def _start(self, rec, done, prefill: SimDevice, decoder: SimDevice, kv: float) -> None:
         rec.admitted_s = self.env.now
         rec.prefill_device, rec.decode_device = prefill.worker_id, decoder.worker_id
+        if decoder is not prefill:  # a decode-role device reserves its own KV bytes (placement's need: the most)
+            kv = (rec.prompt_tokens + rec.output_tokens) * decoder.profile.kv_bytes_per_token
         prefill.active += 1
         if decoder is not prefill:
             decoder.active += 1
@@ -235,6 +251,10 @@ class Node:
         rec.token_times_s.append(self.env.now)
         if decoder is not prefill:
             prefill.active -= 1
+        if decoder is not prefill and decoder.loop is not None:  # a decode-role GPU (glitches/sim/decode_gpu.py)
+            yield from decode_gpu.receive_and_decode(self, rec, prefill, decoder, prefill_s)
+            self._finish(rec, done, decoder, kv)
+            return
         steps = rec.output_tokens - 1
         if steps > 0 and decoder.profile.kind == DeviceKind.FPGA and decoder is not prefill:
             moved = moved_kv_tokens(rec.prompt_tokens, rec.card_held_tokens)

@@ -1,0 +1,118 @@
+"""Decode-role GPUs in the simulator (glitches/sim/decode_gpu.py): known answers on fixed-time devices.
+
+Devices (tests/sim_helpers.fixed): a GPU that prefills in 1 s and decodes a step in 0.1 s (ConstantTiming: a
+batched step of decode rows costs one decode step), or one whose batched step is a StepModel's (0.05 s + 0.01 s
+per decode row), so a step of N rows has a known time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+
+from glitches.scheduler.placement import DeviceKind
+from glitches.services.cluster.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
+from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.cli import simulate
+from glitches.sim.kv_transfer import exposed_transfer_s
+from glitches.sim.node import NodeConfig
+from glitches.sim.run import run_simulation, simulate_node
+from glitches.sim.step_model import StepModel
+from tests.sim_helpers import fixed
+
+KV_BYTES_PER_TOKEN = 1000.0
+SLOW_LINK_GB_PER_S = 1e-4  # 1e5 bytes/s: a 100-token prompt's KV (1e5 bytes) takes 1 s
+FAST_LINK_GB_PER_S = float("inf")  # the transfer takes 0 s
+
+
+@dataclass(frozen=True)
+class RowsTiming:
+    """Prefill 1 s, a decode step alone 0.06 s; a batched pass is the StepModel's (prefill tokens cost 0 there)."""
+
+    step_model: StepModel = StepModel(overhead_s=0.05, per_prefill_token_s=0.0, per_decode_row_s=0.01,
+                                      per_context_token_s=0.0)
+
+    def prefill_s(self, prompt_tokens: int) -> float:
+        return 1.0
+
+    def decode_step_s(self, context_tokens: int) -> float:
+        return 0.06
+
+    def step_s(self, chunks, decode_contexts) -> float:
+        return self.step_model.step_s(chunks, decode_contexts)
+
+
+def test_one_request_ttft_is_prefill_plus_transfer_and_tpot_the_decode_gpus_step():
+    """One layer: nothing of the 1 s transfer hides behind the 1 s prefill, so TTFT = 2 s (the live first token
+    waits for the KV); 10 more tokens at the decode GPU's 0.1 s step."""
+    gpu = fixed("gpu", 1.0, 0.1, layers=1)
+    node = simulate_node(NodeConfig(gpu, 1, None, 0, SLOW_LINK_GB_PER_S, decode_gpus=1), [(100, 11)])
+    rec = node.records[0]
+    assert (rec.prefill_device, rec.decode_device) == ("gpu0", "dgpu0")
+    assert rec.first_token_s == pytest.approx(2.0) and rec.exposed_kv_s == pytest.approx(1.0)
+    assert rec.token_times_s[-1] == pytest.approx(3.0)  # TPOT 0.1 s
+    assert node.decode_gpus[0].loop.steps == 10 and node.gpus[0].busy_decode_s == 0.0
+
+
+def test_a_layered_transfer_is_partly_hidden_by_the_prefill():
+    gpu = fixed("gpu", 1.0, 0.1, layers=4)
+    node = simulate_node(NodeConfig(gpu, 1, None, 0, SLOW_LINK_GB_PER_S, decode_gpus=1), [(100, 2)])
+    assert node.records[0].first_token_s == pytest.approx(1.0 + exposed_transfer_s(1.0, 4, 1.0))  # 1.25 s
+
+
+@pytest.mark.parametrize("rows", [1, 4, 8])
+def test_concurrent_requests_batch_on_the_decode_gpu(rows):
+    """N requests at once: one batched prefill pass (0.05 s), the KV arrives at once, then every decode step
+    carries all N rows: TPOT = the step model's 0.05 + 0.01 x N s, output - 1 steps in all."""
+    gpu = replace(fixed("gpu", 1.0, 0.06), timing=RowsTiming())
+    config = NodeConfig(gpu, 1, None, 0, FAST_LINK_GB_PER_S, gpu_decode_slots=1, gpu_batching=True, decode_gpus=1)
+    result = run_simulation(config, [(16, 21)] * rows)
+    assert result["ttft_s"]["p99"] == pytest.approx(0.05)
+    assert result["tpot_s"]["p50"] == pytest.approx(0.05 + 0.01 * rows)
+    assert result["tpot_s"]["p99"] == pytest.approx(0.05 + 0.01 * rows)
+    assert result["gpu_assist_requests"] == 0
+
+
+def test_placement_sees_the_decode_gpu_as_the_scheduler_does_and_ranks_it_after_fpgas():
+    gpu = fixed("gpu", 1.0, 0.1)
+    node = simulate_node(NodeConfig(gpu, 1, fixed("fpga", 10.0, 0.05), 1, FAST_LINK_GB_PER_S, decode_gpus=1,
+                                    decode_gpu_slots=3), [(16, 11)] * 3)
+    view = node.decode_gpus[0].view()
+    assert view.kind == DeviceKind.GPU and view.roles == frozenset({ROLE_DECODE})
+    assert (view.decode_class, view.slots, view.active) == (DECODE_CLASS_GPU, 3, 0)
+    assert view.kv_free_bytes == int(gpu.kv_capacity_bytes)  # every request has ended
+    # the FPGA (decode class 10) first, then the decode GPU (20); the prefill GPU's assist slot stays free
+    assert [r.decode_device for r in node.records] == ["fpga0", "dgpu0", "dgpu0"]
+
+
+def test_a_decode_gpu_without_kv_room_is_not_chosen():
+    """Its KV holds one request (27 tokens x 1000 B of 40 kB): the second goes to GPU assist on the prefill GPU,
+    although the decode GPU has free slots."""
+    gpu = fixed("gpu", 1.0, 0.1, kv_capacity_bytes=40_000.0)
+    node = simulate_node(NodeConfig(gpu, 1, None, 0, FAST_LINK_GB_PER_S, gpu_decode_slots=1, decode_gpus=1,
+                                    decode_gpu_slots=4), [(16, 11)] * 2)
+    assert [r.decode_device for r in node.records] == ["dgpu0", "gpu0"]
+
+
+def test_decode_gpu_slots_default_from_the_kv_budget():
+    """As the GPU worker's --slots 0 (glitches/gpu_worker/assist_slots.py): the typical 2048-token requests its
+    KV holds (16-token blocks), at most half of max_batch_tokens."""
+    gpu = fixed("gpu", 1.0, 0.1, kv_capacity_bytes=3 * 2048 * KV_BYTES_PER_TOKEN)
+    node = simulate_node(NodeConfig(gpu, 1, None, 0, FAST_LINK_GB_PER_S, decode_gpus=2), [(16, 2)])
+    assert [d.decode_slots for d in node.decode_gpus] == [3, 3]
+    big = simulate_node(NodeConfig(fixed("gpu", 1.0, 0.1), 1, None, 0, FAST_LINK_GB_PER_S, decode_gpus=1,
+                                   gpu_max_batch_tokens=64), [(16, 2)])
+    assert big.decode_gpus[0].decode_slots == 32
+
+
+def test_decode_gpus_need_a_prefill_gpu():
+    with pytest.raises(InvalidArgument, match="prefill"):
+        simulate_node(NodeConfig(None, 0, fixed("fpga", 10.0, 0.05), 1, 1.0, decode_gpus=1), [(16, 2)])
+
+
+def test_simulate_reports_the_decode_gpus():
+    result = simulate(1, "a100", 0, "u280", "llama-2-7b", 512, 64, 8, None, 4, None, decode_gpus=1)
+    assert result["inputs"]["decode_gpus"] == 1
+    assert set(result["devices"]) == {"gpu0", "dgpu0"} and result["gpu_assist_requests"] == 0
+    assert result["devices"]["dgpu0"]["decode_utilisation"] > 0.5
