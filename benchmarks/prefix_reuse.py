@@ -28,7 +28,9 @@ card (Timings.kv_bytes, exact) per turn and against the new tokens' KV (new toke
 decode card did not hold, i.e. prompt - Timings.reused_tokens, times the card's Info.kv_bytes_per_token);
 output tokens/s (completion tokens / summed request total_s); the count of each serve path; and
 "simulated": `glitches simulate --trace` of the same trace (the live prompt and reply lengths, one request
-every 60 s in live order) with the paper-calibrated A100 / U280 profiles and the smollm2-135m shape.
+every 60 s in live order) with the paper-calibrated A100 / U280 profiles and the smollm2-135m shape, the
+GPU batching as the GPU worker does (--gpu-batching: its prefix cache counts) and placement free to pick
+transfer-partial, as the live scheduler's default.
 The run exits non-zero if a setting's replies differ between reuse on and off (greedy: reuse changes no
 token). The top-level "on" / "off" / "on_over_off" keys are the GPU-only setting's (as before the cards).
 """
@@ -171,12 +173,12 @@ def simulate(rows: list[dict], fpgas: int) -> dict:
         write_trace(path, [SIM_GAP_S * i for i in range(len(rows))], [(r["prompt"], max(1, r["output"])) for r in rows],
                     [(f"c{r['conversation']}", r["turn"]) for r in rows])
         command = [sys.executable, "-m", "glitches", "simulate", "--gpus", "1", "--fpgas", str(fpgas),
-                   "--model", "smollm2-135m", "--trace", path, "--json"]
+                   "--gpu-batching", "--model", "smollm2-135m", "--trace", path, "--json"]
         done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
     reuse = json.loads(done.stdout)["reuse"]
     on, off = _simulated_figures(reuse["on"]), _simulated_figures(reuse["off"])
     return dict(profile="paper-calibrated a100 + u280 (glitches/sim/profiles/devices.json), model smollm2-135m, "
-                        f"1 GPU + {fpgas} cards, one request every {SIM_GAP_S:g} s",
+                        f"1 GPU (batching) + {fpgas} cards, one request every {SIM_GAP_S:g} s",
                 on=on, off=off, on_over_off={k: _ratio(on[k], off[k]) for k in
                                              ("ttft_later_p50_s", "ttft_later_p99_s", "prefill_tokens", "kv_bytes")})
 

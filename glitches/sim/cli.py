@@ -118,7 +118,7 @@ def _reuse_lines(reuse: dict | None) -> list[str]:
     on, off = reuse["on"], reuse["off"]
     lines.append(f"{'Prefix hit rate:':<34}{on['hit_rate']:.1%} / {off['hit_rate']:.1%}")
     paths = on["paths"]
-    lines.append(f"{'Paths on (xfer/partial/ext/fresh):':<34}{paths['transfer']}/{paths['transfer-partial']}/"
+    lines.append(f"{'Paths (xfer/partial/ext/fresh):':<34}{paths['transfer']}/{paths['transfer-partial']}/"
                  f"{paths['extend']}/{paths['fresh']}")
     for stat in ("p50", "p99"):
         lines.append(f"{'TTFT turns 2+ ' + stat + ' (ms):':<34}{on['ttft_later_turns_s'][stat] * 1e3:.2f} / "
