@@ -28,6 +28,8 @@ from glitches.services.runtime.errors import GlitchesError as ServiceError
 @click.option("--max-nodes", default=1, type=int, show_default=True)
 @click.option("--max-price-usd", default=None, type=float)
 @click.option("--max-power-w", default=None, type=float, help="Peak power ceiling (every card busy), W.")
+@click.option("--max-decode-gpus", default=0, type=int, show_default=True,
+              help="Also try mixes with up to this many decode-role GPUs (of the mix's GPU kind; within --max-cards).")
 @click.option("--gpu-batching/--gpu-batch-1", default=True, show_default=True,
               help="GPUs batch continuously as the GPU worker does, or run one thing at a time (the paper's setting).")
 @click.option("--seed", default=0, type=int, show_default=True)
@@ -35,8 +37,8 @@ from glitches.services.runtime.errors import GlitchesError as ServiceError
 @click.option("--plot", "plot_path", default=None, help="Write the cost-vs-goodput front PNG here.")
 @click.option("--json", "as_json", is_flag=True)
 def plan_cmd(model, input_spec, output_spec, trace_path, num_requests, request_rate, concurrency, slo_ttft, slo_tpot,
-             slo_percentile, catalogue_path, devices, max_cards, max_nodes, max_price_usd, max_power_w, gpu_batching,
-             seed, explore_all, plot_path, as_json) -> None:
+             slo_percentile, catalogue_path, devices, max_cards, max_nodes, max_price_usd, max_power_w, max_decode_gpus,
+             gpu_batching, seed, explore_all, plot_path, as_json) -> None:
     """Find the cheapest mix of catalogue devices meeting TTFT and TPOT targets, by simulation (a model)."""
     from glitches.sim.catalogue import CATALOGUE_FILE, load_catalogue
     from glitches.sim.plan import Limits, PlanSlo, plan
@@ -51,7 +53,7 @@ def plan_cmd(model, input_spec, output_spec, trace_path, num_requests, request_r
         workload = (read_trace(trace_path) if trace_path
                     else synthetic(input_spec, output_spec, num_requests, request_rate, concurrency, seed))
         result = plan(catalogue, workload, PlanSlo(slo_ttft, slo_tpot, int(slo_percentile)),
-                      Limits(max_cards, max_nodes, max_price_usd, max_power_w), seed=seed,
+                      Limits(max_cards, max_nodes, max_price_usd, max_power_w, max_decode_gpus), seed=seed,
                       explore_all=explore_all or plot_path is not None, gpu_batching=gpu_batching)
     except ServiceError as error:
         raise click.UsageError(str(error)) from None

@@ -1,4 +1,5 @@
-"""Decode-role GPUs in the simulator (glitches/sim/decode_gpu.py): known answers on fixed-time devices.
+"""Decode-role GPUs in the simulator (glitches/sim/decode_gpu.py) and in `glitches plan`'s search: known answers
+on fixed-time devices.
 
 Devices (tests/sim_helpers.fixed): a GPU that prefills in 1 s and decodes a step in 0.1 s (ConstantTiming: a
 batched step of decode rows costs one decode step), or one whose batched step is a StepModel's (0.05 s + 0.01 s
@@ -7,16 +8,22 @@ per decode row), so a step of N rows has a known time.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 
 import pytest
+from click.testing import CliRunner
 
+from glitches.cli import main
 from glitches.scheduler.placement import DeviceKind
 from glitches.services.cluster.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
 from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim.catalogue import CatalogueEntry
 from glitches.sim.cli import simulate
 from glitches.sim.kv_transfer import exposed_transfer_s
 from glitches.sim.node import NodeConfig
+from glitches.sim.plan import Limits, PlanSlo, candidate_mixes, plan
+from glitches.sim.plan_workload import Workload
 from glitches.sim.run import run_simulation, simulate_node
 from glitches.sim.step_model import StepModel
 from tests.sim_helpers import fixed
@@ -116,3 +123,62 @@ def test_simulate_reports_the_decode_gpus():
     assert result["inputs"]["decode_gpus"] == 1
     assert set(result["devices"]) == {"gpu0", "dgpu0"} and result["gpu_assist_requests"] == 0
     assert result["devices"]["dgpu0"]["decode_utilisation"] > 0.5
+
+
+def _catalogue(fpga_price_usd: float) -> dict[str, CatalogueEntry]:
+    return {"g": CatalogueEntry("g", fixed("gpu", 1.0, 0.1, price_usd=1000.0), 8),
+            "f": CatalogueEntry("f", fixed("fpga", 10.0, 0.05, price_usd=fpga_price_usd), 8)}
+
+
+def _every_two_s() -> Workload:
+    """5 requests of [16, 41] tokens, one every 2 s: each decodes 4 s, so the next prefill overlaps its decode."""
+    return Workload(((16, 41),) * 5, arrivals_s=tuple(i * 2.0 for i in range(5)))
+
+
+def _best(fpga_price_usd: float, max_decode_gpus: int) -> dict:
+    result = plan(_catalogue(fpga_price_usd), _every_two_s(), PlanSlo(1.5, 0.11, 99),
+                  Limits(max_cards=4, max_decode_gpus=max_decode_gpus), link_gb_per_s=1e9, gpu_batching=True)
+    return result["best"]
+
+
+def test_the_planner_picks_a_decode_gpu_when_it_is_the_cheapest_mix():
+    """FPGA $3000. 1 g ($1000): the next prompt's 1 s prefill step carries the decode rows, a 1.1 s token gap
+    (TPOT p99 0.18 s). 2 g ($2000): the least loaded prefill GPU is still decoding (0.13 s). 1 g + 1 decode g
+    ($2000): the prefill GPU only prefills, the decode GPU steps every 0.1 s (a joining row waits at most one
+    step: 0.1025 s). Without decode GPUs the cheapest is 3 g ($3000)."""
+    best = _best(3000.0, max_decode_gpus=2)
+    assert (best["label"], best["price_usd"], best["decode_gpus"]) == ("1xg + 1xg(decode)", 2000.0, 1)
+    assert best["tpot_s"] == pytest.approx(0.1025) and best["gpu_assist_share"] == 0.0
+    assert _best(3000.0, max_decode_gpus=0)["label"] == "3xg"
+
+
+def test_the_planner_leaves_decode_gpus_out_when_fpgas_are_cheaper():
+    """FPGA $300: 1 g + 2 f ($1600) meets the SLO (a free card for each overlapping request) below 1 g + 1 decode g."""
+    best = _best(300.0, max_decode_gpus=2)
+    assert (best["label"], best["price_usd"], best["decode_gpus"]) == ("1xg + 2xf", 1600.0, 0)
+
+
+def test_decode_gpu_mixes_are_bounded_and_need_a_prefill_gpu():
+    """Per kind pair: (g, f) with 1 <= g + f <= 4: 14 mixes; with up to 2 decode GPUs (g >= 1, g + d + f <= 4)
+    9 more."""
+    catalogue = _catalogue(300.0)
+    assert len(candidate_mixes(catalogue, Limits(max_cards=4))) == 14
+    mixes = candidate_mixes(catalogue, Limits(max_cards=4, max_decode_gpus=2))
+    assert len(mixes) == 23
+    assert all(m.gpus >= 1 and m.cards <= 4 and m.decode_gpus <= 2 for m in mixes if m.decode_gpus)
+    with pytest.raises(InvalidArgument):
+        Limits(max_decode_gpus=-1)
+
+
+def test_the_commands_take_decode_gpus():
+    out = CliRunner().invoke(main, ["simulate", "--gpus", "1", "--fpgas", "0", "--decode-gpus", "1", "--input", "256",
+                                    "--output", "16", "--num-requests", "4", "--concurrency", "2"])
+    assert out.exit_code == 0, out.output
+    assert "1 x a100 + 1 x a100 (decode role) + 0 x u280" in out.output and "dgpu0 (a100)" in out.output
+    out = CliRunner().invoke(main, ["plan", "--devices", "a100", "--max-cards", "2", "--max-decode-gpus", "1",
+                                    "--num-requests", "6", "--concurrency", "2", "--input", "256", "--output", "16",
+                                    "--slo-ttft", "5", "--slo-tpot", "0.5", "--all", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert [r["label"] for r in result["evaluated"]] == ["1xa100", "1xa100 + 1xa100(decode)", "2xa100"]
+    assert "decode-role GPUs" in result["model_note"]

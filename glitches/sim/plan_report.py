@@ -35,6 +35,9 @@ def render_text(result: dict) -> str:
             f"{f'TTFT p{p}, margin:':<30}{best['ttft_s']:.3f} s, {best['ttft_margin']:+.1%}",
             f"{f'TPOT p{p}, margin:':<30}{best['tpot_s'] * 1e3:.2f} ms, {best['tpot_margin']:+.1%}",
         ]
+        if best.get("decode_gpus"):  # before the two SLO lines
+            lines.insert(len(lines) - 2, f"{'Decode GPUs:':<30}{best['decode_gpus']} ({best['decode_gpu_slots']} "
+                                         "slots each)")
     lines.append("Catalogue figures and their basis: glitches/sim/profiles/catalogue.json (`--json` prints them).")
     lines.append(f"Model: {result['model_note']}.")
     return "\n".join(lines)
