@@ -133,10 +133,10 @@ def test_a_failed_nixl_write_fails_the_prefill_and_leaks_nothing(cluster, monkey
 
     real = nixl_writer.NixlLayerWriter._write
 
-    def fail_layer_1(self, layer, index):
+    def fail_layer_1(self, layer, index, span):
         if layer == 1:
             raise nixl_writer.Unavailable("NIXL WRITE of layer 1 failed (test)")
-        real(self, layer, index)
+        real(self, layer, index, span)
 
     monkeypatch.setattr(nixl_writer.NixlLayerWriter, "_write", fail_layer_1)
     with pytest.raises(grpc.RpcError) as info:

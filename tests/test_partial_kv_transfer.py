@@ -1,9 +1,10 @@
 """Partial KV transfers (issue #27, path "transfer-partial") between a real in-process GPU worker and a real
-emulated card (reference numerics), by transport grpc and shm: the card keeps a finished turn's KV, the GPU
+emulated card (reference numerics), by transport grpc, shm and nixl (UCX on the CPU): the card keeps a finished turn's KV, the GPU
 prefills the next turn from its own prefix cache and sends only positions [held, prompt); the conversation's
 greedy tokens equal the full-transfer path's exactly, the bytes moved are exactly the new tokens' KV, a
 prefix the card no longer holds is FAILED_PRECONDITION (and the full KV then goes), and a partial transfer's
-KV token authorises neither a full transfer nor another offset."""
+KV token authorises neither a full transfer nor another offset. NIXL's per-(PC, lane) runs of a partial
+layer (nixl_writer.span_runs) carry exactly the new tokens' bytes and leave every held byte alone."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from glitches.fpga_worker.server import FpgaWorkerServicer
 from glitches.gpu_worker.engine import GpuEngine
 from glitches.gpu_worker.server import GpuWorkerServicer
 from glitches.gpu_worker.settings import GpuWorkerSettings
-from glitches.kv_plane import kv_wire
+from glitches.kv_plane import kv_wire, nixl_loader
+from glitches.kv_plane.kv_abi import HBM_CHANNELS
+from glitches.kv_plane.kv_layout import K_KIND, KvPlan, KvRegion
 from glitches.services.auth.kv_token import KvTokenIssuer, KvTokenVerifier
 from glitches.services.generation import models
 from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2
@@ -32,7 +35,10 @@ USER3 = list(range(400, 437))
 ISSUER = KvTokenIssuer(SECRET)
 
 
-@pytest.fixture(scope="module", params=["grpc", "shm"])
+TRANSPORTS = ["grpc", "shm"] + (["nixl"] if nixl_loader.available() else [])
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
 def pair(request, tiny_source):
     engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path), kv_transport=request.param), tiny_source)
     gpu_server, gpu = serve_worker(GpuWorkerServicer(engine, "gpu-p", tiny_source.name))
@@ -49,7 +55,7 @@ def pair(request, tiny_source):
 
 def _kv_bytes(pair, tokens: int) -> int:
     """tokens x layers x 2 (K and V) x kv_heads x head_dim x element bytes: grpc moves the GPU's elements (float32
-    on a CPU GPU worker, float16 on CUDA), shm writes the card region's (float32 reference, float16 W4A8)."""
+    on a CPU GPU worker, float16 on CUDA), shm and nixl write the card region's (float32 reference, float16 W4A8)."""
     g = pair["card"].geometry()
     dtype = getattr(torch, pair["engine"].dtype) if pair["transport"] == "grpc" else g.dtype
     return tokens * g.num_layers * 2 * g.kv_heads * g.head_dim * torch.finfo(dtype).bits // 8
@@ -248,3 +254,35 @@ def test_bad_partial_headers_are_refused_before_anything_is_reserved(pair, held,
     assert refused.value.code() == code, refused.value.details()
     assert card.kv_free_bytes() == free
     _idle(card)
+
+
+@pytest.mark.parametrize("layer, start, stop", [(1, 37, 70), (0, 16, 17), (2, 5, 16 * 40 + 3), (1, 1, 600)])
+def test_nixl_span_runs_move_exactly_the_new_tokens(layer, start, stop):
+    """Copying span_runs' byte runs from a staging layer (PCs rotated as NixlLayerWriter's) into a region that
+    holds tokens [0, start) gives the region those tokens untouched plus the new ones, and moves only the new
+    tokens' bytes; spans shorter and longer than 32 blocks, starting inside a block and on its edge."""
+    from glitches.kv_plane.nixl_writer import span_runs
+
+    plan, one_layer = KvPlan(3, 2, 8, 700, 4), KvPlan(1, 2, 8, 700, 4)
+    generator = torch.Generator().manual_seed(layer * 1000 + start)
+    held_k, held_v, new_k, new_v = (torch.randn(1, 2, n, 8, generator=generator)
+                                    for n in (start, start, stop - start, stop - start))
+    region, staging = KvRegion(plan, torch.float32), KvRegion(one_layer, torch.float32)
+    region.data.fill_(7.0)  # bytes past the tokens: they must stay as they were too
+    region.write(layer, 0, held_k, held_v)
+    before = region.channel_bytes().clone()
+    staging.write(0, start, new_k, new_v)
+    runs = span_runs(plan, start, stop)
+    assert sum(size for _, _, size in runs) == 2 * plan.kv_heads * (stop - start) * plan.head_dim * 4
+    source, target = staging.channel_bytes(), region.channel_bytes()
+    first, _ = plan.layer_slots(layer)
+    shift = plan.lane(layer, 0, K_KIND) % HBM_CHANNELS
+    written = torch.zeros_like(target, dtype=torch.bool)
+    for q, offset, size in runs:
+        pc, at = (q + shift) % HBM_CHANNELS, first * plan.block_bytes + offset
+        assert not written[pc, at:at + size].any()  # no byte twice
+        target[pc, at:at + size] = source[q, offset:offset + size]
+        written[pc, at:at + size] = True
+    k, v = region.read(layer, stop)
+    assert torch.equal(k, torch.cat([held_k, new_k], 2)[0]) and torch.equal(v, torch.cat([held_v, new_v], 2)[0])
+    assert torch.equal(target[~written], before[~written])  # every other byte (held tokens, other layers) kept

@@ -31,6 +31,13 @@ reservation. The receiver's metadata is loaded once per transfer and never remov
 add_remote_agent left 2 sockets open per reconnect here (measured; nixl issue #2025 reports that
 remove_remote_agent does not free UCX resources), so one connection per receiver lives as long as this process. CUDA tensors are copied to the host
 first (registering GPU memory with NIXL directly is possible but not done here: untested, no GPU).
+
+A partial transfer (write(..., start=h > 0): the card's region holds tokens [0, h) already, issue #27) must
+not touch those tokens, so it cannot WRITE the layer's whole runs. The new tokens [h, stop) go into the
+staging buffer at their own slots, and one descriptor per (PC, lane) covers exactly them: in one PC a lane's
+blocks b, b + 32, b + 64... lie in consecutive slots, so its share of the span is one byte run, starting at
+token h's row in the first block (a block the card holds in part) and ending after the last token's row
+(`span_runs`). That is up to 32 x 2 x kv_heads descriptors per layer, and exactly the new tokens' bytes.
 """
 
 from __future__ import annotations
@@ -44,10 +51,10 @@ import uuid
 import torch
 
 from glitches.kv_plane import nixl_loader
-from glitches.kv_plane.kv_abi import HBM_CHANNELS
+from glitches.kv_plane.kv_abi import HBM_CHANNELS, KV_BLOCK_TOKENS
 from glitches.kv_plane.kv_layout import K_KIND, KvPlan, KvRegion, region_view
 from glitches.kv_plane.kv_wire import DTYPES
-from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+from glitches.services.runtime.errors import InvalidArgument, Unavailable
 
 SPIN_S = 0.002  # seconds a WRITE's state is polled back to back (a GIL yield each) before polls sleep
 POLL_S = 0.00005  # seconds slept per poll after that
@@ -57,6 +64,27 @@ _STOP = object()
 _agent = None
 _agent_lock = threading.Lock()
 _pool: dict[int, list[tuple[torch.Tensor, object]]] = {}  # bytes -> idle (buffer, its registration)
+
+
+def span_runs(plan: KvPlan, start: int, stop: int) -> list[tuple[int, int, int]]:
+    """Tokens [start, stop) of one layer as (staging PC q, byte offset from the layer's first slot, bytes) runs,
+    one per (PC, lane) that holds any of them; together exactly those tokens' K and V bytes, nothing else.
+
+    Local lane l's block b lies in staging PC (l + b) % 32 at slot l * slots_per_lane + b // 32, so in one PC
+    its blocks of the span (b, b + 32, ...) are consecutive slots: one run from the first one's row (start %
+    16 in the span's first block) to the end of the last one's last row of the span."""
+    row, spl = plan.head_dim * plan.element_bytes, plan.slots_per_lane
+    first_block, last_block = start // KV_BLOCK_TOKENS, (stop - 1) // KV_BLOCK_TOKENS
+    runs = []
+    for lane in range(2 * plan.kv_heads):
+        for block in range(first_block, min(last_block, first_block + HBM_CHANNELS - 1) + 1):
+            last = block + (last_block - block) // HBM_CHANNELS * HBM_CHANNELS  # its last block of the span
+            head_rows = start % KV_BLOCK_TOKENS if block == first_block else 0
+            tail_rows = (stop - 1) % KV_BLOCK_TOKENS + 1 if last == last_block else KV_BLOCK_TOKENS
+            begin = (lane * spl + block // HBM_CHANNELS) * plan.block_bytes + head_rows * row
+            end = (lane * spl + last // HBM_CHANNELS) * plan.block_bytes + tail_rows * row
+            runs.append(((lane + block) % HBM_CHANNELS, begin, end - begin))
+    return runs
 
 
 def local_agent():
@@ -115,29 +143,31 @@ class NixlLayerWriter:
         self._free: queue.Queue = queue.Queue()  # staging indices no WRITE is using
         for index in range(2):
             self._free.put(index)
-        self._posts: queue.Queue = queue.Queue()  # (layer, staging index), then _STOP
+        self._posts: queue.Queue = queue.Queue()  # (layer, staging index, token span), then _STOP
         self._done: queue.Queue = queue.Queue()  # layers whose WRITE is DONE
         self._error: BaseException | None = None
         self._poster = threading.Thread(target=self._post_loop, name="kv-nixl-poster", daemon=True)
         self._poster.start()
 
-    def _descriptors(self, layer: int, index: int):
-        """(local, remote) transfer lists: staging PC q's run -> region PC (q + first lane) % 32."""
+    def _descriptors(self, layer: int, index: int, span: tuple[int, int] | None):
+        """(local, remote) transfer lists: staging PC q's run -> region PC (q + first lane) % 32; the whole
+        layer's runs (one per PC), or with `span` = (start, stop) only those tokens' runs (span_runs)."""
         first, _ = self.plan.layer_slots(layer)
         shift = self.plan.lane(layer, 0, K_KIND) % HBM_CHANNELS
         p, run, start = self.placement, self._run_bytes, self._staging[index][0].data_ptr()
-        local = [(start + q * run, run, 0) for q in range(HBM_CHANNELS)]
-        remote = [(p.nixl_base_address + (q + shift) % HBM_CHANNELS * p.channel_bytes + p.kv_offset
-                   + first * self.plan.block_bytes, run, 0) for q in range(HBM_CHANNELS)]
+        runs = [(q, 0, run) for q in range(HBM_CHANNELS)] if span is None else span_runs(self.plan, *span)
+        layer_base = p.nixl_base_address + p.kv_offset + first * self.plan.block_bytes
+        local = [(start + q * run + offset, size, 0) for q, offset, size in runs]
+        remote = [(layer_base + (q + shift) % HBM_CHANNELS * p.channel_bytes + offset, size, 0)
+                  for q, offset, size in runs]
         return self.agent.get_xfer_descs(local, "DRAM"), self.agent.get_xfer_descs(remote, "DRAM")
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor, ready=None, start: int = 0) -> list[int]:
-        """Relayout one layer and queue its WRITE; returns the layers whose WRITE is DONE so far.
+        """Relayout one layer (key, value [1, kv_heads, seq, head_dim]: tokens [start, start + seq)) and queue its
+        WRITE; returns the layers whose WRITE is DONE so far.
 
-        start > 0 (a partial transfer) is refused: a WRITE covers the layer's whole run of slots, which
-        would overwrite the tokens the card holds (transport.kv_target sends partial transfers by grpc)."""
-        if start:
-            raise FailedPrecondition("transport nixl writes whole layers; a partial KV transfer goes by grpc or shm")
+        start > 0 (a partial transfer: the card holds [0, start)) WRITEs only the given tokens' bytes (module
+        docstring), never a byte of the held ones."""
         if not 0 <= layer < self.plan.num_layers:
             raise InvalidArgument(f"layer {layer} out of range 0..{self.plan.num_layers - 1}")
         if key.is_cuda:
@@ -146,8 +176,8 @@ class NixlLayerWriter:
             key, value = key.cpu(), value.cpu()
         index = self._free.get()  # the poster always gives a buffer back, error or not
         self._raise()
-        self._regions[index].write(0, 0, key, value)  # the layer at the ABI's offsets, PCs rotated
-        self._posts.put((layer, index))
+        self._regions[index].write(0, start, key, value)  # the layer at the ABI's offsets, PCs rotated
+        self._posts.put((layer, index, (start, start + key.shape[2]) if start else None))
         return self._finished()
 
     def flush(self) -> list[int]:
@@ -172,10 +202,10 @@ class NixlLayerWriter:
             item = self._posts.get()
             if item is _STOP:
                 return
-            layer, index = item
+            layer, index, span = item
             try:
                 if self._error is None:
-                    self._write(layer, index)
+                    self._write(layer, index, span)
                     self._done.put(layer)
             except BaseException as error:  # noqa: BLE001 - raised to the sender by write()/flush()
                 self._error = error if isinstance(error, Unavailable) else Unavailable(
@@ -183,8 +213,8 @@ class NixlLayerWriter:
             finally:
                 self._free.put(index)
 
-    def _write(self, layer: int, index: int) -> None:
-        local, remote = self._descriptors(layer, index)
+    def _write(self, layer: int, index: int, span: tuple[int, int] | None) -> None:
+        local, remote = self._descriptors(layer, index, span)
         handle = self.agent.initialize_xfer("WRITE", local, remote, self.remote, f"{self.request_id}:{layer}".encode())
         try:
             state = self.agent.transfer(handle)  # UCX cma: the bytes are copied inside this call

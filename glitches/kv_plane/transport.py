@@ -10,8 +10,9 @@ Under TLS, `auto` skips nixl: UCX moves the bytes unencrypted between hosts (shm
 in a 0600 segment); `--kv-transport nixl` still forces it.
 
 Partial transfers (issue #27, DecodeTarget.held_prefix_tokens = h > 0): the header names h, the prompt's
-ids and the salt, and the sender sends only tokens [h, prompt) of each layer. nixl WRITEs whole layers,
-so a partial transfer that would go by nixl goes by grpc.
+ids and the salt, and the sender sends only tokens [h, prompt) of each layer, on any transport: grpc
+chunks from token h, shm scatters them at their slots, nixl WRITEs exactly their bytes (one run per PC and
+lane, nixl_writer.span_runs), never a byte of the tokens the card holds.
 """
 
 from __future__ import annotations
@@ -105,9 +106,6 @@ def kv_target(stub: worker_pb2_grpc.WorkerStub, request_id: str, num_layers: int
 
     held_tokens > 0: a partial transfer (module docstring); token_ids are prompt + generated, cache_salt the
     tenant's, as the target kept them."""
-    if held_tokens and transport == "nixl":
-        transport = "grpc"
-
     def open_kv(prompt_tokens: int, reserve_tokens: int) -> LayerSender:
         header = worker_pb2.KvHeader(request_id=request_id, prompt_tokens=prompt_tokens,
                                      reserve_tokens=reserve_tokens, num_layers=num_layers, kv_token=kv_token)
