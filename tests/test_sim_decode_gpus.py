@@ -118,11 +118,15 @@ def test_decode_gpus_need_a_prefill_gpu():
         simulate_node(NodeConfig(None, 0, fixed("fpga", 10.0, 0.05), 1, 1.0, decode_gpus=1), [(16, 2)])
 
 
-def test_simulate_reports_the_decode_gpus():
-    result = simulate(1, "a100", 0, "u280", "llama-2-7b", 512, 64, 8, None, 4, None, decode_gpus=1)
+def test_simulate_reports_the_decode_gpus_and_lets_the_prefill_gpu_only_prefill():
+    """GPU assist off (gpu_decode_slots 0) and no FPGA: the decode GPU decodes everything (disaggregated)."""
+    result = simulate(1, "a100", 0, "u280", "llama-2-7b", 512, 64, 8, None, 4, None, gpu_decode_slots=0,
+                      decode_gpus=1)
     assert result["inputs"]["decode_gpus"] == 1
     assert set(result["devices"]) == {"gpu0", "dgpu0"} and result["gpu_assist_requests"] == 0
-    assert result["devices"]["dgpu0"]["decode_utilisation"] > 0.5
+    assert result["devices"]["dgpu0"]["decode_utilisation"] > 0.5 and result["devices"]["gpu0"]["decode_utilisation"] == 0
+    with pytest.raises(InvalidArgument, match="no decode GPU"):
+        simulate(1, "a100", 0, "u280", "llama-2-7b", 512, 64, 8, None, 4, None, gpu_decode_slots=0)
 
 
 def _catalogue(fpga_price_usd: float) -> dict[str, CatalogueEntry]:

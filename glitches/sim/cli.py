@@ -42,11 +42,9 @@ def simulate(
     chat) adds "reuse": the same trace with KV reuse on and off (glitches/sim/reuse.py).
     """
     config = build_config(gpus, gpu, fpgas, fpga, model, profile_path, link_gb_per_s, gpu_decode_slots,
-                          fpga_prefetch_ratio)
+                          fpga_prefetch_ratio, decode_gpus, decode_gpu_slots)
     if gpu_batching:
         config = replace(config, gpu_batching=True)
-    if decode_gpus or decode_gpu_slots:
-        config = replace(config, decode_gpus=decode_gpus, decode_gpu_slots=decode_gpu_slots)
     if trace_path is not None:  # the trace's arrival times and lengths replace the other workload arguments
         workload = read_trace(trace_path)
         result = run_simulation(config, workload.shapes, seed=seed, arrivals_s=workload.arrivals_s)

@@ -26,19 +26,22 @@ def build_config(
     link_gb_per_s: float | None = None,
     gpu_decode_slots: int = 1,
     fpga_prefetch_ratio: int | None = None,
+    decode_gpus: int = 0,
+    decode_gpu_slots: int = 0,
 ) -> NodeConfig:
     """Device profiles from a measured file (if given) or devices.json (roofline, paper-calibrated; an FPGA's
     decode step from the kernel's timing model at `fpga_prefetch_ratio`, sim.fpga_kernel_timing).
 
-    The link speed is, in order: the argument, the GPU's measured
+    decode_gpus more GPUs of `gpu` take the decode role (glitches/sim/decode_gpu.py), decode_gpu_slots each
+    (0: from their KV budget). The link speed is, in order: the argument, the GPU's measured
     kv_transfer_gb_per_s, PCIe Gen3 x16 effective (12 GB/s).
     """
     if gpus < 0 or fpgas < 0 or gpus + fpgas == 0:
         raise InvalidArgument(f"need at least one device and no negative counts, got {gpus} GPUs + {fpgas} FPGAs")
     if gpu_decode_slots < 0:
         raise InvalidArgument(f"gpu_decode_slots must be >= 0, got {gpu_decode_slots}")
-    if gpus > 0 and fpgas == 0 and gpu_decode_slots == 0:
-        raise InvalidArgument("with no FPGA the GPUs must decode: gpu_decode_slots must be >= 1")
+    if gpus > 0 and fpgas == 0 and decode_gpus == 0 and gpu_decode_slots == 0:
+        raise InvalidArgument("with no FPGA and no decode GPU the GPUs must decode: gpu_decode_slots must be >= 1")
     measured = load_measured(profile_path) if profile_path else {}
     gpu_profile = _profile(gpu, model, measured, DeviceKind.GPU) if gpus else None
     fpga_profile = _profile(fpga, model, measured, DeviceKind.FPGA, fpga_prefetch_ratio) if fpgas else None
@@ -47,7 +50,8 @@ def build_config(
         link_gb_per_s = measured_link or PCIE_GEN3_X16_GB_PER_S
     if link_gb_per_s <= 0:
         raise InvalidArgument(f"link bandwidth must be positive GB/s, got {link_gb_per_s}")
-    return NodeConfig(gpu_profile, gpus, fpga_profile, fpgas, link_gb_per_s, gpu_decode_slots)
+    return NodeConfig(gpu_profile, gpus, fpga_profile, fpgas, link_gb_per_s, gpu_decode_slots,
+                      decode_gpus=decode_gpus, decode_gpu_slots=decode_gpu_slots)
 
 
 def _profile(name: str, model: str, measured: dict, kind: DeviceKind, fpga_prefetch_ratio: int | None = None
