@@ -6,8 +6,9 @@ so a mix needs ceil((GPUs + decode GPUs) / gpu cards_per_node + FPGAs / fpga car
 and a peak-power ceiling. Decode GPUs (glitches/sim/decode_gpu.py: GPUs of the mix's GPU kind with the decode
 role only, taking the KV the prefill GPUs send) are searched only up to `max_decode_gpus` (default 0: none,
 the mixes as before), and only beside at least one prefill GPU: with C cards and D decode GPUs at most the
-mixes per kind pair are those of g + d + f <= C with d <= D (g >= 1 where d >= 1). Mixes are simulated in increasing price; the first price at which some mix meets
-the SLO is the cheapest, and among the mixes at that price the one with the most tokens/s wins.
+mixes per kind pair are those of g + d + f <= C with d <= D (g >= 1 where d >= 1). Mixes are simulated in
+increasing price; the first price at which some mix meets the SLO is the cheapest, and among the mixes at
+that price the one with the most tokens/s wins.
 With `explore_all` every mix is simulated (for the cost-vs-goodput front); the answer is the same.
 
 Each mix runs the whole workload through sim.run.simulate_node: admission by
