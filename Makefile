@@ -37,7 +37,8 @@ test-fast: setup  ## everything but the end-to-end cluster tests
 	$(PY) -m pytest -q -m "not e2e"
 
 test-xrt: setup  ## the xrt host on the real XRT library under its no-op shim (needs Debian's libxrt1 libxrt-dev: .ci/run installs them)
-	GLITCHES_REQUIRE_XRT=1 $(PY) -m pytest -q tests/test_xrt_backend.py tests/test_xrt_hang.py tests/test_worker_rpcs_backends.py
+	GLITCHES_REQUIRE_XRT=1 $(PY) -m pytest -q tests/test_xrt_backend.py tests/test_xrt_hang.py tests/test_worker_rpcs_backends.py \
+		tests/test_xrt_retention.py
 
 container-smoke: setup  ## podman: build the CPU image, compose up on the host network, one prompt, down (root; README "Deploy")
 	scripts/container/smoke.sh

@@ -14,6 +14,21 @@ Host protocol (docs/fpga-kernel-abi.md, docs/fpga-host.md):
   sync + read the result. A run past its timeout fails that request with UNAVAILABLE (the scheduler moves it
   to another worker) and marks the card FAILED: every later call is UNAVAILABLE and `on_failure` (set by the
   daemon) turns health NOT_SERVING and takes the worker out of the registry.
+- KV regions (glitches/fpga_worker/xrt_kv.py, over decode_contract/kept_regions.py, the same bookkeeping as the
+  emulated cards): one region per request at the same kv_offset in every PC, first-fit in whole blocks.
+
+Retention (issue #27, as the emulated cards): the kernel writes each step's KV into the request's region, so a
+request that finished normally leaves prompt + stepped tokens there; `retain` keeps the region as evictable cache
+named by the prefix hash chain (kv_plane/prefix_index.py, root = model + tenant salt). `adopt` (DecodeFromHeld, or a
+partial transfer's header) takes the kept region with the longest common prefix, token ids compared first (a
+hash collision or a stale hint never attaches wrong KV): in place when its capacity covers the new request, else
+copied HBM to HBM (through the host: sync from the card, relayout, write + sync back) into a larger region. A
+partial transfer then writes only tokens [held, prompt), by TransferKV or shm notices, after the held ones.
+Reservations evict kept regions least recently used first, never a region a request holds (receiving, sealed or
+decoding). kv_free_bytes is free + evictable, kv_cached_bytes the evictable part (free + cached = capacity at
+idle); `held_changes` gives the kept chains added and removed for the worker runtime's held-KV publisher. A
+cancelled or failed request keeps nothing, and a card out of service (a hung run) drops its whole cache. ABI v2
+is unchanged: each request's block table is still the consecutive pages of its one region.
 
 Under XRT's no-op shim (XCL_EMULATION_MODE=noop, no card) the same path runs against the real XRT library,
 and the step is computed by the C-simulated kernel on the buffers' bytes (glitches/fpga_worker/xrt_noop.py); the card
@@ -36,14 +51,13 @@ import torch
 from glitches.fpga_worker import xrt_banks, xrt_capi
 from glitches.fpga_worker.abi import HBM_BYTES, HBM_CHANNELS, KV_BLOCK_TOKENS, KernelStatus, OutputMode
 from glitches.decode_contract.device import NO_READING, DecodeBackend, DeviceFacts, SensorReading
+from glitches.decode_contract.kept_regions import KeptKvCalls
 from glitches.kv_plane.kv_types import KvGeometry, KvMemory, KvPlacement
-from glitches.kv_plane.hbm_segment import HbmSegment
-from glitches.kv_plane.hbm_manager import KvSpace
-from glitches.kv_plane.kv_layout import K_KIND, V_KIND, KvPlan
 from glitches.fpga_worker.step_args import STEP_ARGS_BYTES, StepArgs, StepResult, result_bytes
 from glitches.fpga_worker.weight_image import WeightImage
 from glitches.fpga_worker.xclbin_meta import KERNEL_NAME, PORTS, read_bank_tags
 from glitches.fpga_worker.xrt_capi import Bo, RunState, SyncDirection, XrtError
+from glitches.fpga_worker.xrt_kv import XrtKv
 from glitches.decode_contract.request_checks import check_sealable, check_steppable, forget, lookup, request_ids
 from glitches.services.runtime.errors import (
     FailedPrecondition, GlitchesError, InvalidArgument, Unavailable,
@@ -87,13 +101,10 @@ def open_device(device: str) -> xrt_capi.Device:
 
 @dataclass
 class _Request:
-    plan: KvPlan
-    kv_offset: int  # bytes from the start of every PC
-    written: torch.Tensor  # bool [num_layers, capacity_tokens]: which tokens' KV has arrived
-    prompt_tokens: int | None = None  # set by seal()
+    prompt_tokens: int | None = None  # set by seal(), or by adopt() (the held tokens)
 
 
-class XrtCard(DecodeBackend):
+class XrtCard(KeptKvCalls, DecodeBackend):
     def __init__(self, image: WeightImage, device: str, xclbin: str, hbm_bytes: int = HBM_BYTES,
                  tag: str = "xrt", run_timeout_s: float = RUN_TIMEOUT_S):
         if hbm_bytes % HBM_CHANNELS:
@@ -108,7 +119,6 @@ class XrtCard(DecodeBackend):
         self.channel_bytes = hbm_bytes // HBM_CHANNELS
         d = image.dims
         self._geometry = KvGeometry(d.num_layers, d.kv_heads, d.head_dim, torch.float16)
-        self.space = KvSpace(image.kv_base, self.channel_bytes, self._geometry.block_bytes)
         self.emulated = xrt_capi.emulation_mode() == "noop"
         self.failed: str | None = None  # why the card stopped serving (a hung run); None while healthy
         self.on_failure: Callable[[str], None] | None = None  # the daemon's: health NOT_SERVING, deregister
@@ -128,7 +138,12 @@ class XrtCard(DecodeBackend):
             raise
         self._requests: dict[str, _Request] = {}
         self._lock = threading.Lock()  # guards _requests
-        self.staging = HbmSegment(hbm_bytes, tag)  # host staging for senders on this host (transport shm)
+        try:  # the KV regions on the card's buffers, kept as cache after a normal finish; host staging (shm)
+            self.kv = XrtKv(self.hbm, self.channel_bytes, image.kv_base, (d.num_layers, d.kv_heads, d.head_dim), tag)
+        except BaseException:
+            self.close()
+            raise
+        self.staging = self.kv.staging
         self._run_lock = threading.Lock()  # one kernel run at a time: the argument and result buffers are shared
 
     def _open(self, xclbin: str, image: WeightImage) -> None:
@@ -165,9 +180,9 @@ class XrtCard(DecodeBackend):
     def close(self) -> None:
         """Free the run, buffers, kernel and device (reverse order). A run still in flight (hung) keeps its
         buffers: freeing memory a kernel may still write is worse than leaking it until the process ends."""
-        staging = getattr(self, "staging", None)
-        if staging is not None:  # host shared memory only: always freed
-            staging.close()
+        kv = getattr(self, "kv", None)
+        if kv is not None:  # the staging segment, host shared memory only: always freed
+            kv.close()
         run = getattr(self, "run", None)
         if run is not None and run.handle and run.state() not in _FINAL and run.state() != RunState.NEW:
             log.error("xrt card %s: a kernel run is still in flight; its buffers are left allocated", self.bdf)
@@ -190,7 +205,7 @@ class XrtCard(DecodeBackend):
             extra["failed"] = self.failed
         name = f"{LABEL} [{self.bdf}]" if self.emulated else f"Alveo card [{self.bdf}] (XRT)"
         return DeviceFacts(backend="xrt", emulated=self.emulated, device_name=name, hbm_bytes=self.hbm_bytes,
-                           kv_capacity_bytes=self.space.capacity_bytes, extra=extra)
+                           kv_capacity_bytes=self.kv.capacity_bytes, extra=extra)
 
     def sensors(self) -> SensorReading:
         """The card's own sensors, measured, from `xbutil examine` (glitches/fpga_worker/sensors.py); none under the no-op
@@ -204,20 +219,15 @@ class XrtCard(DecodeBackend):
     def geometry(self) -> KvGeometry:
         return self._geometry
 
-    def kv_free_bytes(self) -> int:
-        return self.space.free_bytes()
-
     def kv_granularity_tokens(self) -> int:
         return HBM_CHANNELS * KV_BLOCK_TOKENS  # regions hold whole 512-token units
 
     # --- lifecycle --------------------------------------------------------------
     def reserve(self, request_id: str, max_tokens: int) -> None:
         self._check_healthy()
-        plan = KvPlan.for_model(self.image.dims, max_tokens)
-        offset = self.space.reserve(request_id, plan.region_bytes_per_channel)  # AlreadyExists, ResourceExhausted
+        self.kv.reserve(request_id, max_tokens)  # AlreadyExists; ResourceExhausted once nothing kept is left to evict
         with self._lock:
-            self._requests[request_id] = _Request(plan, offset, torch.zeros(plan.num_layers, plan.capacity_tokens,
-                                                                            dtype=torch.bool))
+            self._requests[request_id] = _Request()
 
     def _get(self, request_id: str) -> _Request:
         return lookup(self._requests, self._lock, request_id)
@@ -225,79 +235,34 @@ class XrtCard(DecodeBackend):
     def write_kv(self, request_id: str, layer: int, seq_start: int, key: torch.Tensor, value: torch.Tensor) -> None:
         """Write one chunk (key, value [1, kv_heads, seq, head_dim]) block by block to its HBM addresses."""
         self._check_healthy()
-        request = self._get(request_id)
-        plan = request.plan
-        want = (1, plan.kv_heads, key.shape[2], plan.head_dim)
-        if tuple(key.shape) != want or tuple(value.shape) != want:
-            raise InvalidArgument(f"KV chunk shapes {tuple(key.shape)}, {tuple(value.shape)}; expected {want}")
-        if not 0 <= layer < plan.num_layers:
-            raise InvalidArgument(f"layer {layer} out of range 0..{plan.num_layers - 1}")
-        stop = seq_start + key.shape[2]
-        if seq_start < 0 or stop > plan.capacity_tokens:
-            raise InvalidArgument(f"tokens {seq_start}..{stop - 1} exceed the reserved "
-                                  f"{plan.capacity_tokens}-token KV region")
-        kinds = {K_KIND: key[0].to(torch.float16).numpy(), V_KIND: value[0].to(torch.float16).numpy()}
-        for kind, tensor in kinds.items():  # tensor: float16 [kv_heads, seq, head_dim]
-            for head in range(plan.kv_heads):
-                first = seq_start
-                while first < stop:  # one write per block the chunk touches
-                    last = min(stop, (first // KV_BLOCK_TOKENS + 1) * KV_BLOCK_TOKENS)
-                    pc, offset = plan.address(request.kv_offset, layer, head, kind, first)
-                    data = np.ascontiguousarray(tensor[head, first - seq_start: last - seq_start])
-                    self.hbm[pc].write(data, offset)
-                    self.hbm[pc].sync(SyncDirection.TO_DEVICE, data.nbytes, offset)
-                    first = last
-        request.written[layer, seq_start:stop] = True
+        self._get(request_id)
+        self.kv.write(request_id, layer, seq_start, key, value)
 
     # --- the KV data plane: host staging segment, synced by notice -------------------------------
     def kv_memory(self) -> KvMemory | None:
         return KvMemory(self.staging.memory, self.channel_bytes, str(self.staging.path))
 
     def placement(self, request_id: str) -> KvPlacement:
-        request = self._get(request_id)
-        return KvPlacement(request.kv_offset, request.plan, torch.float16)
+        self._get(request_id)
+        return self.kv.placement(request_id)
 
     def mark_written(self, request_id: str, layer: int, seq_start: int, tokens: int) -> None:
         """Copy exactly the noticed tokens of `layer` from the staging segment to the card (bo.write + bo.sync)."""
         self._check_healthy()
-        request = self._get(request_id)
-        plan, stop = request.plan, seq_start + tokens
-        if not 0 <= layer < plan.num_layers:
-            raise InvalidArgument(f"layer {layer} out of range 0..{plan.num_layers - 1}")
-        if tokens < 1 or seq_start < 0 or stop > plan.capacity_tokens:
-            raise InvalidArgument(f"layer {layer}: tokens [{seq_start}, {stop}) lie outside the "
-                                  f"{plan.capacity_tokens}-token KV region reserved")
-        span = request.written[layer, seq_start:stop]
-        if span.any():
-            raise InvalidArgument(f"layer {layer}: tokens [{seq_start}, {stop}) overlap KV already written")
-        row = plan.head_dim * 2  # bytes of one token's K or V vector
-        staged = self.staging.memory.numpy()
-        for kind in (K_KIND, V_KIND):
-            for head in range(plan.kv_heads):
-                first_block, last_block = seq_start // KV_BLOCK_TOKENS, (stop - 1) // KV_BLOCK_TOKENS
-                for residue in range(min(HBM_CHANNELS, last_block - first_block + 1)):
-                    b0 = first_block + residue  # blocks b0, b0 + 32, ... share one PC at consecutive slots
-                    b1 = b0 + (last_block - b0) // HBM_CHANNELS * HBM_CHANNELS
-                    pc, begin = plan.address(request.kv_offset, layer, head, kind, max(seq_start, b0 * KV_BLOCK_TOKENS))
-                    _, end = plan.address(request.kv_offset, layer, head, kind,
-                                          min(stop, (b1 + 1) * KV_BLOCK_TOKENS) - 1)
-                    end += row
-                    base = pc * self.channel_bytes
-                    self.hbm[pc].write(staged[base + begin: base + end], begin)
-                    self.hbm[pc].sync(SyncDirection.TO_DEVICE, end - begin, begin)
-        span.fill_(True)
+        self._get(request_id)
+        self.kv.mark_written(request_id, layer, seq_start, tokens)
 
     def seal(self, request_id: str, prompt_tokens: int) -> None:
-        request = self._get(request_id)
-        check_sealable(request.written, prompt_tokens, request.plan.capacity_tokens)
+        request, held = self._get(request_id), self.kv.get(request_id)
+        check_sealable(held.written, prompt_tokens, held.plan.capacity_tokens)
         request.prompt_tokens = prompt_tokens
 
     def step(self, request_id: str, token_id: int, position: int) -> torch.Tensor:
         """One kernel run: write the step arguments, run, read back float32 logits [vocab]."""
         self._check_healthy()
-        request = self._get(request_id)
-        check_steppable(request_id, request.prompt_tokens is not None, position, request.plan.capacity_tokens)
-        args = StepArgs.for_region(token_id, position, request.plan, request.kv_offset, self.channel_bytes)
+        request, held = self._get(request_id), self.kv.get(request_id)
+        check_steppable(request_id, request.prompt_tokens is not None, position, held.plan.capacity_tokens)
+        args = StepArgs.for_region(token_id, position, held.plan, held.kv_offset, self.channel_bytes)
         with self._run_lock:
             self._check_healthy()
             self.args_bo.write(np.frombuffer(args.pack(), dtype=np.uint8), 0)
@@ -339,6 +304,7 @@ class XrtCard(DecodeBackend):
     def _fail(self, reason: str) -> None:
         self.failed = reason
         log.error("xrt card %s out of service: %s", self.bdf, reason)
+        self.kv.drop_retained()  # nothing is served from this card again: its kept chains are withdrawn
         if self.on_failure is not None:
             try:
                 self.on_failure(reason)
@@ -351,8 +317,27 @@ class XrtCard(DecodeBackend):
                               "checking the card with `xbutil examine`")
 
     def release(self, request_id: str) -> bool:
+        known = forget(self._requests, self._lock, request_id)
+        return self.kv.release(request_id) or known
+
+    # --- retention (issue #27): decode_contract/kept_regions.py ------------------------------------
+    def retain(self, request_id: str, tokens: list[int], root: bytes) -> bool:
+        """Keep the KV of `tokens` (prompt + stepped tokens: the kernel wrote each step's KV into the region) as
+        cache; False: not kept (release it). A card out of service keeps nothing."""
+        request = self._requests.get(request_id)
+        if request is None or request.prompt_tokens is None or self.failed:
+            return False
         forget(self._requests, self._lock, request_id)
-        return self.space.release(request_id)
+        return self.kv.retain(request_id, tokens, root)
+
+    def adopt(self, request_id: str, prompt: list[int], root: bytes, max_tokens: int, min_held: int) -> int:
+        """Reserve for `max_tokens` starting from the longest verified held prefix of `prompt`; returns the tokens
+        held (FAILED_PRECONDITION below min_held, nothing reserved)."""
+        self._check_healthy()
+        n = self.kv.adopt(request_id, prompt, root, max_tokens, min_held)
+        with self._lock:
+            self._requests[request_id] = _Request(prompt_tokens=n)  # sealed: steps go on from token n
+        return n
 
     def active_requests(self) -> list[str]:
         return request_ids(self._requests, self._lock)
