@@ -12,16 +12,18 @@ import json
 from dataclasses import dataclass, replace
 
 import pytest
+import simpy
 from click.testing import CliRunner
 
 from glitches.cli import main
 from glitches.scheduler.placement import DeviceKind
 from glitches.services.cluster.worker_caps import DECODE_CLASS_GPU, ROLE_DECODE
 from glitches.services.runtime.errors import InvalidArgument
+from glitches.sim import decode_gpu
 from glitches.sim.catalogue import CatalogueEntry
 from glitches.sim.cli import simulate
 from glitches.sim.kv_transfer import exposed_transfer_s
-from glitches.sim.node import NodeConfig
+from glitches.sim.node import Node, NodeConfig, RequestRecord
 from glitches.sim.plan import Limits, PlanSlo, candidate_mixes, plan
 from glitches.sim.plan_workload import Workload
 from glitches.sim.run import run_simulation, simulate_node
@@ -187,3 +189,17 @@ def test_the_commands_take_decode_gpus():
     result = json.loads(out.output)
     assert [r["label"] for r in result["evaluated"]] == ["1xa100", "1xa100 + 1xa100(decode)", "2xa100"]
     assert "decode-role GPUs" in result["model_note"]
+
+
+def test_placement_needs_the_most_demanding_kv_and_each_decoder_reserves_its_own():
+    """An FPGA at 500 B/token beside a decode GPU at 1000 B/token: placement asks every decoder for the GPU's
+    1000 B/token (the live scheduler's kv_bytes_needed: the most demanding decode-role worker), the FPGA then
+    reserves only its own 500 B/token."""
+    env = simpy.Environment()
+    node = Node(env, NodeConfig(fixed("gpu", 1.0, 0.1), 1, fixed("fpga", 10.0, 0.05, kv_bytes_per_token=500.0), 1,
+                                FAST_LINK_GB_PER_S, decode_gpus=1))
+    node.submit(RequestRecord(0, 16, 11, 0.0))
+    env.run(until=0.5)  # admitted, prefilling
+    assert node.records[0].decode_device == "fpga0"
+    assert node.fpgas[0].kv_used_bytes == 27 * 500.0 and node.decode_gpus[0].kv_used_bytes == 0.0
+    assert decode_gpu.placement_kv_bytes(node.config, 27, 27 * 500.0) == 27 * 1000.0

@@ -222,7 +222,7 @@ class Node:
     def _start(self, rec, done, prefill: SimDevice, decoder: SimDevice, kv: float) -> None:
         rec.admitted_s = self.env.now
         rec.prefill_device, rec.decode_device = prefill.worker_id, decoder.worker_id
-        if decoder is not prefill:  # a decode-role device reserves its own KV bytes (placement's need: the most)
+        if decoder not in self.gpus:  # a decode-role device reserves its own KV bytes (placement's need: the most)
             kv = (rec.prompt_tokens + rec.output_tokens) * decoder.profile.kv_bytes_per_token
         prefill.active += 1
         if decoder is not prefill:
