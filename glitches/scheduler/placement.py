@@ -19,6 +19,7 @@ before reuse.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -93,7 +94,7 @@ class Placement:
     can take the request now and it waits in admission.
     """
 
-    prefill_worker: str
+    prefill_worker: str  # "" only on the extend path with no prefill worker registered (nothing to fall back on)
     decode_candidates: tuple[str, ...]
     gpu_assist_worker: str | None = None
     path: str = PATH_TRANSFER  # PATH_*; with PATH_EXTEND the fields above are the fallback (a stale hint)
@@ -109,6 +110,22 @@ class Placement:
 
 class NoWorkerAvailable(Exception):
     """No worker with the prefill role is registered, so nothing can run prefill."""
+
+
+def _extend_without_prefill(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCosts,
+                            held: Callable[[WorkerView], int]) -> Placement:
+    """place() with no prefill worker: the cheapest decode-only card that holds a prefix and can take the request
+    extends it alone; else NoWorkerAvailable."""
+    prompt = request.prompt_tokens
+    kv_per_token = request.kv_bytes_needed / max(1, prompt + request.max_new_tokens)
+    usable = [w for w in snapshot.with_role(ROLE_DECODE) if ROLE_PREFILL not in w.roles and min(held(w), prompt - 1) > 0
+              and w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed - held(w) * kv_per_token]
+    if not usable:
+        raise NoWorkerAvailable("no GPU worker (no worker with the prefill role) is registered to run prefill")
+    best = min(usable, key=lambda w: (costs.extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
+    return Placement(prefill_worker="", decode_candidates=(), path=PATH_EXTEND, extend_worker=best.worker_id,
+                     held_tokens=min(held(best), prompt - 1),
+                     estimated_ttft_s=costs.extend_s(best.active, prompt, held(best)))
 
 
 def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCosts = DEFAULT_REUSE_COSTS) -> Placement:
@@ -127,15 +144,17 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
     prompt tokens it holds; with no overlap anywhere: fewest active, then id, as before). A decode-only
     worker holding a prefix (`cached_tokens` > 0) with a free slot and room for the rest of the KV is an
     extend candidate; the cheapest one is chosen when its estimate beats the transfer's (ties: transfer).
-    A holder that cannot take the request makes the path "fresh".
+    A holder that cannot take the request makes the path "fresh". With no prefill worker at all (the GPU died)
+    an extend candidate still serves the request: path extend, prefill_worker "" and no fallback.
     """
     prefillers = snapshot.with_role(ROLE_PREFILL)
-    if not prefillers:
-        raise NoWorkerAvailable("no GPU worker (no worker with the prefill role) is registered to run prefill")
     prompt = request.prompt_tokens
 
     def held(w: WorkerView) -> int:
         return min(w.cached_tokens, prompt) if request.reuse else 0
+
+    if not prefillers:  # the extend path needs no GPU: a card holding the prompt forces the rest and decodes
+        return _extend_without_prefill(snapshot, request, costs, held)
 
     prefill = min(prefillers, key=lambda w: (costs.gpu_prefill_s(w.active, prompt, held(w)), w.active, w.worker_id))
     decoders = [
