@@ -143,7 +143,7 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
                     token.prompt_logprobs.extend(logprob_to_proto(record) for record in prompt_scores)
                 yield token
             if finished and known is not None and self.kv_retention:
-                retain = getattr(self.backend, "retain", None)  # cards that keep KV (the emulated ones)
+                retain = getattr(self.backend, "retain", None)  # cards that keep KV (emu, w4a8, xrt)
                 if retain is not None:
                     retain(request_id, known + stepped, root_hash(self.model_name, salt))
         finally:
@@ -189,7 +189,7 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
 
     def EvictCache(self, request, context):
         self.auth.check(request.auth_token, "evict", "")
-        evict = getattr(self.backend, "evict_cache", None)  # cards that keep KV (the emulated ones)
+        evict = getattr(self.backend, "evict_cache", None)  # cards that keep KV (emu, w4a8, xrt)
         regions, blocks, nbytes = evict() if evict is not None else (0, 0, 0)
         return worker_pb2.EvictCacheResponse(evicted_blocks=blocks, evicted_bytes=nbytes, evicted_regions=regions)
 
