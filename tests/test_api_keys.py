@@ -120,7 +120,8 @@ def test_gateway_forwards_the_clients_key_only_when_told():
                           forward_api_key=forward)
         with TestClient(create_app(gateway)) as http:
             gateway.client = FakeClient([completion()])
-            assert http.post("/v1/completions", json=body, headers={"authorization": "Bearer secret"}).status_code == 200
+            reply = http.post("/v1/completions", json=body, headers={"authorization": "Bearer secret"})
+            assert reply.status_code == 200
             assert gateway.client.calls[0][1].get("api_key") == sent  # None: the gateway's own key, "gw"
     with pytest.raises(ValueError, match="needs the gateway to require keys"):
         Gateway("127.0.0.1:1", None, "tiny", forward_api_key=True)

@@ -1,9 +1,9 @@
 """Partial KV transfers (issue #27, path "transfer-partial") between a real in-process GPU worker and a real
-emulated card (reference numerics), by transport grpc, shm and nixl (UCX on the CPU): the card keeps a finished turn's KV, the GPU
-prefills the next turn from its own prefix cache and sends only positions [held, prompt); the conversation's
-greedy tokens equal the full-transfer path's exactly, the bytes moved are exactly the new tokens' KV, a
-prefix the card no longer holds is FAILED_PRECONDITION (and the full KV then goes), and a partial transfer's
-KV token authorises neither a full transfer nor another offset. NIXL's per-(PC, lane) runs of a partial
+emulated card (reference numerics), by transport grpc, shm and nixl (UCX on the CPU): the card keeps a
+finished turn's KV, the GPU prefills the next turn from its own prefix cache and sends only positions
+[held, prompt); the conversation's greedy tokens equal the full-transfer path's exactly, the bytes moved
+are exactly the new tokens' KV, a prefix the card no longer holds is FAILED_PRECONDITION (and the full KV
+then goes), and a partial transfer's KV token authorises neither a full transfer nor another offset. NIXL's per-(PC, lane) runs of a partial
 layer (nixl_writer.span_runs) carry exactly the new tokens' bytes and leave every held byte alone."""
 
 from __future__ import annotations

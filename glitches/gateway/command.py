@@ -62,7 +62,8 @@ from glitches.services.generation.models import DEFAULT_MODEL
               show_default=True, help="Connections + in-flight requests above this are answered 503.")
 @client_tls_options
 def gateway_cmd(scheduler, host, port, model, default_max_tokens, timeout_s, api_keys_file, api_keys,
-                scheduler_api_key, forward_api_key, requests_per_minute_per_client, requests_per_minute_per_user, max_stop_strings,
+                scheduler_api_key, forward_api_key, requests_per_minute_per_client, requests_per_minute_per_user,
+                max_stop_strings,
                 max_top_logprobs, max_completion_logprobs, max_choices_in_flight, https_cert, https_key,
                 max_body_bytes, header_timeout_s, keep_alive_s, max_concurrency, **tls) -> None:
     """OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions, /v1/responses) in front of the scheduler."""
