@@ -66,14 +66,6 @@ def test_busy_holder_means_fresh_elsewhere():
     assert (decision.path, decision.extend_worker, decision.decode_candidates) == (PATH_FRESH, None, ("f1",))
 
 
-def test_holder_without_room_for_the_rest_means_fresh():
-    """The held 992 tokens are already there: it needs room for 108 more tokens' KV (1 byte short here)."""
-    tight = _card("f0", held=992, free=108 * KV_PER_TOKEN - 1)
-    assert place(ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), tight)), REQ, COSTS).path == PATH_FRESH
-    just = _card("f0", held=992, free=108 * KV_PER_TOKEN)
-    assert place(ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), just)), REQ, COSTS).path == PATH_EXTEND
-
-
 def test_the_whole_prompt_held_still_forces_its_last_token():
     snap = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), _card("f0", held=5000)))
     decision = place(snap, REQ, COSTS)
@@ -96,3 +88,14 @@ def test_paper_devices_extend_only_a_short_follow_up():
     for new, path in ((11, PATH_EXTEND), (12, PATH_TRANSFER)):
         snap = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), _card("f0", held=1536 - new, free=10**10)))
         assert place(snap, req, DEFAULT_REUSE_COSTS).path == path, new
+
+
+def test_a_holder_needs_room_for_the_whole_request_because_its_free_bytes_already_count_the_held_prefix():
+    """A card's free bytes include its evictable cache, the held prefix among it; adopting the prefix takes it
+    out of the cache, so a holder needs room for all of the request's KV, not the KV minus the held part."""
+    held = 992
+    short = REQ.kv_bytes_needed - 1  # enough only if the held prefix were not already counted as free
+    snap = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), _card("f1", held=held, free=short)))
+    assert place(snap, REQ, COSTS).path == PATH_FRESH
+    snap = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), _card("f1", held=held, free=REQ.kv_bytes_needed)))
+    assert place(snap, REQ, COSTS).path == PATH_EXTEND

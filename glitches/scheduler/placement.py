@@ -117,9 +117,8 @@ def _extend_without_prefill(snapshot: ClusterSnapshot, request: PlacementRequest
     """place() with no prefill worker: the cheapest decode-only card that holds a prefix and can take the request
     extends it alone; else NoWorkerAvailable."""
     prompt = request.prompt_tokens
-    kv_per_token = request.kv_bytes_needed / max(1, prompt + request.max_new_tokens)
     usable = [w for w in snapshot.with_role(ROLE_DECODE) if ROLE_PREFILL not in w.roles and min(held(w), prompt - 1) > 0
-              and w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed - held(w) * kv_per_token]
+              and w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed]
     if not usable:
         raise NoWorkerAvailable("no GPU worker (no worker with the prefill role) is registered to run prefill")
     best = min(usable, key=lambda w: (costs.extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
@@ -142,8 +141,9 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
 
     Reuse: the prefill worker is the one with the least estimated prefill time (its load against the
     prompt tokens it holds; with no overlap anywhere: fewest active, then id, as before). A decode-only
-    worker holding a prefix (`cached_tokens` > 0) with a free slot and room for the rest of the KV is an
-    extend candidate; the cheapest one is chosen when its estimate beats the transfer's (ties: transfer).
+    worker holding a prefix (`cached_tokens` > 0) with a free slot and room for the whole request's KV is an
+    extend candidate (room for all of it: the held prefix is evictable cache, already counted in the card's
+    free bytes, and adopting it takes it out of them); the cheapest one is chosen when its estimate beats the transfer's (ties: transfer).
     A holder that cannot take the request makes the path "fresh". With no prefill worker at all (the GPU died)
     an extend candidate still serves the request: path extend, prefill_worker "" and no fallback.
     """
@@ -173,8 +173,7 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
         return fallback
     kv_per_token = request.kv_bytes_needed / max(1, prompt + request.max_new_tokens)  # bytes/token, rounded up
     transfer_s = costs.gpu_prefill_s(prefill.active, prompt, held(prefill)) + costs.transfer_s(prompt, kv_per_token)
-    usable = [w for w in holders if w.active < w.slots
-              and w.kv_free_bytes >= request.kv_bytes_needed - held(w) * kv_per_token]
+    usable = [w for w in holders if w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed]
     if not usable:
         return replace(fallback, path=PATH_FRESH, estimated_ttft_s=transfer_s)
     best = min(usable, key=lambda w: (costs.extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
