@@ -76,3 +76,21 @@ def test_expired_leases_are_swept_and_renewed_ones_are_kept(redis_prefix):
     assert registry.occupancy() == {"f0": 1} and list(registry.claims()) == ["alive:decode"]
     registry.release("alive", "decode")
     assert registry.sweep_expired() == [] and registry.occupancy() == {}
+
+
+def test_a_dead_worker_s_record_expires_some_heartbeat_ttls_after_its_last_beat(redis_prefix):
+    """Status lists a dead worker unhealthy for DEAD_RECORD_TTL_FACTOR TTLs; then nothing of it is left in Redis."""
+    from glitches.services.cluster.registry import DEAD_RECORD_TTL_FACTOR
+
+    registry = Registry(REDIS_URL, redis_prefix, heartbeat_ttl_s=0.05)
+    registry.register(_record("f0"))
+    registry.publish_held("f0", [b"\x01" * 8], [])
+    time.sleep(0.1)
+    assert [(s.record.worker_id, s.healthy) for s in registry.workers()] == [("f0", False)]
+    time.sleep(0.05 * DEAD_RECORD_TTL_FACTOR)
+    assert registry.workers() == []
+    assert list(registry.redis.scan_iter(f"{redis_prefix}:*")) == []  # record, set, liveness, held blocks
+    registry.register(_record("f0"))  # it comes back: listed again
+    assert [s.record.worker_id for s in registry.workers()] == ["f0"]
+    registry.deregister("f0")
+    registry.close()

@@ -1,8 +1,10 @@
 """The Redis registry: who is alive, what each worker is, and who holds which slot.
 
 Keys, all under one prefix P (so tests and clusters can share a Redis):
-    P:workers           SET   ids of registered workers
-    P:worker:{id}       HASH  the worker's record (WorkerRecord fields)
+    P:workers           SET   ids of registered workers (an id whose record expired is dropped by workers())
+    P:worker:{id}       HASH  the worker's record (WorkerRecord fields); expires DEAD_RECORD_TTL_FACTOR heartbeat
+                              TTLs after the last beat: a dead worker is listed unhealthy that long, then nothing
+                              of it is left in Redis
     P:alive:{id}        STR   heartbeat; expires after heartbeat_ttl_s unless renewed
     P:active            HASH  id -> requests the worker holds now
     P:claims            HASH  "{request_id}:{role}" -> id; one entry per held slot
@@ -41,6 +43,7 @@ from glitches.services.cluster.redis_connect import connect, retry_policy
 from glitches.services.cluster.worker_caps import Capabilities, SkipLog, capabilities_of
 
 log = logging.getLogger(__name__)
+DEAD_RECORD_TTL_FACTOR = 10  # a dead worker's record outlives its heartbeat this many TTLs (status shows it dead)
 
 # Claim the first candidate that is alive and below its slot count.
 # ARGV: prefix, claim field, lease ms, candidate ids...   Returns the claimed id or false.
@@ -111,6 +114,17 @@ for i = 1, #claims, 2 do
   end
 end
 return released
+"""
+
+# Drop from P:workers the ids whose record has expired (and was not written again since). ARGV: prefix, ids...
+_DROP_EXPIRED = """
+local prefix = ARGV[1]
+for i = 2, #ARGV do
+  if redis.call('EXISTS', prefix .. ':worker:' .. ARGV[i]) == 0 then
+    redis.call('SREM', prefix .. ':workers', ARGV[i])
+  end
+end
+return 0
 """
 
 
@@ -192,6 +206,7 @@ class Registry:
         self._claim_alive = self.redis.register_script(_CLAIM_ALIVE)
         self._release = self.redis.register_script(_RELEASE)
         self._sweep_expired = self.redis.register_script(_SWEEP_EXPIRED)
+        self._drop_expired = self.redis.register_script(_DROP_EXPIRED)
         self._malformed = SkipLog(log, "malformed registry record")
 
     def _key(self, *parts: str) -> str:
@@ -228,6 +243,7 @@ class Registry:
         def write():
             pipe = self.redis.pipeline()
             pipe.hset(self._key("worker", record.worker_id), mapping={k: str(v) for k, v in asdict(record).items()})
+            pipe.pexpire(self._key("worker", record.worker_id), self._record_ttl_ms)
             pipe.sadd(self._key("workers"), record.worker_id)
             pipe.set(self._key("alive", record.worker_id), "1", px=int(self.heartbeat_ttl_s * 1000))
             pipe.pexpire(self._key("held", record.worker_id), self._held_ttl_ms)  # no-op without the key
@@ -242,6 +258,10 @@ class Registry:
                         self._key("held", worker_id))
             pipe.execute()
         self._call("deregister", delete)
+
+    @property
+    def _record_ttl_ms(self) -> int:
+        return int(self.heartbeat_ttl_s * 1000 * DEAD_RECORD_TTL_FACTOR)
 
     @property
     def _held_ttl_ms(self) -> int:
@@ -332,10 +352,11 @@ class Registry:
             pipe.hgetall(self._key("active"))
             results = pipe.execute(raise_on_error=False)  # a key of the wrong type fails its command only
             active = self._active_counts(results[-1])
-            states = []
+            states, expired = [], []
             for i, worker_id in enumerate(ids):
                 raw, alive = results[2 * i], results[2 * i + 1]
                 if not raw:
+                    expired.append(worker_id)
                     continue
                 try:
                     if isinstance(raw, Exception):  # e.g. WRONGTYPE: a string where the hash should be
@@ -346,6 +367,11 @@ class Registry:
                     continue
                 self._malformed.usable(worker_id)
                 states.append(WorkerState(record, alive is True or alive == 1, active.get(worker_id, 0)))
+            if expired:  # dead long enough that the record expired: its id goes too, unless it registered since
+                try:
+                    self._drop_expired(args=[self.prefix, *expired])
+                except redis.exceptions.RedisError as error:  # a cleanup only: the next listing tries again
+                    log.debug("could not drop expired worker ids %s: %s", expired, error)
             return states
         return self._call("list workers", read)
 
