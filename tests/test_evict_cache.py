@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from glitches.certs import make_certs
 from glitches.cli import main
 from glitches.fpga_worker.emu_backend import EmulatedCard
 from glitches.fpga_worker.server import FpgaWorkerServicer
@@ -22,10 +23,12 @@ from glitches.gpu_worker.server import GpuWorkerServicer
 from glitches.gpu_worker.settings import GpuWorkerSettings
 from glitches.kv_plane.prefix_index import block_hashes, root_hash
 from glitches.services.auth.kv_token import SECRET_ENV, load_secret, new_secret
-from glitches.services.auth.peer_roles import WORKER_CALLERS
+from glitches.services.auth.peer_roles import WORKER_CALLERS, PeerRoleInterceptor
 from glitches.services.auth.request_auth import RequestAuthIssuer, RequestAuthVerifier
+from glitches.services.auth.tls import TlsConfig
 from glitches.services.generation import models
-from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2
+from glitches.services.runtime.grpc_server import start_server
+from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.worker_helpers import serve_worker
 
 ROOT = root_hash("m", b"")
@@ -116,8 +119,7 @@ def card(tiny_source):
     backend = EmulatedCard(tiny_source, 64 * 1024**2)
     servicer = FpgaWorkerServicer(backend, models.load_tokenizer(tiny_source), "fpga-e", tiny_source.name, 4)
     server, stub = serve_worker(servicer)
-    yield dict(backend=backend, stub=stub, root=root_hash(tiny_source.name, b""),
-               address=f"127.0.0.1:{server.port}")
+    yield dict(backend=backend, stub=stub, root=root_hash(tiny_source.name, b""), servicer=servicer)
     server.stop(0)
     backend.kv.close()
 
@@ -195,3 +197,27 @@ def test_eviction_is_gated_like_the_schedulers_calls(tiny_source, monkeypatch):
     finally:
         server.stop(0)
         backend.kv.close()
+
+
+def test_under_mtls_only_the_scheduler_certificate_may_evict(card, tmp_path):
+    """`glitches evict-cache` with --tls-* flags against a worker serving with peer roles (as worker_runtime does)."""
+    make_certs(tmp_path, ("fpga-worker", "scheduler", "client"))
+    servicer = card["servicer"]  # served a second time, under mTLS with peer roles
+    tls = TlsConfig(ca=str(tmp_path / "ca.pem"), cert=str(tmp_path / "fpga-worker.pem"),
+                    key=str(tmp_path / "fpga-worker-key.pem"))
+    server = start_server("127.0.0.1", 0, [(worker_pb2_grpc.add_WorkerServicer_to_server, servicer)],
+                          ("glitches.v1.Worker",), tls=tls, auth=PeerRoleInterceptor())
+    try:
+        def evict_as(role: str):
+            return CliRunner().invoke(main, ["evict-cache", "--worker", f"127.0.0.1:{server.port}", "--json",
+                                             "--tls-ca", str(tmp_path / "ca.pem"),
+                                             "--tls-cert", str(tmp_path / f"{role}.pem"),
+                                             "--tls-key", str(tmp_path / f"{role}-key.pem")], env={SECRET_ENV: ""})
+
+        refused = evict_as("client")
+        assert refused.exit_code == 1 and "PERMISSION_DENIED" in refused.output and "scheduler" in refused.output
+        done = evict_as("scheduler")
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.output)["worker"] == "fpga-e"
+    finally:
+        server.stop(0)
