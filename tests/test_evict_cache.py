@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from glitches.certs import make_certs
 from glitches.cli import main
+from glitches.decode_contract.wrappers import Notifying
 from glitches.fpga_worker.emu_backend import EmulatedCard
 from glitches.fpga_worker.server import FpgaWorkerServicer
 from glitches.gpu_worker.engine import GpuEngine
@@ -221,3 +222,16 @@ def test_under_mtls_only_the_scheduler_certificate_may_evict(card, tmp_path):
         assert json.loads(done.output)["worker"] == "fpga-e"
     finally:
         server.stop(0)
+
+
+def test_eviction_pokes_the_heartbeat(gpu, card):
+    """The registry record (kv_cached_bytes, `glitches status`) follows an eviction at once, not a beat later."""
+    engine, stub = gpu
+    pokes = []
+    engine.requests.on_change = lambda: pokes.append("gpu")
+    try:
+        _evict(stub)
+    finally:
+        engine.requests.on_change = lambda: None
+    Notifying(card["backend"], lambda: pokes.append("card")).evict_cache()
+    assert pokes == ["gpu", "card"]

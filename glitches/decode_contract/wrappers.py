@@ -7,7 +7,7 @@ added to the device interface never needs a forwarding line here. Compose them o
     KvHeld(SlotLimit(Notifying(card), slots), holds)    the FPGA worker
     KvHeld(intake, holds)                               a decode-role GPU worker (its RequestTable counts slots)
 
-- `Notifying`: reserve, release (and a card's adopt, retain, return_adopted) call `on_change()`
+- `Notifying`: reserve, release (and a card's adopt, retain, return_adopted, evict_cache) call `on_change()`
   (the worker sets it to its heartbeat's poke() once the heartbeat exists), so the registry record's
   kv_free_bytes follows reservations within one Redis round trip instead of one heartbeat interval.
 - `SlotLimit`: at most `slots` requests hold KV at once; one more reservation is RESOURCE_EXHAUSTED
@@ -67,6 +67,11 @@ class Notifying(SinkWrapper):
         kept = self.inner.retain(request_id, tokens, root)  # a finished request's KV becomes cache: free again
         self.on_change()  # (its release then finds nothing to free, so it would not poke)
         return kept
+
+    def evict_cache(self) -> tuple[int, int, int]:
+        evicted = self.inner.evict_cache()  # Worker/EvictCache: the record's cached bytes drop now, not at the next beat
+        self.on_change()
+        return evicted
 
 
 class SlotLimit(SinkWrapper):

@@ -182,6 +182,7 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
         self.auth.check(request.auth_token, "evict", "")
         pool = self.engine.pool
         evicted, in_use = pool.evict_cache()  # the held publisher sends the evicted names within its interval
+        self.engine.requests.on_change()  # the registry record's cached bytes drop now, not at the next beat
         return worker_pb2.EvictCacheResponse(evicted_blocks=evicted, evicted_bytes=evicted * pool.block_bytes,
                                              in_use_cached_bytes=in_use * pool.block_bytes)
 
