@@ -235,3 +235,5 @@ def test_eviction_pokes_the_heartbeat(gpu, card):
         engine.requests.on_change = lambda: None
     Notifying(card["backend"], lambda: pokes.append("card")).evict_cache()
     assert pokes == ["gpu", "card"]
+    assert Notifying(object(), lambda: pokes.append("none")).evict_cache() == (0, 0, 0)  # a card that keeps no KV
+    assert pokes == ["gpu", "card"]

@@ -69,7 +69,12 @@ class Notifying(SinkWrapper):
         return kept
 
     def evict_cache(self) -> tuple[int, int, int]:
-        evicted = self.inner.evict_cache()  # Worker/EvictCache: the record's cached bytes drop now, not at the next beat
+        """Worker/EvictCache: (regions, blocks, bytes); a card that keeps no KV evicts nothing. The record's
+        cached bytes drop now, not at the next beat."""
+        evict = getattr(self.inner, "evict_cache", None)
+        if evict is None:
+            return 0, 0, 0
+        evicted = evict()
         self.on_change()
         return evicted
 
