@@ -15,7 +15,9 @@ chat template (as the OpenAI gateway does) and sent as token ids through the sch
 time (batch size 1, the latency-sensitive case), --think-s seconds apart (cards publish what they hold
 every 0.5 s; a turn sent at once is routed by the previous publication).
 
-Settings, each a fresh `glitches up` (ClusterSpec), same trace:
+Settings, each two fresh `glitches up` (ClusterSpec) running at once, reuse on and reuse off, same trace;
+every turn goes to both back to back, in an order that alternates turn by turn, so the two halves of a
+pair run under the same machine load ("paired_ttft_on_over_off": per-turn TTFT ratios, median and p90):
 - "cards": 1 GPU worker + 2 emulated FPGA workers (reference numerics, 256 MiB HBM each);
 - "gpu": 1 GPU worker, no card (GPU assist decodes; the figures before the cards existed).
 Reuse on: the defaults (--prefix-cache, --kv-reuse, cards --kv-retention). Reuse off: --no-prefix-cache,
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import math
 import os
@@ -108,27 +111,52 @@ def _card_kv_bytes_per_token(client: Client) -> int:
     return 0
 
 
-def run_turns(spec: ClusterSpec, chats: list[list[tuple[str, int]]], max_tokens: int, tokenizer,
-              think_s: float) -> tuple[list[dict], int]:
-    """Every turn of the trace against a fresh cluster: one row per turn, and the card's KV bytes per token."""
-    rows = []
-    with LocalCluster(spec) as cluster, Client(cluster.address, timeout_s=600) as client:
-        client.generate("warm up", max_tokens=2)
-        kv_per_token = _card_kv_bytes_per_token(client)
+def _row(c: int, t: int, prompt: list[int], r) -> dict:
+    card = r.decode_device == "fpga"
+    return dict(conversation=c, turn=t + 1, ttft_s=r.timings.ttft_s, total_s=r.timings.total_s,
+                prompt=len(prompt), cached=r.cached_tokens, path=r.timings.serve_path or "none",
+                kv_bytes=r.timings.kv_bytes, new_tokens=len(prompt) - r.timings.reused_tokens if card else 0,
+                output=len(r.token_ids), ids=list(r.token_ids))
+
+
+def run_paired(specs: dict[str, ClusterSpec], chats: list[list[tuple[str, int]]], max_tokens: int, tokenizer,
+               think_s: float) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    """Every turn of the trace against two clusters up at once (reuse on and off), each turn sent to both
+    back to back, the order alternating turn by turn, so both halves of a pair see the same machine load
+    (this machine's speed drifts several-fold over minutes: halves run minutes apart are not comparable).
+    Each cluster's conversation goes on with its own replies. Returns rows and KV bytes per token per label."""
+    labels = list(specs)
+    rows: dict[str, list[dict]] = {label: [] for label in labels}
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for label in labels:
+            cluster = stack.enter_context(LocalCluster(specs[label]))
+            clients[label] = stack.enter_context(Client(cluster.address, timeout_s=600))
+            clients[label].generate("warm up", max_tokens=2)
+        kv_per_token = {label: _card_kv_bytes_per_token(clients[label]) for label in labels}
+        pair = 0
         for c, chat in enumerate(chats):
-            messages = []
+            messages = {label: [] for label in labels}
             for t, (text, reply_tokens) in enumerate(chat):
-                messages.append({"role": "user", "content": text})
-                prompt = _ids(tokenizer, messages)
-                r = client.generate(prompt, max_tokens=min(max_tokens, reply_tokens))
-                card = r.decode_device == "fpga"
-                rows.append(dict(conversation=c, turn=t + 1, ttft_s=r.timings.ttft_s, total_s=r.timings.total_s,
-                                 prompt=len(prompt), cached=r.cached_tokens, path=r.timings.serve_path or "none",
-                                 kv_bytes=r.timings.kv_bytes, new_tokens=len(prompt) - r.timings.reused_tokens
-                                 if card else 0, output=len(r.token_ids), ids=list(r.token_ids)))
-                messages.append({"role": "assistant", "content": r.text})
+                order = labels if pair % 2 == 0 else labels[::-1]
+                pair += 1
+                for label in order:
+                    messages[label].append({"role": "user", "content": text})
+                    prompt = _ids(tokenizer, messages[label])
+                    r = clients[label].generate(prompt, max_tokens=min(max_tokens, reply_tokens))
+                    rows[label].append(_row(c, t, prompt, r))
+                    messages[label].append({"role": "assistant", "content": r.text})
                 time.sleep(think_s)
     return rows, kv_per_token
+
+
+def paired_ttft(on: list[dict], off: list[dict]) -> dict:
+    """Per turn on/off TTFT ratios of the same turn run back to back: median and p90 over turns 2+ and turn 1."""
+    def ratios(first: bool) -> list[float]:
+        return [a["ttft_s"] / b["ttft_s"] for a, b in zip(on, off) if (a["turn"] == 1) == first and b["ttft_s"] > 0]
+    later, first = ratios(False), ratios(True)
+    return dict(later_median=_median(later), later_p90=_quantile(later, 0.9), later_pairs=len(later),
+                first_median=_median(first), first_p90=_quantile(first, 0.9), first_pairs=len(first))
 
 
 def summarize(rows: list[dict], kv_per_token: int) -> dict:
@@ -158,8 +186,12 @@ def _median(values: list[float]) -> float | None:
 
 
 def _p99(values: list[float]) -> float | None:
+    return _quantile(values, 0.99)
+
+
+def _quantile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)] if ordered else None
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else None
 
 
 def _ratio(on, off):
@@ -192,16 +224,14 @@ def _simulated_figures(summary: dict) -> dict:
 
 
 def run_setup(fpgas: int, chats, max_tokens: int, tokenizer, think_s: float) -> tuple[dict, bool]:
-    halves, replies = {}, {}
-    for label, reuse in (("on", True), ("off", False)):
-        spec = ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0, fpga_hbm_bytes=CARD_HBM_BYTES if fpgas else 0,
-                           prefix_cache=reuse, kv_retention=reuse, scheduler_args=() if reuse else ("--no-kv-reuse",))
-        rows, kv_per_token = run_turns(spec, chats, max_tokens, tokenizer, think_s)
-        halves[label] = dict(prefix_cache=reuse, kv_reuse=reuse, kv_retention=reuse and fpgas > 0,
-                             **summarize(rows, kv_per_token))
-        replies[label] = [r["ids"] for r in rows]
-        if label == "on":
-            halves["simulated"] = simulate(rows, fpgas)
+    specs = {label: ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0,
+                                fpga_hbm_bytes=CARD_HBM_BYTES if fpgas else 0, prefix_cache=reuse,
+                                kv_retention=reuse, scheduler_args=() if reuse else ("--no-kv-reuse",))
+             for label, reuse in (("on", True), ("off", False))}
+    rows, kv_per_token = run_paired(specs, chats, max_tokens, tokenizer, think_s)
+    halves = {label: dict(prefix_cache=label == "on", kv_reuse=label == "on", kv_retention=label == "on" and fpgas > 0,
+                          **summarize(rows[label], kv_per_token[label])) for label in ("on", "off")}
+    halves["simulated"] = simulate(rows["on"], fpgas)
     on, off = halves["on"], halves["off"]
     halves["on_over_off"] = dict(
         ttft_later_p50=_ratio(on["ttft_later_p50_s"], off["ttft_later_p50_s"]),
@@ -211,7 +241,8 @@ def run_setup(fpgas: int, chats, max_tokens: int, tokenizer, think_s: float) -> 
         prefill_tokens=_ratio(on["prefill_tokens"], off["prefill_tokens"]),
         kv_bytes=_ratio(on["kv_bytes"], off["kv_bytes"]),
         output_tokens_per_s=_ratio(on["output_tokens_per_s"], off["output_tokens_per_s"]))
-    same = replies["on"] == replies["off"]
+    halves["paired_ttft_on_over_off"] = paired_ttft(rows["on"], rows["off"])
+    same = [r["ids"] for r in rows["on"]] == [r["ids"] for r in rows["off"]]
     halves["replies_equal"] = same
     return halves, same
 
