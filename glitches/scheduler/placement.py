@@ -14,7 +14,10 @@ policy then chooses a path by estimated time to the first token (glitches/schedu
 transfer) or "fresh" (a card holds the prefix but is busy or full: transfer elsewhere). With
 `PlacementRequest.partial` also "transfer-partial" (the GPU prefills the rest from its cache and streams
 only the KV the holding card lacks). With no worker holding anything the decision is exactly the one
-before reuse.
+before reuse. A worker's own measured speeds (WorkerView.prefill_tokens_per_s, decode_step_s; 0 = not
+measured) replace the cluster figures of ReuseCosts in the path estimates of that worker (the chosen GPU's
+prefill, a holding card's forced steps: ReuseCosts.with_measured); the prefill GPU is still ranked with the
+cluster figure.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class WorkerView:
     roles: frozenset[str] = frozenset()  # services.worker_caps.ROLE_*
     decode_class: int = 0  # with ROLE_DECODE: preference, lower first
     cached_tokens: int = 0  # leading tokens of this request's prompt whose KV the worker holds (published)
+    prefill_tokens_per_s: float = 0.0  # its measured prefill speed (prefill role), tokens/s; 0: not measured
+    decode_step_s: float = 0.0  # its measured decode step (a forced prompt token costs one), s; 0: not measured
 
     def __post_init__(self):
         if not self.roles and self.kind in BUILTIN_CAPABILITIES:
@@ -112,6 +117,11 @@ class NoWorkerAvailable(Exception):
     """No worker with the prefill role is registered, so nothing can run prefill."""
 
 
+def _own(costs: ReuseCosts, w: WorkerView) -> ReuseCosts:
+    """The costs of `w`'s terms: its measured speeds where it published them, else the cluster's."""
+    return costs.with_measured(w.prefill_tokens_per_s, w.decode_step_s)
+
+
 def _extend_without_prefill(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCosts,
                             held: Callable[[WorkerView], int]) -> Placement:
     """place() with no prefill worker: the cheapest decode-only card that holds a prefix and can take the request
@@ -121,10 +131,10 @@ def _extend_without_prefill(snapshot: ClusterSnapshot, request: PlacementRequest
               and w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed]
     if not usable:
         raise NoWorkerAvailable("no GPU worker (no worker with the prefill role) is registered to run prefill")
-    best = min(usable, key=lambda w: (costs.extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
+    best = min(usable, key=lambda w: (_own(costs, w).extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
     return Placement(prefill_worker="", decode_candidates=(), path=PATH_EXTEND, extend_worker=best.worker_id,
                      held_tokens=min(held(best), prompt - 1),
-                     estimated_ttft_s=costs.extend_s(best.active, prompt, held(best)))
+                     estimated_ttft_s=_own(costs, best).extend_s(best.active, prompt, held(best)))
 
 
 def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCosts = DEFAULT_REUSE_COSTS) -> Placement:
@@ -146,6 +156,7 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
     free bytes, and adopting it takes it out of them); the cheapest one is chosen when its estimate beats the transfer's (ties: transfer).
     A holder that cannot take the request makes the path "fresh". With no prefill worker at all (the GPU died)
     an extend candidate still serves the request: path extend, prefill_worker "" and no fallback.
+    The estimates use each worker's measured speeds where it published them (module docstring).
     """
     prefillers = snapshot.with_role(ROLE_PREFILL)
     prompt = request.prompt_tokens
@@ -156,6 +167,8 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
     if not prefillers:  # the extend path needs no GPU: a card holding the prompt forces the rest and decodes
         return _extend_without_prefill(snapshot, request, costs, held)
 
+    # ranked with the cluster figure (a GPU's measured speed only estimates the paths below), so with nothing held
+    # the choice is the one before reuse, and equal GPUs are not told apart by measurement noise
     prefill = min(prefillers, key=lambda w: (costs.gpu_prefill_s(w.active, prompt, held(w)), w.active, w.worker_id))
     decoders = [
         w
@@ -172,14 +185,14 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
     if not holders:
         return fallback
     kv_per_token = request.kv_bytes_needed / max(1, prompt + request.max_new_tokens)  # bytes/token, rounded up
-    transfer_s = costs.gpu_prefill_s(prefill.active, prompt, held(prefill)) + costs.transfer_s(prompt, kv_per_token)
+    gpu_s = _own(costs, prefill).gpu_prefill_s(prefill.active, prompt, held(prefill))
+    transfer_s = gpu_s + costs.transfer_s(prompt, kv_per_token)
     usable = [w for w in holders if w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed]
     if not usable:
         return replace(fallback, path=PATH_FRESH, estimated_ttft_s=transfer_s)
-    best = min(usable, key=lambda w: (costs.extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
-    extend_s = costs.extend_s(best.active, prompt, held(best))
+    best = min(usable, key=lambda w: (_own(costs, w).extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
+    extend_s = _own(costs, best).extend_s(best.active, prompt, held(best))
     if request.partial:  # the GPU computes the rest, only the KV the holder lacks moves (ties: the holder extends)
-        gpu_s = costs.gpu_prefill_s(prefill.active, prompt, held(prefill))
         part = min(usable, key=lambda w: (costs.partial_transfer_s(w.active, prompt, min(held(w), prompt - 1),
                                                                    kv_per_token), w.decode_class, w.worker_id))
         part_held = min(held(part), prompt - 1)

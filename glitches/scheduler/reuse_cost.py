@@ -23,12 +23,18 @@ Defaults come from the simulator's device profiles (glitches/sim/profiles/device
 Llama-2-7B): A100 prefill 1,536 tokens in 0.17585 s (8,735 tokens/s); U280 decode step 0.0215 s at a
 1,792-token context (a forced step costs one decode step); PCIe Gen3 x16 at 12 GB/s effective
 (glitches/sim/kv_transfer.py). glitches/sim/reuse.py builds the same figures from any profile pair.
-Live clusters override them (glitches scheduler --reuse-* flags) with their own devices' measured speeds.
+Live clusters override them (glitches scheduler --reuse-* flags) with their own devices' speeds.
+
+Per worker, measured (issue #27 item 3): each worker publishes its own speeds in its registry record (a GPU its
+prefill tokens/s, a card its decode step seconds; glitches/services/runtime/speed_meter.py), placement passes them
+in WorkerView, and `with_measured` puts them in place of the cluster figures above for that worker's terms (the
+GPU's prefill, the card's forced steps). A worker that has measured nothing yet publishes 0 and is estimated
+with the cluster figure. The KV transfer rate and queued_request_s stay cluster-wide.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 A100_PREFILL_TOKENS_PER_S = 1536 / 0.17585  # tokens/s, devices.json a100 calibration
 U280_DECODE_STEP_S = 0.0215  # s per token, devices.json u280 calibration
@@ -48,6 +54,15 @@ class ReuseCosts:
         if min(self.gpu_prefill_tokens_per_s, self.card_forced_step_s, self.transfer_bytes_per_s) <= 0 \
                 or self.queued_request_s < 0:
             raise ValueError(f"reuse costs must be positive (queued_request_s >= 0), got {self}")
+
+    def with_measured(self, prefill_tokens_per_s: float = 0.0, forced_step_s: float = 0.0) -> ReuseCosts:
+        """These costs with one worker's measured speeds in place of the cluster figures; 0 (or less): not
+        measured, the cluster figure stays."""
+        if prefill_tokens_per_s <= 0 and forced_step_s <= 0:
+            return self
+        return replace(self, gpu_prefill_tokens_per_s=prefill_tokens_per_s if prefill_tokens_per_s > 0
+                       else self.gpu_prefill_tokens_per_s,
+                       card_forced_step_s=forced_step_s if forced_step_s > 0 else self.card_forced_step_s)
 
     def gpu_prefill_s(self, active: int, prompt_tokens: int, cached_tokens: int) -> float:
         """Seconds until a GPU with `active` requests has prefilled what its cache lacks."""
