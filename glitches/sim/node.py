@@ -247,7 +247,14 @@ class Node:
                 prefill.busy_prefill_s += prefill_s
         if self.config.kv_reuse and rec.conversation and decoder is not prefill:  # GPU assist keeps at _finish
             prefill.cache.keep(rec.conversation, rec.prompt_tokens, prefill.kv_used_bytes)
-        rec.first_token_s = self.env.now  # the prefill's logits give the first token
+        steps = rec.output_tokens - 1
+        if steps > 0 and decoder.profile.kind == DeviceKind.FPGA and decoder is not prefill:
+            # as live: the Prefill RPC answers (and the scheduler sends the first token) once the KV has landed
+            moved = moved_kv_tokens(rec.prompt_tokens, rec.card_held_tokens)
+            transfer_s = kv_transfer_s(moved, prefill.profile.kv_bytes_per_token, self.config.link_gb_per_s)
+            rec.exposed_kv_s = prefill.link.book(self.env.now, prefill_s, prefill.profile.layers, transfer_s)
+            yield self.env.timeout(rec.exposed_kv_s)
+        rec.first_token_s = self.env.now  # the prefill's logits give the first token (a decode GPU's: decode_gpu)
         rec.token_times_s.append(self.env.now)
         if decoder is not prefill:
             prefill.active -= 1
@@ -255,12 +262,6 @@ class Node:
             yield from decode_gpu.receive_and_decode(self, rec, prefill, decoder, prefill_s)
             self._finish(rec, done, decoder, kv)
             return
-        steps = rec.output_tokens - 1
-        if steps > 0 and decoder.profile.kind == DeviceKind.FPGA and decoder is not prefill:
-            moved = moved_kv_tokens(rec.prompt_tokens, rec.card_held_tokens)
-            transfer_s = kv_transfer_s(moved, prefill.profile.kv_bytes_per_token, self.config.link_gb_per_s)
-            rec.exposed_kv_s = prefill.link.book(self.env.now, prefill_s, prefill.profile.layers, transfer_s)
-            yield self.env.timeout(rec.exposed_kv_s)
         if steps > 0 and decoder.profile.kind == DeviceKind.FPGA:
             yield from self._decode_alone(rec, decoder, steps)
         elif steps > 0 and decoder.loop is not None:
