@@ -10,6 +10,8 @@ set so that a card holding the conversation always extends it (as in test_reuse_
   card with no GPU at all, before and after the GPU's heartbeat expires, with transformers' tokens; a prompt
   nobody holds fails UNAVAILABLE, fast.
 - Some heartbeat TTLs later nothing of the killed card is left in Redis (record, id, liveness, held blocks).
+- On a cluster of its own with 2 GPU workers (and 1 card), the GPU whose prefix cache holds the conversation
+  is SIGKILLed: the next turn is prefilled on the other GPU with the tokens of the turn without reuse.
 (A drained or SIGTERMed worker's held blocks go with its registration at once: tests/test_held_withdrawal.py.)"""
 
 from __future__ import annotations
@@ -60,6 +62,27 @@ def live():
     r.close()
 
 
+@pytest.fixture
+def two_gpus():
+    """2 GPU workers and 1 card, costs set so that a GPU's cached prefix decides where the prompt is prefilled
+    and a card never extends; first in this module, so it runs (and stops) before `live` starts."""
+    prefix = PREFIX + "-gpus"
+    r = redis.Redis.from_url(REDIS_URL)
+    proc, address = start_up(["--port", "0", "--redis-url", REDIS_URL, "--redis-prefix", prefix, "--gpu-workers", "2",
+                              "--fpga-workers", "1", "--gpu-slots", "2"],
+                             env={**ENV, "GLITCHES_REUSE_GPU_PREFILL_TOKENS_PER_S": "10",
+                                  "GLITCHES_REUSE_CARD_FORCED_STEP_S": "10"})
+    client = Client(address, timeout_s=600)
+    pids = {w.worker_id: w.pid for w in client.status().workers}
+    registry = Registry(REDIS_URL, prefix)
+    yield dict(client=client, registry=registry, pids=pids, redis=r, prefix=prefix)
+    registry.close()
+    client.close()
+    stop_up(proc, list(pids.values()))
+    r.delete(*r.keys(f"{prefix}:*") or [f"{prefix}:none"])
+    r.close()
+
+
 def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -79,21 +102,48 @@ def _wait_held(registry: Registry, worker_id: str, prompt: list[int], timeout_s:
         time.sleep(0.1)
 
 
-def _kill(live, worker_id: str) -> None:
+def _kill(live, worker_id: str) -> float:
     os.kill(live["pids"][worker_id], signal.SIGKILL)
+    return time.monotonic()
 
 
-def _wait_expired(r: redis.Redis, worker_id: str) -> float:
-    """Seconds until neither P:alive:{id} nor P:held:{id} is left (the heartbeat TTL, nobody renewing it)."""
-    started = time.monotonic()
-    while r.exists(f"{PREFIX}:alive:{worker_id}", f"{PREFIX}:held:{worker_id}"):
-        assert time.monotonic() - started < HEARTBEAT_TTL_S + 5, f"{worker_id}'s keys outlived its heartbeat TTL"
+def _wait_expired(r: redis.Redis, worker_id: str, killed_at: float, prefix: str = PREFIX) -> float:
+    """Seconds from the kill until neither P:alive:{id} nor P:held:{id} is left (the heartbeat TTL, nobody
+    renewing it; the last beat was up to one interval before the kill)."""
+    while r.exists(f"{prefix}:alive:{worker_id}", f"{prefix}:held:{worker_id}"):
+        assert time.monotonic() - killed_at < HEARTBEAT_TTL_S + 5, f"{worker_id}'s keys outlived its heartbeat TTL"
         time.sleep(0.05)
-    return time.monotonic() - started
+    return time.monotonic() - killed_at
 
 
 def _turn(client: Client, prompt: list[int], **kwargs):
     return client.generate(prompt, max_tokens=REPLY_TOKENS, ignore_eos=True, **kwargs)
+
+
+def test_a_killed_gpu_s_cached_conversation_is_prefilled_on_the_other_gpu_unchanged(two_gpus, reference):
+    client, registry, r, tokenizer = two_gpus["client"], two_gpus["registry"], two_gpus["redis"], reference["tokenizer"]
+    prompt = _first_turn(tokenizer, USER[0])
+    first = _turn(client, prompt)
+    holder = first.prefill_worker
+    prompt = prompt + list(first.token_ids) + _ids(tokenizer, USER[1])
+    _wait_held(registry, holder, prompt[:len(first.prompt_token_ids)])  # the GPU caches the prompt it prefilled
+    second = _turn(client, prompt)
+    assert second.prefill_worker == holder and second.cached_tokens > 0  # prefilled from its prefix cache
+    prompt = prompt + list(second.token_ids) + _ids(tokenizer, USER[2])
+    _wait_held(registry, holder, prompt[:len(second.prompt_token_ids)])
+
+    killed_at = _kill(two_gpus, holder)
+    third = _turn(client, prompt)  # at once: the registry still has it alive and holding
+    plain = _turn(client, prompt, prompt_logprobs=True)
+    assert holder not in (third.prefill_worker, third.decode_worker, plain.prefill_worker)
+    assert third.migrations <= 1 and list(third.token_ids) == list(plain.token_ids)
+    greedy = reference["generate"](prompt, REPLY_TOKENS)
+    assert list(third.token_ids[:len(greedy)]) == greedy
+    expiry_s = _wait_expired(r, holder, killed_at, two_gpus["prefix"])
+    later = _turn(client, prompt + list(third.token_ids))
+    assert holder not in (later.prefill_worker, later.decode_worker) and later.migrations == 0
+    print(f"GPU {holder} killed: the next turn moved {third.migrations} time(s), on {third.prefill_worker}; "
+          f"its keys were gone {expiry_s:.1f} s after the kill")
 
 
 def test_a_killed_card_s_conversation_continues_elsewhere_unchanged_and_its_keys_expire(live, reference):
@@ -110,8 +160,8 @@ def test_a_killed_card_s_conversation_continues_elsewhere_unchanged_and_its_keys
     _wait_held(registry, holder, prompt)
     assert r.scard(f"{PREFIX}:held:{holder}") > 0
 
-    _kill(live, holder)
-    live["dead_card"] = (holder, time.monotonic())
+    killed_at = _kill(live, holder)
+    live["dead_card"] = (holder, killed_at)
     third = _turn(client, prompt)  # at once: the holder still looks alive and holding, until its TTL runs out
     plain = _turn(client, prompt, prompt_logprobs=True)  # no cache reads: the turn as without reuse
     assert holder not in (third.decode_worker, third.prefill_worker, plain.decode_worker, plain.prefill_worker)
@@ -120,7 +170,9 @@ def test_a_killed_card_s_conversation_continues_elsewhere_unchanged_and_its_keys
     greedy = reference["generate"](prompt, REPLY_TOKENS)  # stops at EOS; the service ignores it here
     assert list(third.token_ids[:len(greedy)]) == greedy
 
-    _wait_expired(r, holder)
+    expiry_s = _wait_expired(r, holder, killed_at)
+    print(f"card {holder} killed: the next turn moved {third.migrations} time(s), to {third.decode_worker} "
+          f"({third.timings.serve_path}); its keys were gone {expiry_s:.1f} s after the kill")
     assert not r.exists(f"{PREFIX}:held:{holder}", f"{PREFIX}:alive:{holder}")
     assert not registry.is_registered(holder)
     listed = {w.worker_id: w.healthy for w in client.status().workers}
@@ -143,11 +195,11 @@ def test_with_its_gpu_killed_a_card_still_extends_the_conversation_it_holds(live
     prompt = prompt + list(first.token_ids) + _ids(tokenizer, " And three more, please?")
     _wait_held(registry, holder, prompt)
 
-    _kill(live, gpu)
+    killed_at = _kill(live, gpu)
     second = _turn(client, prompt)  # the GPU still looks alive: not needed on the extend path anyway
     assert (second.timings.serve_path, second.decode_worker, second.prefill_worker) == ("extend", holder, "")
     assert list(second.token_ids[:len(g := reference["generate"](prompt, REPLY_TOKENS))]) == g
-    _wait_expired(r, gpu)  # its prefix cache's hints are gone with it
+    _wait_expired(r, gpu, killed_at)  # its prefix cache's hints are gone with it
     assert not registry.is_registered(gpu)
 
     prompt = prompt + list(second.token_ids) + _ids(tokenizer, " Which one is the warmest?")
