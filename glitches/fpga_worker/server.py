@@ -13,6 +13,7 @@ DecodeToken.prompt_logprobs): how a cluster evaluates a card (`glitches up --pro
 from __future__ import annotations
 
 import os
+import time
 
 from glitches.decode_contract.device import DecodeBackend
 from glitches.decode_contract.kv_intake_rpcs import KvIntakeRpcs
@@ -24,6 +25,7 @@ from glitches.kv_plane.kv_stream_limits import HEADER_TIMEOUT_S, STALL_TIMEOUT_S
 from glitches.services.generation import grammar, models
 from glitches.services.generation.decoding import decode_loop
 from glitches.services.runtime.errors import FailedPrecondition, InvalidArgument
+from glitches.services.runtime.speed_meter import SpeedMeter
 from glitches.services.cluster.kv_holds import KvHolds, renew_rpc
 from glitches.services.auth.kv_token import KvTokenVerifier
 from glitches.services.generation.proto_convert import logprob_to_proto, step_to_proto
@@ -52,6 +54,7 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
         self.vocab_size = vocab_size or len(tokenizer)  # token ids a Decode may name: [0, vocab_size)
         self.worker_id = worker_id
         self.kv_retention = kv_retention
+        self.step_speed = SpeedMeter()  # wall s of the backend's decode steps, forced ones too (Info.decode_step_s)
 
     def text_of(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
@@ -70,7 +73,8 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
             kv_held_bytes=facts.kv_capacity_bytes - self.backend.kv_free_bytes(),
             kv_cached_bytes=self.backend.kv_cached_bytes(),
             expiring_requests=self.holds.summary().expiring, kv_hold_ttl_s=self.holds.ttl_s,
-            request_auth_required=isinstance(self.auth, RequestAuthVerifier))
+            request_auth_required=isinstance(self.auth, RequestAuthVerifier),
+            decode_step_s=self.step_speed.seconds_per())
 
     def _intake(self) -> DecodeBackend:
         return self.backend  # already wrapped by the daemon (glitches/decode_contract/wrappers.py) before construction
@@ -124,7 +128,9 @@ class FpgaWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.Worker
 
         def step(token: int, position: int):
             latest["position"] = position
+            started = time.perf_counter()
             logits = self.backend.step(request_id, token, position)
+            self.step_speed.add(1, time.perf_counter() - started)
             stepped.append(token)
             return logits
 

@@ -79,7 +79,8 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
             kv_capacity_bytes=pool.total_blocks * pool.block_bytes,
             kv_free_bytes=pool.free_blocks * pool.block_bytes, kv_free_blocks=pool.free_blocks,
             kv_cached_bytes=pool.evictable_blocks * pool.block_bytes,
-            kv_block_tokens=KV_BLOCK_TOKENS, gpu_assist_requests=engine.requests.assist_active())
+            kv_block_tokens=KV_BLOCK_TOKENS, gpu_assist_requests=engine.requests.assist_active(),
+            prefill_tokens_per_s=engine.loop.prefill_speed.per_second())
 
     def _sends(self) -> list[str]:
         """What this worker sends KV with (its --kv-transport, or every one it can); Info lists it when the

@@ -37,6 +37,7 @@ import torch
 from glitches.gpu_worker.packed_attention import LayerHook, PackedBatch, Segment
 from glitches.gpu_worker.request_kv import RequestKv
 from glitches.services.runtime import metrics
+from glitches.services.runtime.speed_meter import SpeedMeter
 from glitches.services.generation.decoding import Step, finish_reason
 from glitches.services.runtime.errors import Cancelled, InvalidArgument, Unavailable
 from glitches.services.generation.logprobs import TokenLogprob, prompt_logprobs
@@ -86,6 +87,7 @@ class StepLoop:
         self.device = device
         self.max_batch_tokens = max_batch_tokens
         self._decode_model = compiled_decode or model  # torch.compile'd model for decode-only steps, if any
+        self.prefill_speed = SpeedMeter()  # tokens per forward second of steps that prefill (the registry record's)
         self._prefills: list[PrefillJob] = []
         self._decodes: list[DecodeJob] = []
         self._cond = threading.Condition()
@@ -196,6 +198,8 @@ class StepLoop:
         metrics.GPU_STEP.labels(phase).observe(elapsed)
         metrics.GPU_STEP_DECODES.observe(len(decodes))
         metrics.GPU_STEP_PREFILL_TOKENS.observe(prefill_tokens)
+        if chunks:  # every token the pass fed (a decode's one too: it shares the pass), over the pass's seconds
+            self.prefill_speed.add(len(ids), elapsed)
         self._postprocess(decodes, chunks, finals, segments[len(decodes):], logits, elapsed, ended)
 
     def _forward(self, ids, positions, segments, keep, decode_only: bool) -> torch.Tensor:

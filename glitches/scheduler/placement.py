@@ -131,7 +131,8 @@ def _extend_without_prefill(snapshot: ClusterSnapshot, request: PlacementRequest
               and w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed]
     if not usable:
         raise NoWorkerAvailable("no GPU worker (no worker with the prefill role) is registered to run prefill")
-    best = min(usable, key=lambda w: (_own(costs, w).extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
+    best = min(usable, key=lambda w: (_own(costs, w).extend_s(w.active, prompt, held(w)), w.decode_class,
+                                      w.worker_id))
     return Placement(prefill_worker="", decode_candidates=(), path=PATH_EXTEND, extend_worker=best.worker_id,
                      held_tokens=min(held(best), prompt - 1),
                      estimated_ttft_s=_own(costs, best).extend_s(best.active, prompt, held(best)))
@@ -190,7 +191,8 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
     usable = [w for w in holders if w.active < w.slots and w.kv_free_bytes >= request.kv_bytes_needed]
     if not usable:
         return replace(fallback, path=PATH_FRESH, estimated_ttft_s=transfer_s)
-    best = min(usable, key=lambda w: (_own(costs, w).extend_s(w.active, prompt, held(w)), w.decode_class, w.worker_id))
+    best = min(usable, key=lambda w: (_own(costs, w).extend_s(w.active, prompt, held(w)), w.decode_class,
+                                      w.worker_id))
     extend_s = _own(costs, best).extend_s(best.active, prompt, held(best))
     if request.partial:  # the GPU computes the rest, only the KV the holder lacks moves (ties: the holder extends)
         part = min(usable, key=lambda w: (costs.partial_transfer_s(w.active, prompt, min(held(w), prompt - 1),

@@ -132,9 +132,12 @@ class _ScriptReadOnly(ReadOnlyError):
     """A script's write refused READONLY (redis-py reports it as a plain ResponseError)."""
 
 
+_FIELD_PARSERS = {"int": int, int: int, "float": float, float: float}  # a record field's type -> its parser
+
+
 @dataclass
 class WorkerRecord:
-    """What a worker publishes about itself (strings and ints only: it is a Redis hash).
+    """What a worker publishes about itself (strings, ints and floats only: it is a Redis hash).
 
     `kind` is a free-form name; what the worker can do is in `roles` and `decode_class`
     (glitches/services/cluster/worker_caps.py), with slots, KV geometry, free KV and the KV transports.
@@ -168,6 +171,8 @@ class WorkerRecord:
     assist_active: int = 0  # GPU workers: GPU-assist requests held now (at most `slots`)
     roles: str = ""  # comma-separated, services.worker_caps.ROLES; "" (an older worker): its built-in kind's
     decode_class: int = 0  # with the decode role: preference, lower first (worker_caps.DECODE_CLASS_*); else 0
+    prefill_tokens_per_s: float = 0.0  # measured prefill speed (its Info), tokens/s; 0: not measured yet
+    decode_step_s: float = 0.0  # measured seconds per decode step (cards, its Info); 0: not measured yet
 
     @property
     def capabilities(self) -> Capabilities:
@@ -180,7 +185,7 @@ class WorkerRecord:
         kwargs = {}
         for f in fields(cls):
             if f.name in values:
-                kwargs[f.name] = int(values[f.name]) if f.type in ("int", int) else values[f.name]
+                kwargs[f.name] = _FIELD_PARSERS.get(f.type, str)(values[f.name])
         return cls(**kwargs)
 
 

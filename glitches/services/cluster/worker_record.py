@@ -39,4 +39,5 @@ def record_from_info(info: worker_pb2.InfoResponse, kind: str, address: str, htt
                         worker_active_requests=info.active_requests, kv_held_bytes=info.kv_held_bytes,
                         kv_cached_bytes=info.kv_cached_bytes,
                         expiring_requests=info.expiring_requests, assist_active=info.gpu_assist_requests,
-                        roles=",".join(info.roles), decode_class=info.decode_class)
+                        roles=",".join(info.roles), decode_class=info.decode_class,
+                        prefill_tokens_per_s=info.prefill_tokens_per_s, decode_step_s=info.decode_step_s)
