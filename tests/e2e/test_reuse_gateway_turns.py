@@ -3,13 +3,15 @@
 from its prefix cache, only the KV the card lacks moves), extend (the card forces the new tokens itself)
 and transfer (reuse routing on, the partial path off: the GPU's prefix cache alone). Forced evictions
 (`glitches evict-cache`, a process) empty the holding card before turn 3 and the card and the GPU before
-turn 5.
+turn 5; before turn 5 the card's evicted blocks are then published again, a stale hint the card must refuse.
 
 Each turn's reply equals, token for token, the same prompt served with reuse off (the SDK with prompt
 logprobs on the same cluster: no cache read on the GPU, no reuse routing, the whole KV sent), and the path
 the scheduler took (its glitches_reuse_paths_total) is the configured one on turns without eviction and the
-plain transfer after one. The gateway re-renders the chat template every turn, so hits are decided on the
-re-rendered ids (the held reply's ids may differ from the generated ones); the hit counts are printed.
+plain transfer after one (on turn 5: the refused attempt on the configured path, then the transfer). Tokens
+are compared by the exact bytes of each (the chat response's logprobs). The gateway re-renders the chat
+template every turn, so hits are decided on the re-rendered ids (the held reply's ids may differ from the
+generated ones); the hit counts are printed.
 
 Routing costs are set per cluster (scheduler environment) so that each path always wins when a card holds a
 prefix; the choice itself is tested with known answers in tests/test_placement_reuse.py."""
@@ -29,6 +31,7 @@ import pytest
 import redis
 
 from glitches import Client
+from glitches.gateway.logprob_shapes import TokenStrings
 from glitches.kv_plane.prefix_index import DEFAULT_SALT, block_hashes, root_hash
 from glitches.services.cluster.registry import Registry
 from glitches.services.generation import models
@@ -46,6 +49,7 @@ USER = ["What is a KV cache? Answer in one short sentence.",
         "Summarise this whole conversation in a few words."]
 REPLY_TOKENS = 10
 EVICT_BEFORE = {3: ("fpga",), 5: ("fpga", "gpu")}  # turn -> the kinds of worker emptied just before it
+STALE_TURN = 5  # its card's evicted blocks are published again (a hint from before the eviction)
 PATHS = {  # path -> scheduler environment that makes it win whenever a card holds a prefix
     "transfer-partial": {"GLITCHES_REUSE_CARD_FORCED_STEP_S": "10"},
     "extend": {"GLITCHES_REUSE_GPU_PREFILL_TOKENS_PER_S": "10", "GLITCHES_REUSE_CARD_FORCED_STEP_S": "0.0001"},
@@ -117,6 +121,7 @@ def test_six_turns_through_the_gateway_equal_no_reuse(live, tokenizer):
     path, oai, client, registry, workers = live["path"], live["oai"], live["client"], live["registry"], live["workers"]
     holder = workers["gpu"] if path == "transfer" else workers["fpga"]  # the worker whose cache this path reads
     root = root_hash(MODEL, DEFAULT_SALT)
+    strings = TokenStrings(tokenizer)  # a token id's exact bytes, as the gateway's logprobs give them
     messages, previous, seen = [], [], []
     for turn, user in enumerate(USER, 1):
         messages.append({"role": "user", "content": user})
@@ -130,21 +135,30 @@ def test_six_turns_through_the_gateway_equal_no_reuse(live, tokenizer):
             _wait_overlap(registry, workers[kind].worker_id, chain, lambda blocks: blocks == 0)  # routing sees it
         if turn > 1 and not evicted:  # routing sees the holder's blocks of the conversation so far
             _wait_overlap(registry, holder.worker_id, chain, lambda blocks: blocks >= len(previous) // 16)
+        stale_hint = turn == STALE_TURN and path != "transfer"  # (transfer never routes by a card's blocks)
+        if stale_hint:  # routing believes the card still holds what it evicted: the card must refuse it
+            registry.publish_held(workers["fpga"].worker_id, chain[:len(previous) // 16], [])
         paths, stale = _reuse_paths(live["scheduler_http"]), _stale_holds(live["scheduler_http"])
         reply = oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=REPLY_TOKENS, temperature=0,
-                                            extra_body={"ignore_eos": True})
+                                            logprobs=True, extra_body={"ignore_eos": True})
         took = {k: v - paths.get(k, 0) for k, v in _reuse_paths(live["scheduler_http"]).items() if v > paths.get(k, 0)}
         plain = client.generate(text, max_tokens=REPLY_TOKENS, ignore_eos=True, prompt_logprobs=True)  # reuse off
         answer = reply.choices[0].message.content
         cached = reply.usage.prompt_tokens_details.cached_tokens
         assert reply.usage.prompt_tokens == len(ids) == plain.prompt_tokens, turn
         assert (answer, reply.usage.completion_tokens) == (plain.text, len(plain.token_ids)), turn
+        assert [bytes(t.bytes) for t in reply.choices[0].logprobs.content] == \
+            [strings.bytes_of(token) for token in plain.token_ids], turn  # token by token
         assert plain.cached_tokens == 0 and plain.timings.serve_path == "transfer", turn
-        assert _stale_holds(live["scheduler_http"]) == stale, turn  # the evictions were published before the turn
+        # a stale hint costs one refused attempt and a plain placement (no migration); else the evictions
+        # were published before the turn and routing never tried the card
+        assert _stale_holds(live["scheduler_http"]) == stale + stale_hint, turn
         card_evicted = "fpga" in evicted
         expected = "transfer" if turn == 1 or (card_evicted and path != "transfer") else path
-        assert took == {expected: 1}, (turn, took)
-        if turn == 1 or "gpu" in evicted:
+        assert took == ({path: 1, "transfer": 1} if stale_hint else {expected: 1}), (turn, took)
+        if stale_hint and path == "transfer-partial":  # the refused attempt's GPU prefill may have cached the prompt
+            assert cached % 16 == 0 and cached <= len(ids) // 16 * 16, (turn, cached)
+        elif turn == 1 or "gpu" in evicted:
             assert cached == 0, (turn, cached)  # a cold GPU cache
         elif expected == "extend":  # the card reused the previous prompt and all but the reply's last token
             assert cached >= len(previous), (turn, cached, len(previous))
