@@ -141,13 +141,14 @@ def _run_daemon(serve, settings_cls, **kwargs) -> None:
 @click.option("--kv-reuse-partial/--no-kv-reuse-partial", default=True, envvar=env_var("kv-reuse-partial"),
               show_default=True, help="With --kv-reuse: the GPU may prefill the rest of a prompt a card holds in "
                                       "part and send only the KV it lacks (path transfer-partial).")
-@click.option("--reuse-gpu-prefill-tokens-per-s", default=1536 / 0.17585, type=float, show_default=True,
+@click.option("--reuse-gpu-prefill-tokens-per-s", default=None, type=float,
               envvar=env_var("reuse-gpu-prefill-tokens-per-s"),
-              help="Routing cost model: GPU prefill, tokens/s, for a GPU that has published no measured speed yet.")
-@click.option("--reuse-card-forced-step-s", default=0.0215, type=float, show_default=True,
-              envvar=env_var("reuse-card-forced-step-s"), help="Routing cost model: one prompt token forced "
-                                                              "through a card's decode step, seconds, for a card "
-                                                              "that has published no measured step yet.")
+              help="Routing cost model: GPU prefill, tokens/s, pinned for every GPU. Unset: each GPU's measured "
+                   "speed, 8,735 (an A100's) for one that has measured none yet.")
+@click.option("--reuse-card-forced-step-s", default=None, type=float,
+              envvar=env_var("reuse-card-forced-step-s"),
+              help="Routing cost model: one prompt token forced through a card's decode step, seconds, pinned for "
+                   "every card. Unset: each card's measured step, 0.0215 (a U280's) for one that has measured none.")
 @click.option("--reuse-transfer-bytes-per-s", default=12e9, type=float, show_default=True,
               envvar=env_var("reuse-transfer-bytes-per-s"), help="Routing cost model: GPU -> card KV, bytes/s.")
 @click.option("--reuse-queued-request-s", default=0.03, type=float, show_default=True,

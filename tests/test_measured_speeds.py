@@ -71,19 +71,21 @@ def test_record_round_trips_through_redis_and_an_older_record_reads_as_not_measu
         registry.close()
 
 
-@pytest.mark.parametrize("card_step_s, path", [(0.0, PATH_EXTEND), (0.5, PATH_TRANSFER)])
-def test_the_scheduler_routes_by_the_cards_published_step(redis_prefix, card_step_s, path):
-    """f1 holds 48 of 64 tokens. The cluster figures (1 ms a forced step, 1,000 prefill tokens/s): extend 16 ms
-    against 64 ms of prefill. The card publishing 0.5 s a step: extend 8 s, so the transfer (to f0) wins. (Partial
-    transfers off: with them the GPU would prefill and send f1 only the KV it lacks.)"""
+@pytest.mark.parametrize("card_step_s, pinned_step_s, path", [(0.0, None, PATH_EXTEND), (0.5, None, PATH_TRANSFER),
+                                                               (0.5, 0.001, PATH_EXTEND)])
+def test_the_scheduler_routes_by_the_cards_published_step(redis_prefix, card_step_s, pinned_step_s, path):
+    """f1 holds 48 of 64 tokens; the GPU's prefill pinned at 100 tokens/s: the transfer takes 0.64 s. The card
+    publishing nothing: the U280 default, 16 x 0.0215 = 0.344 s, extend. Publishing 0.5 s a step: 8 s, so the
+    transfer (to f0) wins; unless the operator pinned the card step (--reuse-card-forced-step-s), which beats any
+    measurement. (Partial transfers off: with them the GPU would prefill and send f1 only the KV it lacks.)"""
     registry = Registry(REDIS_URL, redis_prefix, heartbeat_ttl_s=30)
     try:
-        registry.register(_record("g0", "gpu"))
+        registry.register(_record("g0", "gpu", prefill_tokens_per_s=10**6))  # pinned below: ignored
         registry.register(_record("f0", "fpga"))
         registry.register(_record("f1", "fpga", decode_step_s=card_step_s))
         registry.publish_held("f1", block_hashes(PROMPT, root_hash(MODEL, SALT))[:3], [])
-        settings = SchedulerSettings(redis_prefix=redis_prefix, reuse_gpu_prefill_tokens_per_s=1000.0,
-                                     reuse_card_forced_step_s=0.001, kv_reuse_partial=False)
+        settings = SchedulerSettings(redis_prefix=redis_prefix, reuse_gpu_prefill_tokens_per_s=100.0,
+                                     reuse_card_forced_step_s=pinned_step_s, kv_reuse_partial=False)
         orchestrator = Orchestrator(settings, registry, ModelInfo(MODEL, None, (0,), 2048, vocab_size=1000))
         _gpu, card, decision = orchestrator._place("r1.0", PROMPT, Sampling(max_new_tokens=8), set(), wait_s=0.0,
                                                    reuse_salt=SALT)

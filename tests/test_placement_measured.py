@@ -5,9 +5,12 @@ Cluster figures (ReuseCosts, as a scheduler's --reuse-* flags would set them for
 A 1,000-token prompt a card holds 990 tokens of: extend = 10 x step; transfer = 1,000 / GPU rate + 1.0 s.
 """
 
+from dataclasses import replace
+
 from glitches.scheduler.placement import (PATH_EXTEND, PATH_TRANSFER, PATH_TRANSFER_PARTIAL, ClusterSnapshot,
                                           DeviceKind, PlacementRequest, WorkerView, place)
-from glitches.scheduler.reuse_cost import ReuseCosts
+from glitches.scheduler.reuse_cost import A100_PREFILL_TOKENS_PER_S, U280_DECODE_STEP_S, ReuseCosts
+from glitches.scheduler.settings import SchedulerSettings
 
 GPU, FPGA = DeviceKind.GPU, DeviceKind.FPGA
 COSTS = ReuseCosts(gpu_prefill_tokens_per_s=100.0, card_forced_step_s=0.02, transfer_bytes_per_s=1e9,
@@ -74,3 +77,20 @@ def test_with_measured_keeps_the_cluster_figure_for_what_was_not_measured():
     assert (own.gpu_prefill_tokens_per_s, own.card_forced_step_s, own.transfer_bytes_per_s) == (250.0, 0.02, 1e9)
     own = COSTS.with_measured(forced_step_s=0.3)
     assert (own.gpu_prefill_tokens_per_s, own.card_forced_step_s, own.queued_request_s) == (100.0, 0.3, 0.1)
+
+
+def test_a_pinned_figure_beats_the_measured_one():
+    """The operator's --reuse-* figure (pinned) holds for every worker: the slow card's 0.5 s is ignored when the step
+    is pinned at 0.02 s (extend, 0.2 s); the fast GPU's 1,000 tokens/s when the prefill is pinned at 100."""
+    decision = place(_snapshot(gpu_rate=1000.0, card_step=0.5), REQ, replace(COSTS, step_pinned=True))
+    assert decision.path == PATH_EXTEND and abs(decision.estimated_ttft_s - 0.2) < 1e-9
+    decision = place(_snapshot(gpu_rate=1000.0, card_step=0.5), REQ, replace(COSTS, prefill_pinned=True))
+    assert decision.path == PATH_EXTEND and abs(decision.estimated_ttft_s - 5.0) < 1e-9  # 5.0 s against 11.0 s
+
+
+def test_scheduler_settings_pin_only_the_figures_given():
+    costs = SchedulerSettings().reuse_costs
+    assert (costs.prefill_pinned, costs.step_pinned) == (False, False)
+    assert (costs.gpu_prefill_tokens_per_s, costs.card_forced_step_s) == (A100_PREFILL_TOKENS_PER_S, U280_DECODE_STEP_S)
+    costs = SchedulerSettings(reuse_card_forced_step_s=0.3).reuse_costs
+    assert (costs.prefill_pinned, costs.step_pinned, costs.card_forced_step_s) == (False, True, 0.3)

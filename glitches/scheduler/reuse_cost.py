@@ -29,7 +29,9 @@ Per worker, measured (issue #27 item 3): each worker publishes its own speeds in
 prefill tokens/s, a card its decode step seconds; glitches/services/runtime/speed_meter.py), placement passes them
 in WorkerView, and `with_measured` puts them in place of the cluster figures above for that worker's terms (the
 GPU's prefill, the card's forced steps). A worker that has measured nothing yet publishes 0 and is estimated
-with the cluster figure. The KV transfer rate and queued_request_s stay cluster-wide.
+with the cluster figure. A figure the operator pins (`prefill_pinned`, `step_pinned`: the scheduler's
+--reuse-gpu-prefill-tokens-per-s / --reuse-card-forced-step-s given) holds for every worker, measured or not.
+The KV transfer rate and queued_request_s stay cluster-wide.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class ReuseCosts:
     card_forced_step_s: float = U280_DECODE_STEP_S  # one prompt token forced through a card's decode step
     transfer_bytes_per_s: float = PCIE_GEN3_X16_BYTES_PER_S  # GPU -> card KV stream
     queued_request_s: float = 0.03  # delay each request a device already runs adds to a new one
+    prefill_pinned: bool = False  # True: gpu_prefill_tokens_per_s for every GPU, measured speeds ignored
+    step_pinned: bool = False  # True: card_forced_step_s for every card, measured steps ignored
 
     def __post_init__(self):
         if min(self.gpu_prefill_tokens_per_s, self.card_forced_step_s, self.transfer_bytes_per_s) <= 0 \
@@ -57,12 +61,14 @@ class ReuseCosts:
 
     def with_measured(self, prefill_tokens_per_s: float = 0.0, forced_step_s: float = 0.0) -> ReuseCosts:
         """These costs with one worker's measured speeds in place of the cluster figures; 0 (or less): not
-        measured, the cluster figure stays."""
-        if prefill_tokens_per_s <= 0 and forced_step_s <= 0:
+        measured, the cluster figure stays; so does a pinned one."""
+        own_prefill = prefill_tokens_per_s > 0 and not self.prefill_pinned
+        own_step = forced_step_s > 0 and not self.step_pinned
+        if not own_prefill and not own_step:
             return self
-        return replace(self, gpu_prefill_tokens_per_s=prefill_tokens_per_s if prefill_tokens_per_s > 0
+        return replace(self, gpu_prefill_tokens_per_s=prefill_tokens_per_s if own_prefill
                        else self.gpu_prefill_tokens_per_s,
-                       card_forced_step_s=forced_step_s if forced_step_s > 0 else self.card_forced_step_s)
+                       card_forced_step_s=forced_step_s if own_step else self.card_forced_step_s)
 
     def gpu_prefill_s(self, active: int, prompt_tokens: int, cached_tokens: int) -> float:
         """Seconds until a GPU with `active` requests has prefilled what its cache lacks."""

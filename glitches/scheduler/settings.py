@@ -35,8 +35,10 @@ class SchedulerSettings(DaemonSettings):
     max_stop_strings: int = 16  # most stop strings one request may give
     kv_reuse: bool = True  # route by the KV workers hold (placement's extend/fresh paths); False: never read it
     kv_reuse_partial: bool = True  # with kv_reuse: placement may send only the KV a holding card lacks
-    reuse_gpu_prefill_tokens_per_s: float = DEFAULT_REUSE_COSTS.gpu_prefill_tokens_per_s  # reuse_cost.ReuseCosts
-    reuse_card_forced_step_s: float = DEFAULT_REUSE_COSTS.card_forced_step_s  # s per prompt token forced on a card
+    # reuse_cost.ReuseCosts; None: each worker's measured figure, the paper default for one that has none; a value
+    # pins the figure for every worker (measurements ignored)
+    reuse_gpu_prefill_tokens_per_s: float | None = None  # GPU prefill, tokens/s
+    reuse_card_forced_step_s: float | None = None  # s per prompt token forced on a card
     reuse_transfer_bytes_per_s: float = DEFAULT_REUSE_COSTS.transfer_bytes_per_s  # GPU -> card KV, bytes/s
     reuse_queued_request_s: float = DEFAULT_REUSE_COSTS.queued_request_s  # delay per request a device runs, s
     # who scores prompts for prompt logprobs: "gpu" (prefill, float) or "card" (a decode card steps the whole
@@ -46,8 +48,11 @@ class SchedulerSettings(DaemonSettings):
     @property
     def reuse_costs(self) -> ReuseCosts:
         """The routing's cost model (glitches/scheduler/reuse_cost.py) from the --reuse-* settings."""
-        return ReuseCosts(self.reuse_gpu_prefill_tokens_per_s, self.reuse_card_forced_step_s,
-                          self.reuse_transfer_bytes_per_s, self.reuse_queued_request_s)
+        prefill, step = self.reuse_gpu_prefill_tokens_per_s, self.reuse_card_forced_step_s
+        return ReuseCosts(DEFAULT_REUSE_COSTS.gpu_prefill_tokens_per_s if prefill is None else prefill,
+                          DEFAULT_REUSE_COSTS.card_forced_step_s if step is None else step,
+                          self.reuse_transfer_bytes_per_s, self.reuse_queued_request_s,
+                          prefill_pinned=prefill is not None, step_pinned=step is not None)
 
     @property
     def grpc_threads(self) -> int:
