@@ -99,3 +99,16 @@ def test_a_holder_needs_room_for_the_whole_request_because_its_free_bytes_alread
     assert place(snap, REQ, COSTS).path == PATH_FRESH
     snap = ClusterSnapshot((WorkerView("g0", GPU, 4, 0, 0), _card("f1", held=held, free=REQ.kv_bytes_needed)))
     assert place(snap, REQ, COSTS).path == PATH_EXTEND
+
+
+def test_gpu_assist_goes_to_the_gpu_whose_prefix_cache_holds_the_prompt_while_that_beats_its_load():
+    """GPU-only: g0 holds 900 tokens: 0.1 s x its assist decodes + 0.1 s, against the idle g1's 1.0 s."""
+    for busy, chosen in ((0, "g0"), (8, "g0"), (9, "g1"), (10, "g1")):
+        snap = ClusterSnapshot((WorkerView("g0", GPU, 16, busy, ROOM, cached_tokens=900, assist_active=busy),
+                                WorkerView("g1", GPU, 16, 0, ROOM)))
+        assert place(snap, REQ, COSTS).gpu_assist_worker == chosen, busy
+    no_reuse = PlacementRequest(prompt_tokens=1000, max_new_tokens=100, kv_bytes_needed=REQ.kv_bytes_needed,
+                                reuse=False)
+    snap = ClusterSnapshot((WorkerView("g0", GPU, 16, 1, ROOM, cached_tokens=900, assist_active=1),
+                            WorkerView("g1", GPU, 16, 0, ROOM)))
+    assert place(snap, no_reuse, COSTS).gpu_assist_worker == "g1"  # reuse off: fewest assist decodes, as before

@@ -148,7 +148,8 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
     requests, then most free KV, then id (so ties resolve the same way in every
     replica). The GPU-assist worker is a worker with both the prefill and the assist
     role, a free GPU-assist slot (assist_active < slots) and room for the request's
-    GPU KV, fewest GPU-assist decodes first, then most free KV, then id.
+    GPU KV, fewest GPU-assist decodes first, then most free KV, then id (with reuse: the least estimated
+    prefill time first, its GPU-assist load against the prompt tokens its prefix cache holds).
 
     Reuse: the prefill worker is the one with the least estimated prefill time (its load against the
     prompt tokens it holds; with no overlap anywhere: fewest active, then id, as before). A decode-only
@@ -179,7 +180,9 @@ def place(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCost
     decoders.sort(key=lambda w: (w.decode_class, w.active, -w.kv_free_bytes, w.worker_id))
     assist = [w for w in prefillers if ROLE_ASSIST in w.roles and w.assist_active < w.slots
               and w.kv_free_bytes >= request.gpu_kv_bytes_needed]
-    assist.sort(key=lambda w: (w.assist_active, -w.kv_free_bytes, w.worker_id))
+    # a GPU-only conversation sticks to the GPU whose prefix cache holds it, while that beats the others' load
+    assist.sort(key=lambda w: (costs.gpu_prefill_s(w.assist_active, prompt, held(w)), w.assist_active,
+                               -w.kv_free_bytes, w.worker_id))
     fallback = Placement(prefill_worker=prefill.worker_id, decode_candidates=tuple(w.worker_id for w in decoders),
                          gpu_assist_worker=assist[0].worker_id if assist else None)
     holders = [w for w in snapshot.with_role(ROLE_DECODE) if ROLE_PREFILL not in w.roles and min(held(w), prompt - 1) > 0]
