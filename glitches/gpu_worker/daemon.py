@@ -88,6 +88,18 @@ class GpuDevice(worker_runtime.WorkerDevice):
         if self.intake is not None:  # decode role: the KV streams it receives
             metrics.publish_kv_intake(self.role, self.servicer)
 
+    def http_routes(self) -> dict:
+        """GET /steps?since=<seq>&limit=<n>: the step loop's log (glitches/gpu_worker/step_log.py)."""
+        steps = self.engine.loop.steps
+
+        def route(query: dict[str, str]) -> dict:
+            since = int(query.get("since", "0"))  # ValueError -> 400
+            limit = int(query["limit"]) if "limit" in query else None
+            if since < 0 or (limit is not None and limit < 1):
+                raise ValueError("since must be >= 0 and limit >= 1")
+            return steps.document(since, limit)
+        return {"/steps": route}
+
     def ready_details(self) -> str:
         return (f"device={self.engine.device} dtype={self.engine.dtype} roles={self.settings.roles}"
                 + (f" kv_transports={','.join(self.servicer.kv_transports)}" if self.intake is not None else ""))

@@ -18,6 +18,9 @@ One thread owns the model. Each step it:
    stop strings, ignore_eos/min_tokens, a complete grammar) and hands the token to the waiting
    RPC thread (a queue per decode, a Future per prefill).
 
+Each step that ran goes to `self.steps` (glitches/gpu_worker/step_log.py: its decode rows' contexts, its
+prefill chunks, and its schedule / forward / postprocess seconds), served on the HTTP side port as /steps.
+
 A cancelled request is dropped at the next schedule; the others go on. A failure of the
 forward pass fails the requests of that step only; a KV hook failure fails its own request only.
 """
@@ -36,6 +39,7 @@ import torch
 
 from glitches.gpu_worker.packed_attention import LayerHook, PackedBatch, Segment
 from glitches.gpu_worker.request_kv import RequestKv
+from glitches.gpu_worker.step_log import StepLog
 from glitches.services.runtime import metrics
 from glitches.services.runtime.speed_meter import SpeedMeter
 from glitches.services.generation.decoding import Step, finish_reason
@@ -88,6 +92,7 @@ class StepLoop:
         self.max_batch_tokens = max_batch_tokens
         self._decode_model = compiled_decode or model  # torch.compile'd model for decode-only steps, if any
         self.prefill_speed = SpeedMeter()  # tokens per forward second of steps that prefill (the registry record's)
+        self.steps = StepLog()  # the last steps run, by composition and seconds (GET /steps)
         self._prefills: list[PrefillJob] = []
         self._decodes: list[DecodeJob] = []
         self._cond = threading.Condition()
@@ -133,9 +138,10 @@ class StepLoop:
                 if self._stopping:
                     self._fail_all(Unavailable("the GPU worker stopped"))
                     return
+                started = time.monotonic()
                 decodes, chunks = self._schedule()
             if decodes or chunks:
-                self._step(decodes, chunks)
+                self._step(decodes, chunks, started, time.monotonic() - started)
 
     def _schedule(self) -> tuple[list[DecodeJob], list[tuple[PrefillJob, int]]]:
         """Under the lock: drop cancelled work, pick this step's decodes and prefill chunks (job, tokens)."""
@@ -165,7 +171,11 @@ class StepLoop:
             budget -= n
         return decodes, chunks
 
-    def _step(self, decodes: list[DecodeJob], chunks: list[tuple[PrefillJob, int]]) -> None:
+    def _step(self, decodes: list[DecodeJob], chunks: list[tuple[PrefillJob, int]], started: float = 0.0,
+              schedule_s: float = 0.0) -> None:
+        """started: time.monotonic() when the schedule began; schedule_s: its seconds (both for the step log)."""
+        decode_contexts = [job.position for job in decodes]  # tokens in KV each row's attention reads
+        chunk_sizes = [(n, job.done_tokens) for job, n in chunks]  # (new tokens, tokens already in KV)
         ids, positions, segments, keep = [], [], [], []
         for job in decodes:
             segments.append(Segment(job.kv, len(ids), 1, job.position))
@@ -201,6 +211,9 @@ class StepLoop:
         if chunks:  # every token the pass fed (a decode's one too: it shares the pass), over the pass's seconds
             self.prefill_speed.add(len(ids), elapsed)
         self._postprocess(decodes, chunks, finals, segments[len(decodes):], logits, elapsed, ended)
+        done = time.monotonic()
+        self.steps.add(started or ended - elapsed, done, decode_contexts, chunk_sizes, schedule_s, elapsed,
+                       done - ended)
 
     def _forward(self, ids, positions, segments, keep, decode_only: bool) -> torch.Tensor:
         """One packed forward pass; logits [len(keep), vocab] float32."""

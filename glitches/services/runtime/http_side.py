@@ -4,6 +4,8 @@
 /readyz    200 once the daemon can take work (model loaded, registered in Redis), else
            503 with the reason as the body.
 /metrics   the role's prometheus-client registry, text exposition format.
+Read-only JSON routes a daemon adds (HttpSide.add_json_route), e.g. the GPU worker's
+/steps?since=<seq> (glitches/gpu_worker/step_log.py); a bad query answers 400 with the reason.
 
 It starts before the model loads, so /healthz answers during a long start-up and
 /readyz says what it is waiting for. A ThreadingHTTPServer on daemon threads:
@@ -12,10 +14,12 @@ scrapes never wait for each other, and the server never keeps the process alive.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -23,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Returns "" when ready, else why not (e.g. "loading the model").
 ReadinessCheck = Callable[[], str]
+# A read-only JSON route: the query's parameters -> the JSON body; ValueError -> 400 with its message.
+JsonRoute = Callable[[dict[str, str]], dict]
 
 
 class Readiness:
@@ -52,10 +58,10 @@ class Readiness:
             return f"readiness check failed: {type(error).__name__}: {error}"
 
 
-def _handler(registry: CollectorRegistry, readiness: Readiness):
+def _handler(registry: CollectorRegistry, readiness: Readiness, routes: dict[str, JsonRoute]):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path == "/healthz":
                 self._send(200, b"ok\n", "text/plain; charset=utf-8")
             elif path == "/readyz":
@@ -64,6 +70,13 @@ def _handler(registry: CollectorRegistry, readiness: Readiness):
                 self._send(503 if reason else 200, body, "text/plain; charset=utf-8")
             elif path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path in routes:
+                try:
+                    body = routes[path](dict(parse_qsl(query)))
+                except ValueError as error:
+                    self._send(400, f"bad query: {error}\n".encode(), "text/plain; charset=utf-8")
+                    return
+                self._send(200, json.dumps(body).encode(), "application/json")
             else:
                 self._send(404, b"not found: try /healthz, /readyz or /metrics\n", "text/plain; charset=utf-8")
 
@@ -84,7 +97,8 @@ class HttpSide:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, readiness: Readiness):
         """Bind host:port (0 = any free port) and serve on a daemon thread."""
         try:
-            self.server = ThreadingHTTPServer((host, port), _handler(registry, readiness))
+            self.routes: dict[str, JsonRoute] = {}
+            self.server = ThreadingHTTPServer((host, port), _handler(registry, readiness, self.routes))
         except OSError as error:
             raise OSError(f"could not bind the HTTP side port {host}:{port}: {error}; "
                           f"pick another --http-port (0 = any free port)") from error
@@ -93,6 +107,10 @@ class HttpSide:
         self._thread = threading.Thread(target=self.server.serve_forever, name="http-side", daemon=True)
         self._thread.start()
         log.info("HTTP side port on %s:%d (/healthz /readyz /metrics)", host, self.port)
+
+    def add_json_route(self, path: str, route: JsonRoute) -> None:
+        """Serve GET `path` (e.g. "/steps") as route(query parameters) in JSON, from now on."""
+        self.routes[path] = route
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -96,6 +96,10 @@ class WorkerDevice(ABC):
     def publish_metrics(self) -> None:
         """Set this kind's own gauges (read at scrape time); none by default."""
 
+    def http_routes(self) -> dict:
+        """Read-only JSON routes for the HTTP side port, path -> route (http_side.JsonRoute); none by default."""
+        return {}
+
     def ready_details(self) -> str:
         """What the ready line says about the device, e.g. "device=cuda:0 dtype=float16"."""
         return ""
@@ -178,6 +182,8 @@ def start_worker(device: WorkerDevice) -> RunningWorker:
     metrics.SLOTS.of(role).set(device.settings.slots)  # as resolved by build (GPU: --slots 0)
     metrics.publish_holds(role, holds, device.held_kv_bytes)
     device.publish_metrics()
+    for path, route in device.http_routes().items():
+        http.side.add_json_route(path, route)
     http.readiness.serving(worker_ready_check(registry, servicer.worker_id))
     return RunningWorker(device, servicer, server, http, registry, heartbeat, holds, address, publisher)
 
