@@ -13,6 +13,7 @@ from glitches.gpu_worker.settings import GpuWorkerSettings
 from glitches.kv_plane.prefix_index import block_hashes, root_hash
 from glitches.scheduler.orchestrator import Orchestrator
 from glitches.scheduler.placement import PATH_EXTEND, PATH_TRANSFER
+from glitches.scheduler.reuse_cost import ReuseCosts
 from glitches.scheduler.settings import SchedulerSettings
 from glitches.scheduler.validation import ModelInfo
 from glitches.services.cluster.registry import Registry, WorkerRecord
@@ -20,7 +21,7 @@ from glitches.services.cluster.worker_record import KvBlocks, record_from_info
 from glitches.services.generation import models
 from glitches.services.generation.sampling import Sampling
 from glitches.services.runtime.channels import insecure_channel
-from glitches.services.runtime.speed_meter import SpeedMeter
+from glitches.services.runtime.speed_meter import AffineSpeedMeter, SpeedMeter
 from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.conftest import REDIS_URL
 from tests.worker_helpers import serve_worker
@@ -58,11 +59,11 @@ def test_meter_is_zero_until_measured_then_a_weighted_ratio():
 def test_record_round_trips_through_redis_and_an_older_record_reads_as_not_measured(redis_prefix):
     registry = Registry(REDIS_URL, redis_prefix, heartbeat_ttl_s=30)
     try:
-        registry.register(_record("g0", "gpu", prefill_tokens_per_s=1234.5678))
+        registry.register(_record("g0", "gpu", prefill_tokens_per_s=1234.5678, prefill_overhead_s=0.0625))
         registry.register(_record("f0", "fpga", decode_step_s=0.123456789))
         registry.register(_record("f1", "fpga"))
         records = {state.record.worker_id: state.record for state in registry.workers()}
-        assert records["g0"] == _record("g0", "gpu", prefill_tokens_per_s=1234.5678)
+        assert records["g0"] == _record("g0", "gpu", prefill_tokens_per_s=1234.5678, prefill_overhead_s=0.0625)
         assert records["f0"].decode_step_s == 0.123456789 and records["f0"].prefill_tokens_per_s == 0.0
         # a record written by a worker from before the fields: they read as 0 (not measured)
         registry.redis.hdel(registry._key("worker", "f1"), "decode_step_s", "prefill_tokens_per_s")
@@ -127,3 +128,31 @@ def test_real_workers_publish_their_speeds_after_requests(tiny_source):
         gpu_server.stop(0)
         card_server.stop(0)
         engine.close()
+
+
+def test_the_affine_meter_separates_a_passs_fixed_seconds_from_its_per_token_rate():
+    """Passes of 0.06 s + 1 ms per token: the fit gives both; a plain ratio would say 20 tokens cost 0.125 s at
+    the mixed rate of these samples (it cannot tell 20 from 500)."""
+    meter = AffineSpeedMeter()
+    assert meter.fit() == (0.0, 0.0)
+    for tokens in (20, 500, 64, 300, 20, 800, 128):
+        meter.add(tokens, 0.06 + tokens / 1000)
+    overhead_s, rate = meter.fit()
+    assert overhead_s == pytest.approx(0.06, rel=1e-6) and rate == pytest.approx(1000, rel=1e-6)
+
+
+def test_the_affine_meter_falls_back_to_the_ratio_while_sizes_hardly_vary():
+    meter = AffineSpeedMeter()
+    for _ in range(5):
+        meter.add(100, 0.2)
+    assert meter.fit() == (0.0, pytest.approx(500.0))
+    meter.add(0, 1.0)  # ignored, as SpeedMeter
+    assert meter.samples == 5
+
+
+def test_a_measured_overhead_counts_once_per_prefill_pass_and_not_for_a_fully_cached_prompt():
+    costs = ReuseCosts(gpu_prefill_tokens_per_s=8735.0).with_measured(1000.0, 0.0, prefill_overhead_s=0.06)
+    assert costs.gpu_prefill_s(0, 500, 0) == pytest.approx(0.06 + 0.5)
+    assert costs.gpu_prefill_s(0, 500, 500) == 0.0
+    pinned = ReuseCosts(prefill_pinned=True).with_measured(1000.0, 0.0, prefill_overhead_s=0.06)
+    assert pinned.gpu_prefill_overhead_s == 0.0  # a pinned figure ignores the measurement, its overhead too

@@ -80,7 +80,7 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
             kv_free_bytes=pool.free_blocks * pool.block_bytes, kv_free_blocks=pool.free_blocks,
             kv_cached_bytes=pool.evictable_blocks * pool.block_bytes,
             kv_block_tokens=KV_BLOCK_TOKENS, gpu_assist_requests=engine.requests.assist_active(),
-            prefill_tokens_per_s=engine.loop.prefill_speed.per_second())
+            **_prefill_speed(engine.loop.prefill_speed.fit()))
 
     def _sends(self) -> list[str]:
         """What this worker sends KV with (its --kv-transport, or every one it can); Info lists it when the
@@ -194,3 +194,9 @@ def _device_name(device: str) -> str:
 
         return torch.cuda.get_device_name(torch.device(device))
     return "host CPU standing in for a GPU (no CUDA device)"
+
+
+def _prefill_speed(fit: tuple[float, float]) -> dict:
+    """Info's measured prefill fields from AffineSpeedMeter.fit(): (overhead s, tokens/s)."""
+    overhead_s, tokens_per_s = fit
+    return dict(prefill_overhead_s=overhead_s, prefill_tokens_per_s=tokens_per_s)

@@ -41,7 +41,7 @@ from glitches.gpu_worker.packed_attention import LayerHook, PackedBatch, Segment
 from glitches.gpu_worker.request_kv import RequestKv
 from glitches.gpu_worker.step_log import StepLog
 from glitches.services.runtime import metrics
-from glitches.services.runtime.speed_meter import SpeedMeter
+from glitches.services.runtime.speed_meter import AffineSpeedMeter
 from glitches.services.generation.decoding import Step, finish_reason
 from glitches.services.runtime.errors import Cancelled, InvalidArgument, Unavailable
 from glitches.services.generation.logprobs import TokenLogprob, prompt_logprobs
@@ -91,7 +91,7 @@ class StepLoop:
         self.device = device
         self.max_batch_tokens = max_batch_tokens
         self._decode_model = compiled_decode or model  # torch.compile'd model for decode-only steps, if any
-        self.prefill_speed = SpeedMeter()  # tokens per forward second of steps that prefill (the registry record's)
+        self.prefill_speed = AffineSpeedMeter()  # tokens per forward second of steps that prefill (the registry record's)
         self.steps = StepLog()  # the last steps run, by composition and seconds (GET /steps)
         self._prefills: list[PrefillJob] = []
         self._decodes: list[DecodeJob] = []

@@ -220,7 +220,8 @@ class Orchestrator:
                 WorkerView(w.record.worker_id, w.record.kind, w.record.slots, w.active, w.record.kv_free_bytes,
                            w.record.assist_active, w.record.capabilities.roles, w.record.capabilities.decode_class,
                            cached_tokens=held.get(w.record.worker_id, 0),
-                           prefill_tokens_per_s=w.record.prefill_tokens_per_s, decode_step_s=w.record.decode_step_s)
+                           prefill_tokens_per_s=w.record.prefill_tokens_per_s,
+                           prefill_overhead_s=w.record.prefill_overhead_s, decode_step_s=w.record.decode_step_s)
                 for w in workers.values()))
             request = PlacementRequest(len(prompt_ids), sampling.max_new_tokens,
                                        kv_bytes_needed(workers.values(), tokens),

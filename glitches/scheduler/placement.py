@@ -60,6 +60,7 @@ class WorkerView:
     decode_class: int = 0  # with ROLE_DECODE: preference, lower first
     cached_tokens: int = 0  # leading tokens of this request's prompt whose KV the worker holds (published)
     prefill_tokens_per_s: float = 0.0  # its measured prefill speed (prefill role), tokens/s; 0: not measured
+    prefill_overhead_s: float = 0.0  # its measured fixed seconds per prefill pass (with prefill_tokens_per_s)
     decode_step_s: float = 0.0  # its measured decode step (a forced prompt token costs one), s; 0: not measured
 
     def __post_init__(self):
@@ -119,7 +120,7 @@ class NoWorkerAvailable(Exception):
 
 def _own(costs: ReuseCosts, w: WorkerView) -> ReuseCosts:
     """The costs of `w`'s terms: its measured speeds where it published them, else the cluster's."""
-    return costs.with_measured(w.prefill_tokens_per_s, w.decode_step_s)
+    return costs.with_measured(w.prefill_tokens_per_s, w.decode_step_s, w.prefill_overhead_s)
 
 
 def _extend_without_prefill(snapshot: ClusterSnapshot, request: PlacementRequest, costs: ReuseCosts,

@@ -172,6 +172,7 @@ class WorkerRecord:
     roles: str = ""  # comma-separated, services.worker_caps.ROLES; "" (an older worker): its built-in kind's
     decode_class: int = 0  # with the decode role: preference, lower first (worker_caps.DECODE_CLASS_*); else 0
     prefill_tokens_per_s: float = 0.0  # measured prefill speed (its Info), tokens/s; 0: not measured yet
+    prefill_overhead_s: float = 0.0  # measured fixed seconds per prefill pass (its Info); 0: none measured
     decode_step_s: float = 0.0  # measured seconds per decode step (cards, its Info); 0: not measured yet
 
     @property

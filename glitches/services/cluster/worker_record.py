@@ -40,4 +40,5 @@ def record_from_info(info: worker_pb2.InfoResponse, kind: str, address: str, htt
                         kv_cached_bytes=info.kv_cached_bytes,
                         expiring_requests=info.expiring_requests, assist_active=info.gpu_assist_requests,
                         roles=",".join(info.roles), decode_class=info.decode_class,
-                        prefill_tokens_per_s=info.prefill_tokens_per_s, decode_step_s=info.decode_step_s)
+                        prefill_tokens_per_s=info.prefill_tokens_per_s,
+                        prefill_overhead_s=info.prefill_overhead_s, decode_step_s=info.decode_step_s)

@@ -12,7 +12,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("worker_id", "kind", "kind_name", "roles", "decode_class", "backend", "emulated", "device_name", "model", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "kv_bytes_per_token", "pid", "http_address", "kv_tokens_required", "kv_transports", "host_identity", "shm_segment", "nixl_agent", "kv_held_bytes", "expiring_requests", "kv_cached_bytes", "kv_hold_ttl_s", "request_auth_required", "gpu_assist_requests", "kv_free_blocks", "kv_block_tokens", "prefill_tokens_per_s", "decode_step_s")
+    __slots__ = ("worker_id", "kind", "kind_name", "roles", "decode_class", "backend", "emulated", "device_name", "model", "slots", "active_requests", "kv_capacity_bytes", "kv_free_bytes", "kv_bytes_per_token", "pid", "http_address", "kv_tokens_required", "kv_transports", "host_identity", "shm_segment", "nixl_agent", "kv_held_bytes", "expiring_requests", "kv_cached_bytes", "kv_hold_ttl_s", "request_auth_required", "gpu_assist_requests", "kv_free_blocks", "kv_block_tokens", "prefill_tokens_per_s", "prefill_overhead_s", "decode_step_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     KIND_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class InfoResponse(_message.Message):
     KV_FREE_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     KV_BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_OVERHEAD_S_FIELD_NUMBER: _ClassVar[int]
     DECODE_STEP_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     kind: _common_pb2.DeviceKind
@@ -74,8 +75,9 @@ class InfoResponse(_message.Message):
     kv_free_blocks: int
     kv_block_tokens: int
     prefill_tokens_per_s: float
+    prefill_overhead_s: float
     decode_step_s: float
-    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., kind_name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., decode_class: _Optional[int] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., pid: _Optional[int] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., shm_segment: _Optional[str] = ..., nixl_agent: _Optional[str] = ..., kv_held_bytes: _Optional[int] = ..., expiring_requests: _Optional[int] = ..., kv_cached_bytes: _Optional[int] = ..., kv_hold_ttl_s: _Optional[float] = ..., request_auth_required: _Optional[bool] = ..., gpu_assist_requests: _Optional[int] = ..., kv_free_blocks: _Optional[int] = ..., kv_block_tokens: _Optional[int] = ..., prefill_tokens_per_s: _Optional[float] = ..., decode_step_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., kind_name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., decode_class: _Optional[int] = ..., backend: _Optional[str] = ..., emulated: _Optional[bool] = ..., device_name: _Optional[str] = ..., model: _Optional[str] = ..., slots: _Optional[int] = ..., active_requests: _Optional[int] = ..., kv_capacity_bytes: _Optional[int] = ..., kv_free_bytes: _Optional[int] = ..., kv_bytes_per_token: _Optional[int] = ..., pid: _Optional[int] = ..., http_address: _Optional[str] = ..., kv_tokens_required: _Optional[bool] = ..., kv_transports: _Optional[_Iterable[str]] = ..., host_identity: _Optional[str] = ..., shm_segment: _Optional[str] = ..., nixl_agent: _Optional[str] = ..., kv_held_bytes: _Optional[int] = ..., expiring_requests: _Optional[int] = ..., kv_cached_bytes: _Optional[int] = ..., kv_hold_ttl_s: _Optional[float] = ..., request_auth_required: _Optional[bool] = ..., gpu_assist_requests: _Optional[int] = ..., kv_free_blocks: _Optional[int] = ..., kv_block_tokens: _Optional[int] = ..., prefill_tokens_per_s: _Optional[float] = ..., prefill_overhead_s: _Optional[float] = ..., decode_step_s: _Optional[float] = ...) -> None: ...
 
 class DecodeTarget(_message.Message):
     __slots__ = ("address", "worker_id", "kv_token", "held_prefix_tokens")
