@@ -12,7 +12,9 @@ from glitches.bench.profile_doc import DeviceSamples, profile_document, write_pr
 from glitches.services.runtime.errors import InvalidArgument
 from glitches.sim.cli import simulate
 from glitches.sim.measured import load_measured
-from glitches.sim.step_model import StepModel, StepPoint, fit_step_model
+from glitches.bench.profile_doc import batched_steps_entry
+from glitches.bench.profile_steplog import step_point
+from glitches.sim.step_model import TERMS, StepModel, StepPoint, context_read, fit_step_model
 
 TRUE = StepModel(0.030, 0.0012, 0.008, 2e-5)  # seconds: per step, per prefill token, per row, per context token
 
@@ -46,7 +48,9 @@ def test_the_fit_keeps_coefficients_non_negative_and_reports_its_error():
 
 
 def test_step_s_counts_decode_contexts_and_the_kv_a_chunk_reads():
-    assert TRUE.step_s([(100, 50)], [200, 300]) == pytest.approx(TRUE.seconds(100, 2, 550))
+    # 2+ decode rows run batched, padded to the longest: 2 x 300 read, plus the chunk's 50 tokens in KV
+    assert TRUE.step_s([(100, 50)], [200, 300]) == pytest.approx(TRUE.seconds(100, 2, 650))
+    assert TRUE.step_s([], [200]) == pytest.approx(TRUE.seconds(0, 1, 200))  # a lone row reads its own
     assert TRUE.step_s([], []) == pytest.approx(TRUE.overhead_s)
     with pytest.raises(InvalidArgument):
         fit_step_model(grid(TRUE)[:1])
@@ -99,3 +103,46 @@ def test_a_profile_with_batched_steps_drives_the_batching_gpu(tmp_path):
     assert result["tpot_s"]["p50"] == pytest.approx(TRUE.seconds(0, 8, 8 * 69), rel=0.05)
     # the first token: the request path's overhead, then one step of the 8 prompts (512 tokens, the budget)
     assert result["ttft_s"]["p50"] == pytest.approx(0.05 + TRUE.seconds(512, 0, 0), rel=1e-6)
+
+
+BATCHED = StepModel(0.040, 0.0010, 0.002, 3e-5, batched_decode_s=0.030)  # seconds, as TRUE plus a batched path
+
+
+def test_the_fit_recovers_the_batched_decode_term_from_logged_steps():
+    """Steps as a worker logs them (prefills, lone decodes, batched decodes, mixed), their seconds from a known
+    model: the fit finds every coefficient, and a model without the batched term misses them by far more."""
+    rng = np.random.default_rng(3)
+    points = []
+    for _ in range(60):
+        rows = int(rng.choice([0, 1, 2, 4, 8]))
+        contexts = [int(c) for c in rng.integers(16, 600, size=rows)]
+        chunks = [(int(rng.integers(8, 128)), int(rng.integers(0, 64)))] if rows == 0 or rng.random() < 0.2 else []
+        new = sum(n for n, _ in chunks)
+        context = context_read(chunks, contexts)
+        points.append(StepPoint(new, rows, context, BATCHED.seconds(new, rows, context)))
+    fit = fit_step_model(points)
+    for name in TERMS:
+        assert getattr(fit, name) == pytest.approx(getattr(BATCHED, name), rel=1e-6, abs=1e-12)
+    assert fit.fit_max_rel_error < 1e-9 and fit.fit_points == 60
+    assert StepModel.from_json(fit.to_json(), "test") == fit
+    old = fit.to_json()
+    del old["batched_decode_s"]  # a profile written before the term: loads with it at 0
+    assert StepModel.from_json(old, "test").batched_decode_s == 0.0
+    no_batched = fit_step_model([StepPoint(p.prefill_tokens, min(p.decode_rows, 1), p.context_tokens, p.seconds)
+                                 for p in points])
+    assert no_batched.fit_max_rel_error > 0.05
+
+
+def test_logged_steps_become_points_and_the_profile_fits_them_beside_the_client_clock():
+    logged = {"chunks": [[16, 48]], "decode_contexts": [70, 90, 80], "step_s": 0.2}
+    point = step_point(logged)
+    assert (point.prefill_tokens, point.decode_rows, point.context_tokens) == (16, 3, 3 * 90 + 48)
+    steps = [StepPoint(0, rows, rows * ctx, BATCHED.seconds(0, rows, rows * ctx)) for rows in (1, 2, 4, 8)
+             for ctx in (64, 400)]
+    steps += [StepPoint(n, 0, 0, BATCHED.seconds(n, 0, 0)) for n in (32, 64, 128)]
+    entry = batched_steps_entry(steps[:4], [32, 64], [BATCHED.seconds(32, 0, 0), BATCHED.seconds(64, 0, 0)], steps)
+    assert entry["source"] == "worker-step-log" and len(entry["points"]) == len(steps)
+    assert entry["fit"]["batched_decode_s"] == pytest.approx(0.030, rel=1e-6)
+    assert entry["client_fit_on_logged"]["max_rel_error"] >= 0
+    alone = batched_steps_entry(steps[:4], [32, 64], [0.07, 0.1])
+    assert alone["source"] == "client-token-clock" and "client_fit" not in alone

@@ -30,6 +30,7 @@ class DeviceSamples:
     kv_bytes_per_token: list[float] = field(default_factory=list)  # kv_bytes / prompt tokens, per request
     kv_gb_per_s: list[float] = field(default_factory=list)  # per request, see kv_link_gb_per_s
     step_points: list[StepPoint] = field(default_factory=list)  # batched steps (glitches.bench.profile_batched)
+    logged_steps: list[StepPoint] = field(default_factory=list)  # the worker's own step log (profile_steplog)
     request_overhead_s: list[float] = field(default_factory=list)  # client TTFT - prefill_s, per prefill sample
 
 
@@ -80,16 +81,40 @@ def device_entry(d: DeviceSamples, fallback_prefill: dict[int, list[float]] | No
         entry["kv_transfer_gb_per_s"] = float(np.median(d.kv_gb_per_s))
     if d.request_overhead_s:
         entry["request_overhead_s"] = float(np.median(d.request_overhead_s))
-    if d.step_points:
-        entry["batched_steps"] = batched_steps_entry(d.step_points, px, py)
+    if d.step_points or len(d.logged_steps) >= 2:
+        entry["batched_steps"] = batched_steps_entry(d.step_points, px, py, d.logged_steps)
     return entry
 
 
-def batched_steps_entry(steps: list[StepPoint], prompt_tokens: list[int], prefill_s: list[float]) -> dict:
-    """The measured batched steps plus the prefill medians (a step of one whole prompt), and their fit."""
-    points = list(steps) + [StepPoint(n, 0, 0, s) for n, s in zip(prompt_tokens, prefill_s)]
-    fit = fit_step_model(points)
-    return {"points": [vars(p) for p in points], "fit": fit.to_json()}
+def batched_steps_entry(steps: list[StepPoint], prompt_tokens: list[int], prefill_s: list[float],
+                        logged: list[StepPoint] | None = None) -> dict:
+    """The step model's points and fit.
+
+    With the worker's step log (`logged`, 2 steps at least) the fit is of every step the worker ran during
+    the profile, each with its exact composition and its own whole-step time ("source": "worker-step-log").
+    The client-timed points (the batched windows' median token gaps, plus the prefill medians as steps of one
+    whole prompt) are fitted too and kept beside it ("client_points", "client_fit"), with that fit's error on
+    the logged steps ("client_fit_on_logged": worst and median relative error), so the two are compared on
+    the same steps. Without a log the client-timed fit is the one used ("source": "client-token-clock").
+    """
+    client = list(steps) + [StepPoint(n, 0, 0, s) for n, s in zip(prompt_tokens, prefill_s)]
+    client_fit = fit_step_model(client) if len(client) >= 2 else None
+    if not logged or len(logged) < 2:
+        return {"source": "client-token-clock", "points": [vars(p) for p in client], "fit": client_fit.to_json()}
+    fit = fit_step_model(logged)
+    out = {"source": "worker-step-log", "points": [vars(p) for p in logged], "fit": fit.to_json()}
+    if client_fit is not None:
+        relative = relative_errors(client_fit, logged)
+        out |= {"client_points": [vars(p) for p in client], "client_fit": client_fit.to_json(),
+                "client_fit_on_logged": {"max_rel_error": float(np.max(relative)),
+                                         "median_rel_error": float(np.median(relative))}}
+    return out
+
+
+def relative_errors(model, points: list[StepPoint]) -> np.ndarray:
+    """|model - measured| / measured per point."""
+    return np.array([abs(model.seconds(p.prefill_tokens, p.decode_rows, p.context_tokens) - p.seconds) / p.seconds
+                     for p in points])
 
 
 def token_by_token_prefill(decode: dict[int, list[float]], lengths: list[int]) -> dict[int, list[float]]:

@@ -16,7 +16,13 @@
 - batched steps (batched_rows non-empty): the GPU step loop's time at 1..N decode rows and two contexts
   (glitches.bench.profile_batched), fitted with the prefill samples into a step model
   (glitches.sim.step_model) that a batching GPU in the simulator uses; and the request path's latency
-  outside the forward pass (client TTFT - prefill_s, each prefill sample).
+  outside the forward pass (client TTFT - prefill_s, each prefill sample);
+- the GPU worker's own step log (glitches/bench/profile_steplog.py, GET /steps on its HTTP side port): every
+  step it ran from the profile's start to its end, each a point of the step model with its exact
+  composition and its whole-step time on the worker. When the worker serves it, the step model is fitted
+  to these steps (prefills of every length, lone decodes at every context, the batched windows, and the
+  mixed steps where a prefill joins decodes), with the client-timed fit beside it for comparison
+  (profile_doc.batched_steps_entry). A worker that serves no log leaves the client-timed fit.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from glitches.aio import AsyncClient
 from glitches.bench.power import device_power
 from glitches.bench.profile_batched import measure_batched_steps, timed_stream
 from glitches.bench.profile_doc import DeviceSamples, kv_link_gb_per_s, profile_document
+from glitches.bench.profile_steplog import last_seq, read_steps, step_point
 from glitches.bench.prompts import exact_length_prompt, load_tokenizer_for
 from glitches.types import ClusterStatus, Completion
 
@@ -107,6 +114,8 @@ async def _measure(config: ProfileConfig) -> dict:
         tokenizer = load_tokenizer_for(status.model)
         rng = np.random.default_rng(config.seed)
         layers = 0
+        log_gpu = next((w for w in status.workers if w.kind == "gpu" and w.healthy and w.http_address), None)
+        log_start = await _log_seq(log_gpu)
         steps = (len(config.prefill_lengths) + len(config.decode_contexts) * (1 + config.gpu_decode)) * config.repeats
         bar = tqdm(total=steps, desc="profile", unit="req", file=sys.stderr, disable=not config.progress)
 
@@ -141,6 +150,8 @@ async def _measure(config: ProfileConfig) -> dict:
         if config.batched_rows:
             await _batched_samples(client, config, tokenizer, rng, devices, status, fpga_slots, batch_notes)
         bar.close()
+        if log_start is not None:
+            batch_notes += await _logged_steps(log_gpu, log_start, devices)
     notes = batch_notes + [
         f"measured by `glitches profile` at {time.strftime('%Y-%m-%d %H:%M:%S')} against {config.address}",
         "decode seconds_per_token = decode_s / (tokens - 1) per request, on the client-visible token clock",
@@ -152,6 +163,25 @@ async def _measure(config: ProfileConfig) -> dict:
         f"idle {35.0} W assumed as in glitches/sim/profiles/devices.json",
     ]
     return profile_document(status.model, layers, devices, notes)
+
+
+async def _log_seq(gpu) -> int | None:
+    """The GPU worker's last logged step, or None when it serves no step log (an older worker)."""
+    if gpu is None:
+        return None
+    try:
+        return await asyncio.to_thread(last_seq, gpu.http_address)
+    except (OSError, ValueError, KeyError):  # URLError/HTTPError (404: no /steps) are OSErrors
+        return None
+
+
+async def _logged_steps(gpu, since: int, devices: dict[str, DeviceSamples]) -> list[str]:
+    """Every step the GPU worker logged since `since`, into its kind's samples; returns the profile's notes."""
+    steps, _, dropped = await asyncio.to_thread(read_steps, gpu.http_address, since)
+    devices[device_key(gpu.kind, gpu.backend)].logged_steps = [step_point(s) for s in steps]
+    return [f"step model fitted to the GPU worker's own step log ({gpu.worker_id}, GET /steps): {len(steps)} steps, "
+            "seconds = the whole step on the worker (schedule, forward, postprocess)"
+            + (f"; {dropped} steps dropped by its ring before they were read" if dropped else "")]
 
 
 class Blockers:
