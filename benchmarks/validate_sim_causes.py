@@ -8,10 +8,15 @@ same trace), per decode kind ("fpga": an emulated card, "gpu": GPU assist), medi
   gRPC, tokenizing and queueing, against the profile's request_overhead_s (measured alone);
 
 And a replay: the same simulation with a copy of the profile set to the speed the devices ran at during
-this run (`run_speed_profile`: the workers' own times, from the scheduler's per-request timings: the GPU's
-prefill_s, the per-step forward time device_decode_s / (tokens - 1) on the GPU and on the cards). Not a
-prediction (it reads the run it is compared with); it separates the error of the system model (queueing,
-batching, placement) from the error of the device speeds in the profile.
+this run (`run_speed_profile`). The GPU: its step model fitted to the steps its step loop logged during
+the run (glitches/gpu_worker/step_log.py, GET /steps: every step's composition and whole-step seconds), and
+its prefill curve from that fit; so a prefill costs the steps that computed it and nothing of its wait
+behind other steps. Without the log (an older worker) the earlier, biased replay: the GPU's median
+prefill_s (which runs from the prefill's submission to the end of the step that finishes it, so it holds
+the wait behind other steps) and every step at the median per-step forward time device_decode_s /
+(tokens - 1). The cards: their per-step forward time device_decode_s / (tokens - 1) from the scheduler's
+per-request timings. Not a prediction (it reads the run it is compared with); it separates the error of
+the system model (queueing, batching, placement) from the error of the device speeds in the profile.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import copy
 import numpy as np
 
 from glitches.bench.records import RequestResult
+from glitches.sim.step_model import StepPoint, fit_step_model
 
 
 def _median(values) -> float:
@@ -71,20 +77,35 @@ def _per_step(results: list[RequestResult], kind: str) -> list[float]:
             and r.timings.device_decode_s > 0]
 
 
-def run_speed_profile(doc: dict, results: list[RequestResult], gpu_name: str, fpga_name: str | None) -> dict:
-    """The profile with each device's times replaced by its median worker-side time during `results`."""
-    out = copy.deepcopy(doc)
-    ok = [r for r in results if r.ok and r.timings is not None and r.timings.prefill_s > 0]
-    gpu = out["devices"][gpu_name]
+def _median_gpu_speeds(gpu: dict, results: list[RequestResult], ok: list[RequestResult]) -> None:
+    """The replay without a step log: the median prefill_s (wait included) and the median GPU step."""
     if ok:
         gpu["prefill"] = {"prompt_tokens": [int(np.median([r.prompt_tokens for r in ok]))],
                           "seconds": [_median([r.timings.prefill_s for r in ok])]}
     gpu_steps = _per_step(results, "gpu")
     if gpu_steps and "batched_steps" in gpu:  # every step of the run costs the run's median GPU step
         fit = gpu["batched_steps"]["fit"]
-        fit.update(overhead_s=_median(gpu_steps), per_decode_row_s=0.0, per_context_token_s=0.0)
+        fit.update(overhead_s=_median(gpu_steps), per_decode_row_s=0.0, per_context_token_s=0.0, batched_decode_s=0.0)
         if ok:
             fit["per_prefill_token_s"] = gpu["prefill"]["seconds"][0] / gpu["prefill"]["prompt_tokens"][0]
+
+
+def run_speed_profile(doc: dict, results: list[RequestResult], gpu_name: str, fpga_name: str | None,
+                      logged_steps: list[StepPoint] | None = None) -> dict:
+    """The profile with each device's times replaced by its worker-side times during `results`: the GPU's
+    step model fitted to `logged_steps` (its step log during the run, profile_steplog.step_point each) when
+    there are 2 or more, else the medians described in the module docstring."""
+    out = copy.deepcopy(doc)
+    ok = [r for r in results if r.ok and r.timings is not None and r.timings.prefill_s > 0]
+    gpu = out["devices"][gpu_name]
+    if logged_steps is not None and len(logged_steps) >= 2:
+        fit = fit_step_model(logged_steps)
+        lengths = gpu.get("prefill", {}).get("prompt_tokens") or sorted({r.prompt_tokens for r in ok}) or [64]
+        gpu["prefill"] = {"prompt_tokens": list(lengths), "seconds": [fit.seconds(n, 0, 0) for n in lengths]}
+        gpu["batched_steps"] = {"source": "run-step-log", "points": [vars(p) for p in logged_steps],
+                                "fit": fit.to_json()}
+    else:
+        _median_gpu_speeds(gpu, results, ok)
     fpga_steps = _per_step(results, "fpga")
     if fpga_name and fpga_steps:
         out["devices"][fpga_name]["decode"] = {"context_tokens": [1], "seconds_per_token": [_median(fpga_steps)]}

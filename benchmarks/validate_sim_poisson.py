@@ -23,6 +23,7 @@ from pathlib import Path
 from benchmarks.validate_sim_causes import live_breakdown, render, run_speed_profile, sim_breakdown
 from glitches.bench.profile_doc import write_profile
 from glitches.bench.profile_measure import ProfileConfig, device_key, measure_profile
+from glitches.bench.profile_steplog import last_seq, read_steps, step_point
 from glitches.bench.run import BenchConfig, run_bench
 from glitches.client import Client
 from glitches.cluster import ClusterSpec, LocalCluster
@@ -65,10 +66,12 @@ def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
             rate = fraction * capacity
             trace = run_dir / f"trace-{fpgas}-{label.replace(' ', '-')}.jsonl"
             before = _load()
+            log_start = last_seq(gpu.http_address)  # the GPU's step log: the replay's step times
             live, results = run_bench(BenchConfig(cluster.address, args.input, args.output,
                                                   num_requests=args.num_requests, request_rate=rate, seed=args.seed,
                                                   progress=False, trace_out=str(trace)))
             after = _load()
+            logged, _, dropped = read_steps(gpu.http_address, log_start)
             gpu_name = device_key("gpu", gpu.backend)
             config = build_config(1, gpu_name, fpgas, device_key("fpga", fpga.backend) if fpga else "u280",
                                   "llama-2-7b", str(profile), gpu_decode_slots=gpu.slots)
@@ -91,7 +94,9 @@ def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
             print("\n".join(render(row["causes"]["live"], row["causes"]["sim"], doc["devices"][gpu_name])), flush=True)
             fpga_name = device_key("fpga", fpga.backend) if fpga else None
             replay_path = run_dir / f"profile-run-speed-{fpgas}-{label.replace(' ', '-')}.json"
-            write_profile(run_speed_profile(doc, results, gpu_name, fpga_name), replay_path)
+            write_profile(run_speed_profile(doc, results, gpu_name, fpga_name, [step_point(s) for s in logged]),
+                          replay_path)
+            row["replay_steps"] = {"logged": len(logged), "dropped": dropped}
             replay_config = build_config(1, gpu_name, fpgas, fpga_name or "u280", "llama-2-7b", str(replay_path),
                                          gpu_decode_slots=gpu.slots)
             replay = summarise(simulate_node(replace(replay_config, gpu_batching=True), workload.shapes,

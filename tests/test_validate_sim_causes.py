@@ -11,7 +11,7 @@ from glitches.bench.profile_doc import DeviceSamples, profile_document, write_pr
 from glitches.bench.records import RequestResult
 from glitches.sim.metrics import summarise
 from glitches.sim.run import build_config, simulate_node
-from glitches.sim.step_model import StepPoint
+from glitches.sim.step_model import StepModel, StepPoint
 from glitches.types import Timings
 
 
@@ -60,3 +60,27 @@ def test_the_replay_runs_the_simulator_at_the_runs_own_device_speed(tmp_path):
     assert live["n_gpu"] == 4 and live["n_fpga"] == 0 and live["path_s"] == pytest.approx(0.01)
     assert live["tpot_gpu_s"] == pytest.approx(0.18)
     assert sim_breakdown(node)["tpot_gpu_s"] == pytest.approx(0.15)
+
+
+def test_the_replay_times_the_gpu_by_the_steps_it_logged_not_by_prefill_s(tmp_path):
+    """The worker's prefill_s holds the wait behind other steps (here 3 s); the logged steps do not: the replay's
+    prefill is the fit of the steps that computed it, and each decode step the logged one-row step."""
+    doc = _profile()
+    run_model = StepModel(0.10, 0.002, 0.05, 0.0)  # the run's real steps, seconds
+    logged = [StepPoint(64, 0, 0, run_model.seconds(64, 0, 0)), StepPoint(32, 0, 0, run_model.seconds(32, 0, 0))]
+    logged += [StepPoint(0, 1, ctx, run_model.seconds(0, 1, ctx)) for ctx in range(64, 72)]
+    logged += [StepPoint(16, 1, 70, run_model.seconds(16, 1, 70))]
+    results = [_result(i, 5.0 * i, 0.15, 3.0) for i in range(4)]
+    replayed = run_speed_profile(doc, results, "gpu-cpu", None, logged)
+    gpu = replayed["devices"]["gpu-cpu"]
+    assert gpu["batched_steps"]["source"] == "run-step-log" and len(gpu["batched_steps"]["points"]) == len(logged)
+    fit = gpu["batched_steps"]["fit"]
+    assert fit["overhead_s"] == pytest.approx(0.10) and fit["per_decode_row_s"] == pytest.approx(0.05)
+    assert dict(zip(gpu["prefill"]["prompt_tokens"], gpu["prefill"]["seconds"]))[64] == pytest.approx(0.228)
+    path = tmp_path / "p.json"
+    write_profile(replayed, path)
+    config = replace(build_config(1, "gpu-cpu", 0, "u280", "llama-2-7b", str(path), gpu_decode_slots=8),
+                     gpu_batching=True)
+    summary = summarise(simulate_node(config, [(64, 8)] * 4, arrivals_s=[5.0 * i for i in range(4)]))
+    assert summary["tpot_s"]["p50"] == pytest.approx(0.15, rel=0.01)  # one row at ~68 tokens of context
+    assert summary["ttft_s"]["p50"] < 1.0  # the 3 s prefill_s (mostly wait) is not charged as compute
