@@ -101,6 +101,8 @@ def run_speed_profile(doc: dict, results: list[RequestResult], gpu_name: str, fp
     if logged_steps is not None and len(logged_steps) >= 2:
         fit = fit_step_model(logged_steps)
         lengths = gpu.get("prefill", {}).get("prompt_tokens") or sorted({r.prompt_tokens for r in ok}) or [64]
+        if fit.per_prefill_token_s <= 0:  # a flat curve: the profile format wants increasing samples
+            lengths = lengths[:1]
         gpu["prefill"] = {"prompt_tokens": list(lengths), "seconds": [fit.seconds(n, 0, 0) for n in lengths]}
         gpu["batched_steps"] = {"source": "run-step-log", "points": [vars(p) for p in logged_steps],
                                 "fit": fit.to_json()}

@@ -96,4 +96,12 @@ def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_toke
     for name, d in doc["devices"].items():
         click.echo(f"{name}: prefill {d['prefill']} decode {d['decode']} "
                    f"kv link {d.get('kv_transfer_gb_per_s', '-')} GB/s")
+        if "batched_steps" in d:  # the step model (glitches/sim/step_model.py) and how well it explains its points
+            steps = d["batched_steps"]
+            fit = steps["fit"]
+            click.echo(f"{name}: step model from {steps.get('source', 'client-token-clock')} "
+                       f"({fit.get('fit_points', len(steps['points']))} steps): "
+                       + " ".join(f"{k} {v:.3g}" for k, v in fit.items() if not k.startswith("fit_"))
+                       + f"; relative error median {fit.get('fit_median_rel_error', 0):.1%} "
+                       f"worst {fit['fit_max_rel_error']:.1%}")
     click.echo(f"wrote {out_path}")
