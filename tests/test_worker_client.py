@@ -188,3 +188,16 @@ def test_info_is_typed_and_a_silent_worker_is_lost():
     with pytest.raises(WorkerLost):
         silent.info(FPGA)
     assert not silent.answers(FPGA)
+
+
+def test_a_card_without_room_to_extend_its_held_prefix_is_kv_refused_so_the_request_goes_elsewhere():
+    """DecodeFromHeld answering RESOURCE_EXHAUSTED (its HBM too fragmented for the grown region) is a refusal of
+    this card, as a full card refusing a KV transfer: the scheduler excludes it and places the request again."""
+    stream = FakeStream([], FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "largest free region is 64 bytes"))
+    card = FakeStub()
+    card.DecodeFromHeld = lambda message, timeout=None: stream
+    decode = _client(FakeStub(), card).decode_from_held(FPGA, "r.0", [1, 2, 3], Sampling(max_new_tokens=4), b"",
+                                                         2, timeout_s=5)
+    with pytest.raises(KvRefused) as caught:
+        list(decode)
+    assert caught.value.worker_id == "f0" and "largest free region" in str(caught.value)

@@ -11,7 +11,8 @@ it never builds a protobuf message or reads a status code. Failed calls become s
     Decode   UNAVAILABLE -> WorkerLost (the decode worker)
     DecodeFromHeld  UNAVAILABLE -> WorkerLost (the card); FAILED_PRECONDITION -> HeldKvGone (the card no
              longer holds the prefix it published: a stale routing hint, not a lost worker); UNIMPLEMENTED
-             (a worker that publishes held KV but cannot serve from it) -> HeldKvGone too
+             (a worker that publishes held KV but cannot serve from it) -> HeldKvGone too; RESOURCE_EXHAUSTED
+             (no region for the request beside or instead of the held one) -> KvRefused (the card: try another)
     any other failure -> from_rpc_error(error, "<call> on <worker> failed") (a downstream DEADLINE_EXCEEDED
                          becomes Unavailable: the worker was slow, not the caller's deadline)
 
@@ -125,6 +126,9 @@ class DecodeStream:
             if self._held and error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
                 raise HeldKvGone(f"{self.worker_id} no longer holds the prefix ({error.details()})",
                                  worker_id=self.worker_id) from error
+            if self._held and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # no region for it: try elsewhere
+                raise KvRefused(f"{self.worker_id} had no room to extend its held prefix ({error.details()})",
+                                worker_id=self.worker_id) from error
             raise from_rpc_error(error, f"decode on {self.worker_id} failed") from error
 
 
