@@ -17,7 +17,9 @@ every 0.5 s; a turn sent at once is routed by the previous publication).
 
 Settings, each two fresh `glitches up` (ClusterSpec) running at once, reuse on and reuse off, same trace;
 every turn goes to both back to back, in an order that alternates turn by turn, so the two halves of a
-pair run under the same machine load ("paired_ttft_on_over_off": per-turn TTFT ratios, median and p90):
+pair run under the same machine load ("paired_ttft_on_over_off": per-turn TTFT ratios, median and p90; "cold":
+--cold prompts of 200 random words, sharing no KV block with anything, sent first, paired the same way: what
+reuse costs when it finds nothing, the issue's "reuse off costs nothing"):
 - "cards": 1 GPU worker + 2 emulated FPGA workers (reference numerics, 256 MiB HBM each);
 - "gpu": 1 GPU worker, no card (GPU assist decodes; the figures before the cards existed).
 Reuse on: the defaults (--prefix-cache, --kv-reuse, cards --kv-retention). Reuse off: --no-prefix-cache,
@@ -65,6 +67,8 @@ WORDS = ("memory bandwidth decode prefill cache token model layer attention kern
          "answer question explain short why how what when fast slow cost power board host network").split()
 SETUPS = {"cards": 2, "gpu": 0}  # setting name -> emulated FPGA workers beside the one GPU worker
 CARD_HBM_BYTES = 256 * 1024**2  # per emulated card: plenty for these conversations, little of the machine's RAM
+COLD_WORDS = 200  # words per cold prompt (about as many tokens)
+COLD_REPLY_TOKENS = 4
 SIM_GAP_S = 60.0  # the simulated trace's spacing between requests: one at a time, as live
 
 
@@ -120,11 +124,13 @@ def _row(c: int, t: int, prompt: list[int], r) -> dict:
 
 
 def run_paired(specs: dict[str, ClusterSpec], chats: list[list[tuple[str, int]]], max_tokens: int, tokenizer,
-               think_s: float) -> tuple[dict[str, list[dict]], dict[str, int]]:
+               think_s: float, cold: list[list[int]]) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """Every turn of the trace against two clusters up at once (reuse on and off), each turn sent to both
     back to back, the order alternating turn by turn, so both halves of a pair see the same machine load
     (this machine's speed drifts several-fold over minutes: halves run minutes apart are not comparable).
-    Each cluster's conversation goes on with its own replies. Returns rows and KV bytes per token per label."""
+    Each cluster's conversation goes on with its own replies. First, the `cold` prompts (sharing no block with
+    anything sent before: what reuse costs when it finds nothing), paired the same way, as rows of turn 0.
+    Returns rows and KV bytes per token per label."""
     labels = list(specs)
     rows: dict[str, list[dict]] = {label: [] for label in labels}
     with contextlib.ExitStack() as stack:
@@ -135,6 +141,9 @@ def run_paired(specs: dict[str, ClusterSpec], chats: list[list[tuple[str, int]]]
             clients[label].generate("warm up", max_tokens=2)
         kv_per_token = {label: _card_kv_bytes_per_token(clients[label]) for label in labels}
         pair = 0
+        for i, prompt in enumerate(cold):
+            for label in (labels if i % 2 == 0 else labels[::-1]):
+                rows[label].append(_row(-1, -1, prompt, clients[label].generate(prompt, max_tokens=COLD_REPLY_TOKENS)))
         for c, chat in enumerate(chats):
             messages = {label: [] for label in labels}
             for t, (text, reply_tokens) in enumerate(chat):
@@ -150,13 +159,22 @@ def run_paired(specs: dict[str, ClusterSpec], chats: list[list[tuple[str, int]]]
     return rows, kv_per_token
 
 
+def cold_prompts(seed: int, count: int, tokenizer) -> list[list[int]]:
+    """`count` prompts of COLD_WORDS random words each (seeded), no chat template: no two share a KV block."""
+    rng = random.Random(seed + 1)
+    return [tokenizer(" ".join(rng.choice(WORDS) for _ in range(COLD_WORDS)), add_special_tokens=False)["input_ids"]
+            for _ in range(count)]
+
+
 def paired_ttft(on: list[dict], off: list[dict]) -> dict:
     """Per turn on/off TTFT ratios of the same turn run back to back: median and p90 over turns 2+ and turn 1."""
-    def ratios(first: bool) -> list[float]:
-        return [a["ttft_s"] / b["ttft_s"] for a, b in zip(on, off) if (a["turn"] == 1) == first and b["ttft_s"] > 0]
-    later, first = ratios(False), ratios(True)
+    def ratios(turns) -> list[float]:
+        return [a["ttft_s"] / b["ttft_s"] for a, b in zip(on, off) if turns(a["turn"]) and b["ttft_s"] > 0]
+    later, first, cold = ratios(lambda t: t > 1), ratios(lambda t: t == 1), ratios(lambda t: t == 0)
     return dict(later_median=_median(later), later_p90=_quantile(later, 0.9), later_pairs=len(later),
-                first_median=_median(first), first_p90=_quantile(first, 0.9), first_pairs=len(first))
+                first_median=_median(first), first_p90=_quantile(first, 0.9), first_pairs=len(first),
+                cold_median=_median(cold), cold_p90=_quantile(cold, 0.9), cold_pairs=len(cold),
+                cold_cached_tokens_on=sum(a["cached"] for a in on if a["turn"] == 0))
 
 
 def summarize(rows: list[dict], kv_per_token: int) -> dict:
@@ -223,12 +241,15 @@ def _simulated_figures(summary: dict) -> dict:
                 paths=summary["paths"])
 
 
-def run_setup(fpgas: int, chats, max_tokens: int, tokenizer, think_s: float) -> tuple[dict, bool]:
+def run_setup(fpgas: int, chats, max_tokens: int, tokenizer, think_s: float, cold: list[list[int]]) -> tuple[dict, bool]:
     specs = {label: ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0,
                                 fpga_hbm_bytes=CARD_HBM_BYTES if fpgas else 0, prefix_cache=reuse,
                                 kv_retention=reuse, scheduler_args=() if reuse else ("--no-kv-reuse",))
              for label, reuse in (("on", True), ("off", False))}
-    rows, kv_per_token = run_paired(specs, chats, max_tokens, tokenizer, think_s)
+    rows, kv_per_token = run_paired(specs, chats, max_tokens, tokenizer, think_s, cold)
+    paired = paired_ttft(rows["on"], rows["off"])
+    same = [r["ids"] for r in rows["on"]] == [r["ids"] for r in rows["off"]]
+    rows = {label: [r for r in rows[label] if r["turn"] > 0] for label in rows}  # the trace's turns
     halves = {label: dict(prefix_cache=label == "on", kv_reuse=label == "on", kv_retention=label == "on" and fpgas > 0,
                           **summarize(rows[label], kv_per_token[label])) for label in ("on", "off")}
     halves["simulated"] = simulate(rows["on"], fpgas)
@@ -241,8 +262,8 @@ def run_setup(fpgas: int, chats, max_tokens: int, tokenizer, think_s: float) -> 
         prefill_tokens=_ratio(on["prefill_tokens"], off["prefill_tokens"]),
         kv_bytes=_ratio(on["kv_bytes"], off["kv_bytes"]),
         output_tokens_per_s=_ratio(on["output_tokens_per_s"], off["output_tokens_per_s"]))
-    halves["paired_ttft_on_over_off"] = paired_ttft(rows["on"], rows["off"])
-    same = [r["ids"] for r in rows["on"]] == [r["ids"] for r in rows["off"]]
+    halves["paired_ttft_on_over_off"] = paired
+    halves["turns"] = {label: [{k: v for k, v in r.items() if k != "ids"} for r in rows[label]] for label in rows}
     halves["replies_equal"] = same
     return halves, same
 
@@ -254,13 +275,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=27)
     parser.add_argument("--think-s", type=float, default=1.0, help="pause between turns, seconds")
     parser.add_argument("--setups", default="cards,gpu", help=f"comma-separated, of {sorted(SETUPS)}")
+    parser.add_argument("--cold", type=int, default=6, help="cold prompts (no shared block) first, paired")
     args = parser.parse_args()
     tokenizer = models.load_tokenizer(models.resolve_model(models.DEFAULT_MODEL))
     chats = chat_trace(args.seed, args.conversations)
     load_before, started = os.getloadavg(), time.monotonic()
     settings, all_same = {}, True
     for name in args.setups.split(","):
-        settings[name], same = run_setup(SETUPS[name], chats, args.max_tokens, tokenizer, args.think_s)
+        settings[name], same = run_setup(SETUPS[name], chats, args.max_tokens, tokenizer, args.think_s,
+                                         cold_prompts(args.seed, args.cold, tokenizer))
         all_same &= same
         print(json.dumps({name: settings[name]}), file=sys.stderr, flush=True)  # progress: a setting's figures
     out = dict(trace=f"glitches.sim.reuse.conversation_trace(seed={args.seed}), {args.conversations} conversations",
