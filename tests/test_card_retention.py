@@ -183,3 +183,21 @@ def _metrics(http_address: str) -> dict[str, float]:
     body = urllib.request.urlopen(f"http://{http_address}/metrics", timeout=5).read().decode()
     return {line.split()[0]: float(line.split()[1]) for line in body.splitlines()
             if line and not line.startswith("#") and "{" not in line.split()[0]}
+
+
+def test_free_bytes_offer_only_a_region_one_request_can_get(card):
+    """Regions are contiguous: with a running request between two free units the card offers one unit (what a
+    reservation can get), not two; a unit kept as cache counts as free (evicted on reserve)."""
+    backend, unit = card["backend"], card["unit_bytes"]
+    kv = backend.kv
+    kv.drop_retained()
+    for rid in ("left", "middle", "right"):
+        kv.reserve(rid, UNIT_TOKENS)
+    assert backend.kv_free_bytes() == 0
+    kv.release("left")
+    kv.release("right")
+    assert kv.free_now_bytes() == 2 * unit and backend.kv_free_bytes() == unit
+    with pytest.raises(ResourceExhausted):
+        kv.reserve("two-units", 2 * UNIT_TOKENS)
+    kv.release("middle")
+    _assert_idle(card)

@@ -21,8 +21,11 @@ Eviction: `reserve`/`adopt` evict retained regions least recently used first unt
 fits, and refuse (RESOURCE_EXHAUSTED) only when nothing evictable is left. Only retained regions are
 ever evicted: a region a request holds (receiving KV, sealed or decoding) is not in the index.
 `evict_cache` (the operator's Worker/EvictCache) frees every retained region at once.
-`free_bytes` counts free + evictable (eviction is immediate on reserve, so the scheduler may plan on
-it); `free_now_bytes` and `evictable_bytes` give the two parts. At idle free + evictable = capacity.
+`free_bytes` (Info.kv_free_bytes, what placement compares a request's KV with) is the largest region one
+reservation can get now, evicting every retained region (eviction is immediate on reserve, so the scheduler
+may plan on it): regions are contiguous, so free space split by running requests is not offered as one
+(a card never reports memory it cannot give). `free_now_bytes` and `evictable_bytes` are the free and
+evictable totals; at idle free + evictable = capacity = free_bytes.
 """
 
 from __future__ import annotations
@@ -103,8 +106,9 @@ class KeptRegions:
         return self.space.capacity_bytes
 
     def free_bytes(self) -> int:
-        """Bytes a reservation can get now: free + evictable (see the module docstring)."""
-        return self.space.free_bytes() + self.retained.evictable_bytes()
+        """Bytes one reservation can get now: the largest region, retained regions evicted (module docstring)."""
+        with self._lock:
+            return self.space.largest_region_bytes(ignoring=set(self._kept))
 
     def free_now_bytes(self) -> int:
         return self.space.free_bytes()

@@ -30,10 +30,12 @@ class KvSpace:
         """KV bytes of the whole card (all PCs)."""
         return HBM_CHANNELS * self.blocks_per_channel * self.block_bytes
 
-    def _gaps(self) -> list[tuple[int, int]]:
-        """Free (first block, blocks) runs per PC, in address order; caller holds the lock."""
+    def _gaps(self, ignoring=()) -> list[tuple[int, int]]:
+        """Free (first block, blocks) runs per PC, in address order, the regions named in `ignoring` counted as
+        free; caller holds the lock."""
+        taken = [r for key, r in self._regions.items() if key not in ignoring]
         gaps, cursor = [], 0
-        for start, length in sorted(self._regions.values()) + [(self.blocks_per_channel, 0)]:
+        for start, length in sorted(taken) + [(self.blocks_per_channel, 0)]:
             if start > cursor:
                 gaps.append((cursor, start - cursor))
             cursor = max(cursor, start + length)
@@ -69,3 +71,10 @@ class KvSpace:
 
     def free_bytes(self) -> int:
         return self.free_blocks() * self.block_bytes
+
+    def largest_region_bytes(self, ignoring=()) -> int:
+        """The largest region (bytes, all PCs) one reservation could get if the regions named in `ignoring`
+        (evictable cache) were freed: regions are contiguous, so this, not the sum of the gaps, is what a
+        request can be given when running requests split the space."""
+        with self._lock:
+            return HBM_CHANNELS * max((n for _, n in self._gaps(ignoring)), default=0) * self.block_bytes
