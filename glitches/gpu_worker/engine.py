@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -27,12 +28,13 @@ from glitches.kv_plane.kv_abi import KV_BLOCK_TOKENS
 from glitches.kv_plane.sender import KvTransferFailed, LayerSender
 from glitches.services.generation import grammar, models
 from glitches.services.generation.decoding import Finish, Step, finish_reason
-from glitches.services.runtime.errors import InvalidArgument, NotFound, Unavailable
+from glitches.services.runtime.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from glitches.services.generation.logprobs import TokenLogprob
 from glitches.services.generation.sampling import Sampling
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.05  # how often an RPC thread waiting on the loop checks for its client's cancel
+MAX_WARM_JOBS = 1  # WarmPrefix jobs running at once on one worker; more are dropped (WarmResult.dropped)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,15 @@ class PrefillResult:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()  # with sampling.prompt_logprobs: prompt[1:], in order
     kv_transport: str = ""  # "grpc", "shm" or "nixl"; "" when decoding locally
     cached_tokens: int = 0  # leading prompt tokens whose KV came from the prefix cache (not computed)
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """What one WarmPrefix did (tokens): found cached, computed and cached, or nothing at all (dropped)."""
+
+    cached_tokens: int = 0
+    warmed_tokens: int = 0
+    dropped: bool = False
 
 
 def kv_budget_bytes(settings: GpuWorkerSettings, device: str) -> int:
@@ -100,6 +111,8 @@ class GpuEngine:
             self.pool, block_ids))
         self.loop = StepLoop(self.model, self.device, settings.max_batch_tokens, self._compiled_decode(),
                              threads=settings.threads)
+        self._warm_jobs = 0  # WarmPrefix jobs running (at most MAX_WARM_JOBS)
+        self._warm_lock = threading.Lock()
 
     def _compiled_decode(self):
         """torch.compile of the model for decode-only steps (--compile-decode), or None.
@@ -194,6 +207,55 @@ class GpuEngine:
             kv_exposed_s=max(0.0, transfer.done_monotonic - prefill_end),
             layers_received_before_prefill_end=received_in_time, num_layers=self.num_layers, finish=finish,
             first_logprob=first_logprob, prompt_logprobs=scored, kv_transport=sender.transport, cached_tokens=cached)
+
+    # --- reply warming (WarmPrefix) ----------------------------------------
+    def warm(self, request_id: str, tokens: list[int], cache_salt: bytes = b"",
+             cancelled: Callable[[], bool] = lambda: False) -> WarmResult:
+        """Compute the KV of the full blocks of `tokens` this worker's prefix cache lacks and keep them as cache.
+
+        For a reply a card decoded: the next turn's prefill then finds prompt + reply cached. The loop runs it
+        after every real prefill and decode of a step, WARM_CHUNK_TOKENS at most per step, with no logits;
+        the blocks are released as a finished request's (evictable, named by the chain under `cache_salt`).
+        Dropped, with nothing held, when MAX_WARM_JOBS run already, the KV is not free now (no eviction wait)
+        or the worker has no prefix cache.
+        """
+        if not tokens:
+            raise InvalidArgument("token_ids is empty; send the prompt and the reply's tokens")
+        if max(tokens) >= self.config.vocab_size:
+            raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {self.config.vocab_size})")
+        if len(tokens) > self.max_context_tokens:
+            raise InvalidArgument(f"{len(tokens)} tokens exceed the model's context of {self.max_context_tokens}")
+        tokens = tokens[:len(tokens) // KV_BLOCK_TOKENS * KV_BLOCK_TOKENS]  # only full blocks are cached
+        if not self.settings.prefix_cache:
+            return WarmResult(dropped=True)
+        if not tokens:
+            return WarmResult()
+        with self._warm_lock:
+            if self._warm_jobs >= MAX_WARM_JOBS:
+                return WarmResult(dropped=True)
+            self._warm_jobs += 1
+        try:
+            return self._warm(f"warm/{request_id}", tokens, cache_salt, cancelled)
+        finally:
+            with self._warm_lock:
+                self._warm_jobs -= 1
+
+    def _warm(self, warm_id: str, tokens: list[int], cache_salt: bytes, cancelled: Callable[[], bool]) -> WarmResult:
+        root = root_hash(self._model_key, cache_salt or DEFAULT_SALT)
+        try:
+            held = self.requests.admit(warm_id, len(tokens), False, prefix=block_hashes(tokens, root))
+        except (ResourceExhausted, AlreadyExists):
+            return WarmResult(dropped=True)
+        held.kv.root, held.kv.tokens = root, list(tokens)
+        cached = held.kv.cached_tokens
+        try:
+            if cached < len(tokens):
+                job = PrefillJob(held.kv, tokens, Sampling(max_new_tokens=1), 0, None, cancelled,
+                                 prompt_len=len(tokens), done_tokens=cached, warm=True)
+                self._wait(self.loop.submit_prefill(job), cancelled)
+        finally:
+            self.requests.release(warm_id)  # its full computed blocks stay as cache, as a finished request's
+        return WarmResult(cached, len(tokens) - cached)
 
     @staticmethod
     def _wait(future, cancelled: Callable[[], bool]):

@@ -142,6 +142,20 @@ class GpuWorkerServicer(AuthBoundWorkerId, KvIntakeRpcs, worker_pb2_grpc.WorkerS
             prompt_logprobs=[logprob_to_proto(r) for r in result.prompt_logprobs],
             kv_transport=result.kv_transport, cached_tokens=result.cached_tokens)
 
+    def WarmPrefix(self, request, context):
+        if not request.request_id:
+            raise InvalidArgument("request_id is empty")
+        self.auth.check(request.auth_token, "warm", request.request_id)
+        if ROLE_PREFILL not in self.roles:
+            raise FailedPrecondition(f"worker {self.worker_id} runs without the prefill role; it keeps no prefix cache "
+                                     "to warm")
+        if len(request.cache_salt) > MAX_CACHE_SALT_BYTES:
+            raise InvalidArgument(f"cache_salt is {len(request.cache_salt)} bytes; at most {MAX_CACHE_SALT_BYTES}")
+        result = self.engine.warm(request.request_id, list(request.token_ids), request.cache_salt,
+                                  cancelled=lambda: not context.is_active())
+        return worker_pb2.WarmPrefixResponse(cached_tokens=result.cached_tokens, warmed_tokens=result.warmed_tokens,
+                                             dropped=result.dropped)
+
     def _intake(self) -> KvSink:
         if self.intake is None:
             raise FailedPrecondition(f"worker {self.worker_id} runs without the decode role, so it takes no KV; "

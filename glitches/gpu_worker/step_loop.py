@@ -6,7 +6,9 @@ One thread owns the model. Each step it:
    fill the rest of the step's token budget (`max_batch_tokens`, at least MIN_PREFILL_TOKENS), in
    arrival order, a long GPU-assist prompt in chunks across steps so it never stalls the decodes.
    A prefill whose KV streams to an FPGA runs whole in one step (its sender takes each layer
-   whole, so only then does layer i travel while layer i + 1 computes);
+   whole, so only then does layer i travel while layer i + 1 computes). A warm job (WarmPrefix:
+   KV computed only to be cached) comes last, one chunk of at most WARM_CHUNK_TOKENS from the budget
+   left, so it delays a real request's step by at most that one chunk;
 2. **runs** them as one packed forward pass (glitches/gpu_worker/packed_attention.py), asking for logits
    only at each decode token and at the last token of each prefill's final chunk (at every
    token of every chunk of a prefill that asked for prompt logprobs);
@@ -49,6 +51,7 @@ from glitches.services.generation.sampling import Sampling, sample
 
 log = logging.getLogger(__name__)
 MIN_PREFILL_TOKENS = 64  # prefill tokens per step even when decodes fill the budget, so prefills always advance
+WARM_CHUNK_TOKENS = 128  # most tokens of a warm job (WarmPrefix) in one step: what it may add to a real step
 
 
 @dataclass
@@ -67,6 +70,7 @@ class PrefillJob:
     future: Future = field(default_factory=Future)
     done_tokens: int = 0  # prompt tokens already in kv
     scored: list[TokenLogprob] = field(default_factory=list)  # prompt logprobs of the chunks so far
+    warm: bool = False  # WarmPrefix: lowest priority, no logits; the future gets None when all is in kv
 
 
 @dataclass
@@ -160,9 +164,15 @@ class StepLoop:
                 decodes.append(job)
         budget = max(self.max_batch_tokens - len(decodes), MIN_PREFILL_TOKENS)
         chunks = []
-        for job in self._prefills:
+        # real prefills in arrival order, then warm jobs (a chunk each, from what the real ones left)
+        for job in sorted(self._prefills, key=lambda j: j.warm):
             if budget <= 0:
                 break
+            if job.warm:
+                n = min(len(job.tokens) - job.done_tokens, budget, WARM_CHUNK_TOKENS)
+                chunks.append((job, n))
+                budget -= n
+                continue
             remaining = len(job.tokens) - job.done_tokens
             # a prefill that streams its KV runs whole: the sender takes each layer whole (put_layer), so
             # only an unchunked pass lets layer i travel while layer i + 1 computes
@@ -190,7 +200,7 @@ class StepLoop:
             positions.extend(range(job.done_tokens, job.done_tokens + n))
             if job.sampling.prompt_logprobs:  # every position's logits: row j scores token done_tokens + j + 1
                 keep.extend(range(len(ids) - n, len(ids)))
-            elif final:
+            elif final and not job.warm:
                 keep.append(len(ids) - 1)
             if final:
                 finals.append(job)
@@ -256,7 +266,7 @@ class StepLoop:
             job.done_tokens += n
             job.kv.length = job.done_tokens
             final = job.done_tokens == len(job.tokens)
-            rows = n if job.sampling.prompt_logprobs else (1 if final else 0)
+            rows = n if job.sampling.prompt_logprobs else (1 if final and not job.warm else 0)
             chunk_logits = logits[row:row + rows]  # [rows, vocab]
             row += rows
             if job.sampling.prompt_logprobs:  # rows score tokens start+1 .. start+n; only prompt ones count
@@ -267,6 +277,9 @@ class StepLoop:
             finished_prefills.append(job)
             if seg.hook_error is not None:
                 job.future.set_exception(seg.hook_error)
+                continue
+            if job.warm:
+                job.future.set_result(None)
                 continue
             try:
                 first, first_logprob = self._sample(chunk_logits[-1], job.sampling, job.index, job.constraint)

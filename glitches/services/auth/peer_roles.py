@@ -5,7 +5,7 @@ each certificate's subject common name (CN) after its role. A worker then admits
 
   Prefill, Decode,           only the scheduler
   DecodeFromHeld, Release,
-  RenewKvHolds (it places requests and frees them),
+  RenewKvHolds, WarmPrefix (it places requests and frees them),
   EvictCache                 (`glitches evict-cache` with the scheduler's certificate)
   TransferKV(Placed)         only a GPU worker (it streams prefill's KV to the decode target)
   Info, health, reflection   any peer with a valid certificate
@@ -30,6 +30,7 @@ WORKER_CALLERS: dict[str, frozenset[str]] = {
     "DecodeFromHeld": frozenset({"scheduler"}),
     "Release": frozenset({"scheduler"}),
     "RenewKvHolds": frozenset({"scheduler"}),
+    "WarmPrefix": frozenset({"scheduler"}),
     "EvictCache": frozenset({"scheduler"}),  # the operator dials with the scheduler's certificate
     "TransferKV": frozenset({"gpu-worker"}),
     "TransferKVPlaced": frozenset({"gpu-worker"}),

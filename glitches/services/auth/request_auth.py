@@ -3,9 +3,9 @@
 The scheduler (the only holder of the secret besides the workers) issues, for every worker
 call it makes, a token `r1.<expiry>.<mac>`: expiry in unix seconds, mac the hex HMAC-SHA256
 of (`r1`, purpose, request id, worker id, expiry), each length-prefixed. Purposes are
-"prefill", "decode", "release", "renew" (RenewKvHolds) and "evict" (EvictCache, the
+"prefill", "decode", "release", "renew" (RenewKvHolds), "warm" (WarmPrefix) and "evict" (EvictCache, the
 operator's, with an empty request id: `glitches evict-cache` signs it with the same secret). A
-worker with the secret takes Prefill, Decode, Release, RenewKvHolds and EvictCache only with a
+worker with the secret takes Prefill, Decode, Release, RenewKvHolds, WarmPrefix and EvictCache only with a
 token for that purpose, that request id, itself, and not expired; otherwise PERMISSION_DENIED.
 So a caller without the secret can neither run work on a worker nor decode, free or keep alive another request's KV. Unlike
 KV tokens (glitches/services/auth/kv_token.py) these may be presented more than once within their expiry
@@ -27,7 +27,7 @@ from glitches.services.runtime.errors import InvalidArgument, PermissionDenied
 from glitches.services.auth.kv_token import MIN_SECRET_BYTES, SECRET_ENV
 
 VERSION = "r1"
-PURPOSES = ("prefill", "decode", "release", "renew", "evict")  # evict: EvictCache, request id ""
+PURPOSES = ("prefill", "decode", "release", "renew", "evict", "warm")  # evict: EvictCache, request id ""; warm: WarmPrefix
 DEFAULT_TTL_S = 60.0  # seconds a token stays valid after it is issued (a call is checked when it starts)
 
 

@@ -363,6 +363,28 @@ class EvictCacheResponse(_message.Message):
     in_use_cached_bytes: int
     def __init__(self, evicted_blocks: _Optional[int] = ..., evicted_bytes: _Optional[int] = ..., evicted_regions: _Optional[int] = ..., in_use_cached_bytes: _Optional[int] = ...) -> None: ...
 
+class WarmPrefixRequest(_message.Message):
+    __slots__ = ("request_id", "token_ids", "cache_salt", "auth_token")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
+    AUTH_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    cache_salt: bytes
+    auth_token: str
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., cache_salt: _Optional[bytes] = ..., auth_token: _Optional[str] = ...) -> None: ...
+
+class WarmPrefixResponse(_message.Message):
+    __slots__ = ("cached_tokens", "warmed_tokens", "dropped")
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WARMED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    cached_tokens: int
+    warmed_tokens: int
+    dropped: bool
+    def __init__(self, cached_tokens: _Optional[int] = ..., warmed_tokens: _Optional[int] = ..., dropped: _Optional[bool] = ...) -> None: ...
+
 class RenewKvHoldsResponse(_message.Message):
     __slots__ = ("unknown_request_ids",)
     UNKNOWN_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]

@@ -79,6 +79,11 @@ class WorkerStub:
                 request_serializer=glitches_dot_v1_dot_worker__pb2.EvictCacheRequest.SerializeToString,
                 response_deserializer=glitches_dot_v1_dot_worker__pb2.EvictCacheResponse.FromString,
                 _registered_method=True)
+        self.WarmPrefix = channel.unary_unary(
+                '/glitches.v1.Worker/WarmPrefix',
+                request_serializer=glitches_dot_v1_dot_worker__pb2.WarmPrefixRequest.SerializeToString,
+                response_deserializer=glitches_dot_v1_dot_worker__pb2.WarmPrefixResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -164,6 +169,17 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WarmPrefix(self, request, context):
+        """GPU workers with a prefix cache: prefill these tokens at low priority (after every real prefill
+        and decode of a step, in small chunks, no logits) and keep their full blocks as evictable cache,
+        as a finished request's. The scheduler sends it after a card decoded a reply, so the next turn's
+        prefill finds prompt + reply cached. Answers when the work is done; a worker already warming
+        (or without free KV) answers OK with dropped set and does nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +227,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.EvictCache,
                     request_deserializer=glitches_dot_v1_dot_worker__pb2.EvictCacheRequest.FromString,
                     response_serializer=glitches_dot_v1_dot_worker__pb2.EvictCacheResponse.SerializeToString,
+            ),
+            'WarmPrefix': grpc.unary_unary_rpc_method_handler(
+                    servicer.WarmPrefix,
+                    request_deserializer=glitches_dot_v1_dot_worker__pb2.WarmPrefixRequest.FromString,
+                    response_serializer=glitches_dot_v1_dot_worker__pb2.WarmPrefixResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -456,6 +477,33 @@ class Worker:
             '/glitches.v1.Worker/EvictCache',
             glitches_dot_v1_dot_worker__pb2.EvictCacheRequest.SerializeToString,
             glitches_dot_v1_dot_worker__pb2.EvictCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WarmPrefix(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/glitches.v1.Worker/WarmPrefix',
+            glitches_dot_v1_dot_worker__pb2.WarmPrefixRequest.SerializeToString,
+            glitches_dot_v1_dot_worker__pb2.WarmPrefixResponse.FromString,
             options,
             channel_credentials,
             insecure,
