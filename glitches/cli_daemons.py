@@ -141,6 +141,9 @@ def _run_daemon(serve, settings_cls, **kwargs) -> None:
 @click.option("--kv-reuse-partial/--no-kv-reuse-partial", default=True, envvar=env_var("kv-reuse-partial"),
               show_default=True, help="With --kv-reuse: the GPU may prefill the rest of a prompt a card holds in "
                                       "part and send only the KV it lacks (path transfer-partial).")
+@click.option("--warm-replies/--no-warm-replies", default=True, envvar=env_var("warm-replies"), show_default=True,
+              help="With --kv-reuse: after a card decoded a reply, the GPU that prefilled it computes the reply's KV "
+                   "into its prefix cache at low priority (WarmPrefix), so the next turn's prefill reuses it.")
 @click.option("--reuse-gpu-prefill-tokens-per-s", default=None, type=float,
               envvar=env_var("reuse-gpu-prefill-tokens-per-s"),
               help="Routing cost model: GPU prefill, tokens/s, pinned for every GPU. Unset: each GPU's measured "

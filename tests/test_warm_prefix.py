@@ -58,7 +58,8 @@ def _generate(stub, rid: str, prompt: list[int], salt: bytes = SALT):
                                                  cache_salt=salt))
     steps = stub.Decode(worker_pb2.DecodeRequest(request_id=rid, first_token_id=pre.first_token_id,
                                                  position=len(prompt), sampling=params))
-    return [pre.first_token_id] + [s.token_id for s in steps], pre.first_token_logprobs.chosen.logprob, pre.cached_tokens
+    tokens = [pre.first_token_id] + [s.token_id for s in steps]
+    return tokens, pre.first_token_logprobs.chosen.logprob, pre.cached_tokens
 
 
 def test_warmed_blocks_are_reused_with_the_same_tokens(node):

@@ -51,7 +51,8 @@ from glitches.services.generation.logprobs import TokenLogprob
 from glitches.services.auth.request_auth import RequestAuthIssuer
 from glitches.services.cluster.registry import Registry, WorkerState
 from glitches.services.generation.sampling import Sampling
-from glitches.services.cluster.worker_caps import ROLE_ASSIST, ROLE_DECODE, SkipLog, unusable_reason
+from glitches.services.cluster.worker_caps import (ROLE_ASSIST, ROLE_DECODE, ROLE_PREFILL, SkipLog,
+                                                   unusable_reason)
 from glitches.services.cluster.worker_client import DecodeStream, HeldKvGone, PrefillResult, WorkerClient
 
 __all__ = ["MAX_STOP_CHARS", "Delta", "Final", "GenerateInput", "ModelInfo", "Orchestrator", "kv_bytes_needed"]
@@ -304,6 +305,7 @@ class Orchestrator:
             tail = run.detok.finish()
             if tail:
                 yield Delta(tail, [])
+            self._warm_reply(run)
             yield self._final(run)
         finally:
             with self._active_lock:
@@ -480,6 +482,27 @@ class Orchestrator:
         if prompt_logprobs is None:
             return Delta(run.detok.add(token), [token], logprobs)
         return Delta(run.detok.add(token), [token], logprobs, prompt_logprobs, run.prompt_ids)
+
+    def _warm_reply(self, run: _Run) -> None:
+        """Reply warming (--warm-replies, with --kv-reuse): a card decoded this reply, so no GPU holds its KV and the
+        next turn's prefill would compute it again. WarmPrefix (not waited for) has the GPU that prefilled the request
+        (extend path: the least loaded live GPU) cache prompt + reply except the last token (whose KV was never
+        computed) under the tenant's salt. Not after a GPU-assist decode (the GPU cached it), prompt logprobs
+        (cached KV is never read for them), a cancel or a failure (this runs only after a normal finish)."""
+        settings = self.settings
+        if (not settings.warm_replies or not settings.kv_reuse or run.finish is None or run.cancelled()
+                or run.sampling.prompt_logprobs or not run.decode_worker or run.decode_worker == run.prefill_worker):
+            return
+        try:
+            gpus = [w for w in self._live_workers(set()).values() if ROLE_PREFILL in w.record.capabilities.roles]
+        except Unavailable as error:
+            log.warning("request %s: not warming its reply: %s", run.request_id, error)
+            return
+        gpu = next((w for w in gpus if w.record.worker_id == run.prefill_worker), None)
+        if gpu is None and gpus:
+            gpu = min(gpus, key=lambda w: w.active)
+        if gpu is not None:
+            self.workers.warm_prefix(gpu.record, run.request_id, run.prompt_ids + run.tokens[:-1], run.cache_salt)
 
     def _release_claim(self, claim_id: str, role: str) -> None:
         """Best effort: the request goes on without Redis (a failover, an outage); a claim not released

@@ -35,6 +35,8 @@ class SchedulerSettings(DaemonSettings):
     max_stop_strings: int = 16  # most stop strings one request may give
     kv_reuse: bool = True  # route by the KV workers hold (placement's extend/fresh paths); False: never read it
     kv_reuse_partial: bool = True  # with kv_reuse: placement may send only the KV a holding card lacks
+    # with kv_reuse: after a card decoded a reply, WarmPrefix has the GPU cache prompt + reply for the next turn
+    warm_replies: bool = True
     # reuse_cost.ReuseCosts; None: each worker's measured figure, the paper default for one that has none; a value
     # pins the figure for every worker (measurements ignored)
     reuse_gpu_prefill_tokens_per_s: float | None = None  # GPU prefill, tokens/s

@@ -16,7 +16,7 @@ it never builds a protobuf message or reads a status code. Failed calls become s
     any other failure -> from_rpc_error(error, "<call> on <worker> failed") (a downstream DEADLINE_EXCEEDED
                          becomes Unavailable: the worker was slow, not the caller's deadline)
 
-Release and RenewKvHolds are best effort: failures are logged, never raised (a lost worker's KV hold
+Release, RenewKvHolds and WarmPrefix are best effort: failures are logged, never raised (a lost worker's KV hold
 expires by itself). Each call carries the per-request authorisation `auth(purpose, request_id, worker_id)`
 returns ("" when the cluster has no request-auth secret).
 """
@@ -235,6 +235,13 @@ class WorkerClient:
         except grpc.RpcError as error:
             log.warning("release of %s on %s failed: %s", request_id, worker.worker_id, error.code())
 
+    def warm_prefix(self, worker: WorkerRecord, request_id: str, token_ids: list[int], cache_salt: bytes) -> None:
+        """WarmPrefix on a GPU worker, not waited for (a hint for the next turn: failures are logged only)."""
+        message = worker_pb2.WarmPrefixRequest(request_id=request_id, token_ids=token_ids, cache_salt=cache_salt,
+                                               auth_token=self._auth("warm", request_id, worker.worker_id))
+        future = self._stub(worker.address).WarmPrefix.future(message, timeout=self.prefill_timeout_s)
+        future.add_done_callback(lambda f, w=worker.worker_id: _log_warm(f, w, request_id))
+
     def renew_holds(self, groups: dict[tuple[str, str], list[str]]) -> None:
         """One RenewKvHolds per (address, worker id), not waited for (a frozen worker must not hold up the others)."""
         for (address, worker_id), request_ids in groups.items():
@@ -269,3 +276,12 @@ def _log_renewal(future, worker_id: str) -> None:
     error = future.exception()
     if error is not None:
         log.warning("renewing KV holds on %s failed: %s", worker_id, getattr(error, "code", lambda: error)())
+
+
+def _log_warm(future, worker_id: str, request_id: str) -> None:
+    error = future.exception()
+    if error is not None:
+        log.warning("warming the reply of %s on %s failed: %s", request_id, worker_id,
+                    getattr(error, "code", lambda: error)())
+    elif future.result().dropped:
+        log.debug("warming the reply of %s on %s was dropped (the worker was busy warming)", request_id, worker_id)
