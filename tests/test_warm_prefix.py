@@ -13,6 +13,7 @@ import pytest
 from glitches.gpu_worker.engine import MAX_WARM_JOBS, GpuEngine
 from glitches.gpu_worker.server import GpuWorkerServicer
 from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.kv_plane.prefix_index import block_hashes, root_hash
 from glitches.gpu_worker.step_loop import WARM_CHUNK_TOKENS, PrefillJob
 from glitches.services.generation.sampling import Sampling
 from glitches.services.runtime.errors import Cancelled
@@ -65,6 +66,8 @@ def _generate(stub, rid: str, prompt: list[int], salt: bytes = SALT):
 def test_warmed_blocks_are_reused_with_the_same_tokens(node):
     first = _warm(node["on_stub"], "w1", HISTORY)
     assert (first.cached_tokens, first.warmed_tokens, first.dropped) == (0, 64, False)
+    published, _ = node["on"].pool.held_changes()  # what the held publisher sends next (P:held)
+    assert set(block_hashes(HISTORY[:64], root_hash("tiny-llama", SALT))) <= set(published)
     again = _warm(node["on_stub"], "w1-again", HISTORY)
     assert (again.cached_tokens, again.warmed_tokens) == (64, 0)  # already cached: nothing computed
     _idle(node["on"])
