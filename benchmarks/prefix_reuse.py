@@ -17,7 +17,9 @@ every 0.5 s; a turn sent at once is routed by the previous publication).
 
 Settings, each two fresh `glitches up` (ClusterSpec) running at once, reuse on and reuse off, same trace;
 every turn goes to both back to back, in an order that alternates turn by turn, so the two halves of a
-pair run under the same machine load ("paired_ttft_on_over_off": per-turn TTFT ratios, median and p90; "cold":
+pair run under the same machine load, and a turn is sent only when the other cluster is idle (its GPU may be
+warming a reply in the background: on real hardware that runs on other devices) ("paired_ttft_on_over_off":
+per-turn TTFT ratios, median and p90; "cold":
 --cold prompts of 200 random words, sharing no KV block with anything, sent first, paired the same way: what
 reuse costs when it finds nothing, the issue's "reuse off costs nothing"):
 - "cards": 1 GPU worker + 2 emulated FPGA workers (reference numerics, 256 MiB HBM each);
@@ -143,6 +145,7 @@ def run_paired(specs: dict[str, ClusterSpec], chats: list[list[tuple[str, int]]]
         pair = 0
         for i, prompt in enumerate(cold):
             for label in (labels if i % 2 == 0 else labels[::-1]):
+                _wait_idle([clients[other] for other in labels if other != label])
                 rows[label].append(_row(-1, -1, prompt, clients[label].generate(prompt, max_tokens=COLD_REPLY_TOKENS)))
         for c, chat in enumerate(chats):
             messages = {label: [] for label in labels}
@@ -150,6 +153,7 @@ def run_paired(specs: dict[str, ClusterSpec], chats: list[list[tuple[str, int]]]
                 order = labels if pair % 2 == 0 else labels[::-1]
                 pair += 1
                 for label in order:
+                    _wait_idle([clients[other] for other in labels if other != label])
                     messages[label].append({"role": "user", "content": text})
                     prompt = _ids(tokenizer, messages[label])
                     r = clients[label].generate(prompt, max_tokens=min(max_tokens, reply_tokens))
@@ -157,6 +161,18 @@ def run_paired(specs: dict[str, ClusterSpec], chats: list[list[tuple[str, int]]]
                     messages[label].append({"role": "assistant", "content": r.text})
                 time.sleep(think_s)
     return rows, kv_per_token
+
+
+def _wait_idle(clients: list[Client], timeout_s: float = 60.0) -> None:
+    """Until no worker of these clusters holds a request (their Info's active requests, as of the last
+    heartbeat): the two clusters share this machine's 2 cores, so one's background work (a GPU warming a
+    reply after a card decoded it) must not run during the other's measured turn. A cluster's own background
+    work is not waited for: it competes with its next turn, as it would on its own devices."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(w.worker_active_requests == 0 for client in clients for w in client.status().workers):
+            return
+        time.sleep(0.05)
 
 
 def cold_prompts(seed: int, count: int, tokenizer) -> list[list[int]]:
