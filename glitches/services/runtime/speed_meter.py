@@ -20,10 +20,14 @@ class SpeedMeter:
         if not 0 < weight <= 1:
             raise ValueError(f"weight must be in (0, 1], got {weight}")
         self.weight = weight
-        self._work = 0.0  # weighted mean work per sample (tokens, steps)
-        self._seconds = 0.0  # weighted mean seconds per sample
+        self._m = [0.0] * len(self._moments(0.0, 0.0))  # weighted means: work (tokens, steps), seconds, ...
         self._samples = 0
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _moments(work: float, seconds: float) -> tuple[float, ...]:
+        """What one sample adds to the weighted means (a subclass may track more)."""
+        return work, seconds
 
     def add(self, work: float, seconds: float) -> None:
         """One sample: `work` units done in `seconds`; ignored when either is not positive."""
@@ -31,8 +35,8 @@ class SpeedMeter:
             return
         with self._lock:
             w = 1.0 if self._samples == 0 else self.weight
-            self._work += w * (work - self._work)
-            self._seconds += w * (seconds - self._seconds)
+            for i, x in enumerate(self._moments(work, seconds)):
+                self._m[i] += w * (x - self._m[i])
             self._samples += 1
 
     @property
@@ -42,15 +46,15 @@ class SpeedMeter:
     def per_second(self) -> float:
         """Work per second (a GPU's prefill tokens/s); 0.0 before the first sample."""
         with self._lock:
-            return self._work / self._seconds if self._samples else 0.0
+            return self._m[0] / self._m[1] if self._samples else 0.0
 
     def seconds_per(self) -> float:
         """Seconds per unit of work (a card's seconds per decode step); 0.0 before the first sample."""
         with self._lock:
-            return self._seconds / self._work if self._samples else 0.0
+            return self._m[1] / self._m[0] if self._samples else 0.0
 
 
-class AffineSpeedMeter:
+class AffineSpeedMeter(SpeedMeter):
     """seconds = overhead_s + work / rate, fitted by exponentially weighted least squares over recent samples.
 
     A GPU's prefill pass costs a fixed part (the weights read once, the launch and the step's schedule: tens of
@@ -63,27 +67,9 @@ class AffineSpeedMeter:
 
     MIN_SPREAD = 0.2  # std / mean of the work below which the slope is not trusted
 
-    def __init__(self, weight: float = DEFAULT_WEIGHT):
-        if not 0 < weight <= 1:
-            raise ValueError(f"weight must be in (0, 1], got {weight}")
-        self.weight = weight
-        self._m = [0.0, 0.0, 0.0, 0.0]  # weighted means of work, seconds, work^2, work x seconds
-        self._samples = 0
-        self._lock = threading.Lock()
-
-    def add(self, work: float, seconds: float) -> None:
-        """One sample: `work` units done in `seconds`; ignored when either is not positive."""
-        if work <= 0 or seconds <= 0:
-            return
-        with self._lock:
-            w = 1.0 if self._samples == 0 else self.weight
-            for i, x in enumerate((work, seconds, work * work, work * seconds)):
-                self._m[i] += w * (x - self._m[i])
-            self._samples += 1
-
-    @property
-    def samples(self) -> int:
-        return self._samples
+    @staticmethod
+    def _moments(work: float, seconds: float) -> tuple[float, ...]:
+        return work, seconds, work * work, work * seconds
 
     def fit(self) -> tuple[float, float]:
         """(overhead_s, rate in work/s); (0.0, 0.0) before the first sample."""
