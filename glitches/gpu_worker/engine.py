@@ -162,9 +162,7 @@ class GpuEngine:
                                   f"exceeds the model's context of {self.max_context_tokens} tokens")
         tokens = prompt + generated  # the forward pass covers both
         constraint = grammar.constraint_for(sampling, self.tokenizer, generated)  # None without response_format
-        vocab = self.config.vocab_size
-        if max(tokens) >= vocab or min(tokens) < 0:
-            raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {vocab})")
+        self._check_ids(tokens)
         gpu_assist = open_kv is None
         root = root_hash(self._model_key, cache_salt or DEFAULT_SALT) if self.settings.prefix_cache else None
         # names of the full blocks before the last token (that one is always computed, for its logits)
@@ -208,6 +206,12 @@ class GpuEngine:
             layers_received_before_prefill_end=received_in_time, num_layers=self.num_layers, finish=finish,
             first_logprob=first_logprob, prompt_logprobs=scored, kv_transport=sender.transport, cached_tokens=cached)
 
+    def _check_ids(self, tokens: list[int]) -> None:
+        """INVALID_ARGUMENT for a token id outside the model's vocabulary."""
+        vocab = self.config.vocab_size
+        if max(tokens) >= vocab or min(tokens) < 0:
+            raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {vocab})")
+
     # --- reply warming (WarmPrefix) ----------------------------------------
     def warm(self, request_id: str, tokens: list[int], cache_salt: bytes = b"",
              cancelled: Callable[[], bool] = lambda: False) -> WarmResult:
@@ -221,8 +225,7 @@ class GpuEngine:
         """
         if not tokens:
             raise InvalidArgument("token_ids is empty; send the prompt and the reply's tokens")
-        if max(tokens) >= self.config.vocab_size:
-            raise InvalidArgument(f"token id {max(tokens)} is outside the vocabulary (size {self.config.vocab_size})")
+        self._check_ids(tokens)
         if len(tokens) > self.max_context_tokens:
             raise InvalidArgument(f"{len(tokens)} tokens exceed the model's context of {self.max_context_tokens}")
         tokens = tokens[:len(tokens) // KV_BLOCK_TOKENS * KV_BLOCK_TOKENS]  # only full blocks are cached
