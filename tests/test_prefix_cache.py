@@ -10,33 +10,23 @@ import pytest
 
 from glitches.fpga_worker.emu_backend import EmulatedCard
 from glitches.fpga_worker.server import FpgaWorkerServicer
-from glitches.gpu_worker.engine import GpuEngine
-from glitches.gpu_worker.server import GpuWorkerServicer
-from glitches.gpu_worker.settings import GpuWorkerSettings
 from glitches.services.generation import models
 from glitches.services.auth.api_keys import tenant_salt
 from glitches.services.runtime.channels import insecure_channel
 from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.greedy_reference import TOLERANCE_FP32, compare, greedy
-from tests.worker_helpers import serve_worker
+from tests.worker_helpers import serve_gpu, serve_worker
 
 TURNS = 4
 USER = [[(7 * t + 3 * i) % 900 + 20 for i in range(n)] for t, n in enumerate((37, 21, 18, 25))]  # user messages
 REPLY_TOKENS = 12
 
 
-def _gpu(tiny_source, prefix_cache: bool):
-    engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path), slots=4, max_batch_tokens=64,
-                                         kv_cache_gib=0.01, prefix_cache=prefix_cache), tiny_source)
-    server, stub = serve_worker(GpuWorkerServicer(engine, f"gpu-{prefix_cache}", tiny_source.name))
-    return engine, server, stub
-
-
 @pytest.fixture(scope="module")
 def node(tiny_source):
     """Two GPU workers, prefix cache on and off, and one emulated card."""
-    on, on_server, on_stub = _gpu(tiny_source, True)
-    off, off_server, off_stub = _gpu(tiny_source, False)
+    on, on_server, on_stub = serve_gpu(tiny_source, True)
+    off, off_server, off_stub = serve_gpu(tiny_source, False)
     card = EmulatedCard(tiny_source, hbm_bytes=64 * 1024**2)
     fpga_server, _ = serve_worker(FpgaWorkerServicer(card, models.load_tokenizer(tiny_source), "fpga-p",
                                                      tiny_source.name, 4))

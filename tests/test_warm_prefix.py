@@ -10,32 +10,23 @@ import threading
 import grpc
 import pytest
 
-from glitches.gpu_worker.engine import MAX_WARM_JOBS, GpuEngine
-from glitches.gpu_worker.server import GpuWorkerServicer
-from glitches.gpu_worker.settings import GpuWorkerSettings
+from glitches.gpu_worker.engine import MAX_WARM_JOBS
 from glitches.kv_plane.prefix_index import block_hashes, root_hash
 from glitches.gpu_worker.step_loop import WARM_CHUNK_TOKENS, PrefillJob
 from glitches.services.generation.sampling import Sampling
 from glitches.services.runtime.errors import Cancelled
 from glitches.services.stubs.glitches.v1 import common_pb2, worker_pb2
-from tests.worker_helpers import serve_worker
+from tests.worker_helpers import serve_gpu
 
 SALT = b"t" * 32
 HISTORY = [(11 * i) % 900 + 30 for i in range(70)]  # a previous prompt + reply: 4 full blocks and 6 tokens
 NEW = [(5 * i) % 700 + 40 for i in range(20)]
 
 
-def _gpu(tiny_source, prefix_cache: bool, max_batch_tokens: int = 64):
-    engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path), slots=4, max_batch_tokens=max_batch_tokens,
-                                         kv_cache_gib=0.01, prefix_cache=prefix_cache), tiny_source)
-    server, stub = serve_worker(GpuWorkerServicer(engine, f"gpu-{prefix_cache}", tiny_source.name))
-    return engine, server, stub
-
-
 @pytest.fixture(scope="module")
 def node(tiny_source):
-    on, on_server, on_stub = _gpu(tiny_source, True)
-    off, off_server, off_stub = _gpu(tiny_source, False)
+    on, on_server, on_stub = serve_gpu(tiny_source, True)
+    off, off_server, off_stub = serve_gpu(tiny_source, False)
     yield dict(on=on, off=off, on_stub=on_stub, off_stub=off_stub)
     for server in (on_server, off_server):
         server.stop(0)

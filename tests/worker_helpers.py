@@ -92,3 +92,16 @@ def beat_workers(registry: Registry, servicers, addresses, kinds, interval_s: fl
         beats.append(Heartbeat(registry, record, interval_s))
         beats[-1].start()
     return beats
+
+
+def serve_gpu(tiny_source, prefix_cache: bool):
+    """A GPU worker on the tiny model (4 slots, 64 tokens a step, 10 MiB of KV), prefix cache on or off, served
+    in process: (engine, server, stub)."""
+    from glitches.gpu_worker.engine import GpuEngine
+    from glitches.gpu_worker.server import GpuWorkerServicer
+    from glitches.gpu_worker.settings import GpuWorkerSettings
+
+    engine = GpuEngine(GpuWorkerSettings(model=str(tiny_source.path), slots=4, max_batch_tokens=64,
+                                         kv_cache_gib=0.01, prefix_cache=prefix_cache), tiny_source)
+    server, stub = serve_worker(GpuWorkerServicer(engine, f"gpu-{prefix_cache}", tiny_source.name))
+    return engine, server, stub
