@@ -30,19 +30,22 @@ def simulate(
     fpga_prefetch_ratio: int | None = None,
     decode_gpus: int = 0,
     decode_gpu_slots: int = 0,
+    host_cores: float | None = None,
 ) -> dict:
     """Simulate `num_requests` requests of [input_tokens, output_tokens] on gpus x gpu + fpgas x fpga.
 
     request_rate (requests/s, Poisson) or concurrency (closed loop) or neither
     (all at once). decode_gpus more GPUs of the `gpu` profile take the decode role (glitches/sim/decode_gpu.py),
-    with decode_gpu_slots each (0: from their KV budget). Devices come from `profile_path` (glitches.profile.v1) when
+    with decode_gpu_slots each (0: from their KV budget). host_cores: the cores of the host CPU that devices with
+    host_threads share (glitches/sim/host_cpu.py); None = the profile file's "host_cores" (else not modelled),
+    0 = not modelled. Devices come from `profile_path` (glitches.profile.v1) when
     it names them, else from glitches/sim/profiles/devices.json. Raises
     services.errors.InvalidArgument on bad input. Returns the dict described
     in sim.metrics plus an "inputs" entry echoing the arguments; a trace with conversations (multi-turn
     chat) adds "reuse": the same trace with KV reuse on and off (glitches/sim/reuse.py).
     """
     config = build_config(gpus, gpu, fpgas, fpga, model, profile_path, link_gb_per_s, gpu_decode_slots,
-                          fpga_prefetch_ratio, decode_gpus, decode_gpu_slots)
+                          fpga_prefetch_ratio, decode_gpus, decode_gpu_slots, host_cores)
     if gpu_batching:
         config = replace(config, gpu_batching=True)
     if trace_path is not None:  # the trace's arrival times and lengths replace the other workload arguments
@@ -60,7 +63,7 @@ def simulate(
         "request_rate": request_rate, "concurrency": concurrency, "profile_path": profile_path,
         "link_gb_per_s": config.link_gb_per_s, "gpu_decode_slots": gpu_decode_slots, "seed": seed,
         "trace": trace_path, "gpu_batching": gpu_batching, "fpga_prefetch_ratio": fpga_prefetch_ratio,
-        "decode_gpus": decode_gpus, "decode_gpu_slots": decode_gpu_slots,
+        "decode_gpus": decode_gpus, "decode_gpu_slots": decode_gpu_slots, "host_cores": config.host_cores,
     }  # fmt: skip
     return result
 
@@ -82,6 +85,8 @@ def render_text(result: dict) -> str:
             f"{'Model, [input, output]:':<34}{inp['model']}, [{inp['input_tokens']}, {inp['output_tokens']}]",
             f"{'Requests, load:':<34}{inp['num_requests']}, {load}",
         ]
+        if inp.get("host_cores"):
+            lines.append(f"{'Shared host CPU (cores):':<34}{inp['host_cores']:g}")
     lines += [
         f"{'Duration (s):':<34}{result['duration_s']:.2f}",
         f"{'Request throughput (req/s):':<34}{result['requests_per_s']:.3f}",

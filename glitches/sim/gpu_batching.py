@@ -16,6 +16,9 @@ glitches/sim/step_model.py, when `glitches profile` measured batched steps); oth
 profiles without batched samples, the chunks' prefill time plus one decode step at the longest context,
 a stated approximation. Busy time is split between
 prefill and decode by the share of the step's tokens, for the power figures.
+With a shared host CPU (`host_cpu`, glitches/sim/host_cpu.py) and a device profile with host_threads > 0,
+each step is a host CPU job of its step time: it takes longer while other devices compute on the host, and
+the busy time is the step's wall time.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 
 import simpy
 
+from glitches.sim.host_cpu import HostCpu, compute
 from glitches.sim.profiles import Timing
 
 
@@ -52,10 +56,11 @@ class _Decode:
 
 
 class BatchingLoop:
-    def __init__(self, env: simpy.Environment, device, max_batch_tokens: int):
+    def __init__(self, env: simpy.Environment, device, max_batch_tokens: int, host_cpu: HostCpu | None = None):
         self.env = env
-        self.device = device  # sim.node.SimDevice: its profile's timing, busy counters
+        self.device = device  # sim.node.SimDevice: its profile's timing and host_threads, busy counters
         self.max_batch_tokens = max_batch_tokens
+        self.host_cpu = host_cpu  # the node's shared host CPU, or None
         self._prefills: deque[_Prefill] = deque()
         self._decodes: list[_Decode] = []
         self._wake = env.event()
@@ -107,7 +112,7 @@ class BatchingLoop:
                 chunked.append((job, take))
                 budget -= take
             step_s = step_time_s(self.device.profile.timing, chunks, contexts)
-            yield self.env.timeout(step_s)
+            step_s = yield from compute(self.env, self.host_cpu, self.device.profile.host_threads, step_s)
             self.steps += 1
             prefill_tokens = sum(n for n, _ in chunks)
             share = prefill_tokens / (prefill_tokens + len(rows)) if prefill_tokens + len(rows) else 0.0

@@ -6,6 +6,7 @@ File format "glitches.profile.v1" (JSON; documented in docs/sim_profile_format.m
       "format": "glitches.profile.v1",
       "model": "llama-2-7b",               # informational
       "layers": 32,                          # transformer layers (KV streams per layer)
+      "host_cores": 2,                       # optional: cores of the host the host_threads devices share
       "devices": {
         "a100": {                            # the name `simulate(gpu=..., fpga=...)` asks for
           "kind": "gpu",                     # "gpu" or "fpga"
@@ -21,7 +22,8 @@ File format "glitches.profile.v1" (JSON; documented in docs/sim_profile_format.m
             "fit": {"overhead_s": 0.03, "per_prefill_token_s": 0.001, "per_decode_row_s": 0.01,
                     "per_context_token_s": 1e-05, "fit_max_rel_error": 0.08}   # glitches/sim/step_model.py
           },
-          "request_overhead_s": 0.05         # optional: client TTFT - worker prefill_s, one request alone
+          "request_overhead_s": 0.05,        # optional: client TTFT - worker prefill_s, one request alone
+          "host_threads": 2                  # optional: host CPU threads it computes on (0/absent: own silicon)
         }
       }
     }
@@ -32,6 +34,10 @@ samples, else linear), linear in context for decode. Samples must increase.
 With "batched_steps" a batching GPU's step (glitches/sim/gpu_batching.py) costs the fitted StepModel's
 time instead of the one-request curves; "request_overhead_s" delays each prefill's entry into a batching
 GPU's loop (the request path outside the forward pass: gRPC, scheduler, tokenizer).
+"host_cores" (a number > 0) and each device's "host_threads" (an integer >= 0) say which devices compute
+on the host's CPU and share its cores: with them the node's steps of those devices go through one
+processor-sharing host CPU (glitches/sim/host_cpu.py, NodeConfig.host_cores); every time in the file is
+still the device measured alone.
 """
 
 from __future__ import annotations
@@ -101,6 +107,7 @@ class SampledTiming:
 class MeasuredDevice:
     profile: DeviceProfile
     kv_transfer_gb_per_s: float | None
+    host_cores: float | None = None  # the file's "host_cores": cores of the host its devices were measured on
 
 
 def load_measured(path: str | Path) -> dict[str, MeasuredDevice]:
@@ -115,10 +122,17 @@ def load_measured(path: str | Path) -> dict[str, MeasuredDevice]:
     layers = doc.get("layers")
     if not isinstance(layers, int) or layers < 1:
         raise InvalidArgument(f"{path}: 'layers' must be a positive integer")
-    return {name: _device(path, name, spec, layers) for name, spec in doc.get("devices", {}).items()}
+    host_cores = doc.get("host_cores")
+    if host_cores is not None and (not _is_number(host_cores) or not host_cores > 0):
+        raise InvalidArgument(f"{path}: 'host_cores' must be a positive number of cores, got {host_cores!r}")
+    return {name: _device(path, name, spec, layers, host_cores) for name, spec in doc.get("devices", {}).items()}
 
 
-def _device(path: Path, name: str, spec: dict, layers: int) -> MeasuredDevice:
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _device(path: Path, name: str, spec: dict, layers: int, host_cores: float | None) -> MeasuredDevice:
     where = f"{path}: device {name!r}"
     try:
         prefill = SampledCurve.from_samples(
@@ -133,6 +147,10 @@ def _device(path: Path, name: str, spec: dict, layers: int) -> MeasuredDevice:
         overhead = float(spec.get("request_overhead_s", 0.0))
         if overhead < 0:
             raise InvalidArgument(f"{where}: request_overhead_s must be >= 0 s, got {overhead}")
+        host_threads = spec.get("host_threads", 0)
+        if not isinstance(host_threads, int) or isinstance(host_threads, bool) or host_threads < 0:
+            raise InvalidArgument(f"{where}: host_threads must be an integer >= 0 (0: not on the host CPU), "
+                                  f"got {host_threads!r}")
         profile = DeviceProfile(
             name=name,
             kind=DeviceKind(spec["kind"]),
@@ -144,10 +162,12 @@ def _device(path: Path, name: str, spec: dict, layers: int) -> MeasuredDevice:
             kv_bytes_per_token=float(spec["kv_bytes_per_token"]),
             kv_capacity_bytes=float(spec["kv_capacity_bytes"]),
             layers=layers,
+            host_threads=host_threads,
         )
     except KeyError as exc:
         raise InvalidArgument(f"{where}: missing field {exc}") from exc
     except ValueError as exc:  # e.g. kind not gpu/fpga
         raise InvalidArgument(f"{where}: {exc}") from exc
     link = spec.get("kv_transfer_gb_per_s")
-    return MeasuredDevice(profile, float(link) if link is not None else None)
+    return MeasuredDevice(profile, float(link) if link is not None else None,
+                          float(host_cores) if host_cores is not None else None)

@@ -42,6 +42,14 @@ prompt. Placement sees each device's held tokens of the prompt (WorkerView.cache
   its context), the last one's logits give the first token; no GPU, no transfer.
 A batching GPU (gpu_batching) starts a cached prompt's chunks after its cached tokens, so the loop's step
 time charges only the new tokens (and the context they attend over).
+
+A shared host CPU (NodeConfig.host_cores > 0; glitches/sim/host_cpu.py): devices whose profile has
+host_threads > 0 compute on the host's cores, shared among them. Every compute step of such a device is a
+HostCpu job of its profiled (alone) seconds: a batching loop's step, a non-batching GPU's prefill and decode
+steps, a card's decode steps (one token at a time, each token's time when its step ends, so every step sees
+the load of the moment) and a card's forced steps on the extend path (one job: their threads do not change,
+so one job is the steps back to back). Busy time is then the wall time the steps took. host_cores = 0 (the
+default) or host_threads = 0: plain timeouts, as without the model. Placement does not see the sharing.
 """
 
 from __future__ import annotations
@@ -55,9 +63,11 @@ import simpy
 from glitches.scheduler.placement import (PATH_EXTEND, PATH_TRANSFER_PARTIAL, ClusterSnapshot, DeviceKind,
                                           PlacementRequest, WorkerView, place)
 from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
+from glitches.services.runtime.errors import InvalidArgument
 from glitches.sim import decode_gpu
 from glitches.sim.gpu_batching import BatchingLoop
 from glitches.sim.held_cache import HeldCache
+from glitches.sim.host_cpu import HostCpu, compute
 from glitches.sim.kv_transfer import SharedLink, kv_transfer_s
 from glitches.sim.partial_reuse import cached_prefill_s, gpu_reuse_tokens, moved_kv_tokens
 from glitches.sim.profiles import DeviceProfile
@@ -82,6 +92,7 @@ class NodeConfig:
     kv_reuse: bool = False  # devices keep finished conversations' KV and placement routes by it (module docstring)
     reuse_costs: ReuseCosts = DEFAULT_REUSE_COSTS  # placement's cost model (glitches/sim/reuse.py: from profiles)
     kv_reuse_partial: bool = True  # with kv_reuse: placement may send only the KV a holding card lacks (live default)
+    host_cores: float = 0.0  # cores of the host CPU that devices with host_threads > 0 share; 0 = not modelled
 
 
 @dataclass
@@ -146,11 +157,14 @@ class Node:
         self.decode_gpus = [SimDevice(env, f"dgpu{i}", config.gpu, decode_gpu.slots(config), decode_gpu.ROLES,
                                       decode_gpu.DECODE_CLASS) for i in range(config.decode_gpus)]
         self.devices = {d.worker_id: d for d in self.gpus + self.decode_gpus + self.fpgas}
+        if config.host_cores < 0:
+            raise InvalidArgument(f"host cores must be >= 0 (0: devices share no host CPU), got {config.host_cores}")
+        self.host_cpu = HostCpu(env, config.host_cores) if config.host_cores > 0 else None
         if config.gpu_batching:
             for gpu in self.gpus:
-                gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens)
+                gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens, self.host_cpu)
         for gpu in self.decode_gpus:  # the live GPU worker always batches
-            gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens)
+            gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens, self.host_cpu)
         self.records: list[RequestRecord] = []
         self._queue: deque[tuple[RequestRecord, simpy.Event]] = deque()
         self._wake = env.event()
@@ -243,7 +257,7 @@ class Node:
                 yield turn
                 prefill_s = cached_prefill_s(prefill.profile.timing, rec.prompt_tokens - rec.reused_tokens,
                                              rec.reused_tokens)
-                yield self.env.timeout(prefill_s)
+                prefill_s = yield from self._compute(prefill, prefill_s)  # the wall time, when shared
                 prefill.busy_prefill_s += prefill_s
         if self.config.kv_reuse and rec.conversation and decoder is not prefill:  # GPU assist keeps at _finish
             prefill.cache.keep(rec.conversation, rec.prompt_tokens, prefill.kv_used_bytes)
@@ -276,7 +290,7 @@ class Node:
         force_s = float(sum(card.profile.timing.decode_step_s(c) for c in range(held + 1, rec.prompt_tokens + 1)))
         with card.compute.request(priority=DECODE_PRIORITY) as turn:
             yield turn
-            yield self.env.timeout(force_s)
+            force_s = yield from self._compute(card, force_s)
         card.busy_decode_s += force_s
         rec.prefill_device = ""
         rec.first_token_s = self.env.now  # the last forced step's logits give the first token
@@ -296,8 +310,24 @@ class Node:
         done.succeed(rec)
         self._kick()
 
+    def _shares_host(self, device: SimDevice) -> bool:
+        return self.host_cpu is not None and device.profile.host_threads > 0
+
+    def _compute(self, device: SimDevice, work_s: float):
+        """`work_s` profiled seconds of the device's compute (on the shared host CPU if it uses it); the wall s."""
+        return (yield from compute(self.env, self.host_cpu, device.profile.host_threads, work_s))
+
     def _decode_alone(self, rec: RequestRecord, device: SimDevice, steps: int):
-        """An FPGA owns its decode: one timeout for all steps, token times computed."""
+        """An FPGA owns its decode: one timeout for all steps, token times computed; on a shared host CPU,
+        step by step (each step's speed depends on what else computes then)."""
+        if self._shares_host(device):
+            with device.compute.request(priority=DECODE_PRIORITY) as turn:
+                yield turn
+                for j in range(1, steps + 1):
+                    device.busy_decode_s += yield from self._compute(
+                        device, device.profile.timing.decode_step_s(rec.prompt_tokens + j))
+                    rec.token_times_s.append(self.env.now)
+            return
         step_s = np.array([device.profile.timing.decode_step_s(rec.prompt_tokens + j) for j in range(1, steps + 1)])
         with device.compute.request(priority=DECODE_PRIORITY) as turn:
             yield turn
@@ -311,7 +341,6 @@ class Node:
         for j in range(1, steps + 1):
             with device.compute.request(priority=DECODE_PRIORITY) as turn:
                 yield turn
-                step_s = device.profile.timing.decode_step_s(rec.prompt_tokens + j)
-                yield self.env.timeout(step_s)
+                step_s = yield from self._compute(device, device.profile.timing.decode_step_s(rec.prompt_tokens + j))
                 device.busy_decode_s += step_s
             rec.token_times_s.append(self.env.now)

@@ -108,6 +108,7 @@ class DeviceProfile:
     kv_bytes_per_token: float  # KV as stored on this device, bytes per token
     kv_capacity_bytes: float  # device memory left for KV after the weights, bytes
     layers: int  # transformer layers (KV is streamed one layer at a time)
+    host_threads: int = 0  # host CPU threads its compute runs on (sim.host_cpu); 0 = its own silicon, not shared
 
 
 def load_device_profile(device: str, model: str, path: Path = DEVICES_FILE,

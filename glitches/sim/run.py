@@ -28,13 +28,16 @@ def build_config(
     fpga_prefetch_ratio: int | None = None,
     decode_gpus: int = 0,
     decode_gpu_slots: int = 0,
+    host_cores: float | None = None,
 ) -> NodeConfig:
     """Device profiles from a measured file (if given) or devices.json (roofline, paper-calibrated; an FPGA's
     decode step from the kernel's timing model at `fpga_prefetch_ratio`, sim.fpga_kernel_timing).
 
     decode_gpus more GPUs of `gpu` take the decode role (glitches/sim/decode_gpu.py), decode_gpu_slots each
     (0: from their KV budget). The link speed is, in order: the argument, the GPU's measured
-    kv_transfer_gb_per_s, PCIe Gen3 x16 effective (12 GB/s).
+    kv_transfer_gb_per_s, PCIe Gen3 x16 effective (12 GB/s). The shared host CPU's cores (NodeConfig.host_cores,
+    glitches/sim/host_cpu.py) are `host_cores` when given (0 turns the model off), else the measured file's
+    "host_cores" when a device in use comes from it, else 0 (not modelled).
     """
     if gpus < 0 or fpgas < 0 or gpus + fpgas == 0:
         raise InvalidArgument(f"need at least one device and no negative counts, got {gpus} GPUs + {fpgas} FPGAs")
@@ -50,8 +53,14 @@ def build_config(
         link_gb_per_s = measured_link or PCIE_GEN3_X16_GB_PER_S
     if link_gb_per_s <= 0:
         raise InvalidArgument(f"link bandwidth must be positive GB/s, got {link_gb_per_s}")
+    if host_cores is None:
+        in_use = ((gpu, gpus + decode_gpus), (fpga, fpgas))
+        used = [measured[name] for name, count in in_use if count and name in measured]
+        host_cores = next((m.host_cores for m in used if m.host_cores is not None), 0.0)
+    if host_cores < 0:
+        raise InvalidArgument(f"host cores must be >= 0 (0: devices share no host CPU), got {host_cores}")
     return NodeConfig(gpu_profile, gpus, fpga_profile, fpgas, link_gb_per_s, gpu_decode_slots,
-                      decode_gpus=decode_gpus, decode_gpu_slots=decode_gpu_slots)
+                      decode_gpus=decode_gpus, decode_gpu_slots=decode_gpu_slots, host_cores=float(host_cores))
 
 
 def _profile(name: str, model: str, measured: dict, kind: DeviceKind, fpga_prefetch_ratio: int | None = None
