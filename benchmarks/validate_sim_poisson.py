@@ -1,14 +1,24 @@
-"""Validate the simulator against live Poisson runs (issue #25 item 4): for each cluster (1 GPU + 2 emulated
-FPGAs, and GPU-only), measure a profile, find the live capacity, then at three Poisson rates (light,
-near saturation, over it) run `glitches bench --trace-out` and `glitches simulate --trace --profile
+"""Validate the simulator against live Poisson runs (issue #25 item 4): for each cluster (GPU-only, and 1 GPU +
+2 emulated FPGAs), measure a profile, find the live capacity, then at three Poisson rates (light, near
+saturation, over it) run `glitches bench --trace-out` and `glitches simulate --trace --profile
 --gpu-batching` of exactly what was sent, and print TTFT / TPOT p50, p90, p99 and tokens/s, simulated
 vs live, with the machine's load average beside each run.
 
-    .venv/bin/python -m benchmarks.validate_sim_poisson [--input 64 --output 16 --num-requests 16]
+    .venv/bin/python -m benchmarks.validate_sim_poisson [--fpgas 0,2 --input 64 --output 16 --num-requests 100]
 
 Every process shares this machine's cores (the GPU is the host CPU, the FPGAs are the software
-emulator: emulated hardware, named as such in every output). The rates are fractions of the live
-closed-loop capacity (requests/s at concurrency 4): light 0.3x, near 0.9x, over 1.5x.
+emulator: emulated hardware, named as such in every output). The capacity is the live closed-loop
+throughput at --capacity-concurrency clients (32: past the batching GPU's knee, so it is the saturation
+rate); the rates are light 0.3x, near 0.9x and over 1.5x of it.
+
+The profile (`glitches profile`'s measure_profile) includes the loaded phase (closed loops at
+--loaded-concurrency, seen through the GPU's step log) and states the shared host: host_cores = this
+machine's CPUs, host_threads = the threads glitches.cluster gives each worker (the GPU worker every core,
+each card its share), so the simulator shares the cores between devices that compute at once
+(glitches/sim/host_cpu.py). Shared-host speeds must be measured alone: a cluster with cards times the
+GPU's batched steps beside busy cards (GPU-assist rows exist only then), so when the GPU-only cluster was
+profiled first in the same run (--fpgas 0,2) its GPU step model, measured with no card, replaces the
+cards cluster's (--no-host-share: neither, as before).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.validate_sim_causes import live_breakdown, render, run_speed_profile, sim_breakdown
-from glitches.bench.profile_doc import write_profile
+from glitches.bench.profile_doc import with_host, write_profile
 from glitches.bench.profile_measure import ProfileConfig, device_key, measure_profile
 from glitches.bench.profile_steplog import last_seq, read_steps, step_point
 from glitches.bench.run import BenchConfig, run_bench
@@ -31,6 +41,10 @@ from glitches.services.generation.models import DEFAULT_MODEL, resolve_model
 from glitches.sim.metrics import summarise
 from glitches.sim.plan_workload import read_trace
 from glitches.sim.run import build_config, simulate_node
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
 
 RATE_FRACTIONS = (("light", 0.3), ("near saturation", 0.9), ("over", 1.5))
 FIGURES = [(k, s) for k in ("ttft_s", "tpot_s") for s in ("p50", "p90", "p99")] + [("throughput_tokens_per_s", None)]
@@ -44,7 +58,27 @@ def _load() -> str:
     return "load %.2f %.2f %.2f" % os.getloadavg()
 
 
-def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
+def _host_threads(gpu_name: str, fpga_name: str | None, fpgas: int) -> tuple[tuple[str, int], ...]:
+    """The threads glitches.cluster.LocalCluster gives each worker: the GPU every CPU, a card its share."""
+    cpus = os.cpu_count() or 1
+    threads = ((gpu_name, cpus),)
+    return threads + (((fpga_name, max(1, cpus // (1 + fpgas))),) if fpga_name else ())
+
+
+def _share_host(doc: dict, args, gpu_name: str, fpga_name: str | None, fpgas: int, alone: dict) -> dict:
+    """doc with the shared host stated and, with cards, the GPU's step model measured alone (module docstring)."""
+    if not args.host_share:
+        return doc
+    doc = with_host(doc, float(os.cpu_count() or 1), dict(_host_threads(gpu_name, fpga_name, fpgas)))
+    if fpgas and gpu_name in alone:
+        doc["devices"][gpu_name]["batched_steps"] = alone[gpu_name]
+        doc["notes"].append(f"{gpu_name} batched_steps: from the GPU-only cluster's profile (measured with no card)")
+    elif not fpgas and "batched_steps" in doc["devices"][gpu_name]:
+        alone[gpu_name] = doc["devices"][gpu_name]["batched_steps"]
+    return doc
+
+
+def run_config(fpgas: int, args, run_dir: Path, alone: dict) -> list[dict]:
     rows = []
     (run_dir / f"cluster-{fpgas}").mkdir()
     with LocalCluster(ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0), run_dir / f"cluster-{fpgas}") as cluster:
@@ -52,28 +86,33 @@ def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
             workers = client.status().workers
         gpu = next(w for w in workers if w.kind == "gpu")
         fpga = next((w for w in workers if w.kind == "fpga"), None)
+        gpu_name = device_key("gpu", gpu.backend)
+        fpga_name = device_key("fpga", fpga.backend) if fpga else None
         doc = measure_profile(ProfileConfig(cluster.address, prefill_lengths=(args.input // 2, args.input, args.input * 2),
                                             decode_contexts=(args.input, args.input + args.output), repeats=2,
+                                            loaded_concurrency=_ints(args.loaded_concurrency), seed=args.seed + 1000,
                                             progress=False))
+        doc = _share_host(doc, args, gpu_name, fpga_name, fpgas, alone)
         profile = run_dir / f"profile-{fpgas}.json"
         write_profile(doc, profile)
-        closed, _ = run_bench(BenchConfig(cluster.address, args.input, args.output, num_requests=8, concurrency=4,
-                                          progress=False))
+        conc = args.capacity_concurrency
+        closed, _ = run_bench(BenchConfig(cluster.address, args.input, args.output, num_requests=3 * conc,
+                                          concurrency=conc, seed=args.seed + 100 + fpgas, progress=False))
         capacity = closed["requests_per_s"]
         print(f"\n1 GPU (host CPU) + {fpgas} emulated FPGA(s): GPU-assist slots {gpu.slots}; live capacity "
-              f"{capacity:.3f} req/s (closed loop x4); {_load()}", flush=True)
-        for label, fraction in RATE_FRACTIONS:
+              f"{capacity:.3f} req/s (closed loop x{conc}); {_load()}", flush=True)
+        for index, (label, fraction) in enumerate(RATE_FRACTIONS):
             rate = fraction * capacity
             trace = run_dir / f"trace-{fpgas}-{label.replace(' ', '-')}.jsonl"
             before = _load()
             log_start = last_seq(gpu.http_address)  # the GPU's step log: the replay's step times
             live, results = run_bench(BenchConfig(cluster.address, args.input, args.output,
-                                                  num_requests=args.num_requests, request_rate=rate, seed=args.seed,
+                                                  num_requests=args.num_requests, request_rate=rate,
+                                                  seed=args.seed + 10 * fpgas + index,  # prompts never sent before
                                                   progress=False, trace_out=str(trace)))
             after = _load()
             logged, _, dropped = read_steps(gpu.http_address, log_start)
-            gpu_name = device_key("gpu", gpu.backend)
-            config = build_config(1, gpu_name, fpgas, device_key("fpga", fpga.backend) if fpga else "u280",
+            config = build_config(1, gpu_name, fpgas, fpga_name or "u280",
                                   "llama-2-7b", str(profile), gpu_decode_slots=gpu.slots)
             workload = read_trace(str(trace))
             node = simulate_node(replace(config, gpu_batching=True), workload.shapes, arrivals_s=workload.arrivals_s)
@@ -92,10 +131,10 @@ def run_config(fpgas: int, args, run_dir: Path) -> list[dict]:
                 print(f"    {name:<26}{s:>11.4f}{m:>11.4f}{err:>+9.1%}{'  within 10%' if abs(err) <= 0.10 else ''}")
             row["causes"] = {"live": live_breakdown(results), "sim": sim_breakdown(node)}
             print("\n".join(render(row["causes"]["live"], row["causes"]["sim"], doc["devices"][gpu_name])), flush=True)
-            fpga_name = device_key("fpga", fpga.backend) if fpga else None
             replay_path = run_dir / f"profile-run-speed-{fpgas}-{label.replace(' ', '-')}.json"
-            write_profile(run_speed_profile(doc, results, gpu_name, fpga_name, [step_point(s) for s in logged]),
-                          replay_path)
+            replay_doc = run_speed_profile(doc, results, gpu_name, fpga_name, [step_point(s) for s in logged])
+            replay_doc.pop("host_cores", None)  # the run's own speeds already hold the sharing
+            write_profile(replay_doc, replay_path)
             row["replay_steps"] = {"logged": len(logged), "dropped": dropped}
             replay_config = build_config(1, gpu_name, fpgas, fpga_name or "u280", "llama-2-7b", str(replay_path),
                                          gpu_decode_slots=gpu.slots)
@@ -116,8 +155,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=int, default=64, help="prompt tokens per request")
     parser.add_argument("--output", type=int, default=16, help="tokens asked for per request")
-    parser.add_argument("--num-requests", type=int, default=16, help="per rate")
-    parser.add_argument("--fpgas", default="2,0", help="clusters to validate: emulated FPGAs beside 1 GPU")
+    parser.add_argument("--num-requests", type=int, default=100, help="per rate")
+    parser.add_argument("--fpgas", default="0,2", help="clusters to validate: emulated FPGAs beside 1 GPU")
+    parser.add_argument("--capacity-concurrency", type=int, default=32, help="closed-loop clients for the capacity")
+    parser.add_argument("--loaded-concurrency", default="4,16,32", help="the profile's loaded phase")
+    parser.add_argument("--no-host-share", dest="host_share", action="store_false",
+                        help="profiles without host_cores (devices as independent silicon)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write every row here")
     args = parser.parse_args()
@@ -125,9 +168,9 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="glitches-validate-poisson-"))
     print(f"[{args.input}, {args.output}] tokens, {args.num_requests} requests per rate; files in {run_dir}; "
           "GPU = host CPU stand-in, FPGAs = software emulator (emulated hardware)")
-    rows = []
+    rows, alone = [], {}
     for fpgas in (int(f) for f in args.fpgas.split(",")):
-        rows += run_config(fpgas, args, run_dir)
+        rows += run_config(fpgas, args, run_dir, alone)
     within = sum(abs(f["error"]) <= 0.10 for r in rows for f in r["figures"].values())
     total = sum(len(r["figures"]) for r in rows)
     print(f"\n{within} of {total} figures within 10% of live")

@@ -9,6 +9,17 @@ import click
 from glitches.client import DEFAULT_ADDRESS
 
 
+def _device_threads(text: str) -> tuple[tuple[str, int], ...]:
+    """Parse --host-threads: 'gpu-cpu=2,fpga-emu=1' -> (("gpu-cpu", 2), ("fpga-emu", 1))."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, threads = item.partition("=")
+        if not threads.strip().isdigit() or int(threads) < 1:
+            raise click.BadParameter(f"expected DEVICE=THREADS (THREADS >= 1), got {item!r}", param_hint="--host-threads")
+        out.append((name.strip(), int(threads)))
+    return tuple(out)
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
@@ -77,8 +88,16 @@ def bench_cmd(address, input_tokens, output_tokens, prompts_path, trace_path, tr
               help="Time prefill while all FPGA slots but one decode (captures shared-core contention).")
 @click.option("--batched-rows", default="1,2,4,8", show_default=True,
               help="Decode rows per batched GPU step to time (fits the step model); '' skips batched steps.")
+@click.option("--loaded-concurrency", default="4,16", show_default=True,
+              help="Closed loops run at these concurrencies so the GPU's step log has busy steps (mixed prefill + "
+                   "decode, wide batches) to fit; '' skips them.")
+@click.option("--host-cores", default=0.0, type=float, show_default=True,
+              help="The devices share this many host CPU cores (emulated devices, CPU workers); written into the "
+                   "profile so `glitches simulate` shares them. 0: each device has its own silicon.")
+@click.option("--host-threads", default="", help="With --host-cores: DEVICE=THREADS,... host CPU threads each device "
+                                                 "computes on, e.g. gpu-cpu=2,fpga-emu=1.")
 def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_tokens, repeats, no_gpu_decode,
-                prefill_under_load, batched_rows) -> None:
+                prefill_under_load, batched_rows, loaded_concurrency, host_cores, host_threads) -> None:
     """Measure the live workers and write a profile for `glitches simulate --profile`."""
     from glitches.bench.profile_doc import write_profile
     from glitches.bench.profile_measure import ProfileConfig, measure_profile
@@ -87,7 +106,9 @@ def profile_cmd(address, out_path, prefill_lengths, decode_contexts, decode_toke
         raise click.UsageError("--decode-tokens must be >= 2 and --repeats >= 1")
     config = ProfileConfig(address, _ints(prefill_lengths), _ints(decode_contexts), decode_tokens, repeats,
                            not no_gpu_decode, prefill_under_load,
-                           _ints(batched_rows) if batched_rows.strip() else ())
+                           _ints(batched_rows) if batched_rows.strip() else (),
+                           loaded_concurrency=_ints(loaded_concurrency) if loaded_concurrency.strip() else (),
+                           host_cores=host_cores, host_threads=_device_threads(host_threads))
     try:
         doc = measure_profile(config)
     except ValueError as error:

@@ -133,5 +133,20 @@ def profile_document(model: str, layers: int, devices: dict[str, DeviceSamples],
     return {"format": FORMAT, "model": model, "layers": layers, "devices": out, "notes": notes}
 
 
+def with_host(doc: dict, host_cores: float, host_threads: dict[str, int]) -> dict:
+    """The document with the shared host stated (docs/sim_profile_format.md): `host_cores` at the top and each
+    named device's `host_threads`. host_cores 0 leaves it as it is (devices on their own silicon)."""
+    if host_cores <= 0:
+        return doc
+    unknown = sorted(set(host_threads) - set(doc["devices"]))
+    if unknown:
+        raise ValueError(f"--host-threads names devices the profile does not have: {unknown} "
+                         f"(it has {sorted(doc['devices'])})")
+    doc["host_cores"] = host_cores
+    for name, threads in host_threads.items():
+        doc["devices"][name]["host_threads"] = threads
+    return doc
+
+
 def write_profile(doc: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")

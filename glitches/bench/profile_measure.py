@@ -39,7 +39,8 @@ from tqdm import tqdm
 from glitches.aio import AsyncClient
 from glitches.bench.power import device_power
 from glitches.bench.profile_batched import measure_batched_steps, timed_stream
-from glitches.bench.profile_doc import DeviceSamples, kv_link_gb_per_s, profile_document
+from glitches.bench.profile_doc import DeviceSamples, kv_link_gb_per_s, profile_document, with_host
+from glitches.bench.profile_loaded import run_closed_loops
 from glitches.bench.profile_steplog import last_seq, read_steps, step_point
 from glitches.bench.prompts import exact_length_prompt, load_tokenizer_for
 from glitches.types import ClusterStatus, Completion
@@ -56,6 +57,9 @@ class ProfileConfig:
     prefill_under_load: bool = False  # time prefill while all FPGA slots but one decode (shared CPU cores)
     batched_rows: tuple[int, ...] = (1, 2, 4, 8)  # decode rows per measured batched step; () skips them
     batched_tokens: int = 12  # tokens per request in a batched-step sample
+    loaded_concurrency: tuple[int, ...] = ()  # closed loops run for the step log (glitches.bench.profile_loaded)
+    host_cores: float = 0.0  # > 0: the measured devices compute on one host's CPU cores (written as host_cores)
+    host_threads: tuple[tuple[str, int], ...] = ()  # (device name, host CPU threads it computes on)
     seed: int = 0
     progress: bool = True
 
@@ -149,6 +153,13 @@ async def _measure(config: ProfileConfig) -> dict:
         batch_notes: list[str] = []
         if config.batched_rows:
             await _batched_samples(client, config, tokenizer, rng, devices, status, fpga_slots, batch_notes)
+        if config.loaded_concurrency and log_start is not None:
+            middle = sorted(config.prefill_lengths)[len(config.prefill_lengths) // 2]
+            loaded = await run_closed_loops(client, lambda: exact_length_prompt(tokenizer, middle, rng),
+                                            config.loaded_concurrency, config.decode_tokens)
+            batch_notes.append(f"loaded phase: closed loops at concurrency {list(config.loaded_concurrency)}, "
+                               f"{loaded} requests of {middle} prompt tokens and {config.decode_tokens} tokens, "
+                               "seen only through the GPU's step log (glitches/bench/profile_loaded.py)")
         bar.close()
         if log_start is not None:
             batch_notes += await _logged_steps(log_gpu, log_start, devices)
@@ -162,7 +173,8 @@ async def _measure(config: ProfileConfig) -> dict:
         "power/price: 0 where power_known is false (never invented); emulated U280: the paper's 46 W and $8000, "
         f"idle {35.0} W assumed as in glitches/sim/profiles/devices.json",
     ]
-    return profile_document(status.model, layers, devices, notes)
+    doc = profile_document(status.model, layers, devices, notes)
+    return with_host(doc, config.host_cores, dict(config.host_threads))
 
 
 async def _log_seq(gpu) -> int | None:
