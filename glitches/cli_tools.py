@@ -74,10 +74,13 @@ def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
 @click.option("--fpga-prefetch-ratio", default=None, type=int,
               help="The FPGA kernel's prefetch ratio for its modeled decode step (as `glitches fpga-timing`); "
                    "default 1, the paper's measured U280.")
+@click.option("--host-cores", default=None, type=float,
+              help="Cores of the host CPU that devices with host_threads share (default: the measured profile's "
+                   "host_cores; 0 = off).")
 @click.option("--json", "as_json", is_flag=True)
 def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
                  concurrency, profile_path, trace_path, gpu_decode_slots, gpu_batching, decode_gpus, decode_gpu_slots,
-                 fpga_prefetch_ratio, as_json) -> None:
+                 fpga_prefetch_ratio, host_cores, as_json) -> None:
     """Predict a node of N GPUs + M FPGAs with a discrete-event model (the scheduler's own placement)."""
     from glitches.sim.cli import render_text, simulate
 
@@ -85,12 +88,15 @@ def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num
         raise click.UsageError("give --request-rate or --concurrency, not both")
     if trace_path is None and (input_tokens is None or output_tokens is None):
         raise click.UsageError("give --input and --output, or --trace FILE")
+    if host_cores is not None and host_cores < 0:
+        raise click.BadParameter(f"must be >= 0 cores (0: devices share no host CPU), got {host_cores:g}",
+                                 param_hint="--host-cores")
     try:
         result = simulate(gpus, gpu, fpgas, fpga, model, input_tokens or 1, output_tokens or 1, num_requests,
                           request_rate, concurrency, profile_path, trace_path=trace_path,
                           gpu_decode_slots=gpu_decode_slots, gpu_batching=gpu_batching,
                           fpga_prefetch_ratio=fpga_prefetch_ratio, decode_gpus=decode_gpus,
-                          decode_gpu_slots=decode_gpu_slots)
+                          decode_gpu_slots=decode_gpu_slots, host_cores=host_cores)
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
     click.echo(json.dumps(result) if as_json else render_text(result))
