@@ -51,7 +51,7 @@ def live_breakdown(results: list[RequestResult]) -> dict:
 def sim_breakdown(node) -> dict:
     out = {}
     for kind in ("fpga", "gpu"):
-        mine = [r for r in node.records if _kind(r.decode_device) == kind and r.output_tokens > 1]
+        mine = [r for r in node.records if not r.rejected and _kind(r.decode_device) == kind and r.output_tokens > 1]
         out[f"tpot_{kind}_s"] = _median([(r.token_times_s[-1] - r.first_token_s) / (r.output_tokens - 1)
                                           for r in mine])
         out[f"n_{kind}"] = len(mine)

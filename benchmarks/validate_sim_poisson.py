@@ -37,7 +37,9 @@ from glitches.bench.profile_steplog import last_seq, read_steps, step_point
 from glitches.bench.run import BenchConfig, run_bench
 from glitches.client import Client
 from glitches.cluster import ClusterSpec, LocalCluster
+from glitches.scheduler.settings import SchedulerSettings
 from glitches.services.generation.models import DEFAULT_MODEL, resolve_model
+from glitches.sim.admission import AdmissionLimits
 from glitches.sim.metrics import summarise
 from glitches.sim.plan_workload import read_trace
 from glitches.sim.run import build_config, simulate_node
@@ -46,6 +48,9 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+# the LocalCluster scheduler's admission control (defaults), which the simulator applies as well
+SCHEDULER_ADMISSION = AdmissionLimits(SchedulerSettings.max_active, SchedulerSettings.max_queued,
+                                      SchedulerSettings.queue_wait_s)
 RATE_FRACTIONS = (("light", 0.3), ("near saturation", 0.9), ("over", 1.5))
 FIGURES = [(k, s) for k in ("ttft_s", "tpot_s") for s in ("p50", "p90", "p99")] + [("throughput_tokens_per_s", None)]
 
@@ -115,13 +120,16 @@ def run_config(fpgas: int, args, run_dir: Path, alone: dict) -> list[dict]:
             config = build_config(1, gpu_name, fpgas, fpga_name or "u280",
                                   "llama-2-7b", str(profile), gpu_decode_slots=gpu.slots)
             workload = read_trace(str(trace))
-            node = simulate_node(replace(config, gpu_batching=True), workload.shapes, arrivals_s=workload.arrivals_s)
+            node = simulate_node(replace(config, gpu_batching=True, admission=SCHEDULER_ADMISSION), workload.shapes,
+                                 arrivals_s=workload.arrivals_s)
             sim = summarise(node)
             row = {"fpgas": fpgas, "label": label, "rate": rate, "load_before": before, "load_after": after,
                    "gpu_assist_live": live["gpu_assist_requests"], "gpu_assist_sim": sim["gpu_assist_requests"],
+                   "refused_live": sum(not r.ok for r in results), "refused_sim": sim["rejected_requests"],
                    "figures": {}}
             print(f"  {label}: Poisson {rate:.3f} req/s, {live['completed']} requests; {before} -> {after}; "
-                  f"GPU-assisted live {row['gpu_assist_live']} / sim {row['gpu_assist_sim']}")
+                  f"GPU-assisted live {row['gpu_assist_live']} / sim {row['gpu_assist_sim']}; refused (scheduler full) "
+                  f"live {row['refused_live']} / sim {row['refused_sim']}")
             print(f"    {'figure':<26}{'simulated':>11}{'live':>11}{'error':>9}")
             for key, stat in FIGURES:
                 s, m = _get(sim, key, stat), _get(live, key, stat)
@@ -138,7 +146,8 @@ def run_config(fpgas: int, args, run_dir: Path, alone: dict) -> list[dict]:
             row["replay_steps"] = {"logged": len(logged), "dropped": dropped}
             replay_config = build_config(1, gpu_name, fpgas, fpga_name or "u280", "llama-2-7b", str(replay_path),
                                          gpu_decode_slots=gpu.slots)
-            replay = summarise(simulate_node(replace(replay_config, gpu_batching=True), workload.shapes,
+            replay = summarise(simulate_node(replace(replay_config, gpu_batching=True, admission=SCHEDULER_ADMISSION),
+                                             workload.shapes,
                                              arrivals_s=workload.arrivals_s))
             row["replay"] = {}
             for key, stat in FIGURES:

@@ -8,6 +8,8 @@ Definitions (all times in seconds):
 - duration: first arrival -> last token of the last request.
 - throughput_tokens_per_s: output tokens / duration (the paper's token/s);
   total_tokens_per_s counts prompt tokens too.
+- rejected_requests: refused by the scheduler's admission control (NodeConfig.admission); every other
+  figure is over the requests served.
 - utilisation of a device: busy seconds (prefill + decode) / duration.
 - avg_power_w: sum over devices of (prefill s x prefill W + decode s x decode W
   + idle s x idle W) / duration.
@@ -32,7 +34,8 @@ def distribution(values) -> dict[str, float]:
 
 
 def summarise(node: Node) -> dict:
-    records = node.records
+    """The figures over the requests served; `rejected_requests` counts those admission control refused."""
+    records = [r for r in node.records if not r.rejected]
     start_s = min(r.arrival_s for r in records)
     end_s = max(r.token_times_s[-1] for r in records)
     duration_s = end_s - start_s
@@ -67,6 +70,7 @@ def summarise(node: Node) -> dict:
     assisted = sum(1 for r in records if r.decode_device == r.prefill_device and r.decode_device.startswith("gpu"))
     return {
         "num_requests": len(records),
+        "rejected_requests": len(node.records) - len(records),
         "duration_s": duration_s,
         "requests_per_s": len(records) / duration_s if duration_s > 0 else float("inf"),
         "throughput_tokens_per_s": throughput,

@@ -66,6 +66,7 @@ from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
 from glitches.services.runtime.errors import InvalidArgument
 from glitches.sim import decode_gpu
 from glitches.sim.gpu_batching import BatchingLoop
+from glitches.sim.admission import AdmissionLimits, SimAdmission
 from glitches.sim.held_cache import HeldCache
 from glitches.sim.host_cpu import HostCpu, compute
 from glitches.sim.kv_transfer import SharedLink, kv_transfer_s
@@ -92,6 +93,7 @@ class NodeConfig:
     kv_reuse: bool = False  # devices keep finished conversations' KV and placement routes by it (module docstring)
     reuse_costs: ReuseCosts = DEFAULT_REUSE_COSTS  # placement's cost model (glitches/sim/reuse.py: from profiles)
     kv_reuse_partial: bool = True  # with kv_reuse: placement may send only the KV a holding card lacks (live default)
+    admission: AdmissionLimits = AdmissionLimits()  # the scheduler's admission control (glitches/sim/admission.py)
     host_cores: float = 0.0  # cores of the host CPU that devices with host_threads > 0 share; 0 = not modelled
 
 
@@ -112,10 +114,11 @@ class RequestRecord:
     path: str = ""  # placement's path (placement.PATH_*)
     reused_tokens: int = 0  # prompt tokens not computed: held by the extending card or the prefill GPU
     card_held_tokens: int = 0  # transfer-partial: leading prompt tokens the card held (their KV did not move)
+    rejected: bool = False  # refused by admission control (NodeConfig.admission): no token, not in the figures
 
     @property
     def done(self) -> bool:
-        return len(self.token_times_s) == self.output_tokens
+        return self.rejected or len(self.token_times_s) == self.output_tokens
 
 
 class SimDevice:
@@ -166,17 +169,34 @@ class Node:
         for gpu in self.decode_gpus:  # the live GPU worker always batches
             gpu.loop = BatchingLoop(env, gpu, config.gpu_max_batch_tokens, self.host_cpu)
         self.records: list[RequestRecord] = []
+        self.admission = SimAdmission(env, config.admission) if config.admission.max_active else None
         self._queue: deque[tuple[RequestRecord, simpy.Event]] = deque()
         self._wake = env.event()
         env.process(self._dispatcher())
 
     def submit(self, record: RequestRecord) -> simpy.Event:
-        """Queue a request; the returned event fires when its last token is out."""
+        """Queue a request; the returned event fires when its last token is out (or admission refused it)."""
         done = self.env.event()
         self.records.append(record)
-        self._queue.append((record, done))
-        self._kick()
+        if self.admission is None:
+            self._queue.append((record, done))
+            self._kick()
+        else:
+            self.env.process(self._admitted(record, done))
         return done
+
+    def _admitted(self, record: RequestRecord, done: simpy.Event):
+        """Hold an admission place from entry to the last token; refused: rejected, done at once."""
+        if not (yield self.admission.enter()):
+            record.rejected = True
+            done.succeed()
+            return
+        served = self.env.event()
+        self._queue.append((record, served))
+        self._kick()
+        yield served
+        self.admission.leave()
+        done.succeed()
 
     def _kick(self) -> None:
         if not self._wake.triggered:
