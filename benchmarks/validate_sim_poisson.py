@@ -63,6 +63,14 @@ def _load() -> str:
     return "load %.2f %.2f %.2f" % os.getloadavg()
 
 
+def _keep_run(path: Path, results, logged: list[dict]) -> None:
+    """Each live request (index = its trace line) and the GPU's logged steps, for a request-by-request look."""
+    requests = [{"index": r.index, "start_s": r.start_s, "token_times_s": r.token_times_s, "error": r.error,
+                 "prefill_worker": r.prefill_worker, "decode_worker": r.decode_worker,
+                 "prefill_s": r.timings.prefill_s if r.timings else None} for r in results]
+    path.write_text(json.dumps({"requests": requests, "gpu_steps": logged}))
+
+
 def _host_threads(gpu_name: str, fpga_name: str | None, fpgas: int) -> tuple[tuple[str, int], ...]:
     """The threads glitches.cluster.LocalCluster gives each worker: the GPU every CPU, a card its share."""
     cpus = os.cpu_count() or 1
@@ -117,6 +125,7 @@ def run_config(fpgas: int, args, run_dir: Path, alone: dict) -> list[dict]:
                                                   progress=False, trace_out=str(trace)))
             after = _load()
             logged, _, dropped = read_steps(gpu.http_address, log_start)
+            _keep_run(run_dir / f"run-{fpgas}-{label.replace(' ', '-')}.json", results, logged)
             config = build_config(1, gpu_name, fpgas, fpga_name or "u280",
                                   "llama-2-7b", str(profile), gpu_decode_slots=gpu.slots)
             workload = read_trace(str(trace))

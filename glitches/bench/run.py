@@ -62,7 +62,7 @@ def run_bench(config: BenchConfig) -> tuple[dict, list[RequestResult]]:
     results = asyncio.run(run_load(config.address, requests, config.request_rate, config.concurrency,
                                    config.seed, config.progress, arrivals_s))
     if config.trace_out:
-        write_result_trace(results, config.trace_out)
+        write_result_trace(results, config.trace_out, requests)
     report = summarise(results, devices, config.slo_ttft_s, config.slo_tpot_s)
     report["inputs"] = {
         "address": config.address, "model": status.model, "input_tokens": config.input_tokens,

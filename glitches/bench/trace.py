@@ -2,8 +2,11 @@
 
 `--trace FILE`: each line's request is sent at its arrival_s (seconds from the start) with a prompt of
 exactly input_tokens tokens and max_tokens = output_tokens. `--trace-out FILE`: what the bench did, one
-line per request that finished: its send time, the prompt tokens the scheduler counted, and the tokens
-it produced (greedy decoding may stop early at EOS, so these can be fewer than asked).
+line per request sent: its send time, the prompt tokens the scheduler counted, and the tokens it produced
+(greedy decoding may stop early at EOS, so these can be fewer than asked). A request that failed (a full
+scheduler refused it, say) is written with the prompt tokens the bench built and the tokens it asked for,
+so a simulation of the trace is offered the same load and decides itself what it refuses; one whose
+prompt length the bench does not know (a --prompts file) is left out.
 """
 
 from __future__ import annotations
@@ -28,9 +31,19 @@ def trace_requests(tokenizer, path: str | Path, seed: int) -> tuple[list[BenchRe
     return requests, [workload.arrivals_s[i] for i in order]
 
 
-def write_result_trace(results: list[RequestResult], path: str | Path) -> None:
-    """The finished requests as a trace file (module docstring)."""
+def write_result_trace(results: list[RequestResult], path: str | Path,
+                       requests: list[BenchRequest] | None = None) -> None:
+    """Every request sent as a trace file (module docstring); `requests` are the bench's, by result index."""
     from glitches.sim.plan_workload import write_trace
 
-    done = [r for r in results if r.ok]
-    write_trace(path, [r.start_s for r in done], [(r.prompt_tokens, r.output_tokens) for r in done])
+    arrivals, shapes = [], []
+    for r in sorted(results, key=lambda r: r.start_s):
+        if r.ok:
+            shape = (r.prompt_tokens, r.output_tokens)
+        else:
+            built = requests[r.index].prompt_tokens if requests is not None else 0
+            shape = (r.prompt_tokens or built, r.requested_tokens)
+        if shape[0] > 0 and shape[1] > 0:
+            arrivals.append(r.start_s)
+            shapes.append(shape)
+    write_trace(path, arrivals, shapes)
