@@ -18,17 +18,23 @@ each card its share), so the simulator shares the cores between devices that com
 (glitches/sim/host_cpu.py). Shared-host speeds must be measured alone: a cluster with cards times the
 GPU's batched steps beside busy cards (GPU-assist rows exist only then), so when the GPU-only cluster was
 profiled first in the same run (--fpgas 0,2) its GPU step model, measured with no card, replaces the
-cards cluster's (--no-host-share: neither, as before).
+cards cluster's; that model has no streamed prefill (no card to stream to), so its per_streamed_chunk_s (the
+per-layer KV send inside the pass, glitches/sim/step_model.py) comes from the cards cluster's prefill-only
+steps that streamed: the median of their logged seconds less the GPU-only model's (--no-host-share: none of
+this, as before).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.validate_sim_causes import live_breakdown, render, run_speed_profile, sim_breakdown
 from glitches.bench.profile_doc import with_host, write_profile
@@ -43,6 +49,7 @@ from glitches.sim.admission import AdmissionLimits
 from glitches.sim.metrics import summarise
 from glitches.sim.plan_workload import read_trace
 from glitches.sim.run import build_config, simulate_node
+from glitches.sim.step_model import StepModel
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
@@ -78,14 +85,27 @@ def _host_threads(gpu_name: str, fpga_name: str | None, fpgas: int) -> tuple[tup
     return threads + (((fpga_name, max(1, cpus // (1 + fpgas))),) if fpga_name else ())
 
 
+def _streamed_chunk_s(alone: StepModel, points: list[dict]) -> float:
+    """A streamed prefill's extra seconds: the median over the logged prefill-only steps that streamed their KV
+    to a card of (seconds - the GPU-only model's time for the same step) per streamed chunk; 0 without any."""
+    extra = [(p["seconds"] - alone.seconds(p["prefill_tokens"], 0, p["context_tokens"])) / p["streamed_chunks"]
+             for p in points if p.get("streamed_chunks", 0) > 0 and p["decode_rows"] == 0]
+    return max(0.0, float(np.median(extra))) if extra else 0.0
+
+
 def _share_host(doc: dict, args, gpu_name: str, fpga_name: str | None, fpgas: int, alone: dict) -> dict:
     """doc with the shared host stated and, with cards, the GPU's step model measured alone (module docstring)."""
     if not args.host_share:
         return doc
     doc = with_host(doc, float(os.cpu_count() or 1), dict(_host_threads(gpu_name, fpga_name, fpgas)))
     if fpgas and gpu_name in alone:
-        doc["devices"][gpu_name]["batched_steps"] = alone[gpu_name]
-        doc["notes"].append(f"{gpu_name} batched_steps: from the GPU-only cluster's profile (measured with no card)")
+        steps = doc["devices"][gpu_name].get("batched_steps", {})
+        merged = copy.deepcopy(alone[gpu_name])
+        stream_s = _streamed_chunk_s(StepModel.from_json(merged["fit"], gpu_name), steps.get("points", []))
+        merged["fit"]["per_streamed_chunk_s"] = stream_s
+        doc["devices"][gpu_name]["batched_steps"] = merged
+        doc["notes"].append(f"{gpu_name} batched_steps: from the GPU-only cluster's profile (measured with no card); "
+                            f"per_streamed_chunk_s {stream_s:.4f} s from this cluster's streamed prefills")
     elif not fpgas and "batched_steps" in doc["devices"][gpu_name]:
         alone[gpu_name] = doc["devices"][gpu_name]["batched_steps"]
     return doc

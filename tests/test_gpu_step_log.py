@@ -40,7 +40,7 @@ def test_the_ring_keeps_the_last_steps_and_says_what_a_late_reader_missed():
     assert doc["last_seq"] == 5 and doc["capacity"] == 3 and doc["dropped"] == 0
     assert doc["steps"][0] | {"step_s": 0} == {"seq": 5, "started_s": 14.0, "ended_s": 14.5, "decode_contexts": (11, 9),
                                                "chunks": ((4, 2),), "schedule_s": 0.01, "forward_s": 0.4,
-                                               "postprocess_s": 0.05, "step_s": 0}
+                                               "postprocess_s": 0.05, "streamed_chunks": 0, "step_s": 0}
 
 
 def test_a_json_route_on_the_http_side_port():

@@ -48,7 +48,7 @@ class RowsTiming:
     def decode_step_s(self, context_tokens: int) -> float:
         return 0.06
 
-    def step_s(self, chunks, decode_contexts) -> float:
+    def step_s(self, chunks, decode_contexts, streamed_chunks=0) -> float:
         return self.step_model.step_s(chunks, decode_contexts)
 
 

@@ -146,3 +146,51 @@ def test_logged_steps_become_points_and_the_profile_fits_them_beside_the_client_
     assert entry["client_fit_on_logged"]["max_rel_error"] >= 0
     alone = batched_steps_entry(steps[:4], [32, 64], [0.07, 0.1])
     assert alone["source"] == "client-token-clock" and "client_fit" not in alone
+
+
+def test_the_fit_recovers_the_streamed_chunk_term_and_the_sim_charges_it_to_card_bound_prefills():
+    """A prefill whose KV streams to a card costs per_streamed_chunk_s more in its step (the per-layer sends run
+    inside the pass); the fit finds it from logged steps, and a batching GPU in the simulator charges it only
+    to the final chunk of a prefill that decodes elsewhere."""
+    true = StepModel(0.030, 0.0012, 0.008, 2e-5, 0.01, 0.09)
+    points = [StepPoint(n, rows, rows * 80, true.seconds(n, rows, rows * 80, streamed), streamed)
+              for n in (32, 64, 128) for rows in (0, 1, 3) for streamed in (0, 1)]
+    points += [StepPoint(0, rows, rows * 80, true.seconds(0, rows, rows * 80)) for rows in (1, 2, 4, 8)]
+    fit = fit_step_model(points)
+    assert fit.per_streamed_chunk_s == pytest.approx(0.09, rel=1e-6)
+    assert fit.fit_max_rel_error < 1e-9
+    logged = {"chunks": [[64, 0]], "decode_contexts": [70], "step_s": 0.3, "streamed_chunks": 1}
+    assert step_point(logged).streamed_chunks == 1
+    assert step_point(logged | {"streamed_chunks": 0}).streamed_chunks == 0
+    del logged["streamed_chunks"]  # a worker from before the field
+    assert step_point(logged).streamed_chunks == 0
+
+
+def test_a_batching_gpu_charges_the_stream_only_to_prefills_that_decode_elsewhere():
+    from glitches.sim.node import NodeConfig
+    from glitches.sim.run import simulate_node
+    from tests.sim_helpers import fixed
+
+    model = StepModel(0.1, 0.0, 0.0, 0.0, 0.0, 0.5)  # 0.1 s a step, + 0.5 s per streamed chunk
+
+    class Timed:
+        step_s = staticmethod(model.step_s)
+        request_overhead_s = 0.0
+
+        def prefill_s(self, n):
+            return 0.1
+
+        def decode_step_s(self, c):
+            return 0.1
+
+    gpu = fixed("gpu", 0.1, 0.1)
+    gpu = type(gpu)(**{**gpu.__dict__, "timing": Timed()})
+    card = fixed("fpga", 10.0, 0.05)
+    # 1 GPU + 1 card, batching: the first request decodes on the card (its prefill streams: 0.6 s), the second,
+    # arriving while the card is busy, on the GPU (GPU assist: 0.1 s, no stream)
+    config = NodeConfig(gpu, 1, card, 1, 1e9, gpu_decode_slots=4, gpu_batching=True)
+    node = simulate_node(config, [(8, 2), (8, 2)], arrivals_s=[0.0, 0.05])
+    first, second = node.records
+    assert first.decode_device == "fpga0" and second.decode_device == "gpu0"
+    assert first.first_token_s == pytest.approx(0.6, abs=1e-3)
+    assert second.first_token_s - 0.6 == pytest.approx(0.1, abs=1e-3)  # its own step after the first's

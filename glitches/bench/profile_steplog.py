@@ -41,4 +41,5 @@ def step_point(step: dict) -> StepPoint:
     """One logged step -> a StepPoint (tokens, rows, seconds = the whole step, step_s)."""
     chunks = [(int(n), int(past)) for n, past in step["chunks"]]
     contexts = [int(c) for c in step["decode_contexts"]]
-    return StepPoint(sum(n for n, _ in chunks), len(contexts), context_read(chunks, contexts), float(step["step_s"]))
+    return StepPoint(sum(n for n, _ in chunks), len(contexts), context_read(chunks, contexts), float(step["step_s"]),
+                     int(step.get("streamed_chunks", 0)))

@@ -10,6 +10,8 @@ One entry per step of glitches/gpu_worker/step_loop.py (a pass that failed is no
   the host's, so a reader on the same host can line them up with its own);
 - decode_contexts: one per decode row, the tokens already in KV its attention reads (its position);
 - chunks: one [new tokens, tokens already in KV] per prefill chunk;
+- streamed_chunks: how many of the chunks sent their KV out layer by layer during the pass (the final chunk
+  of a prefill whose decode runs elsewhere: the per-layer hook where the KV sender's put_layer runs, glitches/gpu_worker/engine.py);
 - schedule_s, forward_s, postprocess_s: parts of the step, seconds; forward_s is the packed forward pass
   alone (the glitches_gpu_step_seconds metric); step_s = ended_s - started_s is the whole step (schedule,
   packing the batch, forward, postprocess: sampling and handing each token to its RPC thread), what spaces
@@ -39,6 +41,7 @@ class LoggedStep:
     schedule_s: float
     forward_s: float
     postprocess_s: float
+    streamed_chunks: int = 0  # chunks whose KV streamed out layer by layer during the pass
 
     @property
     def step_s(self) -> float:
@@ -60,12 +63,12 @@ class StepLog:
         self._lock = threading.Lock()
 
     def add(self, started_s: float, ended_s: float, decode_contexts: list[int], chunks: list[tuple[int, int]],
-            schedule_s: float, forward_s: float, postprocess_s: float) -> None:
+            schedule_s: float, forward_s: float, postprocess_s: float, streamed_chunks: int = 0) -> None:
         with self._lock:
             self._seq += 1
             self._steps.append(LoggedStep(self._seq, started_s, ended_s, tuple(decode_contexts),
                                           tuple((int(n), int(past)) for n, past in chunks), schedule_s, forward_s,
-                                          postprocess_s))
+                                          postprocess_s, int(streamed_chunks)))
 
     @property
     def last_seq(self) -> int:

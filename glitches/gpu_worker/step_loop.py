@@ -222,8 +222,9 @@ class StepLoop:
             self.prefill_speed.add(len(ids), elapsed)
         self._postprocess(decodes, chunks, finals, segments[len(decodes):], logits, elapsed, ended)
         done = time.monotonic()
+        streamed = sum(1 for seg in segments[len(decodes):] if seg.hook is not None)  # KV sent layer by layer
         self.steps.add(started or ended - elapsed, done, decode_contexts, chunk_sizes, schedule_s, elapsed,
-                       done - ended)
+                       done - ended, streamed)
 
     def _forward(self, ids, positions, segments, keep, decode_only: bool) -> torch.Tensor:
         """One packed forward pass; logits [len(keep), vocab] float32."""

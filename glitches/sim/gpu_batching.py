@@ -32,11 +32,13 @@ from glitches.sim.host_cpu import HostCpu, compute
 from glitches.sim.profiles import Timing
 
 
-def step_time_s(timing: Timing, chunks: list[tuple[int, int]], decode_contexts: list[int]) -> float:
-    """Seconds of one batched pass (chunks: (new tokens, tokens already in KV); one context per decode row)."""
+def step_time_s(timing: Timing, chunks: list[tuple[int, int]], decode_contexts: list[int],
+                streamed_chunks: int = 0) -> float:
+    """Seconds of one batched pass (chunks: (new tokens, tokens already in KV); one context per decode row;
+    streamed_chunks: the chunks that end a prefill whose KV streams to another device during the pass)."""
     step = getattr(timing, "step_s", None)
     if step is not None:
-        return step(chunks, decode_contexts)
+        return step(chunks, decode_contexts, streamed_chunks)
     prefill = sum(timing.prefill_s(past + new) - (timing.prefill_s(past) if past else 0.0) for new, past in chunks)
     return prefill + (timing.decode_step_s(max(decode_contexts)) if decode_contexts else 0.0)
 
@@ -111,7 +113,10 @@ class BatchingLoop:
                 chunks.append((take, job.computed))
                 chunked.append((job, take))
                 budget -= take
-            step_s = step_time_s(self.device.profile.timing, chunks, contexts)
+            streamed = sum(1 for job, take in chunked  # the last chunk of a prefill that decodes elsewhere
+                           if job.computed + take >= job.rec.prompt_tokens
+                           and job.rec.decode_device != self.device.worker_id)
+            step_s = step_time_s(self.device.profile.timing, chunks, contexts, streamed)
             step_s = yield from compute(self.env, self.host_cpu, self.device.profile.host_threads, step_s)
             self.steps += 1
             prefill_tokens = sum(n for n, _ in chunks)

@@ -82,8 +82,10 @@ class RooflineTiming:
         compute = self.model.decode_flops(context_tokens) / self.flops_per_s
         return max(memory, compute)
 
-    def step_s(self, chunks: Sequence[tuple[int, int]], decode_contexts: Sequence[int]) -> float:
+    def step_s(self, chunks: Sequence[tuple[int, int]], decode_contexts: Sequence[int], streamed_chunks: int = 0
+               ) -> float:
         """One batched forward pass: prefill chunks (new tokens, tokens already in KV) + one token per decode row.
+        streamed_chunks is not priced here: a GPU's KV leaves by DMA beside the pass (sim.kv_transfer's link).
 
         FLOPs: each chunk's share of its prompt's prefill FLOPs, plus each row's decode FLOPs. Bytes: the
         weights once (shared by every row) plus the KV every row and chunk attends over. Time: the larger

@@ -5,6 +5,7 @@
            + per_decode_row_s    x decode rows in the step
            + per_context_token_s x context tokens the step's attention reads
            + batched_decode_s    x (1 when the step has 2 or more decode rows, else 0)
+           + per_streamed_chunk_s x prefill chunks whose KV streams out layer by layer during the pass
 
 Units: every coefficient is seconds (per step, per token, per row, per token of context, per step).
 "Context tokens" are what the step's attention reads from KV: each prefill chunk's tokens already in KV
@@ -17,7 +18,10 @@ step loop's postprocess grows with rows), and the KV read per context token; `ba
 batched decode path's own cost per step (its gather/scatter plan built once per step, and an
 index_copy, index_select and mask per layer), which a lone row does not pay: client-timed steps on the
 CPU stand-in went 0.055 s at 1 row to 0.089-0.105 s at 2 and 0.110 s at 8 rows, a jump no per-row term
-explains (docs/benchmarks.md, issue #25).
+explains (docs/benchmarks.md, issue #25). `per_streamed_chunk_s` is the per-layer KV send a prefill for a card
+(or a decode GPU) does inside the pass (the per-layer hook where the KV sender's put_layer runs, glitches/gpu_worker/engine.py); on the
+CPU stand-in it is ~0.1 s a prompt and holds up every row of that step; a profile whose log has no
+streamed prefill (a GPU-only cluster) fits it as 0.
 
 Points come from the GPU worker's own step log (glitches/gpu_worker/step_log.py: every step with its exact
 composition and its whole step time) or, where a worker does not serve one, from the client's token clock
@@ -37,8 +41,9 @@ import numpy as np
 
 from glitches.services.runtime.errors import InvalidArgument
 
-TERMS = ("overhead_s", "per_prefill_token_s", "per_decode_row_s", "per_context_token_s", "batched_decode_s")
-OPTIONAL_TERMS = ("batched_decode_s",)  # 0 when a profile written before it has none
+TERMS = ("overhead_s", "per_prefill_token_s", "per_decode_row_s", "per_context_token_s", "batched_decode_s",
+         "per_streamed_chunk_s")
+OPTIONAL_TERMS = ("batched_decode_s", "per_streamed_chunk_s")  # 0 when a profile written before it has none
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,11 @@ class StepPoint:
     decode_rows: int  # requests that each add one token
     context_tokens: int  # tokens already in KV read by the step's attention (see module docstring)
     seconds: float
+    streamed_chunks: int = 0  # prefill chunks whose KV streamed out during the step (module docstring)
 
     def features(self) -> list[float]:
         return [1.0, float(self.prefill_tokens), float(self.decode_rows), float(self.context_tokens),
-                1.0 if self.decode_rows >= 2 else 0.0]
+                1.0 if self.decode_rows >= 2 else 0.0, float(self.streamed_chunks)]
 
 
 def context_read(chunks: list[tuple[int, int]], decode_contexts: list[int]) -> int:
@@ -70,19 +76,21 @@ class StepModel:
     per_decode_row_s: float
     per_context_token_s: float
     batched_decode_s: float = 0.0  # per step with 2+ decode rows (the batched decode path)
+    per_streamed_chunk_s: float = 0.0  # per prefill chunk whose KV streams out during the pass
     fit_max_rel_error: float = 0.0  # worst |fit - measured| / measured over the points it was fitted to
     fit_median_rel_error: float = 0.0  # median of the same
     fit_points: int = 0  # how many points it was fitted to
 
-    def seconds(self, prefill_tokens: int, decode_rows: int, context_tokens: int) -> float:
+    def seconds(self, prefill_tokens: int, decode_rows: int, context_tokens: int, streamed_chunks: int = 0) -> float:
         return (self.overhead_s + self.per_prefill_token_s * prefill_tokens + self.per_decode_row_s * decode_rows
-                + self.per_context_token_s * context_tokens + (self.batched_decode_s if decode_rows >= 2 else 0.0))
+                + self.per_context_token_s * context_tokens + (self.batched_decode_s if decode_rows >= 2 else 0.0)
+                + self.per_streamed_chunk_s * streamed_chunks)
 
-    def step_s(self, chunks: list[tuple[int, int]], decode_contexts: list[int]) -> float:
+    def step_s(self, chunks: list[tuple[int, int]], decode_contexts: list[int], streamed_chunks: int = 0) -> float:
         """The simulator's interface (glitches/sim/gpu_batching.py): chunks (new tokens, tokens already in KV);
-        one context (tokens) per decode row."""
+        one context (tokens) per decode row; streamed_chunks of the chunks send their KV out during the pass."""
         new = sum(n for n, _ in chunks)
-        return self.seconds(new, len(decode_contexts), context_read(chunks, decode_contexts))
+        return self.seconds(new, len(decode_contexts), context_read(chunks, decode_contexts), streamed_chunks)
 
     def to_json(self) -> dict:
         return {name: getattr(self, name) for name in TERMS} | {
