@@ -77,11 +77,18 @@ def fpga_timing_cmd(model, context, prefetch_ratio, as_json) -> None:
 @click.option("--host-cores", default=None, type=float,
               help="Cores of the host CPU that devices with host_threads share (default: the measured profile's "
                    "host_cores; 0 = off).")
+@click.option("--max-active", default=0, type=click.IntRange(min=0), show_default=True,
+              help="The scheduler's --max-active (requests running at once; beyond them they queue); 0 = no admission "
+                   "control (what the devices alone can serve). The live scheduler's default is 24.")
+@click.option("--max-queued", default=0, type=click.IntRange(min=0), show_default=True,
+              help="With --max-active: the scheduler's --max-queued (requests waiting for a place; beyond them "
+                   "refused). The live scheduler's default is 8.")
 @click.option("--json", "as_json", is_flag=True)
 def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num_requests, request_rate,
                  concurrency, profile_path, trace_path, gpu_decode_slots, gpu_batching, decode_gpus, decode_gpu_slots,
-                 fpga_prefetch_ratio, host_cores, as_json) -> None:
+                 fpga_prefetch_ratio, host_cores, max_active, max_queued, as_json) -> None:
     """Predict a node of N GPUs + M FPGAs with a discrete-event model (the scheduler's own placement)."""
+    from glitches.sim.admission import AdmissionLimits
     from glitches.sim.cli import render_text, simulate
 
     if request_rate is not None and concurrency is not None:
@@ -96,7 +103,8 @@ def simulate_cmd(gpus, gpu, fpgas, fpga, model, input_tokens, output_tokens, num
                           request_rate, concurrency, profile_path, trace_path=trace_path,
                           gpu_decode_slots=gpu_decode_slots, gpu_batching=gpu_batching,
                           fpga_prefetch_ratio=fpga_prefetch_ratio, decode_gpus=decode_gpus,
-                          decode_gpu_slots=decode_gpu_slots, host_cores=host_cores)
+                          decode_gpu_slots=decode_gpu_slots, host_cores=host_cores,
+                          admission=AdmissionLimits(max_active, max_queued))
     except ServiceError as error:
         raise click.UsageError(str(error)) from None
     click.echo(json.dumps(result) if as_json else render_text(result))

@@ -49,3 +49,22 @@ def test_a_queued_request_gives_up_after_queue_wait():
 def test_negative_limits_are_rejected():
     with pytest.raises(InvalidArgument):
         AdmissionLimits(max_active=-1)
+
+
+def test_glitches_simulate_applies_the_schedulers_admission():
+    import json
+
+    from click.testing import CliRunner
+
+    from glitches.cli_tools import simulate_cmd
+
+    args = ["--gpus", "1", "--fpgas", "0", "--gpu-slots", "1", "--input", "128", "--output", "32",
+            "--num-requests", "40", "--max-active", "2", "--max-queued", "1"]
+    out = CliRunner().invoke(simulate_cmd, args + ["--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert result["inputs"]["max_active"] == 2 and result["rejected_requests"] == 37  # all at once: 2 run, 1 waits
+    text = CliRunner().invoke(simulate_cmd, args)
+    assert "2 running, 1 queued; 37 refused" in text.output
+    assert CliRunner().invoke(simulate_cmd, args[:-4] + ["--json"]).exit_code == 0  # no admission: all served
+    assert CliRunner().invoke(simulate_cmd, args[:-3] + ["-1"]).exit_code == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from glitches.sim.admission import AdmissionLimits
 from glitches.sim.plan_workload import read_trace
 from glitches.sim.reuse import compare_reuse
 from glitches.sim.run import build_config, run_simulation
@@ -31,6 +32,7 @@ def simulate(
     decode_gpus: int = 0,
     decode_gpu_slots: int = 0,
     host_cores: float | None = None,
+    admission: AdmissionLimits = AdmissionLimits(),
 ) -> dict:
     """Simulate `num_requests` requests of [input_tokens, output_tokens] on gpus x gpu + fpgas x fpga.
 
@@ -38,7 +40,8 @@ def simulate(
     (all at once). decode_gpus more GPUs of the `gpu` profile take the decode role (glitches/sim/decode_gpu.py),
     with decode_gpu_slots each (0: from their KV budget). host_cores: the cores of the host CPU that devices with
     host_threads share (glitches/sim/host_cpu.py); None = the profile file's "host_cores" (else not modelled),
-    0 = not modelled. Devices come from `profile_path` (glitches.profile.v1) when
+    0 = not modelled. admission: the scheduler's admission control (glitches/sim/admission.py; default off).
+    Devices come from `profile_path` (glitches.profile.v1) when
     it names them, else from glitches/sim/profiles/devices.json. Raises
     services.errors.InvalidArgument on bad input. Returns the dict described
     in sim.metrics plus an "inputs" entry echoing the arguments; a trace with conversations (multi-turn
@@ -46,8 +49,7 @@ def simulate(
     """
     config = build_config(gpus, gpu, fpgas, fpga, model, profile_path, link_gb_per_s, gpu_decode_slots,
                           fpga_prefetch_ratio, decode_gpus, decode_gpu_slots, host_cores)
-    if gpu_batching:
-        config = replace(config, gpu_batching=True)
+    config = replace(config, gpu_batching=gpu_batching, admission=admission)
     if trace_path is not None:  # the trace's arrival times and lengths replace the other workload arguments
         workload = read_trace(trace_path)
         result = run_simulation(config, workload.shapes, seed=seed, arrivals_s=workload.arrivals_s)
@@ -64,6 +66,7 @@ def simulate(
         "link_gb_per_s": config.link_gb_per_s, "gpu_decode_slots": gpu_decode_slots, "seed": seed,
         "trace": trace_path, "gpu_batching": gpu_batching, "fpga_prefetch_ratio": fpga_prefetch_ratio,
         "decode_gpus": decode_gpus, "decode_gpu_slots": decode_gpu_slots, "host_cores": config.host_cores,
+        "max_active": admission.max_active, "max_queued": admission.max_queued,
     }  # fmt: skip
     return result
 
@@ -87,6 +90,9 @@ def render_text(result: dict) -> str:
         ]
         if inp.get("host_cores"):
             lines.append(f"{'Shared host CPU (cores):':<34}{inp['host_cores']:g}")
+        if inp.get("max_active"):
+            lines.append(f"{'Scheduler admission:':<34}{inp['max_active']} running, {inp['max_queued']} queued; "
+                         f"{result['rejected_requests']} refused")
     lines += [
         f"{'Duration (s):':<34}{result['duration_s']:.2f}",
         f"{'Request throughput (req/s):':<34}{result['requests_per_s']:.3f}",
