@@ -37,6 +37,7 @@ COMMANDS = {  # docs/benchmarks.md's command -> the same command, short
     "lm_eval_card": ["-m", "benchmarks.lm_eval_card", "--limit", "1"],
     "partial_transfer": ["-m", "benchmarks.partial_transfer", "--conversations", "1", "--max-tokens", "4",
                          "--think-s", "0.6"],
+    "live_repeatability": ["-m", "benchmarks.live_repeatability", "--repeats", "2", "benchmarks/traces/smoke.jsonl"],
 }
 LIVE_GATEWAY = {"json_mode"}  # benchmarks that talk to a running gateway: run against the session cluster's
 CUDA_ONLY = {"gpu_llama7b": ["benchmarks/gpu_llama7b.py", "--batches", "1", "--decode-steps", "2"]}  # scripts/gpu_check.sh
@@ -65,7 +66,7 @@ def test_json_mode_benchmark_runs_against_a_live_gateway(cluster):
 # these start clusters of their own (minutes each on 2 cores): the `slow` tier (make test-slow, run by .ci/run)
 CLUSTER_BENCHMARKS = {"request_path", "kv_dataplane", "validate_sim", "soak", "tls_cost", "gpu_batching",
                       "prefix_reuse", "validate_sim_poisson", "lm_eval_card", "partial_transfer",
-                      "w4a8_quality"}  # the last builds the W4A8 weight image: over a minute
+                      "w4a8_quality", "live_repeatability"}  # w4a8_quality builds the W4A8 weight image: over a minute
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in CLUSTER_BENCHMARKS else n
