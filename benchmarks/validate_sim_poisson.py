@@ -51,6 +51,7 @@ from glitches.sim.plan_workload import read_trace
 from glitches.sim.run import build_config, simulate_node
 from glitches.sim.step_model import StepModel
 
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
@@ -78,13 +79,6 @@ def _keep_run(path: Path, results, logged: list[dict]) -> None:
     path.write_text(json.dumps({"requests": requests, "gpu_steps": logged}))
 
 
-def _host_threads(gpu_name: str, fpga_name: str | None, fpgas: int) -> tuple[tuple[str, int], ...]:
-    """The threads glitches.cluster.LocalCluster gives each worker: the GPU every CPU, a card its share."""
-    cpus = os.cpu_count() or 1
-    threads = ((gpu_name, cpus),)
-    return threads + (((fpga_name, max(1, cpus // (1 + fpgas))),) if fpga_name else ())
-
-
 def _streamed_chunk_s(alone: StepModel, points: list[dict]) -> float:
     """A streamed prefill's extra seconds: the median over the logged prefill-only steps that streamed their KV
     to a card of (seconds - the GPU-only model's time for the same step) per streamed chunk; 0 without any."""
@@ -93,12 +87,16 @@ def _streamed_chunk_s(alone: StepModel, points: list[dict]) -> float:
     return max(0.0, float(np.median(extra))) if extra else 0.0
 
 
-def _share_host(doc: dict, args, gpu_name: str, fpga_name: str | None, fpgas: int, alone: dict) -> dict:
-    """doc with the shared host stated and, with cards, the GPU's step model measured alone (module docstring)."""
+def _share_host(doc: dict, args, spec: ClusterSpec, gpu_name: str, fpga_name: str | None, alone: dict) -> dict:
+    """doc with the shared host stated (each worker's threads as `spec` starts it) and, with cards, the GPU's
+    step model measured alone (module docstring)."""
     if not args.host_share:
         return doc
-    doc = with_host(doc, float(os.cpu_count() or 1), dict(_host_threads(gpu_name, fpga_name, fpgas)))
-    if fpgas and gpu_name in alone:
+    cpus = os.cpu_count() or 1
+    gpu_threads, card_threads = spec.worker_threads(cpus)
+    threads = {gpu_name: gpu_threads} | ({fpga_name: card_threads} if fpga_name else {})
+    doc = with_host(doc, float(cpus), threads)
+    if spec.fpga_workers and gpu_name in alone:
         steps = doc["devices"][gpu_name].get("batched_steps", {})
         merged = copy.deepcopy(alone[gpu_name])
         stream_s = _streamed_chunk_s(StepModel.from_json(merged["fit"], gpu_name), steps.get("points", []))
@@ -106,7 +104,7 @@ def _share_host(doc: dict, args, gpu_name: str, fpga_name: str | None, fpgas: in
         doc["devices"][gpu_name]["batched_steps"] = merged
         doc["notes"].append(f"{gpu_name} batched_steps: from the GPU-only cluster's profile (measured with no card); "
                             f"per_streamed_chunk_s {stream_s:.4f} s from this cluster's streamed prefills")
-    elif not fpgas and "batched_steps" in doc["devices"][gpu_name]:
+    elif not spec.fpga_workers and "batched_steps" in doc["devices"][gpu_name]:
         alone[gpu_name] = doc["devices"][gpu_name]["batched_steps"]
     return doc
 
@@ -114,7 +112,8 @@ def _share_host(doc: dict, args, gpu_name: str, fpga_name: str | None, fpgas: in
 def run_config(fpgas: int, args, run_dir: Path, alone: dict) -> list[dict]:
     rows = []
     (run_dir / f"cluster-{fpgas}").mkdir()
-    with LocalCluster(ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0), run_dir / f"cluster-{fpgas}") as cluster:
+    spec = ClusterSpec(gpu_workers=1, fpga_workers=fpgas, port=0)
+    with LocalCluster(spec, run_dir / f"cluster-{fpgas}") as cluster:
         with Client(cluster.address) as client:
             workers = client.status().workers
         gpu = next(w for w in workers if w.kind == "gpu")
@@ -125,7 +124,7 @@ def run_config(fpgas: int, args, run_dir: Path, alone: dict) -> list[dict]:
                                             decode_contexts=(args.input, args.input + args.output), repeats=2,
                                             loaded_concurrency=_ints(args.loaded_concurrency), seed=args.seed + 1000,
                                             progress=False))
-        doc = _share_host(doc, args, gpu_name, fpga_name, fpgas, alone)
+        doc = _share_host(doc, args, spec, gpu_name, fpga_name, alone)
         profile = run_dir / f"profile-{fpgas}.json"
         write_profile(doc, profile)
         conc = args.capacity_concurrency

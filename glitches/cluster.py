@@ -91,6 +91,14 @@ class ClusterSpec:
     gateway_args: tuple[str, ...] = ()  # extra `glitches gateway` flags
     api_key: str = field(default="", repr=False)  # the key `up` and the gateway send to the scheduler; "": none
 
+    def worker_threads(self, cpus: int) -> tuple[int, int]:
+        """(a prefill GPU worker's --threads, every other worker's) on `cpus` CPUs: prefill is compute-bound, so a
+        GPU worker may use every core; the decode workers split them."""
+        if self.threads_per_worker:
+            return self.threads_per_worker, self.threads_per_worker
+        workers = self.gpu_workers + self.fpga_workers + self.gpu_decode_workers
+        return cpus, max(1, cpus // max(1, workers))
+
 
 class LocalCluster:
     def __init__(self, spec: ClusterSpec, run_dir: Path | None = None):
@@ -214,16 +222,13 @@ class LocalCluster:
         """Start everything; returns once processes are spawned (see wait_ready)."""
         if not self.redis_url:
             self._start_redis()
-        cpus = os.cpu_count() or 1
-        workers = self.spec.gpu_workers + self.spec.fpga_workers + self.spec.gpu_decode_workers
-        threads = self.spec.threads_per_worker or max(1, cpus // max(1, workers))
+        gpu_threads, threads = self.spec.worker_threads(os.cpu_count() or 1)
         scheduler_port = self.spec.port or free_port()
         self.address = f"127.0.0.1:{scheduler_port}"
         self._daemon("scheduler", "scheduler", "--port", str(scheduler_port), *self.spec.scheduler_args)
         for i in range(self.spec.gpu_workers):
-            # prefill is compute-bound: a GPU worker may use every core
             self._daemon(f"gpu-{i}", "gpu-worker", "--worker-id", f"gpu-{i}", "--threads",
-                         str(self.spec.threads_per_worker or cpus), "--kv-transport", self.spec.kv_transport,
+                         str(gpu_threads), "--kv-transport", self.spec.kv_transport,
                          "--slots", str(self.spec.gpu_slots),
                          "--prefix-cache" if self.spec.prefix_cache else "--no-prefix-cache", *self.spec.gpu_worker_args)
         for i in range(self.spec.gpu_decode_workers):

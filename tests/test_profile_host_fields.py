@@ -100,3 +100,14 @@ def test_simulate_rejects_negative_host_cores_and_passes_others_on():
     good = CliRunner().invoke(simulate_cmd, args + ["--host-cores", "3"])
     assert good.exit_code == 0, good.output
     assert json.loads(good.output)["inputs"]["host_cores"] == 3.0
+
+
+def test_the_threads_a_local_cluster_gives_its_workers():
+    """ClusterSpec.worker_threads is the rule LocalCluster starts workers with and validate_sim_poisson states
+    as host_threads: a prefill GPU worker every CPU, the others an even share (at least 1)."""
+    from glitches.cluster import ClusterSpec
+
+    assert ClusterSpec(gpu_workers=1, fpga_workers=2).worker_threads(2) == (2, 1)
+    assert ClusterSpec(gpu_workers=1, fpga_workers=1).worker_threads(8) == (8, 4)
+    assert ClusterSpec(gpu_workers=1, fpga_workers=0).worker_threads(2) == (2, 2)
+    assert ClusterSpec(gpu_workers=1, fpga_workers=2, threads_per_worker=3).worker_threads(2) == (3, 3)

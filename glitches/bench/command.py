@@ -15,7 +15,8 @@ def _device_threads(text: str) -> tuple[tuple[str, int], ...]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, threads = item.partition("=")
         if not threads.strip().isdigit() or int(threads) < 1:
-            raise click.BadParameter(f"expected DEVICE=THREADS (THREADS >= 1), got {item!r}", param_hint="--host-threads")
+            raise click.BadParameter(f"expected DEVICE=THREADS (THREADS >= 1), got {item!r}",
+                                     param_hint="--host-threads")
         out.append((name.strip(), int(threads)))
     return tuple(out)
 

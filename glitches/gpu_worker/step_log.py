@@ -11,7 +11,8 @@ One entry per step of glitches/gpu_worker/step_loop.py (a pass that failed is no
 - decode_contexts: one per decode row, the tokens already in KV its attention reads (its position);
 - chunks: one [new tokens, tokens already in KV] per prefill chunk;
 - streamed_chunks: how many of the chunks sent their KV out layer by layer during the pass (the final chunk
-  of a prefill whose decode runs elsewhere: the per-layer hook where the KV sender's put_layer runs, glitches/gpu_worker/engine.py);
+  of a prefill whose decode runs elsewhere: the per-layer hook where the KV sender's put_layer runs,
+  glitches/gpu_worker/engine.py);
 - schedule_s, forward_s, postprocess_s: parts of the step, seconds; forward_s is the packed forward pass
   alone (the glitches_gpu_step_seconds metric); step_s = ended_s - started_s is the whole step (schedule,
   packing the batch, forward, postprocess: sampling and handing each token to its RPC thread), what spaces

@@ -37,7 +37,6 @@ class SimAdmission:
     def __init__(self, env: simpy.Environment, limits: AdmissionLimits):
         self.env, self.limits = env, limits
         self.active = 0
-        self.refused = 0
         self._waiting: deque[simpy.Event] = deque()
 
     def enter(self) -> simpy.Event:
@@ -46,7 +45,6 @@ class SimAdmission:
             self.active += 1
             return event.succeed(True)
         if len(self._waiting) >= self.limits.max_queued:
-            self.refused += 1
             return event.succeed(False)
         self._waiting.append(event)
         self.env.process(self._expire(event))
@@ -62,5 +60,4 @@ class SimAdmission:
         yield self.env.timeout(self.limits.queue_wait_s)
         if not event.triggered:
             self._waiting.remove(event)
-            self.refused += 1
             event.succeed(False)

@@ -65,8 +65,8 @@ from glitches.scheduler.placement import (PATH_EXTEND, PATH_TRANSFER_PARTIAL, Cl
 from glitches.scheduler.reuse_cost import DEFAULT_REUSE_COSTS, ReuseCosts
 from glitches.services.runtime.errors import InvalidArgument
 from glitches.sim import decode_gpu
-from glitches.sim.gpu_batching import BatchingLoop
 from glitches.sim.admission import AdmissionLimits, SimAdmission
+from glitches.sim.gpu_batching import BatchingLoop
 from glitches.sim.held_cache import HeldCache
 from glitches.sim.host_cpu import HostCpu, compute
 from glitches.sim.kv_transfer import SharedLink, kv_transfer_s

@@ -19,8 +19,8 @@ batched decode path's own cost per step (its gather/scatter plan built once per 
 index_copy, index_select and mask per layer), which a lone row does not pay: client-timed steps on the
 CPU stand-in went 0.055 s at 1 row to 0.089-0.105 s at 2 and 0.110 s at 8 rows, a jump no per-row term
 explains (docs/benchmarks.md, issue #25). `per_streamed_chunk_s` is the per-layer KV send a prefill for a card
-(or a decode GPU) does inside the pass (the per-layer hook where the KV sender's put_layer runs, glitches/gpu_worker/engine.py); on the
-CPU stand-in it is ~0.1 s a prompt and holds up every row of that step; a profile whose log has no
+(or a decode GPU) does inside the pass (the per-layer hook where the KV sender's put_layer runs,
+glitches/gpu_worker/engine.py); on the CPU stand-in it is ~0.1 s a prompt and holds up every row of that step; a profile whose log has no
 streamed prefill (a GPU-only cluster) fits it as 0.
 
 Points come from the GPU worker's own step log (glitches/gpu_worker/step_log.py: every step with its exact
